@@ -1,0 +1,151 @@
+"""The frozen-feature cache: outputs of the frozen blocks, computed once and stored.
+
+One folder per key (weights id, preprocessing, cut point, storage dtype). Inside, shards:
+`shard-<id>.npy` (rows of features) and `shard-<id>.json` (entry names, shape, checksum).
+A shard exists once its manifest is renamed into place, after its data is fsynced, so a
+crash never leaves a half-written shard that looks complete; each writer names its own
+shards, so runs sharing a cache never write the same file. A shard whose checksum no
+longer matches is deleted and its entries are computed again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fsutil import atomic_write_json
+
+STORAGE_DTYPE = np.float16
+SHARD_ROWS = 256
+
+
+def _digest_file(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    def __init__(self, root: Path, key: dict):
+        self.key = dict(key, storage=np.dtype(STORAGE_DTYPE).name, format=1)
+        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
+        self.dir = Path(root) / f"{key['cut']}-{digest}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "key.json").exists():
+            atomic_write_json(self.dir / "key.json", self.key)
+        self._index: dict[str, tuple[str, int]] | None = None
+        self._verified: set[str] = set()
+        self.damaged: list[str] = []
+
+    def index(self) -> dict[str, tuple[str, int]]:
+        """entry name -> (shard, row), over every complete, undamaged shard."""
+        if self._index is None:
+            self._index = {}
+            for manifest_path in sorted(self.dir.glob("shard-*.json")):
+                shard = manifest_path.stem
+                try:
+                    manifest = json.loads(manifest_path.read_text())
+                    if shard not in self._verified:
+                        if _digest_file(self.dir / f"{shard}.npy") != manifest["checksum"]:
+                            raise ValueError("checksum mismatch")
+                        self._verified.add(shard)
+                except (OSError, ValueError, KeyError):
+                    self._discard(shard)
+                    continue
+                for row, entry in enumerate(manifest["entries"]):
+                    self._index.setdefault(entry, (shard, row))
+        return self._index
+
+    def _discard(self, shard: str) -> None:
+        self.damaged.append(shard)
+        for suffix in (".json", ".npy"):
+            try:
+                (self.dir / f"{shard}{suffix}").unlink()
+            except OSError:
+                pass
+
+    def missing(self, entries: list[str]) -> list[str]:
+        index = self.index()
+        return [entry for entry in entries if entry not in index]
+
+    def writer(self) -> "ShardWriter":
+        self._index = None          # new shards will appear
+        return ShardWriter(self.dir)
+
+    def open(self, entries: list[str]) -> "FeatureSet":
+        index = self.index()
+        absent = [e for e in entries if e not in index]
+        if absent:
+            raise KeyError(f"{len(absent)} entries not in cache {self.dir}, e.g. {absent[0]}")
+        locations = [index[e] for e in entries]
+        arrays = {shard: np.load(self.dir / f"{shard}.npy", mmap_mode="r") for shard in {s for s, _ in locations}}
+        return FeatureSet(arrays, locations)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.glob("shard-*.npy"))
+
+
+class ShardWriter:
+    """Collects rows and writes them out a shard at a time; `close` writes the last one."""
+
+    def __init__(self, folder: Path, rows_per_shard: int = SHARD_ROWS):
+        self.folder = folder
+        self.rows_per_shard = rows_per_shard
+        self.entries: list[str] = []
+        self.rows: list[np.ndarray] = []
+
+    def add(self, entries: list[str], features: torch.Tensor) -> None:
+        array = features.detach().to("cpu", torch.float32).numpy().astype(STORAGE_DTYPE)
+        self.entries.extend(entries)
+        self.rows.extend(array)
+        if len(self.entries) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        shard = f"shard-{uuid.uuid4().hex[:16]}"
+        data_path = self.folder / f"{shard}.npy"
+        tmp = self.folder / f".{shard}.npy.tmp"
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.stack(self.rows))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, data_path)
+        atomic_write_json(self.folder / f"{shard}.json", {
+            "entries": self.entries, "checksum": _digest_file(data_path)})
+        self.entries, self.rows = [], []
+
+    def close(self) -> None:
+        self.flush()
+
+
+class FeatureSet:
+    """Rows of one or more memory-mapped shards, gathered into batches by position."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], locations: list[tuple[str, int]]):
+        self.arrays = arrays
+        self.locations = locations
+        first = next(iter(arrays.values()))
+        self.row_shape = first.shape[1:]
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def gather(self, positions) -> torch.Tensor:
+        out = np.empty((len(positions), *self.row_shape), dtype=STORAGE_DTYPE)
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for slot, position in enumerate(positions):
+            shard, row = self.locations[position]
+            by_shard.setdefault(shard, []).append((slot, row))
+        for shard, pairs in by_shard.items():
+            slots, rows = zip(*sorted(pairs, key=lambda pair: pair[1]))
+            out[list(slots)] = self.arrays[shard][list(rows)]
+        return torch.from_numpy(out)

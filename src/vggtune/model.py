@@ -1,0 +1,129 @@
+"""VGG16 with named blocks, the heads we put on it, and freezing by block name."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+VGG16_BLOCKS: dict[str, tuple[int, ...]] = {
+    "block1": (64, 64),
+    "block2": (128, 128),
+    "block3": (256, 256, 256),
+    "block4": (512, 512, 512),
+    "block5": (512, 512, 512),
+}
+BLOCK_NAMES = tuple(VGG16_BLOCKS)
+HEAD_KINDS = ("flatten", "gap")
+
+
+def conv_names(blocks=VGG16_BLOCKS) -> list[str]:
+    return [f"{block}.conv{i + 1}" for block, widths in blocks.items() for i in range(len(widths))]
+
+
+class Backbone(nn.Module):
+    """block1..block5, each convs + ReLUs + a 2x2 max-pool; runs any contiguous range of blocks."""
+
+    def __init__(self, blocks: dict[str, tuple[int, ...]] = VGG16_BLOCKS):
+        super().__init__()
+        self.widths = {name: tuple(widths) for name, widths in blocks.items()}
+        in_channels = 3
+        for name, widths in self.widths.items():
+            layers = OrderedDict()
+            for i, out_channels in enumerate(widths):
+                layers[f"conv{i + 1}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+                layers[f"relu{i + 1}"] = nn.ReLU(inplace=True)
+                in_channels = out_channels
+            layers["pool"] = nn.MaxPool2d(2, 2)
+            self.add_module(name, nn.Sequential(layers))
+
+    def run(self, x: torch.Tensor, after: str | None = None, upto: str = "block5") -> torch.Tensor:
+        """Blocks strictly after `after` (None: from the image) up to and including `upto`."""
+        names = list(self.widths)
+        start = 0 if after is None else names.index(after) + 1
+        for name in names[start:names.index(upto) + 1]:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def output_channels(self, block: str = "block5") -> int:
+        return self.widths[block][-1]
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    kind: str             # "flatten" (the reference) or "gap"
+    n_classes: int
+    hidden: int = 256
+    dropout: float = 0.0
+
+    @property
+    def n_outputs(self) -> int:
+        """One sigmoid unit for two classes, one softmax unit a class otherwise."""
+        return 1 if self.n_classes == 2 else self.n_classes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_head(spec: HeadSpec, channels: int, grid: int) -> nn.Module:
+    if spec.kind == "flatten":
+        return nn.Sequential(OrderedDict(
+            flatten=nn.Flatten(), dense=nn.Linear(channels * grid * grid, spec.hidden), relu=nn.ReLU(),
+            dropout=nn.Dropout(spec.dropout), out=nn.Linear(spec.hidden, spec.n_outputs)))
+    if spec.kind == "gap":
+        return nn.Sequential(OrderedDict(
+            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), dropout=nn.Dropout(spec.dropout),
+            out=nn.Linear(channels, spec.n_outputs)))
+    raise ValueError(f"head kind {spec.kind!r}; allowed: flatten, gap")
+
+
+class Classifier(nn.Module):
+    """Backbone + head; `from_features` continues from a cached cut point."""
+
+    def __init__(self, head: HeadSpec, size: int = 224, blocks=VGG16_BLOCKS):
+        super().__init__()
+        self.backbone = Backbone(blocks)
+        self.head_spec = head
+        self.size = size
+        grid = size // 2 ** len(blocks)
+        self.head = build_head(head, self.backbone.output_channels(), grid)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def from_features(self, features: torch.Tensor, cut: str) -> torch.Tensor:
+        return self.head(self.backbone.run(features, after=cut))
+
+    def features(self, images: torch.Tensor, cut: str) -> torch.Tensor:
+        return self.backbone.run(images, upto=cut)
+
+
+def set_trainable(model: Classifier, blocks: tuple[str, ...] | list[str]) -> None:
+    """The head and the named blocks learn; every other block is frozen (and in eval mode)."""
+    unknown = set(blocks) - set(model.backbone.widths)
+    if unknown:
+        raise ValueError(f"unknown blocks {sorted(unknown)}; allowed: {list(model.backbone.widths)}")
+    for name in model.backbone.widths:
+        for parameter in getattr(model.backbone, name).parameters():
+            parameter.requires_grad_(name in blocks)
+    for parameter in model.head.parameters():
+        parameter.requires_grad_(True)
+
+
+def last_blocks(count: int, names=BLOCK_NAMES) -> tuple[str, ...]:
+    return tuple(names[-count:]) if count else ()
+
+
+def cut_before(blocks: tuple[str, ...], names=BLOCK_NAMES) -> str:
+    """The last frozen block: where cached features stop when `blocks` are trainable."""
+    if not blocks:
+        return names[-1]
+    return names[names.index(blocks[0]) - 1]
+
+
+def load_backbone(model: Classifier, state_dict: dict) -> None:
+    model.backbone.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,76 @@
+"""Eval and train transforms, built from the weights' preprocessing.
+
+Training views are drawn from a generator seeded by (image, view), so the same view is
+the same tensor on every run, in any thread, and can be cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from .config import AugmentConfig
+from .weights import Preprocessing
+
+
+def normalise(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 CHW (or NCHW) RGB -> float input in the weights' channel order and scale."""
+    x = images.to(torch.float32)
+    if prep.channel_order == "BGR":
+        x = x.flip(-3)
+    mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def eval_view(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """The clean view: resize the shorter side, centre crop; uint8 CHW."""
+    x = F.pil_to_tensor(image)
+    x = F.resize(x, [prep.resize], antialias=True)
+    return F.center_crop(x, [prep.size, prep.size])
+
+
+def train_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, seed: int) -> torch.Tensor:
+    """One augmented view: rotation, zoom, shift, flip and colour drawn from `seed` alone."""
+    rng = torch.Generator().manual_seed(seed)
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=rng).item()
+
+    x = F.resize(F.pil_to_tensor(image), [prep.resize], antialias=True)
+    height, width = x.shape[-2:]
+    angle = uniform(-aug.rotation, aug.rotation)
+    shift = [round(uniform(-aug.shift, aug.shift) * width), round(uniform(-aug.shift, aug.shift) * height)]
+    zoom = math.exp(uniform(math.log(1 - aug.zoom), -math.log(1 - aug.zoom))) if aug.zoom else 1.0
+    x = F.affine(x, angle=angle, translate=shift, scale=zoom, shear=[0.0, 0.0],
+                 interpolation=v2.InterpolationMode.BILINEAR)
+    x = F.center_crop(x, [prep.size, prep.size])
+    if aug.flip and uniform(0, 1) < 0.5:
+        x = F.horizontal_flip(x)
+    if aug.colour:
+        x = F.adjust_brightness(x, uniform(1 - aug.colour, 1 + aug.colour))
+        x = F.adjust_contrast(x, uniform(1 - aug.colour, 1 + aug.colour))
+        x = F.adjust_saturation(x, uniform(1 - aug.colour, 1 + aug.colour))
+    return x
+
+
+def augment_digest(aug: AugmentConfig) -> str:
+    return hashlib.sha256(json.dumps(aug.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def view_seed(sha256: str, view: int, aug: AugmentConfig) -> int:
+    """Depends on the image content, the view index and the augmentation settings only."""
+    text = f"{sha256}:{view}:{augment_digest(aug)}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def make_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, sha256: str, view: int) -> torch.Tensor:
+    """View 0 is the clean view; views 1.. are augmented."""
+    if view == 0:
+        return eval_view(image, prep)
+    return train_view(image, prep, aug, view_seed(sha256, view, aug))
