@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from .config import AugmentConfig, TrainConfig, load_config
-from .evaluate import evaluate as _evaluate
+from .evaluation import evaluate as _evaluate
 from .predict import Predictor, load
 
 
@@ -16,7 +16,7 @@ def train(data: str, out: str = "runs/latest", resume: bool = False, **options) 
     test_split, seed, patience, precision, no_cache, quiet, val_data, test_data,
     weights, augment (an AugmentConfig or a dict).
     """
-    from .train import fit
+    from .training import fit
     if isinstance(options.get("augment"), dict):
         options["augment"] = AugmentConfig(**options["augment"])
     if resume:

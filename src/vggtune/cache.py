@@ -95,9 +95,9 @@ class FeatureCache:
 class ShardWriter:
     """Collects rows and writes them out a shard at a time; `close` writes the last one."""
 
-    def __init__(self, folder: Path, rows_per_shard: int = SHARD_ROWS):
+    def __init__(self, folder: Path, rows_per_shard: int | None = None):
         self.folder = folder
-        self.rows_per_shard = rows_per_shard
+        self.rows_per_shard = rows_per_shard or SHARD_ROWS
         self.entries: list[str] = []
         self.rows: list[np.ndarray] = []
 

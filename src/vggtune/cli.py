@@ -91,7 +91,7 @@ def config_from_args(args) -> TrainConfig:
 
 
 def cmd_train(args) -> int:
-    from .train import fit
+    from .training import fit
     if args.resume:
         out = args.out or "runs/latest"
         config = load_config(Path(out) / "config.yaml") if (Path(out) / "config.yaml").is_file() else None
@@ -118,7 +118,7 @@ def _print_results(results: dict, out: str) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     result = evaluate(args.run, args.data, args.output)
     _print_results({"test": result}, args.run)
     return 0

@@ -1,6 +1,7 @@
 """Opening one image safely: every way a file can be unusable becomes an `ImageRejected` reason."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -56,10 +57,9 @@ def _check_size(image: Image.Image) -> None:
         raise ImageRejected(f"too small: {width}x{height}; allowed: at least {MIN_SIDE} px a side")
 
 
-def _unidentified_reason(path) -> str:
+def _unidentified_reason(source) -> str:
     try:
-        with open(path, "rb") as handle:
-            empty = not handle.read(1)
+        empty = (source.getbuffer().nbytes == 0) if hasattr(source, "getbuffer") else os.path.getsize(source) == 0
     except OSError:
         empty = False
     return "empty file (0 bytes)" if empty else "not an image (format not recognised)"

@@ -125,5 +125,16 @@ def cut_before(blocks: tuple[str, ...], names=BLOCK_NAMES) -> str:
     return names[names.index(blocks[0]) - 1]
 
 
+def blocks_from_state_dict(state_dict: dict) -> dict[str, tuple[int, ...]]:
+    """The block layout the weights describe (VGG16's, or a tiny one in tests)."""
+    blocks: dict[str, list[int]] = {}
+    for name in BLOCK_NAMES:
+        i = 1
+        while f"{name}.conv{i}.weight" in state_dict:
+            blocks.setdefault(name, []).append(int(state_dict[f"{name}.conv{i}.weight"].shape[0]))
+            i += 1
+    return {name: tuple(widths) for name, widths in blocks.items()}
+
+
 def load_backbone(model: Classifier, state_dict: dict) -> None:
     model.backbone.load_state_dict(state_dict, strict=True)

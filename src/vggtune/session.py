@@ -13,7 +13,7 @@ from . import data, weights
 from .config import TrainConfig, save_config
 from .fsutil import atomic_write_json
 from .metrics import classification_metrics
-from .model import Classifier, HeadSpec, load_backbone
+from .model import Classifier, HeadSpec, blocks_from_state_dict, load_backbone
 from .progress import say
 from .rundir import check_new_or_resumable, make_dirs, save_model, write_metrics_log, write_splits
 from .runtime import Runtime, choose_runtime
@@ -119,7 +119,8 @@ def open_session(config: TrainConfig, resume: bool, cuts: list[str]) -> Session:
         f"{len(splits.classes)} classes; {len(splits.rejected)} files skipped (rejected.csv)", config.quiet)
     say(f"weights: {loaded.source}; running on {runtime.describe()}", config.quiet)
     head = HeadSpec(config.head, len(splits.classes), config.hidden, config.dropout)
-    model = Classifier(head, size=config.size)
+    torch.manual_seed(config.seed)          # the head's initial weights
+    model = Classifier(head, size=config.size, blocks=blocks_from_state_dict(loaded.state_dict))
     load_backbone(model, loaded.state_dict)
     model.to(runtime.device).to(memory_format=torch.channels_last)
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}

@@ -74,7 +74,7 @@ def run_stage(session: Session, stage: Stage) -> None:
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        stop = config.patience and state["bad_epochs"] >= config.patience
+        stop = bool(config.patience) and state["bad_epochs"] >= config.patience and state["epoch"] < stage.epochs
         state["done"] = bool(stop) or state["epoch"] == stage.epochs
         _save_state(session, stage, parameters, optimizer, state)
         session.record(stage.name, state["history"])

@@ -1,0 +1,88 @@
+"""Fixtures: synthetic images of two or three classes, a tiny random-init VGG, an isolated cache home."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vggtune import weights
+from vggtune.model import Backbone
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY_BLOCKS = {"block1": (4,), "block2": (8,), "block3": (8,), "block4": (16,), "block5": (16,)}
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own weights and feature cache, and never tries the network."""
+    home = tmp_path / "vggtune-home"
+    monkeypatch.setenv("VGGTUNE_HOME", str(home))
+    monkeypatch.setenv("VGGTUNE_OFFLINE", "1")
+    return home
+
+
+def tiny_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    backbone = Backbone(TINY_BLOCKS)
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+
+
+@pytest.fixture
+def tiny_weights(monkeypatch):
+    """weights.resolve returns a tiny random-init backbone, so training runs in seconds."""
+    loaded = weights.LoadedWeights(weights.VGG16_IMAGENET1K_V1, tiny_state_dict(), "tiny test weights", "tiny-test")
+    monkeypatch.setattr(weights, "resolve", lambda record=None, user_file=None: loaded)
+    return loaded
+
+
+def synthetic_image(label: int, index: int, size=(48, 40)) -> Image.Image:
+    """Class 0 is reddish with horizontal stripes, class 1 bluish with vertical ones, class 2 greenish."""
+    rng = np.random.default_rng(label * 1000 + index)
+    height, width = size[1], size[0]
+    pixels = rng.integers(0, 60, (height, width, 3)).astype(np.int32)
+    pixels[..., label % 3] += 150
+    stripes = (np.arange(height) // 4 % 2)[:, None] if label == 0 else (np.arange(width) // 4 % 2)[None, :]
+    pixels += (stripes * 40)[..., None]
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def make_dataset(root: Path, n_per_class: int = 12, classes=("cat", "dog"), size=(48, 40)) -> Path:
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            synthetic_image(label, i, size).save(folder / f"{name}.{i}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "data", n_per_class=30)
+
+
+def quick_config(data: Path, out: Path, **overrides):
+    from vggtune.config import TrainConfig
+    values = dict(data=str(data), out=str(out), epochs=3, finetune_epochs=2, size=32, batch_size=8,
+                  views=2, hidden=16, val_split=0.2, test_split=0.2, quiet=True, lr=1e-2, finetune_lr=1e-3,
+                  dropout=0.0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+def real_weights_available() -> bool:
+    from vggtune.formats import lpips_checkpoint_path
+    return lpips_checkpoint_path() is not None or bool(os.environ.get("VGGTUNE_WEIGHTS"))

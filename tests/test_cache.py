@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+
+from vggtune.cache import FeatureCache, ShardWriter
+from vggtune.config import AugmentConfig
+from vggtune.extract import ImageJob, entry_name, extract
+from vggtune.images import open_rgb
+from vggtune.model import Classifier, HeadSpec
+from vggtune.runtime import Runtime
+from vggtune.sources import cache_key
+from vggtune.transforms import make_view, normalise
+from vggtune.weights import VGG16_IMAGENET1K_V1
+
+from conftest import TINY_BLOCKS, make_dataset, tiny_state_dict
+
+PREP = VGG16_IMAGENET1K_V1.preprocessing.at_size(32)
+AUG = AugmentConfig()
+FP32 = Runtime(torch.device("cpu"), bf16=False)
+
+
+def tiny_model():
+    model = Classifier(HeadSpec("flatten", 2, hidden=8), size=32, blocks=TINY_BLOCKS)
+    model.backbone.load_state_dict(tiny_state_dict())
+    return model.eval()
+
+
+def jobs_for(root, views=(0, 1, 2)):
+    import hashlib
+    paths = sorted(root.rglob("*.jpg"))
+    return [ImageJob(str(p), hashlib.sha256(p.read_bytes()).hexdigest(), views) for p in paths]
+
+
+def fill(tmp_path, model, jobs, cut="block4"):
+    cache = FeatureCache(tmp_path / "cache", cache_key("tiny", PREP, cut, model))
+    rejected = extract(model, cache, jobs, PREP, AUG, FP32, batch_size=4, cut=cut, quiet=True)
+    return cache, rejected
+
+
+def test_logits_through_cache_equal_logits_through_whole_model(tmp_path):
+    model = tiny_model()
+    jobs = jobs_for(make_dataset(tmp_path / "d", n_per_class=3))
+    cache, rejected = fill(tmp_path, model, jobs)
+    assert rejected == []
+    for job in jobs:
+        image = open_rgb(job.path, short_side=PREP.resize)
+        for view in job.views:
+            features = cache.open([entry_name(job.sha256, view, AUG)]).gather([0]).float()
+            with torch.no_grad():
+                through_cache = model.from_features(features, "block4")
+                whole = model(normalise(make_view(image, PREP, AUG, job.sha256, view)[None], PREP))
+            torch.testing.assert_close(through_cache, whole, rtol=1e-2, atol=1e-2)
+
+
+def test_views_are_reproducible_and_distinct(tmp_path):
+    make_dataset(tmp_path / "d", n_per_class=1)
+    job = jobs_for(tmp_path / "d")[0]
+    image = open_rgb(job.path, short_side=PREP.resize)
+    first = [make_view(image, PREP, AUG, job.sha256, v) for v in range(3)]
+    again = [make_view(image, PREP, AUG, job.sha256, v) for v in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+
+
+def test_key_covers_weights_preprocessing_and_cut(tmp_path):
+    model = tiny_model()
+    base = FeatureCache(tmp_path, cache_key("tiny", PREP, "block4", model)).dir
+    assert FeatureCache(tmp_path, cache_key("tiny", PREP, "block4", model)).dir == base
+    others = [cache_key("other", PREP, "block4", model), cache_key("tiny", PREP.at_size(64), "block4", model),
+              cache_key("tiny", PREP, "block5", model)]
+    assert len({FeatureCache(tmp_path, key).dir for key in others} | {base}) == 4
+    assert entry_name("abc", 1, AUG) != entry_name("abc", 1, AugmentConfig(rotation=5))
+    assert entry_name("abc", 0, AUG) == entry_name("abc", 0, AugmentConfig(rotation=5))
+
+
+def test_second_fill_computes_nothing(tmp_path, monkeypatch):
+    model = tiny_model()
+    jobs = jobs_for(make_dataset(tmp_path / "d", n_per_class=2))
+    cache, _ = fill(tmp_path, model, jobs)
+    monkeypatch.setattr(model, "features", lambda *a: pytest.fail("recomputed a cached view"))
+    fill(tmp_path, model, jobs)
+
+
+def test_damaged_shard_is_detected_and_rebuilt(tmp_path):
+    model = tiny_model()
+    jobs = jobs_for(make_dataset(tmp_path / "d", n_per_class=2))
+    cache, _ = fill(tmp_path, model, jobs)
+    entries = [entry_name(j.sha256, v, AUG) for j in jobs for v in j.views]
+    before = cache.open(entries).gather(list(range(len(entries))))
+    shard = sorted(cache.dir.glob("shard-*.npy"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[-40:] = b"\x7f" * 40
+    shard.write_bytes(bytes(raw))
+    reopened = FeatureCache(tmp_path / "cache", cache_key("tiny", PREP, "block4", model))
+    assert reopened.missing(entries) and reopened.damaged == [shard.stem]
+    cache, _ = fill(tmp_path, model, jobs)
+    assert cache.missing(entries) == []
+    torch.testing.assert_close(cache.open(entries).gather(list(range(len(entries)))), before)
+
+
+def test_a_shard_without_manifest_does_not_count(tmp_path):
+    writer = ShardWriter(tmp_path, rows_per_shard=100)
+    writer.add(["a", "b"], torch.ones(2, 3))
+    assert not list(tmp_path.glob("shard-*"))        # nothing is visible before flush
+    writer.close()
+    (tmp_path / "key.json").write_text("{}")
+    cache = FeatureCache.__new__(FeatureCache)
+    cache.dir, cache._index, cache._verified, cache.damaged = tmp_path, None, set(), []
+    assert set(cache.index()) == {"a", "b"}
+    next(tmp_path.glob("shard-*.json")).unlink()      # as if killed before the manifest rename
+    cache._index = None
+    assert cache.index() == {}
+
+
+def test_interrupted_fill_resumes_where_it_stopped(tmp_path, monkeypatch):
+    model = tiny_model()
+    jobs = jobs_for(make_dataset(tmp_path / "d", n_per_class=4))
+    monkeypatch.setattr("vggtune.cache.SHARD_ROWS", 4)
+    original = ShardWriter.flush
+    calls = {"n": 0}
+
+    def crash_after_two(self):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(ShardWriter, "flush", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        fill(tmp_path, model, jobs)
+    monkeypatch.setattr(ShardWriter, "flush", original)
+    cache = FeatureCache(tmp_path / "cache", cache_key("tiny", PREP, "block4", model))
+    entries = [entry_name(j.sha256, v, AUG) for j in jobs for v in j.views]
+    assert len(cache.missing(entries)) == len(entries) - 8
+    computed = []
+    real_features = model.features
+    monkeypatch.setattr(model, "features", lambda x, cut: computed.append(len(x)) or real_features(x, cut))
+    fill(tmp_path, model, jobs)
+    assert sum(computed) == len(entries) - 8

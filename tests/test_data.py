@@ -1,0 +1,117 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vggtune import data
+from vggtune.errors import UserError
+from vggtune.images import ImageRejected, open_rgb
+
+from badfiles import write_convertible, write_unusable
+from conftest import make_dataset, synthetic_image
+
+
+def test_every_unusable_kind_is_rejected_with_its_reason(tmp_path):
+    expected = write_unusable(tmp_path, np.random.default_rng(0))
+    for path, word in expected.items():
+        sha, reason = data.check_file(str(path))
+        assert sha is None, path.name
+        assert word in reason, (path.name, reason)
+
+
+def test_convertible_files_become_rgb(tmp_path):
+    for path in write_convertible(tmp_path, label=1):
+        sha, reason = data.check_file(str(path))
+        assert reason is None, (path.name, reason)
+        image = open_rgb(path)
+        assert image.mode == "RGB", path.name
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6                          # rotate 90 degrees to display
+    Image.new("RGB", (60, 20), "red").save(tmp_path / "r.jpg", exif=exif.tobytes())
+    assert open_rgb(tmp_path / "r.jpg").size == (20, 60)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    values = np.full((20, 20), 65535 // 2, dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "s.png")
+    pixel = open_rgb(tmp_path / "s.png").getpixel((0, 0))
+    assert 120 <= pixel[0] <= 135
+
+
+def test_transparency_is_composited_over_white(tmp_path):
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(tmp_path / "t.png")
+    assert open_rgb(tmp_path / "t.png").getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_draft_mode_keeps_at_least_the_asked_short_side(tmp_path):
+    synthetic_image(0, 1, (800, 600)).save(tmp_path / "big.jpg")
+    image = open_rgb(tmp_path / "big.jpg", short_side=256)
+    assert min(image.size) >= 256 and min(image.size) < 600
+
+
+def test_vanished_file_is_a_reason_not_a_crash(tmp_path):
+    with pytest.raises(ImageRejected, match="vanished"):
+        open_rgb(tmp_path / "gone.jpg")
+
+
+def test_discover_class_folders_and_kaggle_names(tmp_path):
+    root = make_dataset(tmp_path / "folders", n_per_class=3)
+    found = data.discover(root)
+    assert found.classes == ["cat", "dog"] and len(found.files) == 6
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("cat", "dog"):
+        for i in range(3):
+            synthetic_image(0, i).save(flat / f"{name}.{i}.jpg")
+    (flat / "readme.txt").write_text("hello")
+    found = data.discover(flat)
+    assert found.classes == ["cat", "dog"]
+    assert [os.path.basename(p) for p, _ in found.rejected] == ["readme.txt"]
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("missing", "is nothing"),
+    ("empty", "0 class"),
+    ("one-class", "1 class"),
+    ("empty-class", "hold no image files"),
+])
+def test_bad_dataset_layouts_are_user_errors(tmp_path, layout, message):
+    root = tmp_path / "d"
+    if layout != "missing":
+        root.mkdir()
+    if layout in ("one-class", "empty-class"):
+        make_dataset(root, n_per_class=2, classes=("cat",))
+    if layout == "empty-class":
+        (root / "dog").mkdir()
+    with pytest.raises(UserError, match=message):
+        data.discover(root)
+
+
+def test_split_is_stratified_and_content_never_in_two_splits(tmp_path):
+    root = make_dataset(tmp_path / "d", n_per_class=20)
+    for i in range(5):                      # exact copies of training candidates
+        (root / "cat" / f"copy.{i}.jpg").write_bytes((root / "cat" / f"cat.{i}.jpg").read_bytes())
+    splits = data.prepare_splits(root, None, None, 0.2, 0.2, seed=3)
+    shas = [{i.sha256 for i in s} for s in (splits.train, splits.val, splits.test)]
+    assert not (shas[0] & shas[1]) and not (shas[0] & shas[2]) and not (shas[1] & shas[2])
+    assert sum(1 for _, reason in splits.rejected if "duplicate content" in reason) == 5
+    for split, n in ((splits.val, 4), (splits.test, 4)):
+        assert [sum(1 for i in split if i.label == c) for c in (0, 1)] == [n, n]
+    again = data.prepare_splits(root, None, None, 0.2, 0.2, seed=3)
+    assert [i.path for i in again.test] == [i.path for i in splits.test]
+
+
+def test_separate_test_folder_keeps_its_content_out_of_training(tmp_path):
+    root = make_dataset(tmp_path / "train", n_per_class=6)
+    test = make_dataset(tmp_path / "test", n_per_class=2)   # same synthetic images as train's first two
+    splits = data.prepare_splits(root, None, test, 0.0, 0.1, seed=0)
+    assert len(splits.test) == 4 and len(splits.train) == 8
+    assert sum(1 for _, r in splits.rejected if "kept out of two splits" in r) == 4
+    other = tmp_path / "other"
+    make_dataset(other, n_per_class=2, classes=("cat", "cow"))
+    with pytest.raises(UserError, match="allowed: the training classes"):
+        data.prepare_splits(root, None, other, 0.0, 0.1, seed=0)

