@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import vggtune
-from vggtune import cli, weights
-from vggtune.model import Classifier, HeadSpec, load_backbone
+from vggtune import cli
 
 from badfiles import write_unusable
 from conftest import real_weights_available, shared_data
@@ -47,10 +46,18 @@ def cats_vs_dogs_split(tmp_path_factory):
     return link_subset(source, root / "train", train), link_subset(source, root / "test", test)
 
 
-def test_short_run_on_cats_vs_dogs_generalises(tmp_path, cats_vs_dogs_split):
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, cats_vs_dogs_split, shared_home):
+    os.environ["VGGTUNE_HOME"] = str(shared_home)
     train_dir, test_dir = cats_vs_dogs_split
-    results = vggtune.train(str(train_dir), out=str(tmp_path / "run"), test_data=str(test_dir), epochs=4,
+    out = tmp_path_factory.mktemp("short") / "run"
+    results = vggtune.train(str(train_dir), out=str(out), test_data=str(test_dir), epochs=4,
                             finetune_epochs=0, views=1, val_split=0.1, quiet=True)
+    return out, results
+
+
+def test_short_run_on_cats_vs_dogs_generalises(short_run):
+    _, results = short_run
     assert results["test"]["n"] == 200
     assert results["test"]["accuracy"] >= 0.95
 
@@ -64,24 +71,22 @@ def test_oxford_pets_37_classes_beat_chance_many_times(tmp_path):
     assert test["accuracy"] >= 10 / 37
 
 
-def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, cats_vs_dogs_split):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, short_run, cats_vs_dogs_split, bf16):
+    """fp32: equal to float16 storage precision. bf16: the same predictions, probabilities within 0.01."""
     from test_cache import jobs_for
     from vggtune.cache import FeatureCache
     from vggtune.config import AugmentConfig
     from vggtune.extract import entry_name, extract
     from vggtune.images import open_rgb
-    from vggtune.runtime import choose_runtime
+    from vggtune.runtime import Runtime
     from vggtune.sources import cache_key
     from vggtune.transforms import make_view, normalise
-    loaded = weights.resolve()
-    prep, aug, runtime = loaded.record.preprocessing, AugmentConfig(), choose_runtime()
-    torch.manual_seed(0)
-    model = Classifier(HeadSpec("flatten", 2), size=prep.size)
-    load_backbone(model, loaded.state_dict)
-    model.eval()
-    jobs = jobs_for(cats_vs_dogs_split[1])[:4]
-    jobs = [type(j)(j.path, j.sha256, (0, 1)) for j in jobs]
-    cache = FeatureCache(tmp_path, cache_key(loaded.id, prep, "block4", model))
+    predictor = vggtune.load(short_run[0], device="cpu")
+    model, prep, aug = predictor.model, predictor.preprocessing, AugmentConfig()
+    runtime = Runtime(torch.device("cpu"), bf16=bf16)
+    jobs = [type(j)(j.path, j.sha256, (0, 1, 2)) for j in jobs_for(cats_vs_dogs_split[1])[:4]]
+    cache = FeatureCache(tmp_path, cache_key("real", prep, "block4", model))
     assert extract(model, cache, jobs, prep, aug, runtime, 4, "block4", quiet=True) == []
     for job in jobs:
         image = open_rgb(job.path, short_side=prep.resize)
@@ -90,8 +95,10 @@ def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, cats
             with torch.inference_mode(), runtime.autocast():
                 through_cache = model.from_features(cached, "block4").float()
                 whole = model(normalise(make_view(image, prep, aug, job.sha256, view)[None], prep)).float()
-            scale = whole.abs().max().item() + 1
-            assert (through_cache - whole).abs().max().item() <= 0.05 * scale
+            if bf16:
+                assert torch.sigmoid(through_cache).item() == pytest.approx(torch.sigmoid(whole).item(), abs=0.01)
+            else:
+                torch.testing.assert_close(through_cache, whole, rtol=1e-3, atol=1e-3)
 
 
 def test_data_check_on_real_images_seeded_with_bad_files(tmp_path, capsys):
