@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fsutil import atomic_write_json
+from .errors import UserError
+from .fsutil import atomic_write_json, display_path
 
 STORAGE_DTYPE = np.float16
 SHARD_ROWS = 256
@@ -37,7 +38,11 @@ class FeatureCache:
         self.key = dict(key, storage=np.dtype(STORAGE_DTYPE).name, format=1)
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root) / f"{key['cut']}-{digest}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"feature cache: cannot create {display_path(self.dir)} ({exc.strerror}); "
+                            "allowed: VGGTUNE_HOME in a writable place") from None
         if not (self.dir / "key.json").exists():
             atomic_write_json(self.dir / "key.json", self.key)
         self._index: dict[str, tuple[str, int]] | None = None
@@ -114,13 +119,20 @@ class ShardWriter:
         shard = f"shard-{uuid.uuid4().hex[:16]}"
         data_path = self.folder / f"{shard}.npy"
         tmp = self.folder / f".{shard}.npy.tmp"
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.stack(self.rows))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, data_path)
-        atomic_write_json(self.folder / f"{shard}.json", {
-            "entries": self.entries, "checksum": _digest_file(data_path)})
+        try:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.stack(self.rows))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, data_path)
+            atomic_write_json(self.folder / f"{shard}.json", {
+                "entries": self.entries, "checksum": _digest_file(data_path)})
+        except (OSError, UserError) as exc:
+            for leftover in (tmp, data_path):
+                leftover.unlink(missing_ok=True)
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise UserError(f"feature cache {display_path(self.folder)}: cannot write a shard ({reason}); "
+                            "allowed: VGGTUNE_HOME on a writable disk with free space") from None
         self.entries, self.rows = [], []
 
     def close(self) -> None:

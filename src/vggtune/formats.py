@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import UserError
-from .model import VGG16_BLOCKS, conv_names
+from .model import VGG16_BLOCKS, blocks_from_state_dict, conv_names
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -82,8 +82,13 @@ def read_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a safetensors file ({exc})") from None
     if any(k.startswith("features.") for k in state_dict):
         return from_torchvision_names(path, state_dict)
-    return check_backbone({k.removeprefix("backbone."): v for k, v in state_dict.items()
-                           if k.removeprefix("backbone.").split(".")[0] in VGG16_BLOCKS}, str(path))
+    ours = {k.removeprefix("backbone."): v for k, v in state_dict.items()
+            if k.removeprefix("backbone.").split(".")[0] in VGG16_BLOCKS}
+    # Our own names may describe a narrower VGG (tests use one); its layout must still be whole.
+    layout = blocks_from_state_dict(ours)
+    if list(layout) != list(VGG16_BLOCKS):
+        raise UserError(f"{path}: blocks {list(layout)}; allowed: a VGG backbone with {list(VGG16_BLOCKS)}")
+    return check_backbone(ours, str(path), layout)
 
 
 def torchvision_names() -> dict[str, str]:
@@ -120,10 +125,10 @@ def _from_hwio(path, pairs) -> dict[str, torch.Tensor]:
     return check_backbone(ours, str(path))
 
 
-def check_backbone(state_dict: dict, origin: str) -> dict[str, torch.Tensor]:
-    """Every VGG16 conv present with its exact shape; anything else is a clear error."""
+def check_backbone(state_dict: dict, origin: str, blocks=VGG16_BLOCKS) -> dict[str, torch.Tensor]:
+    """Every conv of the layout present with its exact shape; anything else is a clear error."""
     in_channels = 3
-    for block, widths in VGG16_BLOCKS.items():
+    for block, widths in blocks.items():
         for i, out_channels in enumerate(widths):
             name = f"{block}.conv{i + 1}"
             expected = {"weight": (out_channels, in_channels, 3, 3), "bias": (out_channels,)}

@@ -84,5 +84,6 @@ def write_metrics_log(out: Path, history: list[dict]) -> None:
 
 def write_splits(out: Path, classes: list[str], splits: dict) -> None:
     atomic_write_json(out / "splits.json", {"classes": classes, **{
-        name: [{"path": display_path(i.path), "label": i.label, "sha256": i.sha256} for i in items]
+        # The path as Python holds it: JSON escapes undecodable bytes, so it opens again.
+        name: [{"path": i.path, "label": i.label, "sha256": i.sha256} for i in items]
         for name, items in splits.items()}})

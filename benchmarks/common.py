@@ -1,0 +1,62 @@
+"""Helpers shared by the benchmark scripts: data subsets as symlinks, JSON results, memory."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def link_subset(source: Path, target: Path, per_class: int, skip: int = 0) -> Path:
+    """target/<class>/ with symlinks to `per_class` images of each class, after the first `skip`."""
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        files = sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name))[skip:skip + per_class]
+        (target / folder.name).mkdir(parents=True, exist_ok=True)
+        for file in files:
+            link = target / folder.name / file.name
+            if not link.exists():
+                os.symlink(file, link)
+    return target
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def folder_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
+
+
+def machine() -> dict:
+    import torch
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
