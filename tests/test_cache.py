@@ -137,3 +137,17 @@ def test_interrupted_fill_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "features", lambda x, cut: computed.append(len(x)) or real_features(x, cut))
     fill(tmp_path, model, jobs)
     assert sum(computed) == len(entries) - 8
+
+
+def test_stale_half_written_shards_are_removed_fresh_ones_kept(tmp_path):
+    import os
+    import time
+    model = tiny_model()
+    folder = FeatureCache(tmp_path, cache_key("tiny", PREP, "block4", model)).dir
+    stale, fresh = folder / ".shard-old.npy.tmp", folder / ".shard-new.npy.tmp"
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"x" * 100)
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    FeatureCache(tmp_path, cache_key("tiny", PREP, "block4", model))
+    assert not stale.exists() and fresh.exists()

@@ -74,6 +74,8 @@ def build_parser() -> Parser:
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     check = data_commands.add_parser("check", help="count images per class and list every unusable file")
     check.add_argument("folder")
+    check.add_argument("--val-data", help="validation folder: its files are checked against the training folder")
+    check.add_argument("--test-data", help="test folder: its files are checked against the training folder")
     check.add_argument("--output", help="CSV of rejected files to write")
     return parser
 
@@ -174,16 +176,18 @@ def cmd_weights(args) -> int:
 
 def cmd_data_check(args) -> int:
     from . import data
-    found = data.discover(args.folder)
-    items, rejected = data.scan(found)
-    print(f"{display_path(args.folder)}: {len(items)} usable images in {len(found.classes)} classes, "
-          f"{len(rejected)} rejected")
-    for i, name in enumerate(found.classes):
+    splits = data.prepare_splits(args.folder, args.val_data, args.test_data, 0.1, 0.1, seed=0)
+    items = splits.train + splits.val + splits.test
+    print(f"{display_path(args.folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
+          f"{len(splits.rejected)} rejected")
+    for i, name in enumerate(splits.classes):
         print(f"  {name:30} {sum(1 for item in items if item.label == i)}")
-    for path, reason in rejected:
+    for path, reason in splits.rejected:
         print(f"rejected {display_path(path)}: {reason}")
+    for a, _, b, _, distance in data.near_duplicate_rows(splits):
+        print(f"warning: near-duplicates (perceptual hash distance {distance}): {display_path(a)} ~ {display_path(b)}")
     if args.output:
-        data.write_rejected(Path(args.output), rejected)
+        data.write_rejected(Path(args.output), splits.rejected)
     return 0
 
 

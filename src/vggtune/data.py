@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .errors import UserError
 from .fsutil import atomic_write_text, display_path
@@ -26,6 +27,7 @@ class Item:
     path: str
     label: int
     sha256: str
+    dhash: int = 0          # perceptual hash, for near-duplicate warnings
 
 
 @dataclass
@@ -135,36 +137,72 @@ def _looks_like_image(path: str) -> bool:
 
 def check_file(path: str) -> tuple[str | None, str | None]:
     """(sha256, None) for a usable image, (None, reason) otherwise."""
+    sha, reason, _ = _check(path)
+    return sha, reason
+
+
+def _check(path: str) -> tuple[str | None, str | None, int]:
     try:
         with open(path, "rb") as handle:
             content = handle.read()
     except FileNotFoundError:
-        return None, "file vanished before it could be read"
+        return None, "file vanished before it could be read", 0
     except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}"
+        return None, f"unreadable: {exc.strerror or exc}", 0
     if not content:
-        return None, "empty file (0 bytes)"
+        return None, "empty file (0 bytes)", 0
     try:
-        open_rgb(io.BytesIO(content), short_side=SCAN_SIDE)
+        image = open_rgb(io.BytesIO(content), short_side=SCAN_SIDE)
     except ImageRejected as exc:
-        return None, str(exc)
-    return hashlib.sha256(content).hexdigest(), None
+        return None, str(exc), 0
+    return hashlib.sha256(content).hexdigest(), None, difference_hash(image)
+
+
+def difference_hash(image) -> int:
+    """64-bit dHash: is each pixel of a 9x8 grey thumbnail brighter than its left neighbour."""
+    pixels = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def near_duplicates(items: list[Item], max_distance: int = 4) -> list[tuple[Item, Item, int]]:
+    """Pairs of different files whose dHashes differ in at most `max_distance` bits."""
+    if len(items) < 2:
+        return []
+    hashes = np.array([item.dhash for item in items], dtype=np.uint64)
+    pairs = []
+    for start in range(0, len(items), 512):
+        block = hashes[start:start + 512, None] ^ hashes[None, :]
+        distance = _popcount(block)
+        rows, cols = np.nonzero(distance <= max_distance)
+        for r, c in zip(rows + start, cols):
+            if r < c:
+                pairs.append((items[r], items[c], int(distance[r - start, c])))
+    return pairs
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    as_bytes = values.view(np.uint8).reshape(*values.shape, 8)
+    return _BIT_COUNTS[as_bytes].sum(axis=-1)
+
+
+_BIT_COUNTS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, str]]]:
     """Check every file once: usable items (deduplicated by content) and rejected files with reasons."""
     index = {name: i for i, name in enumerate(found.classes)}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(pool.map(check_file, [path for path, _ in found.files]))
+        results = list(pool.map(_check, [path for path, _ in found.files]))
     items, rejected, first_path = [], list(found.rejected), {}
-    for (path, name), (sha, reason) in zip(found.files, results):
+    for (path, name), (sha, reason, dhash) in zip(found.files, results):
         if reason:
             rejected.append((path, reason))
         elif sha in first_path:
             rejected.append((path, f"duplicate content of {display_path(first_path[sha])}"))
         else:
             first_path[sha] = path
-            items.append(Item(path, index[name], sha))
+            items.append(Item(path, index[name], sha, dhash))
     return items, rejected
 
 
@@ -198,6 +236,7 @@ def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: fl
     found = discover(data_dir)
     items, rejected = scan(found, workers)
     held: dict[str, list[Item]] = {}
+    taken: dict[str, tuple[str, str]] = {}             # sha256 -> (split, path) of held-out files
     for name, folder in (("test", test_dir), ("val", val_dir)):
         if not folder:
             continue
@@ -207,10 +246,9 @@ def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: fl
                             f"allowed: the training classes {found.classes}")
         held_items, held_rejected = scan(other, workers)
         rejected += held_rejected
-        taken = {item.sha256: item.path for items_ in held.values() for item in items_}
-        held[name] = _without_content(held_items, taken, rejected, f"{name} file")
-    taken = {item.sha256: item.path for items_ in held.values() for item in items_}
-    items = _without_content(items, taken, rejected, "held-out file")
+        held[name] = _without_content(held_items, taken, rejected)
+        taken.update({item.sha256: (name, item.path) for item in held[name]})
+    items = _without_content(items, taken, rejected)
     fractions = (0.0 if "val" in held else val_split, 0.0 if "test" in held else test_split)
     train, val, test = stratified_split(items, fractions, seed)
     splits = Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected)
@@ -220,11 +258,30 @@ def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: fl
     return splits
 
 
-def _without_content(items: list[Item], taken: dict[str, str], rejected: list, what: str) -> list[Item]:
+def _without_content(items: list[Item], taken: dict[str, tuple[str, str]], rejected: list) -> list[Item]:
     kept = []
     for item in items:
         if item.sha256 in taken:
-            rejected.append((item.path, f"same content as {what} {display_path(taken[item.sha256])} (kept out of two splits)"))
+            split, path = taken[item.sha256]
+            rejected.append((item.path, f"same content as {split} file {display_path(path)} (kept out of two splits)"))
         else:
             kept.append(item)
     return kept
+
+
+def near_duplicate_rows(splits: Splits, max_distance: int = 4) -> list[tuple[str, str, str, str, int]]:
+    """(path, its split, path, its split, distance) for near-duplicate pairs, cross-split ones first."""
+    tagged = [(item, name) for name in ("train", "val", "test") for item in getattr(splits, name)]
+    split_of = {item.path: name for item, name in tagged}
+    rows = [(a.path, split_of[a.path], b.path, split_of[b.path], d)
+            for a, b, d in near_duplicates([item for item, _ in tagged], max_distance)]
+    return sorted(rows, key=lambda row: (row[1] == row[3], row[4]))
+
+
+def write_near_duplicates(path: Path, rows) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "split", "near_duplicate_of", "its_split", "dhash_distance"])
+    for a, split_a, b, split_b, distance in rows:
+        writer.writerow([display_path(a), split_a, display_path(b), split_b, distance])
+    atomic_write_text(path, buffer.getvalue())

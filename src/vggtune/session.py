@@ -99,6 +99,15 @@ def logits_to_probabilities(logits: torch.Tensor, binary: bool) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
+def _warn_near_duplicates(splits: data.Splits, out: Path, quiet: bool) -> None:
+    rows = data.near_duplicate_rows(splits)
+    data.write_near_duplicates(out / "near_duplicates.csv", rows)
+    across = sum(1 for row in rows if row[1] != row[3])
+    if across:
+        say(f"warning: {across} near-duplicate image pairs fall in different splits "
+            "(perceptual hash; see near_duplicates.csv)", quiet)
+
+
 def gather_data(config: TrainConfig) -> data.Splits:
     return data.prepare_splits(config.data, config.val_data, config.test_data,
                                config.val_split, config.test_split, config.seed)
@@ -133,6 +142,7 @@ def open_session(config: TrainConfig, resume: bool, cuts: list[str]) -> Session:
             weights.home() / "features", config.batch_size, config.quiet)
     all_rejected = splits.rejected + rejected
     data.write_rejected(out / "rejected.csv", all_rejected)
+    _warn_near_duplicates(splits, out, config.quiet)
     write_splits(out, splits.classes, kept)
     description = {"classes": splits.classes, "head": head.to_dict(), "size": config.size,
                    "preprocessing": prep.to_dict(), "weights": loaded.id, "arch": "vgg16",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import UserError
 from .model import cut_before, last_blocks, set_trainable
 from .progress import progress, say
 from .rundir import load_tensors, save_tensors, write_metrics_log
@@ -149,6 +150,8 @@ def _resume_state(session, stage, parameters, optimizer) -> dict:
     if not path.is_file():
         return fresh
     tensors, metadata = load_tensors(path)
+    if not isinstance(metadata.get("progress"), dict) or "param_groups" not in metadata:
+        raise UserError(f"{path}: no training progress recorded; allowed: a state file written by vggtune train")
     state = metadata["progress"]
     session.record(stage.name, state["history"])
     if state["done"]:
