@@ -25,8 +25,14 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not integration"
 
-bench: setup
+# The Keras peer runs in its own virtualenv, as its docstring says.
+.venv-keras/.installed:
+	python3 -m venv .venv-keras
+	.venv-keras/bin/pip install -q tensorflow-cpu pillow
+	touch $@
+
+bench: setup .venv-keras/.installed
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) runs src/*.egg-info
+	rm -rf $(VENV) .venv-keras runs src/*.egg-info

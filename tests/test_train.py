@@ -111,3 +111,8 @@ def test_config_errors_name_what_is_allowed():
         TrainConfig(data=".", head="dense")
     with pytest.raises(vggtune.UserError, match="--size: received 100"):
         TrainConfig(data=".", size=100)
+
+
+def test_no_test_split_still_trains_and_reports_validation(tmp_path, dataset, tiny_weights):
+    results = train_module.fit(quick_config(dataset, tmp_path / "run", test_split=0.0, finetune_epochs=1))
+    assert "test" not in results and results["val"]["n"] == 12

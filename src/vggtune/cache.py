@@ -161,8 +161,7 @@ class FeatureSet:
     def __init__(self, arrays: dict[str, np.ndarray], locations: list[tuple[str, int]]):
         self.arrays = arrays
         self.locations = locations
-        first = next(iter(arrays.values()))
-        self.row_shape = first.shape[1:]
+        self.row_shape = next(iter(arrays.values())).shape[1:] if arrays else ()
 
     def __len__(self) -> int:
         return len(self.locations)

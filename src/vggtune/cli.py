@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import sys
 from pathlib import Path
@@ -142,7 +143,6 @@ def cmd_predict(args) -> int:
 
 
 def _format_predictions(predictions, classes, fmt: str, kaggle: bool) -> str:
-    import io
     if fmt == "json" and not kaggle:
         return json.dumps([{"path": display_path(p.path), "label": p.label, "probabilities": p.probabilities}
                            for p in predictions], indent=2) + "\n"

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, choice_error
-
 from .model import HEAD_KINDS as HEADS
+
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 

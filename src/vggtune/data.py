@@ -80,7 +80,7 @@ def _from_folders(root: Path, folders, entries) -> Found:
         if entry not in folders and not entry.name.startswith("."):
             found.rejected.append((entry.path, "not inside a class folder"))
     for folder in folders:
-        for path, reason in _walk_files(Path(folder.path)):
+        for path, reason in walk_files(Path(folder.path)):
             if reason:
                 found.rejected.append((path, reason))
             else:
@@ -102,7 +102,7 @@ def _from_kaggle_names(root: Path, entries) -> Found:
     return found
 
 
-def _walk_files(folder: Path):
+def walk_files(folder: Path):
     """(path, None) for each candidate file below folder, (path, reason) for what is skipped."""
     seen_dirs = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):

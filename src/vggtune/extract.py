@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -71,7 +72,6 @@ def view_batches(jobs, prep, aug, batch_size: int, workers: int, rejected: list)
 
 def decode_workers(runtime: Runtime) -> int:
     """On a 2-core CPU one decoding thread keeps up with the convolutions; a GPU needs many."""
-    import os
     cores = os.cpu_count() or 1
     return min(16, cores) if runtime.device.type == "cuda" else max(1, cores // 2)
 

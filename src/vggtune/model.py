@@ -69,6 +69,14 @@ class HeadSpec:
         return asdict(self)
 
 
+def logits_to_probabilities(logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    """Class probabilities: the sigmoid unit gives P(second class) for two classes."""
+    if binary:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
 def build_head(spec: HeadSpec, channels: int, grid: int) -> nn.Module:
     if spec.kind == "flatten":
         return nn.Sequential(OrderedDict(

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import torch
 
-from .data import IMAGE_SUFFIXES, _walk_files
+from .config import AugmentConfig
+from .data import walk_files
 from .errors import UserError
 from .extract import ImageJob, decode_views, prefetch
 from .fsutil import display_path
-from .model import HEAD_KINDS, Classifier, HeadSpec
+from .model import HEAD_KINDS, Classifier, HeadSpec, logits_to_probabilities
 from .rundir import load_tensors, read_model_description
 from .runtime import choose_runtime
-from .session import logits_to_probabilities
 from .transforms import normalise
 from .weights import Preprocessing
-from .config import AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def expand_paths(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     files, rejected = [], []
     for path in paths:
         if os.path.isdir(path):
-            for found, reason in _walk_files(Path(path)):
+            for found, reason in walk_files(Path(path)):
                 (rejected.append((found, reason)) if reason else files.append(found))
         elif os.path.isfile(path):
             files.append(path)
@@ -115,4 +114,4 @@ def load(run: str | Path, device: str = "auto", precision: str = "auto") -> Pred
     return Predictor(run, device=device, precision=precision)
 
 
-__all__ = ["Prediction", "Predictor", "expand_paths", "load", "IMAGE_SUFFIXES"]
+__all__ = ["Prediction", "Predictor", "expand_paths", "load"]

@@ -13,7 +13,7 @@ from . import data, weights
 from .config import TrainConfig, save_config
 from .fsutil import atomic_write_json
 from .metrics import classification_metrics
-from .model import Classifier, HeadSpec, blocks_from_state_dict, load_backbone
+from .model import Classifier, HeadSpec, blocks_from_state_dict, load_backbone, logits_to_probabilities
 from .progress import say
 from .rundir import check_new_or_resumable, make_dirs, save_model, write_metrics_log, write_splits
 from .runtime import Runtime, choose_runtime
@@ -90,13 +90,6 @@ class Session:
         self.model.to(self.runtime.device)
         atomic_write_json(self.out / "metrics.json", {**results, "timing": self.timing})
         return results
-
-
-def logits_to_probabilities(logits: torch.Tensor, binary: bool) -> torch.Tensor:
-    if binary:
-        p = torch.sigmoid(logits[:, 0])
-        return torch.stack([1 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
 
 
 def _warn_near_duplicates(splits: data.Splits, out: Path, quiet: bool) -> None:

@@ -1,0 +1,129 @@
+"""Extraction throughput on a GPU, ready to run in one go on a lent CUDA machine:
+
+    PYTHONPATH=src python3 benchmarks/gpu_extraction.py --images 8192 --json $OUT/gpu.json
+
+The device machine has no ../shared and no network, so it writes its own JPEGs (500x375,
+like the Kaggle photos) and uses random-init VGG16 weights: throughput does not depend on
+the values. Three figures, same run: the bare bf16 convolutions (the limit); vggtune's
+extraction with Pillow decoding in CPU threads; and decoding on the GPU with
+torchvision.io.decode_jpeg (nvJPEG), resizing there too. Runs on CPU as a smoke test.
+"""
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageDraw
+from torchvision.transforms.v2 import functional as F
+
+from vggtune.cache import FeatureCache
+from vggtune.config import AugmentConfig
+from vggtune.extract import ImageJob, extract
+from vggtune.model import Classifier, HeadSpec
+from vggtune.runtime import choose_runtime
+from vggtune.sources import cache_key
+from vggtune.transforms import normalise
+from vggtune.weights import VGG16_IMAGENET1K_V1
+
+
+def write_photos(folder: Path, count: int) -> list[Path]:
+    def one(i):
+        rng = np.random.default_rng(i)
+        image = Image.new("RGB", (500, 375), tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x, y, r = rng.integers(0, 500), rng.integers(0, 375), int(rng.integers(20, 120))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        noisy = np.asarray(image, dtype=np.int16) + rng.integers(-20, 20, (375, 500, 3))
+        path = folder / f"photo.{i}.jpg"
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        return path
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def bare(model, runtime, batch, size, seconds):
+    x = torch.randn(batch, 3, size, size, device=runtime.device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), runtime.autocast():
+        for _ in range(3):
+            model.features(x, "block5")
+        sync(runtime)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model.features(x, "block5")
+            done += batch
+        sync(runtime)
+    return done / (time.perf_counter() - started)
+
+
+def sync(runtime):
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gpu_decode(model, runtime, paths, prep, batch, cache):
+    """Bytes read in threads, decoded and resized on the device, features written to the cache."""
+    writer = cache.writer()
+    read = lambda p: torchvision.io.read_file(str(p))  # noqa: E731
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool, torch.inference_mode():
+        for start in range(0, len(paths), batch):
+            chunk = paths[start:start + batch]
+            data = list(pool.map(read, chunk))
+            images = torchvision.io.decode_jpeg(data, device=runtime.device)
+            views = torch.stack([F.center_crop(F.resize(im, [prep.resize], antialias=True), [prep.size] * 2)
+                                 for im in images])
+            x = normalise_on(views, prep, runtime.device).contiguous(memory_format=torch.channels_last)
+            with runtime.autocast():
+                features = model.features(x, "block5")
+            writer.add([f"{p.name}/clean" for p in chunk], features)
+    writer.close()
+    sync(runtime)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def normalise_on(views, prep, device):
+    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
+    return (views.float() - mean) / std
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=8192)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", default="gpu_extraction.json")
+    args = parser.parse_args()
+    runtime = choose_runtime(args.device, "auto")
+    prep = VGG16_IMAGENET1K_V1.preprocessing
+    model = Classifier(HeadSpec("flatten", 2), size=prep.size).to(runtime.device).to(memory_format=torch.channels_last).eval()
+    work = Path(tempfile.mkdtemp())
+    paths = write_photos(work, args.images)
+    result = {"device": torch.cuda.get_device_name() if runtime.device.type == "cuda" else "cpu",
+              "runtime": runtime.describe(), "images": len(paths), "batch": args.batch_size, "cpus": os.cpu_count()}
+    result["bare_images_s"] = round(bare(model, runtime, args.batch_size, prep.size, args.seconds), 1)
+    print(result, flush=True)
+    jobs = [ImageJob(str(p), hashlib.sha256(p.read_bytes()).hexdigest(), (0,)) for p in paths]
+    cache = FeatureCache(work / "cpu-decode", cache_key("random", prep, "block5", model))
+    started = time.perf_counter()
+    extract(model, cache, jobs, prep, AugmentConfig(), runtime, args.batch_size, "block5", quiet=True)
+    sync(runtime)
+    result["cpu_decode_images_s"] = round(len(jobs) / (time.perf_counter() - started), 1)
+    print(result, flush=True)
+    cache = FeatureCache(work / "gpu-decode", cache_key("random", prep, "block5", model))
+    result["gpu_decode_images_s"] = round(gpu_decode(model, runtime, paths, prep, args.batch_size, cache), 1)
+    print(json.dumps(result), flush=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

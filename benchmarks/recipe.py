@@ -1,0 +1,92 @@
+"""The full recipe three ways, side by side in one run: vggtune, vggtune --no-cache, and the
+Keras peer (../shared/peers/keras_seed.py). Same images, same split sizes, 10 head + 10
+fine-tune epochs, no early stopping; each run in its own process with a cold feature cache.
+Prints a table of wall time, test accuracy/F1 and peak memory, writes results/recipe.json.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import DATA, ROOT, SHARED, link_subset, save, table
+
+KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
+
+
+def run(command: list[str], env: dict) -> dict:
+    """Wall time, peak RSS (MB) and the JSON printed last, of one child process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    out, err = process.stdout.read(), process.stderr.read()
+    if status != 0:
+        raise SystemExit(f"{command[:4]} failed ({status}):\n{err[-3000:]}")
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024), "stdout": out}
+
+
+def vggtune_run(name: str, train: Path, test: Path, work: Path, extra: list[str], args) -> dict:
+    home = work / f"home-{name}"
+    shutil.copytree(work / "home-weights", home)                 # converted weights, no features
+    out = work / f"run-{name}"
+    command = [sys.executable, "-m", "vggtune", "train", str(train), "--out", str(out), "--test-data", str(test),
+               "--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs), "--val-split", "0.2",
+               "--patience", "0", "--quiet", *extra]
+    result = run(command, dict(os.environ, VGGTUNE_HOME=str(home)))
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_metrics = metrics["test"]
+    return {"way": name, "wall_s": result["wall_s"], "accuracy": test_metrics["accuracy"], "f1": test_metrics["f1"],
+            "peak_rss_mb": result["peak_rss_mb"], "stages": metrics["timing"],
+            "cache_mb": round(sum(p.stat().st_size for p in home.rglob("shard-*.npy")) / 1e6, 1)}
+
+
+def keras_run(train: Path, test: Path, args) -> dict:
+    from vggtune.formats import lpips_checkpoint_path
+    command = [str(KERAS_PYTHON), str(SHARED / "peers" / "keras_seed.py"), "--data", str(train), "--test-data", str(test),
+               "--weights", str(lpips_checkpoint_path()), "--epochs", str(args.epochs),
+               "--finetune-epochs", str(args.finetune_epochs), "--val-split", "0.2"]
+    result = run(command, dict(os.environ))
+    peer = json.loads(result["stdout"].strip().splitlines()[-1])
+    return {"way": "keras peer", "wall_s": result["wall_s"], "accuracy": peer["accuracy"], "f1": peer["f1"],
+            "peak_rss_mb": result["peak_rss_mb"],
+            "stages": {k: peer[k] for k in ("head_stage_s", "finetune_stage_s", "eval_s") if k in peer}}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per-class", type=int, default=100, help="training images per class")
+    parser.add_argument("--test-per-class", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--skip-keras", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vggtune-recipe-"))
+    source = DATA / "cats-vs-dogs-2k"
+    train = link_subset(source, work / "train", args.per_class)
+    test = link_subset(source, work / "test", args.test_per_class, skip=1000 - args.test_per_class)
+    subprocess.run([sys.executable, "-m", "vggtune", "weights", "verify"], check=True, capture_output=True,
+                   env=dict(os.environ, VGGTUNE_HOME=str(work / "home-weights")))
+    rows = [vggtune_run("vggtune", train, test, work, [], args),
+            vggtune_run("vggtune --no-cache", train, test, work, ["--no-cache"], args)]
+    for row in rows:
+        print(row, flush=True)
+    if not args.skip_keras:
+        rows.append(keras_run(train, test, args))
+        print(rows[-1], flush=True)
+    fastest = rows[0]["wall_s"]
+    for row in rows:
+        row["x_vggtune_time"] = round(row["wall_s"] / fastest, 2)
+    print(f"\n{2 * args.per_class} training images (80/20 train/val), {2 * args.test_per_class} test images, "
+          f"{args.epochs} head + {args.finetune_epochs} fine-tune epochs")
+    print(table(rows, ["way", "wall_s", "x_vggtune_time", "accuracy", "f1", "peak_rss_mb", "cache_mb"]))
+    save("recipe", {"train_images": 2 * args.per_class, "test_images": 2 * args.test_per_class,
+                    "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
