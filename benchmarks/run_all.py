@@ -13,7 +13,7 @@ def main():
     summary = [f"make bench, {time.strftime('%Y-%m-%d %H:%M')}"]
     for script in SCRIPTS:
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, str(HERE / script[0]), *script[1:], *sys.argv[1:]],
+        result = subprocess.run([sys.executable, str(HERE / script[0]), *script[1:]],
                                 capture_output=True, text=True, cwd=HERE)
         print(result.stdout, end="")
         if result.returncode:

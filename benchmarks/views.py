@@ -34,7 +34,7 @@ def main():
         print(rows[-1], flush=True)
     rows.sort(key=lambda r: r["views"])
     print(table(rows, ["views", "val_accuracy", "val_log_loss", "wall_s"]))
-    save("views", {"train_per_class": args.train_per_class, "val_per_class": args.val_per_class, "rows": rows})
+    save(f"views-{2 * args.train_per_class}", {"train_per_class": args.train_per_class, "val_per_class": args.val_per_class, "rows": rows})
 
 
 if __name__ == "__main__":
