@@ -20,11 +20,14 @@ KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
 
 def run(command: list[str], env: dict) -> dict:
     """Wall time, peak RSS (MB) and the JSON printed last, of one child process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    out, err = process.stdout.read(), process.stderr.read()
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=out_file, stderr=err_file, text=True)
+        _, status, usage = os.wait4(process.pid, 0)      # this child's own peak RSS
+        wall = time.perf_counter() - started
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     if status != 0:
         raise SystemExit(f"{command[:4]} failed ({status}):\n{err[-3000:]}")
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024), "stdout": out}

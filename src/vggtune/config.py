@@ -50,7 +50,7 @@ class TrainConfig:
     head: str = "flatten"
     hidden: int = 256
     dropout: float = 0.5
-    views: int = 3
+    views: int = 2
     val_split: float = 0.1
     test_split: float = 0.1
     seed: int = 1337

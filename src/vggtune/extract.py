@@ -94,6 +94,8 @@ def extract(model: Classifier, cache: FeatureCache, jobs: list[ImageJob], prep: 
     bar = progress(total=total, desc=f"features to {cut}", unit="view", quiet=quiet)
     with torch.inference_mode():
         for names, batch in view_batches(todo, prep, aug, batch_size, decode_workers(runtime), rejected):
+            if runtime.device.type == "cuda":
+                batch = batch.pin_memory()        # lets the copy overlap the previous batch's work
             batch = batch.to(runtime.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with runtime.autocast():
                 features = model.features(batch, cut)
