@@ -116,3 +116,13 @@ def test_config_errors_name_what_is_allowed():
 def test_no_test_split_still_trains_and_reports_validation(tmp_path, dataset, tiny_weights):
     results = train_module.fit(quick_config(dataset, tmp_path / "run", test_split=0.0, finetune_epochs=1))
     assert "test" not in results and results["val"]["n"] == 12
+
+
+def test_finetuning_two_blocks_trains_from_the_block3_cache(tmp_path, dataset, tiny_weights, isolated_home):
+    out = tmp_path / "run"
+    train_module.fit(quick_config(dataset, out, finetune_blocks=2, finetune_epochs=1))
+    cuts = sorted(p.name.split("-")[0] for p in (isolated_home / "features").iterdir())
+    assert cuts == ["block3", "block5"]
+    from vggtune.rundir import load_tensors
+    tensors, _ = load_tensors(out / "state" / "finetune-best.safetensors")
+    assert {k.split(".")[2] for k in tensors if k.startswith("param.backbone")} == {"block4", "block5"}
