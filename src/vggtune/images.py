@@ -23,6 +23,7 @@ def open_rgb(path, short_side: int | None = None) -> Image.Image:
     """
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)     # "Corrupt EXIF data": the pixels decide
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 _check_size(image)
