@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DATA, link_subset, save, table
+from common import DATA, save, table, train_and_held_out
 from recipe import run
 
 
@@ -21,9 +21,7 @@ def main():
     parser.add_argument("--finetune-epochs", type=int, default=2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vggtune-precision-"))
-    source = DATA / "petimages-180-10k"
-    train = link_subset(source, work / "train", args.per_class)
-    test = link_subset(source, work / "test", args.test_per_class, skip=args.per_class)
+    train, test = train_and_held_out(DATA / "petimages-180-10k", work, args.per_class, args.test_per_class)
     rows = []
     for precision in ("bf16", "fp32"):
         home = work / f"home-{precision}"

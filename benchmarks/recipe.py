@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, ROOT, SHARED, link_subset, save, table
+from common import DATA, ROOT, SHARED, save, table, train_and_held_out
 
 KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
 
@@ -69,9 +69,8 @@ def main():
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vggtune-recipe-"))
-    source = DATA / "cats-vs-dogs-2k"
-    train = link_subset(source, work / "train", args.per_class)
-    test = link_subset(source, work / "test", args.test_per_class, skip=1000 - args.test_per_class)
+    train, test = train_and_held_out(DATA / "cats-vs-dogs-2k", work, args.per_class, args.test_per_class,
+                                     held_skip=1000 - args.test_per_class)
     subprocess.run([sys.executable, "-m", "vggtune", "weights", "verify"], check=True, capture_output=True,
                    env=dict(os.environ, VGGTUNE_HOME=str(work / "home-weights")))
     rows = [vggtune_run("vggtune", train, test, work, [], args),

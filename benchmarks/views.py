@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import vggtune
-from common import DATA, link_subset, save, table
+from common import DATA, save, table, train_and_held_out
 
 
 def main():
@@ -21,9 +21,7 @@ def main():
     parser.add_argument("--finetune-epochs", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vggtune-views-"))
-    source = DATA / "petimages-180-10k"
-    train = link_subset(source, work / "train", args.train_per_class)
-    val = link_subset(source, work / "val", args.val_per_class, skip=args.train_per_class)
+    train, val = train_and_held_out(DATA / "petimages-180-10k", work, args.train_per_class, args.val_per_class, "val")
     rows = []
     for views in sorted(args.views, reverse=True):      # the largest first fills the shared cache
         started = time.perf_counter()
