@@ -20,7 +20,7 @@ CATEGORIES = [
     ("cache write (numpy save, fsync)", ["np.save", "format.py", "fsync", "cache.py:flush", "_digest_file"]),
     ("cache read (memmap gather)", ["cache.py:gather"]),
     ("optimizer (Adam)", ["optim/adam", "optimizer.py"]),
-    ("backward (autograd)", ["backward", "autograd"]),
+    ("training steps: ops recorded for autograd, and backward", ["backward", "autograd"]),
     ("frozen blocks forward (extraction)", ["extract.py", "derive"]),
     ("trainable forward (training)", ["training.py", "session.py:probabilities"]),
     ("image scan (hash + check)", ["data.py:_check", "data.py:scan"]),

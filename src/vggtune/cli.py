@@ -49,7 +49,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     for name in ("rotation", "zoom", "shift", "colour"):
         augment.add_argument(f"--{name}", type=float, default=None,
                              help=f"strength (default {getattr(AugmentConfig(), name)}, 0 turns it off)")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out, with the config saved in it")
 
 
 def build_parser() -> Parser:
