@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from vggtune import weights
 from vggtune.cache import FeatureCache
 from vggtune.config import AugmentConfig

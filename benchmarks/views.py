@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import vggtune
+
 from common import DATA, save, table, train_and_held_out
 
 

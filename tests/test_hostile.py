@@ -3,7 +3,6 @@ import csv
 import io
 import json
 import os
-from pathlib import Path
 
 import pytest
 from PIL import Image

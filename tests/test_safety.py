@@ -10,7 +10,6 @@ from safetensors.torch import save_file
 import vggtune
 import vggtune.training as training
 from vggtune import cache, cli, fsutil
-from vggtune.errors import UserError
 
 from conftest import quick_config
 

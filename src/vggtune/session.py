@@ -1,7 +1,6 @@
 """Everything one training run holds: data splits, weights, model, feature sources, run directory."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +72,7 @@ class Session:
             return None
         labels, probs = self.probabilities("val", cut)
         result = classification_metrics(labels, probs, self.classes)
-        return {"loss": result["log_loss"], "accuracy": result["accuracy"], "log_loss": result["log_loss"]}
+        return {"loss": result["log_loss"], "accuracy": result["accuracy"]}
 
     def record(self, stage: str, history: list[dict]) -> None:
         self.histories[stage] = list(history)

@@ -20,7 +20,7 @@ import torch
 from .errors import UserError
 from .model import cut_before, last_blocks, set_trainable
 from .progress import progress, say
-from .rundir import load_tensors, save_tensors, write_metrics_log
+from .rundir import load_tensors, save_tensors
 from .session import Session, open_session
 
 
@@ -65,7 +65,7 @@ def run_stage(session: Session, stage: Stage) -> None:
         rng = np.random.default_rng(seed)
         train_loss, train_accuracy = train_epoch(session, stage, optimizer, rng)
         val = session.validate(stage.cut)
-        score = val["log_loss"] if val else train_loss
+        score = val["loss"] if val else train_loss
         row = {"stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
                "train_accuracy": train_accuracy, **({f"val_{k}": val[k] for k in ("loss", "accuracy")} if val else {})}
         state["history"].append(row)
