@@ -34,6 +34,15 @@ def train_and_held_out(source: Path, work: Path, per_class: int, held_per_class:
     return train, held
 
 
+def convert_weights(home: Path) -> Path:
+    """A VGGTUNE_HOME holding the converted ImageNet weights and no features, for cold-cache runs."""
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-m", "vggtune", "weights", "verify"], check=True, capture_output=True,
+                   env=dict(os.environ, VGGTUNE_HOME=str(home)))
+    return home
+
+
 def peak_rss_mb(children: bool = False) -> float:
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024

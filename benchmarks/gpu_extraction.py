@@ -22,7 +22,6 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as F
-
 from vggtune.cache import FeatureCache
 from vggtune.config import AugmentConfig
 from vggtune.extract import ImageJob, extract
@@ -80,19 +79,13 @@ def gpu_decode(model, runtime, paths, prep, batch, cache):
             images = torchvision.io.decode_jpeg(data, device=runtime.device)
             views = torch.stack([F.center_crop(F.resize(im, [prep.resize], antialias=True), [prep.size] * 2)
                                  for im in images])
-            x = normalise_on(views, prep, runtime.device).contiguous(memory_format=torch.channels_last)
+            x = normalise(views, prep).contiguous(memory_format=torch.channels_last)
             with runtime.autocast():
                 features = model.features(x, "block5")
             writer.add([f"{p.name}/clean" for p in chunk], features)
     writer.close()
     sync(runtime)
     return len(paths) / (time.perf_counter() - started)
-
-
-def normalise_on(views, prep, device):
-    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
-    return (views.float() - mean) / std
 
 
 def main():

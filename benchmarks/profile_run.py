@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DATA, link_subset, save, table
+from common import DATA, convert_weights, link_subset, save, table
 
 # First match wins: (category, substrings of a frame's text anywhere in the stack, leaf first).
 CATEGORIES = [
@@ -48,7 +48,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="vggtune-profile-"))
     data = link_subset(DATA / "cats-vs-dogs-2k", work / "data", args.per_class)
     env = dict(os.environ, VGGTUNE_HOME=str(work / "home"))
-    subprocess.run([sys.executable, "-m", "vggtune", "weights", "verify"], env=env, check=True, capture_output=True)
+    convert_weights(work / "home")
     raw = work / "profile.txt"
     subprocess.run([py_spy, "record", "--native", "--rate", "50", "--format", "raw", "--output", str(raw), "--",
                     sys.executable, "-m", "vggtune", "train", str(data), "--out", str(work / "run"), "--epochs",

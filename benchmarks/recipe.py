@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, ROOT, SHARED, save, table, train_and_held_out
+from common import DATA, ROOT, SHARED, convert_weights, save, table, train_and_held_out
 
 KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
 
@@ -71,8 +71,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="vggtune-recipe-"))
     train, test = train_and_held_out(DATA / "cats-vs-dogs-2k", work, args.per_class, args.test_per_class,
                                      held_skip=1000 - args.test_per_class)
-    subprocess.run([sys.executable, "-m", "vggtune", "weights", "verify"], check=True, capture_output=True,
-                   env=dict(os.environ, VGGTUNE_HOME=str(work / "home-weights")))
+    convert_weights(work / "home-weights")
     rows = [vggtune_run("vggtune", train, test, work, [], args),
             vggtune_run("vggtune --no-cache", train, test, work, ["--no-cache"], args)]
     for row in rows:

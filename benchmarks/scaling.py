@@ -6,12 +6,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import DATA, link_subset, save, table
+from common import DATA, convert_weights, link_subset, save, table
 from recipe import run
 
 
@@ -32,8 +31,7 @@ def main():
     parser.add_argument("--views", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vggtune-scaling-"))
-    subprocess.run([sys.executable, "-m", "vggtune", "weights", "verify"], check=True, capture_output=True,
-                   env=dict(os.environ, VGGTUNE_HOME=str(work / "home-weights")))
+    convert_weights(work / "home-weights")
     by_size = []
     for size in args.sizes:
         data = link_subset(DATA / "petimages-180-10k", work / f"data-{size}", size // 2)

@@ -23,8 +23,8 @@ def normalise(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     x = images.to(torch.float32)
     if prep.channel_order == "BGR":
         x = x.flip(-3)
-    mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
+    mean = torch.tensor(prep.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
     return (x - mean) / std
 
 
