@@ -62,8 +62,8 @@ def keras_run(train: Path, test: Path, args) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--per-class", type=int, default=100, help="training images per class")
-    parser.add_argument("--test-per-class", type=int, default=100)
+    parser.add_argument("--per-class", type=int, default=150, help="training images per class")
+    parser.add_argument("--test-per-class", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--skip-keras", action="store_true")

@@ -150,3 +150,16 @@ def test_stale_half_written_shards_are_removed_fresh_ones_kept(tmp_path):
     os.utime(stale, (an_hour_ago, an_hour_ago))
     FeatureCache(tmp_path, cache_key("tiny", PREP, "block4", model))
     assert not stale.exists() and fresh.exists()
+
+
+def test_channels_last_bf16_features_are_stored_in_logical_order(tmp_path):
+    features = torch.randn(5, 8, 3, 2).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    writer = ShardWriter(tmp_path, rows_per_shard=100)
+    writer.add([f"e{i}" for i in range(3)], features[:3])
+    writer.add(["e3", "e4"], features[3:])
+    writer.close()
+    cache = FeatureCache.__new__(FeatureCache)
+    cache.dir, cache._index, cache._verified, cache.damaged = tmp_path, None, set(), []
+    stored = cache.open([f"e{i}" for i in range(5)]).gather(range(5))
+    assert stored.dtype == torch.float16 and stored.shape == (5, 8, 3, 2)
+    assert torch.equal(stored, features.to(torch.float16))

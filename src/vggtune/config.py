@@ -43,7 +43,7 @@ class TrainConfig:
     epochs: int = 10
     finetune_epochs: int = 5
     finetune_blocks: int = 1
-    lr: float = 1e-3
+    lr: float = 3e-4                      # chosen by cross-validation: benchmarks/recipe_study.py
     finetune_lr: float = 1e-5
     batch_size: int = 32
     size: int = 224

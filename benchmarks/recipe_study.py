@@ -1,0 +1,61 @@
+"""Which recipe settings hold up on validation data? Cross-validated, never on a test set.
+
+The size of benchmarks/recipe.py (200 training images of cats-vs-dogs-2k, 80/20
+train/validation, 10 head + 10 fine-tune epochs, no early stopping), repeated on
+--folds disjoint training sets (images 0-99, 100-199, ... of each class) and measured on
+images 500-649 of each class: none of them is among recipe.py's test images (900-999).
+Every setting sees the same folds; all runs share one feature cache. Prints mean
+accuracy and log loss per setting, writes results/recipe-study.json.
+"""
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import vggtune
+
+from common import DATA, link_subset, save, table
+
+SETTINGS = {
+    "default": {},
+    "lr 3e-4": {"lr": 3e-4},
+    "lr 1e-4": {"lr": 1e-4},
+    "head gap": {"head": "gap"},
+    "finetune lr 3e-5": {"finetune_lr": 3e-5},
+    "views 3": {"views": 3},
+    "lr 3e-4, views 3": {"lr": 3e-4, "views": 3},
+    "lr 3e-4, finetune lr 3e-5": {"lr": 3e-4, "finetune_lr": 3e-5},
+}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--name", default="recipe-study", help="results/<name>.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vggtune-study-"))
+    source = DATA / "cats-vs-dogs-2k"
+    held = link_subset(source, work / "held", 150, skip=500)
+    folds = [link_subset(source, work / f"fold-{k}", 100, skip=100 * k) for k in range(args.folds)]
+    rows = []
+    for name in args.settings:
+        scores = []
+        for k, fold in enumerate(folds):
+            result = vggtune.train(str(fold), out=str(work / f"run-{len(rows)}-{k}"), test_data=str(held),
+                                   val_split=0.2, test_split=0.0, epochs=10, finetune_epochs=10, patience=0,
+                                   quiet=True, **SETTINGS[name])
+            scores.append(result["test"])
+            print(json.dumps({"setting": name, "fold": k, "accuracy": result["test"]["accuracy"],
+                              "log_loss": result["test"]["log_loss"]}), flush=True)
+        rows.append({"setting": name, "accuracy": round(statistics.mean(s["accuracy"] for s in scores), 4),
+                     "log_loss": round(statistics.mean(s["log_loss"] for s in scores), 4),
+                     "per_fold": [s["accuracy"] for s in scores]})
+    print(f"\n{args.folds} folds of 200 training images, {len(list(held.rglob('*.jpg')))} validation images")
+    print(table(rows, ["setting", "accuracy", "log_loss", "per_fold"]))
+    save(args.name, {"folds": args.folds, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
