@@ -163,3 +163,13 @@ def test_channels_last_bf16_features_are_stored_in_logical_order(tmp_path):
     stored = cache.open([f"e{i}" for i in range(5)]).gather(range(5))
     assert stored.dtype == torch.float16 and stored.shape == (5, 8, 3, 2)
     assert torch.equal(stored, features.to(torch.float16))
+
+
+def test_a_view_is_the_same_inside_a_bf16_autocast_region(tmp_path):
+    make_dataset(tmp_path / "d", n_per_class=1)
+    job = jobs_for(tmp_path / "d")[0]
+    image = open_rgb(job.path, short_side=PREP.resize)
+    plain = [make_view(image, PREP, AUG, job.sha256, v) for v in range(3)]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under_autocast = [make_view(image, PREP, AUG, job.sha256, v) for v in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(plain, under_autocast))

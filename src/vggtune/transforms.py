@@ -70,7 +70,11 @@ def view_seed(sha256: str, view: int, aug: AugmentConfig) -> int:
 
 
 def make_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, sha256: str, view: int) -> torch.Tensor:
-    """View 0 is the clean view; views 1.. are augmented."""
-    if view == 0:
-        return eval_view(image, prep)
-    return train_view(image, prep, aug, view_seed(sha256, view, aug))
+    """View 0 is the clean view; views 1.. are augmented.
+
+    The affine warp computes in floating point, which a caller's bf16 autocast region would
+    lower to bf16 and so change the pixels; views are always made in float32."""
+    with torch.autocast(device_type="cpu", enabled=False):
+        if view == 0:
+            return eval_view(image, prep)
+        return train_view(image, prep, aug, view_seed(sha256, view, aug))
