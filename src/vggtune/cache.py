@@ -125,8 +125,9 @@ class ShardWriter:
 
     def add(self, entries: list[str], features: torch.Tensor) -> None:
         # One pass to float16 in row-major order: np.save of a channels-last (strided) array
-        # goes element by element and cost 40x more than the write itself.
-        rows = features.detach().to("cpu", STORAGE_TORCH_DTYPE, memory_format=torch.contiguous_format)
+        # goes element by element and cost 40x more than the write itself. A copy always, so
+        # a caller reusing its output buffer cannot change rows waiting to be written.
+        rows = features.detach().to("cpu", STORAGE_TORCH_DTYPE, copy=True, memory_format=torch.contiguous_format)
         self.entries.extend(entries)
         self.batches.append(rows.numpy())
         if len(self.entries) >= self.rows_per_shard:
