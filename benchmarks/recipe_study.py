@@ -31,6 +31,7 @@ SETTINGS = {       # every entry names its head lr, so the table does not change
     "lr 3e-4, dropout 0": {"lr": 3e-4, "dropout": 0.0},
     "lr 3e-4, dropout 0.2": {"lr": 3e-4, "dropout": 0.2},
     "lr 1e-3, dropout 0": {"lr": 1e-3, "dropout": 0.0},
+    "lr 3e-4, head gap": {"lr": 3e-4, "head": "gap"},
 }
 
 
