@@ -126,3 +126,20 @@ def test_finetuning_two_blocks_trains_from_the_block3_cache(tmp_path, dataset, t
     from vggtune.rundir import load_tensors
     tensors, _ = load_tensors(out / "state" / "finetune-best.safetensors")
     assert {k.split(".")[2] for k in tensors if k.startswith("param.backbone")} == {"block4", "block5"}
+
+
+def test_checkpoints_cut_short_by_a_kill_are_removed_fresh_ones_kept(tmp_path):
+    import os
+    import time
+    from vggtune.rundir import make_dirs
+    state = tmp_path / "run" / "state"
+    state.mkdir(parents=True)
+    stale, fresh = state / ".finetune-last.safetensors.ab12.tmp", state / ".head-last.safetensors.cd34.tmp"
+    stale_top = tmp_path / "run" / ".metrics.json.ef56.tmp"
+    for leftover in (stale, fresh, stale_top):
+        leftover.write_bytes(b"x" * 100)
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    os.utime(stale_top, (an_hour_ago, an_hour_ago))
+    make_dirs(tmp_path / "run")
+    assert not stale.exists() and not stale_top.exists() and fresh.exists()

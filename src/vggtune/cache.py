@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .fsutil import atomic_write_json, display_path
+from .fsutil import atomic_write_json, display_path, remove_stale_temporaries
 
 STORAGE_DTYPE = np.float16
 STORAGE_TORCH_DTYPE = torch.float16
@@ -35,20 +34,6 @@ def _digest_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-STALE_SECONDS = 600
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Half-written shards of a killed writer; a live writer touches its file every few seconds."""
-    now = time.time()
-    for leftover in folder.glob(".shard-*.tmp"):
-        try:
-            if now - leftover.stat().st_mtime > STALE_SECONDS:
-                leftover.unlink()
-        except OSError:
-            pass
-
-
 class FeatureCache:
     def __init__(self, root: Path, key: dict):
         self.key = dict(key, storage=np.dtype(STORAGE_DTYPE).name, format=1)
@@ -61,7 +46,7 @@ class FeatureCache:
                             "allowed: VGGTUNE_HOME in a writable place") from None
         if not (self.dir / "key.json").exists():
             atomic_write_json(self.dir / "key.json", self.key)
-        _remove_stale_temporaries(self.dir)
+        remove_stale_temporaries(self.dir, ".shard-*.tmp")   # a live writer touches its file every few seconds
         self._index: dict[str, tuple[str, int]] | None = None
         self._verified: set[str] = set()
         self.damaged: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -37,6 +38,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, value) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+STALE_SECONDS = 600
+
+
+def remove_stale_temporaries(folder: Path, pattern: str = ".*.tmp") -> None:
+    """Half-written files left by a killed writer; a live writer's file is younger than this."""
+    now = time.time()
+    for leftover in Path(folder).glob(pattern):
+        try:
+            if now - leftover.stat().st_mtime > STALE_SECONDS:
+                leftover.unlink()
+        except OSError:
+            pass
 
 
 def _umask() -> int:

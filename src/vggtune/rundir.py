@@ -10,7 +10,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
-from .fsutil import atomic_write_json, atomic_write_text, display_path
+from .fsutil import atomic_write_json, atomic_write_text, display_path, remove_stale_temporaries
 
 MODEL_FORMAT = "vggtune-model/1"
 
@@ -33,6 +33,8 @@ def make_dirs(out: Path) -> None:
         raise UserError(f"--out: cannot create {display_path(out)}: {exc.strerror}; allowed: a writable folder") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"--out: {display_path(out)} is not writable; allowed: a writable folder")
+    for folder in (out, out / "state"):          # checkpoints cut short by a kill -9
+        remove_stale_temporaries(folder)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
