@@ -46,7 +46,7 @@ class FeatureCache:
                             "allowed: VGGTUNE_HOME in a writable place") from None
         if not (self.dir / "key.json").exists():
             atomic_write_json(self.dir / "key.json", self.key)
-        remove_stale_temporaries(self.dir, ".shard-*.tmp")   # a live writer touches its file every few seconds
+        remove_stale_temporaries(self.dir, ".shard-*.tmp")
         self._index: dict[str, tuple[str, int]] | None = None
         self._verified: set[str] = set()
         self.damaged: list[str] = []

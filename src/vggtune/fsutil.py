@@ -44,7 +44,7 @@ STALE_SECONDS = 600
 
 
 def remove_stale_temporaries(folder: Path, pattern: str = ".*.tmp") -> None:
-    """Half-written files left by a killed writer; a live writer's file is younger than this."""
+    """Half-written files left by a killed writer; a live one exists only while its write lasts."""
     now = time.time()
     for leftover in Path(folder).glob(pattern):
         try:
