@@ -8,7 +8,6 @@ reported, because this machine's speed drifts within minutes. Writes results/bat
 """
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -16,16 +15,7 @@ from vggtune.model import Classifier, HeadSpec, set_trainable
 from vggtune.runtime import choose_runtime
 from vggtune.training import make_optimizer
 
-from common import save, table
-
-
-def rate(step, batch_size: int, seconds: float) -> float:
-    step()                                             # warm-up: kernels chosen, memory touched
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        step()
-        done += batch_size
-    return done / (time.perf_counter() - started)
+from common import images_per_second, save, table
 
 
 def extraction_step(model, runtime, batch_size):
@@ -70,7 +60,7 @@ def main():
         order = args.sizes if round_number % 2 == 0 else args.sizes[::-1]     # no size always last
         for kind, make_step in kinds.items():
             for b in order:
-                rates[kind, b].append(rate(make_step(b), b, args.seconds))
+                rates[kind, b].append(images_per_second(make_step(b), b, args.seconds, runtime.device))
     rows = [{"work": kind, **{f"batch {b}": round(statistics.median(rates[kind, b]), 1) for b in args.sizes},
              "spread": f"{min(min(rates[kind, b]) for b in args.sizes):.1f}-{max(max(rates[kind, b]) for b in args.sizes):.1f}"}
             for kind in kinds]

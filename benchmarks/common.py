@@ -43,6 +43,26 @@ def convert_weights(home: Path) -> Path:
     return home
 
 
+def images_per_second(step, batch_size: int, seconds: float, device=None, warmup: int = 1) -> float:
+    """`step()` handles one batch: warm-up first (kernels chosen, memory touched), then as many
+    steps as fit in `seconds`; a GPU's queued work is waited for before each clock reading."""
+    import torch
+
+    def wait():
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    wait()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        done += batch_size
+    wait()
+    return done / (time.perf_counter() - started)
+
+
 def peak_rss_mb(children: bool = False) -> float:
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024

@@ -24,7 +24,7 @@ from vggtune.runtime import choose_runtime
 from vggtune.sources import cache_key
 from vggtune.transforms import eval_view, normalise
 
-from common import DATA, save, table
+from common import DATA, images_per_second, save, table
 
 
 def ready_batch(jobs, prep, batch_size) -> torch.Tensor:
@@ -34,17 +34,12 @@ def ready_batch(jobs, prep, batch_size) -> torch.Tensor:
 
 
 def bare_throughput(model, cut, runtime, batch: torch.Tensor, seconds) -> float:
-    batch_size = len(batch)
     x = batch.to(runtime.device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), runtime.autocast():
-        model.features(x, cut)                                   # warm-up: kernels chosen, memory touched
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
+
+    def step():
+        with torch.inference_mode(), runtime.autocast():
             model.features(x, cut)
-            done += batch_size
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
-    return done / (time.perf_counter() - started)
+    return images_per_second(step, len(batch), seconds, runtime.device)
 
 
 def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: float) -> dict:

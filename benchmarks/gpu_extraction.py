@@ -31,6 +31,8 @@ from vggtune.sources import cache_key
 from vggtune.transforms import normalise
 from vggtune.weights import VGG16_IMAGENET1K_V1
 
+from common import images_per_second
+
 
 def write_photos(folder: Path, count: int) -> list[Path]:
     def one(i):
@@ -50,16 +52,11 @@ def write_photos(folder: Path, count: int) -> list[Path]:
 
 def bare(model, runtime, batch, size, seconds):
     x = torch.randn(batch, 3, size, size, device=runtime.device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), runtime.autocast():
-        for _ in range(3):
+
+    def step():
+        with torch.inference_mode(), runtime.autocast():
             model.features(x, "block5")
-        sync(runtime)
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model.features(x, "block5")
-            done += batch
-        sync(runtime)
-    return done / (time.perf_counter() - started)
+    return images_per_second(step, batch, seconds, runtime.device, warmup=3)
 
 
 def sync(runtime):
