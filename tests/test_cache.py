@@ -30,6 +30,13 @@ def jobs_for(root, views=(0, 1, 2)):
     return [ImageJob(str(p), hashlib.sha256(p.read_bytes()).hexdigest(), views) for p in paths]
 
 
+def cache_over(folder):
+    """A FeatureCache reading the shards in `folder` as they are, with no key of its own."""
+    cache = FeatureCache.__new__(FeatureCache)
+    cache.dir, cache._index, cache._verified, cache.damaged = folder, None, set(), []
+    return cache
+
+
 def fill(tmp_path, model, jobs, cut="block4"):
     cache = FeatureCache(tmp_path / "cache", cache_key("tiny", PREP, cut, model))
     rejected = extract(model, cache, jobs, PREP, AUG, FP32, batch_size=4, cut=cut, quiet=True)
@@ -103,8 +110,7 @@ def test_a_shard_without_manifest_does_not_count(tmp_path):
     assert not list(tmp_path.glob("shard-*"))        # nothing is visible before flush
     writer.close()
     (tmp_path / "key.json").write_text("{}")
-    cache = FeatureCache.__new__(FeatureCache)
-    cache.dir, cache._index, cache._verified, cache.damaged = tmp_path, None, set(), []
+    cache = cache_over(tmp_path)
     assert set(cache.index()) == {"a", "b"}
     next(tmp_path.glob("shard-*.json")).unlink()      # as if killed before the manifest rename
     cache._index = None
@@ -158,8 +164,7 @@ def test_channels_last_bf16_features_are_stored_in_logical_order(tmp_path):
     writer.add([f"e{i}" for i in range(3)], features[:3])
     writer.add(["e3", "e4"], features[3:])
     writer.close()
-    cache = FeatureCache.__new__(FeatureCache)
-    cache.dir, cache._index, cache._verified, cache.damaged = tmp_path, None, set(), []
+    cache = cache_over(tmp_path)
     stored = cache.open([f"e{i}" for i in range(5)]).gather(range(5))
     assert stored.dtype == torch.float16 and stored.shape == (5, 8, 3, 2)
     assert torch.equal(stored, features.to(torch.float16))
