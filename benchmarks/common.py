@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -32,6 +33,14 @@ def train_and_held_out(source: Path, work: Path, per_class: int, held_per_class:
     train = link_subset(source, work / "train", per_class)
     held = link_subset(source, work / held_name, held_per_class, per_class if held_skip is None else held_skip)
     return train, held
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> list[float]:
+    """95% interval of an accuracy measured on `total` images (Wilson's score interval)."""
+    share = correct / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z / (1 + z * z / total) * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total))
+    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def convert_weights(home: Path) -> Path:

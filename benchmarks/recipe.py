@@ -1,7 +1,8 @@
 """The full recipe three ways, side by side in one run: vggtune, vggtune --no-cache, and the
 Keras peer (../shared/peers/keras_seed.py). Same images, same split sizes, 10 head + 10
 fine-tune epochs, no early stopping; each run in its own process with a cold feature cache.
-Prints a table of wall time, test accuracy/F1 and peak memory, writes results/recipe.json.
+Prints a table of wall time, test accuracy (with its 95% interval)/F1 and peak memory,
+writes results/recipe.json.
 """
 import argparse
 import json
@@ -13,9 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, ROOT, SHARED, convert_weights, save, table, train_and_held_out
+from common import DATA, ROOT, SHARED, convert_weights, link_subset, save, table, wilson_interval
 
 KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
+# (first image, count) of each class to test on: 1,100 images, so that one image is 0.09 points.
+# None is a training image here (0-149) or in recipe_study.py's folds (0-299, validation 500-649).
+TEST_RANGES = ((300, 200), (650, 350))
 
 
 def run(command: list[str], env: dict) -> dict:
@@ -63,14 +67,18 @@ def keras_run(train: Path, test: Path, args) -> dict:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-class", type=int, default=150, help="training images per class")
-    parser.add_argument("--test-per-class", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args()
+    if args.per_class > TEST_RANGES[0][0]:
+        parser.error(f"--per-class: received {args.per_class}; allowed: up to {TEST_RANGES[0][0]} (later images are tested on)")
     work = Path(tempfile.mkdtemp(prefix="vggtune-recipe-"))
-    train, test = train_and_held_out(DATA / "cats-vs-dogs-2k", work, args.per_class, args.test_per_class,
-                                     held_skip=1000 - args.test_per_class)
+    source = DATA / "cats-vs-dogs-2k"
+    train = link_subset(source, work / "train", args.per_class)
+    for first, count in TEST_RANGES:
+        test = link_subset(source, work / "test", count, skip=first)
+    test_images = len(list(test.rglob("*.jpg")))
     convert_weights(work / "home-weights")
     rows = [vggtune_run("vggtune", train, test, work, [], args),
             vggtune_run("vggtune --no-cache", train, test, work, ["--no-cache"], args)]
@@ -82,10 +90,13 @@ def main():
     fastest = rows[0]["wall_s"]
     for row in rows:
         row["x_vggtune_time"] = round(row["wall_s"] / fastest, 2)
-    print(f"\n{2 * args.per_class} training images (80/20 train/val), {2 * args.test_per_class} test images, "
+        row["correct"] = round(row["accuracy"] * test_images)
+        row["accuracy_95"] = wilson_interval(row["correct"], test_images)
+    print(f"\n{2 * args.per_class} training images (80/20 train/val), {test_images} test images, "
           f"{args.epochs} head + {args.finetune_epochs} fine-tune epochs")
-    print(table(rows, ["way", "wall_s", "x_vggtune_time", "accuracy", "f1", "peak_rss_mb", "cache_mb"]))
-    save("recipe", {"train_images": 2 * args.per_class, "test_images": 2 * args.test_per_class,
+    print(table(rows, ["way", "wall_s", "x_vggtune_time", "accuracy", "correct", "accuracy_95", "f1", "peak_rss_mb",
+                       "cache_mb"]))
+    save("recipe", {"train_images": 2 * args.per_class, "test_images": test_images,
                     "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "rows": rows})
 
 

@@ -3,7 +3,8 @@
 The size of benchmarks/recipe.py (200 training images of cats-vs-dogs-2k, 80/20
 train/validation, 10 head + 10 fine-tune epochs, no early stopping), repeated on
 --folds disjoint training sets (images 0-99, 100-199, ... of each class) and measured on
-images 500-649 of each class: none of them is among recipe.py's test images (850-999).
+images 500-649 of each class: none of them is among recipe.py's test images. The Keras
+peer can run on the same folds (--settings "keras peer") to compare on validation data.
 Every setting sees the same folds; all runs share one feature cache. Prints mean
 accuracy and log loss per setting, writes results/<--name>.json. (results/recipe-study.json
 was written while lr 1e-3 was the default: its "default", "head gap", "finetune lr 3e-5"
@@ -19,6 +20,7 @@ import vggtune
 
 from common import DATA, link_subset, save, table
 
+KERAS_AUGMENT = {"rotation": 36.0, "zoom": 0.2, "shift": 0.0, "colour": 0.0}   # RandomRotation(0.1) is ±0.1 turn
 SETTINGS = {       # every entry names its head lr, so the table does not change with the defaults
     "lr 1e-3": {"lr": 1e-3},
     "lr 3e-4": {"lr": 3e-4},
@@ -32,13 +34,37 @@ SETTINGS = {       # every entry names its head lr, so the table does not change
     "lr 3e-4, dropout 0.2": {"lr": 3e-4, "dropout": 0.2},
     "lr 1e-3, dropout 0": {"lr": 1e-3, "dropout": 0.0},
     "lr 3e-4, head gap": {"lr": 3e-4, "head": "gap"},
+    "lr 3e-4, views 5": {"lr": 3e-4, "views": 5},
+    "lr 3e-4, no fine-tune": {"lr": 3e-4, "finetune_epochs": 0},
+    "lr 3e-4, keras augment": {"lr": 3e-4, "augment": KERAS_AUGMENT},
+    "lr 3e-4, views 10": {"lr": 3e-4, "views": 10},
+    "as keras: lr 1e-3, dropout 0, keras augment, views 10": {"lr": 1e-3, "dropout": 0.0, "augment": KERAS_AUGMENT,
+                                                              "views": 10},
 }
+
+
+KERAS = "keras peer"      # ../shared/peers/keras_seed.py, the reference recipe itself, on the same folds
+
+
+def score(setting: str, fold: Path, held: Path, out: Path) -> dict:
+    """Accuracy and log loss on the held images of one setting trained on one fold."""
+    if setting == KERAS:                  # its own virtualenv (make bench builds it); it prints no log loss
+        from recipe import keras_run
+        peer = keras_run(fold, held, argparse.Namespace(epochs=10, finetune_epochs=10))
+        return {"accuracy": peer["accuracy"], "log_loss": None}
+    result = vggtune.train(str(fold), out=str(out), test_data=str(held), val_split=0.2, test_split=0.0,
+                           epochs=10, patience=0, quiet=True, **{"finetune_epochs": 10, **SETTINGS[setting]})
+    return {"accuracy": result["test"]["accuracy"], "log_loss": result["test"]["log_loss"]}
+
+
+def mean(values: list) -> float | None:
+    return None if None in values else round(statistics.mean(values), 4)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=[*SETTINGS, KERAS])
     parser.add_argument("--name", default="recipe-study", help="results/<name>.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vggtune-study-"))
@@ -49,14 +75,10 @@ def main():
     for name in args.settings:
         scores = []
         for k, fold in enumerate(folds):
-            result = vggtune.train(str(fold), out=str(work / f"run-{len(rows)}-{k}"), test_data=str(held),
-                                   val_split=0.2, test_split=0.0, epochs=10, finetune_epochs=10, patience=0,
-                                   quiet=True, **SETTINGS[name])
-            scores.append(result["test"])
-            print(json.dumps({"setting": name, "fold": k, "accuracy": result["test"]["accuracy"],
-                              "log_loss": result["test"]["log_loss"]}), flush=True)
-        rows.append({"setting": name, "accuracy": round(statistics.mean(s["accuracy"] for s in scores), 4),
-                     "log_loss": round(statistics.mean(s["log_loss"] for s in scores), 4),
+            scores.append(score(name, fold, held, work / f"run-{len(rows)}-{k}"))
+            print(json.dumps({"setting": name, "fold": k, **scores[-1]}), flush=True)
+        rows.append({"setting": name, "accuracy": mean([s["accuracy"] for s in scores]),
+                     "log_loss": mean([s["log_loss"] for s in scores]),
                      "per_fold": [s["accuracy"] for s in scores]})
     print(f"\n{args.folds} folds of 200 training images, {len(list(held.rglob('*.jpg')))} validation images")
     print(table(rows, ["setting", "accuracy", "log_loss", "per_fold"]))
