@@ -75,9 +75,9 @@ def main():
         parser.error(f"--per-class: received {args.per_class}; allowed: up to {TEST_RANGES[0][0]} (later images are tested on)")
     work = Path(tempfile.mkdtemp(prefix="vggtune-recipe-"))
     source = DATA / "cats-vs-dogs-2k"
-    train = link_subset(source, work / "train", args.per_class)
+    train, test = link_subset(source, work / "train", args.per_class), work / "test"
     for first, count in TEST_RANGES:
-        test = link_subset(source, work / "test", count, skip=first)
+        link_subset(source, test, count, skip=first)
     test_images = len(list(test.rglob("*.jpg")))
     convert_weights(work / "home-weights")
     rows = [vggtune_run("vggtune", train, test, work, [], args),

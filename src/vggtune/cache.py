@@ -21,8 +21,8 @@ import torch
 from .errors import UserError
 from .fsutil import atomic_write_json, display_path, remove_stale_temporaries
 
-STORAGE_DTYPE = np.float16
 STORAGE_TORCH_DTYPE = torch.float16
+STORAGE_DTYPE = torch.empty(0, dtype=STORAGE_TORCH_DTYPE).numpy().dtype     # the same type, as numpy names it
 SHARD_ROWS = 256
 
 
