@@ -128,6 +128,22 @@ def test_finetuning_two_blocks_trains_from_the_block3_cache(tmp_path, dataset, t
     assert {k.split(".")[2] for k in tensors if k.startswith("param.backbone")} == {"block4", "block5"}
 
 
+def test_test_images_are_extracted_to_the_final_cut_only_and_timed_per_split(tmp_path, dataset, tiny_weights,
+                                                                             isolated_home):
+    out = tmp_path / "run"
+    train_module.fit(quick_config(dataset, out, views=2))
+    splits = json.loads((out / "splits.json").read_text())
+    from vggtune.cache import FeatureCache
+    entries = {}
+    for folder in (isolated_home / "features").iterdir():
+        key = json.loads((folder / "key.json").read_text())
+        entries[key["cut"]] = len(FeatureCache(isolated_home / "features", key).index())
+    train_views, val, test = 2 * len(splits["train"]), len(splits["val"]), len(splits["test"])
+    assert test > 0 and entries == {"block4": train_views + val + test, "block5": train_views + val}
+    timing = json.loads((out / "metrics.json").read_text())["timing"]
+    assert {"features_train_s", "features_val_s", "features_test_s", "score_test_s"} <= set(timing)
+
+
 def test_checkpoints_cut_short_by_a_kill_are_removed_fresh_ones_kept(tmp_path):
     import os
     import time

@@ -77,7 +77,8 @@ def decode_workers(runtime: Runtime) -> int:
 
 
 def extract(model: Classifier, cache: FeatureCache, jobs: list[ImageJob], prep: Preprocessing,
-            aug: AugmentConfig, runtime: Runtime, batch_size: int, cut: str, quiet: bool = False):
+            aug: AugmentConfig, runtime: Runtime, batch_size: int, cut: str, quiet: bool = False,
+            label: str = "features"):
     """Compute and store every wanted view not yet in the cache; returns [(path, reason)] rejected."""
     present = cache.index()
     todo = []
@@ -91,7 +92,7 @@ def extract(model: Classifier, cache: FeatureCache, jobs: list[ImageJob], prep: 
         return rejected
     model.eval()
     writer = cache.writer()
-    bar = progress(total=total, desc=f"features to {cut}", unit="view", quiet=quiet)
+    bar = progress(total=total, desc=f"{label} to {cut}", unit="view", quiet=quiet)
     with torch.inference_mode():
         for names, batch in view_batches(todo, prep, aug, batch_size, decode_workers(runtime), rejected):
             if runtime.device.type == "cuda":

@@ -83,8 +83,10 @@ class Session:
         results = {}
         for split in ("val", "test"):
             if len(self.labels[split]):
+                started = time.perf_counter()
                 labels, probs = self.probabilities(split, cut)
                 results[split] = classification_metrics(labels, probs, self.classes)
+                self.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
         save_model(self.out, self.model.cpu(), self.description)
         self.model.to(self.runtime.device)
         atomic_write_json(self.out / "metrics.json", {**results, "timing": self.timing})
@@ -126,10 +128,11 @@ def open_session(config: TrainConfig, resume: bool, cuts: list[str]) -> Session:
     model.to(runtime.device).to(memory_format=torch.channels_last)
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
     started = time.perf_counter()
+    seconds = {}
     if config.no_cache:
         sources, kept, rejected = build_live_sources(model, by_split, cuts, prep, config.augment, runtime), by_split, []
     else:
-        sources, kept, rejected = build_cached_sources(
+        sources, kept, rejected, seconds = build_cached_sources(
             model, by_split, cuts, config.views, prep, config.augment, runtime, loaded.id,
             weights.home() / "features", config.batch_size, config.quiet)
     all_rejected = splits.rejected + rejected
@@ -144,4 +147,5 @@ def open_session(config: TrainConfig, resume: bool, cuts: list[str]) -> Session:
                       {name: torch.tensor([i.label for i in items], dtype=torch.long) for name, items in kept.items()},
                       kept, all_rejected, description, n_views=config.views)
     session.timing["features_s"] = round(time.perf_counter() - started, 2)
+    session.timing.update({f"features_{split}_s": value for split, value in seconds.items()})
     return session

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,29 +63,31 @@ def cache_key(weights_id: str, prep: Preprocessing, cut: str, model: Classifier)
 def build_cached_sources(model: Classifier, splits: dict[str, list[Item]], cuts: list[str], views: int,
                          prep: Preprocessing, aug: AugmentConfig, runtime: Runtime, weights_id: str,
                          cache_root: Path, batch_size: int, quiet: bool):
-    """Fill the caches for every cut the stages need: returns ({cut: {split: source}}, kept splits, rejected).
+    """Fill the caches the stages need, split by split: returns ({cut: {split: source}}, kept splits,
+    rejected, {split: seconds}).
 
     Images go through the network once, to the earliest cut; later cuts are derived from it.
+    The test split is scored only by the final model, so it is needed at the last cut alone.
     """
     base = min(cuts, key=BLOCK_NAMES.index)
-    base_cache = FeatureCache(cache_root, cache_key(weights_id, prep, base, model))
-    n_views = {name: views if name == "train" else 1 for name in splits}
-    jobs = [ImageJob(item.path, item.sha256, tuple(range(n_views[name])))
-            for name, items in splits.items() for item in items]
-    rejected = extract(model, base_cache, jobs, prep, aug, runtime, batch_size, base, quiet)
-    lost = {path for path, _ in rejected}
-    kept = {name: [item for item in items if item.path not in lost] for name, items in splits.items()}
-    entries = {name: [entry_name(item.sha256, view, aug) for item in items for view in range(n_views[name])]
-               for name, items in kept.items()}
-    sources = {}
-    for cut in cuts:
-        cache = base_cache
-        if cut != base:
-            cache = FeatureCache(cache_root, cache_key(weights_id, prep, cut, model))
-            derive(model, base_cache, cache, [e for names in entries.values() for e in names],
-                   base, cut, runtime, batch_size, quiet)
-        sources[cut] = {name: CachedSource(cache.open(entries[name]), n_views[name]) for name in kept}
-    return sources, kept, rejected
+    caches = {cut: FeatureCache(cache_root, cache_key(weights_id, prep, cut, model)) for cut in cuts}
+    sources, kept, rejected, seconds = {cut: {} for cut in cuts}, {}, [], {}
+    for name, items in splits.items():
+        started = time.perf_counter()
+        n_views = views if name == "train" else 1
+        jobs = [ImageJob(item.path, item.sha256, tuple(range(n_views))) for item in items]
+        lost = extract(model, caches[base], jobs, prep, aug, runtime, batch_size, base, quiet,
+                       label=f"{name} features")
+        rejected += lost
+        lost_paths = {path for path, _ in lost}
+        kept[name] = [item for item in items if item.path not in lost_paths]
+        entries = [entry_name(item.sha256, view, aug) for item in kept[name] for view in range(n_views)]
+        for cut in (cuts[-1:] if name == "test" else cuts):
+            if cut != base:
+                derive(model, caches[base], caches[cut], entries, base, cut, runtime, batch_size, quiet)
+            sources[cut][name] = CachedSource(caches[cut].open(entries), n_views)
+        seconds[name] = round(time.perf_counter() - started, 2)
+    return sources, kept, rejected, seconds
 
 
 def build_live_sources(model: Classifier, splits: dict[str, list[Item]], cuts: list[str],
