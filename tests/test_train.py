@@ -6,6 +6,7 @@ import pytest
 import vggtune
 import vggtune.training as train_module
 
+from vggtune.cache import FeatureCache
 from vggtune.config import TrainConfig
 
 from badfiles import write_unusable
@@ -133,7 +134,6 @@ def test_test_images_are_extracted_to_the_final_cut_only_and_timed_per_split(tmp
     out = tmp_path / "run"
     train_module.fit(quick_config(dataset, out, views=2))
     splits = json.loads((out / "splits.json").read_text())
-    from vggtune.cache import FeatureCache
     entries = {}
     for folder in (isolated_home / "features").iterdir():
         key = json.loads((folder / "key.json").read_text())
