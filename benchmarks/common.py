@@ -27,11 +27,11 @@ def link_subset(source: Path, target: Path, per_class: int, skip: int = 0) -> Pa
     return target
 
 
-def train_and_held_out(source: Path, work: Path, per_class: int, held_per_class: int, held_name: str = "test",
-                       held_skip: int | None = None) -> tuple[Path, Path]:
-    """Two disjoint subsets: the first `per_class` images of each class to train on, later ones held out."""
+def train_and_held_out(source: Path, work: Path, per_class: int, held_per_class: int,
+                       held_name: str = "test") -> tuple[Path, Path]:
+    """Two disjoint subsets: the first `per_class` images of each class to train on, the next ones held out."""
     train = link_subset(source, work / "train", per_class)
-    held = link_subset(source, work / held_name, held_per_class, per_class if held_skip is None else held_skip)
+    held = link_subset(source, work / held_name, held_per_class, skip=per_class)
     return train, held
 
 

@@ -36,7 +36,7 @@ def _digest_file(path: Path) -> str:
 
 class FeatureCache:
     def __init__(self, root: Path, key: dict):
-        self.key = dict(key, storage=np.dtype(STORAGE_DTYPE).name, format=1)
+        self.key = dict(key, storage=STORAGE_DTYPE.name, format=1)
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root) / f"{key['cut']}-{digest}"
         try:
