@@ -1,8 +1,8 @@
 """Extraction throughput (JPEG file -> cached features) against the bare convolution limit.
 
 The limit is the same model's frozen blocks on ready tensors (32 real images decoded
-beforehand, channels-last, bf16 where chosen), measured in windows that alternate with
-chunks of the extraction (medians of the per-round ratios are reported); extraction includes reading, decoding,
+beforehand, channels-last, bf16 where chosen), measured in windows on both sides of each
+chunk of the extraction (the median of the per-chunk ratios is reported); extraction includes reading, decoding,
 resizing, the forward pass and writing the cache. Prints a table, writes results/extraction.json.
 """
 import argparse
@@ -43,21 +43,23 @@ def bare_throughput(model, cut, runtime, batch: torch.Tensor, seconds) -> float:
 
 
 def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: float) -> dict:
-    """Alternate a bare window and a chunk of extraction, so each ratio compares neighbours in
-    time: on a shared machine the limit itself drifts by a quarter within minutes."""
+    """Bare windows and chunks of extraction in turn, B E B E ... E B, each chunk's rate over
+    the mean of the two windows beside it: on a shared machine the limit drifts by a quarter
+    within minutes, so only neighbours in time are compared."""
     size = -(-len(jobs) // rounds)
-    ratios, bare_rates, rates = [], [], []
+    bare_rates, rates = [], []
     with tempfile.TemporaryDirectory() as home:
         cache = FeatureCache(Path(home), cache_key("bench", prep, cut, model))
         for start in range(0, len(jobs), size):
             chunk = jobs[start:start + size]
-            limit = bare_throughput(model, cut, runtime, batch, seconds)
+            bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds))
             started = time.perf_counter()
             rejected = extract(model, cache, chunk, prep, AugmentConfig(), runtime, len(batch), cut, quiet=True)
             assert not rejected, rejected[:3]
-            rate = len(chunk) / (time.perf_counter() - started)
-            bare_rates.append(limit), rates.append(rate), ratios.append(rate / limit)
+            rates.append(len(chunk) / (time.perf_counter() - started))
+        bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds))
         cache_bytes = cache.size_bytes()
+    ratios = [rate / ((before + after) / 2) for rate, before, after in zip(rates, bare_rates, bare_rates[1:])]
     return {"bare_images_s": round(float(np.median(bare_rates)), 2),
             "extraction_images_s": round(float(np.median(rates)), 2),
             "ratio": round(float(np.median(ratios)), 3), "ratios": [round(r, 3) for r in ratios],
@@ -66,11 +68,11 @@ def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: fl
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=640)
+    parser.add_argument("--images", type=int, default=1280)
     parser.add_argument("--data", default=str(DATA / "cats-vs-dogs-2k"))
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=8, help="length of each bare window")
-    parser.add_argument("--rounds", type=int, default=4, help="bare windows and extraction chunks, alternated")
+    parser.add_argument("--seconds", type=float, default=6, help="length of each bare window")
+    parser.add_argument("--rounds", type=int, default=10, help="extraction chunks, each between two bare windows")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()

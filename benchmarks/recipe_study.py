@@ -1,10 +1,11 @@
 """Which recipe settings hold up on validation data? Cross-validated, never on a test set.
 
-The size of benchmarks/recipe.py (200 training images of cats-vs-dogs-2k, 80/20
-train/validation, 10 head + 10 fine-tune epochs, no early stopping), repeated on
---folds disjoint training sets (images 0-99, 100-199, ... of each class) and measured on
-images 500-649 of each class: none of them is among recipe.py's test images. The Keras
-peer can run on the same folds (--settings "keras peer") to compare on validation data.
+10 head + 10 fine-tune epochs, 80/20 train/validation, no early stopping, repeated on
+--folds disjoint training sets (by default images 0-99, 100-199, ... of each class of
+cats-vs-dogs-2k: the size of the previous recipe.py) and measured on images 500-649 of
+each class: none of them is among recipe.py's test images. --source, --per-class,
+--held-skip and --held-per-class choose other data and sizes. The Keras peer can run on
+the same folds (--settings "keras peer") to compare on validation data.
 Every setting sees the same folds; all runs share one feature cache. Prints mean
 accuracy and log loss per setting, writes results/<--name>.json. (results/recipe-study.json
 was written while lr 1e-3 was the default: its "default", "head gap", "finetune lr 3e-5"
@@ -43,6 +44,7 @@ SETTINGS = {       # every entry names its head lr, so the table does not change
 }
 
 
+SOURCES = ["cats-vs-dogs-2k", "petimages-180-10k"]   # two classes each: the Keras peer takes no more
 KERAS = "keras peer"      # ../shared/peers/keras_seed.py, the reference recipe itself, on the same folds
 
 
@@ -66,11 +68,18 @@ def main():
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=[*SETTINGS, KERAS])
     parser.add_argument("--name", default="recipe-study", help="results/<name>.json")
+    parser.add_argument("--source", default="cats-vs-dogs-2k", choices=SOURCES, help="folder of ../shared/data")
+    parser.add_argument("--per-class", type=int, default=100, help="training images per class in each fold")
+    parser.add_argument("--held-skip", type=int, default=500, help="validation images start after this many per class")
+    parser.add_argument("--held-per-class", type=int, default=150)
     args = parser.parse_args()
+    if args.folds * args.per_class > args.held_skip:
+        parser.error(f"--folds × --per-class: received {args.folds * args.per_class} images per class; "
+                     f"allowed: up to --held-skip ({args.held_skip}), so no validation image is trained on")
     work = Path(tempfile.mkdtemp(prefix="vggtune-study-"))
-    source = DATA / "cats-vs-dogs-2k"
-    held = link_subset(source, work / "held", 150, skip=500)
-    folds = [link_subset(source, work / f"fold-{k}", 100, skip=100 * k) for k in range(args.folds)]
+    source = DATA / args.source
+    held = link_subset(source, work / "held", args.held_per_class, skip=args.held_skip)
+    folds = [link_subset(source, work / f"fold-{k}", args.per_class, skip=args.per_class * k) for k in range(args.folds)]
     rows = []
     for name in args.settings:
         scores = []
@@ -80,9 +89,11 @@ def main():
         rows.append({"setting": name, "accuracy": mean([s["accuracy"] for s in scores]),
                      "log_loss": mean([s["log_loss"] for s in scores]),
                      "per_fold": [s["accuracy"] for s in scores]})
-    print(f"\n{args.folds} folds of 200 training images, {len(list(held.rglob('*.jpg')))} validation images")
+    held_images = len(list(held.rglob("*.jpg")))
+    print(f"\n{args.source}: {args.folds} folds of {2 * args.per_class} training images, {held_images} validation images")
     print(table(rows, ["setting", "accuracy", "log_loss", "per_fold"]))
-    save(args.name, {"folds": args.folds, "rows": rows})
+    save(args.name, {"source": args.source, "folds": args.folds, "per_class": args.per_class,
+                     "held_skip": args.held_skip, "held_images": held_images, "rows": rows})
 
 
 if __name__ == "__main__":
