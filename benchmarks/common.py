@@ -81,9 +81,20 @@ def folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
 
 
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it, and whether it has bf16 and int8 matrix units."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni") if f" {f}" in info]
+    return f"{name or platform.machine()} ({', '.join(flags) or 'no bf16/int8 units'})"
+
+
 def machine() -> dict:
     import torch
-    return {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 

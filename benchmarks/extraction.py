@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from vggtune import weights
+from vggtune import quantize, weights
 from vggtune.cache import FeatureCache
 from vggtune.config import AugmentConfig
 from vggtune.extract import ImageJob, extract
@@ -42,19 +42,24 @@ def bare_throughput(model, cut, runtime, batch: torch.Tensor, seconds) -> float:
     return images_per_second(step, len(batch), seconds, runtime.device)
 
 
-def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: float) -> dict:
+def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: float, int8=None) -> dict:
     """Bare windows and chunks of extraction in turn, B E B E ... E B, each chunk's rate over
     the mean of the two windows beside it: on a shared machine the limit drifts by a quarter
-    within minutes, so only neighbours in time are compared."""
+    within minutes, so only neighbours in time are compared. With `int8` (quantize.Int8Frozen)
+    the extraction runs the frozen blocks in int8 against the same bf16 bare windows."""
     size = -(-len(jobs) // rounds)
     bare_rates, rates = [], []
     with tempfile.TemporaryDirectory() as home:
+        model.use_int8_frozen(int8)
         cache = FeatureCache(Path(home), cache_key("bench", prep, cut, model))
+        model.use_int8_frozen(None)
         for start in range(0, len(jobs), size):
             chunk = jobs[start:start + size]
             bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds))
             started = time.perf_counter()
+            model.use_int8_frozen(int8)
             rejected = extract(model, cache, chunk, prep, AugmentConfig(), runtime, len(batch), cut, quiet=True)
+            model.use_int8_frozen(None)
             assert not rejected, rejected[:3]
             rates.append(len(chunk) / (time.perf_counter() - started))
         bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds))
@@ -74,7 +79,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=6, help="length of each bare window")
     parser.add_argument("--rounds", type=int, default=10, help="extraction chunks, each between two bare windows")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--int8", action="store_true", help="also extract with the frozen blocks in int8 "
+                        "(calibrated on the first 16 images), against the same bare windows")
     args = parser.parse_args()
     runtime = choose_runtime(args.device, args.precision)
     loaded = weights.resolve()
@@ -88,11 +95,15 @@ def main():
     jobs = [ImageJob(str(f), hashlib.sha256(f.read_bytes()).hexdigest(), (0,)) for f in files]
     rows = []
     batch = ready_batch(jobs, prep, args.batch_size)
-    for cut in ("block5", "block4"):
-        rows.append({"cut": cut, **interleaved(model, cut, runtime, jobs, prep, batch, args.rounds, args.seconds)})
-        print(rows[-1], flush=True)
+    for frozen in ("as chosen", "int8") if args.int8 else ("as chosen",):
+        for cut in ("block5", "block4"):
+            int8 = quantize.calibrate(model.backbone, cut, batch[:quantize.CALIBRATION_IMAGES], runtime.autocast) \
+                if frozen == "int8" else None
+            measured = interleaved(model, cut, runtime, jobs, prep, batch, args.rounds, args.seconds, int8)
+            rows.append({"cut": cut, "frozen_blocks": runtime.precision if int8 is None else "int8", **measured})
+            print(rows[-1], flush=True)
     print(f"\n{runtime.describe()}, {len(jobs)} JPEGs from {args.data}, batch {args.batch_size}")
-    print(table(rows, ["cut", "bare_images_s", "extraction_images_s", "ratio", "cache_mb_per_1k"]))
+    print(table(rows, ["cut", "frozen_blocks", "bare_images_s", "extraction_images_s", "ratio", "cache_mb_per_1k"]))
     save(f"extraction-{runtime.device.type}", {"runtime": runtime.describe(), "images": len(jobs),
                                                "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows})
 

@@ -1,6 +1,7 @@
-"""The full recipe three ways, side by side in one run: vggtune, vggtune --no-cache, and the
-Keras peer (../shared/peers/keras_seed.py). Same images, same split sizes, 10 head + 10
-fine-tune epochs, no early stopping; each run in its own process with a cold feature cache.
+"""The full recipe four ways, side by side in one run: vggtune, vggtune --no-cache, vggtune
+with its frozen blocks in int8, and the Keras peer (../shared/peers/keras_seed.py). Same
+images, same split sizes, 10 head + 10 fine-tune epochs, no early stopping; each run in its
+own process with a cold feature cache.
 Prints a table of wall time, test accuracy (with its 95% interval)/F1 and peak memory,
 writes results/recipe.json. Each way's own timers say how much of its wall time went to the
 test images (decoding them and one forward pass each); the wall time less that is the
@@ -84,7 +85,8 @@ def main():
     test_images = len(list(test.rglob("*.jpg")))
     convert_weights(work / "home-weights")
     rows = [vggtune_run("vggtune", train, test, work, [], args),
-            vggtune_run("vggtune --no-cache", train, test, work, ["--no-cache"], args)]
+            vggtune_run("vggtune --no-cache", train, test, work, ["--no-cache"], args),
+            vggtune_run("vggtune --precision int8", train, test, work, ["--precision", "int8"], args)]
     for row in rows:
         print(row, flush=True)
     if not args.skip_keras:

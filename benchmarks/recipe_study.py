@@ -41,6 +41,7 @@ SETTINGS = {       # every entry names its head lr, so the table does not change
     "lr 3e-4, views 10": {"lr": 3e-4, "views": 10},
     "as keras: lr 1e-3, dropout 0, keras augment, views 10": {"lr": 1e-3, "dropout": 0.0, "augment": KERAS_AUGMENT,
                                                               "views": 10},
+    "lr 3e-4, int8": {"lr": 3e-4, "precision": "int8"},
 }
 
 

@@ -103,6 +103,33 @@ def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, shor
                 torch.testing.assert_close(through_cache, whole, rtol=1e-3, atol=1e-3)
 
 
+def test_int8_frozen_blocks_keep_real_features_and_predictions(short_run, cats_vs_dogs_split):
+    """int8 (calibrated on 16 training images) against fp32 on 32 test images: features and labels."""
+    from contextlib import nullcontext
+
+    from test_cache import jobs_for
+    from vggtune import quantize
+    from vggtune.images import open_rgb
+    from vggtune.transforms import eval_view, normalise
+    predictor = vggtune.load(short_run[0], device="cpu", precision="fp32")
+    model, prep = predictor.model, predictor.preprocessing
+
+    def clean_views(folder, count):
+        jobs = jobs_for(folder)
+        chosen = jobs[::max(1, len(jobs) // count)][:count]
+        return normalise(torch.stack([eval_view(open_rgb(j.path, short_side=prep.resize), prep) for j in chosen]), prep)
+    train_dir, test_dir = cats_vs_dogs_split
+    frozen = quantize.calibrate(model.backbone, "block5", clean_views(train_dir, 16), nullcontext)
+    images = clean_views(test_dir, 32)
+    with torch.inference_mode():
+        exact_features, exact = model.features(images, "block5"), torch.sigmoid(model(images)[:, 0])
+        model.use_int8_frozen(frozen)
+        int8_features, int8 = model.features(images, "block5"), torch.sigmoid(model(images)[:, 0])
+    assert torch.nn.functional.cosine_similarity(int8_features.flatten(1), exact_features.flatten(1)).min() > 0.99
+    assert ((int8 > 0.5) == (exact > 0.5)).sum() >= 31
+    assert (int8 - exact).abs().mean() < 0.02
+
+
 def test_data_check_on_real_images_seeded_with_bad_files(tmp_path, capsys):
     source = shared_data("cats-vs-dogs-2k")
     root = link_subset(source, tmp_path / "d", {"cat": [f"cat.{i}.jpg" for i in range(10)],

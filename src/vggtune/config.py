@@ -10,7 +10,7 @@ import yaml
 from .errors import UserError, choice_error
 from .model import HEAD_KINDS as HEADS
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -101,13 +101,28 @@ class Classifier(nn.Module):
         self.head = build_head(head, self.backbone.output_channels(), grid)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        return self.head(self.features(images, list(self.backbone.widths)[-1]))
 
     def from_features(self, features: torch.Tensor, cut: str) -> torch.Tensor:
         return self.head(self.backbone.run(features, after=cut))
 
     def features(self, images: torch.Tensor, cut: str) -> torch.Tensor:
-        return self.backbone.run(images, upto=cut)
+        int8 = self.int8_frozen
+        if int8 is None:
+            return self.backbone.run(images, upto=cut)
+        names = list(self.backbone.widths)
+        if names.index(cut) < names.index(int8.upto):
+            raise ValueError(f"features at {cut}, inside the int8 blocks (up to {int8.upto})")
+        return self.backbone.run(int8(images), after=int8.upto, upto=cut)
+
+    @property
+    def int8_frozen(self) -> nn.Module | None:
+        return self.__dict__.get("_int8_frozen")
+
+    def use_int8_frozen(self, frozen: nn.Module | None) -> None:
+        """Run the first blocks through `frozen` (quantize.Int8Frozen). Kept out of the module tree
+        on purpose: state_dict and model.safetensors hold the float weights it is rebuilt from."""
+        self.__dict__["_int8_frozen"] = frozen
 
 
 def set_trainable(model: Classifier, blocks: tuple[str, ...] | list[str]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from . import quantize
 from .config import AugmentConfig
 from .data import walk_files
 from .errors import UserError
@@ -33,7 +34,11 @@ class Predictor:
         self.run = Path(run)
         description = read_model_description(self.run)
         self.classes, head, self.preprocessing, blocks = _parse_description(self.run, description)
-        self.runtime = choose_runtime(device, precision)
+        int8 = "int8" in description
+        if int8 and device == "cuda":
+            raise UserError(f"{display_path(self.run)}: this model's frozen blocks run in int8 on the CPU, "
+                            "received --device cuda; allowed: auto, cpu")
+        self.runtime = choose_runtime("cpu" if int8 else device, "int8" if int8 and precision == "auto" else precision)
         self.model = Classifier(head, size=self.preprocessing.size, blocks=blocks)
         tensors, _ = load_tensors(self.run / "model.safetensors")
         try:
@@ -43,8 +48,22 @@ class Predictor:
             raise UserError(f"{display_path(self.run)}: model.safetensors does not match model.json ({first}); "
                             "allowed: the files one training run wrote") from None
         self.model.to(self.runtime.device).to(memory_format=torch.channels_last).eval()
+        self._use_int8(description)
         self.batch_size = batch_size
         self.description = description
+
+    def _use_int8(self, description: dict) -> None:
+        """A model trained on int8 features predicts through the same int8 blocks."""
+        if "int8" not in description:
+            if self.runtime.int8:
+                raise UserError(f"{display_path(self.run)}: --precision int8, but this model was trained without it; "
+                                "allowed: auto, bf16, fp32 (int8 is chosen when training)")
+            return
+        try:
+            self.model.use_int8_frozen(quantize.rebuild(self.model.backbone, description["int8"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{display_path(self.run / 'model.json')}: malformed int8 calibration ({exc}); "
+                            "allowed: model.json as training wrote it") from None
 
     def predict(self, paths: list[str]) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predictions for the readable files, and (path, reason) for the others."""

@@ -1,4 +1,5 @@
-"""Where and in what precision the network runs: CUDA or CPU, bf16 autocast where it pays."""
+"""Where and in what precision the network runs: CUDA or CPU, bf16 autocast where it pays,
+int8 frozen blocks on request."""
 from __future__ import annotations
 
 import contextlib
@@ -8,12 +9,14 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .quantize import check_available
 
 
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
     bf16: bool
+    int8: bool = False          # frozen blocks quantized (quantize.py); the rest as `bf16` says
 
     def autocast(self):
         if not self.bf16:
@@ -22,10 +25,15 @@ class Runtime:
 
     @property
     def precision(self) -> str:
+        if self.int8:
+            return "int8"
         return "bf16" if self.bf16 else "fp32"
 
     def describe(self) -> str:
-        return f"{self.device.type} {self.precision}"
+        trainable = "bf16" if self.bf16 else "fp32"
+        if self.int8:
+            return f"{self.device.type} int8 (frozen blocks) + {trainable}"
+        return f"{self.device.type} {trainable}"
 
 
 def cpu_has_native_bf16() -> bool:
@@ -39,6 +47,8 @@ def cpu_has_native_bf16() -> bool:
 
 def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """auto: CUDA if present; bf16 where the hardware has it natively, fp32 otherwise."""
+    if precision == "int8":
+        return _int8_runtime(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device: received 'cuda' but no CUDA device is visible; allowed: auto, cpu")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -49,3 +59,12 @@ def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if use_cuda:
         torch.backends.cudnn.benchmark = True
     return Runtime(target, bf16=precision == "bf16" or (precision == "auto" and native))
+
+
+def _int8_runtime(device: str) -> Runtime:
+    """int8 frozen blocks use the CPU's quantized engine; the trainable part runs in bf16 where native."""
+    if device == "cuda":
+        raise UserError("--precision int8: runs on the CPU only, received --device cuda; "
+                        "allowed: --device auto or cpu with int8, or bf16/fp32 on cuda")
+    check_available()
+    return Runtime(torch.device("cpu"), bf16=cpu_has_native_bf16(), int8=True)

@@ -8,15 +8,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, weights
-from .config import TrainConfig, save_config
+from . import data, quantize, weights
+from .config import AugmentConfig, TrainConfig, save_config
+from .errors import UserError
+from .extract import ImageJob, decode_views
 from .fsutil import atomic_write_json
 from .metrics import classification_metrics
-from .model import Classifier, HeadSpec, blocks_from_state_dict, load_backbone, logits_to_probabilities
+from .model import BLOCK_NAMES, Classifier, HeadSpec, blocks_from_state_dict, load_backbone, logits_to_probabilities
 from .progress import say
 from .rundir import check_new_or_resumable, make_dirs, save_model, write_metrics_log, write_splits
 from .runtime import Runtime, choose_runtime
 from .sources import build_cached_sources, build_live_sources
+from .transforms import normalise
 
 
 @dataclass
@@ -102,6 +105,20 @@ def _warn_near_duplicates(splits: data.Splits, out: Path, quiet: bool) -> None:
             "(perceptual hash; see near_duplicates.csv)", quiet)
 
 
+def calibrated_int8(model: Classifier, train: list[data.Item], upto: str, prep, runtime: Runtime):
+    """int8 frozen blocks, calibrated on the clean views of the first readable training images."""
+    views = []
+    for item in train:
+        _, tensors, _ = decode_views(ImageJob(item.path, item.sha256, (0,)), prep, AugmentConfig())
+        views += tensors or []
+        if len(views) == quantize.CALIBRATION_IMAGES:
+            break
+    if not views:
+        raise UserError("--precision int8: no readable training image to calibrate on; "
+                        "allowed: int8 with a training split, or bf16/fp32")
+    return quantize.calibrate(model.backbone, upto, normalise(torch.stack(views), prep), runtime.autocast)
+
+
 def gather_data(config: TrainConfig) -> data.Splits:
     return data.prepare_splits(config.data, config.val_data, config.test_data,
                                config.val_split, config.test_split, config.seed)
@@ -126,6 +143,8 @@ def open_session(config: TrainConfig, resume: bool, cuts: list[str]) -> Session:
     model = Classifier(head, size=config.size, blocks=blocks_from_state_dict(loaded.state_dict))
     load_backbone(model, loaded.state_dict)
     model.to(runtime.device).to(memory_format=torch.channels_last)
+    if runtime.int8:
+        model.use_int8_frozen(calibrated_int8(model, splits.train, min(cuts, key=BLOCK_NAMES.index), prep, runtime))
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
     started = time.perf_counter()
     seconds = {}
@@ -143,6 +162,8 @@ def open_session(config: TrainConfig, resume: bool, cuts: list[str]) -> Session:
                    "preprocessing": prep.to_dict(), "weights": loaded.id, "arch": "vgg16",
                    "blocks": {k: list(v) for k, v in model.backbone.widths.items()},
                    "precision": runtime.precision}
+    if model.int8_frozen is not None:
+        description["int8"] = model.int8_frozen.calibration
     session = Session(config, out, model, runtime, splits.classes, sources,
                       {name: torch.tensor([i.label for i in items], dtype=torch.long) for name, items in kept.items()},
                       kept, all_rejected, description, n_views=config.views)

@@ -14,6 +14,7 @@ from .config import AugmentConfig
 from .data import Item
 from .extract import ImageJob, decode_views, decode_workers, derive, entry_name, extract
 from .model import BLOCK_NAMES, Classifier
+from .quantize import digest
 from .runtime import Runtime
 from .transforms import normalise
 from .weights import Preprocessing
@@ -56,8 +57,11 @@ class LiveSource:
 
 def cache_key(weights_id: str, prep: Preprocessing, cut: str, model: Classifier) -> dict:
     widths = json.dumps(model.backbone.widths, sort_keys=True)
-    return {"weights": weights_id, "preprocessing": prep.to_dict(), "cut": cut,
-            "arch": hashlib.sha256(widths.encode()).hexdigest()[:12]}
+    key = {"weights": weights_id, "preprocessing": prep.to_dict(), "cut": cut,
+           "arch": hashlib.sha256(widths.encode()).hexdigest()[:12]}
+    if model.int8_frozen is not None:
+        key["int8"] = digest(model.int8_frozen.calibration)
+    return key
 
 
 def build_cached_sources(model: Classifier, splits: dict[str, list[Item]], cuts: list[str], views: int,
