@@ -61,8 +61,8 @@ class Int8Frozen(nn.Module):
 
 @contextlib.contextmanager
 def _without_deprecation_warnings():
-    """torch deprecates eager quantization (torchao's replacement needs torch.compile for convolutions);
-    the warnings would reach every user of --precision int8. check_available() says so if it goes."""
+    """torch deprecates eager quantization and says so on every use; the warnings would reach every
+    user of --precision int8. check_available() says so in one line if it goes."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
