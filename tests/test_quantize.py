@@ -74,6 +74,9 @@ def test_an_int8_run_keys_its_cache_and_predicts_through_the_same_blocks(tmp_pat
     assert description["precision"] == "int8" and description["int8"]["upto"] == "block4"
     keys = [json.loads((d / "key.json").read_text()) for d in (isolated_home / "features").iterdir()]
     assert len(keys) == 2 and all(k["int8"] == quantize.digest(description["int8"]) for k in keys)
+    train_module.fit(quick_config(dataset, tmp_path / "again", precision="int8"))   # same split: same calibration
+    assert len(list((isolated_home / "features").iterdir())) == 2
+    assert (tmp_path / "again" / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()
     train_module.fit(quick_config(dataset, tmp_path / "fp32", precision="fp32"))
     assert len(list((isolated_home / "features").iterdir())) == 4     # float features are other entries
     evaluated = vggtune.evaluate(str(out))
