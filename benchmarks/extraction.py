@@ -95,12 +95,12 @@ def main():
     jobs = [ImageJob(str(f), hashlib.sha256(f.read_bytes()).hexdigest(), (0,)) for f in files]
     rows = []
     batch = ready_batch(jobs, prep, args.batch_size)
-    for frozen in ("as chosen", "int8") if args.int8 else ("as chosen",):
+    for in_int8 in (False, True) if args.int8 else (False,):
         for cut in ("block5", "block4"):
             int8 = quantize.calibrate(model.backbone, cut, batch[:quantize.CALIBRATION_IMAGES], runtime.autocast) \
-                if frozen == "int8" else None
+                if in_int8 else None
             measured = interleaved(model, cut, runtime, jobs, prep, batch, args.rounds, args.seconds, int8)
-            rows.append({"cut": cut, "frozen_blocks": runtime.precision if int8 is None else "int8", **measured})
+            rows.append({"cut": cut, "frozen_blocks": "int8" if in_int8 else runtime.precision, **measured})
             print(rows[-1], flush=True)
     print(f"\n{runtime.describe()}, {len(jobs)} JPEGs from {args.data}, batch {args.batch_size}")
     print(table(rows, ["cut", "frozen_blocks", "bare_images_s", "extraction_images_s", "ratio", "cache_mb_per_1k"]))

@@ -30,8 +30,8 @@ def layer_times(layers, x: torch.Tensor, autocast, rounds: int) -> dict[str, flo
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def named_layers(blocks, prefix: str = ""):
-    return [(f"{prefix}{block}.{name}", layer) for block, sequential in blocks for name, layer in sequential.named_children()]
+def named_layers(blocks):
+    return [(f"{block}.{name}", layer) for block, sequential in blocks for name, layer in sequential.named_children()]
 
 
 def main():

@@ -14,11 +14,11 @@ from .errors import UserError
 from .extract import ImageJob, decode_views
 from .fsutil import atomic_write_json
 from .metrics import classification_metrics
-from .model import BLOCK_NAMES, Classifier, HeadSpec, blocks_from_state_dict, load_backbone, logits_to_probabilities
+from .model import Classifier, HeadSpec, blocks_from_state_dict, load_backbone, logits_to_probabilities
 from .progress import say
 from .rundir import check_new_or_resumable, make_dirs, save_model, write_metrics_log, write_splits
 from .runtime import Runtime, choose_runtime
-from .sources import build_cached_sources, build_live_sources
+from .sources import base_cut, build_cached_sources, build_live_sources
 from .transforms import normalise
 
 
@@ -144,7 +144,7 @@ def open_session(config: TrainConfig, resume: bool, cuts: list[str]) -> Session:
     load_backbone(model, loaded.state_dict)
     model.to(runtime.device).to(memory_format=torch.channels_last)
     if runtime.int8:
-        model.use_int8_frozen(calibrated_int8(model, splits.train, min(cuts, key=BLOCK_NAMES.index), prep, runtime))
+        model.use_int8_frozen(calibrated_int8(model, splits.train, base_cut(cuts), prep, runtime))
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
     started = time.perf_counter()
     seconds = {}

@@ -64,6 +64,11 @@ def cache_key(weights_id: str, prep: Preprocessing, cut: str, model: Classifier)
     return key
 
 
+def base_cut(cuts: list[str]) -> str:
+    """The earliest cut: images go through the network to it once; later cuts are derived from it."""
+    return min(cuts, key=BLOCK_NAMES.index)
+
+
 def build_cached_sources(model: Classifier, splits: dict[str, list[Item]], cuts: list[str], views: int,
                          prep: Preprocessing, aug: AugmentConfig, runtime: Runtime, weights_id: str,
                          cache_root: Path, batch_size: int, quiet: bool):
@@ -73,7 +78,7 @@ def build_cached_sources(model: Classifier, splits: dict[str, list[Item]], cuts:
     Images go through the network once, to the earliest cut; later cuts are derived from it.
     The test split is scored only by the final model, so it is needed at the last cut alone.
     """
-    base = min(cuts, key=BLOCK_NAMES.index)
+    base = base_cut(cuts)
     caches = {cut: FeatureCache(cache_root, cache_key(weights_id, prep, cut, model)) for cut in cuts}
     sources, kept, rejected, seconds = {cut: {} for cut in cuts}, {}, [], {}
     for name, items in splits.items():
