@@ -1,7 +1,8 @@
 """The full recipe four ways, side by side in one run: vggtune, vggtune --no-cache, vggtune
 with its frozen blocks in int8, and the Keras peer (../shared/peers/keras_seed.py). Same
-images, same split sizes, 10 head + 10 fine-tune epochs, no early stopping; each run in its
-own process with a cold feature cache.
+images, the same train/validation split (the peer's own, worked out here as it does),
+10 head + 10 fine-tune epochs, no early stopping; each run in its own process with a cold
+feature cache.
 Prints a table of wall time, test accuracy (with its 95% interval)/F1 and peak memory,
 writes results/recipe.json. Each way's own timers say how much of its wall time went to the
 test images (decoding them and one forward pass each); the wall time less that is the
@@ -17,12 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from common import DATA, ROOT, SHARED, convert_weights, link_subset, save, table, wilson_interval
 
 KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
 # (first image, count) of each class to test on: 1,100 images, so that one image is 0.09 points.
 # None is a training image here (0-149) or in recipe_study.py's folds (0-299, validation 500-649).
 TEST_RANGES = ((300, 200), (650, 350))
+VAL_SPLIT, SEED = 0.2, 1337
 
 
 def run(command: list[str], env: dict) -> dict:
@@ -40,12 +44,30 @@ def run(command: list[str], env: dict) -> dict:
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024), "stdout": out}
 
 
-def vggtune_run(name: str, train: Path, test: Path, work: Path, extra: list[str], args) -> dict:
+def peer_split(data: Path, val_split: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """(train, val) files exactly as keras_seed.py splits `data`: class folders and file names in
+    sorted order, one permutation by numpy's default_rng(seed), the first share held for validation."""
+    files = [folder / name for folder in sorted(p for p in data.iterdir() if p.is_dir())
+             for name in sorted(os.listdir(folder))]
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_val = int(len(files) * val_split)
+    return [files[i] for i in order[n_val:]], [files[i] for i in order[:n_val]]
+
+
+def link_files(files: list[Path], target: Path) -> Path:
+    """target/<class>/<name> links to `files`, each of which lies in its class folder."""
+    for file in files:
+        (target / file.parent.name).mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.realpath(file), target / file.parent.name / file.name)
+    return target
+
+
+def vggtune_run(name: str, train: Path, val: Path, test: Path, work: Path, extra: list[str], args) -> dict:
     home = work / f"home-{name}"
     shutil.copytree(work / "home-weights", home)                 # converted weights, no features
     out = work / f"run-{name}"
-    command = [sys.executable, "-m", "vggtune", "train", str(train), "--out", str(out), "--test-data", str(test),
-               "--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs), "--val-split", "0.2",
+    command = [sys.executable, "-m", "vggtune", "train", str(train), "--out", str(out), "--val-data", str(val),
+               "--test-data", str(test), "--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs),
                "--patience", "0", "--quiet", *extra]
     result = run(command, dict(os.environ, VGGTUNE_HOME=str(home)))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -60,7 +82,7 @@ def keras_run(train: Path, test: Path, args) -> dict:
     from vggtune.formats import lpips_checkpoint_path
     command = [str(KERAS_PYTHON), str(SHARED / "peers" / "keras_seed.py"), "--data", str(train), "--test-data", str(test),
                "--weights", str(lpips_checkpoint_path()), "--epochs", str(args.epochs),
-               "--finetune-epochs", str(args.finetune_epochs), "--val-split", "0.2"]
+               "--finetune-epochs", str(args.finetune_epochs), "--val-split", str(VAL_SPLIT), "--seed", str(SEED)]
     result = run(command, dict(os.environ))
     peer = json.loads(result["stdout"].strip().splitlines()[-1])
     return {"way": "keras peer", "wall_s": result["wall_s"], "accuracy": peer["accuracy"], "f1": peer["f1"],
@@ -83,10 +105,12 @@ def main():
     for first, count in TEST_RANGES:
         link_subset(source, test, count, skip=first)
     test_images = len(list(test.rglob("*.jpg")))
+    # vggtune gets the peer's split as two folders, so both fit the same images and pick by the same ones
+    train_files, val_files = peer_split(train, VAL_SPLIT, SEED)
+    fit, val = link_files(train_files, work / "fit"), link_files(val_files, work / "val")
     convert_weights(work / "home-weights")
-    rows = [vggtune_run("vggtune", train, test, work, [], args),
-            vggtune_run("vggtune --no-cache", train, test, work, ["--no-cache"], args),
-            vggtune_run("vggtune --precision int8", train, test, work, ["--precision", "int8"], args)]
+    ways = {"vggtune": [], "vggtune --no-cache": ["--no-cache"], "vggtune --precision int8": ["--precision", "int8"]}
+    rows = [vggtune_run(name, fit, val, test, work, extra + ["--seed", str(SEED)], args) for name, extra in ways.items()]
     for row in rows:
         print(row, flush=True)
     if not args.skip_keras:
@@ -98,12 +122,15 @@ def main():
         row["x_vggtune_training"] = round(row["training_s"] / rows[0]["training_s"], 2)
         row["correct"] = round(row["accuracy"] * test_images)
         row["accuracy_95"] = wilson_interval(row["correct"], test_images)
-    print(f"\n{2 * args.per_class} training images (80/20 train/val), {test_images} test images, "
+    print(f"\n{2 * args.per_class} training images ({len(train_files)} to fit, {len(val_files)} to validate: "
+          f"the peer's split), {test_images} test images, "
           f"{args.epochs} head + {args.finetune_epochs} fine-tune epochs")
     print(table(rows, ["way", "wall_s", "x_vggtune_time", "testing_s", "training_s", "x_vggtune_training",
                        "accuracy", "correct", "accuracy_95", "f1", "peak_rss_mb", "cache_mb"]))
-    save("recipe", {"train_images": 2 * args.per_class, "test_images": test_images,
+    save("recipe", {"train_images": 2 * args.per_class, "fit_images": len(train_files), "val_images": len(val_files),
+                    "val_files": sorted(f"{f.parent.name}/{f.name}" for f in val_files), "test_images": test_images,
                     "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "rows": rows})
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
