@@ -38,11 +38,14 @@ class Backbone(nn.Module):
             layers["pool"] = nn.MaxPool2d(2, 2)
             self.add_module(name, nn.Sequential(layers))
 
-    def run(self, x: torch.Tensor, after: str | None = None, upto: str = "block5") -> torch.Tensor:
+    def block_names(self, after: str | None = None, upto: str = "block5") -> list[str]:
         """Blocks strictly after `after` (None: from the image) up to and including `upto`."""
         names = list(self.widths)
         start = 0 if after is None else names.index(after) + 1
-        for name in names[start:names.index(upto) + 1]:
+        return names[start:names.index(upto) + 1]
+
+    def run(self, x: torch.Tensor, after: str | None = None, upto: str = "block5") -> torch.Tensor:
+        for name in self.block_names(after, upto):
             x = getattr(self, name)(x)
         return x
 

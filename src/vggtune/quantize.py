@@ -46,9 +46,8 @@ class Int8Frozen(nn.Module):
         super().__init__()
         self.upto = upto
         self.calibration: dict = {}       # {"upto", "scales": {layer: [scale, zero_point]}}, set by calibration
-        names = list(backbone.widths)
         layers = OrderedDict(quant=tq.QuantStub())
-        for name in names[:names.index(upto) + 1]:
+        for name in backbone.block_names(upto=upto):
             block = copy.deepcopy(getattr(backbone, name)).eval()
             pairs = [[conv, conv.replace("conv", "relu")] for conv in block._modules if conv.startswith("conv")]
             layers[name] = tq.fuse_modules(block, pairs)
