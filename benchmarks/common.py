@@ -18,12 +18,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def link_subset(source: Path, target: Path, per_class: int, skip: int = 0) -> Path:
     """target/<class>/ with symlinks to `per_class` images of each class, after the first `skip`."""
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
-        files = sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name))[skip:skip + per_class]
         (target / folder.name).mkdir(parents=True, exist_ok=True)
-        for file in files:
-            link = target / folder.name / file.name
-            if not link.exists():
-                os.symlink(file, link)
+        link_files(sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name))[skip:skip + per_class], target)
+    return target
+
+
+def link_files(files: list[Path], target: Path) -> Path:
+    """target/<class>/<name> links to `files`, each of which lies in its class folder."""
+    for file in files:
+        link = target / file.parent.name / file.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            os.symlink(file, link)
     return target
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA, ROOT, SHARED, convert_weights, link_subset, save, table, wilson_interval
+from common import DATA, ROOT, SHARED, convert_weights, link_files, link_subset, save, table, wilson_interval
 
 KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
 # (first image, count) of each class to test on: 1,100 images, so that one image is 0.09 points.
@@ -54,21 +54,13 @@ def peer_split(data: Path, val_split: float, seed: int) -> tuple[list[Path], lis
     return [files[i] for i in order[n_val:]], [files[i] for i in order[:n_val]]
 
 
-def link_files(files: list[Path], target: Path) -> Path:
-    """target/<class>/<name> links to `files`, each of which lies in its class folder."""
-    for file in files:
-        (target / file.parent.name).mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.realpath(file), target / file.parent.name / file.name)
-    return target
-
-
 def vggtune_run(name: str, train: Path, val: Path, test: Path, work: Path, extra: list[str], args) -> dict:
     home = work / f"home-{name}"
     shutil.copytree(work / "home-weights", home)                 # converted weights, no features
     out = work / f"run-{name}"
     command = [sys.executable, "-m", "vggtune", "train", str(train), "--out", str(out), "--val-data", str(val),
                "--test-data", str(test), "--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs),
-               "--patience", "0", "--quiet", *extra]
+               "--seed", str(SEED), "--patience", "0", "--quiet", *extra]
     result = run(command, dict(os.environ, VGGTUNE_HOME=str(home)))
     metrics = json.loads((out / "metrics.json").read_text())
     test_metrics = metrics["test"]
@@ -110,7 +102,7 @@ def main():
     fit, val = link_files(train_files, work / "fit"), link_files(val_files, work / "val")
     convert_weights(work / "home-weights")
     ways = {"vggtune": [], "vggtune --no-cache": ["--no-cache"], "vggtune --precision int8": ["--precision", "int8"]}
-    rows = [vggtune_run(name, fit, val, test, work, extra + ["--seed", str(SEED)], args) for name, extra in ways.items()]
+    rows = [vggtune_run(name, fit, val, test, work, extra, args) for name, extra in ways.items()]
     for row in rows:
         print(row, flush=True)
     if not args.skip_keras:
