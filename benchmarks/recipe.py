@@ -60,7 +60,7 @@ def vggtune_run(name: str, train: Path, val: Path, test: Path, work: Path, extra
     out = work / f"run-{name}"
     command = [sys.executable, "-m", "vggtune", "train", str(train), "--out", str(out), "--val-data", str(val),
                "--test-data", str(test), "--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs),
-               "--seed", str(SEED), "--patience", "0", "--quiet", *extra]
+               "--seed", str(args.seed), "--patience", "0", "--quiet", *extra]
     result = run(command, dict(os.environ, VGGTUNE_HOME=str(home)))
     metrics = json.loads((out / "metrics.json").read_text())
     test_metrics = metrics["test"]
@@ -74,7 +74,7 @@ def keras_run(train: Path, test: Path, args) -> dict:
     from vggtune.formats import lpips_checkpoint_path
     command = [str(KERAS_PYTHON), str(SHARED / "peers" / "keras_seed.py"), "--data", str(train), "--test-data", str(test),
                "--weights", str(lpips_checkpoint_path()), "--epochs", str(args.epochs),
-               "--finetune-epochs", str(args.finetune_epochs), "--val-split", str(VAL_SPLIT), "--seed", str(SEED)]
+               "--finetune-epochs", str(args.finetune_epochs), "--val-split", str(VAL_SPLIT), "--seed", str(args.seed)]
     result = run(command, dict(os.environ))
     peer = json.loads(result["stdout"].strip().splitlines()[-1])
     return {"way": "keras peer", "wall_s": result["wall_s"], "accuracy": peer["accuracy"], "f1": peer["f1"],
@@ -82,25 +82,50 @@ def keras_run(train: Path, test: Path, args) -> dict:
             "stages": {k: peer[k] for k in ("head_stage_s", "finetune_stage_s", "eval_s") if k in peer}}
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--per-class", type=int, default=150, help="training images per class")
+def training_per_class(text: str) -> int:
+    per_class = int(text)
+    if not 0 < per_class <= TEST_RANGES[0][0]:
+        raise argparse.ArgumentTypeError(f"received {per_class}; allowed: 1 to {TEST_RANGES[0][0]} (later images are tested on)")
+    return per_class
+
+
+def recipe_arguments(description: str) -> argparse.ArgumentParser:
+    """The options this comparison and recipe_seeds.py share."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--per-class", type=training_per_class, default=150, help="training images per class")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=10)
-    parser.add_argument("--skip-keras", action="store_true")
-    args = parser.parse_args()
-    if args.per_class > TEST_RANGES[0][0]:
-        parser.error(f"--per-class: received {args.per_class}; allowed: up to {TEST_RANGES[0][0]} (later images are tested on)")
-    work = Path(tempfile.mkdtemp(prefix="vggtune-recipe-"))
+    return parser
+
+
+def prepare(work: Path, per_class: int) -> tuple[Path, Path]:
+    """The training and test folders (links into the data) and the converted weights, under `work`."""
     source = DATA / "cats-vs-dogs-2k"
-    train, test = link_subset(source, work / "train", args.per_class), work / "test"
+    train, test = link_subset(source, work / "train", per_class), work / "test"
     for first, count in TEST_RANGES:
         link_subset(source, test, count, skip=first)
-    test_images = len(list(test.rglob("*.jpg")))
-    # vggtune gets the peer's split as two folders, so both fit the same images and pick by the same ones
-    train_files, val_files = peer_split(train, VAL_SPLIT, SEED)
-    fit, val = link_files(train_files, work / "fit"), link_files(val_files, work / "val")
     convert_weights(work / "home-weights")
+    return train, test
+
+
+def split_folders(train: Path, work: Path, seed: int) -> tuple[Path, Path, list[Path]]:
+    """The peer's split of `train` as two folders for vggtune, so both fit the same images and pick by
+    the same ones; and the validation files."""
+    train_files, val_files = peer_split(train, VAL_SPLIT, seed)
+    fit, val = link_files(train_files, work / f"fit-{seed}"), link_files(val_files, work / f"val-{seed}")
+    return fit, val, val_files
+
+
+def main():
+    parser = recipe_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--skip-keras", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vggtune-recipe-"))
+    train, test = prepare(work, args.per_class)
+    test_images = len(list(test.rglob("*.jpg")))
+    fit, val, val_files = split_folders(train, work, args.seed)
+    fit_images = len(list(fit.rglob("*.jpg")))
     ways = {"vggtune": [], "vggtune --no-cache": ["--no-cache"], "vggtune --precision int8": ["--precision", "int8"]}
     rows = [vggtune_run(name, fit, val, test, work, extra, args) for name, extra in ways.items()]
     for row in rows:
@@ -114,12 +139,12 @@ def main():
         row["x_vggtune_training"] = round(row["training_s"] / rows[0]["training_s"], 2)
         row["correct"] = round(row["accuracy"] * test_images)
         row["accuracy_95"] = wilson_interval(row["correct"], test_images)
-    print(f"\n{2 * args.per_class} training images ({len(train_files)} to fit, {len(val_files)} to validate: "
+    print(f"\n{2 * args.per_class} training images ({fit_images} to fit, {len(val_files)} to validate: "
           f"the peer's split), {test_images} test images, "
           f"{args.epochs} head + {args.finetune_epochs} fine-tune epochs")
     print(table(rows, ["way", "wall_s", "x_vggtune_time", "testing_s", "training_s", "x_vggtune_training",
                        "accuracy", "correct", "accuracy_95", "f1", "peak_rss_mb", "cache_mb"]))
-    save("recipe", {"train_images": 2 * args.per_class, "fit_images": len(train_files), "val_images": len(val_files),
+    save("recipe", {"train_images": 2 * args.per_class, "fit_images": fit_images, "val_images": len(val_files),
                     "val_files": sorted(f"{f.parent.name}/{f.name}" for f in val_files), "test_images": test_images,
                     "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "rows": rows})
     shutil.rmtree(work, ignore_errors=True)

@@ -52,8 +52,8 @@ KERAS = "keras peer"      # ../shared/peers/keras_seed.py, the reference recipe 
 def score(setting: str, fold: Path, held: Path, out: Path) -> dict:
     """Accuracy and log loss on the held images of one setting trained on one fold."""
     if setting == KERAS:                  # its own virtualenv (make bench builds it); it prints no log loss
-        from recipe import keras_run
-        peer = keras_run(fold, held, argparse.Namespace(epochs=10, finetune_epochs=10))
+        from recipe import SEED, keras_run
+        peer = keras_run(fold, held, argparse.Namespace(epochs=10, finetune_epochs=10, seed=SEED))
         return {"accuracy": peer["accuracy"], "log_loss": None}
     result = vggtune.train(str(fold), out=str(out), test_data=str(held), val_split=0.2, test_split=0.0,
                            epochs=10, patience=0, quiet=True, **{"finetune_epochs": 10, **SETTINGS[setting]})
