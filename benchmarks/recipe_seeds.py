@@ -5,8 +5,9 @@ figures are one draw of everything a seed decides. Here each seed draws, for bot
 alike, the peer's train/validation split of the same 300 images, the head's initial weights
 and the order of the batches (and, for the peer, its online augmentation; vggtune's cached
 views depend on the image alone). Same 1,100 test images, 10 + 10 epochs, no early stopping,
-vggtune at its defaults. Accuracy only: the peer's run takes most of half an hour a seed, and
-wall time is recipe.py's business. Prints a row a seed as it ends, writes
+vggtune at its defaults; the two ways one after the other, vggtune with a cold feature cache,
+as in recipe.py. For accuracy: the wall times are recorded too, but the speed comparison is
+recipe.py's (the peer takes 20-30 minutes a seed here). Prints a row a seed as it ends, writes
 results/recipe-seeds.json after each one.
 """
 import shutil
