@@ -2,6 +2,7 @@ import functools
 import hashlib
 import http.server
 import os
+import pathlib
 import pickle
 import threading
 
@@ -48,6 +49,15 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
+class _Touch:
+    """Unpickling it creates `marker`: code whose running a test can see."""
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
 def test_numpy_only_unpickler_refuses_code(tmp_path):
     path = tmp_path / "vgg16.ckpt"
     path.write_bytes(pickle.dumps({"VGG16_0": _Evil()}))
@@ -66,11 +76,12 @@ def test_torch_file_loads_with_weights_only_and_refuses_code(tmp_path):
     good = tmp_path / "vgg16.pth"
     torch.save(torchvision_state(), good)
     assert torch.equal(formats.read_torch_file(good)["block5.conv3.weight"], vgg16_backbone_state()["block5.conv3.weight"])
-    evil = tmp_path / "evil.pth"
+    evil, marker = tmp_path / "evil.pth", tmp_path / "code-ran"
     with open(evil, "wb") as handle:
-        pickle.dump(_Evil(), handle)
+        pickle.dump(_Touch(marker), handle, protocol=2)    # torch.save's protocol, so only the code is refused
     with pytest.raises(UserError, match="not a loadable state dict"):
         formats.read_torch_file(evil)
+    assert not marker.exists()
 
 
 def test_wrong_shape_is_a_clear_error(tmp_path):
