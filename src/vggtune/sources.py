@@ -51,8 +51,10 @@ class LiveSource:
             return torch.empty(0), kept
         x = normalise(torch.stack([tensors[0] for _, tensors, _ in decoded if tensors]), self.prep)
         x = x.to(self.runtime.device).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self.runtime.autocast():
-            return self.model.features(x, self.cut).float().clone(), kept
+        # no_grad, not inference_mode: these features feed a stage that trains, and autograd
+        # refuses inference tensors (under bf16 autocast a cast happened to hide that).
+        with torch.no_grad(), self.runtime.autocast():
+            return self.model.features(x, self.cut).float(), kept
 
 
 def cache_key(weights_id: str, prep: Preprocessing, cut: str, model: Classifier) -> dict:
