@@ -1,0 +1,194 @@
+"""Golden per-image outputs: the safety net for numerical drift.
+
+A fixed tiny dataset (noisy images that a tiny random-init network separates only partly)
+and fixed tiny weights go through every path that should agree, and each image's class
+probabilities are compared with `golden/outputs.json` and with each other:
+- through the feature cache and with `--no-cache` (the frozen blocks run every epoch);
+- block5 features derived from the block4 cache and computed directly from the images;
+- the loaded predictor and the training's own evaluation of its test split;
+- an int8 run, and the same run interrupted and resumed;
+- bf16 against fp32.
+Probabilities are compared per image within a stated tolerance: fp32 results can move in
+the last bits between processors (oneDNN picks other kernels), bf16 more so.
+
+`VGGTUNE_UPDATE_GOLDEN=1 pytest tests/test_golden.py` rewrites the file; do that only for a
+change that is meant to change the numbers, and say so in the commit.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vggtune
+import vggtune.training as training
+
+from conftest import quick_config
+
+GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
+TOLERANCE = {"fp32": 2e-3, "no_cache": 2e-3, "int8": 1e-2, "int8_resumed": 1e-2, "bf16": 3e-2}
+UPDATE = bool(os.environ.get("VGGTUNE_UPDATE_GOLDEN"))
+
+
+def noisy_image(label: int, index: int) -> Image.Image:
+    """A faint class signal (a tint and a stripe direction) under strong noise."""
+    rng = np.random.default_rng(7919 * label + index)
+    pixels = rng.integers(0, 120, (40, 48, 3)).astype(np.int32)
+    pixels[..., label] += int(rng.integers(20, 120))
+    stripes = (np.arange(40) // 4 % 2)[:, None] if label == 0 else (np.arange(48) // 4 % 2)[None, :]
+    pixels += (stripes * int(rng.integers(0, 50)))[..., None]
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.fixture(scope="module")
+def golden_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("golden") / "data"
+    for label, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(30):
+            noisy_image(label, i).save(root / name / f"{name}.{i}.png")
+    return root
+
+
+def golden_config(data: Path, out: Path, **overrides):
+    values = dict(epochs=4, finetune_epochs=2, patience=0, precision="fp32", lr=1e-2, finetune_lr=1e-3)
+    values.update(overrides)
+    return quick_config(data, out, **values)
+
+
+def split_probabilities(out: Path, **load_options) -> dict[str, list[float]]:
+    """{file name: class probabilities} of the run's test split, through the loaded predictor."""
+    paths = [row["path"] for row in json.loads((out / "splits.json").read_text())["test"]]
+    predictions, rejected = vggtune.load(out, **load_options).predict(paths)
+    assert not rejected
+    return {Path(p.path).name: [p.probabilities[c] for c in ("cat", "dog")] for p in predictions}
+
+
+def interrupt_in_finetune(monkeypatch):
+    real_epoch = training.train_epoch
+
+    def interrupted(*args, **kwargs):
+        stage = args[1]
+        if stage.name == "finetune":
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+    monkeypatch.setattr(training, "train_epoch", interrupted)
+    return real_epoch
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory, golden_data):
+    """Per-image probabilities of each path, from runs on the same data, seed and weights."""
+    from conftest import tiny_state_dict
+    from vggtune import weights
+    root = tmp_path_factory.mktemp("golden-runs")
+    loaded = weights.LoadedWeights(weights.VGG16_IMAGENET1K_V1, tiny_state_dict(), "tiny test weights", "tiny-test")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VGGTUNE_HOME", str(root / "home"))
+        patch.setenv("VGGTUNE_OFFLINE", "1")
+        patch.setattr(weights, "resolve", lambda record=None, user_file=None: loaded)
+        runs = {}
+        for name, overrides in (("fp32", {}), ("no_cache", {"no_cache": True}), ("int8", {"precision": "int8"}),
+                                ("bf16", {"precision": "bf16"})):
+            runs[name] = root / name
+            training.fit(golden_config(golden_data, runs[name], **overrides))
+        runs["int8_resumed"] = root / "int8_resumed"
+        real_epoch = interrupt_in_finetune(patch)
+        with pytest.raises(KeyboardInterrupt):
+            training.fit(golden_config(golden_data, runs["int8_resumed"], precision="int8"))
+        patch.setattr(training, "train_epoch", real_epoch)
+        vggtune.train(str(golden_data), out=str(runs["int8_resumed"]), resume=True, quiet=True)
+        probabilities = {name: split_probabilities(out) for name, out in runs.items()}
+        yield runs, probabilities
+
+
+def test_every_path_matches_the_golden_outputs(outputs):
+    _, probabilities = outputs
+    if UPDATE:
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(probabilities, indent=1, sort_keys=True) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    assert set(golden) == set(probabilities) == set(TOLERANCE)
+    for name, expected in golden.items():
+        got = probabilities[name]
+        assert sorted(got) == sorted(expected), name
+        for image, row in expected.items():
+            assert np.allclose(got[image], row, atol=TOLERANCE[name]), (name, image, got[image], row)
+
+
+def test_golden_outputs_are_not_trivially_separable():
+    """The net is only worth having if its probabilities are spread: a saturated model hides drift."""
+    golden = json.loads(GOLDEN.read_text())
+    dog = np.array([row[1] for row in golden["fp32"].values()])
+    assert 0.05 < dog.std() and ((dog > 0.02) & (dog < 0.98)).mean() > 0.5
+    labels = {image: image.startswith("dog") for image in golden["fp32"]}
+    correct = np.mean([(row[1] > 0.5) == labels[image] for image, row in golden["fp32"].items()])
+    assert 0.5 < correct < 1.0
+
+
+def test_cache_and_no_cache_agree_per_image(outputs):
+    """The cache stores float16, so the two paths train on features that differ in the last bits."""
+    _, probabilities = outputs
+    for image, row in probabilities["fp32"].items():
+        assert abs(row[1] - probabilities["no_cache"][image][1]) < 2e-2, image
+
+
+def test_bf16_tracks_fp32_per_image(outputs):
+    _, probabilities = outputs
+    differences = [abs(row[1] - probabilities["bf16"][image][1]) for image, row in probabilities["fp32"].items()]
+    assert max(differences) < 0.08 and np.mean(differences) < 0.03
+
+
+def test_int8_resumed_equals_int8_uninterrupted(outputs):
+    runs, probabilities = outputs
+    assert probabilities["int8_resumed"] == probabilities["int8"]
+    whole, resumed = (json.loads((runs[n] / "model.json").read_text()) for n in ("int8", "int8_resumed"))
+    assert whole["int8"] == resumed["int8"]
+    differences = [abs(row[1] - probabilities["int8"][image][1]) for image, row in probabilities["fp32"].items()]
+    assert max(differences) < 0.1
+
+
+def test_loaded_predictor_agrees_with_the_training_evaluation(outputs):
+    """Training scores the test split from cached float16 features, the predictor from the images."""
+    runs, probabilities = outputs
+    for name in ("fp32", "no_cache", "int8"):
+        trained = json.loads((runs[name] / "metrics.json").read_text())["test"]
+        rows = probabilities[name]
+        labels = np.array([image.startswith("dog") for image in rows], dtype=int)
+        p = np.array([rows[image] for image in rows])
+        assert trained["n"] == len(rows)
+        predicted = p.argmax(1)
+        confusion = [[int(((labels == t) & (predicted == q)).sum()) for q in (0, 1)] for t in (0, 1)]
+        assert confusion == trained["confusion_matrix"], name
+        log_loss = float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-7, 1)).mean())
+        assert log_loss == pytest.approx(trained["log_loss"], abs=1e-3), name
+
+
+def test_block5_derived_from_the_block4_cache_equals_block5_computed_directly(outputs):
+    from vggtune.cache import FeatureCache
+    from vggtune.extract import entry_name
+    from vggtune.images import open_rgb
+    from vggtune.transforms import eval_view, normalise
+    from conftest import tiny_state_dict
+    from vggtune.model import Backbone
+    runs, _ = outputs
+    prep = vggtune.load(runs["fp32"]).preprocessing
+    backbone = Backbone(json.loads((runs["fp32"] / "model.json").read_text())["blocks"])
+    backbone.load_state_dict(tiny_state_dict())            # the frozen weights, not the fine-tuned block5
+    home = runs["fp32"].parent / "home" / "features"
+    keys = [json.loads((folder / "key.json").read_text()) for folder in home.iterdir()]
+    block5_key, = [key for key in keys if key["cut"] == "block5" and "int8" not in key]
+    block5 = FeatureCache(home, block5_key)
+    items = json.loads((runs["fp32"] / "splits.json").read_text())["val"]
+    for item in items:
+        derived = block5.open([entry_name(item["sha256"], 0, None)]).gather([0]).float()
+        image = eval_view(open_rgb(item["path"], short_side=prep.resize), prep)
+        with torch.inference_mode():
+            direct = backbone.run(normalise(image[None], prep), upto="block5")
+        # float16 storage of block4 (about 5e-4 relative) passes through block5's convolutions
+        assert (derived - direct).abs().max() <= 0.03 * direct.abs().max()
