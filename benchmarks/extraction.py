@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from vggtune import quantize, weights
-from vggtune.cache import FeatureCache
 from vggtune.config import AugmentConfig
-from vggtune.extract import ImageJob, extract
+from vggtune.extract import ImageJob
+from vggtune.features import FeaturePipeline
 from vggtune.images import open_rgb
-from vggtune.model import Classifier, HeadSpec, load_backbone
+from vggtune.model import Classifier, HeadSpec
+from vggtune.progress import verbosity
 from vggtune.runtime import choose_runtime
-from vggtune.sources import cache_key
 from vggtune.transforms import eval_view, normalise
 
 from common import DATA, images_per_second, save, table
@@ -50,15 +50,17 @@ def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: fl
     size = -(-len(jobs) // rounds)
     bare_rates, rates = [], []
     with tempfile.TemporaryDirectory() as home:
+        pipeline = FeaturePipeline(model, prep, AugmentConfig(), runtime, len(batch), "bench", Path(home))
         model.use_int8_frozen(int8)
-        cache = FeatureCache(Path(home), cache_key("bench", prep, cut, model))
+        cache = pipeline.cache(cut)
         model.use_int8_frozen(None)
         for start in range(0, len(jobs), size):
             chunk = jobs[start:start + size]
             bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds))
             started = time.perf_counter()
             model.use_int8_frozen(int8)
-            rejected = extract(model, cache, chunk, prep, AugmentConfig(), runtime, len(batch), cut, quiet=True)
+            with verbosity(quiet=True):
+                rejected = pipeline.fill(cache, chunk, cut)
             model.use_int8_frozen(None)
             assert not rejected, rejected[:3]
             rates.append(len(chunk) / (time.perf_counter() - started))
@@ -87,7 +89,7 @@ def main():
     loaded = weights.resolve()
     prep = loaded.record.preprocessing
     model = Classifier(HeadSpec("flatten", 2), size=prep.size)
-    load_backbone(model, loaded.state_dict)
+    model.backbone.load_state_dict(loaded.state_dict)
     model.to(runtime.device).to(memory_format=torch.channels_last).eval()
     files = sorted(p for p in Path(args.data).rglob("*.jpg"))
     step = max(1, len(files) // args.images)

@@ -22,12 +22,12 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as F
-from vggtune.cache import FeatureCache
 from vggtune.config import AugmentConfig
-from vggtune.extract import ImageJob, extract
+from vggtune.extract import ImageJob
+from vggtune.features import FeaturePipeline
 from vggtune.model import Classifier, HeadSpec
+from vggtune.progress import verbosity
 from vggtune.runtime import choose_runtime
-from vggtune.sources import cache_key
 from vggtune.transforms import normalise
 from vggtune.weights import VGG16_IMAGENET1K_V1
 
@@ -103,13 +103,15 @@ def main():
     result["bare_images_s"] = round(bare(model, runtime, args.batch_size, prep.size, args.seconds), 1)
     print(result, flush=True)
     jobs = [ImageJob(str(p), hashlib.sha256(p.read_bytes()).hexdigest(), (0,)) for p in paths]
-    cache = FeatureCache(work / "cpu-decode", cache_key("random", prep, "block5", model))
+    pipeline = FeaturePipeline(model, prep, AugmentConfig(), runtime, args.batch_size, "random", work / "cpu-decode")
     started = time.perf_counter()
-    extract(model, cache, jobs, prep, AugmentConfig(), runtime, args.batch_size, "block5", quiet=True)
+    with verbosity(quiet=True):
+        pipeline.fill(pipeline.cache("block5"), jobs, "block5")
     sync(runtime)
     result["cpu_decode_images_s"] = round(len(jobs) / (time.perf_counter() - started), 1)
     print(result, flush=True)
-    cache = FeatureCache(work / "gpu-decode", cache_key("random", prep, "block5", model))
+    pipeline.cache_root = work / "gpu-decode"
+    cache = pipeline.cache("block5")
     result["gpu_decode_images_s"] = round(gpu_decode(model, runtime, paths, prep, args.batch_size, cache), 1)
     print(json.dumps(result), flush=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from vggtune.cache import FeatureCache, ShardWriter
+from vggtune.cache import FeatureCache, FeatureKey, ShardWriter, entry_name
 from vggtune.config import AugmentConfig
-from vggtune.extract import ImageJob, entry_name, extract
+from vggtune.extract import ImageJob
+from vggtune.features import FeaturePipeline
 from vggtune.images import open_rgb
 from vggtune.model import Classifier, HeadSpec
 from vggtune.runtime import Runtime
-from vggtune.sources import cache_key
 from vggtune.transforms import make_view, normalise
 from vggtune.weights import VGG16_IMAGENET1K_V1
 
@@ -30,17 +30,14 @@ def jobs_for(root, views=(0, 1, 2)):
     return [ImageJob(str(p), hashlib.sha256(p.read_bytes()).hexdigest(), views) for p in paths]
 
 
-def cache_over(folder):
-    """A FeatureCache reading the shards in `folder` as they are, with no key of its own."""
-    cache = FeatureCache.__new__(FeatureCache)
-    cache.dir, cache._index, cache._verified, cache.damaged = folder, None, set(), []
-    return cache
+def cache_key(weights_id, prep, cut, model):
+    return FeatureKey(weights_id, prep.to_dict(), model.backbone.widths).at(cut)
 
 
 def fill(tmp_path, model, jobs, cut="block4"):
-    cache = FeatureCache(tmp_path / "cache", cache_key("tiny", PREP, cut, model))
-    rejected = extract(model, cache, jobs, PREP, AUG, FP32, batch_size=4, cut=cut, quiet=True)
-    return cache, rejected
+    pipeline = FeaturePipeline(model, PREP, AUG, FP32, batch_size=4, weights_id="tiny", cache_root=tmp_path / "cache")
+    cache = pipeline.cache(cut)
+    return cache, pipeline.fill(cache, jobs, cut)
 
 
 def test_logits_through_cache_equal_logits_through_whole_model(tmp_path):
@@ -105,16 +102,14 @@ def test_damaged_shard_is_detected_and_rebuilt(tmp_path):
 
 
 def test_a_shard_without_manifest_does_not_count(tmp_path):
-    writer = ShardWriter(tmp_path, rows_per_shard=100)
+    folder = FeatureCache(tmp_path, cache_key("tiny", PREP, "block4", tiny_model())).dir
+    writer = ShardWriter(folder, rows_per_shard=100)
     writer.add(["a", "b"], torch.ones(2, 3))
-    assert not list(tmp_path.glob("shard-*"))        # nothing is visible before flush
+    assert not list(folder.glob("shard-*"))          # nothing is visible before flush
     writer.close()
-    (tmp_path / "key.json").write_text("{}")
-    cache = cache_over(tmp_path)
-    assert set(cache.index()) == {"a", "b"}
-    next(tmp_path.glob("shard-*.json")).unlink()      # as if killed before the manifest rename
-    cache._index = None
-    assert cache.index() == {}
+    assert set(FeatureCache.existing(folder).index()) == {"a", "b"}
+    next(folder.glob("shard-*.json")).unlink()        # as if killed before the manifest rename
+    assert FeatureCache.existing(folder).index() == {}
 
 
 def test_interrupted_fill_resumes_where_it_stopped(tmp_path, monkeypatch):
@@ -160,11 +155,11 @@ def test_stale_half_written_shards_are_removed_fresh_ones_kept(tmp_path):
 
 def test_channels_last_bf16_features_are_stored_in_logical_order(tmp_path):
     features = torch.randn(5, 8, 3, 2).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    writer = ShardWriter(tmp_path, rows_per_shard=100)
+    cache = FeatureCache(tmp_path, cache_key("tiny", PREP, "block4", tiny_model()))
+    writer = ShardWriter(cache.dir, rows_per_shard=100)
     writer.add([f"e{i}" for i in range(3)], features[:3])
     writer.add(["e3", "e4"], features[3:])
     writer.close()
-    cache = cache_over(tmp_path)
     stored = cache.open([f"e{i}" for i in range(5)]).gather(range(5))
     assert stored.dtype == torch.float16 and stored.shape == (5, 8, 3, 2)
     assert torch.equal(stored, features.to(torch.float16))

@@ -119,3 +119,52 @@ def test_tampered_model_json_is_a_clear_error(tmp_path, capsys, tiny_weights, da
     (out / "model.json").write_text(json.dumps(description))
     code, _, err = run_cli(capsys, "predict", out, dataset / "dog" / "dog.1.jpg")
     assert_one_line_error(code, err, "does not match model.json")
+
+
+def test_a_kaggle_flat_folder_through_check_train_and_evaluate(tmp_path, capsys, tiny_weights):
+    from conftest import synthetic_image
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for label, name in enumerate(("cat", "dog")):
+        for i in range(15):
+            synthetic_image(label, i).save(flat / f"{name}.{i}.jpg")
+    code, out, _ = run_cli(capsys, "data", "check", flat)
+    assert code == 0 and "30 usable images in 2 classes, 0 rejected" in out
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", flat, "--out", run, "--epochs", 3, "--finetune-epochs", 0, "--size", 32,
+                           "--hidden", 16, "--lr", 0.01, "--dropout", 0, "--val-split", 0.2, "--test-split", 0.2,
+                           "--quiet")
+    assert code == 0 and "accuracy" in out
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["classes"] == ["cat", "dog"]
+    for row in splits["train"] + splits["val"] + splits["test"]:
+        assert row["label"] == ("cat", "dog").index(row["path"].rsplit("/", 1)[1].split(".")[0])
+    code, out, _ = run_cli(capsys, "evaluate", run, "--data", flat)
+    result = json.loads((run / "evaluation.json").read_text())
+    assert code == 0 and result["n"] == 30 and result["per_class"]["dog"]["support"] == 15
+
+
+def test_evaluate_on_a_folder_with_some_of_the_classes_keeps_the_run_order(tmp_path, capsys, tiny_weights):
+    data = make_dataset(tmp_path / "data", n_per_class=20, classes=("a", "b", "c"))
+    run = tmp_path / "run"
+    import vggtune.training as training
+    training.fit(quick_config(data, run, head="gap", epochs=8, finetune_epochs=0))
+    some = make_dataset(tmp_path / "some", n_per_class=0, classes=("b", "c"))
+    from conftest import synthetic_image
+    for label, name in ((1, "b"), (2, "c")):
+        for i in range(30, 36):
+            synthetic_image(label, i).save(some / name / f"{name}.{i}.jpg")
+    code, _, _ = run_cli(capsys, "evaluate", run, "--data", some)
+    result = json.loads((run / "evaluation.json").read_text())
+    assert code == 0 and result["classes"] == ["a", "b", "c"] and result["n"] == 12
+    assert [result["per_class"][c]["support"] for c in "abc"] == [0, 6, 6]
+    assert result["accuracy"] >= 10 / 12                 # b and c scored as b and c, not as a and b
+
+
+def test_not_a_run_is_one_error_from_the_cli_and_the_api(tmp_path, capsys):
+    import vggtune
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", tmp_path / "nothing")
+    assert_one_line_error(code, err, "is not a vggtune run")
+    with pytest.raises(vggtune.UserError) as error:
+        vggtune.train(out=str(tmp_path / "nothing"), resume=True)
+    assert str(error.value) in err

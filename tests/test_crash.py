@@ -1,5 +1,6 @@
 """kill -9 at random moments of cache building and of both training stages, then --resume:
 the run completes with exactly the metrics of a run that was never interrupted."""
+import csv
 import json
 import os
 import random
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import save_file
 
 from conftest import make_dataset, tiny_state_dict
@@ -30,10 +32,25 @@ def setup(tmp_path_factory):
     return root, data, weights
 
 
-def start(home: Path, data: Path, out: Path, weights: Path, resume: bool) -> subprocess.Popen:
+# Runs `vggtune` with every fsync slowed down, which holds each write under its temporary
+# name long enough for a kill to land inside it.
+SLOW_WRITES = """
+import os, sys, time
+real_fsync = os.fsync
+def slow_fsync(fd):
+    time.sleep(0.15)
+    real_fsync(fd)
+os.fsync = slow_fsync
+from vggtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start(home: Path, data: Path, out: Path, weights: Path, resume: bool, slow_writes: bool = False):
     env = dict(os.environ, VGGTUNE_HOME=str(home), VGGTUNE_OFFLINE="1", PYTHONHASHSEED="0")
     args = ["--resume", "--out", str(out)] if resume else [str(data), "--out", str(out), "--weights", str(weights), *FLAGS]
-    return subprocess.Popen([sys.executable, "-m", "vggtune", "train", *args], env=env,
+    program = ["-c", SLOW_WRITES] if slow_writes else ["-m", "vggtune"]
+    return subprocess.Popen([sys.executable, *program, "train", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -48,14 +65,20 @@ def shards(home: Path) -> int:
     return len(list((home / "features").glob("*/shard-*.json"))) if (home / "features").exists() else 0
 
 
-def kill_when(process: subprocess.Popen, ready, rng: random.Random, timeout: float = 120) -> bool:
-    """SIGKILL shortly after `ready()` turns true; False if the run ended first."""
+def temporaries(*folders: Path) -> set[Path]:
+    return {p for folder in folders if folder.exists() for p in folder.rglob("*.tmp")}
+
+
+def kill_when(process: subprocess.Popen, ready, rng: random.Random, timeout: float = 120,
+              at_once: bool = False) -> bool:
+    """SIGKILL shortly after `ready()` turns true (at once: while it is true); False if the run ended first."""
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None or time.monotonic() > deadline:
             return False
-        time.sleep(0.005)
-    time.sleep(rng.uniform(0, 0.2))
+        time.sleep(0.002)
+    if not at_once:
+        time.sleep(rng.uniform(0, 0.2))
     if process.poll() is not None:
         return False
     os.kill(process.pid, signal.SIGKILL)
@@ -63,33 +86,78 @@ def kill_when(process: subprocess.Popen, ready, rng: random.Random, timeout: flo
     return True
 
 
-def test_ten_kills_then_resume_give_identical_metrics(setup):
+@pytest.fixture(scope="module")
+def reference(setup):
+    """The same run, never interrupted."""
     root, data, weights = setup
-    reference = start(root / "home-ref", data, root / "ref", weights, resume=False)
-    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
+    process = start(root / "home-ref", data, root / "ref", weights, resume=False)
+    assert process.wait(timeout=300) == 0, process.stderr.read().decode()
+    return root / "ref"
 
+
+def read_history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_every_final_file_loads(out: Path, home: Path) -> None:
+    from vggtune.cache import FeatureCache
+    from vggtune.fsutil import load_tensors
+    readers = {".json": lambda p: json.loads(p.read_text()), ".safetensors": load_tensors,
+               ".jsonl": lambda p: [json.loads(line) for line in p.read_text().splitlines()],
+               ".yaml": lambda p: yaml.safe_load(p.read_text()), ".csv": lambda p: list(csv.reader(p.open()))}
+    finals = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert {p.suffix for p in finals} <= set(readers), finals
+    for path in finals:
+        readers[path.suffix](path)
+    for folder in (home / "features").iterdir():
+        cache = FeatureCache.existing(folder)
+        assert cache.index() and cache.damaged == [], folder
+
+
+def test_ten_kills_then_resume_give_identical_metrics(setup, reference):
+    """Each kill lands after the run has made progress since it was started: a new shard, a new
+    epoch, or inside a write (a shard's or a checkpoint's, held open by slowed fsyncs)."""
+    root, data, weights = setup
     home, out, rng = root / "home-killed", root / "killed", random.Random(7)
-    targets = [("cache", lambda: shards(home) >= 1)]
-    targets += [(f"head epoch {k}", lambda k=k: epochs_done(out) >= k) for k in (0, 1, 2, 4, 5)]
-    targets += [(f"finetune epoch {k}", lambda k=k: epochs_done(out) >= k) for k in (6, 7, 8, 9, 10)]
+    state = out / "state"
+
+    def new_shard(spawn):
+        return lambda: shards(home) > spawn["shards"]
+
+    def inside_write(folder):
+        return lambda spawn: (lambda: bool(temporaries(folder) - spawn["temporaries"]))
+
+    def epoch(k):
+        return lambda spawn: (lambda: epochs_done(out) > spawn["epochs"] and epochs_done(out) >= k)
+
+    targets = [("cache", new_shard, False), ("shard write", inside_write(home / "features"), True)]
+    targets += [(f"head epoch {k}", epoch(k), False) for k in (1, 2)]
+    targets += [("checkpoint write", inside_write(state), True)]
+    targets += [(f"head epoch {k}", epoch(k), False) for k in (4, 5)]
+    targets += [(f"finetune epoch {k}", epoch(k), False) for k in (7, 8)]
+    targets += [("checkpoint write", inside_write(state), True)]
+    targets += [(f"finetune epoch {k}", epoch(k), False) for k in (10, 11)]
     kills = []
-    for name, ready in targets:
-        process = start(home, data, out, weights, resume=(out / "config.yaml").exists())
-        if kill_when(process, ready, rng):
+    for name, ready, in_write in targets:
+        spawn = {"shards": shards(home), "epochs": epochs_done(out), "temporaries": temporaries(home, out)}
+        process = start(home, data, out, weights, resume=(out / "config.yaml").exists(), slow_writes=in_write)
+        if kill_when(process, ready(spawn), rng, at_once=in_write):
             kills.append((name, epochs_done(out)))
+    left_by_kills = temporaries(home, out)
     final = start(home, data, out, weights, resume=True)
     assert final.wait(timeout=300) == 0, final.stderr.read().decode()
 
+    names = [name for name, _ in kills]
     assert len(kills) >= 10, kills
-    assert any(name.startswith("finetune") for name, _ in kills) and kills[0][0] == "cache"
-    read = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert read(out) == read(root / "ref")
-    assert json.loads((out / "metrics.json").read_text())["test"] == json.loads((root / "ref" / "metrics.json").read_text())["test"]
-    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    assert all(p.name.startswith(".") for p in leftovers)        # temporaries never take a final name
+    assert {"cache", "shard write", "checkpoint write"} <= set(names) and any(n.startswith("finetune") for n in names)
+    assert read_history(out) == read_history(reference)
+    assert json.loads((out / "metrics.json").read_text())["test"] == json.loads((reference / "metrics.json").read_text())["test"]
+    assert_every_final_file_loads(out, home)
+    assert temporaries(home, out) <= left_by_kills            # the uninterrupted last run leaves none of its own
+    assert len(left_by_kills) <= len(kills)                   # at most one half-written file per kill
 
 
-def test_two_trainings_share_one_cache_at_the_same_time(setup):
+def test_two_trainings_share_one_cache_at_the_same_time(setup, reference):
     from vggtune.cache import FeatureCache
     root, data, weights = setup
     home = root / "home-shared"
@@ -97,12 +165,12 @@ def test_two_trainings_share_one_cache_at_the_same_time(setup):
     processes = [start(home, data, out, weights, resume=False) for out in runs]
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read().decode()
-    results = [json.loads((out / "metrics.json").read_text())["test"] for out in runs]
-    assert results[0]["n"] == results[1]["n"] > 0
-    assert abs(results[0]["accuracy"] - results[1]["accuracy"]) <= 2 / results[0]["n"]
+    expected = json.loads((reference / "metrics.json").read_text())["test"]
+    for out in runs:                          # each exactly as the run that had the cache to itself
+        assert json.loads((out / "metrics.json").read_text())["test"] == expected
+        assert read_history(out) == read_history(reference)
     for folder in (home / "features").iterdir():
-        cache = FeatureCache.__new__(FeatureCache)
-        cache.dir, cache._index, cache._verified, cache.damaged = folder, None, set(), []
+        cache = FeatureCache.existing(folder)
         assert cache.index() and cache.damaged == []
     third = start(home, data, root / "after", weights, resume=False)
     shards_before = shards(home)

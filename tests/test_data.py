@@ -30,9 +30,15 @@ def test_convertible_files_become_rgb(tmp_path):
 
 def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
-    exif[0x0112] = 6                          # rotate 90 degrees to display
-    Image.new("RGB", (60, 20), "red").save(tmp_path / "r.jpg", exif=exif.tobytes())
-    assert open_rgb(tmp_path / "r.jpg").size == (20, 60)
+    exif[0x0112] = 6                          # stored sideways: rotate 90 degrees clockwise to display
+    stored = Image.new("RGB", (60, 20), "blue")
+    stored.paste((255, 0, 0), (0, 0, 30, 20))             # the stored image's left half is red
+    stored.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    shown = open_rgb(tmp_path / "r.jpg")
+    assert shown.size == (20, 60)
+    top, bottom = shown.getpixel((10, 5)), shown.getpixel((10, 55))
+    assert top[0] > 200 and top[2] < 60                    # clockwise: the left half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
 
 
 def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
@@ -71,6 +77,21 @@ def test_discover_class_folders_and_kaggle_names(tmp_path):
     found = data.discover(flat)
     assert found.classes == ["cat", "dog"]
     assert [os.path.basename(p) for p, _ in found.rejected] == ["readme.txt"]
+
+
+def test_kaggle_names_map_each_file_to_its_class(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for label, name in enumerate(("Dog", "cat", "bird")):      # the class is the lower-cased prefix
+        for i in range(3):
+            synthetic_image(label, i).save(flat / f"{name}.{i + 10 * label}.jpg")
+    synthetic_image(0, 9).save(flat / "cat_7.png")
+    items, rejected = data.scan(data.discover(flat))
+    found = data.discover(flat)
+    assert found.classes == ["bird", "cat", "dog"] and not rejected
+    by_name = {os.path.basename(item.path): found.classes[item.label] for item in items}
+    assert by_name == {**{f"Dog.{i}.jpg": "dog" for i in range(3)}, **{f"cat.{i + 10}.jpg": "cat" for i in range(3)},
+                       **{f"bird.{i + 20}.jpg": "bird" for i in range(3)}, "cat_7.png": "cat"}
 
 
 @pytest.mark.parametrize("layout,message", [

@@ -85,7 +85,7 @@ def interrupt_in_finetune(monkeypatch):
 def outputs(tmp_path_factory, golden_data):
     """Per-image probabilities of each path, from runs on the same data, seed and weights."""
     from conftest import tiny_state_dict
-    from vggtune import weights
+    from vggtune import quantize, weights
     root = tmp_path_factory.mktemp("golden-runs")
     loaded = weights.LoadedWeights(weights.VGG16_IMAGENET1K_V1, tiny_state_dict(), "tiny test weights", "tiny-test")
     with pytest.MonkeyPatch.context() as patch:
@@ -102,7 +102,9 @@ def outputs(tmp_path_factory, golden_data):
         with pytest.raises(KeyboardInterrupt):
             training.fit(golden_config(golden_data, runs["int8_resumed"], precision="int8"))
         patch.setattr(training, "train_epoch", real_epoch)
-        vggtune.train(str(golden_data), out=str(runs["int8_resumed"]), resume=True, quiet=True)
+        with pytest.MonkeyPatch.context() as no_calibration:      # the resume reuses the saved scales
+            no_calibration.setattr(quantize, "calibrate", lambda *a, **k: pytest.fail("calibrated again"))
+            vggtune.train(str(golden_data), out=str(runs["int8_resumed"]), resume=True, quiet=True)
         probabilities = {name: split_probabilities(out) for name, out in runs.items()}
         yield runs, probabilities
 
@@ -170,8 +172,7 @@ def test_loaded_predictor_agrees_with_the_training_evaluation(outputs):
 
 
 def test_block5_derived_from_the_block4_cache_equals_block5_computed_directly(outputs):
-    from vggtune.cache import FeatureCache
-    from vggtune.extract import entry_name
+    from vggtune.cache import FeatureCache, entry_name
     from vggtune.images import open_rgb
     from vggtune.transforms import eval_view, normalise
     from conftest import tiny_state_dict
@@ -181,9 +182,8 @@ def test_block5_derived_from_the_block4_cache_equals_block5_computed_directly(ou
     backbone = Backbone(json.loads((runs["fp32"] / "model.json").read_text())["blocks"])
     backbone.load_state_dict(tiny_state_dict())            # the frozen weights, not the fine-tuned block5
     home = runs["fp32"].parent / "home" / "features"
-    keys = [json.loads((folder / "key.json").read_text()) for folder in home.iterdir()]
-    block5_key, = [key for key in keys if key["cut"] == "block5" and "int8" not in key]
-    block5 = FeatureCache(home, block5_key)
+    block5, = [cache for cache in map(FeatureCache.existing, home.iterdir())
+               if cache.key["cut"] == "block5" and "int8" not in cache.key]
     items = json.loads((runs["fp32"] / "splits.json").read_text())["val"]
     for item in items:
         derived = block5.open([entry_name(item["sha256"], 0, None)]).gather([0]).float()

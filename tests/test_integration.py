@@ -77,19 +77,19 @@ def test_oxford_pets_37_classes_beat_chance_many_times(tmp_path):
 def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, short_run, cats_vs_dogs_split, bf16):
     """fp32: equal to float16 storage precision. bf16: the same predictions, probabilities within 0.01."""
     from test_cache import jobs_for
-    from vggtune.cache import FeatureCache
+    from vggtune.cache import entry_name
     from vggtune.config import AugmentConfig
-    from vggtune.extract import entry_name, extract
+    from vggtune.features import FeaturePipeline
     from vggtune.images import open_rgb
     from vggtune.runtime import Runtime
-    from vggtune.sources import cache_key
     from vggtune.transforms import make_view, normalise
     predictor = vggtune.load(short_run[0], device="cpu")
     model, prep, aug = predictor.model, predictor.preprocessing, AugmentConfig()
     runtime = Runtime(torch.device("cpu"), bf16=bf16)
     jobs = [type(j)(j.path, j.sha256, (0, 1, 2)) for j in jobs_for(cats_vs_dogs_split[1])[:4]]
-    cache = FeatureCache(tmp_path, cache_key("real", prep, "block4", model))
-    assert extract(model, cache, jobs, prep, aug, runtime, 4, "block4", quiet=True) == []
+    pipeline = FeaturePipeline(model, prep, aug, runtime, batch_size=4, weights_id="real", cache_root=tmp_path)
+    cache = pipeline.cache("block4")
+    assert pipeline.fill(cache, jobs, "block4") == []
     for job in jobs:
         image = open_rgb(job.path, short_side=prep.resize)
         for view in job.views:

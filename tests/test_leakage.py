@@ -52,3 +52,21 @@ def test_training_writes_near_duplicates_csv(tmp_path, tiny_weights, dataset):
     training.fit(quick_config(dataset, out, finetune_epochs=0))
     lines = (out / "near_duplicates.csv").read_text().splitlines()
     assert lines[0] == "path,split,near_duplicate_of,its_split,dhash_distance"
+
+
+def test_a_cross_split_near_duplicate_is_listed_first(tmp_path, tiny_weights):
+    train, test = tmp_path / "train", tmp_path / "test"
+    for root, offset in ((train, 0), (test, 300)):
+        for label, name in enumerate(("cat", "dog")):
+            (root / name).mkdir(parents=True)
+            for i in range(6):
+                smooth_photo(offset + 10 * label + i).save(root / name / f"{name}.{offset + i}.jpg", quality=95)
+    Image.open(train / "cat" / "cat.0.jpg").resize((80, 60)).save(train / "cat" / "cat.small.jpg", quality=60)
+    Image.open(train / "dog" / "dog.1.jpg").resize((120, 90)).save(test / "dog" / "dog.copy.jpg", quality=70)
+    out = tmp_path / "run"
+    training.fit(quick_config(train, out, test_data=str(test), finetune_epochs=0, epochs=1))
+    rows = [line.split(",") for line in (out / "near_duplicates.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 2, rows
+    names = [{row[0].rsplit("/", 1)[1], row[2].rsplit("/", 1)[1]} for row in rows]
+    assert names[0] == {"dog.1.jpg", "dog.copy.jpg"} and {rows[0][1], rows[0][3]} == {"train", "test"}
+    assert names[1] == {"cat.0.jpg", "cat.small.jpg"} and rows[1][1] == rows[1][3] == "train"

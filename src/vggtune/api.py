@@ -1,27 +1,32 @@
-"""The Python API: the same verbs as the command line, arguments named like its flags."""
+"""The Python API: the same verbs as the command line, arguments named like its flags.
+The command line (cli.py) calls these and nothing else."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from .config import AugmentConfig, TrainConfig, load_config
+from .config import AugmentConfig, TrainConfig
+from .errors import UserError
 from .evaluation import evaluate as _evaluate
-from .predict import Predictor, load
+from .predict import Predictor, expand_paths, load
+from .rundir import RunDir
 
 
-def train(data: str, out: str = "runs/latest", resume: bool = False, **options) -> dict:
+def train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> dict:
     """Train on a folder of labelled images; returns {'val': metrics, 'test': metrics}.
 
     Options are the `vggtune train` flags with underscores: epochs, finetune_epochs,
-    finetune_blocks, lr, finetune_lr, batch_size, size, head, views, val_split,
-    test_split, seed, patience, precision, no_cache, quiet, val_data, test_data,
-    weights, augment (an AugmentConfig or a dict).
+    finetune_blocks, lr, finetune_lr, batch_size, size, head, hidden, dropout, views,
+    val_split, test_split, seed, patience, precision, device, no_cache, quiet, val_data,
+    test_data, weights, augment (an AugmentConfig or a dict). With `resume=True` the run in
+    `out` continues with the config saved in it (only `quiet` may be given).
     """
     from .training import fit
-    if isinstance(options.get("augment"), dict):
-        options["augment"] = AugmentConfig(**options["augment"])
     if resume:
-        config = load_config(f"{out}/config.yaml")
+        config = RunDir.existing(out).config()
         config = dataclasses.replace(config, quiet=options.get("quiet", config.quiet))
+    elif not data:
+        raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
     else:
         config = TrainConfig(data=str(data), out=str(out), **options)
     return fit(config, resume=resume)
@@ -32,4 +37,42 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
     return _evaluate(run, data, output, **options)
 
 
-__all__ = ["train", "evaluate", "load", "Predictor", "TrainConfig", "AugmentConfig"]
+def check_data(folder: str, val_data: str | None = None, test_data: str | None = None):
+    """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows)."""
+    from . import data
+    splits = data.prepare_splits(folder, val_data, test_data, 0.1, 0.1, seed=0)
+    return splits, data.near_duplicate_rows(splits)
+
+
+def write_rejected(path: str, rejected: list[tuple[str, str]]) -> None:
+    from . import data
+    data.write_rejected(Path(path), rejected)
+
+
+def weights_sources() -> list[tuple[str, str]]:
+    """Where the ImageNet weights come from, in order, and what each holds now."""
+    from . import weights
+    return weights.describe_sources()
+
+
+def verify_weights(file: str | None = None):
+    """The weights as a run would load them (from `file`, else the first source that answers)."""
+    from . import weights
+    return weights.resolve(user_file=file)
+
+
+def convert_weights(file: str | None = None) -> tuple[str, Path]:
+    """Converts weights (from `file`, else the first source) into the cache: (origin, cached path)."""
+    from . import weights
+    loaded = weights.resolve(user_file=file)
+    return loaded.source, weights.write_cache(loaded.record, loaded.state_dict, loaded.source)
+
+
+def metrics_text(result: dict) -> list[str]:
+    """A metrics dict as the lines the command line prints: the summary, then the confusion table."""
+    from .metrics import confusion_table, summary_lines
+    return summary_lines(result) + confusion_table(result).splitlines()
+
+
+__all__ = ["train", "evaluate", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
+           "check_data", "weights_sources", "verify_weights", "convert_weights", "metrics_text"]

@@ -1,6 +1,8 @@
 """The frozen-feature cache: outputs of the frozen blocks, computed once and stored.
 
-One folder per key (weights id, preprocessing, cut point, storage dtype). Inside, shards:
+One folder per key (weights id, preprocessing, cut point, architecture, int8 calibration,
+storage dtype), one entry per (image content, view). The whole key is built here and
+nowhere else: `FeatureKey` for the folder, `entry_name` for the entry. Inside, shards:
 `shard-<id>.npy` (rows of features) and `shard-<id>.json` (entry names, shape, checksum).
 A shard exists once its manifest is renamed into place, after its data is fsynced, so a
 crash never leaves a half-written shard that looks complete; each writer names its own
@@ -11,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import AugmentConfig
 from .errors import UserError
-from .fsutil import atomic_write_json, display_path, remove_stale_temporaries
+from .fsutil import atomic_file, atomic_write_json, display_path, file_digest, remove_stale_temporaries
 
 STORAGE_TORCH_DTYPE = torch.float16
 STORAGE_DTYPE = torch.empty(0, dtype=STORAGE_TORCH_DTYPE).numpy().dtype     # the same type, as numpy names it
@@ -27,18 +30,40 @@ SHARD_ROWS = 256
 
 
 def _digest_file(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "blake2b", digest_size=16)
+
+
+def _short_digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """What decides a stored tensor besides the image and its view: a change in any is another folder."""
+    weights: str                       # the weights' id
+    preprocessing: dict                # Preprocessing.to_dict()
+    blocks: dict                       # the backbone's layout, block -> widths
+    int8: dict | None = None           # the int8 calibration of the frozen blocks, if any
+
+    def at(self, cut: str) -> dict:
+        key = {"weights": self.weights, "preprocessing": self.preprocessing, "cut": cut,
+               "arch": _short_digest({name: list(widths) for name, widths in self.blocks.items()})[:12]}
+        if self.int8 is not None:
+            key["int8"] = _short_digest(self.int8)[:16]
+        return key
+
+
+def entry_name(sha256: str, view: int, aug: AugmentConfig) -> str:
+    """The clean view does not depend on the augmentation settings, so it is shared."""
+    return f"{sha256}/clean" if view == 0 else f"{sha256}/{aug.digest()}-{view}"
 
 
 class FeatureCache:
+    """The cache folder of one key and cut, under `root`."""
+
     def __init__(self, root: Path, key: dict):
         self.key = dict(key, storage=STORAGE_DTYPE.name, format=1)
-        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = Path(root) / f"{key['cut']}-{digest}"
+        self.dir = Path(root) / f"{key['cut']}-{_short_digest(self.key)[:16]}"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -50,6 +75,15 @@ class FeatureCache:
         self._index: dict[str, tuple[str, int]] | None = None
         self._verified: set[str] = set()
         self.damaged: list[str] = []
+
+    @classmethod
+    def existing(cls, folder: Path) -> "FeatureCache":
+        """The cache in a folder as it is on disk, by the key it recorded."""
+        key = json.loads((Path(folder) / "key.json").read_text())
+        cache = cls(Path(folder).parent, key)
+        if cache.dir != Path(folder):
+            raise ValueError(f"{folder}: its key.json names {cache.dir.name}")
+        return cache
 
     def index(self) -> dict[str, tuple[str, int]]:
         """entry name -> (shard, row), over every complete, undamaged shard."""
@@ -123,18 +157,13 @@ class ShardWriter:
             return
         shard = f"shard-{uuid.uuid4().hex[:16]}"
         data_path = self.folder / f"{shard}.npy"
-        tmp = self.folder / f".{shard}.npy.tmp"
         try:
-            with open(tmp, "wb") as handle:
+            with atomic_file(data_path) as handle:
                 np.save(handle, np.concatenate(self.batches))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, data_path)
             atomic_write_json(self.folder / f"{shard}.json", {
                 "entries": self.entries, "checksum": _digest_file(data_path)})
         except (OSError, UserError) as exc:
-            for leftover in (tmp, data_path):
-                leftover.unlink(missing_ok=True)
+            data_path.unlink(missing_ok=True)
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise UserError(f"feature cache {display_path(self.folder)}: cannot write a shard ({reason}); "
                             "allowed: VGGTUNE_HOME on a writable disk with free space") from None

@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEVICES, HEADS, PRECISIONS, AugmentConfig, TrainConfig, load_config
+from . import api
+from .config import DEVICES, HEADS, PRECISIONS, AugmentConfig, TrainConfig
 from .errors import UserError
 from .fsutil import atomic_write_text, display_path
 
@@ -82,56 +83,47 @@ def build_parser() -> Parser:
     return parser
 
 
-def config_from_args(args) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if f.name not in ("data", "augment") and getattr(args, f.name) is not None}
+def train_options(args) -> dict:
+    """The flags given, as the API's keyword arguments."""
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+               if f.name not in ("data", "augment") and getattr(args, f.name) is not None}
     augment = {name: getattr(args, name) for name in ("rotation", "zoom", "shift", "colour")
                if getattr(args, name) is not None}
     if args.no_flip:
         augment["flip"] = False
-    if not args.data:
-        raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
-    return TrainConfig(data=args.data, augment=AugmentConfig(**augment), **values)
+    return dict(options, augment=AugmentConfig(**augment))
 
 
 def cmd_train(args) -> int:
-    from .training import fit
     if args.resume:
         out = args.out or "runs/latest"
-        config = load_config(Path(out) / "config.yaml") if (Path(out) / "config.yaml").is_file() else None
-        if config is None:
-            raise UserError(f"--resume: {display_path(out)} is not a vggtune run (no config.yaml); "
-                            "allowed: the --out folder of an earlier run")
-        config = dataclasses.replace(config, quiet=bool(args.quiet) or config.quiet)
+        results = api.train(out=out, resume=True, **({"quiet": True} if args.quiet else {}))
     else:
-        config = config_from_args(args)
-    results = fit(config, resume=args.resume)
-    _print_results(results, config.out)
+        options = train_options(args)
+        out = options.pop("out", "runs/latest")
+        results = api.train(args.data, out=out, **options)
+    _print_results(results, out)
     return 0
 
 
 def _print_results(results: dict, out: str) -> None:
-    from .metrics import confusion_table, summary_lines
     for split in ("test", "val"):
         if split in results:
             print(f"{split} metrics ({out}):")
-            print("\n".join("  " + line for line in summary_lines(results[split])))
-            print("\n".join("  " + line for line in confusion_table(results[split]).splitlines()))
+            print("\n".join("  " + line for line in api.metrics_text(results[split])))
             return
     print(f"run saved in {out} (no validation or test images to measure)")
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate
-    result = evaluate(args.run, args.data, args.output)
+    result = api.evaluate(args.run, args.data, args.output)
     _print_results({"test": result}, args.run)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .predict import Predictor, expand_paths
-    predictor = Predictor(args.run)
-    files, rejected = expand_paths(args.paths)
+    predictor = api.load(args.run)
+    files, rejected = api.expand_paths(args.paths)
     predictions, unreadable = predictor.predict(files)
     for path, reason in rejected + unreadable:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
@@ -161,23 +153,20 @@ def _format_predictions(predictions, classes, fmt: str, kaggle: bool) -> str:
 
 
 def cmd_weights(args) -> int:
-    from . import weights
     if args.action == "convert":
-        loaded = weights.resolve(user_file=args.file) if args.file else weights.resolve()
-        path = weights.write_cache(loaded.record, loaded.state_dict, loaded.source)
-        print(f"converted {loaded.source} -> {path}")
+        origin, path = api.convert_weights(args.file)
+        print(f"converted {origin} -> {path}")
     elif args.action == "verify":
-        loaded = weights.resolve(user_file=args.file)
+        loaded = api.verify_weights(args.file)
         print(f"ok: {loaded.id} from {loaded.source} ({len(loaded.state_dict)} tensors, shapes checked)")
     else:
-        for name, text in weights.describe_sources():
+        for name, text in api.weights_sources():
             print(f"{name:10} {text}")
     return 0
 
 
 def cmd_data_check(args) -> int:
-    from . import data
-    splits = data.prepare_splits(args.folder, args.val_data, args.test_data, 0.1, 0.1, seed=0)
+    splits, near_duplicates = api.check_data(args.folder, args.val_data, args.test_data)
     items = splits.train + splits.val + splits.test
     print(f"{display_path(args.folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
           f"{len(splits.rejected)} rejected")
@@ -185,10 +174,10 @@ def cmd_data_check(args) -> int:
         print(f"  {name:30} {sum(1 for item in items if item.label == i)}")
     for path, reason in splits.rejected:
         print(f"rejected {display_path(path)}: {reason}")
-    for a, _, b, _, distance in data.near_duplicate_rows(splits):
+    for a, _, b, _, distance in near_duplicates:
         print(f"warning: near-duplicates (perceptual hash distance {distance}): {display_path(a)} ~ {display_path(b)}")
     if args.output:
-        data.write_rejected(Path(args.output), splits.rejected)
+        api.write_rejected(args.output, splits.rejected)
     return 0
 
 

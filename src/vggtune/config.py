@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError, choice_error
+from .fsutil import atomic_write_text, display_path
 from .model import HEAD_KINDS as HEADS
 
 PRECISIONS = ("auto", "bf16", "fp32", "int8")
@@ -30,6 +33,10 @@ class AugmentConfig:
                 raise UserError(f"augment.{name}: received {value!r}; allowed: a number >= 0")
         if self.zoom >= 1 or self.shift >= 1:
             raise UserError(f"augment zoom/shift: received {self.zoom}/{self.shift}; allowed: below 1")
+
+    def digest(self) -> str:
+        """Names these settings in view seeds and cache entries."""
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
+        if isinstance(self.augment, dict):          # from YAML or the Python API's keyword
+            object.__setattr__(self, "augment", AugmentConfig(**self.augment))
         if self.head not in HEADS:
             raise choice_error("--head", self.head, HEADS)
         if self.precision not in PRECISIONS:
@@ -96,9 +105,6 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
-        values = dict(values)
-        if isinstance(values.get("augment"), dict):
-            values["augment"] = AugmentConfig(**values["augment"])
         return cls(**values)
 
 
@@ -108,7 +114,6 @@ def _check_int(flag: str, value, minimum: int) -> None:
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
-    from .fsutil import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
@@ -116,7 +121,7 @@ def load_config(path: Path) -> TrainConfig:
     try:
         values = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"config: cannot read {path}: {exc}") from None
+        raise UserError(f"config: cannot read {display_path(path)}: {exc}") from None
     if not isinstance(values, dict):
-        raise UserError(f"config: {path} holds {type(values).__name__}; allowed: a mapping of options")
+        raise UserError(f"config: {display_path(path)} holds {type(values).__name__}; allowed: a mapping of options")
     return TrainConfig.from_dict(values)

@@ -1,4 +1,4 @@
-"""Filling the feature cache: decode (in background threads), run the frozen blocks, store."""
+"""From image files to the views the network takes: decoded in background threads, batched."""
 from __future__ import annotations
 
 import collections
@@ -8,13 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import FeatureCache
+from .cache import entry_name
 from .config import AugmentConfig
 from .images import ImageRejected, open_rgb
-from .model import Classifier
-from .progress import progress
 from .runtime import Runtime
-from .transforms import augment_digest, make_view, normalise
+from .transforms import make_view, normalise
 from .weights import Preprocessing
 
 
@@ -26,13 +24,8 @@ class ImageJob:
     views: tuple[int, ...]
 
 
-def entry_name(sha256: str, view: int, aug: AugmentConfig) -> str:
-    """The clean view does not depend on the augmentation settings, so it is shared."""
-    return f"{sha256}/clean" if view == 0 else f"{sha256}/{augment_digest(aug)}-{view}"
-
-
-def decode_views(job: ImageJob, prep: Preprocessing, aug: AugmentConfig):
-    """(job, [uint8 view tensors], None) or (job, None, reason)."""
+def decode_views(job: ImageJob, prep: Preprocessing, aug: AugmentConfig | None = None):
+    """(job, [uint8 view tensors], None) or (job, None, reason); `aug` is needed for views 1.. only."""
     try:
         image = open_rgb(job.path, short_side=prep.resize)
     except ImageRejected as exc:
@@ -70,60 +63,27 @@ def view_batches(jobs, prep, aug, batch_size: int, workers: int, rejected: list)
         yield names, normalise(torch.stack(views), prep)
 
 
+def decode_batch(jobs: list[ImageJob], prep: Preprocessing, aug: AugmentConfig, pool):
+    """(normalised batch of each readable job's first view, [whether each job decoded], rejected)."""
+    decoded = list(pool.map(lambda job: decode_views(job, prep, aug), jobs))
+    rejected = [(job.path, reason) for job, _, reason in decoded if reason]
+    views = [tensors[0] for _, tensors, _ in decoded if tensors]
+    batch = normalise(torch.stack(views), prep) if views else torch.empty(0)
+    return batch, [tensors is not None for _, tensors, _ in decoded], rejected
+
+
+def clean_views(paths: list[str], prep: Preprocessing, count: int) -> torch.Tensor:
+    """The normalised clean views of the first `count` readable files."""
+    views = []
+    for path in paths:
+        _, tensors, _ = decode_views(ImageJob(path, "", (0,)), prep)
+        views += tensors or []
+        if len(views) == count:
+            break
+    return normalise(torch.stack(views), prep) if views else torch.empty(0)
+
+
 def decode_workers(runtime: Runtime) -> int:
     """On a 2-core CPU one decoding thread keeps up with the convolutions; a GPU needs many."""
     cores = os.cpu_count() or 1
     return min(16, cores) if runtime.device.type == "cuda" else max(1, cores // 2)
-
-
-def extract(model: Classifier, cache: FeatureCache, jobs: list[ImageJob], prep: Preprocessing,
-            aug: AugmentConfig, runtime: Runtime, batch_size: int, cut: str, quiet: bool = False,
-            label: str = "features"):
-    """Compute and store every wanted view not yet in the cache; returns [(path, reason)] rejected."""
-    present = cache.index()
-    todo = []
-    for job in jobs:
-        views = tuple(v for v in job.views if entry_name(job.sha256, v, aug) not in present)
-        if views:
-            todo.append(ImageJob(job.path, job.sha256, views))
-    total = sum(len(job.views) for job in todo)
-    rejected: list[tuple[str, str]] = []
-    if not todo:
-        return rejected
-    model.eval()
-    writer = cache.writer()
-    bar = progress(total=total, desc=f"{label} to {cut}", unit="view", quiet=quiet)
-    with torch.inference_mode():
-        for names, batch in view_batches(todo, prep, aug, batch_size, decode_workers(runtime), rejected):
-            if runtime.device.type == "cuda":
-                batch = batch.pin_memory()        # lets the copy overlap the previous batch's work
-            batch = batch.to(runtime.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with runtime.autocast():
-                features = model.features(batch, cut)
-            writer.add(names, features)
-            bar.update(len(names))
-    writer.close()
-    bar.close()
-    return rejected
-
-
-def derive(model: Classifier, source: FeatureCache, target: FeatureCache, entries: list[str],
-           after: str, upto: str, runtime: Runtime, batch_size: int, quiet: bool = False) -> None:
-    """Features at a later cut computed from a cached earlier cut (block4 -> block5, say)."""
-    todo = target.missing(entries)
-    if not todo:
-        return
-    features = source.open(todo)
-    model.eval()
-    writer = target.writer()
-    bar = progress(total=len(todo), desc=f"features {after} -> {upto}", unit="view", quiet=quiet)
-    with torch.inference_mode():
-        for start in range(0, len(todo), batch_size):
-            positions = range(start, min(start + batch_size, len(todo)))
-            x = features.gather(positions).to(runtime.device).float().contiguous(memory_format=torch.channels_last)
-            with runtime.autocast():
-                out = model.backbone.run(x, after=after, upto=upto)
-            writer.add([todo[i] for i in positions], out)
-            bar.update(len(positions))
-    writer.close()
-    bar.close()

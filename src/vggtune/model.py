@@ -1,4 +1,9 @@
-"""VGG16 with named blocks, the heads we put on it, and freezing by block name."""
+"""VGG16 with named blocks, the heads we put on it, and freezing by block name.
+
+The architecture's facts are declared once, here: the blocks in order with their widths
+(`VGG16_BLOCKS`), and from them the cut points (`block_names`, `cut_before`, `earliest_cut`).
+A layout with other widths (a tiny one in tests) keeps the same block names.
+"""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -15,7 +20,30 @@ VGG16_BLOCKS: dict[str, tuple[int, ...]] = {
     "block5": (512, 512, 512),
 }
 BLOCK_NAMES = tuple(VGG16_BLOCKS)
+LAST_BLOCK = BLOCK_NAMES[-1]
 HEAD_KINDS = ("flatten", "gap")
+
+
+def block_names(after: str | None = None, upto: str = LAST_BLOCK) -> tuple[str, ...]:
+    """Blocks strictly after `after` (None: from the image) up to and including `upto`."""
+    start = 0 if after is None else BLOCK_NAMES.index(after) + 1
+    return BLOCK_NAMES[start:BLOCK_NAMES.index(upto) + 1]
+
+
+def last_blocks(count: int) -> tuple[str, ...]:
+    return BLOCK_NAMES[-count:] if count else ()
+
+
+def cut_before(blocks: tuple[str, ...]) -> str:
+    """The last frozen block: where cached features stop when `blocks` are trainable."""
+    if not blocks:
+        return LAST_BLOCK
+    return BLOCK_NAMES[BLOCK_NAMES.index(blocks[0]) - 1]
+
+
+def earliest_cut(cuts) -> str:
+    """Images go through the network once, to this cut; later cuts are derived from it."""
+    return min(cuts, key=BLOCK_NAMES.index)
 
 
 def conv_names(blocks=VGG16_BLOCKS) -> list[str]:
@@ -27,6 +55,8 @@ class Backbone(nn.Module):
 
     def __init__(self, blocks: dict[str, tuple[int, ...]] = VGG16_BLOCKS):
         super().__init__()
+        if tuple(blocks) != BLOCK_NAMES:
+            raise ValueError(f"blocks {list(blocks)}; allowed: {list(BLOCK_NAMES)}")
         self.widths = {name: tuple(widths) for name, widths in blocks.items()}
         in_channels = 3
         for name, widths in self.widths.items():
@@ -38,21 +68,15 @@ class Backbone(nn.Module):
             layers["pool"] = nn.MaxPool2d(2, 2)
             self.add_module(name, nn.Sequential(layers))
 
-    def block_names(self, after: str | None = None, upto: str = "block5") -> list[str]:
-        """Blocks strictly after `after` (None: from the image) up to and including `upto`."""
-        names = list(self.widths)
-        start = 0 if after is None else names.index(after) + 1
-        return names[start:names.index(upto) + 1]
-
-    def run(self, x: torch.Tensor, after: str | None = None, upto: str = "block5") -> torch.Tensor:
-        for name in self.block_names(after, upto):
+    def run(self, x: torch.Tensor, after: str | None = None, upto: str = LAST_BLOCK) -> torch.Tensor:
+        for name in block_names(after, upto):
             x = getattr(self, name)(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
 
-    def output_channels(self, block: str = "block5") -> int:
+    def output_channels(self, block: str = LAST_BLOCK) -> int:
         return self.widths[block][-1]
 
 
@@ -70,14 +94,6 @@ class HeadSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def logits_to_probabilities(logits: torch.Tensor, binary: bool) -> torch.Tensor:
-    """Class probabilities: the sigmoid unit gives P(second class) for two classes."""
-    if binary:
-        p = torch.sigmoid(logits[:, 0])
-        return torch.stack([1 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
 
 
 def build_head(spec: HeadSpec, channels: int, grid: int) -> nn.Module:
@@ -104,7 +120,14 @@ class Classifier(nn.Module):
         self.head = build_head(head, self.backbone.output_channels(), grid)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images, list(self.backbone.widths)[-1]))
+        return self.head(self.features(images, LAST_BLOCK))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities: the sigmoid unit gives P(second class) for two classes."""
+        if self.head_spec.n_outputs == 1:
+            p = torch.sigmoid(logits[:, 0])
+            return torch.stack([1 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
 
     def from_features(self, features: torch.Tensor, cut: str) -> torch.Tensor:
         return self.head(self.backbone.run(features, after=cut))
@@ -113,8 +136,7 @@ class Classifier(nn.Module):
         int8 = self.int8_frozen
         if int8 is None:
             return self.backbone.run(images, upto=cut)
-        names = list(self.backbone.widths)
-        if names.index(cut) < names.index(int8.upto):
+        if BLOCK_NAMES.index(cut) < BLOCK_NAMES.index(int8.upto):
             raise ValueError(f"features at {cut}, inside the int8 blocks (up to {int8.upto})")
         return self.backbone.run(int8(images), after=int8.upto, upto=cut)
 
@@ -130,25 +152,14 @@ class Classifier(nn.Module):
 
 def set_trainable(model: Classifier, blocks: tuple[str, ...] | list[str]) -> None:
     """The head and the named blocks learn; every other block is frozen (and in eval mode)."""
-    unknown = set(blocks) - set(model.backbone.widths)
+    unknown = set(blocks) - set(BLOCK_NAMES)
     if unknown:
-        raise ValueError(f"unknown blocks {sorted(unknown)}; allowed: {list(model.backbone.widths)}")
-    for name in model.backbone.widths:
+        raise ValueError(f"unknown blocks {sorted(unknown)}; allowed: {list(BLOCK_NAMES)}")
+    for name in BLOCK_NAMES:
         for parameter in getattr(model.backbone, name).parameters():
             parameter.requires_grad_(name in blocks)
     for parameter in model.head.parameters():
         parameter.requires_grad_(True)
-
-
-def last_blocks(count: int, names=BLOCK_NAMES) -> tuple[str, ...]:
-    return tuple(names[-count:]) if count else ()
-
-
-def cut_before(blocks: tuple[str, ...], names=BLOCK_NAMES) -> str:
-    """The last frozen block: where cached features stop when `blocks` are trainable."""
-    if not blocks:
-        return names[-1]
-    return names[names.index(blocks[0]) - 1]
 
 
 def blocks_from_state_dict(state_dict: dict) -> dict[str, tuple[int, ...]]:
@@ -160,7 +171,3 @@ def blocks_from_state_dict(state_dict: dict) -> dict[str, tuple[int, ...]]:
             blocks.setdefault(name, []).append(int(state_dict[f"{name}.conv{i}.weight"].shape[0]))
             i += 1
     return {name: tuple(widths) for name, widths in blocks.items()}
-
-
-def load_backbone(model: Classifier, state_dict: dict) -> None:
-    model.backbone.load_state_dict(state_dict, strict=True)

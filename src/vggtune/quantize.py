@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import warnings
 from collections import OrderedDict
 
@@ -25,7 +23,7 @@ except ImportError:          # torch deprecates it (its warning says for removal
     tq = None
 
 from .errors import UserError
-from .model import Backbone
+from .model import Backbone, Classifier, block_names
 
 ENGINE = "onednn"
 CALIBRATION_IMAGES = 16
@@ -47,7 +45,7 @@ class Int8Frozen(nn.Module):
         self.upto = upto
         self.calibration: dict = {}       # {"upto", "scales": {layer: [scale, zero_point]}}, set by calibration
         layers = OrderedDict(quant=tq.QuantStub())
-        for name in backbone.block_names(upto=upto):
+        for name in block_names(upto=upto):
             block = copy.deepcopy(getattr(backbone, name)).eval()
             pairs = [[conv, conv.replace("conv", "relu")] for conv in block._modules if conv.startswith("conv")]
             layers[name] = tq.fuse_modules(block, pairs)
@@ -136,6 +134,17 @@ def rebuild(backbone: Backbone, calibration: dict) -> Int8Frozen:
     return frozen
 
 
-def digest(calibration: dict) -> str:
-    """Names the calibration in cache keys: features computed with other scales are other features."""
-    return hashlib.sha256(json.dumps(calibration, sort_keys=True).encode()).hexdigest()[:16]
+def calibrate_model(model: Classifier, upto: str, images: torch.Tensor, autocast) -> dict:
+    """Runs `model`'s blocks up to `upto` in int8 from now on, calibrated on `images` (normalised
+    clean views); returns the calibration to save with the run."""
+    if not len(images):
+        raise UserError("--precision int8: no readable training image to calibrate on; "
+                        "allowed: int8 with a training split, or bf16/fp32")
+    frozen = calibrate(model.backbone, upto, images, autocast)
+    model.use_int8_frozen(frozen)
+    return frozen.calibration
+
+
+def attach(model: Classifier, calibration: dict) -> None:
+    """Runs `model`'s frozen blocks through the int8 network a saved calibration describes."""
+    model.use_int8_frozen(rebuild(model.backbone, calibration))

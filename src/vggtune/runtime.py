@@ -18,6 +18,14 @@ class Runtime:
     bf16: bool
     int8: bool = False          # frozen blocks quantized (quantize.py); the rest as `bf16` says
 
+    def to_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch on the device as the convolutions take it: float32 (autocast lowers it), channels-last.
+        On CUDA the copy comes from pinned memory, so it overlaps the previous batch's work."""
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, torch.float32, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last)
+
     def autocast(self):
         if not self.bf16:
             return contextlib.nullcontext()

@@ -1,8 +1,10 @@
 """The training schedule: head on frozen features, then fine-tune the last block(s).
 
-    for stage in plan(config):          # head, then finetune
-        set_trainable(model, stage.trainable)
-        run_stage(session, stage)       # epochs from cached features, best kept, early stop
+    run = open_run(config, resume, cuts)    # data, weights, model, feature sources
+    for stage in plan(config):              # head, then finetune
+        set_trainable(run.model, stage.trainable)
+        run_stage(run, stage)               # epochs from cached features, best kept, early stop
+    return finish(run)                      # scored on val and test, saved
 
 Every completed epoch is saved (trainable tensors, optimiser moments, progress), so
 `--resume` continues from the last one and reaches the same result as a run that was
@@ -19,9 +21,10 @@ import torch
 
 from .errors import UserError
 from .model import cut_before, last_blocks, set_trainable
-from .progress import progress, say
-from .rundir import load_tensors, save_tensors
-from .session import Session, open_session
+from .progress import progress, say, verbosity
+from .fsutil import load_tensors, save_tensors
+from .scoring import Scorer
+from .session import Run, open_run
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Stage:
 
 
 def plan(config) -> list[Stage]:
-    stages = [Stage("head", (), "block5", config.epochs, config.lr)]
+    stages = [Stage("head", (), cut_before(()), config.epochs, config.lr)]
     if config.finetune_epochs:
         blocks = last_blocks(config.finetune_blocks)
         stages.append(Stage("finetune", blocks, cut_before(blocks), config.finetune_epochs, config.finetune_lr))
@@ -42,20 +45,41 @@ def plan(config) -> list[Stage]:
 
 
 def fit(config, resume: bool = False) -> dict:
-    """Train as `config` says, in config.out; returns the test metrics."""
+    """Train as `config` says, in config.out; returns {'val': metrics, 'test': metrics}."""
     stages = plan(config)
-    session = open_session(config, resume, cuts=[stage.cut for stage in stages])
-    for stage in stages:
-        set_trainable(session.model, stage.trainable)
-        run_stage(session, stage)
-    return session.finish(stages[-1].cut)
+    with verbosity(config.quiet):
+        run = open_run(config, resume, cuts=[stage.cut for stage in stages])
+        for stage in stages:
+            set_trainable(run.model, stage.trainable)
+            run_stage(run, stage)
+        return finish(run, stages[-1].cut)
 
 
-def run_stage(session: Session, stage: Stage) -> None:
-    model, config = session.model, session.config
+def scorer(run: Run) -> Scorer:
+    return Scorer(run.model, run.runtime, list(run.spec.classes), run.config.batch_size)
+
+
+def finish(run: Run, cut: str) -> dict:
+    """Scores the final model on the validation and test splits, then saves it with its metrics."""
+    results = {}
+    for split in ("val", "test"):
+        if len(run.labels[split]):
+            started = time.perf_counter()
+            results[split] = scorer(run).metrics(run.sources.by_cut[cut][split], run.labels[split], cut)
+            run.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
+    if run.sources.damaged_shards:
+        run.timing["damaged_cache_shards"] = run.sources.damaged_shards
+    run.folder.write_rejected(run.rejected + run.sources.rejected)      # --no-cache: files lost mid-run
+    run.folder.save_model(run.model, run.spec)
+    run.folder.write_metrics(results, run.timing)
+    return results
+
+
+def run_stage(run: Run, stage: Stage) -> None:
+    model, config = run.model, run.config
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(list(parameters.values()), stage.lr)
-    state = _resume_state(session, stage, parameters, optimizer)
+    state = _resume_state(run, stage, parameters, optimizer)
     if state["done"]:
         return
     started = time.perf_counter()
@@ -63,28 +87,28 @@ def run_stage(session: Session, stage: Stage) -> None:
         seed = epoch_seed(config.seed, stage.name, epoch)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        train_loss, train_accuracy = train_epoch(session, stage, optimizer, rng)
-        val = session.validate(stage.cut)
+        train_loss, train_accuracy = train_epoch(run, stage, optimizer, rng)
+        val = validate(run, stage.cut)
         score = val["loss"] if val else train_loss
         row = {"stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
                "train_accuracy": train_accuracy, **({f"val_{k}": val[k] for k in ("loss", "accuracy")} if val else {})}
         state["history"].append(row)
         if score < state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            save_tensors(_state_path(session, stage, "best"), {f"param.{n}": p for n, p in parameters.items()})
+            save_tensors(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         stop = bool(config.patience) and state["bad_epochs"] >= config.patience and state["epoch"] < stage.epochs
         state["done"] = bool(stop) or state["epoch"] == stage.epochs
-        _save_state(session, stage, parameters, optimizer, state)
-        session.record(stage.name, state["history"])
-        say(_epoch_line(row, stage), config.quiet)
+        _save_state(run, stage, parameters, optimizer, state)
+        run.record(stage.name, state["history"])
+        say(_epoch_line(row, stage))
         if stop:
-            say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs", config.quiet)
+            say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs")
             break
-    session.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
-    _load_params(session, stage, parameters, "best")
+    run.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
+    _load_params(run, stage, parameters, "best")
 
 
 def make_optimizer(parameters: list, lr: float) -> torch.optim.Optimizer:
@@ -95,30 +119,36 @@ def make_optimizer(parameters: list, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=lr)
 
 
-def train_epoch(session: Session, stage: Stage, optimizer, rng) -> tuple[float, float]:
+def validate(run: Run, cut: str) -> dict | None:
+    if not len(run.labels["val"]):
+        return None
+    result = scorer(run).metrics(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    return {"loss": result["log_loss"], "accuracy": result["accuracy"]}
+
+
+def train_epoch(run: Run, stage: Stage, optimizer, rng) -> tuple[float, float]:
     """One pass over the training images, one random cached view of each."""
-    model, config, runtime = session.model, session.config, session.runtime
-    source, labels = session.sources[stage.cut]["train"], session.labels["train"]
+    model, config, runtime, objective = run.model, run.config, run.runtime, scorer(run)
+    source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]
     order = rng.permutation(len(labels))
-    views = rng.integers(session.n_views, size=len(labels))
+    views = rng.integers(config.views, size=len(labels))
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    bar = progress(total=len(order), desc=f"{stage.name} epoch", unit="image", quiet=config.quiet)
+    bar = progress(total=len(order), desc=f"{stage.name} epoch", unit="image")
     for start in range(0, len(order), config.batch_size):
         positions = order[start:start + config.batch_size]
         x, kept = source.batch(positions, views[positions])
         if not kept:
             continue
         y = labels[kept].to(runtime.device)
-        x = x.to(runtime.device).float().contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
-            logits = model.from_features(x, stage.cut)
-        loss = session.loss(logits.float(), y)
+            logits = model.from_features(runtime.to_input(x), stage.cut)
+        loss = objective.loss(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(kept)
-        correct += int((session.predict_labels(logits.float()) == y).sum())
+        correct += int((objective.predicted(logits.float()) == y).sum())
         seen += len(kept)
         bar.update(len(positions))
     bar.close()
@@ -137,33 +167,29 @@ def _epoch_line(row: dict, stage: Stage) -> str:
     return text
 
 
-def _state_path(session: Session, stage: Stage, which: str):
-    return session.out / "state" / f"{stage.name}-{which}.safetensors"
-
-
-def _save_state(session, stage, parameters, optimizer, state) -> None:
+def _save_state(run: Run, stage: Stage, parameters, optimizer, state) -> None:
     """Parameters, optimiser moments and progress in one file, so they can never disagree."""
     saved = optimizer.state_dict()
     tensors = {f"param.{name}": p for name, p in parameters.items()}
     for index, moments in saved["state"].items():
         for key, value in moments.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-    save_tensors(_state_path(session, stage, "last"), tensors,
+    save_tensors(run.folder.state(stage.name, "last"), tensors,
                  {"progress": state, "param_groups": saved["param_groups"]})
 
 
-def _resume_state(session, stage, parameters, optimizer) -> dict:
+def _resume_state(run: Run, stage: Stage, parameters, optimizer) -> dict:
     fresh = {"epoch": 0, "best_score": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
-    path = _state_path(session, stage, "last")
+    path = run.folder.state(stage.name, "last")
     if not path.is_file():
         return fresh
     tensors, metadata = load_tensors(path)
     if not isinstance(metadata.get("progress"), dict) or "param_groups" not in metadata:
         raise UserError(f"{path}: no training progress recorded; allowed: a state file written by vggtune train")
     state = metadata["progress"]
-    session.record(stage.name, state["history"])
+    run.record(stage.name, state["history"])
     if state["done"]:
-        _load_params(session, stage, parameters, "best")
+        _load_params(run, stage, parameters, "best")
         return state
     _assign(parameters, tensors, "param.")
     moments: dict[int, dict] = {}
@@ -177,12 +203,12 @@ def _resume_state(session, stage, parameters, optimizer) -> dict:
                 value = torch.empty_like(ordered[int(index)]).copy_(value)
             moments.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": moments, "param_groups": metadata["param_groups"]})
-    say(f"{stage.name}: resuming after epoch {state['epoch']}", session.config.quiet)
+    say(f"{stage.name}: resuming after epoch {state['epoch']}")
     return state
 
 
-def _load_params(session, stage, parameters, which: str) -> None:
-    path = _state_path(session, stage, which)
+def _load_params(run: Run, stage: Stage, parameters, which: str) -> None:
+    path = run.folder.state(stage.name, which)
     if path.is_file():
         _assign(parameters, load_tensors(path)[0], "param.")
 

@@ -6,7 +6,6 @@ the same tensor on every run, in any thread, and can be cached.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 
 import torch
@@ -59,13 +58,9 @@ def train_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, seed
     return x
 
 
-def augment_digest(aug: AugmentConfig) -> str:
-    return hashlib.sha256(json.dumps(aug.__dict__, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def view_seed(sha256: str, view: int, aug: AugmentConfig) -> int:
     """Depends on the image content, the view index and the augmentation settings only."""
-    text = f"{sha256}:{view}:{augment_digest(aug)}"
+    text = f"{sha256}:{view}:{aug.digest()}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 

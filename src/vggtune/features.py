@@ -1,0 +1,178 @@
+"""Where a stage's inputs come from: the frozen blocks' outputs, stored in the cache once
+(`FeaturePipeline.cached`) or computed for every batch of every epoch (`FeaturePipeline.live`).
+
+A `FeaturePipeline` holds what every feature computation shares (model, preprocessing,
+augmentation, runtime, batch size, the weights' id and the cache's place), so filling,
+deriving and reading take only what differs: which images, which views, which cut.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import quantize
+from .cache import FeatureCache, FeatureKey, entry_name
+from .extract import ImageJob, clean_views, decode_batch, decode_workers, view_batches
+from .model import Classifier, earliest_cut
+from .progress import progress, say
+
+if TYPE_CHECKING:                      # annotations only
+    from .config import AugmentConfig
+    from .data import Item
+    from .runtime import Runtime
+    from .weights import Preprocessing
+
+
+class CachedSource:
+    """Features of (item, view) read from the cache; rows are laid out item-major."""
+
+    def __init__(self, cache: FeatureCache, entries: list[str], n_views: int):
+        self.features, self.n_views = cache.open(entries), n_views
+
+    def batch(self, positions, views) -> tuple[torch.Tensor, list[int]]:
+        """(features, the positions they belong to)."""
+        return self.features.gather([p * self.n_views + v for p, v in zip(positions, views)]), list(positions)
+
+
+class LiveSource:
+    """The plain recipe: decode, augment and run the frozen blocks for every batch of every epoch.
+    A file that fails here (gone, or changed since the scan) is left out and added to `rejected`."""
+
+    def __init__(self, pipeline: "FeaturePipeline", items: list[Item], cut: str, rejected: list):
+        self.pipeline, self.items, self.cut, self.rejected = pipeline, items, cut, rejected
+        self.pool = ThreadPoolExecutor(decode_workers(pipeline.runtime))
+
+    def batch(self, positions, views) -> tuple[torch.Tensor, list[int]]:
+        """(features, the positions they belong to)."""
+        pipeline = self.pipeline
+        jobs = [ImageJob(self.items[p].path, self.items[p].sha256, (v,)) for p, v in zip(positions, views)]
+        batch, decoded, rejected = decode_batch(jobs, pipeline.prep, pipeline.augment, self.pool)
+        self.rejected.extend(row for row in rejected if row not in self.rejected)
+        kept = [p for p, ok in zip(positions, decoded) if ok]
+        if not kept:
+            return torch.empty(0), kept
+        x = pipeline.runtime.to_input(batch)
+        # no_grad, not inference_mode: these features feed a stage that trains, and autograd
+        # refuses inference tensors (under bf16 autocast a cast happened to hide that).
+        with torch.no_grad(), pipeline.runtime.autocast():
+            return pipeline.model.features(x, self.cut).float(), kept
+
+
+@dataclass
+class Sources:
+    """Each stage's inputs, {cut: {split: source}}, and what happened to the images on the way."""
+    by_cut: dict[str, dict[str, CachedSource | LiveSource]]
+    kept: dict[str, list[Item]]                      # split -> the items that gave features
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    damaged_shards: int = 0
+
+
+@dataclass
+class FeaturePipeline:
+    model: Classifier
+    prep: Preprocessing
+    augment: AugmentConfig
+    runtime: Runtime
+    batch_size: int
+    weights_id: str
+    cache_root: Path | None = None
+
+    def cache(self, cut: str) -> FeatureCache:
+        calibration = self.model.int8_frozen.calibration if self.model.int8_frozen is not None else None
+        key = FeatureKey(self.weights_id, self.prep.to_dict(), self.model.backbone.widths, calibration)
+        return FeatureCache(self.cache_root, key.at(cut))
+
+    def cached(self, splits: dict[str, list[Item]], cuts: list[str], views: int) -> Sources:
+        """Fill the caches the stages need, split by split, and open them.
+
+        Images go through the network once, to the earliest cut; later cuts are derived from it.
+        The test split is scored only by the final model, so it is needed at the last cut alone.
+        """
+        base = earliest_cut(cuts)
+        caches = {cut: self.cache(cut) for cut in cuts}
+        sources = Sources({cut: {} for cut in cuts}, {})
+        for name, items in splits.items():
+            started = time.perf_counter()
+            n_views = views if name == "train" else 1
+            jobs = [ImageJob(item.path, item.sha256, tuple(range(n_views))) for item in items]
+            lost = self.fill(caches[base], jobs, base, label=f"{name} features")
+            sources.rejected += lost
+            lost_paths = {path for path, _ in lost}
+            sources.kept[name] = [item for item in items if item.path not in lost_paths]
+            entries = [entry_name(item.sha256, view, self.augment) for item in sources.kept[name]
+                       for view in range(n_views)]
+            for cut in (cuts[-1:] if name == "test" else cuts):
+                if cut != base:
+                    self.derive(caches[base], caches[cut], entries, base, cut)
+                sources.by_cut[cut][name] = CachedSource(caches[cut], entries, n_views)
+            sources.seconds[name] = round(time.perf_counter() - started, 2)
+        sources.damaged_shards = sum(len(cache.damaged) for cache in caches.values())
+        if sources.damaged_shards:
+            say(f"feature cache: {sources.damaged_shards} damaged shards failed their checksum and were computed again")
+        return sources
+
+    def live(self, splits: dict[str, list[Item]], cuts: list[str]) -> Sources:
+        sources = Sources({}, dict(splits))
+        sources.by_cut = {cut: {name: LiveSource(self, items, cut, sources.rejected) for name, items in splits.items()}
+                          for cut in cuts}
+        return sources
+
+    def fill(self, cache: FeatureCache, jobs: list[ImageJob], cut: str, label: str = "features"):
+        """Compute and store every wanted view not yet in the cache; returns [(path, reason)] rejected."""
+        present = cache.index()
+        todo = []
+        for job in jobs:
+            views = tuple(v for v in job.views if entry_name(job.sha256, v, self.augment) not in present)
+            if views:
+                todo.append(ImageJob(job.path, job.sha256, views))
+        rejected: list[tuple[str, str]] = []
+        if not todo:
+            return rejected
+        self.model.eval()
+        writer = cache.writer()
+        bar = progress(total=sum(len(job.views) for job in todo), desc=f"{label} to {cut}", unit="view")
+        batches = view_batches(todo, self.prep, self.augment, self.batch_size, decode_workers(self.runtime), rejected)
+        with torch.inference_mode():
+            for names, batch in batches:
+                with self.runtime.autocast():
+                    features = self.model.features(self.runtime.to_input(batch), cut)
+                writer.add(names, features)
+                bar.update(len(names))
+        writer.close()
+        bar.close()
+        return rejected
+
+    def derive(self, source: FeatureCache, target: FeatureCache, entries: list[str], after: str, upto: str) -> None:
+        """Features at a later cut computed from a cached earlier cut (block4 -> block5, say)."""
+        todo = target.missing(entries)
+        if not todo:
+            return
+        features = source.open(todo)
+        self.model.eval()
+        writer = target.writer()
+        bar = progress(total=len(todo), desc=f"features {after} -> {upto}", unit="view")
+        with torch.inference_mode():
+            for start in range(0, len(todo), self.batch_size):
+                positions = range(start, min(start + self.batch_size, len(todo)))
+                x = self.runtime.to_input(features.gather(positions))
+                with self.runtime.autocast():
+                    out = self.model.backbone.run(x, after=after, upto=upto)
+                writer.add([todo[i] for i in positions], out)
+                bar.update(len(positions))
+        writer.close()
+        bar.close()
+
+    def use_int8(self, train: list[Item], upto: str, saved: dict | None = None) -> dict:
+        """From now on the frozen blocks up to `upto` run in int8: with the `saved` calibration of a
+        resumed run, else calibrated on the clean views of the first training images. Returns it."""
+        if saved is not None:
+            quantize.attach(self.model, saved)
+            return saved
+        images = clean_views([item.path for item in train], self.prep, quantize.CALIBRATION_IMAGES)
+        return quantize.calibrate_model(self.model, upto, images, self.runtime.autocast)
