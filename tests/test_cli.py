@@ -81,7 +81,7 @@ def test_data_check_lists_exactly_the_bad_files(tmp_path, capsys):
     bad = write_unusable(root / "cat", np.random.default_rng(2))
     good_awkward = write_convertible(root / "dog", label=1)
     code, out, _ = run_cli(capsys, "data", "check", root, "--output", tmp_path / "rejected.csv")
-    assert code == 0
+    assert code == 1                                   # problems found
     rows = list(csv.DictReader(io.StringIO((tmp_path / "rejected.csv").read_text())))
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in bad)
     assert f"{8 + len(good_awkward)} usable images in 2 classes, {len(bad)} rejected" in out
@@ -95,7 +95,7 @@ def test_train_predict_evaluate_through_the_cli(tmp_path, capsys, tiny_weights, 
     assert code == 0 and "test metrics" in stdout and "accuracy" in stdout
     code, stdout, err = run_cli(capsys, "predict", out, dataset / "dog", tmp_path / "missing.jpg", "--format", "json")
     predictions = json.loads(stdout)
-    assert code == 0 and len(predictions) == 30 and "skipped" in err
+    assert code == 1 and len(predictions) == 30 and "skipped" in err     # all written, one missing
     assert set(predictions[0]["probabilities"]) == {"cat", "dog"}
     code, stdout, _ = run_cli(capsys, "predict", out, dataset / "dog" / "dog.3.jpg", "--kaggle")
     assert stdout.splitlines()[0] == "id,label" and stdout.splitlines()[1].startswith("dog.3,")

@@ -18,7 +18,8 @@ from conftest import make_dataset, tiny_state_dict
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--size", "32", "--epochs", "6", "--finetune-epochs", "5", "--views", "3", "--batch-size", "8",
+HEAD_EPOCHS = 10
+FLAGS = ["--size", "32", "--epochs", str(HEAD_EPOCHS), "--finetune-epochs", "10", "--views", "3", "--batch-size", "8",
          "--hidden", "16", "--dropout", "0", "--lr", "0.01", "--finetune-lr", "0.001", "--patience", "0",
          "--precision", "fp32", "--val-split", "0.2", "--test-split", "0.2", "--quiet"]
 
@@ -78,7 +79,7 @@ def kill_when(process: subprocess.Popen, ready, rng: random.Random, timeout: flo
             return False
         time.sleep(0.002)
     if not at_once:
-        time.sleep(rng.uniform(0, 0.2))
+        time.sleep(rng.uniform(0, 0.05))
     if process.poll() is not None:
         return False
     os.kill(process.pid, signal.SIGKILL)
@@ -127,16 +128,13 @@ def test_ten_kills_then_resume_give_identical_metrics(setup, reference):
     def inside_write(folder):
         return lambda spawn: (lambda: bool(temporaries(folder) - spawn["temporaries"]))
 
-    def epoch(k):
-        return lambda spawn: (lambda: epochs_done(out) > spawn["epochs"] and epochs_done(out) >= k)
+    def next_epoch(spawn):
+        return lambda: epochs_done(out) > spawn["epochs"]
 
     targets = [("cache", new_shard, False), ("shard write", inside_write(home / "features"), True)]
-    targets += [(f"head epoch {k}", epoch(k), False) for k in (1, 2)]
-    targets += [("checkpoint write", inside_write(state), True)]
-    targets += [(f"head epoch {k}", epoch(k), False) for k in (4, 5)]
-    targets += [(f"finetune epoch {k}", epoch(k), False) for k in (7, 8)]
-    targets += [("checkpoint write", inside_write(state), True)]
-    targets += [(f"finetune epoch {k}", epoch(k), False) for k in (10, 11)]
+    targets += [("epoch", next_epoch, False)] * 3 + [("checkpoint write", inside_write(state), True)]
+    targets += [("epoch", next_epoch, False)] * 4 + [("checkpoint write", inside_write(state), True)]
+    targets += [("epoch", next_epoch, False)] * 4
     kills = []
     for name, ready, in_write in targets:
         spawn = {"shards": shards(home), "epochs": epochs_done(out), "temporaries": temporaries(home, out)}
@@ -144,12 +142,15 @@ def test_ten_kills_then_resume_give_identical_metrics(setup, reference):
         if kill_when(process, ready(spawn), rng, at_once=in_write):
             kills.append((name, epochs_done(out)))
     left_by_kills = temporaries(home, out)
-    final = start(home, data, out, weights, resume=True)
-    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
+    if not (out / "model.json").is_file():          # the last target may come after the run's end
+        final = start(home, data, out, weights, resume=True)
+        assert final.wait(timeout=300) == 0, final.stderr.read().decode()
+    assert not (out / "state").exists()             # a finished run keeps no checkpoints
 
     names = [name for name, _ in kills]
     assert len(kills) >= 10, kills
-    assert {"cache", "shard write", "checkpoint write"} <= set(names) and any(n.startswith("finetune") for n in names)
+    assert {"cache", "shard write", "checkpoint write"} <= set(names), kills
+    assert any(done > HEAD_EPOCHS for _, done in kills), kills          # some kills in the fine-tune stage
     assert read_history(out) == read_history(reference)
     assert json.loads((out / "metrics.json").read_text())["test"] == json.loads((reference / "metrics.json").read_text())["test"]
     assert_every_final_file_loads(out, home)

@@ -49,7 +49,7 @@ def test_corpus_is_large_and_varied(corpus):
 
 
 def test_data_check_reports_every_unusable_file_once_and_uses_the_rest(corpus, capsys, tmp_path):
-    assert cli.main(["data", "check", str(corpus.root), "--output", str(tmp_path / "rejected.csv")]) == 0
+    assert cli.main(["data", "check", str(corpus.root), "--output", str(tmp_path / "rejected.csv")]) == 1     # problems found
     rows = list(csv.reader(io.StringIO((tmp_path / "rejected.csv").read_text())))[1:]
     reported = [path for path, _ in rows]
     assert len(reported) == len(set(reported))
@@ -79,7 +79,7 @@ def test_train_evaluate_predict_survive_the_corpus(corpus, tiny_weights, files_m
     assert result["n"] == len(corpus.usable)
     assert {r["path"] for r in result["rejected"]} >= {p for p in corpus.unusable if "horse" not in p} - set()
 
-    assert cli.main(["predict", str(out), str(corpus.root / "cat"), str(corpus.root / "dog"), "--format", "json"]) == 0
+    assert cli.main(["predict", str(out), str(corpus.root / "cat"), str(corpus.root / "dog"), "--format", "json"]) == 1   # the rest written, then 1
     captured = capsys.readouterr()
     predicted = json.loads(captured.out)
     assert len(predicted) == len(corpus.usable)

@@ -25,7 +25,7 @@ def test_exact_copy_in_test_folder_is_reported_and_kept_out_of_training(tmp_path
     test = make_dataset(tmp_path / "test", n_per_class=0)
     (test / "cat" / "copy.jpg").write_bytes((train / "cat" / "cat.3.jpg").read_bytes())
     smooth_photo(99).save(test / "dog" / "own.jpg")
-    assert cli.main(["data", "check", str(train), "--test-data", str(test)]) == 0
+    assert cli.main(["data", "check", str(train), "--test-data", str(test)]) == 1
     out = capsys.readouterr().out
     assert "cat.3.jpg: same content as test file" in out and "kept out of two splits" in out
     splits = data.prepare_splits(train, None, test, 0.0, 0.0, seed=0)

@@ -1,4 +1,5 @@
 """Safe loading and resource failures: clear errors, no code run, earlier work intact."""
+import contextlib
 import errno
 import json
 
@@ -91,10 +92,12 @@ def test_full_cache_disk_is_one_error_and_earlier_cache_survives(tmp_path, tiny_
 
 
 def test_unwritable_output_folder_is_one_error_and_writes_nothing(tmp_path, tiny_weights, dataset, capsys, monkeypatch):
-    def refuse(*args, **kwargs):
+    @contextlib.contextmanager
+    def refuse(path):                  # no file can be created: every writer goes through atomic_path
         raise PermissionError(errno.EACCES, "Permission denied")
+        yield
 
-    monkeypatch.setattr(fsutil.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(fsutil, "atomic_path", refuse)
     one_line_error(capsys, ["train", dataset, "--out", tmp_path / "run", "--size", "32", "--quiet"],
                    "Permission denied", "writable")
     assert not [p for p in tmp_path.glob("run/**/*") if p.is_file()]
@@ -102,19 +105,20 @@ def test_unwritable_output_folder_is_one_error_and_writes_nothing(tmp_path, tiny
 
 def test_full_run_folder_mid_training_is_one_error_and_resume_finishes(tmp_path, tiny_weights, dataset, capsys,
                                                                         monkeypatch):
-    real_save = fsutil.save          # safetensors' serialiser, called once per tensor file written
+    import safetensors.torch
+    real_save = safetensors.torch.save_file     # the writer, called once per tensor file written
     calls = []
 
-    def full_after_three(tensors, metadata=None):
-        calls.append(1)
+    def full_after_three(tensors, path, metadata=None):
+        calls.append(path)
         if len(calls) > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(tensors, metadata=metadata)
+        return real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(fsutil, "save", full_after_three)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_after_three)
     out = tmp_path / "run"
     one_line_error(capsys, ["train", dataset, "--out", out, "--size", "32", "--epochs", "3", "--finetune-epochs", "1",
                             "--hidden", "16", "--quiet"], "No space left on device")
-    monkeypatch.setattr(fsutil, "save", real_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     assert cli.main(["train", "--resume", "--out", str(out)]) == 0
     assert (out / "model.json").is_file()

@@ -94,7 +94,8 @@ def test_bad_files_are_skipped_and_listed_not_fatal(tmp_path, dataset, tiny_weig
 @pytest.mark.parametrize("patience", [1, 2])
 def test_early_stopping_stops_at_the_right_epoch_and_keeps_the_best(tmp_path, dataset, tiny_weights, patience):
     out = tmp_path / "run"
-    train_module.fit(quick_config(dataset, out, epochs=30, finetune_epochs=0, patience=patience, lr=0.05))
+    train_module.fit(quick_config(dataset, out, epochs=30, finetune_epochs=0, patience=patience, lr=0.05,
+                                  keep_state=True))
     losses = [row["val_loss"] for row in read_jsonl(out / "metrics.jsonl")]
     best, since_best = 0, 0
     for epoch in range(1, len(losses)):
@@ -146,7 +147,7 @@ def test_no_test_split_still_trains_and_reports_validation(tmp_path, dataset, ti
 
 def test_finetuning_two_blocks_trains_from_the_block3_cache(tmp_path, dataset, tiny_weights, isolated_home):
     out = tmp_path / "run"
-    train_module.fit(quick_config(dataset, out, finetune_blocks=2, finetune_epochs=1))
+    train_module.fit(quick_config(dataset, out, finetune_blocks=2, finetune_epochs=1, keep_state=True))
     cuts = sorted(p.name.split("-")[0] for p in (isolated_home / "features").iterdir())
     assert cuts == ["block3", "block5"]
     from vggtune.fsutil import load_tensors
@@ -220,7 +221,7 @@ def test_damaged_cache_shards_are_computed_again_and_counted(tmp_path, dataset, 
 def test_run_files_get_the_usual_permissions(tmp_path, dataset, tiny_weights):
     previous = os.umask(0o022)
     try:
-        train_module.fit(quick_config(dataset, tmp_path / "run", finetune_epochs=1))
+        train_module.fit(quick_config(dataset, tmp_path / "run", finetune_epochs=1, keep_state=True))
     finally:
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*") if p.is_file()}

@@ -1,6 +1,16 @@
-"""vggtune: transfer learning with VGG16, from a folder of labelled images to a trained classifier."""
-from .api import AugmentConfig, Predictor, TrainConfig, evaluate, load, train
-from .errors import UserError
+"""vggtune: transfer learning with VGG16, from a folder of labelled images to a trained classifier.
 
+The API's names are imported on first use, so `vggtune --help` does not wait for torch.
+"""
 __version__ = "0.1.0"
 __all__ = ["train", "evaluate", "load", "Predictor", "TrainConfig", "AugmentConfig", "UserError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "UserError":
+        from .errors import UserError
+        return UserError
+    if name in __all__:
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'vggtune' has no attribute {name!r}")

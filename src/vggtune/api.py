@@ -23,8 +23,8 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     """
     from .training import fit
     if resume:
-        config = RunDir.existing(out).config()
-        config = dataclasses.replace(config, quiet=options.get("quiet", config.quiet))
+        config = RunDir.existing(out).config()       # the folder as it is now, wherever it was made
+        config = dataclasses.replace(config, out=str(out), quiet=options.get("quiet", config.quiet))
     elif not data:
         raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
     else:
@@ -68,6 +68,20 @@ def convert_weights(file: str | None = None) -> tuple[str, Path]:
     return loaded.source, weights.write_cache(loaded.record, loaded.state_dict, loaded.source)
 
 
+def cache_summary() -> tuple[Path, list[dict]]:
+    """The feature cache's folder and, per key folder, its cut, views stored and bytes."""
+    from . import cache, weights
+    root = weights.home() / "features"
+    return root, cache.summary(root)
+
+
+def clear_cache() -> tuple[Path, int]:
+    """Deletes every cached feature (runs and converted weights stay); returns the folder and bytes freed."""
+    from . import cache, weights
+    root = weights.home() / "features"
+    return root, cache.clear(root)
+
+
 def metrics_text(result: dict) -> list[str]:
     """A metrics dict as the lines the command line prints: the summary, then the confusion table."""
     from .metrics import confusion_table, summary_lines
@@ -75,4 +89,5 @@ def metrics_text(result: dict) -> list[str]:
 
 
 __all__ = ["train", "evaluate", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
-           "check_data", "weights_sources", "verify_weights", "convert_weights", "metrics_text"]
+           "check_data", "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache",
+           "metrics_text"]

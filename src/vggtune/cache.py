@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,3 +195,23 @@ class FeatureSet:
             slots, rows = zip(*sorted(pairs, key=lambda pair: pair[1]))
             out[list(slots)] = self.arrays[shard][list(rows)]
         return torch.from_numpy(out)
+
+
+def summary(root: Path) -> list[dict]:
+    """Per key folder under `root`: its cut, how many views it stores, its bytes."""
+    rows = []
+    for folder in sorted(Path(root).glob("*/key.json")):
+        folder = folder.parent
+        entries = sum(len(json.loads(m.read_text()).get("entries", [])) for m in folder.glob("shard-*.json"))
+        rows.append({"folder": str(folder), "cut": folder.name.split("-")[0], "entries": entries,
+                     "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())})
+    return rows
+
+
+def clear(root: Path) -> int:
+    """Deletes every cache folder under `root`; returns the bytes freed."""
+    freed = 0
+    for folder in [p.parent for p in Path(root).glob("*/key.json")]:
+        freed += sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+    return freed

@@ -1,4 +1,7 @@
-"""`vggtune` subcommands: parse flags into config, call the API, print. No logic of its own."""
+"""`vggtune` subcommands: parse flags into config, call the API, print. No logic of its own.
+
+The API (and with it torch) is imported when a command runs, so `vggtune`, `--version` and
+every `--help` answer at once."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import api
+from . import __version__
 from .config import DEVICES, HEADS, PRECISIONS, AugmentConfig, TrainConfig
 from .errors import UserError
 from .fsutil import atomic_write_text, display_path
@@ -23,6 +26,14 @@ HELP = {
     "finetune_lr": "fine-tune learning rate", "views": "cached views per training image (view 0 is unaugmented)",
     "patience": "early stopping: epochs without a better validation loss (0: off)",
     "no_cache": "recompute the frozen layers every epoch (the plain recipe)", "quiet": "print only the result",
+    "batch_size": "images per batch", "size": "input side in pixels, a multiple of 32",
+    "head": "flatten: Flatten -> Dense(hidden) -> output (the classic recipe); gap: global average pooling",
+    "hidden": "units of the flatten head's hidden layer", "dropout": "dropout before the output layer",
+    "val_split": "fraction of the images held out for validation (without --val-data)",
+    "test_split": "fraction of the images held out for testing (without --test-data)",
+    "seed": "decides the split, the head's initial weights and the batch order",
+    "precision": "auto: bf16 where the hardware has it, else fp32; int8: frozen blocks in int8 (CPU)",
+    "device": "auto: CUDA if present, else CPU", "keep_state": "keep state/ (checkpoints for --resume) after the run ends",
 }
 
 
@@ -56,30 +67,36 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> Parser:
     parser = Parser(prog="vggtune", description="Transfer learning with VGG16 on a folder of labelled images.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser.add_argument("--version", action="version", version=f"vggtune {__version__}")
+    commands = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
     train = commands.add_parser("train", help="train and evaluate a classifier")
     train.add_argument("data", nargs="?", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
     _add_train_flags(train)
     evaluate = commands.add_parser("evaluate", help="metrics of a run on its test split or a folder")
-    evaluate.add_argument("run")
+    evaluate.add_argument("run", help="a run directory (the --out of vggtune train)")
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
     evaluate.add_argument("--output", help="JSON file to write (default RUN/evaluation.json)")
     predict = commands.add_parser("predict", help="classify image files or folders")
-    predict.add_argument("run")
-    predict.add_argument("paths", nargs="+")
+    predict.add_argument("run", help="a run directory (the --out of vggtune train)")
+    predict.add_argument("paths", nargs="+", help="image files or folders of them")
     predict.add_argument("--output", help="file to write (default: standard output)")
-    predict.add_argument("--format", choices=("csv", "json"), default="csv")
-    predict.add_argument("--kaggle", action="store_true", help="write id,label with the second class's probability")
+    predict.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+    predict.add_argument("--kaggle", action="store_true",
+                         help="two-class models: CSV of id,label with the second class's probability")
     weights = commands.add_parser("weights", help="where the ImageNet weights come from; verify; convert")
-    weights.add_argument("action", nargs="?", choices=("where", "verify", "convert"), default="where")
+    weights.add_argument("action", nargs="?", choices=("where", "verify", "convert"), default="where",
+                         help="where (default): each source in order; verify: load and check; convert: into the cache")
     weights.add_argument("--file", help="a weights file to convert into the cache")
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     check = data_commands.add_parser("check", help="count images per class and list every unusable file")
-    check.add_argument("folder")
+    check.add_argument("folder", help="folder with one sub-folder per class (or Kaggle names)")
     check.add_argument("--val-data", help="validation folder: its files are checked against the training folder")
     check.add_argument("--test-data", help="test folder: its files are checked against the training folder")
     check.add_argument("--output", help="CSV of rejected files to write")
+    cache = commands.add_parser("cache", help="the feature cache: where it is, its size; clear it")
+    cache.add_argument("action", nargs="?", choices=("where", "clear"), default="where",
+                       help="where (default): its folder and size per cut; clear: delete the cached features")
     return parser
 
 
@@ -95,6 +112,7 @@ def train_options(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    from . import api
     if args.resume:
         out = args.out or "runs/latest"
         results = api.train(out=out, resume=True, **({"quiet": True} if args.quiet else {}))
@@ -107,6 +125,7 @@ def cmd_train(args) -> int:
 
 
 def _print_results(results: dict, out: str) -> None:
+    from . import api
     for split in ("test", "val"):
         if split in results:
             print(f"{split} metrics ({out}):")
@@ -116,13 +135,22 @@ def _print_results(results: dict, out: str) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    from . import api
     result = api.evaluate(args.run, args.data, args.output)
     _print_results({"test": result}, args.run)
     return 0
 
 
 def cmd_predict(args) -> int:
+    """Writes every prediction it can; exit status 1 when some input could not be predicted."""
+    from . import api
+    if args.kaggle and args.format == "json":
+        raise UserError("--kaggle writes Kaggle's CSV (id,label); received --format json; "
+                        "allowed: --kaggle alone, or --format json without it")
     predictor = api.load(args.run)
+    if args.kaggle and len(predictor.classes) != 2:
+        raise UserError(f"--kaggle writes the second class's probability of a two-class model; this model has "
+                        f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle")
     files, rejected = api.expand_paths(args.paths)
     predictions, unreadable = predictor.predict(files)
     for path, reason in rejected + unreadable:
@@ -132,7 +160,7 @@ def cmd_predict(args) -> int:
         atomic_write_text(Path(args.output), text)
     else:
         sys.stdout.write(text)
-    return 0
+    return 1 if rejected or unreadable else 0
 
 
 def _format_predictions(predictions, classes, fmt: str, kaggle: bool) -> str:
@@ -153,6 +181,7 @@ def _format_predictions(predictions, classes, fmt: str, kaggle: bool) -> str:
 
 
 def cmd_weights(args) -> int:
+    from . import api
     if args.action == "convert":
         origin, path = api.convert_weights(args.file)
         print(f"converted {origin} -> {path}")
@@ -166,6 +195,8 @@ def cmd_weights(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    """Exit status 0: every file usable; 1: some rejected (the list says why); 2: a mistake in the command."""
+    from . import api
     splits, near_duplicates = api.check_data(args.folder, args.val_data, args.test_data)
     items = splits.train + splits.val + splits.test
     print(f"{display_path(args.folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
@@ -178,15 +209,33 @@ def cmd_data_check(args) -> int:
         print(f"warning: near-duplicates (perceptual hash distance {distance}): {display_path(a)} ~ {display_path(b)}")
     if args.output:
         api.write_rejected(args.output, splits.rejected)
+    return 1 if splits.rejected else 0
+
+
+def cmd_cache(args) -> int:
+    from . import api
+    if args.action == "clear":
+        folder, freed = api.clear_cache()
+        print(f"removed {freed / 1e6:.1f} MB of cached features from {display_path(folder)}")
+        return 0
+    folder, rows = api.cache_summary()
+    print(f"{display_path(folder)}: {sum(r['bytes'] for r in rows) / 1e6:.1f} MB in {len(rows)} folders "
+          "(set VGGTUNE_HOME to move it; `vggtune cache clear` empties it)")
+    for row in rows:
+        print(f"  {row['cut']:7} {row['entries']:>8} views {row['bytes'] / 1e6:>10.1f} MB  {row['folder']}")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "weights": cmd_weights,
-            "data": cmd_data_check}
+            "data": cmd_data_check, "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

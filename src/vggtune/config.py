@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import yaml
 
 from .errors import UserError, choice_error
 from .fsutil import atomic_write_text, display_path
-from .model import HEAD_KINDS as HEADS
 
+HEADS = ("flatten", "gap")             # Flatten -> Dense(hidden) -> out (the recipe's), or global average pooling
 PRECISIONS = ("auto", "bf16", "fp32", "int8")
+PATHS = ("data", "out", "val_data", "test_data", "weights")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -65,12 +67,16 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     no_cache: bool = False
+    keep_state: bool = False              # state/ is only needed to resume; removed when the run ends
     quiet: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         if isinstance(self.augment, dict):          # from YAML or the Python API's keyword
             object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+        for name in PATHS:                          # absolute: a run folder works from any working directory
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
         if self.head not in HEADS:
             raise choice_error("--head", self.head, HEADS)
         if self.precision not in PRECISIONS:

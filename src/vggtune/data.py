@@ -16,6 +16,7 @@ from PIL import Image
 from .errors import UserError
 from .fsutil import atomic_write_text, display_path
 from .images import ImageRejected, open_rgb
+from .progress import progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 KAGGLE_NAME = re.compile(r"^([A-Za-z][\w-]*?)[._]\d+\.[A-Za-z]+$")
@@ -47,8 +48,9 @@ class Splits:
     rejected: list[tuple[str, str]]
 
 
-def discover(root: str | Path) -> Found:
-    """Class folders (root/<class>/...), else Kaggle flat names (cat.123.jpg -> cat)."""
+def discover(root: str | Path, min_classes: int = 2) -> Found:
+    """Class folders (root/<class>/...), else Kaggle flat names (cat.123.jpg -> cat). Training needs two
+    classes at least; evaluating a trained model can take a folder of one."""
     root = Path(root)
     if not root.is_dir():
         what = "a file" if root.exists() else "nothing"
@@ -57,9 +59,10 @@ def discover(root: str | Path) -> Found:
     folders = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
     found = _from_folders(root, folders, entries) if folders else _from_kaggle_names(root, entries)
     counts = {c: sum(1 for _, name in found.files if name == c) for c in found.classes}
-    if len(found.classes) < 2:
+    if len(found.classes) < min_classes:
         raise UserError(f"data: {display_path(root)} has {len(found.classes)} class(es) {found.classes}; "
-                        "allowed: at least 2 class folders, or Kaggle names like cat.1.jpg")
+                        f"allowed: at least {min_classes} class folder{'s' if min_classes > 1 else ''}, "
+                        "or Kaggle names like cat.1.jpg")
     empty = [c for c, n in counts.items() if n == 0]
     if empty:
         raise UserError(f"data: class folder(s) {empty} in {display_path(root)} hold no image files; "
@@ -190,14 +193,28 @@ _BIT_COUNTS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, str]]]:
-    """Check every file once: usable items (deduplicated by content) and rejected files with reasons."""
+    """Check every file once: usable items and rejected files with reasons. The same content twice
+    in one class is kept once; the same content under two classes is a label conflict, and every
+    copy of it is kept out."""
     index = {name: i for i, name in enumerate(found.classes)}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(pool.map(_check, [path for path, _ in found.files]))
+        checks = pool.map(_check, [path for path, _ in found.files])
+        bar = progress(total=len(found.files), desc="checking images", unit="file")
+        results = []
+        for result in checks:
+            results.append(result)
+            bar.update()
+        bar.close()
+    classes_of: dict[str, set[str]] = {}
+    for (_, name), (sha, _, _) in zip(found.files, results):
+        if sha:
+            classes_of.setdefault(sha, set()).add(name)
     items, rejected, first_path = [], list(found.rejected), {}
     for (path, name), (sha, reason, dhash) in zip(found.files, results):
         if reason:
             rejected.append((path, reason))
+        elif len(classes_of[sha]) > 1:
+            rejected.append((path, f"label conflict: the same content is filed under {sorted(classes_of[sha])}"))
         elif sha in first_path:
             rejected.append((path, f"duplicate content of {display_path(first_path[sha])}"))
         else:
@@ -251,10 +268,14 @@ def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: fl
     items = _without_content(items, taken, rejected)
     fractions = (0.0 if "val" in held else val_split, 0.0 if "test" in held else test_split)
     train, val, test = stratified_split(items, fractions, seed)
-    splits = Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected)
+    return Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected)
+
+
+def require_training_images(splits: Splits, data_dir) -> Splits:
     if not splits.train:
         raise UserError(f"data: no usable training images in {display_path(data_dir)} "
-                        f"({len(rejected)} rejected); allowed: folders of readable images")
+                        f"({len(splits.rejected)} rejected; `vggtune data check` lists why); "
+                        "allowed: folders of readable images, not all of them in --val-data or --test-data")
     return splits
 
 

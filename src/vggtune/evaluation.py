@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import data
@@ -21,8 +22,13 @@ def labelled_files(run: Path, classes: list[str], data_dir: str | None) -> tuple
             raise UserError(f"{display_path(splits_path)}: no test split ({exc}); allowed: --data DIR") from None
         if not test:
             raise UserError(f"run {display_path(run)} kept no test images; allowed: --data DIR with class folders")
-        return [row["path"] for row in test], [int(row["label"]) for row in test], []
-    found = data.discover(data_dir)
+        paths = [row["path"] for row in test]
+        if not any(os.path.exists(path) for path in paths):
+            folder = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+            raise UserError(f"the run's {len(paths)} test images were under {display_path(folder)}, which holds none "
+                            "of them now; allowed: that folder back in place, or --data FOLDER with class folders")
+        return paths, [int(row["label"]) for row in test], []
+    found = data.discover(data_dir, min_classes=1)
     unknown = sorted(set(found.classes) - set(classes))
     if unknown:
         raise UserError(f"--data: classes {unknown} in {display_path(data_dir)} are not the run's; allowed: {classes}")
@@ -38,6 +44,10 @@ def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = 
     paths, labels, rejected = labelled_files(Path(run), predictor.classes, data_dir)
     predictions, unreadable = predictor.predict(paths)
     rejected += unreadable
+    if not predictions:
+        first = f" (first: {display_path(rejected[0][0])}: {rejected[0][1]})" if rejected else ""
+        raise UserError(f"evaluate: none of {len(rejected)} images could be read{first}; "
+                        "allowed: a folder with readable images in class folders")
     label_of = dict(zip(paths, labels))
     probabilities = [[p.probabilities[c] for c in predictor.classes] for p in predictions]
     result = classification_metrics([label_of[p.path] for p in predictions], probabilities, predictor.classes)

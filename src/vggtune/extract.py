@@ -10,7 +10,7 @@ import torch
 
 from .cache import entry_name
 from .config import AugmentConfig
-from .images import ImageRejected, open_rgb
+from .images import ImageRejected, open_any, open_rgb
 from .runtime import Runtime
 from .transforms import make_view, normalise
 from .weights import Preprocessing
@@ -31,6 +31,14 @@ def decode_views(job: ImageJob, prep: Preprocessing, aug: AugmentConfig | None =
     except ImageRejected as exc:
         return job, None, str(exc)
     return job, [make_view(image, prep, aug, job.sha256, view) for view in job.views], None
+
+
+def decode_clean(source, prep: Preprocessing) -> tuple[torch.Tensor | None, str | None]:
+    """(the clean view, None) of a path, bytes, file object, PIL image or numpy array; (None, reason)."""
+    try:
+        return make_view(open_any(source, short_side=prep.resize), prep, None, "", 0), None
+    except ImageRejected as exc:
+        return None, str(exc)
 
 
 def prefetch(function, jobs, workers: int, ahead: int):

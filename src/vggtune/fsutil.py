@@ -6,13 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import time
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
 
 from .errors import UserError
 
@@ -20,22 +16,32 @@ STALE_SECONDS = 600
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path):
-    """A binary handle on a temporary name beside `path`; on success fsynced, renamed over `path`
-    and the folder fsynced, so the file is complete or absent. Errors propagate as they are."""
+def atomic_path(path: Path):
+    """A temporary name beside `path` for a writer that takes a file name. On success the file gets
+    the usual permissions, is fsynced and renamed over `path`, and the folder is fsynced: the file
+    is complete or absent. Errors propagate as they are."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())    # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
         raise
     _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """`atomic_path` with a binary handle open on the temporary name."""
+    with atomic_path(path) as tmp, open(tmp, "xb") as handle:
+        yield handle
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -56,18 +62,21 @@ def atomic_write_json(path: Path, value) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+def save_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
     """safetensors, complete or absent."""
+    from safetensors.torch import save_file  # here, not above: `vggtune --help` should not wait for torch
     try:
-        with atomic_file(path) as handle:
-            handle.write(save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-                              metadata={k: json.dumps(v) for k, v in (metadata or {}).items()}))
+        with atomic_path(path) as tmp:          # by name: serialising to bytes first costs a copy per write
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                      metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
     except OSError as exc:
         raise UserError(f"cannot write {display_path(path)}: {exc.strerror}; "
                         "allowed: a writable folder with free space") from None
 
 
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def load_tensors(path: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as handle:

@@ -1,6 +1,7 @@
 """Opening one image safely: every way a file can be unusable becomes an `ImageRejected` reason."""
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -48,6 +49,30 @@ def open_rgb(path, short_side: int | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
             MemoryError, RuntimeError, Image.UnidentifiedImageError) as exc:
         raise ImageRejected(_broken_reason(exc)) from None
+
+
+def open_any(source, short_side: int | None = None) -> Image.Image:
+    """`open_rgb` for a path, bytes, a binary file object, a PIL image or a numpy array (H x W, or
+    H x W x 3/4, uint8), with the same checks; anything else is rejected with what is allowed."""
+    if isinstance(source, (str, os.PathLike)):
+        return open_rgb(source, short_side)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return open_rgb(io.BytesIO(bytes(source)), short_side)
+    if hasattr(source, "read"):
+        return open_rgb(io.BytesIO(source.read()), short_side)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
+            raise ImageRejected(f"numpy array of {source.dtype} {source.shape}; "
+                                "allowed: uint8, H x W or H x W x 3 (RGB) or 4 (RGBA)")
+        source = Image.fromarray(source)
+    if isinstance(source, Image.Image):
+        _check_size(source)
+        try:
+            return to_rgb(ImageOps.exif_transpose(source))
+        except (OSError, ValueError, SyntaxError) as exc:        # a lazily loaded image that is broken
+            raise ImageRejected(_broken_reason(exc)) from None
+    raise ImageRejected(f"cannot read a {type(source).__name__}; allowed: a path, bytes, a binary file object, "
+                        "a PIL image or a uint8 numpy array")
 
 
 def _check_size(image: Image.Image) -> None:

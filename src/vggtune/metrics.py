@@ -31,10 +31,28 @@ def classification_metrics(labels, probabilities, classes: list[str]) -> dict:
         "confusion_matrix": confusion.tolist(),
         "classes": list(classes),
     }
+    correct = int((predicted == labels).sum())
+    result["accuracy_95"] = list(wilson_interval(correct, len(labels)))
     if n == 2:
         result["roc_auc"] = roc_auc(labels, probabilities[:, 1])
+        result["positive_class"] = classes[1]           # what "f1" (and P in ROC AUC) is of
         result["f1"] = per_class[classes[1]]["f1"]
-    return result
+    return {key: _none_for_nan(value) for key, value in result.items()}
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of a proportion (Wilson score): honest for small n and for 0 or n correct."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4))
+
+
+def _none_for_nan(value):
+    """Undefined metrics (ROC AUC with one class present) are null in JSON, not NaN, which JSON lacks."""
+    return None if isinstance(value, float) and np.isnan(value) else value
 
 
 def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
@@ -63,19 +81,33 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def confusion_table(result: dict) -> str:
     """The confusion matrix as aligned text: rows are true classes, columns predicted."""
-    classes = result["classes"]
-    width = max(8, *(len(c) for c in classes)) + 1
-    lines = ["true \\ predicted".ljust(width) + "".join(c[:width - 1].rjust(width) for c in classes)]
+    classes, corner = result["classes"], "true \\ predicted"
+    first = max(len(corner), *(len(c) for c in classes)) + 2
+    width = max(6, *(len(c) for c in classes), *(len(str(v)) for row in result["confusion_matrix"] for v in row)) + 2
+    lines = [corner.ljust(first) + "".join(c.rjust(width) for c in classes)]
     for name, row in zip(classes, result["confusion_matrix"]):
-        lines.append(name[:width - 1].ljust(width) + "".join(str(v).rjust(width) for v in row))
+        lines.append(name.ljust(first) + "".join(str(v).rjust(width) for v in row))
     return "\n".join(lines)
 
 
+SMALL_INTERVAL = 0.1          # a 95 % interval wider than this gets a warning
+
+
 def summary_lines(result: dict) -> list[str]:
-    lines = [f"images     {result['n']}", f"accuracy   {result['accuracy']:.4f}",
+    low, high = result["accuracy_95"]
+    lines = [f"images     {result['n']}",
+             f"accuracy   {_number(result['accuracy'])}  (95% interval {low:.3f}-{high:.3f})",
              f"precision  {result['precision_macro']:.4f} (macro)", f"recall     {result['recall_macro']:.4f} (macro)",
              f"F1         {result['f1_macro']:.4f} (macro)"]
-    if "roc_auc" in result:
-        lines.append(f"ROC AUC    {result['roc_auc']:.4f}")
-    lines.append(f"log loss   {result['log_loss']:.4f}")
+    if "positive_class" in result:
+        lines.append(f"F1         {result['f1']:.4f} (positive class: {result['positive_class']})")
+        lines.append(f"ROC AUC    {_number(result['roc_auc'])}")
+    lines.append(f"log loss   {_number(result['log_loss'])}")
+    if high - low > SMALL_INTERVAL:
+        lines.insert(0, f"warning: only {result['n']} images: the accuracy could be anywhere from {low:.2f} "
+                        f"to {high:.2f} (95% interval); more test images narrow it")
     return lines
+
+
+def _number(value) -> str:
+    return "undefined" if value is None else f"{value:.4f}"

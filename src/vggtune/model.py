@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .config import HEADS as HEAD_KINDS
+
 VGG16_BLOCKS: dict[str, tuple[int, ...]] = {
     "block1": (64, 64),
     "block2": (128, 128),
@@ -21,7 +23,6 @@ VGG16_BLOCKS: dict[str, tuple[int, ...]] = {
 }
 BLOCK_NAMES = tuple(VGG16_BLOCKS)
 LAST_BLOCK = BLOCK_NAMES[-1]
-HEAD_KINDS = ("flatten", "gap")
 
 
 def block_names(after: str | None = None, upto: str = LAST_BLOCK) -> tuple[str, ...]:

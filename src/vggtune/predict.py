@@ -9,8 +9,9 @@ import torch
 
 from .data import walk_files
 from .errors import UserError
-from .extract import ImageJob, decode_views, prefetch
+from .extract import decode_clean, prefetch
 from .fsutil import display_path, load_tensors
+from .progress import progress
 from .runtime import Runtime, choose_runtime
 from .spec import ModelSpec, build_classifier
 from .transforms import normalise
@@ -36,23 +37,28 @@ class Predictor:
                                       origin=display_path(self.run / "model.safetensors")).eval()
         self.batch_size = batch_size
 
-    def predict(self, paths: list[str]) -> tuple[list[Prediction], list[tuple[str, str]]]:
-        """Predictions for the readable files, and (path, reason) for the others."""
+    def predict(self, inputs: list) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """Predictions for the readable inputs, and (name, reason) for the others. An input is a path,
+        bytes, a binary file object, a PIL image or a uint8 numpy array; a prediction's `path` is the
+        path as given, or a name like "<PIL image 3>" for the others."""
         predictions, rejected = [], []
-        batch_paths, batch_views = [], []
-        jobs = [ImageJob(str(p), "", (0,)) for p in paths]
-        decoded = prefetch(lambda job: decode_views(job, self.preprocessing), jobs, 2, 2 * self.batch_size)
-        for job, tensors, reason in decoded:
+        batch_names, batch_views = [], []
+        names = [_name(source, i) for i, source in enumerate(inputs)]
+        decoded = prefetch(lambda source: decode_clean(source, self.preprocessing), inputs, 2, 2 * self.batch_size)
+        bar = progress(total=len(names), desc="predicting", unit="image")
+        for name, (view, reason) in zip(names, decoded):
+            bar.update()
             if reason:
-                rejected.append((job.path, reason))
+                rejected.append((name, reason))
                 continue
-            batch_paths.append(job.path)
-            batch_views.append(tensors[0])
-            if len(batch_paths) == self.batch_size:
-                predictions += self._classify(batch_paths, batch_views)
-                batch_paths, batch_views = [], []
-        if batch_paths:
-            predictions += self._classify(batch_paths, batch_views)
+            batch_names.append(name)
+            batch_views.append(view)
+            if len(batch_names) == self.batch_size:
+                predictions += self._classify(batch_names, batch_views)
+                batch_names, batch_views = [], []
+        if batch_names:
+            predictions += self._classify(batch_names, batch_views)
+        bar.close()
         return predictions, rejected
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -66,6 +72,15 @@ class Predictor:
         probs = self.probabilities(torch.stack(views))
         return [Prediction(path, self.classes[int(row.argmax())], {c: float(v) for c, v in zip(self.classes, row)})
                 for path, row in zip(paths, probs)]
+
+
+def _name(source, index: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    kind = {bytes: "bytes", bytearray: "bytes", memoryview: "bytes"}.get(type(source))
+    kind = kind or ("file object" if hasattr(source, "read") else "PIL image" if hasattr(source, "getbands")
+                    else "numpy array" if hasattr(source, "dtype") else type(source).__name__)
+    return f"<{kind} {index}>"
 
 
 def _runtime_for(run: Path, spec: ModelSpec, device: str, precision: str) -> Runtime:

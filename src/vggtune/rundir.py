@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,6 +41,9 @@ class RunDir:
         """A new run needs an unused folder; --resume needs a folder a run started in."""
         if resume:
             RunDir.existing(self.path)
+            if (self.path / "model.json").is_file() and not (self.path / "state").is_dir():
+                raise UserError(f"--resume: {display_path(self.path)} is a finished run; allowed: vggtune evaluate "
+                                "or predict with it, or train into a new --out (--keep-state keeps a run resumable)")
         elif self.path.exists() and any(self.path.iterdir()):
             raise UserError(f"--out: {display_path(self.path)} already holds files; allowed: a new or empty folder, "
                             "or --resume to continue the run in it")
@@ -83,6 +87,10 @@ class RunDir:
     def state(self, stage: str, which: str) -> Path:
         """A stage's checkpoint: "last" (to resume) or "best" (what the stage keeps)."""
         return self.path / "state" / f"{stage}-{which}.safetensors"
+
+    def remove_state(self) -> None:
+        """The checkpoints only a resume needs: a finished run keeps model, metrics and data reports."""
+        shutil.rmtree(self.path / "state", ignore_errors=True)
 
     def save_calibration(self, calibration: dict) -> None:
         atomic_write_json(self.path / "state" / "int8.json", calibration)

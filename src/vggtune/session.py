@@ -41,8 +41,9 @@ class Run:
 
 
 def gather_data(config: TrainConfig) -> data.Splits:
-    return data.prepare_splits(config.data, config.val_data, config.test_data,
-                               config.val_split, config.test_split, config.seed)
+    splits = data.prepare_splits(config.data, config.val_data, config.test_data,
+                                 config.val_split, config.test_split, config.seed)
+    return data.require_training_images(splits, config.data)
 
 
 def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:

@@ -72,6 +72,8 @@ def finish(run: Run, cut: str) -> dict:
     run.folder.write_rejected(run.rejected + run.sources.rejected)      # --no-cache: files lost mid-run
     run.folder.save_model(run.model, run.spec)
     run.folder.write_metrics(results, run.timing)
+    if not run.config.keep_state:
+        run.folder.remove_state()
     return results
 
 
