@@ -195,6 +195,7 @@ def test_bare_command_version_and_help_do_not_import_torch():
     first, rest = result.stdout.split("\n", 1)
     assert first == "[0, 0, 0, 0, 0, 0] False", result.stdout + result.stderr
     assert "usage: vggtune" in rest and "COMMAND" in rest and "vggtune 0.1.0" in rest
+    assert "(default runs/latest)" in " ".join(rest.split())         # the declared default, not this folder
 
 
 def test_every_flag_has_help_text():

@@ -45,11 +45,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig(data=".")
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("data", "augment"):
             continue
-        default, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
+        default, flag = f.default, "--" + f.name.replace("_", "-")      # as declared (paths not yet absolute)
         help_text = HELP.get(f.name, "") + (f" (default {default})" if default not in (None, False) else "")
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
