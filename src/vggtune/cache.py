@@ -204,7 +204,7 @@ def summary(root: Path) -> list[dict]:
         folder = folder.parent
         entries = sum(len(json.loads(m.read_text()).get("entries", [])) for m in folder.glob("shard-*.json"))
         rows.append({"folder": str(folder), "cut": folder.name.split("-")[0], "entries": entries,
-                     "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())})
+                     "bytes": _bytes_in(folder)})
     return rows
 
 
@@ -212,6 +212,10 @@ def clear(root: Path) -> int:
     """Deletes every cache folder under `root`; returns the bytes freed."""
     freed = 0
     for folder in [p.parent for p in Path(root).glob("*/key.json")]:
-        freed += sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        freed += _bytes_in(folder)
         shutil.rmtree(folder, ignore_errors=True)
     return freed
+
+
+def _bytes_in(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())

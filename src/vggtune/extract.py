@@ -84,8 +84,8 @@ def clean_views(paths: list[str], prep: Preprocessing, count: int) -> torch.Tens
     """The normalised clean views of the first `count` readable files."""
     views = []
     for path in paths:
-        _, tensors, _ = decode_views(ImageJob(path, "", (0,)), prep)
-        views += tensors or []
+        view, _ = decode_clean(path, prep)
+        views += [view] if view is not None else []
         if len(views) == count:
             break
     return normalise(torch.stack(views), prep) if views else torch.empty(0)
