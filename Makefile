@@ -31,7 +31,11 @@ test-fast: setup
 	.venv-keras/bin/pip install -q tensorflow-cpu pillow
 	touch $@
 
-bench: setup .venv-keras/.installed
+# export.py and serve_load.py measure the demo's model: `make demo` first if it is not there.
+$(RUN)/model.json:
+	$(MAKE) demo
+
+bench: setup .venv-keras/.installed $(RUN)/model.json
 	$(PY) benchmarks/run_all.py
 
 clean:

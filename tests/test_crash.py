@@ -100,12 +100,18 @@ def read_history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _assert(condition: bool, path: Path) -> None:
+    assert condition, f"{path} is cut short"
+
+
 def assert_every_final_file_loads(out: Path, home: Path) -> None:
     from vggtune.cache import FeatureCache
     from vggtune.fsutil import load_tensors
     readers = {".json": lambda p: json.loads(p.read_text()), ".safetensors": load_tensors,
                ".jsonl": lambda p: [json.loads(line) for line in p.read_text().splitlines()],
-               ".yaml": lambda p: yaml.safe_load(p.read_text()), ".csv": lambda p: list(csv.reader(p.open()))}
+               ".yaml": lambda p: yaml.safe_load(p.read_text()), ".csv": lambda p: list(csv.reader(p.open())),
+               ".html": lambda p: _assert(p.read_text().endswith("</html>\n"), p),
+               ".md": lambda p: _assert(p.read_text().startswith("---\n"), p)}
     finals = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert {p.suffix for p in finals} <= set(readers), finals
     for path in finals:

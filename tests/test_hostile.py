@@ -74,9 +74,12 @@ def test_train_evaluate_predict_survive_the_corpus(corpus, tiny_weights, files_m
     used = [row["path"] for name in ("train", "val", "test") for row in splits[name]]
     assert sorted(used) == sorted(corpus.usable)                    # every usable file, converted
     assert any("undecodable" in p for p in used)
+    page = (out / "report.html").read_text()                        # written, bad files and odd names listed
+    assert page.endswith("</html>\n") and "Rejected files in the training data: " in page
 
     result = vggtune.evaluate(str(out), data=str(corpus.root))
     assert result["n"] == len(corpus.usable)
+    assert "Unreadable in " in (out / "evaluation.html").read_text()
     assert {r["path"] for r in result["rejected"]} >= {p for p in corpus.unusable if "horse" not in p} - set()
 
     assert cli.main(["predict", str(out), str(corpus.root / "cat"), str(corpus.root / "dog"), "--format", "json"]) == 1   # the rest written, then 1

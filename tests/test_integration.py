@@ -64,6 +64,21 @@ def test_short_run_on_cats_vs_dogs_generalises(short_run):
     assert results["test"]["accuracy"] >= 0.95
 
 
+def test_short_run_report_shows_where_the_network_looked_on_real_photos(short_run):
+    from test_report import SECTIONS, inline_images, sections
+    out, results = short_run
+    page = (out / "report.html").read_text()
+    assert sections(page) == list(SECTIONS) and len(inline_images(page)) >= 5
+    wrong = round((1 - results["test"]["accuracy"]) * results["test"]["n"])
+    assert page.count("<figure class='tile wrong'") == min(wrong, 12)
+    cat = str(next((shared_data("cats-vs-dogs-2k") / "cat").glob("cat.1*.jpg")))
+    explanation = vggtune.load(out).explain([cat])[0][0]
+    left, top, right, bottom = explanation.box
+    inside = explanation.heatmap[top:bottom, left:right]
+    # A real photo: the map picks out a region (demo run, cat.122.jpg: SD 0.18, 6 % of the crop above 0.5).
+    assert inside.std() > 0.05 and (inside > 0.5).mean() < 0.5
+
+
 def test_oxford_pets_37_classes_beat_chance_many_times(tmp_path):
     data = shared_data("oxford-pets-370")
     results = vggtune.train(str(data), out=str(tmp_path / "run"), epochs=10, finetune_epochs=0, views=1,
@@ -75,6 +90,9 @@ def test_oxford_pets_37_classes_beat_chance_many_times(tmp_path):
     assert test["accuracy"] >= 0.45
     predictions, _ = vggtune.load(tmp_path / "run").predict([str(next((data / "Bengal").glob("*.jpg")))])
     assert len(predictions[0].probabilities) == 37
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Most confused pairs" in page and "alt='ROC and PR curves'" not in page
+    assert page.count("<figure class='tile wrong'") == min(74 - round(test["accuracy"] * 74), 12)
 
 
 @pytest.mark.parametrize("bf16", [False, True])

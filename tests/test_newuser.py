@@ -188,12 +188,13 @@ def test_bare_command_version_and_help_do_not_import_torch():
     probe = ("import sys, contextlib, io\nfrom vggtune import cli\nout = io.StringIO()\n"
              "with contextlib.redirect_stdout(out):\n"
              "    codes = [cli.main([])]\n"
-             "    for argv in (['--version'], ['--help'], ['train', '--help'], ['predict', '--help'], ['cache', '--help']):\n"
+             "    for argv in (['--version'], ['--help'], ['train', '--help'], ['predict', '--help'], ['cache', '--help'],\n"
+             "                 ['report', '--help'], ['explain', '--help'], ['export', '--help'], ['serve', '--help']):\n"
              "        try:\n            cli.main(argv)\n        except SystemExit as e:\n            codes.append(e.code)\n"
              "print(codes, 'torch' in sys.modules)\nprint(out.getvalue())")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     first, rest = result.stdout.split("\n", 1)
-    assert first == "[0, 0, 0, 0, 0, 0] False", result.stdout + result.stderr
+    assert first == "[0, 0, 0, 0, 0, 0, 0, 0, 0, 0] False", result.stdout + result.stderr
     assert "usage: vggtune" in rest and "COMMAND" in rest and "vggtune 0.1.0" in rest
     assert "(default runs/latest)" in " ".join(rest.split())         # the declared default, not this folder
 

@@ -37,6 +37,38 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
     return _evaluate(run, data, output, **options)
 
 
+def report(run: str, data: str | None = None, out: str | None = None) -> tuple[Path, Path | None]:
+    """Writes report.html (of the run's test split, or of the labelled folder `data`) and, for the run's
+    own split, the model card README.md; returns their paths."""
+    from .reportpage import write_documents
+    return write_documents(run, data, out)
+
+
+def explain(run: str, images: list, target: str | None = None, out: str | None = None):
+    """Grad-CAM overlays of image files or folders, as PNG files in `out` (default RUN/explain):
+    (explanations, the files written, [(input, reason)] for inputs that could not be read)."""
+    from .gradcam import write_overlays
+    predictor = load(run)
+    files, missing = expand_paths([str(image) for image in images])
+    explanations, unreadable = predictor.explain(files, target)
+    written = write_overlays(explanations, Path(out) if out else Path(run) / "explain")
+    return explanations, written, missing + unreadable
+
+
+def export(run: str, out: str | None = None, precision: str = "fp32"):
+    """The whole classifier as ONNX (default RUN/model.onnx, int8: RUN/model-int8.onnx) with its metadata
+    beside it (model.onnx.json), checked against PyTorch on the run's test images; returns the check's figures."""
+    from .onnxexport import export as _export
+    return _export(run, out, precision)
+
+
+def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
+    """Serves the run's model over HTTP until interrupted. Options: max_upload_mb, max_batch, wait_ms,
+    token, no_auth (see `vggtune serve --help`)."""
+    from .service import ServeConfig, serve as _serve
+    _serve(ServeConfig(str(run), host, port, **options))
+
+
 def check_data(folder: str, val_data: str | None = None, test_data: str | None = None):
     """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows)."""
     from . import data
@@ -88,6 +120,6 @@ def metrics_text(result: dict) -> list[str]:
     return summary_lines(result) + confusion_table(result).splitlines()
 
 
-__all__ = ["train", "evaluate", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
+__all__ = ["train", "evaluate", "report", "explain", "export", "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
            "check_data", "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache",
            "metrics_text"]

@@ -34,6 +34,7 @@ HELP = {
     "seed": "decides the split, the head's initial weights and the batch order",
     "precision": "auto: bf16 where the hardware has it, else fp32; int8: frozen blocks in int8 (CPU)",
     "device": "auto: CUDA if present, else CPU", "keep_state": "keep state/ (checkpoints for --resume) after the run ends",
+    "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
 }
 
 
@@ -75,6 +76,33 @@ def build_parser() -> Parser:
     evaluate.add_argument("run", help="a run directory (the --out of vggtune train)")
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
     evaluate.add_argument("--output", help="JSON file to write (default RUN/evaluation.json)")
+    evaluate.add_argument("--no-report", action="store_true", help="skip the HTML report beside the JSON")
+    report = commands.add_parser("report", help="write report.html and the model card README.md of a run")
+    report.add_argument("run", help="a run directory (the --out of vggtune train)")
+    report.add_argument("--data", help="labelled folder to judge the model on instead of the run's test split")
+    report.add_argument("--out", help="HTML file to write (default RUN/report.html)")
+    explain = commands.add_parser("explain", help="Grad-CAM overlays: where the network looked")
+    explain.add_argument("run", help="a run directory (the --out of vggtune train)")
+    explain.add_argument("paths", nargs="+", help="image files or folders of them")
+    explain.add_argument("--class", dest="target", help="class to explain (default: each image's predicted class)")
+    explain.add_argument("--out", help="folder for the PNG overlays (default RUN/explain)")
+    export = commands.add_parser("export", help="the whole classifier as ONNX, checked against PyTorch")
+    export.add_argument("run", help="a run directory (the --out of vggtune train)")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default onnx)")
+    export.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="fp32 (default), or int8: ONNX Runtime static quantization")
+    export.add_argument("--out", help="file to write (default RUN/model.onnx, RUN/model-int8.onnx)")
+    serve = commands.add_parser("serve", help="an HTTP service and a web page for a run's model")
+    serve.add_argument("run", help="a run directory (the --out of vggtune train)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; others need --token)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default 10)")
+    serve.add_argument("--max-batch", type=int, default=16, help="images classified together at most (default 16)")
+    serve.add_argument("--wait-ms", type=float, default=5.0,
+                       help="how long an image waits for others to share its batch (default 5; 0: no batching wait)")
+    serve.add_argument("--token", help="required from clients (Authorization: Bearer TOKEN); or set VGGTUNE_TOKEN")
+    serve.add_argument("--no-auth", action="store_true", help="serve other machines without a token")
     predict = commands.add_parser("predict", help="classify image files or folders")
     predict.add_argument("run", help="a run directory (the --out of vggtune train)")
     predict.add_argument("paths", nargs="+", help="image files or folders of them")
@@ -135,9 +163,55 @@ def _print_results(results: dict, out: str) -> None:
 
 def cmd_evaluate(args) -> int:
     from . import api
-    result = api.evaluate(args.run, args.data, args.output)
+    result = api.evaluate(args.run, args.data, args.output, report=not args.no_report)
     _print_results({"test": result}, args.run)
     return 0
+
+
+def cmd_report(args) -> int:
+    from . import api
+    page, card = api.report(args.run, args.data, args.out)
+    print(f"report: {display_path(page)} ({page.stat().st_size / 1e6:.1f} MB)")
+    if card:
+        print(f"model card: {display_path(card)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Exit status 1 when the exported graph failed its parity check (the file is then not kept)."""
+    from . import api
+    from .onnxexport import ExportCheckFailed
+    try:
+        result = api.export(args.run, args.out, args.precision)
+    except ExportCheckFailed as exc:
+        print(f"vggtune export: parity check failed: {exc}", file=sys.stderr)
+        return 1
+    line = (f"exported {display_path(result.path)} ({result.path.stat().st_size / 1e6:.1f} MB, {result.precision}); "
+            f"parity on {result.images_checked} test images: largest probability difference "
+            f"{result.max_difference:.2e}, same label on {result.label_agreement:.1%}")
+    if result.accuracy_onnx is not None:
+        line += f"; test accuracy {result.accuracy_onnx:.4f} (the run: {result.accuracy_run:.4f})"
+    print(line)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from . import api
+    api.serve(args.run, args.host, args.port, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
+              wait_ms=args.wait_ms, token=args.token, no_auth=args.no_auth)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    """Exit status 1 when some input could not be explained (each one is named on stderr)."""
+    from . import api
+    explanations, written, rejected = api.explain(args.run, args.paths, args.target, args.out)
+    for path, reason in rejected:
+        print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
+    for explanation, png in zip(explanations, written):
+        print(f"{display_path(explanation.name)}: predicted {explanation.label} "
+              f"({explanation.probabilities[explanation.label]:.3f}), map for {explanation.target} -> {display_path(png)}")
+    return 1 if rejected else 0
 
 
 def cmd_predict(args) -> int:
@@ -225,7 +299,9 @@ def cmd_cache(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "weights": cmd_weights,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
+            "export": cmd_export, "serve": cmd_serve,
+            "predict": cmd_predict, "weights": cmd_weights,
             "data": cmd_data_check, "cache": cmd_cache}
 
 

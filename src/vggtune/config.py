@@ -68,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     no_cache: bool = False
     keep_state: bool = False              # state/ is only needed to resume; removed when the run ends
+    no_report: bool = False               # report.html and README.md (the model card) are written by default
     quiet: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

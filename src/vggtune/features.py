@@ -71,6 +71,7 @@ class Sources:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     damaged_shards: int = 0
+    reuse: dict = field(default_factory=lambda: {"views_wanted": 0, "views_computed": 0})
 
 
 @dataclass
@@ -101,6 +102,9 @@ class FeaturePipeline:
             started = time.perf_counter()
             n_views = views if name == "train" else 1
             jobs = [ImageJob(item.path, item.sha256, tuple(range(n_views))) for item in items]
+            wanted = [entry_name(item.sha256, view, self.augment) for item in items for view in range(n_views)]
+            sources.reuse["views_wanted"] += len(wanted)
+            sources.reuse["views_computed"] += len(caches[base].missing(wanted))
             lost = self.fill(caches[base], jobs, base, label=f"{name} features")
             sources.rejected += lost
             lost_paths = {path for path, _ in lost}

@@ -67,14 +67,11 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     positives, negatives = labels == 1, labels == 0
     if not positives.any() or not negatives.any():
         return float("nan")
-    order = scores.argsort(kind="mergesort")
+    sorted_scores = np.sort(scores, kind="mergesort")
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average_rank = np.repeat(first + (counts + 1) / 2, counts)          # 1-based, ties share their mean
     ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    start = 0
-    for end in range(1, len(scores) + 1):
-        if end == len(scores) or sorted_scores[end] != sorted_scores[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2
-            start = end
+    ranks[scores.argsort(kind="mergesort")] = average_rank
     n_pos, n_neg = positives.sum(), negatives.sum()
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

@@ -9,6 +9,7 @@ import torch
 
 from .data import walk_files
 from .errors import UserError
+from .gradcam import Explanation, frame_or_reason, full_heatmap, grad_cam
 from .extract import decode_clean, prefetch
 from .fsutil import display_path, load_tensors
 from .progress import progress
@@ -68,6 +69,31 @@ class Predictor:
             logits = self.model(x).float()
         return self.model.probabilities(logits).cpu()
 
+    def explain(self, inputs: list, target: str | None = None) -> tuple[list[Explanation], list[tuple[str, str]]]:
+        """Grad-CAM maps (gradcam.py) of the readable inputs, for the class `target` or else each
+        one's predicted class, and (name, reason) for the inputs that could not be read."""
+        if target is not None and target not in self.classes:
+            raise UserError(f"--class: received {target!r}; allowed: one of the model's classes {self.classes}")
+        explanations, rejected = [], []
+        names = [_name(source, i) for i, source in enumerate(inputs)]
+        for start in range(0, len(inputs), self.batch_size):
+            framed = [(name, *frame_or_reason(source, self.preprocessing))
+                      for name, source in zip(names[start:start + self.batch_size], inputs[start:start + self.batch_size])]
+            rejected += [(name, reason) for name, _, reason in framed if reason]
+            good = [(name, item) for name, item, _ in framed if item is not None]
+            if not good:
+                continue
+            views = torch.stack([item.view for _, item in good])
+            probabilities = self.probabilities(views)
+            targets = [self.classes.index(target) if target else int(row.argmax()) for row in probabilities]
+            maps = grad_cam(self.model, self.runtime, views, self.preprocessing, targets)
+            for (name, item), row, chosen, cam in zip(good, probabilities, targets, maps):
+                explanations.append(Explanation(
+                    name, self.classes[int(row.argmax())], self.classes[chosen],
+                    {c: float(v) for c, v in zip(self.classes, row)}, full_heatmap(cam, item),
+                    item.image.permute(1, 2, 0).numpy(), item.box))
+        return explanations, rejected
+
     def _classify(self, paths, views) -> list[Prediction]:
         probs = self.probabilities(torch.stack(views))
         return [Prediction(path, self.classes[int(row.argmax())], {c: float(v) for c, v in zip(self.classes, row)})
@@ -115,4 +141,4 @@ def load(run: str | Path, device: str = "auto", precision: str = "auto") -> Pred
     return Predictor(run, device=device, precision=precision)
 
 
-__all__ = ["Prediction", "Predictor", "expand_paths", "load"]
+__all__ = ["Explanation", "Prediction", "Predictor", "expand_paths", "load"]

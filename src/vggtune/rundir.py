@@ -2,23 +2,54 @@
 
 `config.yaml` (the resolved config), `metrics.jsonl` (one line per epoch), `metrics.json`,
 `model.safetensors` + `model.json`, `rejected.csv`, `near_duplicates.csv`, `splits.json`,
+`predictions.csv` (each val and test image's probabilities), `report.html`, `README.md` (the model card),
 and `state/` (per-stage checkpoints and the int8 calibration) while a run can be resumed.
 Every file is written under a temporary name and renamed (fsutil.atomic_file).
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from . import data
 from .config import TrainConfig, load_config, save_config
 from .errors import UserError
-from .fsutil import atomic_write_json, atomic_write_text, display_path, remove_stale_temporaries, save_tensors
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, display_path, remove_stale_temporaries, save_tensors
 from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One scored image: its split, path, true class and the probability of each class."""
+    split: str
+    path: str
+    label: str
+    probabilities: list[float]
+
+
+def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["split", "path", "label", "predicted", *classes])
+    for row in rows:
+        predicted = classes[max(range(len(classes)), key=row.probabilities.__getitem__)]
+        writer.writerow([row.split, row.path, row.label, predicted, *(f"{p:.9g}" for p in row.probabilities)])
+    # A file name that is not UTF-8 is written as its bytes, so that it reads back as the same path.
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+
+
+def read_predictions(path: Path, classes: list[str]) -> list[PredictionRow]:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        return [PredictionRow(row["split"], row["path"], row["label"], [float(row[c]) for c in classes])
+                for row in csv.DictReader(handle)]
 
 
 class RunDir:
@@ -77,8 +108,27 @@ class RunDir:
     def write_history(self, rows: list[dict]) -> None:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
 
-    def write_metrics(self, results: dict, timing: dict) -> None:
-        atomic_write_json(self.path / "metrics.json", {**results, "timing": timing})
+    def write_metrics(self, results: dict, timing: dict, environment: dict | None = None) -> None:
+        atomic_write_json(self.path / "metrics.json", {**results, "timing": timing,
+                                                      **({"environment": environment} if environment else {})})
+
+    def write_predictions(self, classes: list[str], rows: list[tuple]) -> None:
+        """rows: (split, path, true class, probabilities) of each scored image."""
+        write_predictions(self.path / "predictions.csv", classes, [PredictionRow(*row) for row in rows])
+
+    def read(self, name: str):
+        """A run file as data (JSON, JSON lines, CSV rows, YAML), or None where the run has none."""
+        path = self.path / name
+        if not path.is_file():
+            return None
+        text = path.read_text()
+        if name.endswith(".jsonl"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if name.endswith(".csv"):
+            return list(csv.DictReader(io.StringIO(text)))
+        if name.endswith(".yaml"):
+            return yaml.safe_load(text)
+        return json.loads(text)
 
     def save_model(self, model: torch.nn.Module, spec: ModelSpec) -> None:
         save_tensors(self.path / "model.safetensors", model.state_dict())

@@ -37,6 +37,18 @@ class Runtime:
             return "int8"
         return "bf16" if self.bf16 else "fp32"
 
+    def processor(self) -> str:
+        """The GPU's name, or the CPU's model name and core count as /proc/cpuinfo gives them."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        try:
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
+        except OSError:
+            import platform
+            return platform.processor() or platform.machine()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        return f"{names[0]} ({len(names)} cores)" if names else "unknown CPU"
+
     def describe(self) -> str:
         trainable = "bf16" if self.bf16 else "fp32"
         if self.int8:

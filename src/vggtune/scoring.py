@@ -33,8 +33,13 @@ class Scorer:
 
     def probabilities(self, source, labels: torch.Tensor, cut: str) -> tuple[np.ndarray, np.ndarray]:
         """(labels, class probabilities) of a split's clean views, from features at `cut`."""
+        _, kept_labels, probabilities = self.scored(source, labels, cut)
+        return kept_labels, probabilities
+
+    def scored(self, source, labels: torch.Tensor, cut: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions in the split, their labels, class probabilities) of the views that could be read."""
         self.model.eval()
-        all_probs, all_labels = [], []
+        all_positions, all_probs = [], []
         with torch.inference_mode():
             for start in range(0, len(labels), self.batch_size):
                 positions = list(range(start, min(start + self.batch_size, len(labels))))
@@ -44,10 +49,14 @@ class Scorer:
                 with self.runtime.autocast():
                     logits = self.model.from_features(self.runtime.to_input(x), cut).float()
                 all_probs.append(self.model.probabilities(logits).cpu().numpy())
-                all_labels.append(labels[kept].numpy())
+                all_positions += kept
         if not all_probs:
-            return np.zeros(0, np.int64), np.zeros((0, len(self.classes)))
-        return np.concatenate(all_labels), np.concatenate(all_probs)
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, len(self.classes)))
+        positions = np.asarray(all_positions, dtype=np.int64)
+        return positions, labels[positions].numpy(), np.concatenate(all_probs)
 
     def metrics(self, source, labels: torch.Tensor, cut: str) -> dict:
-        return classification_metrics(*self.probabilities(source, labels, cut), self.classes)
+        return self.summary(*self.probabilities(source, labels, cut))
+
+    def summary(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+        return classification_metrics(labels, probabilities, self.classes)

@@ -31,6 +31,7 @@ class Run:
     sources: Sources
     labels: dict[str, torch.Tensor]                # split -> labels of the kept items
     rejected: list[tuple[str, str]]                # files the scan could not use (the sources add theirs)
+    weights_source: str = ""                       # where the pretrained weights were loaded from
     timing: dict = field(default_factory=dict)
     histories: dict = field(default_factory=dict)
 
@@ -78,7 +79,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     _write_data_reports(folder, splits, splits.rejected + sources.rejected)
     folder.write_splits(splits.classes, sources.kept)
     labels = {name: torch.tensor([i.label for i in items], dtype=torch.long) for name, items in sources.kept.items()}
-    return Run(config, folder, model, runtime, spec, sources, labels, splits.rejected, timing)
+    return Run(config, folder, model, runtime, spec, sources, labels, splits.rejected, loaded.source, timing)
 
 
 def _write_data_reports(folder: RunDir, splits: data.Splits, rejected: list[tuple[str, str]]) -> None:

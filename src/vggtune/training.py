@@ -60,21 +60,50 @@ def scorer(run: Run) -> Scorer:
 
 
 def finish(run: Run, cut: str) -> dict:
-    """Scores the final model on the validation and test splits, then saves it with its metrics."""
-    results = {}
+    """Scores the final model on the validation and test splits, then saves it with its metrics,
+    each image's probabilities (predictions.csv), the report and the model card."""
+    results, predictions = {}, []
+    classes = list(run.spec.classes)
     for split in ("val", "test"):
         if len(run.labels[split]):
             started = time.perf_counter()
-            results[split] = scorer(run).metrics(run.sources.by_cut[cut][split], run.labels[split], cut)
+            positions, labels, probabilities = scorer(run).scored(run.sources.by_cut[cut][split], run.labels[split], cut)
+            results[split] = scorer(run).summary(labels, probabilities)
+            items = run.sources.kept[split]
+            predictions += [(split, items[p].path, classes[label], row.tolist())
+                            for p, label, row in zip(positions, labels, probabilities)]
             run.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
     if run.sources.damaged_shards:
         run.timing["damaged_cache_shards"] = run.sources.damaged_shards
     run.folder.write_rejected(run.rejected + run.sources.rejected)      # --no-cache: files lost mid-run
     run.folder.save_model(run.model, run.spec)
-    run.folder.write_metrics(results, run.timing)
+    run.folder.write_predictions(classes, predictions)
+    run.folder.write_metrics(results, run.timing, environment(run))
     if not run.config.keep_state:
         run.folder.remove_state()
+    if not run.config.no_report:
+        write_documents(run.folder.path)
     return results
+
+
+def environment(run: Run) -> dict:
+    """What a reader of the results needs to reproduce them: versions, device, precision, cache use."""
+    import platform
+    import torchvision
+    from . import __version__
+    return {"vggtune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "device": run.runtime.describe(),
+            "processor": run.runtime.processor(), "weights": run.spec.weights, "weights_source": run.weights_source,
+            "precision": run.runtime.precision, "feature_cache": run.sources.reuse}
+
+
+def write_documents(folder) -> None:
+    """report.html and README.md (the model card); a failure here leaves the trained run intact."""
+    try:
+        from .reportpage import write_documents as write
+        write(folder)
+    except Exception as exc:        # noqa: BLE001 - the model and metrics are saved; say what went wrong
+        say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")
 
 
 def run_stage(run: Run, stage: Stage) -> None:

@@ -29,9 +29,18 @@ def normalise(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 def eval_view(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     """The clean view: resize the shorter side, centre crop; uint8 CHW."""
-    x = F.pil_to_tensor(image)
-    x = F.resize(x, [prep.resize], antialias=True)
-    return F.center_crop(x, [prep.size, prep.size])
+    return F.center_crop(resized(image, prep), [prep.size, prep.size])
+
+
+def resized(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """The whole image with its shorter side at `prep.resize`, before the crop; uint8 CHW."""
+    return F.resize(F.pil_to_tensor(image), [prep.resize], antialias=True)
+
+
+def centre_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centre crop of a height x width image, as center_crop takes it."""
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return left, top, left + size, top + size
 
 
 def train_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, seed: int) -> torch.Tensor:

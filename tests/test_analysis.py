@@ -1,0 +1,53 @@
+"""The report's numbers: bootstrap intervals, curves, calibration, most-confused pairs."""
+import numpy as np
+import pytest
+
+from vggtune import analysis
+from vggtune.metrics import classification_metrics, roc_auc
+
+
+def test_intervals_hold_the_estimate_and_narrow_with_more_images():
+    rng = np.random.default_rng(0)
+    def draw(n):
+        labels = rng.integers(0, 2, n)
+        p = np.clip(labels * 0.4 + rng.normal(0.3, 0.25, n), 0.01, 0.99)
+        return labels, np.stack([1 - p, p], 1)
+    small, large = draw(60), draw(2000)
+    small_bounds, large_bounds = analysis.intervals(*small, ["a", "b"]), analysis.intervals(*large, ["a", "b"])
+    estimate = classification_metrics(*large, ["a", "b"])
+    for key in ("accuracy", "f1", "roc_auc", "log_loss"):
+        assert large_bounds[key][0] <= estimate[key] <= large_bounds[key][1], key
+        width = lambda bounds: bounds[key][1] - bounds[key][0]  # noqa: E731
+        assert 0 < width(large_bounds) < width(small_bounds), key
+
+
+def test_roc_curve_area_is_roc_auc_and_pr_curve_ends_at_full_recall():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(labels * 0.3 + rng.random(300), 1)          # many ties
+    fpr, tpr = analysis.roc_curve(labels, scores)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(labels, scores))
+    recall, precision, average = analysis.pr_curve(labels, scores)
+    assert recall[-1] == 1 and precision[-1] == pytest.approx(labels.mean()) and 0 < average <= 1
+
+
+def test_reliability_is_zero_for_calibrated_and_large_for_overconfident():
+    confidence = np.repeat(np.linspace(0.55, 0.95, 5), 1000)
+    correct = np.concatenate([np.arange(1000) < round(c * 1000) for c in np.linspace(0.55, 0.95, 5)])
+    probabilities = np.stack([confidence, 1 - confidence], 1)
+    labels = np.where(correct, 0, 1)
+    assert analysis.reliability(labels, probabilities)["ece"] < 0.01
+    overconfident = np.stack([np.full(1000, 0.99), np.full(1000, 0.01)], 1)
+    result = analysis.reliability(np.r_[np.zeros(500), np.ones(500)].astype(int), overconfident)
+    assert result["ece"] == pytest.approx(0.49) and result["bins"][-1]["count"] == 1000
+
+
+def test_most_confused_pairs_largest_first():
+    confusion = [[5, 3, 0], [1, 7, 4], [0, 0, 9]]
+    assert analysis.most_confused(confusion, ["a", "b", "c"]) == [("b", "c", 4), ("a", "b", 3), ("b", "a", 1)]
+
+
+def test_image_losses_are_the_cross_entropy_of_the_true_class():
+    losses = analysis.image_losses([0, 1], [[0.9, 0.1], [0.9, 0.1]])
+    assert losses == pytest.approx([-np.log(0.9), -np.log(0.1)])

@@ -1,0 +1,205 @@
+"""report.html, the model card and Grad-CAM, on tiny runs: every section, images that decode, the
+top losses naming the files the metrics call wrong, maps with the input's aspect."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import vggtune
+from vggtune import cli, training
+from vggtune.gradcam import grad_cam
+from vggtune.rundir import RunDir, read_predictions
+
+from badfiles import write_unusable
+from conftest import quick_config, synthetic_image, tiny_weights_for_module
+from test_golden import noisy_image
+
+SECTIONS = ("verdict", "curves", "confusion", "calibration", "top-losses", "data", "run")
+
+
+def noisy_dataset(root: Path, classes=("cat", "dog"), per_class: int = 30) -> Path:
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            noisy_image(label, i).save(root / name / f"{name}.{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A two-class run on noisy images (it makes mistakes) and a three-class run, tiny weights."""
+    root = tmp_path_factory.mktemp("report-runs")
+    with tiny_weights_for_module(root / "home"):
+        two = noisy_dataset(root / "two")
+        three = noisy_dataset(root / "three", ("cat", "dog", "fox"), 20)
+        training.fit(quick_config(two, root / "run2", precision="fp32", epochs=4, patience=0,
+                                  val_split=0.2, test_split=0.3))
+        training.fit(quick_config(three, root / "run3", precision="fp32"))
+        yield {"two": root / "run2", "three": root / "run3", "data3": three, "root": root}
+
+
+def sections(page: str) -> list[str]:
+    return re.findall(r"<section id='([^']+)'>", page)
+
+
+def inline_images(page: str) -> list[Image.Image]:
+    images = []
+    for mime, data in re.findall(r"src='data:(image/[a-z]+);base64,([^']+)'", page):
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+        images.append(image)
+    return images
+
+
+@pytest.mark.parametrize("which", ["two", "three"])
+def test_report_has_every_section_in_order_and_its_images_decode(runs, which):
+    page = (runs[which] / "report.html").read_text()
+    assert sections(page) == list(SECTIONS)
+    images = inline_images(page)
+    assert len(images) >= 5 and all(image.width > 0 and image.height > 0 for image in images)
+    assert not re.search(r"(src|href)=['\"](?!data:)", page), "the report must not refer to other files"
+    assert "Expected calibration error" in page and "95% interval" in page
+    binary = which == "two"
+    assert ("alt='ROC and PR curves'" in page) == binary      # ROC and PR only for two classes
+
+
+def test_top_losses_name_the_files_the_metrics_call_wrong(runs):
+    run = runs["two"]
+    rows = [row for row in read_predictions(run / "predictions.csv", ["cat", "dog"]) if row.split == "test"]
+    wrong = {row.path for row in rows if ["cat", "dog"][int(np.argmax(row.probabilities))] != row.label}
+    metrics = RunDir(run).read("metrics.json")["test"]
+    assert len(wrong) == metrics["n"] - round(metrics["accuracy"] * metrics["n"]) and 0 < len(wrong) <= 12
+    page = (run / "report.html").read_text()
+    shown = set(re.findall(r"<figure class='tile wrong' data-path='([^']+)'", page))
+    assert shown == wrong
+    unsure = re.findall(r"<figure class='tile unsure' data-path='([^']+)'", page)
+    assert unsure and not set(unsure) & wrong
+
+
+def test_model_card_has_the_hugging_face_layout(runs):
+    card = (runs["three"] / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "vggtune" and front["pipeline_tag"] == "image-classification"
+    accuracy = front["model-index"][0]["results"][0]["metrics"][0]
+    assert accuracy["type"] == "accuracy" and 0 <= accuracy["value"] <= 1
+    for heading in ("## Model description", "## Intended uses and limitations", "## Training data",
+                    "## Training procedure", "## Evaluation results", "## How to use"):
+        assert heading in card
+    assert "95% interval" in card and "vggtune.load(" in card
+
+
+def test_gradcam_has_the_inputs_aspect_and_is_not_constant(runs, tmp_path):
+    image = synthetic_image(1, 3, size=(90, 60))              # 3:2, wider than tall
+    path = tmp_path / "wide.png"
+    image.save(path)
+    predictor = vggtune.load(runs["two"])
+    explanations, rejected = predictor.explain([str(path), b"not an image"])
+    assert [name for name, _ in rejected] == ["<bytes 1>"]
+    heatmap = explanations[0].heatmap
+    height, width = heatmap.shape
+    assert abs(width / height - 90 / 60) < 0.05 and explanations[0].image.shape[:2] == heatmap.shape
+    left, top, right, bottom = explanations[0].box
+    inside = heatmap[top:bottom, left:right]
+    assert inside.std() > 0 and inside.max() == pytest.approx(1.0) and heatmap[:, :left].max() == 0
+    overlay = explanations[0].overlay()
+    assert overlay.size == (width, height)
+
+
+def test_gradcam_of_the_sigmoid_head_explains_the_named_class(runs):
+    """Negating the one output unit swaps the classes: the map for class 0 must become the map for
+    class 1 of the negated model, and differ from the map for class 1 of the original."""
+    predictor = vggtune.load(runs["two"], precision="fp32")
+    views = torch.stack([torch.from_numpy(np.array(noisy_image(label, 40).resize((32, 32)))).permute(2, 0, 1)
+                         for label in (0, 1)])
+    model, runtime, prep = predictor.model, predictor.runtime, predictor.preprocessing
+    for_cat = grad_cam(model, runtime, views, prep, [0, 0])
+    for_dog = grad_cam(model, runtime, views, prep, [1, 1])
+    with torch.no_grad():
+        model.head.out.weight.neg_()
+        model.head.out.bias.neg_()
+    negated_for_dog = grad_cam(model, runtime, views, prep, [1, 1])
+    assert np.allclose(for_cat, negated_for_dog, atol=1e-5)
+    assert not np.allclose(for_cat, for_dog, atol=1e-3)
+
+
+def test_explain_command_writes_overlays_and_names_what_it_skipped(runs, tmp_path, capsys):
+    good = tmp_path / "fox.png"
+    synthetic_image(2, 5).save(good)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    status = cli.main(["explain", str(runs["three"]), str(good), str(bad), "--class", "fox", "--out", str(tmp_path / "maps")])
+    out, err = capsys.readouterr()
+    assert status == 1 and "broken.jpg" in err and "map for fox" in out
+    png = Image.open(tmp_path / "maps" / "fox.gradcam.png")
+    assert png.size[0] > 0
+    assert cli.main(["explain", str(runs["three"]), str(good), "--class", "wolf"]) == 2
+    assert "allowed" in capsys.readouterr().err
+
+
+def test_evaluate_on_another_folder_reports_it_with_its_unreadable_files(runs, tmp_path):
+    folder = tmp_path / "other"
+    for label, name in enumerate(("cat", "dog", "fox")):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            synthetic_image(label, 100 + i).save(folder / name / f"{name}.{i}.jpg")
+    write_unusable(folder / "dog", np.random.default_rng(0))
+    assert cli.main(["evaluate", str(runs["three"]), "--data", str(folder), "--output", str(tmp_path / "e.json")]) == 0
+    page = (tmp_path / "e.html").read_text()
+    assert sections(page) == list(SECTIONS)
+    assert re.search(r"<h3>Evaluated: [^<]*other</h3>", page)
+    assert "Unreadable in" in page and "every file and why" in page
+    rows = read_predictions(tmp_path / "e.predictions.csv", ["cat", "dog", "fox"])
+    assert len(rows) == 12
+
+
+def test_report_command_rewrites_report_and_card_and_refuses_a_non_run(runs, tmp_path, capsys):
+    out = tmp_path / "again.html"
+    assert cli.main(["report", str(runs["two"]), "--out", str(out)]) == 0
+    assert sections(out.read_text()) == list(SECTIONS)
+    assert "model card" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "no model.json" in capsys.readouterr().err
+
+
+def test_a_run_without_held_out_images_still_gets_a_report(runs, tiny_weights, tmp_path):
+    training.fit(quick_config(runs["data3"], tmp_path / "run", val_split=0.0, test_split=0.0, epochs=1,
+                              finetune_epochs=0))
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "held out no images" in page and sections(page) == ["verdict", "curves", "data", "run"]
+    assert "This run kept no test images" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_no_report_flag_skips_it(runs, tiny_weights, tmp_path):
+    training.fit(quick_config(runs["data3"], tmp_path / "run", epochs=1, finetune_epochs=0, no_report=True))
+    assert not (tmp_path / "run" / "report.html").exists() and not (tmp_path / "run" / "README.md").exists()
+    assert (tmp_path / "run" / "predictions.csv").is_file()
+
+
+def test_report_opens_in_chromium_with_every_image_and_no_network(runs, tmp_path):
+    from browser import chromium, images_loaded, requested_urls, screenshot
+    page = (runs["two"] / "report.html").resolve()
+    with chromium(tmp_path / "profile") as driver:
+        requested_urls(driver)                                   # what the browser did before the page
+        driver.get(page.as_uri())
+        loaded = images_loaded(driver)
+        urls = requested_urls(driver, page.as_uri())
+        shot = screenshot(driver, tmp_path / "report.png")
+    expected = len(re.findall(r"<img ", page.read_text()))
+    assert len(loaded) == expected >= 5
+    assert all(image["complete"] and image["width"] > 0 and image["height"] > 0 for image in loaded), loaded
+    assert urls[0] == page.as_uri() and all(url.startswith(("file:", "data:")) for url in urls), [u[:80] for u in urls]
+    assert Image.open(shot).size[1] > 1000
+
+
+def test_the_api_verbs_stay_functions_after_their_modules_are_imported():
+    import vggtune.gradcam, vggtune.onnxexport, vggtune.reportpage, vggtune.service  # noqa: E401,F401
+    for verb in ("report", "explain", "export", "serve"):
+        assert callable(getattr(vggtune, verb)), verb
