@@ -203,3 +203,12 @@ def test_the_api_verbs_stay_functions_after_their_modules_are_imported():
     import vggtune.gradcam, vggtune.onnxexport, vggtune.reportpage, vggtune.service  # noqa: E401,F401
     for verb in ("report", "explain", "export", "serve"):
         assert callable(getattr(vggtune, verb)), verb
+
+
+def test_an_int8_head_only_run_gets_its_report_and_maps(runs, tiny_weights, tmp_path):
+    """Its int8 blocks reach into block5, the block Grad-CAM needs in float."""
+    training.fit(quick_config(runs["data3"], tmp_path / "run", precision="int8", finetune_epochs=0, epochs=2))
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert sections(page) == list(SECTIONS) and "Grad-CAM of" in page
+    explanations, _ = vggtune.load(tmp_path / "run").explain([synthetic_image(2, 9)])
+    assert explanations[0].heatmap.max() == pytest.approx(1.0)

@@ -80,8 +80,10 @@ def grad_cam(model: Classifier, runtime: Runtime, views: torch.Tensor, prep: Pre
     """(N, size, size) maps in [0, 1] for uint8 views (N, 3, size, size) and each one's target class."""
     model.eval()
     x = runtime.to_input(normalise(views, prep))
+    # The float blocks, also for a model that predicts through int8 ones: those may reach into the
+    # last block (a head-only int8 run), and the map needs its float activations and gradients.
     with torch.no_grad(), runtime.autocast():
-        features = model.features(x, cut_before((LAST_BLOCK,))).float()
+        features = model.backbone.run(x, upto=cut_before((LAST_BLOCK,))).float()
     block = getattr(model.backbone, LAST_BLOCK)
     last_relu = f"relu{len(model.backbone.widths[LAST_BLOCK])}"
     with torch.enable_grad():
