@@ -81,6 +81,19 @@ def test_health_and_info_describe_the_model(client, run):
     assert "<input id=\"file\" type=\"file\"" in client.get("/").text
 
 
+def test_explain_answers_with_the_label_and_a_gradcam_png(client):
+    import base64
+    import io
+    from PIL import Image
+    answer = client.post("/explain", files=[("files", ("fox.jpg", jpeg_bytes(2, 3), "image/jpeg"))])
+    assert answer.status_code == 200 and answer.json()["file"] == "fox.jpg"
+    overlay = answer.json()["overlay"]
+    assert overlay.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(overlay.split(",", 1)[1]))).size[0] > 0
+    bad = client.post("/explain", content=b"GIF89a broken", headers={"content-type": "image/gif"})
+    assert bad.status_code == 422 and bad.json()["error"]
+
+
 def test_hostile_uploads_get_a_4xx_with_a_reason_and_the_service_goes_on(client, tmp_path):
     corpus = make_corpus(tmp_path / "corpus", good_per_class=2, copies=2)
     # Every unusable kind that is bytes (not a broken link, not a good image in the wrong place).

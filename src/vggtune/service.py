@@ -19,7 +19,6 @@ import torch
 
 from . import __version__
 from .errors import UserError
-from .gradcam import frame_or_reason
 from .extract import decode_clean
 from .fsutil import display_path, file_digest
 from .predict import Predictor
@@ -121,10 +120,9 @@ class Model:
 
     def overlay_png(self, data: bytes) -> bytes:
         import io
-        framed, reason = frame_or_reason(data, self.predictor.preprocessing)
-        if reason:
-            raise BadUpload(422, reason)
-        explanations, _ = self.predictor.explain([data])
+        explanations, rejected = self.predictor.explain([data])
+        if rejected:
+            raise BadUpload(422, rejected[0][1])
         buffer = io.BytesIO()
         explanations[0].overlay().save(buffer, format="PNG")
         return buffer.getvalue()

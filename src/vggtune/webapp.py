@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from . import __version__
 from .service import RAW_TYPES, BadUpload, Batcher, Model, ServeConfig, authorised, token_from
 
 log = logging.getLogger("vggtune.serve")
@@ -41,7 +42,7 @@ def create_app(config: ServeConfig, load=Model):
         yield
         task.cancel()
 
-    app = FastAPI(title="vggtune", version=__import__("vggtune").__version__, lifespan=lifespan,
+    app = FastAPI(title="vggtune", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
 
     @app.middleware("http")
