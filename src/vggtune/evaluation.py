@@ -13,7 +13,7 @@ from .errors import UserError
 from .fsutil import atomic_write_json, display_path
 from .metrics import classification_metrics
 from .predict import Predictor
-from .rundir import PredictionRow, read_predictions, write_predictions
+from .rundir import PredictionRow, RunDir, read_predictions, write_predictions
 
 TEST_SPLIT = "test split of the run"
 VAL_SPLIT = "validation split of the run (it kept no test split)"
@@ -86,9 +86,8 @@ def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
     run held out neither. A run made before predictions.csv existed is scored again on its test split."""
     path, classes = Path(run) / "predictions.csv", predictor.classes
     if not path.is_file():
-        splits = Path(run) / "splits.json"
-        held_out = splits.is_file() and json.loads(splits.read_text()).get("test")
-        return score(predictor, Path(run)) if held_out else None
+        splits = RunDir(run).read("splits.json") or {}
+        return score(predictor, Path(run)) if splits.get("test") else None
     rows = read_predictions(path, classes)
     for split, name in (("test", TEST_SPLIT), ("val", VAL_SPLIT)):
         chosen = [row for row in rows if row.split == split]

@@ -28,6 +28,7 @@ from .evaluation import labelled_files
 from .extract import decode_clean
 from .fsutil import atomic_path, atomic_write_json, display_path, load_tensors
 from .progress import say
+from .rundir import RunDir
 from .runtime import choose_runtime
 from .spec import ModelSpec, build_classifier
 
@@ -151,7 +152,7 @@ def _quantize(path: Path, run: Path, spec: ModelSpec) -> None:
     """Static int8 (QDQ, per-channel weights) calibrated on the run's training images."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    train = [row["path"] for row in json.loads((run / "splits.json").read_text())["train"]]
+    train = [row["path"] for row in RunDir(run).read("splits.json")["train"]]
     step = max(1, len(train) // CALIBRATION_IMAGES)
     images, _ = _views(train[::step][:CALIBRATION_IMAGES], spec)
 
@@ -213,5 +214,4 @@ def check(path: Path, graph: ExportGraph, images: np.ndarray, precision: str, ru
 
 
 def _run_accuracy(run: Path) -> float:
-    metrics = json.loads((run / "metrics.json").read_text())
-    return float(metrics["test"]["accuracy"])
+    return float(RunDir(run).read("metrics.json")["test"]["accuracy"])

@@ -63,12 +63,12 @@ def finish(run: Run, cut: str) -> dict:
     """Scores the final model on the validation and test splits, then saves it with its metrics,
     each image's probabilities (predictions.csv), the report and the model card."""
     results, predictions = {}, []
-    classes = list(run.spec.classes)
+    classes, final = list(run.spec.classes), scorer(run)
     for split in ("val", "test"):
         if len(run.labels[split]):
             started = time.perf_counter()
-            positions, labels, probabilities = scorer(run).scored(run.sources.by_cut[cut][split], run.labels[split], cut)
-            results[split] = scorer(run).summary(labels, probabilities)
+            positions, labels, probabilities = final.scored(run.sources.by_cut[cut][split], run.labels[split], cut)
+            results[split] = final.summary(labels, probabilities)
             items = run.sources.kept[split]
             predictions += [(split, items[p].path, classes[label], row.tolist())
                             for p, label, row in zip(positions, labels, probabilities)]

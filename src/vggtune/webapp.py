@@ -76,9 +76,11 @@ def create_app(config: ServeConfig, load=Model):
             raise BadUpload(503, "the model is still loading" if not state["error"] else state["error"])
         return state["model"]
 
+    page_html = resources.files("vggtune").joinpath("page.html").read_text()      # read once, served often
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return resources.files("vggtune").joinpath("page.html").read_text()
+        return page_html
 
     @app.get("/health")
     async def health():
