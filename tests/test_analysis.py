@@ -51,3 +51,13 @@ def test_most_confused_pairs_largest_first():
 def test_image_losses_are_the_cross_entropy_of_the_true_class():
     losses = analysis.image_losses([0, 1], [[0.9, 0.1], [0.9, 0.1]])
     assert losses == pytest.approx([-np.log(0.9), -np.log(0.1)])
+
+
+def test_mcnemar_counts_only_the_discordant_images():
+    from vggtune.analysis import mcnemar
+    a = [True] * 90 + [False] * 10
+    b = [True] * 80 + [False] * 10 + [True] * 2 + [False] * 8      # a alone right on 10, b alone on 2
+    result = mcnemar(a, b)
+    assert (result["only_a"], result["only_b"]) == (10, 2)
+    assert result["p"] == pytest.approx(0.03857, abs=1e-4)        # 2 * P(X <= 2), X ~ Binomial(12, 1/2)
+    assert mcnemar(a, a)["p"] == 1.0

@@ -105,3 +105,14 @@ def headline(labels, probabilities, classes: list[str]) -> list[tuple[str, str, 
             ("roc_auc", "ROC AUC", result.get("roc_auc"), bounds.get("roc_auc")),
             ("log_loss", "log loss", result["log_loss"], bounds.get("log_loss"))]
     return [row for row in rows if row[2] is not None]
+
+
+def mcnemar(correct_a, correct_b) -> dict:
+    """Exact McNemar test of two classifiers scored on the same images: only the images one of them gets
+    right and the other wrong count; p is two-sided, from the binomial distribution with p = 1/2."""
+    from math import comb
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p": p}

@@ -15,8 +15,9 @@ from .rundir import RunDir
 def train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> dict:
     """Train on a folder of labelled images; returns {'val': metrics, 'test': metrics}.
 
-    Options are the `vggtune train` flags with underscores: epochs, finetune_epochs,
-    finetune_blocks, lr, finetune_lr, batch_size, size, head, hidden, dropout, views,
+    Options are the `vggtune train` flags with underscores: recipe ("vggtune", or "classic"
+    for the textbook recipe; the options given beside it win), epochs, finetune_epochs,
+    finetune_blocks, lr, finetune_lr, batch_size, size, head, hidden, dropout, views, tta, calibrate,
     val_split, test_split, seed, patience, precision, device, no_cache, quiet, val_data,
     test_data, weights, augment (an AugmentConfig or a dict). With `resume=True` the run in
     `out` continues with the config saved in it (only `quiet` may be given).
@@ -28,8 +29,24 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     elif not data:
         raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
     else:
-        config = TrainConfig(data=str(data), out=str(out), **options)
+        config = TrainConfig.from_recipe(data=str(data), out=str(out), **options)
     return fit(config, resume=resume)
+
+
+def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
+    """Cross-validation: the recipe (`train`'s options) trained on each of `folds` folds in out/fold-K, scored
+    on the images each left out; returns cv.json's content (per fold, and pooled with 95 % intervals).
+    Folds share the feature cache; finished folds are kept, so a stopped run continues."""
+    from .crossval import cross_validate
+    if not data:
+        raise UserError("cv: no DATA folder given; allowed: vggtune cv FOLDER [--folds 5] [--out RUN]")
+    return cross_validate(TrainConfig.from_recipe(data=str(data), out=str(out), **options), folds)
+
+
+def cv_text(result: dict) -> list[str]:
+    """cv.json's content as the lines the command line prints."""
+    from .crossval import summary_lines
+    return summary_lines(result)
 
 
 def evaluate(run: str, data: str | None = None, output: str | None = None, **options) -> dict:
@@ -120,6 +137,6 @@ def metrics_text(result: dict) -> list[str]:
     return summary_lines(result) + confusion_table(result).splitlines()
 
 
-__all__ = ["train", "evaluate", "report", "explain", "export", "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
+__all__ = ["train", "cv", "cv_text", "evaluate", "report", "explain", "export", "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
            "check_data", "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache",
            "metrics_text"]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .config import AugmentConfig
+from .transforms import CLEAN, MIRROR
 from .errors import UserError
 from .fsutil import atomic_file, atomic_write_json, display_path, file_digest, remove_stale_temporaries
 
@@ -55,8 +56,12 @@ class FeatureKey:
 
 
 def entry_name(sha256: str, view: int, aug: AugmentConfig) -> str:
-    """The clean view does not depend on the augmentation settings, so it is shared."""
-    return f"{sha256}/clean" if view == 0 else f"{sha256}/{aug.digest()}-{view}"
+    """The clean view and its mirror image do not depend on the augmentation settings, so they are shared."""
+    if view == CLEAN:
+        return f"{sha256}/clean"
+    if view == MIRROR:
+        return f"{sha256}/clean-mirror"
+    return f"{sha256}/{aug.digest()}-{view}"
 
 
 class FeatureCache:

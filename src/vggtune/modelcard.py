@@ -72,15 +72,23 @@ def _training_data(folder: RunDir, spec: ModelSpec) -> str:
 
 
 def _procedure(config: dict, spec: ModelSpec) -> str:
-    keys = ("epochs", "finetune_epochs", "finetune_blocks", "lr", "finetune_lr", "batch_size", "size", "head",
-            "hidden", "dropout", "views", "patience", "seed", "precision")
+    keys = ("recipe", "epochs", "finetune_epochs", "finetune_blocks", "lr", "finetune_lr", "batch_size", "size", "head",
+            "hidden", "dropout", "views", "tta", "calibrate", "patience", "seed", "precision")
     rows = "".join(f"| {key} | {config.get(key)} |\n" for key in keys if key in config)
     augment = ", ".join(f"{k} {v}" for k, v in (config.get("augment") or {}).items())
     return ("## Training procedure\n\n"
             "Adam; binary cross-entropy on one sigmoid unit for two classes, cross-entropy otherwise; each stage "
             "keeps the epoch with the lowest validation loss and stops early after `patience` epochs without a "
-            f"better one. Computed in {spec.precision}. Augmentation of the cached training views: {augment}.\n\n"
+            f"better one. Computed in {spec.precision}. Augmentation of the cached training views: {augment}. "
+            f"Scoring: {_scoring(spec)}.\n\n"
             f"| hyperparameter | value |\n|---|---|\n{rows}")
+
+
+def _scoring(spec: ModelSpec) -> str:
+    views = "the mean of the image's and its mirror image's probabilities" if spec.tta else "the centre crop alone"
+    scale = (f"logits divided by a temperature of {spec.temperature:.3f} fitted on the validation split"
+             if spec.temperature != 1.0 else "logits as trained")
+    return f"{views}; {scale}"
 
 
 def _scores(evaluated: Evaluated) -> list[tuple[str, str, float, tuple | None]]:

@@ -55,7 +55,7 @@ class ExportGraph(nn.Module):
         x = images.permute(0, 3, 1, 2).to(torch.float32)
         if self.bgr:
             x = x.flip(1)
-        return self.model.probabilities(self.model((x - self.mean) / self.std))
+        return self.model.classify((x - self.mean) / self.std)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ def metadata(spec: ModelSpec, precision: str) -> dict:
     prep = spec.preprocessing
     return {"format": "vggtune-onnx/1", "vggtune": __version__, "classes": list(spec.classes),
             "weights": spec.weights, "precision": precision, "head": spec.head.kind,
+            "temperature": spec.temperature, "tta": spec.tta,
             "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
                       "shape": ["batch", prep.size, prep.size, 3],
                       "resize": prep.resize, "crop": prep.size,

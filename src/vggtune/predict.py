@@ -66,8 +66,7 @@ class Predictor:
         """Class probabilities for a batch of uint8 RGB clean views (N, 3, size, size)."""
         x = self.runtime.to_input(normalise(images, self.preprocessing))
         with torch.inference_mode(), self.runtime.autocast():
-            logits = self.model(x).float()
-        return self.model.probabilities(logits).cpu()
+            return self.model.classify(x).cpu()
 
     def explain(self, inputs: list, target: str | None = None) -> tuple[list[Explanation], list[tuple[str, str]]]:
         """Grad-CAM maps (gradcam.py) of the readable inputs, for the class `target` or else each

@@ -9,6 +9,7 @@ import torch
 from .metrics import classification_metrics
 from .model import Classifier
 from .runtime import Runtime
+from .transforms import EVAL_VIEWS
 
 
 @dataclass
@@ -37,26 +38,69 @@ class Scorer:
         return kept_labels, probabilities
 
     def scored(self, source, labels: torch.Tensor, cut: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions in the split, their labels, class probabilities) of the views that could be read."""
+        """(positions in the split, their labels, class probabilities) of the images that could be read;
+        the probabilities are the model's (temperature, and with `tta` the mean over both views)."""
+        positions, logits = self.view_logits(source, len(labels), cut)
+        return positions, labels[positions].numpy(), self.combine(logits)
+
+    def combine(self, view_logits: np.ndarray) -> np.ndarray:
+        """Class probabilities from logits (view, image, output): the clean view's, or with `tta` the
+        mean over the views, each at the model's temperature."""
+        views = view_logits if self.model.tta else view_logits[:1]
+        with torch.no_grad():
+            probabilities = torch.stack([self.model.probabilities(torch.from_numpy(v)) for v in views]).mean(0)
+        return probabilities.numpy().reshape(-1, len(self.classes))
+
+    def view_logits(self, source, n_items: int, cut: str) -> tuple[np.ndarray, np.ndarray]:
+        """(positions that could be read, logits (view, position, output)) of the source's clean view and,
+        where it holds it, its mirror image."""
+        slots = [slot for slot, view in enumerate(source.view_ids) if view in EVAL_VIEWS]
         self.model.eval()
-        all_positions, all_probs = [], []
+        all_positions, all_logits = [], []
         with torch.inference_mode():
-            for start in range(0, len(labels), self.batch_size):
-                positions = list(range(start, min(start + self.batch_size, len(labels))))
-                x, kept = source.batch(positions, [0] * len(positions))
-                if not kept:
-                    continue
-                with self.runtime.autocast():
-                    logits = self.model.from_features(self.runtime.to_input(x), cut).float()
-                all_probs.append(self.model.probabilities(logits).cpu().numpy())
-                all_positions += kept
-        if not all_probs:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, len(self.classes)))
-        positions = np.asarray(all_positions, dtype=np.int64)
-        return positions, labels[positions].numpy(), np.concatenate(all_probs)
+            for start in range(0, n_items, self.batch_size):
+                positions = list(range(start, min(start + self.batch_size, n_items)))
+                views = []
+                for slot in slots:
+                    x, kept = source.batch(positions, [slot] * len(positions))
+                    if kept:
+                        with self.runtime.autocast():
+                            logits = self.model.from_features(self.runtime.to_input(x), cut).float().cpu()
+                        views.append(dict(zip(kept, logits)))
+                # A live source can lose a file between its views (deleted mid-run): keep what all views have.
+                kept = [p for p in positions if views and all(p in view for view in views)]
+                if kept and len(views) == len(slots):
+                    all_logits.append(torch.stack([torch.stack([view[p] for p in kept]) for view in views]).numpy())
+                    all_positions += kept
+        if not all_logits:
+            return np.zeros(0, np.int64), np.zeros((len(slots), 0, self.model.head_spec.n_outputs), np.float32)
+        return np.asarray(all_positions, dtype=np.int64), np.concatenate(all_logits, axis=1)
+
+    def fit_temperature(self, view_logits: np.ndarray, labels: np.ndarray) -> float:
+        """The temperature that minimises the log loss of the model's probabilities (`tta` included) on
+        held-out logits (view, image, output): a golden-section search over log T in [1/20, 20]
+        (Guo et al., 2017, "On calibration of modern neural networks"). The model keeps its own temperature."""
+        model, saved, rows = self.model, self.model.temperature, np.arange(len(labels))
+
+        def loss(log_t: float) -> float:
+            model.temperature = float(np.exp(log_t))
+            return float(-np.log(np.clip(self.combine(view_logits)[rows, labels], 1e-7, 1)).mean())
+
+        low, high, ratio = float(np.log(1 / 20)), float(np.log(20)), (np.sqrt(5) - 1) / 2
+        try:
+            for _ in range(60):                   # the bracket shrinks to 1e-12 of its width
+                a, b = high - ratio * (high - low), low + ratio * (high - low)
+                if loss(a) < loss(b):
+                    high = b
+                else:
+                    low = a
+        finally:
+            model.temperature = saved
+        return round(float(np.exp((low + high) / 2)), 6)
 
     def metrics(self, source, labels: torch.Tensor, cut: str) -> dict:
         return self.summary(*self.probabilities(source, labels, cut))
 
     def summary(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
         return classification_metrics(labels, probabilities, self.classes)
+

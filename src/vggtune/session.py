@@ -16,6 +16,7 @@ from .progress import say
 from .rundir import RunDir
 from .runtime import Runtime, choose_runtime
 from .spec import ModelSpec, build_classifier
+from .transforms import CLEAN, EVAL_VIEWS
 
 if TYPE_CHECKING:                      # annotations only
     from .config import TrainConfig
@@ -43,7 +44,8 @@ class Run:
 
 def gather_data(config: TrainConfig) -> data.Splits:
     splits = data.prepare_splits(config.data, config.val_data, config.test_data,
-                                 config.val_split, config.test_split, config.seed)
+                                 config.val_split, config.test_split, config.seed,
+                                 fold=(config.cv_fold, config.cv_folds) if config.cv_folds else None)
     return data.require_training_images(splits, config.data)
 
 
@@ -62,7 +64,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     say(f"weights: {loaded.source}; running on {runtime.describe()}")
     spec = ModelSpec(tuple(splits.classes), HeadSpec(config.head, len(splits.classes), config.hidden, config.dropout),
                      loaded.record.preprocessing.at_size(config.size), loaded.id,
-                     blocks_from_state_dict(loaded.state_dict), runtime.precision)
+                     blocks_from_state_dict(loaded.state_dict), runtime.precision, tta=config.tta)
     torch.manual_seed(config.seed)          # the head's initial weights
     model = build_classifier(spec, loaded.state_dict, runtime)
     pipeline = FeaturePipeline(model, spec.preprocessing, config.augment, runtime, config.batch_size,
@@ -73,7 +75,9 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
         spec = dataclasses.replace(spec, int8=calibration)
     started = time.perf_counter()
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
-    sources = pipeline.live(by_split, cuts) if config.no_cache else pipeline.cached(by_split, cuts, config.views)
+    eval_views = EVAL_VIEWS if config.tta else (CLEAN,)
+    fill = pipeline.live if config.no_cache else pipeline.cached
+    sources = fill(by_split, cuts, config.views, eval_views)
     timing = {"features_s": round(time.perf_counter() - started, 2),
               **{f"features_{split}_s": value for split, value in sources.seconds.items()}}
     _write_data_reports(folder, splits, splits.rejected + sources.rejected)

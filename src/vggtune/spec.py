@@ -33,6 +33,8 @@ class ModelSpec:
     precision: str                        # fp32, bf16 or int8 (frozen blocks), as trained
     int8: dict | None = None              # quantize calibration: {"upto", "scales"}
     arch: str = "vgg16"
+    temperature: float = 1.0              # logits are divided by it (fitted on validation data by --calibrate)
+    tta: bool = False                     # probabilities averaged over the image and its mirror image
 
     @property
     def binary(self) -> bool:
@@ -42,7 +44,7 @@ class ModelSpec:
         values = {"classes": list(self.classes), "head": self.head.to_dict(), "size": self.preprocessing.size,
                   "preprocessing": self.preprocessing.to_dict(), "weights": self.weights, "arch": self.arch,
                   "blocks": {name: list(widths) for name, widths in self.blocks.items()},
-                  "precision": self.precision}
+                  "precision": self.precision, "temperature": self.temperature, "tta": self.tta}
         if self.int8 is not None:
             values["int8"] = self.int8
         return dict(values, format=MODEL_FORMAT)
@@ -57,7 +59,8 @@ class ModelSpec:
                        preprocessing=Preprocessing.from_dict(values["preprocessing"]), weights=str(values["weights"]),
                        blocks={name: tuple(int(w) for w in widths) for name, widths in values["blocks"].items()},
                        precision=str(values.get("precision", "fp32")), int8=values.get("int8"),
-                       arch=str(values.get("arch", "vgg16")))
+                       arch=str(values.get("arch", "vgg16")), temperature=float(values.get("temperature", 1.0)),
+                       tta=bool(values.get("tta", False)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"{origin}: missing or malformed field ({exc}); "
                             "allowed: model.json as training wrote it") from None
@@ -69,6 +72,8 @@ class ModelSpec:
         if len(self.classes) < 2 or head.n_classes != len(self.classes) or head.kind not in HEAD_KINDS:
             raise UserError(f"{origin}: {len(self.classes)} classes for a {head.kind!r} head "
                             f"of {head.n_classes}; allowed: at least 2 classes matching the head")
+        if not 0 < self.temperature < float("inf"):
+            raise UserError(f"{origin}: temperature {self.temperature}; allowed: a positive number")
         if self.preprocessing.size % 32 or self.preprocessing.size < 32:
             raise UserError(f"{origin}: input size {self.preprocessing.size}; allowed: a multiple of 32")
 
@@ -101,6 +106,7 @@ def build_classifier(spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime:
         raise UserError(f"{origin} does not match model.json ({first}); "
                         "allowed: the files one training run wrote") from None
     model.to(runtime.device).to(memory_format=torch.channels_last)
+    model.temperature, model.tta = spec.temperature, spec.tta
     if spec.int8 is not None:
         try:
             quantize.attach(model, spec.int8)

@@ -12,6 +12,7 @@ never interrupted: each epoch's shuffling and dropout are seeded by (seed, stage
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ def finish(run: Run, cut: str) -> dict:
     each image's probabilities (predictions.csv), the report and the model card."""
     results, predictions = {}, []
     classes, final = list(run.spec.classes), scorer(run)
+    if run.config.calibrate:
+        calibrate(run, final, cut)
     for split in ("val", "test"):
         if len(run.labels[split]):
             started = time.perf_counter()
@@ -84,6 +87,18 @@ def finish(run: Run, cut: str) -> dict:
     if not run.config.no_report:
         write_documents(run.folder.path)
     return results
+
+
+def calibrate(run: Run, final: Scorer, cut: str) -> None:
+    """Temperature scaling: the logits' scale that minimises the validation log loss, kept in the model."""
+    if not len(run.labels["val"]):
+        say("calibrate: no validation images, temperature left at 1")
+        return
+    positions, logits = final.view_logits(run.sources.by_cut[cut]["val"], len(run.labels["val"]), cut)
+    temperature = final.fit_temperature(logits, run.labels["val"][positions].numpy())
+    run.model.temperature = temperature
+    run.spec = dataclasses.replace(run.spec, temperature=temperature)
+    say(f"calibrate: temperature {temperature:.3f}, fitted on {len(positions)} validation images")
 
 
 def environment(run: Run) -> dict:

@@ -73,12 +73,18 @@ def view_seed(sha256: str, view: int, aug: AugmentConfig) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+CLEAN, MIRROR = 0, -1      # view ids of the clean view and its mirror image; 1.. are augmented training views
+EVAL_VIEWS = (CLEAN, MIRROR)  # what test-time augmentation averages
+
+
 def make_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, sha256: str, view: int) -> torch.Tensor:
-    """View 0 is the clean view; views 1.. are augmented.
+    """View 0 (CLEAN) is the clean view, MIRROR its mirror image; views 1.. are augmented.
 
     The affine warp computes in floating point, which a caller's bf16 autocast region would
     lower to bf16 and so change the pixels; views are always made in float32."""
     with torch.autocast(device_type="cpu", enabled=False):
-        if view == 0:
+        if view == CLEAN:
             return eval_view(image, prep)
+        if view == MIRROR:
+            return F.horizontal_flip(eval_view(image, prep))
         return train_view(image, prep, aug, view_seed(sha256, view, aug))

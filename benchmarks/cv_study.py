@@ -1,0 +1,144 @@
+"""Which defaults hold up under cross-validation? Chosen on cats-vs-dogs-2k, never on a test set.
+
+Each training setting runs `vggtune cv` on all of cats-vs-dogs-2k (5 folds, seed 1337, so every
+setting sees the same folds and every one of the 2,002 images is scored once, by a model that never
+saw it). Settings that change only how a trained model scores its images (test-time augmentation,
+temperature scaling) are computed on the same fold models, from the feature cache: the same
+weights, only the scoring differs. The temperature is fitted on each fold's validation split.
+
+Each row is compared with today's defaults on the same images: McNemar's exact test for the
+accuracy, a paired bootstrap interval (1,000 draws over the images) for the difference in log loss.
+Writes results/<--name>.json; the fold runs stay in --work, so a second call only scores.
+
+    cd benchmarks && ../.venv/bin/python cv_study.py --settings default gap
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+import vggtune
+from vggtune import weights
+from vggtune.analysis import mcnemar
+from vggtune.config import RECIPES
+from vggtune.data import Item
+from vggtune.features import FeaturePipeline
+from vggtune.metrics import classification_metrics
+from vggtune.model import cut_before, last_blocks
+from vggtune.rundir import RunDir
+from vggtune.scoring import Scorer
+from vggtune.transforms import EVAL_VIEWS
+
+from common import DATA, machine, save, table
+
+OLD = RECIPES["classic"]     # the defaults of 2026-11-29, named in full so that the rows do not move with the defaults
+TRAINED = {
+    "default": OLD,
+    "gap": {**OLD, "head": "gap", "lr": 1e-3},
+    "int8": {**OLD, "precision": "int8"},
+    "block4 too": {**OLD, "finetune_blocks": 2},
+    "views 4": {**OLD, "views": 4},
+}
+SCORED = {"": (False, False), "+ tta": (True, False), "+ calibrate": (False, True), "+ tta + calibrate": (True, True)}
+BASELINE = "default"
+
+
+def run_items(run: Path) -> dict[str, list[Item]]:
+    """The validation and test images of a run, as its splits.json lists them."""
+    splits = RunDir(run).read("splits.json")
+    return {name: [Item(row["path"], row["label"], row["sha256"]) for row in splits[name]] for name in ("val", "test")}
+
+
+def run_logits(run: Path, items: dict[str, list[Item]]) -> tuple[dict, Scorer]:
+    """{split: (paths, labels, logits (view, image, output))} of `items`, clean and mirrored, through the
+    run's model from the feature cache (the mirror views are extracted once), and a Scorer of that model."""
+    predictor, config = vggtune.load(str(run)), RunDir(run).config()
+    pipeline = FeaturePipeline(predictor.model, predictor.preprocessing, config.augment, predictor.runtime,
+                               config.batch_size, predictor.spec.weights, weights.home() / "features")
+    cut = cut_before(last_blocks(config.finetune_blocks))
+    sources = pipeline.cached(items, [cut], views=1, eval_views=EVAL_VIEWS)
+    scorer = Scorer(predictor.model, predictor.runtime, predictor.classes, config.batch_size)
+    result = {}
+    for name, kept in sources.kept.items():
+        positions, logits = scorer.view_logits(sources.by_cut[cut][name], len(kept), cut)
+        result[name] = ([kept[p].path for p in positions], np.asarray([kept[p].label for p in positions]), logits)
+    return result, scorer
+
+
+def scored(runs: list[Path], tta: bool, calibrate: bool, cache: dict, test_items=None) -> tuple[dict, dict]:
+    """{(run, path): probabilities} over the runs' test images (`test_items`, else each run's own test
+    split), and {(run, path): true label}; with `calibrate` the temperature is fitted on each run's
+    validation split."""
+    probabilities, labels = {}, {}
+    for run in runs:
+        if run not in cache:
+            items = run_items(run)
+            cache[run] = run_logits(run, dict(items, test=test_items) if test_items else items)
+        logits, scorer = cache[run]
+        scorer.model.tta, scorer.model.temperature = tta, 1.0
+        if calibrate:
+            _, val_labels, val_logits = logits["val"]
+            scorer.model.temperature = scorer.fit_temperature(val_logits, val_labels)
+        paths, test_labels, test_logits = logits["test"]
+        keys = [(run.name, path) for path in paths]
+        probabilities.update(zip(keys, scorer.combine(test_logits)))
+        labels.update(zip(keys, test_labels))
+    return probabilities, labels
+
+
+def row_of(name: str, probabilities: dict, labels: dict, base: dict, classes: list[str], **extra) -> dict:
+    """One table row: pooled metrics, and the paired comparison with `base` on the same images."""
+    keys = sorted(labels)
+    metrics = classification_metrics([labels[k] for k in keys], [probabilities[k] for k in keys], classes)
+    return {"setting": name, "accuracy": round(metrics["accuracy"], 4),
+            "errors": int(round((1 - metrics["accuracy"]) * metrics["n"])), "n": metrics["n"],
+            "log_loss": round(metrics["log_loss"], 4), "f1": round(metrics["f1"], 4), **extra,
+            **compare(probabilities, base, labels)}
+
+
+def compare(row: dict, base: dict, labels: dict) -> dict:
+    """McNemar's exact test and a paired bootstrap interval of the log loss difference, row - base."""
+    paths = sorted(labels)
+    truth = np.asarray([labels[p] for p in paths])
+    p_row, p_base = (np.asarray([probs[p] for p in paths]) for probs in (row, base))
+    correct_row, correct_base = p_row.argmax(1) == truth, p_base.argmax(1) == truth
+    loss_row = -np.log(np.clip(p_row[np.arange(len(paths)), truth], 1e-7, 1))
+    loss_base = -np.log(np.clip(p_base[np.arange(len(paths)), truth], 1e-7, 1))
+    rng = np.random.default_rng(0)
+    draws = [float((loss_row[pick] - loss_base[pick]).mean()) for pick in rng.integers(len(paths), size=(1000, len(paths)))]
+    test = mcnemar(correct_row, correct_base)
+    return {"wins": test["only_a"], "losses": test["only_b"], "mcnemar_p": round(test["p"], 4),
+            "log_loss_diff": round(float(loss_row.mean() - loss_base.mean()), 5),
+            "log_loss_diff_95": [round(float(v), 5) for v in np.percentile(draws, [2.5, 97.5])]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DATA / "cats-vs-dogs-2k"))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--settings", nargs="+", default=["default", "gap"], choices=list(TRAINED))
+    parser.add_argument("--work", default="/tmp/vggtune-cv-study", help="fold runs are kept here")
+    parser.add_argument("--name", default="cv-study")
+    args = parser.parse_args()
+    rows, cache, base = [], {}, None
+    for setting in [BASELINE] + [s for s in args.settings if s != BASELINE]:
+        cv_dir = Path(args.work) / setting.replace(" ", "-")
+        started = time.perf_counter()
+        result = vggtune.cv(args.data, out=str(cv_dir), folds=args.folds, quiet=True, **TRAINED[setting])
+        train_s = sum(row["seconds"] for row in result["per_fold"])
+        folds = [cv_dir / f"fold-{k}" for k in range(1, args.folds + 1)]
+        for suffix, (tta, calibrate) in SCORED.items():
+            begun = time.perf_counter()
+            probabilities, labels = scored(folds, tta, calibrate, cache)
+            base = base or probabilities
+            rows.append(row_of(setting + suffix, probabilities, labels, base, result["classes"],
+                               train_s=round(train_s, 1), score_s=round(time.perf_counter() - begun, 1)))
+            print(table(rows[-1:], list(rows[-1])), flush=True)
+        print(f"{setting}: {time.perf_counter() - started:.0f} s", flush=True)
+    print(table(rows, list(rows[0])))
+    save(args.name, {"machine": machine(), "data": args.data, "folds": args.folds, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A second, independent check: trained on cats-vs-dogs-2k, tested on PetImages. Nothing is chosen here.
+
+For each seed, `vggtune train ../shared/data/cats-vs-dogs-2k` (its own 80/10/10 split) with the
+classic recipe's training settings, then its model scored on the first 1,000 photos of each class
+of petimages-180-10k (cat/dog 5001-6000, resized to 180 px), old way and new way: one clean view
+at the trained temperature (classic), or the recipe's defaults (cv_study.py's scoring of the same
+model). Pooled over the seeds, each compared with the classic row on the same images (McNemar).
+Writes results/<--name>.json; the runs stay in --work.
+
+    cd benchmarks && ../.venv/bin/python petimages_check.py --seeds 1 2 3
+"""
+import argparse
+from pathlib import Path
+
+import vggtune
+from vggtune import data
+
+from common import DATA, machine, save, table
+from cv_study import SCORED, TRAINED, row_of, scored
+
+
+def first_photos(folder: Path, per_class: int) -> list:
+    """The first `per_class` images of each class, in numeric order of their names, scanned and checked."""
+    found = data.discover(folder)
+    by_class = {}
+    for path, name in sorted(found.files, key=lambda pair: int(Path(pair[0]).stem.split(".")[-1])):
+        by_class.setdefault(name, [])
+        if len(by_class[name]) < per_class:
+            by_class[name].append((path, name))
+    found.files = [pair for name in found.classes for pair in by_class.get(name, [])]
+    items, rejected = data.scan(found)
+    for path, reason in rejected:
+        print(f"rejected {path}: {reason}")
+    return items
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", default=str(DATA / "cats-vs-dogs-2k"))
+    parser.add_argument("--test", default=str(DATA / "petimages-180-10k"))
+    parser.add_argument("--per-class", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--setting", default="default", choices=list(TRAINED), help="training settings")
+    parser.add_argument("--work", default="/tmp/vggtune-petimages")
+    parser.add_argument("--name", default="petimages-check")
+    args = parser.parse_args()
+    test_items = first_photos(Path(args.test), args.per_class)
+    runs = []
+    for seed in args.seeds:
+        run = Path(args.work) / f"{args.setting.replace(' ', '-')}-seed-{seed}"
+        if not (run / "model.json").is_file():
+            vggtune.train(args.train, out=str(run), seed=seed, quiet=True, no_report=True, **TRAINED[args.setting])
+        runs.append(run)
+    rows, cache, base = [], {}, None
+    for suffix, (tta, calibrate) in SCORED.items():
+        probabilities, labels = scored(runs, tta, calibrate, cache, test_items)
+        base = base or probabilities
+        rows.append(row_of(args.setting + suffix, probabilities, labels, base, ["cat", "dog"]))
+        print(table(rows[-1:], list(rows[-1])), flush=True)
+    print(table(rows, list(rows[0])))
+    save(args.name, {"machine": machine(), "train": args.train, "test": args.test, "seeds": args.seeds,
+                     "test_images": len(test_items), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

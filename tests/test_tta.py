@@ -1,0 +1,90 @@
+"""Test-time augmentation (the mirror image) and temperature scaling: the same probabilities from the
+cache during training, from a loaded Predictor, and from the exported graph."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vggtune
+import vggtune.training as train_module
+from vggtune.model import Classifier, HeadSpec
+from vggtune.scoring import Scorer
+
+from conftest import TINY_BLOCKS, quick_config, tiny_state_dict
+
+
+def test_fitted_temperature_recovers_the_scale_that_made_the_labels():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 4, 4000).astype(np.float32)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-z / 2.5))).astype(np.int64)    # true temperature 2.5
+    model = Classifier(HeadSpec("gap", 2, 8, 0.0), size=32)
+    fitted = Scorer(model, None, ["cat", "dog"], 32).fit_temperature(z[None, :, None], labels)
+    assert fitted == pytest.approx(2.5, rel=0.1) and model.temperature == 1.0
+
+
+def test_tta_averages_the_image_and_its_mirror_image():
+    model = Classifier(HeadSpec("flatten", 3, 8, 0.0), size=32, blocks=TINY_BLOCKS).eval()
+    model.backbone.load_state_dict(tiny_state_dict())
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.classify(images)
+        mirrored = model.probabilities(model(images.flip(-1)))
+        model.tta = True
+        both = model.classify(images)
+    assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-6)
+    assert not torch.allclose(both, plain, atol=1e-3)
+
+
+def test_training_with_tta_and_calibration_agrees_with_the_loaded_predictor(tmp_path, dataset, tiny_weights):
+    out = tmp_path / "run"
+    results = train_module.fit(quick_config(dataset, out, tta=True, calibrate=True))
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["tta"] is True and spec["temperature"] != 1.0
+    # Training scored the cached clean and mirrored views; the predictor flips the decoded image.
+    evaluated = vggtune.evaluate(str(out), report=False)
+    assert evaluated["confusion_matrix"] == results["test"]["confusion_matrix"]
+    assert evaluated["log_loss"] == pytest.approx(results["test"]["log_loss"], abs=1e-3)
+
+
+def test_calibration_lowers_the_validation_log_loss(tmp_path, dataset, tiny_weights):
+    plain = train_module.fit(quick_config(dataset, tmp_path / "plain", epochs=2, finetune_epochs=0))
+    calibrated = train_module.fit(quick_config(dataset, tmp_path / "cal", epochs=2, finetune_epochs=0,
+                                               calibrate=True))
+    assert calibrated["val"]["log_loss"] <= plain["val"]["log_loss"] + 1e-9
+    assert calibrated["val"]["confusion_matrix"] == plain["val"]["confusion_matrix"]   # a scale moves no label
+
+
+def test_calibrate_without_validation_images_keeps_temperature_one(tmp_path, dataset, tiny_weights):
+    train_module.fit(quick_config(dataset, tmp_path / "run", val_split=0.0, calibrate=True, finetune_epochs=0))
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["temperature"] == 1.0
+
+
+def test_no_cache_run_with_tta_matches_the_cached_run(tmp_path, dataset, tiny_weights):
+    cached = train_module.fit(quick_config(dataset, tmp_path / "a", tta=True, finetune_epochs=0))
+    live = train_module.fit(quick_config(dataset, tmp_path / "b", tta=True, finetune_epochs=0, no_cache=True))
+    assert live["test"]["confusion_matrix"] == cached["test"]["confusion_matrix"]
+
+
+def test_the_classic_recipe_is_one_flag_away_and_given_options_win():
+    from vggtune.config import RECIPES, TrainConfig
+    from vggtune.errors import UserError
+    classic = TrainConfig.from_recipe("classic", data=".")
+    assert (classic.recipe, classic.head, classic.tta, classic.calibrate) == ("classic", "flatten", False, False)
+    assert TrainConfig.from_recipe("classic", data=".", tta=True).tta is True
+    assert TrainConfig.from_recipe(data=".") == TrainConfig(data=".")          # "vggtune": the defaults
+    assert set(RECIPES["classic"]) <= {f for f in TrainConfig.__dataclass_fields__}
+    with pytest.raises(UserError, match="--recipe: received 'keras'; allowed: vggtune, classic"):
+        TrainConfig.from_recipe("keras", data=".")
+
+
+def test_recipe_tta_and_calibrate_flags_reach_the_config(tmp_path, dataset, tiny_weights):
+    from vggtune.cli import main
+    flags = ["--epochs", "1", "--finetune-epochs", "0", "--size", "32", "--hidden", "8", "--quiet"]
+    assert main(["train", str(dataset), "--out", str(tmp_path / "a"), "--recipe", "classic", "--tta", *flags]) == 0
+    saved = (tmp_path / "a" / "config.yaml").read_text()
+    assert "recipe: classic" in saved and "tta: true" in saved and "calibrate: false" in saved
+    assert main(["train", str(dataset), "--out", str(tmp_path / "b"), "--no-tta", "--no-calibrate", *flags]) == 0
+    assert "tta: false" in (tmp_path / "b" / "config.yaml").read_text()
