@@ -164,7 +164,8 @@ def test_test_images_are_extracted_to_the_final_cut_only_and_timed_per_split(tmp
     for folder in (isolated_home / "features").iterdir():
         key = json.loads((folder / "key.json").read_text())
         entries[key["cut"]] = len(FeatureCache(isolated_home / "features", key).index())
-    train_views, val, test = 2 * len(splits["train"]), len(splits["val"]), len(splits["test"])
+    # Held-out images: the clean view and its mirror image (test-time augmentation, on by default).
+    train_views, val, test = 2 * len(splits["train"]), 2 * len(splits["val"]), 2 * len(splits["test"])
     assert test > 0 and entries == {"block4": train_views + val + test, "block5": train_views + val}
     timing = json.loads((out / "metrics.json").read_text())["timing"]
     assert {"features_train_s", "features_val_s", "features_test_s", "score_test_s"} <= set(timing)
@@ -252,4 +253,5 @@ def test_separate_validation_folder_and_no_flip(tmp_path, tiny_weights, isolated
     entries = set()
     for folder in (isolated_home / "features").glob("block5-*"):
         entries |= {e.split("/")[1] for e in FeatureCache.existing(folder).index()}
-    assert len({e for e in entries if e != "clean"}) == 2     # one augmented view per setting, each its own entry
+    # One augmented view per setting, each its own entry; the clean view and its mirror image are shared.
+    assert len(entries - {"clean", "clean-mirror"}) == 2

@@ -88,3 +88,26 @@ def test_recipe_tta_and_calibrate_flags_reach_the_config(tmp_path, dataset, tiny
     assert "recipe: classic" in saved and "tta: true" in saved and "calibrate: false" in saved
     assert main(["train", str(dataset), "--out", str(tmp_path / "b"), "--no-tta", "--no-calibrate", *flags]) == 0
     assert "tta: false" in (tmp_path / "b" / "config.yaml").read_text()
+
+
+def test_tta_changes_only_the_final_scores_not_the_training(tmp_path, dataset, tiny_weights):
+    with_tta = train_module.fit(quick_config(dataset, tmp_path / "a", tta=True))
+    without = train_module.fit(quick_config(dataset, tmp_path / "b", tta=False))
+    history = [(tmp_path / name / "metrics.jsonl").read_text() for name in ("a", "b")]
+    assert history[0] == history[1]                         # the same epochs, chosen on the clean view
+    assert with_tta["test"]["log_loss"] != without["test"]["log_loss"]
+
+
+def test_exported_graph_averages_the_mirror_image_too(tmp_path, dataset, tiny_weights):
+    import onnxruntime
+    train_module.fit(quick_config(dataset, tmp_path / "run", tta=True, calibrate=True, finetune_epochs=0))
+    result = vggtune.export(str(tmp_path / "run"))
+    assert result.max_difference <= 1e-4 and result.label_agreement == 1
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["vggtune"])
+    spec = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["tta"] is True and meta["temperature"] == spec["temperature"] != 1.0
+    predictor = vggtune.load(tmp_path / "run", precision="fp32")
+    image = np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3), dtype=np.uint8)
+    expected = predictor.probabilities(torch.from_numpy(image).permute(0, 3, 1, 2)).numpy()
+    assert np.abs(session.run(None, {"images": image})[0] - expected).max() <= 1e-4

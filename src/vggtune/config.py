@@ -66,7 +66,7 @@ class TrainConfig:
     hidden: int = 256
     dropout: float = 0.5
     views: int = 2
-    tta: bool = False                     # test-time augmentation: average the image and its mirror image
+    tta: bool = True                      # test-time augmentation: average the image and its mirror image
     calibrate: bool = False               # fit a temperature on the validation split for the log loss
     val_split: float = 0.1
     test_split: float = 0.1

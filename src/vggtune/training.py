@@ -166,9 +166,15 @@ def make_optimizer(parameters: list, lr: float) -> torch.optim.Optimizer:
 
 
 def validate(run: Run, cut: str) -> dict | None:
+    """The epoch's validation loss and accuracy, of the clean view alone: epochs are chosen as the classic
+    recipe chooses them, and test-time augmentation changes only the final scores."""
     if not len(run.labels["val"]):
         return None
-    result = scorer(run).metrics(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    tta, run.model.tta = run.model.tta, False
+    try:
+        result = scorer(run).metrics(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    finally:
+        run.model.tta = tta
     return {"loss": result["log_loss"], "accuracy": result["accuracy"]}
 
 
