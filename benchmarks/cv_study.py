@@ -6,9 +6,11 @@ saw it). Settings that change only how a trained model scores its images (test-t
 temperature scaling) are computed on the same fold models, from the feature cache: the same
 weights, only the scoring differs. The temperature is fitted on each fold's validation split.
 
-Each row is compared with today's defaults on the same images: McNemar's exact test for the
-accuracy, a paired bootstrap interval (1,000 draws over the images) for the difference in log loss.
-Writes results/<--name>.json; the fold runs stay in --work, so a second call only scores.
+Each row is compared with the first ("default": the defaults of 2026-11-29, which are the classic
+recipe, scored plainly) and with "default + tta" (the scoring that became the default) on the same
+images: McNemar's exact test for the accuracy, a paired bootstrap interval (1,000 draws over the
+images) for the difference in log loss. Writes results/<--name>.json; the fold runs stay in
+--work, so a second call only scores.
 
     cd benchmarks && ../.venv/bin/python cv_study.py --settings default gap
 """
@@ -42,6 +44,7 @@ TRAINED = {
 }
 SCORED = {"": (False, False), "+ tta": (True, False), "+ calibrate": (False, True), "+ tta + calibrate": (True, True)}
 BASELINE = "default"
+NEW_DEFAULT = "+ tta"        # the scoring that became the default; later rows are compared with it too
 
 
 def run_items(run: Path) -> dict[str, list[Item]]:
@@ -121,7 +124,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/vggtune-cv-study", help="fold runs are kept here")
     parser.add_argument("--name", default="cv-study")
     args = parser.parse_args()
-    rows, cache, base = [], {}, None
+    rows, cache, base, new_default = [], {}, None, None
     for setting in [BASELINE] + [s for s in args.settings if s != BASELINE]:
         cv_dir = Path(args.work) / setting.replace(" ", "-")
         started = time.perf_counter()
@@ -132,8 +135,12 @@ def main() -> None:
             begun = time.perf_counter()
             probabilities, labels = scored(folds, tta, calibrate, cache)
             base = base or probabilities
+            if setting == BASELINE and suffix == NEW_DEFAULT:
+                new_default = probabilities
+            versus = {f"vs{NEW_DEFAULT.replace(' ', '_')}_{key}": value
+                      for key, value in compare(probabilities, new_default, labels).items()} if new_default else {}
             rows.append(row_of(setting + suffix, probabilities, labels, base, result["classes"],
-                               train_s=round(train_s, 1), score_s=round(time.perf_counter() - begun, 1)))
+                               train_s=round(train_s, 1), score_s=round(time.perf_counter() - begun, 1), **versus))
             print(table(rows[-1:], list(rows[-1])), flush=True)
         print(f"{setting}: {time.perf_counter() - started:.0f} s", flush=True)
     print(table(rows, list(rows[0])))

@@ -63,6 +63,7 @@ def test_cv_keeps_finished_folds_and_refuses_other_options_in_the_same_folder(tm
     monkeypatch.setattr("vggtune.training.fit", lambda config, resume=False: trained.append(config))
     again = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **TINY)
     assert trained == [] and again["pooled"] == first["pooled"]
+    assert [row["seconds"] for row in again["per_fold"]] == [row["seconds"] for row in first["per_fold"]]
     with pytest.raises(UserError, match="other options"):
         vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **dict(TINY, epochs=3))
 

@@ -38,7 +38,7 @@ HELP = {
     "precision": "auto: bf16 where the hardware has it, else fp32; int8: frozen blocks in int8 (CPU)",
     "device": "auto: CUDA if present, else CPU", "keep_state": "keep state/ (checkpoints for --resume) after the run ends",
     "tta": "test-time augmentation: each image's probabilities are averaged with its mirror image's",
-    "calibrate": "temperature scaling: fit the logits' scale on the validation split (better log loss)",
+    "calibrate": "temperature scaling: divide the logits by a temperature (>= 1) fitted on the validation split",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
 }
 

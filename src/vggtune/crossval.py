@@ -22,7 +22,7 @@ from .analysis import intervals
 from .errors import UserError
 from .fsutil import atomic_write_json, display_path
 from .metrics import classification_metrics
-from .progress import say
+from .progress import say, verbosity
 from .rundir import PredictionRow, RunDir, read_predictions, write_predictions
 
 if TYPE_CHECKING:                      # annotations only
@@ -41,16 +41,19 @@ def cross_validate(config: TrainConfig, folds: int) -> dict:
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise UserError(f"--folds: received {folds!r}; allowed: a whole number >= 2")
     configs = [fold_config(config, k, folds) for k in range(1, folds + 1)]     # checks the options first
+    earlier = {row["fold"]: row["seconds"] for row in (RunDir(config.out).read("cv.json") or {}).get("per_fold", [])}
     seconds = []
-    for fold_config_k in configs:
-        started = time.perf_counter()
-        _fit_fold(fold_config_k)
-        seconds.append(round(time.perf_counter() - started, 1))
+    with verbosity(config.quiet):
+        for fold_config_k in configs:
+            started = time.perf_counter()
+            trained = _fit_fold(fold_config_k)
+            # A kept fold's time is the one the earlier call measured (None if it did not finish the pooling).
+            seconds.append(round(time.perf_counter() - started, 1) if trained else earlier.get(fold_config_k.cv_fold))
     return pool(Path(config.out), configs, seconds)
 
 
-def _fit_fold(config: TrainConfig) -> None:
-    """Trains one fold, or resumes it, or keeps it when it finished earlier with the same config."""
+def _fit_fold(config: TrainConfig) -> bool:
+    """Trains one fold, or resumes it, or keeps it when it finished earlier with the same config (False)."""
     from .training import fit
     folder = RunDir(config.out)
     label = f"fold {config.cv_fold}/{config.cv_folds}"
@@ -61,12 +64,13 @@ def _fit_fold(config: TrainConfig) -> None:
                             "allowed: the same options as before, or a new --out")
         if (folder.path / "metrics.json").is_file() and (folder.path / "model.json").is_file():
             say(f"{label}: finished earlier, kept")
-            return
+            return False
         say(f"{label}: resuming")
         fit(config, resume=True)
-        return
+        return True
     say(f"{label}: training")
     fit(config)
+    return True
 
 
 def pool(root: Path, configs: list[TrainConfig], seconds: list[float]) -> dict:
@@ -105,8 +109,9 @@ def summary_lines(result: dict) -> list[str]:
     lines = [f"{'fold':>6}  {'images':>6}  {'accuracy':>8}  {'log loss':>8}  {'F1':>6}  {'seconds':>7}"]
     for row in result["per_fold"]:
         f1 = row.get("f1", row["f1_macro"])
+        seconds = "" if row["seconds"] is None else f"{row['seconds']:.1f}"
         lines.append(f"{row['fold']:>6}  {row['n']:>6}  {row['accuracy']:>8.4f}  {row['log_loss']:>8.4f}  "
-                     f"{f1:>6.4f}  {row['seconds']:>7.1f}")
+                     f"{f1:>6.4f}  {seconds:>7}")
     pooled, ranges = result["pooled"], result["pooled"]["intervals_95"]
     f1_key = "f1" if "f1" in pooled else "f1_macro"
     lines.append(f"pooled over {pooled['n']} images (95 % intervals):")

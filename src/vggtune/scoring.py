@@ -78,15 +78,17 @@ class Scorer:
 
     def fit_temperature(self, view_logits: np.ndarray, labels: np.ndarray) -> float:
         """The temperature that minimises the log loss of the model's probabilities (`tta` included) on
-        held-out logits (view, image, output): a golden-section search over log T in [1/20, 20]
-        (Guo et al., 2017, "On calibration of modern neural networks"). The model keeps its own temperature."""
+        held-out logits (view, image, output): a golden-section search over log T in [1, 20] (Guo et al.,
+        2017, "On calibration of modern neural networks"). Never below 1: the validation split chose the
+        epochs, so its loss is optimistic, and where it has no errors the best fit would sharpen the
+        probabilities without limit (BENCHMARKS.md section 14). The model keeps its own temperature."""
         model, saved, rows = self.model, self.model.temperature, np.arange(len(labels))
 
         def loss(log_t: float) -> float:
             model.temperature = float(np.exp(log_t))
             return float(-np.log(np.clip(self.combine(view_logits)[rows, labels], 1e-7, 1)).mean())
 
-        low, high, ratio = float(np.log(1 / 20)), float(np.log(20)), (np.sqrt(5) - 1) / 2
+        low, high, ratio = 0.0, float(np.log(20)), (np.sqrt(5) - 1) / 2
         try:
             for _ in range(60):                   # the bracket shrinks to 1e-12 of its width
                 a, b = high - ratio * (high - low), low + ratio * (high - low)
