@@ -78,8 +78,8 @@ class Scorer:
 
     def fit_temperature(self, view_logits: np.ndarray, labels: np.ndarray) -> float:
         """The temperature that minimises the log loss of the model's probabilities (`tta` included) on
-        held-out logits (view, image, output): a golden-section search over log T in [1, 20] (Guo et al.,
-        2017, "On calibration of modern neural networks"). Never below 1: the validation split chose the
+        held-out logits (view, image, output): a golden-section search over T in [1, 20] on a log scale
+        (Guo et al., 2017, "On calibration of modern neural networks"). Never below 1: the validation split chose the
         epochs, so its loss is optimistic, and where it has no errors the best fit would sharpen the
         probabilities without limit (BENCHMARKS.md section 14). The model keeps its own temperature."""
         model, saved, rows = self.model, self.model.temperature, np.arange(len(labels))
@@ -105,4 +105,3 @@ class Scorer:
 
     def summary(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
         return classification_metrics(labels, probabilities, self.classes)
-
