@@ -64,7 +64,7 @@ def run_logits(run: Path, items: dict[str, list[Item]]) -> tuple[dict, Scorer]:
     scorer = Scorer(predictor.model, predictor.runtime, predictor.classes, config.batch_size)
     result = {}
     for name, kept in sources.kept.items():
-        positions, logits = scorer.view_logits(sources.by_cut[cut][name], len(kept), cut)
+        positions, logits = scorer.view_logits(sources.by_cut[cut][name], len(kept), cut, views=EVAL_VIEWS)
         result[name] = ([kept[p].path for p in positions], np.asarray([kept[p].label for p in positions]), logits)
     return result, scorer
 

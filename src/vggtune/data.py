@@ -223,18 +223,23 @@ def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, st
     return items, rejected
 
 
-def stratified_split(items: list[Item], fractions: tuple[float, float], seed: int):
-    """(train, val, test) with each class split in the same proportions; content is already unique."""
+def shuffled_classes(items: list[Item], seed: int):
+    """Each class's items in an order drawn from `seed`, class by class: what stratified splits deal out."""
     rng = np.random.default_rng(seed)
-    splits = ([], [], [])
     for label in sorted({item.label for item in items}):
         members = [item for item in items if item.label == label]
-        order = rng.permutation(len(members))
+        yield [members[position] for position in rng.permutation(len(members))]
+
+
+def stratified_split(items: list[Item], fractions: tuple[float, float], seed: int):
+    """(train, val, test) with each class split in the same proportions; content is already unique."""
+    splits = ([], [], [])
+    for members in shuffled_classes(items, seed):
         n_val = int(round(len(members) * fractions[0]))
         n_test = int(round(len(members) * fractions[1]))
-        for rank, position in enumerate(order):
+        for rank, item in enumerate(members):
             which = 1 if rank < n_val else 2 if rank < n_val + n_test else 0
-            splits[which].append(members[position])
+            splits[which].append(item)
     return tuple(sorted(split, key=lambda item: item.path) for split in splits)
 
 
@@ -242,12 +247,10 @@ def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, se
     """(train, val, test): test is fold k of n stratified folds (k counts from 1), val is drawn from the
     rest. The folds depend on the seed alone, so the n runs of one cross-validation test each image once."""
     k, n = fold
-    rng = np.random.default_rng(seed)
     test, rest = [], []
-    for label in sorted({item.label for item in items}):
-        members = [item for item in items if item.label == label]
-        for rank, position in enumerate(rng.permutation(len(members))):
-            (test if rank % n == k - 1 else rest).append(members[position])
+    for members in shuffled_classes(items, seed):
+        for rank, item in enumerate(members):
+            (test if rank % n == k - 1 else rest).append(item)
     train, val, _ = stratified_split(rest, (val_fraction, 0.0), seed)
     return train, val, sorted(test, key=lambda item: item.path)
 

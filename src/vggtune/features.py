@@ -116,12 +116,14 @@ class FeaturePipeline:
             sources.rejected += lost
             lost_paths = {path for path, _ in lost}
             sources.kept[name] = [item for item in items if item.path not in lost_paths]
-            entries = [entry_name(item.sha256, view, self.augment) for item in sources.kept[name]
-                       for view in view_ids]
             for cut in (cuts[-1:] if name == "test" else cuts):
+                # Epochs score validation images on the clean view; the other views count at the last cut.
+                cut_views = view_ids if name == "train" or cut == cuts[-1] else (CLEAN,)
+                entries = [entry_name(item.sha256, view, self.augment) for item in sources.kept[name]
+                           for view in cut_views]
                 if cut != base:
                     self.derive(caches[base], caches[cut], entries, base, cut)
-                sources.by_cut[cut][name] = CachedSource(caches[cut], entries, view_ids)
+                sources.by_cut[cut][name] = CachedSource(caches[cut], entries, cut_views)
             sources.seconds[name] = round(time.perf_counter() - started, 2)
         sources.damaged_shards = sum(len(cache.damaged) for cache in caches.values())
         if sources.damaged_shards:

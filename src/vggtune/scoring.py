@@ -9,7 +9,7 @@ import torch
 from .metrics import classification_metrics
 from .model import Classifier
 from .runtime import Runtime
-from .transforms import EVAL_VIEWS
+from .transforms import scored_views
 
 
 @dataclass
@@ -51,10 +51,11 @@ class Scorer:
             probabilities = torch.stack([self.model.probabilities(torch.from_numpy(v)) for v in views]).mean(0)
         return probabilities.numpy().reshape(-1, len(self.classes))
 
-    def view_logits(self, source, n_items: int, cut: str) -> tuple[np.ndarray, np.ndarray]:
-        """(positions that could be read, logits (view, position, output)) of the source's clean view and,
-        where it holds it, its mirror image."""
-        slots = [slot for slot, view in enumerate(source.view_ids) if view in EVAL_VIEWS]
+    def view_logits(self, source, n_items: int, cut: str, views: tuple[int, ...] | None = None):
+        """(positions that could be read, logits (view, position, output)) of the `views` the source holds;
+        by default those the model averages (the clean view, and with `tta` its mirror image)."""
+        wanted = scored_views(self.model.tta) if views is None else views
+        slots = [slot for slot, view in enumerate(source.view_ids) if view in wanted]
         self.model.eval()
         all_positions, all_logits = [], []
         with torch.inference_mode():

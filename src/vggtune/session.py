@@ -16,7 +16,7 @@ from .progress import say
 from .rundir import RunDir
 from .runtime import Runtime, choose_runtime
 from .spec import ModelSpec, build_classifier
-from .transforms import CLEAN, EVAL_VIEWS
+from .transforms import scored_views
 
 if TYPE_CHECKING:                      # annotations only
     from .config import TrainConfig
@@ -75,9 +75,8 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
         spec = dataclasses.replace(spec, int8=calibration)
     started = time.perf_counter()
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
-    eval_views = EVAL_VIEWS if config.tta else (CLEAN,)
     fill = pipeline.live if config.no_cache else pipeline.cached
-    sources = fill(by_split, cuts, config.views, eval_views)
+    sources = fill(by_split, cuts, config.views, scored_views(config.tta))
     timing = {"features_s": round(time.perf_counter() - started, 2),
               **{f"features_{split}_s": value for split, value in sources.seconds.items()}}
     _write_data_reports(folder, splits, splits.rejected + sources.rejected)

@@ -77,6 +77,11 @@ CLEAN, MIRROR = 0, -1      # view ids of the clean view and its mirror image; 1.
 EVAL_VIEWS = (CLEAN, MIRROR)  # what test-time augmentation averages
 
 
+def scored_views(tta: bool) -> tuple[int, ...]:
+    """The views whose probabilities a model averages: the clean one, and with TTA its mirror image."""
+    return EVAL_VIEWS if tta else (CLEAN,)
+
+
 def make_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, sha256: str, view: int) -> torch.Tensor:
     """View 0 (CLEAN) is the clean view, MIRROR its mirror image; views 1.. are augmented.
 
