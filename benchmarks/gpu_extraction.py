@@ -1,4 +1,5 @@
-"""Extraction throughput on a GPU, ready to run in one go on a lent CUDA machine:
+"""Extraction throughput on a GPU, and a short DDP training on all of a machine's GPUs, ready to run
+in one go on a lent CUDA machine:
 
     PYTHONPATH=src python3 benchmarks/gpu_extraction.py --images 8192 --json $OUT/gpu.json
 
@@ -6,7 +7,10 @@ The device machine has no ../shared and no network, so it writes its own JPEGs (
 like the Kaggle photos) and uses random-init VGG16 weights: throughput does not depend on
 the values. Three figures, same run: the bare bf16 convolutions (the limit); vggtune's
 extraction with Pillow decoding in CPU threads; and decoding on the GPU with
-torchvision.io.decode_jpeg (nvJPEG), resizing there too. Runs on CPU as a smoke test.
+torchvision.io.decode_jpeg (nvJPEG), resizing there too. Then `vggtune train` under torchrun with one
+process per GPU (NCCL; gloo on CPU) on those photos, filed as two classes, with a random-init VGG16
+weights file: the run's own timing gives features and fine-tune images/s per GPU. Runs on CPU as a
+smoke test (`--images 64 --seconds 2 --ddp-processes 2`).
 """
 import argparse
 import hashlib
@@ -85,6 +89,36 @@ def gpu_decode(model, runtime, paths, prep, batch, cache):
     return len(paths) / (time.perf_counter() - started)
 
 
+def ddp_train(work: Path, paths: list[Path], processes: int, batch: int) -> dict:
+    """`torchrun --nproc-per-node=N -m vggtune train` on the photos, split into two classes by index."""
+    import subprocess
+    import sys
+    from safetensors.torch import save_file
+    from vggtune.model import VGG16_BLOCKS, Backbone
+    data = work / "classes"
+    for i, path in enumerate(paths):
+        (data / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        os.symlink(path, data / "ab"[i % 2] / path.name)
+    torch.manual_seed(0)
+    weights = work / "random-vgg16.safetensors"
+    save_file({k: v.contiguous() for k, v in Backbone(VGG16_BLOCKS).state_dict().items()}, str(weights))
+    out = work / "ddp-run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "vggtune", "train", str(data), "--out", str(out), "--weights", str(weights), "--epochs", "1",
+               "--finetune-epochs", "1", "--batch-size", str(batch), "--no-report", "--quiet", "--patience", "0"]
+    env = dict(os.environ, VGGTUNE_HOME=str(work / "home"), VGGTUNE_OFFLINE="1",
+               OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // processes)))
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    timing, reuse = metrics["timing"], metrics["environment"]["feature_cache"]
+    train_images = len(json.loads((out / "splits.json").read_text())["train"])
+    return {"processes": processes, "wall_s": round(time.perf_counter() - started, 1), "timing": timing,
+            "device": metrics["environment"]["device"],
+            "features_views_s_per_process": round(reuse["views_computed"] / timing["features_s"] / processes, 1),
+            "finetune_images_s_per_process": round(train_images / timing["finetune_s"] / processes, 1)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=8192)
@@ -92,6 +126,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default="gpu_extraction.json")
+    parser.add_argument("--ddp-processes", type=int, default=None,
+                        help="processes for the DDP training (default: every GPU, or 2 on CPU)")
     args = parser.parse_args()
     runtime = choose_runtime(args.device, "auto")
     prep = VGG16_IMAGENET1K_V1.preprocessing
@@ -113,6 +149,10 @@ def main():
     pipeline.cache_root = work / "gpu-decode"
     cache = pipeline.cache("block5")
     result["gpu_decode_images_s"] = round(gpu_decode(model, runtime, paths, prep, args.batch_size, cache), 1)
+    print(json.dumps(result), flush=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    processes = args.ddp_processes or (torch.cuda.device_count() if runtime.device.type == "cuda" else 2)
+    result["ddp_train"] = ddp_train(work, paths, processes, min(args.batch_size, 64))
     print(json.dumps(result), flush=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -37,7 +37,7 @@ def cache_key(weights_id, prep, cut, model):
 def fill(tmp_path, model, jobs, cut="block4"):
     pipeline = FeaturePipeline(model, PREP, AUG, FP32, batch_size=4, weights_id="tiny", cache_root=tmp_path / "cache")
     cache = pipeline.cache(cut)
-    return cache, pipeline.fill(cache, jobs, cut)
+    return cache, pipeline.fill(cache, jobs, cut)[0]
 
 
 def test_logits_through_cache_equal_logits_through_whole_model(tmp_path):

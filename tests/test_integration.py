@@ -111,7 +111,7 @@ def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, shor
     jobs = [type(j)(j.path, j.sha256, (0, 1, 2)) for j in jobs_for(cats_vs_dogs_split[1])[:4]]
     pipeline = FeaturePipeline(model, prep, aug, runtime, batch_size=4, weights_id="real", cache_root=tmp_path)
     cache = pipeline.cache("block4")
-    assert pipeline.fill(cache, jobs, "block4") == []
+    assert pipeline.fill(cache, jobs, "block4") == ([], 12)
     for job in jobs:
         image = open_rgb(job.path, short_side=prep.resize)
         for view in job.views:

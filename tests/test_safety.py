@@ -60,11 +60,11 @@ def test_damaged_resume_state_is_a_clear_error(tmp_path, tiny_weights, dataset, 
     real_epoch = training.train_epoch
     calls = []
 
-    def stop_in_finetune(session, stage, optimizer, rng):
+    def stop_in_finetune(session, stage, *rest):
         calls.append(stage.name)
         if stage.name == "finetune":
             raise KeyboardInterrupt
-        return real_epoch(session, stage, optimizer, rng)
+        return real_epoch(session, stage, *rest)
 
     monkeypatch.setattr(training, "train_epoch", stop_in_finetune)
     with pytest.raises(KeyboardInterrupt):

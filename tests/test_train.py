@@ -64,11 +64,11 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, dataset, tiny
     real_epoch = train_module.train_epoch
     calls = []
 
-    def interrupted(session, stage, optimizer, rng):
+    def interrupted(session, stage, net, optimizer, rng):
         calls.append(stage.name)
         if (stage.name, calls.count(stage.name) - 1) == stop_at:
             raise KeyboardInterrupt
-        return real_epoch(session, stage, optimizer, rng)
+        return real_epoch(session, stage, net, optimizer, rng)
 
     monkeypatch.setattr(train_module, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -33,6 +33,22 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     return fit(config, resume=resume)
 
 
+def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
+    """The checks `train` makes before it reads any image (its options, the --out folder): what a launcher
+    runs before it starts processes."""
+    if not resume:
+        if not data:
+            raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
+        TrainConfig.from_recipe(data=str(data), out=str(out), **options)
+    RunDir(out).prepare(resume)
+
+
+def launch(arguments: list[str], processes: int) -> int:
+    """Runs `vggtune ARGUMENTS` as `processes` processes on this host under torchrun; its exit status."""
+    from .distributed import launch_here
+    return launch_here(arguments, processes)
+
+
 def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
     """Cross-validation: the recipe (`train`'s options) trained on each of `folds` folds in out/fold-K, scored
     on the images each left out; returns cv.json's content (per fold, and pooled with 95 % intervals).
@@ -137,6 +153,6 @@ def metrics_text(result: dict) -> list[str]:
     return summary_lines(result) + confusion_table(result).splitlines()
 
 
-__all__ = ["train", "cv", "cv_text", "evaluate", "report", "explain", "export", "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
+__all__ = ["train", "check_train", "launch", "cv", "cv_text", "evaluate", "report", "explain", "export", "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
            "check_data", "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache",
            "metrics_text"]

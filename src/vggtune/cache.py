@@ -118,12 +118,23 @@ class FeatureCache:
             except OSError:
                 pass
 
+    def refresh(self) -> None:
+        """Forget the index, so that shards other processes wrote since are read."""
+        self._index = None
+
     def missing(self, entries: list[str]) -> list[str]:
         index = self.index()
         return [entry for entry in entries if entry not in index]
 
+    def require(self, entries: list[str], why: str) -> None:
+        """A one-line error when some entries are absent (`why` says whose they were)."""
+        absent = self.missing(entries)
+        if absent:
+            raise UserError(f"feature cache {display_path(self.dir)}: {len(absent)} views {why}; "
+                            "allowed: VGGTUNE_HOME on a filesystem every process shares")
+
     def writer(self) -> "ShardWriter":
-        self._index = None          # new shards will appear
+        self.refresh()              # new shards will appear
         return ShardWriter(self.dir)
 
     def open(self, entries: list[str]) -> "FeatureSet":

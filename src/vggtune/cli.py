@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import contextlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -72,6 +74,12 @@ def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", 
                              help=f"strength (default {getattr(AugmentConfig(), name)}, 0 turns it off)")
 
 
+def _add_nproc_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="run as N processes on this host (torchrun --nproc-per-node N), each with its share "
+                             "of the images; on several hosts, start `torchrun ... -m vggtune` on each instead")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="vggtune", description="Transfer learning with VGG16 on a folder of labelled images.")
     parser.add_argument("--version", action="version", version=f"vggtune {__version__}")
@@ -81,6 +89,7 @@ def build_parser() -> Parser:
     _add_train_flags(train)
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run in --out, with the config saved in it")
+    _add_nproc_flag(train)
     cv = commands.add_parser("cv", help="cross-validate: train on each of k folds, pool the out-of-fold scores")
     cv.add_argument("data", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
     cv.add_argument("--folds", type=int, default=5, help="number of folds; each is the test split once (default 5)")
@@ -90,6 +99,7 @@ def build_parser() -> Parser:
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
     evaluate.add_argument("--output", help="JSON file to write (default RUN/evaluation.json)")
     evaluate.add_argument("--no-report", action="store_true", help="skip the HTML report beside the JSON")
+    _add_nproc_flag(evaluate)
     report = commands.add_parser("report", help="write report.html and the model card README.md of a run")
     report.add_argument("run", help="a run directory (the --out of vggtune train)")
     report.add_argument("--data", help="labelled folder to judge the model on instead of the run's test split")
@@ -123,6 +133,7 @@ def build_parser() -> Parser:
     predict.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
     predict.add_argument("--kaggle", action="store_true",
                          help="two-class models: CSV of id,label with the second class's probability")
+    _add_nproc_flag(predict)
     weights = commands.add_parser("weights", help="where the ImageNet weights come from; verify; convert")
     weights.add_argument("action", nargs="?", choices=("where", "verify", "convert"), default="where",
                          help="where (default): each source in order; verify: load and check; convert: into the cache")
@@ -328,14 +339,72 @@ COMMANDS = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report"
             "data": cmd_data_check, "cache": cmd_cache}
 
 
+def launch(args, argv: list[str]) -> int:
+    """`--nproc N`: this same command as N processes under torchrun, after the checks that need no data."""
+    from . import api
+    if args.command == "train":
+        options = {} if args.resume else train_options(args)
+        api.check_train(args.data, out=options.pop("out", args.out or "runs/latest"), resume=args.resume, **options)
+    status = api.launch(_without_nproc(argv), args.nproc)
+    if status:
+        print(f"vggtune {args.command}: the {args.nproc} processes ended with status {status}; "
+              "torchrun's report above names the rank", file=sys.stderr)
+    return status
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+@contextlib.contextmanager
+def _one_voice(world):
+    """Under torchrun only rank 0 speaks: the other ranks' output would repeat it. Their errors are
+    printed after this, on the real streams."""
+    if world.main:
+        yield
+        return
+    from .progress import verbosity
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+            verbosity(True):
+        yield
+
+
+def run_command(args) -> int:
+    """The command, as one rank of torchrun's job when torchrun started this process."""
+    from . import distributed
+    with distributed.joined(getattr(args, "device", None) or "auto") as world:
+        try:
+            with _one_voice(world):
+                return COMMANDS[args.command](args)
+        except RuntimeError as exc:
+            if world.size == 1:
+                raise
+            # A collective that fails means another rank died, or hung past VGGTUNE_DIST_TIMEOUT.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"vggtune {args.command}: error: {world.describe()} stopped: another process ended or a "
+                  f"collective timed out ({reason})", file=sys.stderr)
+            return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        return COMMANDS[args.command](args)
+        if getattr(args, "nproc", None) is not None:
+            return launch(args, argv)
+        return run_command(args)
     except UserError as exc:
         print(f"vggtune {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import distributed
 from .errors import UserError
 from .fsutil import atomic_write_text, display_path
 from .images import ImageRejected, open_rgb
@@ -21,6 +22,8 @@ from .progress import progress
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 KAGGLE_NAME = re.compile(r"^([A-Za-z][\w-]*?)[._]\d+\.[A-Za-z]+$")
 SCAN_SIDE = 32        # decoding at about this size still reads every byte, so breakage shows
+VANISHED = "file vanished before it could be read"
+SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class Found:
     classes: list[str]
     files: list[tuple[str, str]]                 # (path, class name)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    split_of: dict[str, str] = field(default_factory=dict)      # path -> split a manifest assigns
+    manifest: bool = False
 
 
 @dataclass
@@ -49,15 +54,20 @@ class Splits:
 
 
 def discover(root: str | Path, min_classes: int = 2) -> Found:
-    """Class folders (root/<class>/...), else Kaggle flat names (cat.123.jpg -> cat). Training needs two
-    classes at least; evaluating a trained model can take a folder of one."""
+    """Class folders (root/<class>/...), else Kaggle flat names (cat.123.jpg -> cat), or a CSV manifest
+    (manifest.py). Training needs two classes at least; evaluating a trained model can take one."""
     root = Path(root)
-    if not root.is_dir():
+    if root.is_file() and root.suffix.lower() == ".csv":
+        from .manifest import read_manifest
+        found = read_manifest(root)
+    elif not root.is_dir():
         what = "a file" if root.exists() else "nothing"
-        raise UserError(f"data: {display_path(root)} is {what}; allowed: a folder with one sub-folder of images per class")
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    folders = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
-    found = _from_folders(root, folders, entries) if folders else _from_kaggle_names(root, entries)
+        raise UserError(f"data: {display_path(root)} is {what}; allowed: a folder with one sub-folder of images "
+                        "per class, or a CSV manifest (path,label[,split])")
+    else:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        folders = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
+        found = _from_folders(root, folders, entries) if folders else _from_kaggle_names(root, entries)
     counts = {c: sum(1 for _, name in found.files if name == c) for c in found.classes}
     if len(found.classes) < min_classes:
         raise UserError(f"data: {display_path(root)} has {len(found.classes)} class(es) {found.classes}; "
@@ -149,7 +159,7 @@ def _check(path: str) -> tuple[str | None, str | None, int]:
         with open(path, "rb") as handle:
             content = handle.read()
     except FileNotFoundError:
-        return None, "file vanished before it could be read", 0
+        return None, VANISHED, 0
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}", 0
     if not content:
@@ -195,16 +205,21 @@ _BIT_COUNTS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, str]]]:
     """Check every file once: usable items and rejected files with reasons. The same content twice
     in one class is kept once; the same content under two classes is a label conflict, and every
-    copy of it is kept out."""
+    copy of it is kept out. Under torchrun each rank checks its share of the files."""
     index = {name: i for i, name in enumerate(found.classes)}
+    mine = distributed.share([path for path, _ in found.files])
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        checks = pool.map(_check, [path for path, _ in found.files])
-        bar = progress(total=len(found.files), desc="checking images", unit="file")
+        checks = pool.map(_check, mine)
+        bar = progress(total=len(mine), desc="checking images", unit="file")
         results = []
         for result in checks:
             results.append(result)
             bar.update()
         bar.close()
+    results = distributed.gather(results)
+    if found.manifest:
+        results = [(None, "no such file (named in the manifest)", 0) if reason == VANISHED else (sha, reason, dhash)
+                   for sha, reason, dhash in results]
     classes_of: dict[str, set[str]] = {}
     for (_, name), (sha, _, _) in zip(found.files, results):
         if sha:
@@ -273,23 +288,36 @@ def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: fl
     held: dict[str, list[Item]] = {}
     taken: dict[str, tuple[str, str]] = {}             # sha256 -> (split, path) of held-out files
     for name, folder in (("test", test_dir), ("val", val_dir)):
-        if not folder:
-            continue
-        other = discover(folder)
-        if other.classes != found.classes:
-            raise UserError(f"--{name}-data: classes {other.classes} in {display_path(folder)}; "
-                            f"allowed: the training classes {found.classes}")
-        held_items, held_rejected = scan(other, workers)
-        rejected += held_rejected
-        held[name] = _without_content(held_items, taken, rejected)
-        taken.update({item.sha256: (name, item.path) for item in held[name]})
-    items = _without_content(items, taken, rejected)
+        listed = [item for item in items if found.split_of.get(item.path) == name]
+        if folder and listed:
+            raise UserError(f"--{name}-data: received {display_path(folder)}, but the manifest {display_path(data_dir)} "
+                            f"already names {len(listed)} {name} rows; allowed: one of the two")
+        if folder:
+            listed = _scan_held(folder, name, found.classes, workers, rejected)
+        if fold and name == "test" and listed:
+            raise UserError(f"data: the manifest {display_path(data_dir)} names {len(listed)} test rows; allowed: "
+                            "no test rows for cross-validation, where each fold is the test split in turn")
+        if folder or listed:
+            held[name] = _without_content(listed, taken, rejected)
+            taken.update({item.sha256: (name, item.path) for item in held[name]})
+    items = _without_content([item for item in items if found.split_of.get(item.path) not in held], taken, rejected)
     fractions = (0.0 if "val" in held else val_split, 0.0 if "test" in held else test_split)
     if fold:
         train, val, test = fold_split(items, fold, fractions[0], seed)
     else:
         train, val, test = stratified_split(items, fractions, seed)
     return Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected)
+
+
+def _scan_held(folder, name: str, classes: list[str], workers: int, rejected: list) -> list[Item]:
+    """The items of a --val-data or --test-data folder, which must hold the training classes."""
+    other = discover(folder)
+    if other.classes != classes:
+        raise UserError(f"--{name}-data: classes {other.classes} in {display_path(folder)}; "
+                        f"allowed: the training classes {classes}")
+    held_items, held_rejected = scan(other, workers)
+    rejected += held_rejected
+    return held_items
 
 
 def require_training_images(splits: Splits, data_dir) -> Splits:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
+from . import data, distributed
 from .errors import UserError
 from .fsutil import atomic_write_json, display_path
 from .metrics import classification_metrics
@@ -99,12 +99,15 @@ def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
 def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = None,
              device: str = "auto", precision: str = "auto", report: bool = True) -> dict:
     """Metrics of a run's model on labelled images, written as JSON (default RUN/evaluation.json), with
-    each image's probabilities (*.predictions.csv) and the report (*.html) beside it."""
+    each image's probabilities (*.predictions.csv) and the report (*.html) beside it. Under torchrun each
+    rank scores its share of the images."""
     predictor = Predictor(run, device=device, precision=precision)
     evaluated = score(predictor, Path(run), data_dir)
     result = evaluated.metrics()
     result["rejected"] = [{"path": display_path(p), "reason": r} for p, r in evaluated.rejected]
     result["data"] = evaluated.data
+    if not distributed.is_main():          # under torchrun, rank 0 writes
+        return result
     target = Path(output) if output else Path(run) / "evaluation.json"
     atomic_write_json(target, result)
     write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows)

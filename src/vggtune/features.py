@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import quantize
+from . import distributed, quantize
 from .cache import FeatureCache, FeatureKey, entry_name
 from .extract import ImageJob, clean_views, decode_batch, decode_workers, view_batches
-from .model import Classifier, earliest_cut
+from .model import BLOCK_NAMES, Classifier, earliest_cut
 from .progress import progress, say
 from .transforms import CLEAN
 
@@ -58,8 +58,9 @@ class LiveSource:
         batch, decoded, rejected = decode_batch(jobs, pipeline.prep, pipeline.augment, self.pool)
         self.rejected.extend(row for row in rejected if row not in self.rejected)
         kept = [p for p, ok in zip(positions, decoded) if ok]
-        if not kept:
-            return torch.empty(0), kept
+        if not kept:            # no rows, in the shape of features at the cut
+            side = pipeline.prep.size >> (BLOCK_NAMES.index(self.cut) + 1)
+            return torch.empty(0, pipeline.model.backbone.output_channels(self.cut), side, side), kept
         x = pipeline.runtime.to_input(batch)
         # no_grad, not inference_mode: these features feed a stage that trains, and autograd
         # refuses inference tensors (under bf16 autocast a cast happened to hide that).
@@ -101,6 +102,7 @@ class FeaturePipeline:
 
         Images go through the network once, to the earliest cut; later cuts are derived from it.
         The test split is scored only by the final model, so it is needed at the last cut alone.
+        Under torchrun each rank computes its share of the missing views, then all read them all.
         """
         base = earliest_cut(cuts)
         caches = {cut: self.cache(cut) for cut in cuts}
@@ -109,13 +111,15 @@ class FeaturePipeline:
             started = time.perf_counter()
             view_ids = tuple(range(views)) if name == "train" else eval_views
             jobs = [ImageJob(item.path, item.sha256, view_ids) for item in items]
-            wanted = [entry_name(item.sha256, view, self.augment) for item in items for view in view_ids]
-            sources.reuse["views_wanted"] += len(wanted)
-            sources.reuse["views_computed"] += len(caches[base].missing(wanted))
-            lost = self.fill(caches[base], jobs, base, label=f"{name} features")
+            lost, computed = self.fill(caches[base], jobs, base, label=f"{name} features")
+            lost = distributed.concat(lost)
+            sources.reuse["views_wanted"] += sum(len(view_ids) for _ in items)
+            sources.reuse["views_computed"] += int(distributed.total(computed)[0])
             sources.rejected += lost
             lost_paths = {path for path, _ in lost}
             sources.kept[name] = [item for item in items if item.path not in lost_paths]
+            _check_visible(caches[base], [entry_name(item.sha256, view, self.augment)
+                                          for item in sources.kept[name] for view in view_ids])
             for cut in (cuts[-1:] if name == "test" else cuts):
                 # Epochs score validation images on the clean view; the other views count at the last cut.
                 cut_views = view_ids if name == "train" or cut == cuts[-1] else (CLEAN,)
@@ -123,6 +127,7 @@ class FeaturePipeline:
                            for view in cut_views]
                 if cut != base:
                     self.derive(caches[base], caches[cut], entries, base, cut)
+                    _check_visible(caches[cut], entries)
                 sources.by_cut[cut][name] = CachedSource(caches[cut], entries, cut_views)
             sources.seconds[name] = round(time.perf_counter() - started, 2)
         sources.damaged_shards = sum(len(cache.damaged) for cache in caches.values())
@@ -139,16 +144,18 @@ class FeaturePipeline:
         return sources
 
     def fill(self, cache: FeatureCache, jobs: list[ImageJob], cut: str, label: str = "features"):
-        """Compute and store every wanted view not yet in the cache; returns [(path, reason)] rejected."""
+        """Compute and store every wanted view not yet in the cache, of this rank's share of the jobs:
+        ([(path, reason)] rejected, the number of views computed)."""
         present = cache.index()
         todo = []
-        for job in jobs:
+        for job in distributed.share(jobs):
             views = tuple(v for v in job.views if entry_name(job.sha256, v, self.augment) not in present)
             if views:
                 todo.append(ImageJob(job.path, job.sha256, views))
         rejected: list[tuple[str, str]] = []
+        computed = sum(len(job.views) for job in todo)
         if not todo:
-            return rejected
+            return rejected, computed
         self.model.eval()
         writer = cache.writer()
         bar = progress(total=sum(len(job.views) for job in todo), desc=f"{label} to {cut}", unit="view")
@@ -161,11 +168,11 @@ class FeaturePipeline:
                 bar.update(len(names))
         writer.close()
         bar.close()
-        return rejected
+        return rejected, computed
 
     def derive(self, source: FeatureCache, target: FeatureCache, entries: list[str], after: str, upto: str) -> None:
-        """Features at a later cut computed from a cached earlier cut (block4 -> block5, say)."""
-        todo = target.missing(entries)
+        """Features at a later cut computed from a cached earlier cut (block4 -> block5, say); this rank's share."""
+        todo = target.missing(distributed.share(entries))
         if not todo:
             return
         features = source.open(todo)
@@ -191,3 +198,11 @@ class FeaturePipeline:
             return saved
         images = clean_views([item.path for item in train], self.prep, quantize.CALIBRATION_IMAGES)
         return quantize.calibrate_model(self.model, upto, images, self.runtime.autocast)
+
+
+def _check_visible(cache: FeatureCache, entries: list[str]) -> None:
+    """After the ranks filled a cache side by side, each must see every entry: the others' too."""
+    if distributed.world().size > 1:
+        distributed.barrier()
+        cache.refresh()
+        cache.require(entries, f"written by other ranks, not visible on {distributed.world().describe()}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .data import walk_files
 from .errors import UserError
 from .gradcam import Explanation, frame_or_reason, full_heatmap, grad_cam
@@ -41,10 +42,12 @@ class Predictor:
     def predict(self, inputs: list) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predictions for the readable inputs, and (name, reason) for the others. An input is a path,
         bytes, a binary file object, a PIL image or a uint8 numpy array; a prediction's `path` is the
-        path as given, or a name like "<PIL image 3>" for the others."""
+        path as given, or a name like "<PIL image 3>" for the others. Under torchrun each rank predicts its
+        share of the inputs and every rank gets them all, in the order given."""
         predictions, rejected = [], []
         batch_names, batch_views = [], []
-        names = [_name(source, i) for i, source in enumerate(inputs)]
+        names = distributed.share([_name(source, i) for i, source in enumerate(inputs)])
+        inputs = distributed.share(list(inputs))
         decoded = prefetch(lambda source: decode_clean(source, self.preprocessing), inputs, 2, 2 * self.batch_size)
         bar = progress(total=len(names), desc="predicting", unit="image")
         for name, (view, reason) in zip(names, decoded):
@@ -60,6 +63,10 @@ class Predictor:
         if batch_names:
             predictions += self._classify(batch_names, batch_views)
         bar.close()
+        if distributed.world().size > 1:
+            order = {name: rank for rank, name in enumerate(distributed.gather(names))}
+            predictions = sorted(distributed.concat(predictions), key=lambda p: order[p.path])
+            rejected = sorted(distributed.concat(rejected), key=lambda row: order[row[0]])
         return predictions, rejected
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import distributed
 from .metrics import classification_metrics
 from .model import Classifier
 from .runtime import Runtime
@@ -53,14 +54,16 @@ class Scorer:
 
     def view_logits(self, source, n_items: int, cut: str, views: tuple[int, ...] | None = None):
         """(positions that could be read, logits (view, position, output)) of the `views` the source holds;
-        by default those the model averages (the clean view, and with `tta` its mirror image)."""
+        by default those the model averages (the clean view, and with `tta` its mirror image). Under
+        torchrun each rank scores its share and every rank gets all of them."""
         wanted = scored_views(self.model.tta) if views is None else views
         slots = [slot for slot, view in enumerate(source.view_ids) if view in wanted]
         self.model.eval()
         all_positions, all_logits = [], []
+        mine = distributed.share(range(n_items))
         with torch.inference_mode():
-            for start in range(0, n_items, self.batch_size):
-                positions = list(range(start, min(start + self.batch_size, n_items)))
+            for start in range(0, len(mine), self.batch_size):
+                positions = list(mine[start:start + self.batch_size])
                 views = []
                 for slot in slots:
                     x, kept = source.batch(positions, [slot] * len(positions))
@@ -74,8 +77,8 @@ class Scorer:
                     all_logits.append(torch.stack([torch.stack([view[p] for p in kept]) for view in views]).numpy())
                     all_positions += kept
         if not all_logits:
-            return np.zeros(0, np.int64), np.zeros((len(slots), 0, self.model.head_spec.n_outputs), np.float32)
-        return np.asarray(all_positions, dtype=np.int64), np.concatenate(all_logits, axis=1)
+            all_logits = [np.zeros((len(slots), 0, self.model.head_spec.n_outputs), np.float32)]
+        return _merged(np.asarray(all_positions, dtype=np.int64), np.concatenate(all_logits, axis=1))
 
     def fit_temperature(self, view_logits: np.ndarray, labels: np.ndarray) -> float:
         """The temperature that minimises the log loss of the model's probabilities (`tta` included) on
@@ -106,3 +109,14 @@ class Scorer:
 
     def summary(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
         return classification_metrics(labels, probabilities, self.classes)
+
+
+def _merged(positions: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's (positions, logits (view, position, output)), in the order of the positions."""
+    if distributed.world().size == 1:
+        return positions, logits
+    parts = distributed.concat([(positions, logits)])
+    positions = np.concatenate([part[0] for part in parts])
+    logits = np.concatenate([part[1] for part in parts], axis=1)
+    order = np.argsort(positions, kind="stable")
+    return positions[order], logits[:, order]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import data, weights
+from . import data, distributed, weights
 from .features import FeaturePipeline, Sources
 from .model import Classifier, HeadSpec, blocks_from_state_dict, earliest_cut
 from .progress import say
@@ -39,7 +39,8 @@ class Run:
     def record(self, stage: str, history: list[dict]) -> None:
         """The stage's epochs so far, written to metrics.jsonl with the stages before it."""
         self.histories[stage] = list(history)
-        self.folder.write_history([row for rows in self.histories.values() for row in rows])
+        if distributed.is_main():
+            self.folder.write_history([row for rows in self.histories.values() for row in rows])
 
 
 def gather_data(config: TrainConfig) -> data.Splits:
@@ -50,14 +51,17 @@ def gather_data(config: TrainConfig) -> data.Splits:
 
 
 def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
-    """Check everything that can be wrong before writing anything, then set up the run."""
-    folder = RunDir(config.out)
+    """Check everything that can be wrong before writing anything, then set up the run. Under torchrun
+    every rank does this, and rank 0 alone writes the run folder."""
+    folder, main = RunDir(config.out), distributed.is_main()
     folder.prepare(resume)
     runtime = choose_runtime(config.device, config.precision)
     splits = gather_data(config)
     loaded = weights.resolve(user_file=config.weights)
-    folder.make()
-    if not resume:
+    distributed.barrier()                    # every rank has checked the folder before rank 0 fills it
+    if main:
+        folder.make()
+    if main and not resume:
         folder.write_config(config)
     say(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images in "
         f"{len(splits.classes)} classes; {len(splits.rejected)} files skipped (rejected.csv)")
@@ -70,8 +74,12 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     pipeline = FeaturePipeline(model, spec.preprocessing, config.augment, runtime, config.batch_size,
                                loaded.id, weights.home() / "features")
     if runtime.int8:                         # a resumed run keeps the scales it calibrated
-        calibration = pipeline.use_int8(splits.train, earliest_cut(cuts), saved=folder.calibration())
-        folder.save_calibration(calibration)
+        cut = earliest_cut(cuts)             # rank 0 calibrates; every rank uses its scales
+        calibration = distributed.from_main(pipeline.use_int8(splits.train, cut, folder.calibration()) if main else None)
+        if main:
+            folder.save_calibration(calibration)
+        else:
+            pipeline.use_int8(splits.train, cut, calibration)
         spec = dataclasses.replace(spec, int8=calibration)
     started = time.perf_counter()
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
@@ -79,8 +87,9 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     sources = fill(by_split, cuts, config.views, scored_views(config.tta))
     timing = {"features_s": round(time.perf_counter() - started, 2),
               **{f"features_{split}_s": value for split, value in sources.seconds.items()}}
-    _write_data_reports(folder, splits, splits.rejected + sources.rejected)
-    folder.write_splits(splits.classes, sources.kept)
+    if main:
+        _write_data_reports(folder, splits, splits.rejected + sources.rejected)
+        folder.write_splits(splits.classes, sources.kept)
     labels = {name: torch.tensor([i.label for i in items], dtype=torch.long) for name, items in sources.kept.items()}
     return Run(config, folder, model, runtime, spec, sources, labels, splits.rejected, loaded.source, timing)
 

@@ -9,6 +9,10 @@
 Every completed epoch is saved (trainable tensors, optimiser moments, progress), so
 `--resume` continues from the last one and reaches the same result as a run that was
 never interrupted: each epoch's shuffling and dropout are seeded by (seed, stage, epoch).
+
+Under torchrun (distributed.py) every rank runs this same schedule: each takes its share of
+every batch, DistributedDataParallel averages the gradients, validation is scored in shares and
+gathered, so every rank makes the same choices; rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import UserError
-from .model import cut_before, last_blocks, set_trainable
+from .model import block_names, cut_before, last_blocks, set_trainable
 from .progress import progress, say, verbosity
 from .fsutil import load_tensors, save_tensors
 from .scoring import Scorer
@@ -48,7 +53,7 @@ def plan(config) -> list[Stage]:
 def fit(config, resume: bool = False) -> dict:
     """Train as `config` says, in config.out; returns {'val': metrics, 'test': metrics}."""
     stages = plan(config)
-    with verbosity(config.quiet):
+    with verbosity(config.quiet or not distributed.is_main()):
         run = open_run(config, resume, cuts=[stage.cut for stage in stages])
         for stage in stages:
             set_trainable(run.model, stage.trainable)
@@ -78,6 +83,14 @@ def finish(run: Run, cut: str) -> dict:
             run.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
     if run.sources.damaged_shards:
         run.timing["damaged_cache_shards"] = run.sources.damaged_shards
+    if distributed.is_main():
+        save(run, results, predictions)
+    return results
+
+
+def save(run: Run, results: dict, predictions: list) -> None:
+    """The finished run's files: the model, each image's probabilities, metrics, report and model card."""
+    classes = list(run.spec.classes)
     run.folder.write_rejected(run.rejected + run.sources.rejected)      # --no-cache: files lost mid-run
     run.folder.save_model(run.model, run.spec)
     run.folder.write_predictions(classes, predictions)
@@ -86,7 +99,6 @@ def finish(run: Run, cut: str) -> dict:
         run.folder.remove_state()
     if not run.config.no_report:
         write_documents(run.folder.path)
-    return results
 
 
 def calibrate(run: Run, final: Scorer, cut: str) -> None:
@@ -109,7 +121,8 @@ def environment(run: Run) -> dict:
     return {"vggtune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "device": run.runtime.describe(),
             "processor": run.runtime.processor(), "weights": run.spec.weights, "weights_source": run.weights_source,
-            "precision": run.runtime.precision, "feature_cache": run.sources.reuse}
+            "precision": run.runtime.precision, "processes": distributed.world().size,
+            "feature_cache": run.sources.reuse}
 
 
 def write_documents(folder) -> None:
@@ -121,10 +134,25 @@ def write_documents(folder) -> None:
         say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")
 
 
+class StageNet(torch.nn.Module):
+    """A stage's network from its cut to the output, as one module: what DistributedDataParallel wraps.
+    It holds the blocks after the cut and the head (so only they are synchronised), not the whole model."""
+
+    def __init__(self, model, cut: str):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(getattr(model.backbone, name) for name in block_names(after=cut))
+        self.head = model.head
+        self.__dict__["classifier"], self.cut = model, cut          # not a submodule
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.__dict__["classifier"].from_features(features, self.cut)
+
+
 def run_stage(run: Run, stage: Stage) -> None:
     model, config = run.model, run.config
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(list(parameters.values()), stage.lr)
+    net = distributed.wrap(StageNet(model, stage.cut), run.runtime.device)
     state = _resume_state(run, stage, parameters, optimizer)
     if state["done"]:
         return
@@ -133,7 +161,7 @@ def run_stage(run: Run, stage: Stage) -> None:
         seed = epoch_seed(config.seed, stage.name, epoch)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        train_loss, train_accuracy = train_epoch(run, stage, optimizer, rng)
+        train_loss, train_accuracy = train_epoch(run, stage, net, optimizer, rng)
         val = validate(run, stage.cut)
         score = val["loss"] if val else train_loss
         row = {"stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
@@ -141,19 +169,22 @@ def run_stage(run: Run, stage: Stage) -> None:
         state["history"].append(row)
         if score < state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            save_tensors(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
+            if distributed.is_main():
+                save_tensors(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         stop = bool(config.patience) and state["bad_epochs"] >= config.patience and state["epoch"] < stage.epochs
         state["done"] = bool(stop) or state["epoch"] == stage.epochs
-        _save_state(run, stage, parameters, optimizer, state)
+        if distributed.is_main():
+            _save_state(run, stage, parameters, optimizer, state)
         run.record(stage.name, state["history"])
         say(_epoch_line(row, stage))
         if stop:
             say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs")
             break
     run.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
+    distributed.barrier()                   # rank 0 has written the best parameters
     _load_params(run, stage, parameters, "best")
 
 
@@ -178,9 +209,12 @@ def validate(run: Run, cut: str) -> dict | None:
     return {"loss": result["log_loss"], "accuracy": result["accuracy"]}
 
 
-def train_epoch(run: Run, stage: Stage, optimizer, rng) -> tuple[float, float]:
-    """One pass over the training images, one random cached view of each."""
+def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, float]:
+    """One pass over the training images, one random cached view of each. Under torchrun each rank
+    takes its share of every batch, and its loss is weighted so that the averaged gradient is the
+    one-process gradient of the whole batch."""
     model, config, runtime, objective = run.model, run.config, run.runtime, scorer(run)
+    ranks = distributed.world().size
     source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]
     order = rng.permutation(len(labels))
     views = rng.integers(config.views, size=len(labels))
@@ -188,22 +222,26 @@ def train_epoch(run: Run, stage: Stage, optimizer, rng) -> tuple[float, float]:
     total_loss, correct, seen = 0.0, 0, 0
     bar = progress(total=len(order), desc=f"{stage.name} epoch", unit="image")
     for start in range(0, len(order), config.batch_size):
-        positions = order[start:start + config.batch_size]
+        positions = distributed.share(order[start:start + config.batch_size])
         x, kept = source.batch(positions, views[positions])
-        if not kept:
+        batch_images = distributed.total(len(kept))[0] if ranks > 1 else len(kept)
+        if not batch_images:
             continue
         y = labels[kept].to(runtime.device)
         with runtime.autocast():
-            logits = model.from_features(runtime.to_input(x), stage.cut)
-        loss = objective.loss(logits.float(), y)
+            logits = net(runtime.to_input(x))
+        # A rank whose share is empty still runs the step: every rank joins each gradient average.
+        loss = objective.loss(logits.float(), y) if kept else logits.sum() * 0.0
+        step_loss = loss * (len(kept) * ranks / batch_images) if ranks > 1 else loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(kept)
         correct += int((objective.predicted(logits.float()) == y).sum())
         seen += len(kept)
         bar.update(len(positions))
     bar.close()
+    total_loss, correct, seen = distributed.total(total_loss, correct, seen)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 

@@ -1,0 +1,202 @@
+"""torchrun with two CPU processes (gloo), one thread each, every launch bounded by a timeout so that a
+hang fails the test instead of stalling CI. The processes run tests/dist_entry.py: vggtune's command
+line with the tiny random-init backbone.
+
+The stated tolerance: with dropout 0 and fp32, two processes reach the one-process weights to 1e-5
+(the gradients of a batch are summed in another order, so not bit for bit). With dropout each rank
+draws its own masks, so a run is another draw of the same recipe, not the same numbers.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_dataset
+
+ENTRY = Path(__file__).with_name("dist_entry.py")
+TIMEOUT_S = 240
+TOLERANCE = 1e-5
+RECIPE = ["--epochs", "3", "--finetune-epochs", "2", "--size", "32", "--batch-size", "8", "--views", "2",
+          "--hidden", "16", "--val-split", "0.2", "--test-split", "0.2", "--lr", "1e-2", "--finetune-lr", "1e-3",
+          "--dropout", "0", "--precision", "fp32", "--no-report"]
+
+
+def environment(home: Path, **extra) -> dict:
+    return {**os.environ, "VGGTUNE_HOME": str(home), "VGGTUNE_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "VGGTUNE_DIST_TIMEOUT": "60", **extra}
+
+
+def launch(arguments: list[str], home: Path, nproc: int | None = 2, launcher: list[str] | None = None, **extra):
+    """torchrun --standalone with `nproc` processes (None: one plain process, no torchrun)."""
+    if nproc is None:
+        command = [sys.executable, str(ENTRY), *arguments]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", *(launcher or ["--standalone"]),
+                   f"--nproc-per-node={nproc}", str(ENTRY), *arguments]
+    return subprocess.run(command, env=environment(home, **extra), capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def model_difference(a: Path, b: Path) -> float:
+    first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert first.keys() == second.keys()
+    return max(float((first[k] - second[k]).abs().max()) for k in first)
+
+
+def cache_entries(home: Path) -> dict[str, list[str]]:
+    """Each cache folder's entries, over all its shards, with repeats."""
+    return {folder.parent.name: [entry for manifest in folder.parent.glob("shard-*.json")
+                                 for entry in json.loads(manifest.read_text())["entries"]]
+            for folder in (home / "features").glob("*/key.json")}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("dist") / "data", n_per_class=30)
+
+
+@pytest.fixture(scope="module")
+def one_process(data, tmp_path_factory) -> tuple[Path, Path]:
+    """(run, its home) of the same recipe in one plain process: the reference."""
+    root = tmp_path_factory.mktemp("one")
+    result = launch(["train", str(data), *RECIPE, "--out", str(root / "run")], root / "home", nproc=None)
+    assert result.returncode == 0, result.stderr
+    return root / "run", root / "home"
+
+
+def test_two_processes_fill_the_cache_once_and_match_one_process(data, one_process, tmp_path):
+    result = launch(["train", str(data), *RECIPE, "--out", str(tmp_path / "run")], tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("test metrics") == 1                 # rank 0 alone reports
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["environment"]["processes"] == 2
+    reuse = metrics["environment"]["feature_cache"]
+    assert reuse["views_computed"] == reuse["views_wanted"] > 0     # a fresh cache: every view once
+    two, one = cache_entries(tmp_path / "home"), cache_entries(one_process[1])
+    assert two.keys() == one.keys()
+    for folder, entries in two.items():
+        assert len(entries) == len(set(entries)), f"{folder}: a view computed twice"
+        assert set(entries) == set(one[folder])
+    shards = lambda home: len(list((home / "features").glob("*/shard-*.npy")))   # noqa: E731
+    assert shards(tmp_path / "home") > shards(one_process[1])       # both ranks wrote their share
+    assert model_difference(one_process[0], tmp_path / "run") < TOLERANCE
+    assert (tmp_path / "run" / "splits.json").read_text() == (one_process[0] / "splits.json").read_text()
+
+
+def predictions(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_predict_and_evaluate_under_torchrun_merge_one_output(data, one_process, tmp_path):
+    run, home = one_process
+    inputs = [str(data / "dog"), str(data / "cat"), str(tmp_path / "absent.jpg")]
+    single = launch(["predict", str(run), *inputs, "--output", str(tmp_path / "one.csv")], home, nproc=None)
+    double = launch(["predict", str(run), *inputs, "--output", str(tmp_path / "two.csv")], home)
+    assert single.returncode == 1 and "absent.jpg" in single.stderr           # a missing input is reported
+    assert double.returncode != 0 and double.stderr.count("skipped") == 1
+    one, two = predictions(tmp_path / "one.csv"), predictions(tmp_path / "two.csv")
+    assert len(two) == 61 and [row[:2] for row in two] == [row[:2] for row in one]     # header + 60, in order
+    assert max(abs(float(a) - float(b)) for x, y in zip(one[1:], two[1:]) for a, b in zip(x[2:], y[2:])) < 1e-6
+    evaluated = launch(["evaluate", str(run), "--data", str(data), "--output", str(tmp_path / "e.json"),
+                        "--no-report"], home)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    right = sum(row[1] == Path(row[0]).parent.name for row in one[1:])
+    assert result["n"] == 60 and result["accuracy"] == pytest.approx(right / 60)
+    labels = {row[0]: row[1] for row in one[1:]}
+    merged = {row[1]: row[3] for row in predictions(tmp_path / "e.predictions.csv")[1:]}
+    assert merged == {path: labels[path] for path in merged} and len(merged) == 60
+
+
+def test_a_killed_rank_ends_the_job_and_resume_finishes_it(data, one_process, tmp_path):
+    started = time.monotonic()
+    result = launch(["train", str(data), *RECIPE, "--out", str(tmp_path / "run")], tmp_path / "home",
+                    DIE_AT="1:finetune")
+    assert result.returncode != 0
+    assert time.monotonic() - started < TIMEOUT_S
+    assert "SIGKILL" in result.stderr and "rank      : 1" in result.stderr     # torchrun names the lost rank
+    assert (tmp_path / "run" / "state" / "head-best.safetensors").is_file()
+    assert not (tmp_path / "run" / "model.json").exists()
+    resumed = launch(["train", "--resume", "--out", str(tmp_path / "run")], tmp_path / "home")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finetune  1/2" in resumed.stderr and "head  1/3" not in resumed.stderr    # the head stage was kept
+    assert model_difference(one_process[0], tmp_path / "run") < TOLERANCE
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_on_the_loopback_address(data, one_process, tmp_path):
+    """Two torchrun agents (--nnodes 2), as on two hosts sharing a filesystem, meeting at one endpoint."""
+    nodes = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=vggtune-test"]
+    command = [sys.executable, "-m", "torch.distributed.run", *nodes, "--nproc-per-node=1", str(ENTRY),
+               "train", str(data), *RECIPE, "--out", str(tmp_path / "run")]
+    agents = [subprocess.Popen(command, env=environment(tmp_path / "home"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outputs = [agent.communicate(timeout=TIMEOUT_S) for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert [agent.returncode for agent in agents] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sum(out.count("test metrics") for out, _ in outputs) == 1
+    assert model_difference(one_process[0], tmp_path / "run") < TOLERANCE
+
+
+def test_nproc_flag_refusals(tmp_path, capsys, monkeypatch):
+    from vggtune import cli
+    assert cli._without_nproc(["train", "D", "--nproc", "2", "--out", "R", "--nproc=3"]) == ["train", "D", "--out", "R"]
+    assert cli.main(["train", str(tmp_path), "--nproc", "0", "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--nproc: received 0" in error
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "file").write_text("x")        # checked before any process starts
+    assert cli.main(["train", str(tmp_path), "--nproc", "2", "--out", str(tmp_path / "used")]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["predict", str(tmp_path), "x.jpg", "--nproc", "2"]) == 2
+    assert "already runs under torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_nproc_shortcut_trains_on_real_weights_from_a_manifest(tmp_path):
+    """`vggtune train --nproc 2` launches torchrun itself; a manifest picks 16 photos a class in place."""
+    from conftest import require_real_weights, shared_data
+    require_real_weights()
+    source = shared_data("cats-vs-dogs-2k")
+    rows = [(str(path), name) for name in ("cat", "dog") for path in sorted((source / name).iterdir())[:16]]
+    manifest = tmp_path / "subset.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    command = [sys.executable, "-m", "vggtune", "train", str(manifest), "--nproc", "2", "--out", str(tmp_path / "run"),
+               "--size", "64", "--epochs", "1", "--finetune-epochs", "1", "--no-report", "--quiet"]
+    env = environment(tmp_path / "home")
+    env.pop("OMP_NUM_THREADS")                  # the launcher divides the cores itself
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S * 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["environment"]["processes"] == 2 and metrics["test"]["n"] == 4
+    assert torch.isfinite(torch.tensor(metrics["test"]["log_loss"]))
+
+
+def test_views_out_of_sight_are_one_line_naming_the_shared_filesystem(tmp_path):
+    """What a rank says when the others' shards are not on its filesystem (VGGTUNE_HOME not shared)."""
+    from vggtune.cache import FeatureCache
+    from vggtune.errors import UserError
+    cache = FeatureCache(tmp_path, {"cut": "block4", "weights": "w"})
+    cache.writer().close()
+    with pytest.raises(UserError, match="2 views written by other ranks.*VGGTUNE_HOME on a filesystem every"):
+        cache.require(["a/clean", "b/clean"], "written by other ranks")

@@ -1,0 +1,85 @@
+"""Datasets from a CSV manifest (path,label[,split]): its rows, its bad rows, its splits, a run trained on it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vggtune import cli, data, training
+from vggtune.errors import UserError
+
+from conftest import make_dataset, quick_config
+
+
+def write_manifest(path, rows, header=("path", "label", "split")) -> None:
+    path.write_text("\n".join(",".join(row) for row in [header, *rows]) + "\n")
+
+
+@pytest.fixture
+def images(tmp_path):
+    return make_dataset(tmp_path / "images", n_per_class=20)
+
+
+def rows_of(images, split=lambda name, i: ""):
+    """Relative paths (from tmp_path), each with its class and the split `split` gives it."""
+    return [(f"images/{name}/{name}.{i}.jpg", name, split(name, i)) for name in ("cat", "dog") for i in range(20)]
+
+
+def test_rows_become_files_relative_to_the_csv_or_absolute(tmp_path, images):
+    rows = rows_of(images)[:3] + [(str(images / "dog" / "dog.0.jpg"), "dog", "")]
+    write_manifest(tmp_path / "m.csv", rows)
+    found = data.discover(tmp_path / "m.csv")
+    assert found.classes == ["cat", "dog"] and found.manifest
+    assert [path for path, _ in found.files] == [str(images / "cat" / f"cat.{i}.jpg") for i in range(3)] + [
+        str(images / "dog" / "dog.0.jpg")]
+
+
+def test_bad_rows_are_rejected_with_their_line_and_the_rest_is_used(tmp_path, images, capsys):
+    rows = rows_of(images)[:36] + [
+        ("images/cat/absent.jpg", "cat", ""),           # no such file
+        ("images/dog/dog.18.jpg", "", ""),              # empty label
+        ("images/dog/dog.19.jpg", "dog", "holdout"),    # a split that is not one
+        ("", "dog", ""),                                # no path
+    ]
+    write_manifest(tmp_path / "m.csv", rows)
+    assert cli.main(["data", "check", str(tmp_path / "m.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "36 usable images in 2 classes, 4 rejected" in out
+    assert "absent.jpg: no such file (named in the manifest)" in out
+    assert "dog.18.jpg: manifest line 39: empty label" in out
+    assert "dog.19.jpg: manifest line 40: split 'holdout'; allowed: train, val, test or empty" in out
+    assert "manifest line 41: no path" in out
+
+
+@pytest.mark.parametrize("header, received", [(("file", "class"), "['file', 'class']"),
+                                              (("path", "category"), "['path', 'category']")])
+def test_a_manifest_without_path_and_label_columns_is_one_line(tmp_path, images, capsys, header, received):
+    write_manifest(tmp_path / "m.csv", [("images/cat/cat.0.jpg", "cat")], header=header)
+    assert cli.main(["data", "check", str(tmp_path / "m.csv")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and received in error and "allowed: a header row with path and label" in error
+
+
+def test_the_split_column_decides_val_and_test(tmp_path, images):
+    split = lambda name, i: "test" if i < 4 else "val" if i < 7 else "train"    # noqa: E731
+    write_manifest(tmp_path / "m.csv", rows_of(images, split))
+    splits = data.prepare_splits(tmp_path / "m.csv", None, None, 0.1, 0.1, seed=0)
+    names = lambda items: sorted(item.path.rsplit("/", 1)[1] for item in items)    # noqa: E731
+    assert names(splits.test) == sorted(f"{c}.{i}.jpg" for c in ("cat", "dog") for i in range(4))
+    assert names(splits.val) == sorted(f"{c}.{i}.jpg" for c in ("cat", "dog") for i in range(4, 7))
+    assert len(splits.train) == 26
+    with pytest.raises(UserError, match="already names 6 val rows"):
+        data.prepare_splits(tmp_path / "m.csv", images, None, 0.1, 0.1, seed=0)
+    with pytest.raises(UserError, match="no test rows for cross-validation"):
+        data.prepare_splits(tmp_path / "m.csv", None, None, 0.1, 0.1, seed=0, fold=(1, 5))
+
+
+def test_a_run_trains_from_a_manifest_and_evaluates_on_another(tmp_path, images, tiny_weights):
+    write_manifest(tmp_path / "m.csv", rows_of(images, lambda name, i: "test" if i < 5 else ""))
+    results = training.fit(quick_config(tmp_path / "m.csv", tmp_path / "run", test_split=0.0))
+    saved = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert results["test"]["n"] == 10 and len(saved["test"]) == 10
+    assert all(row["path"].rsplit(".", 2)[-2] in "01234" for row in saved["test"])
+    write_manifest(tmp_path / "other.csv", rows_of(images)[15:25])
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "other.csv"), "--no-report"]) == 0
+    assert json.loads((tmp_path / "run" / "evaluation.json").read_text())["n"] == 10
