@@ -1,3 +1,4 @@
+import json
 import pytest
 import torch
 
@@ -173,3 +174,34 @@ def test_a_view_is_the_same_inside_a_bf16_autocast_region(tmp_path):
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         under_autocast = [make_view(image, PREP, AUG, job.sha256, v) for v in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(plain, under_autocast))
+
+
+def test_uint8_storage_restores_each_view_within_half_a_step_in_half_the_bytes(tmp_path):
+    features = torch.relu(torch.randn(6, 16, 7, 7) * 3).contiguous(memory_format=torch.channels_last)
+    features[2] = 0.0                                       # a view with one value only
+    key = {"cut": "block5", "weights": "w"}
+    stored = {}
+    for storage in ("float16", "uint8"):
+        cache = FeatureCache(tmp_path, key, storage)
+        writer = cache.writer()
+        writer.add([f"e{i}" for i in range(6)], features)
+        writer.close()
+        stored[storage] = (cache, FeatureCache(tmp_path, key, storage).open([f"e{i}" for i in (5, 0, 2)]).gather([0, 1, 2]))
+    assert stored["float16"][0].dir != stored["uint8"][0].dir            # the storage is part of the key
+    restored, original = stored["uint8"][1].float(), features[[5, 0, 2]]
+    step = (original.flatten(1).max(1).values - original.flatten(1).min(1).values) / 255
+    error = (restored - original).abs().flatten(1).max(1).values
+    assert torch.all(error <= step / 2 + 2e-3 * original.flatten(1).abs().max(1).values)   # + float16 rounding
+    assert torch.equal(restored[2], torch.zeros_like(restored[2]))
+    assert stored["uint8"][0].size_bytes() < 0.55 * stored["float16"][0].size_bytes()
+    assert FeatureCache.existing(stored["uint8"][0].dir).storage == "uint8"
+
+
+def test_a_run_trains_on_uint8_features(tmp_path, tiny_weights, isolated_home):
+    from conftest import quick_config
+    from vggtune import training
+    first = training.fit(quick_config(make_dataset(tmp_path / "d", n_per_class=15), tmp_path / "f16"))
+    second = training.fit(quick_config(tmp_path / "d", tmp_path / "u8", feature_storage="uint8"))
+    storages = sorted(json.loads(p.read_text())["storage"] for p in (isolated_home / "features").glob("*/key.json"))
+    assert storages == ["float16", "float16", "uint8", "uint8"]          # block4 and block5 each
+    assert second["test"]["log_loss"] == pytest.approx(first["test"]["log_loss"], abs=0.05)

@@ -1,7 +1,9 @@
 """The frozen-feature cache: outputs of the frozen blocks, computed once and stored.
 
 One folder per key (weights id, preprocessing, cut point, architecture, int8 calibration,
-storage dtype), one entry per (image content, view). The whole key is built here and
+storage), one entry per (image content, view). Storage is float16, or uint8 for very large
+datasets: each view's values mapped onto 0..255 between its own minimum and maximum (the two
+numbers kept in the shard's manifest), half the bytes. The whole key is built here and
 nowhere else: `FeatureKey` for the folder, `entry_name` for the entry. Inside, shards:
 `shard-<id>.npy` (rows of features) and `shard-<id>.json` (entry names, shape, checksum).
 A shard exists once its manifest is renamed into place, after its data is fsynced, so a
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import AugmentConfig
+from .config import STORAGES, AugmentConfig
 from .transforms import CLEAN, MIRROR
 from .errors import UserError
 from .fsutil import atomic_file, atomic_write_json, display_path, file_digest, remove_stale_temporaries
@@ -67,8 +69,9 @@ def entry_name(sha256: str, view: int, aug: AugmentConfig) -> str:
 class FeatureCache:
     """The cache folder of one key and cut, under `root`."""
 
-    def __init__(self, root: Path, key: dict):
-        self.key = dict(key, storage=STORAGE_DTYPE.name, format=1)
+    def __init__(self, root: Path, key: dict, storage: str = STORAGES[0]):
+        self.storage = storage
+        self.key = dict(key, storage=storage, format=1)
         self.dir = Path(root) / f"{key['cut']}-{_short_digest(self.key)[:16]}"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +82,7 @@ class FeatureCache:
             atomic_write_json(self.dir / "key.json", self.key)
         remove_stale_temporaries(self.dir, ".shard-*.tmp")
         self._index: dict[str, tuple[str, int]] | None = None
+        self._scales: dict[str, np.ndarray] = {}           # uint8 shards: each row's (minimum, step)
         self._verified: set[str] = set()
         self.damaged: list[str] = []
 
@@ -86,7 +90,7 @@ class FeatureCache:
     def existing(cls, folder: Path) -> "FeatureCache":
         """The cache in a folder as it is on disk, by the key it recorded."""
         key = json.loads((Path(folder) / "key.json").read_text())
-        cache = cls(Path(folder).parent, key)
+        cache = cls(Path(folder).parent, key, key.get("storage", STORAGES[0]))
         if cache.dir != Path(folder):
             raise ValueError(f"{folder}: its key.json names {cache.dir.name}")
         return cache
@@ -106,6 +110,8 @@ class FeatureCache:
                 except (OSError, ValueError, KeyError):
                     self._discard(shard)
                     continue
+                if "scales" in manifest:
+                    self._scales[shard] = np.asarray(manifest["scales"], dtype=np.float32)
                 for row, entry in enumerate(manifest["entries"]):
                     self._index.setdefault(entry, (shard, row))
         return self._index
@@ -135,7 +141,7 @@ class FeatureCache:
 
     def writer(self) -> "ShardWriter":
         self.refresh()              # new shards will appear
-        return ShardWriter(self.dir)
+        return ShardWriter(self.dir, storage=self.storage)
 
     def open(self, entries: list[str]) -> "FeatureSet":
         index = self.index()
@@ -143,8 +149,9 @@ class FeatureCache:
         if absent:
             raise KeyError(f"{len(absent)} entries not in cache {self.dir}, e.g. {absent[0]}")
         locations = [index[e] for e in entries]
-        arrays = {shard: np.load(self.dir / f"{shard}.npy", mmap_mode="r") for shard in {s for s, _ in locations}}
-        return FeatureSet(arrays, locations)
+        shards = {s for s, _ in locations}
+        arrays = {shard: np.load(self.dir / f"{shard}.npy", mmap_mode="r") for shard in shards}
+        return FeatureSet(arrays, locations, {shard: self._scales[shard] for shard in shards if shard in self._scales})
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("shard-*.npy"))
@@ -153,19 +160,25 @@ class FeatureCache:
 class ShardWriter:
     """Collects rows and writes them out a shard at a time; `close` writes the last one."""
 
-    def __init__(self, folder: Path, rows_per_shard: int | None = None):
-        self.folder = folder
+    def __init__(self, folder: Path, rows_per_shard: int | None = None, storage: str = STORAGES[0]):
+        self.folder, self.storage = folder, storage
         self.rows_per_shard = rows_per_shard or SHARD_ROWS
         self.entries: list[str] = []
         self.batches: list[np.ndarray] = []
+        self.scales: list[list[float]] = []
 
     def add(self, entries: list[str], features: torch.Tensor) -> None:
-        # One pass to float16 in row-major order: np.save of a channels-last (strided) array
-        # goes element by element and cost 40x more than the write itself. A copy always, so
-        # a caller reusing its output buffer cannot change rows waiting to be written.
-        rows = features.detach().to("cpu", STORAGE_TORCH_DTYPE, copy=True, memory_format=torch.contiguous_format)
+        if self.storage == "uint8":
+            rows, scales = quantize_rows(features)
+            self.scales.extend(scales)
+        else:
+            # One pass to float16 in row-major order: np.save of a channels-last (strided) array
+            # goes element by element and cost 40x more than the write itself. A copy always, so
+            # a caller reusing its output buffer cannot change rows waiting to be written.
+            rows = features.detach().to("cpu", STORAGE_TORCH_DTYPE, copy=True,
+                                        memory_format=torch.contiguous_format).numpy()
         self.entries.extend(entries)
-        self.batches.append(rows.numpy())
+        self.batches.append(rows)
         if len(self.entries) >= self.rows_per_shard:
             self.flush()
 
@@ -178,24 +191,37 @@ class ShardWriter:
             with atomic_file(data_path) as handle:
                 np.save(handle, np.concatenate(self.batches))
             atomic_write_json(self.folder / f"{shard}.json", {
-                "entries": self.entries, "checksum": _digest_file(data_path)})
+                "entries": self.entries, "checksum": _digest_file(data_path),
+                **({"scales": self.scales} if self.storage == "uint8" else {})})
         except (OSError, UserError) as exc:
             data_path.unlink(missing_ok=True)
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise UserError(f"feature cache {display_path(self.folder)}: cannot write a shard ({reason}); "
                             "allowed: VGGTUNE_HOME on a writable disk with free space") from None
-        self.entries, self.batches = [], []
+        self.entries, self.batches, self.scales = [], [], []
 
     def close(self) -> None:
         self.flush()
 
 
-class FeatureSet:
-    """Rows of one or more memory-mapped shards, gathered into batches by position."""
+def quantize_rows(features: torch.Tensor) -> tuple[np.ndarray, list[list[float]]]:
+    """Each row (view) as uint8 between its own minimum and maximum, in row-major order, and its
+    (minimum, step): a value is restored as minimum + q * step, within step / 2."""
+    flat = features.detach().to("cpu", torch.float32).flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    step = ((high - low) / 255).clamp_min(torch.finfo(torch.float32).tiny)
+    rows = torch.round((flat - low[:, None]) / step[:, None]).clamp_(0, 255).to(torch.uint8)
+    return rows.reshape(features.shape).numpy(), [[float(a), float(b)] for a, b in zip(low, step)]
 
-    def __init__(self, arrays: dict[str, np.ndarray], locations: list[tuple[str, int]]):
+
+class FeatureSet:
+    """Rows of one or more memory-mapped shards, gathered into float16 batches by position."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], locations: list[tuple[str, int]],
+                 scales: dict[str, np.ndarray] | None = None):
         self.arrays = arrays
         self.locations = locations
+        self.scales = scales or {}
         self.row_shape = next(iter(arrays.values())).shape[1:] if arrays else ()
 
     def __len__(self) -> int:
@@ -209,7 +235,11 @@ class FeatureSet:
             by_shard.setdefault(shard, []).append((slot, row))
         for shard, pairs in by_shard.items():
             slots, rows = zip(*sorted(pairs, key=lambda pair: pair[1]))
-            out[list(slots)] = self.arrays[shard][list(rows)]
+            values = self.arrays[shard][list(rows)]
+            if shard in self.scales:
+                low, step = (self.scales[shard][list(rows), i].reshape(-1, *[1] * (values.ndim - 1)) for i in (0, 1))
+                values = low + values.astype(np.float32) * step
+            out[list(slots)] = values
         return torch.from_numpy(out)
 
 

@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEVICES, HEADS, PRECISIONS, RECIPES, AugmentConfig, TrainConfig
+from .config import DEVICES, HEADS, PRECISIONS, RECIPES, STORAGES, AugmentConfig, TrainConfig
 from .errors import UserError
 from .fsutil import atomic_write_text, display_path
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")     # positional, grouped below, or set by `vggtune cv`
-CHOICES = {"recipe": tuple(RECIPES), "head": HEADS, "precision": PRECISIONS, "device": DEVICES}
+CHOICES = {"recipe": tuple(RECIPES), "head": HEADS, "precision": PRECISIONS, "device": DEVICES,
+           "feature_storage": STORAGES}
 HELP = {
     "out": "run directory to create",
     "recipe": "vggtune: the cross-validated defaults; classic: the textbook recipe (flatten head, no TTA, "
@@ -32,6 +33,7 @@ HELP = {
     "finetune_lr": "fine-tune learning rate", "views": "cached views per training image (view 0 is unaugmented)",
     "patience": "early stopping: epochs without a better validation loss (0: off)",
     "no_cache": "recompute the frozen layers every epoch (the plain recipe)", "quiet": "print only the result",
+    "feature_storage": "cached features in float16, or uint8 with each view's own scale (half the disk)",
     "batch_size": "images per batch", "size": "input side in pixels, a multiple of 32",
     "head": "flatten: Flatten -> Dense(hidden) -> output (the classic recipe); gap: global average pooling",
     "hidden": "units of the flatten head's hidden layer", "dropout": "dropout before the output layer",

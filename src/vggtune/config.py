@@ -17,6 +17,7 @@ HEADS = ("flatten", "gap")             # Flatten -> Dense(hidden) -> out (the re
 PRECISIONS = ("auto", "bf16", "fp32", "int8")
 PATHS = ("data", "out", "val_data", "test_data", "weights")
 DEVICES = ("auto", "cpu", "cuda")
+STORAGES = ("float16", "uint8")         # cached features: 2 bytes a value, or 1 with each view's own scale
 # A recipe names a set of defaults; options given beside it win. "vggtune" is the defaults below, chosen
 # by cross-validation (BENCHMARKS.md section 14); "classic" is the recipe as the seed document
 # writes it and vggtune ran it until 2026-11-30: Flatten -> Dense(256) -> sigmoid, block5 fine-tuned,
@@ -77,6 +78,7 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     no_cache: bool = False
+    feature_storage: str = "float16"      # STORAGES; uint8 halves the cache, for very large datasets
     keep_state: bool = False              # state/ is only needed to resume; removed when the run ends
     no_report: bool = False               # report.html and README.md (the model card) are written by default
     quiet: bool = False
@@ -96,6 +98,8 @@ class TrainConfig:
             raise choice_error("--precision", self.precision, PRECISIONS)
         if self.device not in DEVICES:
             raise choice_error("--device", self.device, DEVICES)
+        if self.feature_storage not in STORAGES:
+            raise choice_error("--feature-storage", self.feature_storage, STORAGES)
         _check_int("--epochs", self.epochs, 1)
         _check_int("--finetune-epochs", self.finetune_epochs, 0)
         _check_int("--batch-size", self.batch_size, 1)

@@ -88,11 +88,12 @@ class FeaturePipeline:
     batch_size: int
     weights_id: str
     cache_root: Path | None = None
+    storage: str = "float16"                 # cache.STORAGES
 
     def cache(self, cut: str) -> FeatureCache:
         calibration = self.model.int8_frozen.calibration if self.model.int8_frozen is not None else None
         key = FeatureKey(self.weights_id, self.prep.to_dict(), self.model.backbone.widths, calibration)
-        return FeatureCache(self.cache_root, key.at(cut))
+        return FeatureCache(self.cache_root, key.at(cut), self.storage)
 
     def cached(self, splits: dict[str, list[Item]], cuts: list[str], views: int,
                eval_views: tuple[int, ...] = (CLEAN,)) -> Sources:

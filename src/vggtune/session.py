@@ -72,7 +72,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     torch.manual_seed(config.seed)          # the head's initial weights
     model = build_classifier(spec, loaded.state_dict, runtime)
     pipeline = FeaturePipeline(model, spec.preprocessing, config.augment, runtime, config.batch_size,
-                               loaded.id, weights.home() / "features")
+                               loaded.id, weights.home() / "features", config.feature_storage)
     if runtime.int8:                         # a resumed run keeps the scales it calibrated
         cut = earliest_cut(cuts)             # rank 0 calibrates; every rank uses its scales
         calibration = distributed.from_main(pipeline.use_int8(splits.train, cut, folder.calibration()) if main else None)
