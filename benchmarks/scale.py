@@ -192,12 +192,14 @@ def projection(bytes_by_cut: dict, cpu_views_s: float, decode_per_core: float) -
     compute = 989e12 * 0.40 / conv_flops("block4")
     decode = 16 * decode_per_core
     per_gpu = min(compute, decode)
+    per_view = bytes_by_cut["block4"] + bytes_by_cut["block5"]
     return {"views": views, "disk_bytes": disk, "disk_gb": round(disk / 1e9, 1),
             "this_cpu_hours": round(views / cpu_views_s / 3600, 1),
             "gpu_estimate": {"per_gpu_views_s": round(per_gpu), "compute_bound_views_s": round(compute),
                              "decode_bound_views_s": round(decode),
-                             "hours": {n: round(views / (per_gpu * n) / 3600, 2) for n in (1, 8, 64)},
-                             "write_gb_s_at_64": round(64 * per_gpu * (bytes_by_cut["block4"] + bytes_by_cut["block5"]) / 1e9, 1)}}
+                             "seconds": {n: round(views / (per_gpu * n)) for n in (1, 8, 64)},
+                             "cache_write_gb_s": {n: round(n * per_gpu * per_view / 1e9, 1) for n in (1, 8, 64)},
+                             "finetune_epoch_read_gb": round(views * bytes_by_cut["block4"] / 1e9, 1)}}
 
 
 def main() -> None:

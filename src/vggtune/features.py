@@ -114,7 +114,7 @@ class FeaturePipeline:
             jobs = [ImageJob(item.path, item.sha256, view_ids) for item in items]
             lost, computed = self.fill(caches[base], jobs, base, label=f"{name} features")
             lost = distributed.concat(lost)
-            sources.reuse["views_wanted"] += sum(len(view_ids) for _ in items)
+            sources.reuse["views_wanted"] += len(items) * len(view_ids)
             sources.reuse["views_computed"] += int(distributed.total(computed)[0])
             sources.rejected += lost
             lost_paths = {path for path, _ in lost}

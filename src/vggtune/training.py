@@ -83,15 +83,17 @@ def finish(run: Run, cut: str) -> dict:
             run.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
     if run.sources.damaged_shards:
         run.timing["damaged_cache_shards"] = run.sources.damaged_shards
+    # --no-cache: files lost mid-run, on any rank (the cache's sources already share theirs)
+    lost = list(dict.fromkeys(distributed.concat(run.sources.rejected)))
     if distributed.is_main():
-        save(run, results, predictions)
+        save(run, results, predictions, run.rejected + lost)
     return results
 
 
-def save(run: Run, results: dict, predictions: list) -> None:
+def save(run: Run, results: dict, predictions: list, rejected: list) -> None:
     """The finished run's files: the model, each image's probabilities, metrics, report and model card."""
     classes = list(run.spec.classes)
-    run.folder.write_rejected(run.rejected + run.sources.rejected)      # --no-cache: files lost mid-run
+    run.folder.write_rejected(rejected)
     run.folder.save_model(run.model, run.spec)
     run.folder.write_predictions(classes, predictions)
     run.folder.write_metrics(results, run.timing, environment(run))
