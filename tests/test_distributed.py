@@ -158,6 +158,7 @@ def test_two_nodes_on_the_loopback_address(data, one_process, tmp_path):
 
 def test_nproc_flag_refusals(tmp_path, capsys, monkeypatch):
     from vggtune import cli
+    from vggtune.errors import UserError
     assert cli._without_nproc(["train", "D", "--nproc", "2", "--out", "R", "--nproc=3"]) == ["train", "D", "--out", "R"]
     assert cli.main(["train", str(tmp_path), "--nproc", "0", "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
@@ -169,6 +170,9 @@ def test_nproc_flag_refusals(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["predict", str(tmp_path), "x.jpg", "--nproc", "2"]) == 2
     assert "already runs under torchrun" in capsys.readouterr().err
+    from vggtune import api
+    with pytest.raises(UserError, match="cv: runs as one process"):
+        api.cv(str(tmp_path), out=str(tmp_path / "cv"))
 
 
 @pytest.mark.integration

@@ -54,6 +54,10 @@ def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
     on the images each left out; returns cv.json's content (per fold, and pooled with 95 % intervals).
     Folds share the feature cache; finished folds are kept, so a stopped run continues."""
     from .crossval import cross_validate
+    from .distributed import launched_size
+    if launched_size() > 1:
+        raise UserError("cv: runs as one process (its folds are written by every rank otherwise); "
+                        "allowed: vggtune cv without torchrun, or vggtune train under torchrun")
     if not data:
         raise UserError("cv: no DATA folder given; allowed: vggtune cv FOLDER [--folds 5] [--out RUN]")
     return cross_validate(TrainConfig.from_recipe(data=str(data), out=str(out), **options), folds)

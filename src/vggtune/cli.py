@@ -5,9 +5,9 @@ every `--help` answer at once."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
-import contextlib
 import io
 import json
 import os
