@@ -21,7 +21,18 @@ def _dying_epoch(rank: str, stage_name: str, real_epoch):
     return train_epoch
 
 
+def api_train(data: str, out: str) -> None:
+    """`vggtune.train` from a script, as a user would write one for torchrun."""
+    import vggtune
+    vggtune.train(data, out=out, epochs=3, finetune_epochs=2, size=32, batch_size=8, views=2, hidden=16,
+                  val_split=0.2, test_split=0.2, lr=1e-2, finetune_lr=1e-3, dropout=0.0, precision="fp32",
+                  no_report=True)
+
+
 if __name__ == "__main__":
     if os.environ.get("DIE_AT"):
         training.train_epoch = _dying_epoch(*os.environ["DIE_AT"].split(":"), training.train_epoch)
+    if sys.argv[1] == "api-train":
+        api_train(*sys.argv[2:])
+        sys.exit(0)
     sys.exit(cli.main())

@@ -133,6 +133,14 @@ def test_a_killed_rank_ends_the_job_and_resume_finishes_it(data, one_process, tm
     assert model_difference(one_process[0], tmp_path / "run") < TOLERANCE
 
 
+def test_a_script_calling_the_python_api_under_torchrun(data, one_process, tmp_path):
+    """torchrun script.py, where the script calls vggtune.train: it joins the job by itself."""
+    result = launch(["api-train", str(data), str(tmp_path / "run")], tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"]["processes"] == 2
+    assert model_difference(one_process[0], tmp_path / "run") < TOLERANCE
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

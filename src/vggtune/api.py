@@ -20,8 +20,10 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     finetune_blocks, lr, finetune_lr, batch_size, size, head, hidden, dropout, views, tta, calibrate,
     val_split, test_split, seed, patience, precision, device, no_cache, quiet, val_data,
     test_data, weights, augment (an AugmentConfig or a dict). With `resume=True` the run in
-    `out` continues with the config saved in it (only `quiet` may be given).
+    `out` continues with the config saved in it (only `quiet` may be given). Under torchrun
+    (`torchrun --nproc-per-node N script.py`) each process is one rank of the job.
     """
+    from .distributed import join
     from .training import fit
     if resume:
         config = RunDir.existing(out).config()       # the folder as it is now, wherever it was made
@@ -30,6 +32,7 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
         raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
     else:
         config = TrainConfig.from_recipe(data=str(data), out=str(out), **options)
+    join(config.device)                 # under torchrun: this process is one rank of the job
     return fit(config, resume=resume)
 
 
@@ -71,6 +74,8 @@ def cv_text(result: dict) -> list[str]:
 
 def evaluate(run: str, data: str | None = None, output: str | None = None, **options) -> dict:
     """Metrics of a trained run on its test split, or on a labelled folder `data`."""
+    from .distributed import join
+    join(options.get("device", "auto"))
     return _evaluate(run, data, output, **options)
 
 

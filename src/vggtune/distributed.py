@@ -18,6 +18,7 @@ dies or hangs ends the job with an error instead of a wait without end.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
@@ -81,23 +82,36 @@ def launch_here(arguments: list[str], processes: int) -> int:
     return subprocess.run(command, env=environment, check=False).returncode
 
 
-@contextlib.contextmanager
-def joined(device: str = "auto"):
-    """Inside: this process is one rank of torchrun's job (a world of one without torchrun)."""
+def join(device: str = "auto") -> World:
+    """Joins torchrun's process group, if torchrun started this process and it has not joined yet,
+    and stays in it until the process ends: what the Python API calls, so that a script run by
+    torchrun that calls `vggtune.train` needs nothing else."""
     global _world
     if launched_size() <= 1 or dist.is_initialized():
-        yield _world
-        return
+        return _world
     use_cuda = device != "cpu" and torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout())
     _world = World(dist.get_rank(), dist.get_world_size(), local_rank)
-    yield _world
+    atexit.register(_leave)
+    return _world
+
+
+@contextlib.contextmanager
+def joined(device: str = "auto"):
+    """Inside: this process is one rank of torchrun's job (a world of one without torchrun)."""
+    yield join(device)
     # Only after a clean end: a group whose peer died may not take part in its own shutdown.
+    _leave()
+
+
+def _leave() -> None:
+    global _world
+    if dist.is_initialized():
+        dist.destroy_process_group()
     _world = World()
-    dist.destroy_process_group()
 
 
 def share(items):
