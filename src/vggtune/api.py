@@ -25,13 +25,7 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     """
     from .distributed import join
     from .training import fit
-    if resume:
-        config = RunDir.existing(out).config()       # the folder as it is now, wherever it was made
-        config = dataclasses.replace(config, out=str(out), quiet=options.get("quiet", config.quiet))
-    elif not data:
-        raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
-    else:
-        config = TrainConfig.from_recipe(data=str(data), out=str(out), **options)
+    config = _train_config(data, out, resume, options)
     join(config.device)                 # under torchrun: this process is one rank of the job
     return fit(config, resume=resume)
 
@@ -39,11 +33,16 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
 def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
     """The checks `train` makes before it reads any image (its options, the --out folder): what a launcher
     runs before it starts processes."""
-    if not resume:
-        if not data:
-            raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
-        TrainConfig.from_recipe(data=str(data), out=str(out), **options)
-    RunDir(out).prepare(resume)
+    RunDir(_train_config(data, out, resume, options).out).prepare(resume)
+
+
+def _train_config(data: str | None, out: str, resume: bool, options: dict) -> TrainConfig:
+    if resume:
+        config = RunDir.existing(out).config()       # the folder as it is now, wherever it was made
+        return dataclasses.replace(config, out=str(out), quiet=options.get("quiet", config.quiet))
+    if not data:
+        raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
+    return TrainConfig.from_recipe(data=str(data), out=str(out), **options)
 
 
 def launch(arguments: list[str], processes: int) -> int:

@@ -46,8 +46,8 @@ class Predictor:
         share of the inputs and every rank gets them all, in the order given."""
         predictions, rejected = [], []
         batch_names, batch_views = [], []
-        names = distributed.share([_name(source, i) for i, source in enumerate(inputs)])
-        inputs = distributed.share(list(inputs))
+        all_names = [_name(source, i) for i, source in enumerate(inputs)]
+        names, inputs = distributed.share(all_names), distributed.share(list(inputs))
         decoded = prefetch(lambda source: decode_clean(source, self.preprocessing), inputs, 2, 2 * self.batch_size)
         bar = progress(total=len(names), desc="predicting", unit="image")
         for name, (view, reason) in zip(names, decoded):
@@ -64,7 +64,7 @@ class Predictor:
             predictions += self._classify(batch_names, batch_views)
         bar.close()
         if distributed.world().size > 1:
-            order = {name: rank for rank, name in enumerate(distributed.gather(names))}
+            order = {name: position for position, name in enumerate(all_names)}
             predictions = sorted(distributed.concat(predictions), key=lambda p: order[p.path])
             rejected = sorted(distributed.concat(rejected), key=lambda row: order[row[0]])
         return predictions, rejected

@@ -226,7 +226,7 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
     for start in range(0, len(order), config.batch_size):
         positions = distributed.share(order[start:start + config.batch_size])
         x, kept = source.batch(positions, views[positions])
-        batch_images = distributed.total(len(kept))[0] if ranks > 1 else len(kept)
+        batch_images = distributed.total(len(kept))[0]
         if not batch_images:
             continue
         y = labels[kept].to(runtime.device)
