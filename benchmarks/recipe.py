@@ -1,6 +1,6 @@
-"""The full recipe four ways, side by side in one run: vggtune, vggtune --no-cache, vggtune
-with its frozen blocks in int8, and the Keras peer (../shared/peers/keras_seed.py). Same
-images, the same train/validation split (the peer's own, worked out here as it does),
+"""The full recipe five ways, side by side in one run: vggtune, vggtune in bf16, vggtune
+--no-cache, vggtune with its frozen blocks in int8 (`--ways` picks), and the Keras peer
+(../shared/peers/keras_seed.py). Same images, the same train/validation split (the peer's own, worked out here as it does),
 10 head + 10 fine-tune epochs, no early stopping; each run in its own process with a cold
 feature cache.
 Prints a table of wall time, test accuracy (with its 95% interval)/F1 and peak memory,
@@ -27,6 +27,11 @@ KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
 # None is a training image here (0-149) or in recipe_study.py's folds (0-299, validation 500-649).
 TEST_RANGES = ((300, 200), (650, 350))
 VAL_SPLIT, SEED = 0.2, 1337
+# vggtune's ways: its defaults (`--precision auto`: fp32 or bf16, whichever this CPU runs faster), bf16
+# (the default before 2026-11-30 wherever the CPU listed avx512_bf16), the frozen layers recomputed
+# every epoch, and the frozen blocks in int8.
+WAYS = {"vggtune": [], "vggtune --precision bf16": ["--precision", "bf16"], "vggtune --no-cache": ["--no-cache"],
+        "vggtune --precision int8": ["--precision", "int8"]}
 
 
 def run(command: list[str], env: dict) -> dict:
@@ -120,14 +125,15 @@ def main():
     parser = recipe_arguments(__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--skip-keras", action="store_true")
+    parser.add_argument("--ways", nargs="+", choices=list(WAYS), default=list(WAYS),
+                        help="the vggtune ways to run (the first is the one the others are ratioed to)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vggtune-recipe-"))
     train, test = prepare(work, args.per_class)
     test_images = len(list(test.rglob("*.jpg")))
     fit, val, val_files = split_folders(train, work, args.seed)
     fit_images = len(list(fit.rglob("*.jpg")))
-    ways = {"vggtune": [], "vggtune --no-cache": ["--no-cache"], "vggtune --precision int8": ["--precision", "int8"]}
-    rows = [vggtune_run(name, fit, val, test, work, extra, args) for name, extra in ways.items()]
+    rows = [vggtune_run(name, fit, val, test, work, WAYS[name], args) for name in args.ways]
     for row in rows:
         print(row, flush=True)
     if not args.skip_keras:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = [["extraction.py", "--int8"], ["recipe.py"], ["scaling.py"], ["export.py"], ["serve_load.py"],
+SCRIPTS = [["roofline.py"], ["extraction.py", "--int8"], ["recipe.py"], ["scaling.py"], ["export.py"], ["serve_load.py"],
            ["scale.py", "--json", "results/scale.json"]]
 
 

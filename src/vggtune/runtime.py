@@ -1,4 +1,4 @@
-"""Where and in what precision the network runs: CUDA or CPU, bf16 autocast where it pays,
+"""Where and in what precision the network runs: CUDA or CPU, bf16 autocast where it is faster,
 int8 frozen blocks on request."""
 from __future__ import annotations
 
@@ -56,24 +56,37 @@ class Runtime:
         return f"{self.device.type} {trainable}"
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the cores compute bf16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower."""
+def cpu_bf16_pays() -> bool:
+    """True where bf16 runs faster than fp32 on this CPU: where its bf16 units outpace its fp32 FMAs.
+    That is Intel's AMX tiles, and AMD's AVX512-BF16 (Zen 4 on). Intel's AVX512-BF16 without AMX
+    (Cooper Lake; Sapphire and Emerald Rapids where a hypervisor hides AMX) retires one bf16 dot
+    product about every two cycles, half the rate of fp32 FMAs, so VGG16 runs faster in fp32 there
+    (benchmarks/roofline.py; BENCHMARKS.md §16). Emulated bf16, without either, is slower still."""
+    flags, vendor = _cpu_flags_and_vendor()
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
+
+
+def _cpu_flags_and_vendor() -> tuple[set[str], str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+        return set(), ""
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return set(fields.get("flags", "").split()), fields.get("vendor_id", "")
 
 
 def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """auto: CUDA if present; bf16 where the hardware has it natively, fp32 otherwise."""
+    """auto: CUDA if present; bf16 where it is faster than fp32 (CUDA GPUs that have it, `cpu_bf16_pays`), fp32 otherwise."""
     if precision == "int8":
         return _int8_runtime(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device: received 'cuda' but no CUDA device is visible; allowed: auto, cpu")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     target = torch.device("cuda" if use_cuda else "cpu")
-    native = torch.cuda.is_bf16_supported() if use_cuda else cpu_has_native_bf16()
+    native = torch.cuda.is_bf16_supported() if use_cuda else cpu_bf16_pays()
     if precision == "bf16" and not use_cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         raise UserError("--precision: received 'bf16' but this CPU cannot run it; allowed: auto, fp32")
     if use_cuda:
@@ -82,9 +95,9 @@ def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 
 
 def _int8_runtime(device: str) -> Runtime:
-    """int8 frozen blocks use the CPU's quantized engine; the trainable part runs in bf16 where native."""
+    """int8 frozen blocks use the CPU's quantized engine; the trainable part runs in bf16 where that pays."""
     if device == "cuda":
         raise UserError("--precision int8: runs on the CPU only, received --device cuda; "
                         "allowed: --device auto or cpu with int8, or bf16/fp32 on cuda")
     check_available()
-    return Runtime(torch.device("cpu"), bf16=cpu_has_native_bf16(), int8=True)
+    return Runtime(torch.device("cpu"), bf16=cpu_bf16_pays(), int8=True)

@@ -1,0 +1,154 @@
+/* The processor's own limits, measured: the clock (a chain of dependent one-cycle instructions)
+   and how many fp32 FMA, bf16 dot-product (AVX512-BF16) and int8 dot-product (AVX512-VNNI)
+   instructions one core retires a cycle. roofline.py compiles it with the flags the CPU lists and
+   runs one copy on each core at once, so the clock is the all-core clock under vector load.
+   Usage: peak clock|fp32|fp32_avx2|bf16|int8 SECONDS, or peak amx  -> prints "<unit per second> <instructions per second>" */
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cpuid.h>
+#include <errno.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+#define REPEAT(x) x x x x x x x x x x x x x x x x
+
+static double run_clock(double seconds, double *ops) {
+    unsigned long n = 0, x = 0, one = 1;
+    double start = now();
+    while (now() - start < seconds) {
+        for (int i = 0; i < 100000; i++) {
+            __asm__ volatile(REPEAT("xor %1, %0\n\tnot %0\n\t") : "+r"(x) : "r"(one));
+        }
+        n += 100000UL * 32;
+    }
+    *ops = n / (now() - start);
+    if (x == 42) printf(" ");
+    return *ops;   /* a chain of dependent one-cycle instructions: their rate is the clock */
+}
+
+/* Each kernel: 16 independent zmm accumulators, the same instruction on each, repeated; written in
+   assembly so that the compiler can neither spill nor drop them. */
+#define KERNEL(name, text)                                                       \
+static double run_##name(double seconds, double *ops) {                          \
+    unsigned long n = 0; double start = now();                                   \
+    __asm__ volatile("vpxord %%zmm2, %%zmm2, %%zmm2\n\tvpxord %%zmm3, %%zmm3, %%zmm3" ::: "xmm2", "xmm3"); \
+    while (now() - start < seconds) {                                            \
+        for (int r = 0; r < 20000; r++) {                                        \
+            __asm__ volatile(text ::: "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", \
+                             "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19"); \
+        }                                                                        \
+        n += 20000UL * 16;                                                       \
+    }                                                                            \
+    *ops = n / (now() - start); return *ops;                                     \
+}
+
+KERNEL(fp32,
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm4\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm5\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm6\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm7\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm8\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm9\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm10\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm11\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm12\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm13\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm14\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm15\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm16\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm17\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm18\n\t"
+            "vfmadd231ps %%zmm2, %%zmm3, %%zmm19\n\t")
+KERNEL(bf16,
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm4\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm5\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm6\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm7\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm8\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm9\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm10\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm11\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm12\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm13\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm14\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm15\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm16\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm17\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm18\n\t"
+            "vdpbf16ps %%zmm2, %%zmm3, %%zmm19\n\t")
+KERNEL(int8,
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm4\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm5\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm6\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm7\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm8\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm9\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm10\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm11\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm12\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm13\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm14\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm15\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm16\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm17\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm18\n\t"
+            "vpdpbusd %%zmm2, %%zmm3, %%zmm19\n\t")
+
+KERNEL(fp32_avx2,
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm4\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm5\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm6\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm7\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm8\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm9\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm10\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm11\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm12\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm13\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm14\n\t"
+            "vfmadd231ps %%ymm2, %%ymm3, %%ymm15\n\t")
+
+
+/* What stands between this process and the AMX tiles: the CPUID bits (what the hypervisor shows), the
+   tile state in XCR0 (what the kernel enabled) and the kernel's permission for this process. */
+static void amx_report(void) {
+    unsigned a, b, c, d, lo, hi;
+    __cpuid_count(7, 0, a, b, c, d);
+    printf("cpuid_amx_tile %u\ncpuid_amx_bf16 %u\ncpuid_amx_int8 %u\n", (d >> 24) & 1, (d >> 22) & 1, (d >> 25) & 1);
+    __cpuid_count(1, 0, a, b, c, d);
+    printf("under_hypervisor %u\n", (c >> 31) & 1);
+    if ((c >> 31) & 1) {
+        char vendor[13] = {0};
+        __cpuid(0x40000000, a, b, c, d);
+        memcpy(vendor, &b, 4); memcpy(vendor + 4, &c, 4); memcpy(vendor + 8, &d, 4);
+        printf("hypervisor %s\n", vendor);
+    }
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    printf("xcr0 0x%x\nxcr0_tile_state %u\n", lo, ((lo >> 17) & 3) == 3);
+    long granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */);
+    printf("arch_prctl_xtiledata %s\n", granted == 0 ? "granted" : strerror(errno));
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "amx")) { amx_report(); return 0; }
+    if (argc != 3) { fprintf(stderr, "usage: peak clock|fp32|bf16|int8 SECONDS\n"); return 2; }
+    double seconds = atof(argv[2]), instructions = 0;
+    /* Work per instruction: an FMA on 16 fp32 lanes is 32 flop; a bf16 dot product does 2 multiply-adds
+       in each of 16 lanes (64 flop); an int8 dot product 4 in each of 16 lanes (128 op). */
+    if (!strcmp(argv[1], "clock")) { run_clock(seconds, &instructions); printf("%.6g %.6g\n", instructions, instructions); }
+    else if (!strcmp(argv[1], "fp32")) { run_fp32(seconds, &instructions); printf("%.6g %.6g\n", instructions * 32, instructions); }
+    else if (!strcmp(argv[1], "bf16")) { run_bf16(seconds, &instructions); printf("%.6g %.6g\n", instructions * 64, instructions); }
+    else if (!strcmp(argv[1], "fp32_avx2")) { run_fp32_avx2(seconds, &instructions); printf("%.6g %.6g\n", instructions * 16, instructions); }
+    else if (!strcmp(argv[1], "int8")) { run_int8(seconds, &instructions); printf("%.6g %.6g\n", instructions * 128, instructions); }
+    else { fprintf(stderr, "unknown kernel %s\n", argv[1]); return 2; }
+    return 0;
+}
