@@ -91,24 +91,35 @@ def cache_read_stage(runtime, folder: Path, seconds: float) -> dict:
             "gb_per_s": round(BATCH * rows[0].nbytes / per_batch / 1e9, 2)}
 
 
-def rate(stage: str, flops_per_image: float, seconds_per_image: float, peak: float | None, unit: str) -> dict:
-    achieved = flops_per_image / seconds_per_image / 1e9
+def rate(stage: str, flops_per_image: float, seconds_per_image: float, unit: str) -> dict:
+    """A stage's work and speed; `unit` is the precision of the unit it runs on (its peak is added later)."""
     return {"stage": stage, "ms_per_image": round(seconds_per_image * 1000, 2),
-            "gflop_per_image": round(flops_per_image / 1e9, 2), "achieved_gops": round(achieved, 1),
-            "peak_gops": peak, "of_peak": round(achieved / peak, 3) if peak else None, "unit": unit}
+            "gflop_per_image": round(flops_per_image / 1e9, 2),
+            "achieved_gops": round(flops_per_image / seconds_per_image / 1e9, 1), "unit": unit}
 
 
-def frozen_stage(model, runtime, peak_of, seconds: float) -> dict:
+def with_fractions(row: dict, peak: dict) -> dict:
+    """`row` with the peak of its unit and its fraction of it, and its fraction of the best peak this processor
+    has for that kind of number (int8 for int8; the faster of fp32 and bf16 for floating point)."""
+    if "achieved_gops" not in row:
+        return row
+    own = processor.best_peak(peak, row["unit"])
+    best = own if row["unit"] == "int8" else max(processor.best_peak(peak, name) or 0 for name in ("fp32", "bf16"))
+    return dict(row, peak_gops=own, of_peak=round(row["achieved_gops"] / own, 3) if own else None,
+                of_best_peak=round(row["achieved_gops"] / best, 3) if best else None)
+
+
+def frozen_stage(model, runtime, seconds: float) -> dict:
     images = runtime.to_input(torch.randn(BATCH, 3, 224, 224))
     work = lambda: model.features(images, "block4")
     with torch.inference_mode(), runtime.autocast():
         flops = counted(lambda: model.backbone.run(images, upto="block4"))   # the int8 blocks do the same work
         per_batch = timed(work, seconds)
     precision = "int8" if runtime.int8 else runtime.precision
-    return rate("frozen (block1-4)", flops / BATCH, per_batch / BATCH, peak_of(precision), precision)
+    return rate("frozen (block1-4)", flops / BATCH, per_batch / BATCH, precision)
 
 
-def train_step_stages(model, runtime, cut: str, peak_of, seconds: float) -> list[dict]:
+def train_step_stages(model, runtime, cut: str, seconds: float) -> list[dict]:
     """One training step from features at `cut`, split into forward, backward and the optimiser."""
     side, channels = 224 >> (int(cut[-1])), 512
     set_trainable(model, ("block5",) if cut == "block4" else ())
@@ -142,18 +153,17 @@ def train_step_stages(model, runtime, cut: str, peak_of, seconds: float) -> list
     while time.perf_counter() - started < seconds or len(parts["forward"]) < 3:
         step(True)
     precision = runtime.precision if not runtime.int8 else ("bf16" if runtime.bf16 else "fp32")
-    peak = peak_of(precision)
     per_image = {name: float(np.median(values)) / BATCH for name, values in parts.items()}
     if cut == "block5":
-        return [rate("head step", total_flops / BATCH, sum(per_image.values()), peak, precision)]
-    return [rate("block5 fwd", forward_flops / BATCH, per_image["forward"], peak, precision),
-            rate("block5 bwd", (total_flops - forward_flops) / BATCH, per_image["backward"], peak, precision),
+        return [rate("head step", total_flops / BATCH, sum(per_image.values()), precision)]
+    return [rate("block5 fwd", forward_flops / BATCH, per_image["forward"], precision),
+            rate("block5 bwd", (total_flops - forward_flops) / BATCH, per_image["backward"], precision),
             {"stage": "optimiser", "ms_per_image": round(per_image["optimiser"] * 1000, 2),
              "parameters_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 1)},
-            rate("fine-tune step", total_flops / BATCH, sum(per_image.values()), peak, precision)]
+            rate("fine-tune step", total_flops / BATCH, sum(per_image.values()), precision)]
 
 
-def test_stage(model, runtime, peak_of, seconds: float) -> dict:
+def test_stage(model, runtime, seconds: float) -> dict:
     """The whole network, clean view and mirror, as the test pass scores an image."""
     model.eval()
     model.tta = True
@@ -161,18 +171,17 @@ def test_stage(model, runtime, peak_of, seconds: float) -> dict:
     with torch.inference_mode(), runtime.autocast():
         flops = 2 * counted(lambda: model.head(model.backbone.run(images)))
         per_batch = timed(lambda: model.classify(images), seconds)
-    precision = runtime.describe().split(" ", 1)[1]
-    main = "int8" if runtime.int8 else runtime.precision
-    return rate("test pass (2 views)", flops / BATCH, per_batch / BATCH, peak_of(main), precision)
+    main = "int8" if runtime.int8 else runtime.precision      # the frozen blocks' unit: most of the work
+    return rate("test pass (2 views)", flops / BATCH, per_batch / BATCH, main)
 
 
-def stages(precision: str, peak_of, folder: Path, seconds: float) -> list[dict]:
+def stages(precision: str, folder: Path, seconds: float) -> list[dict]:
     runtime = choose_runtime("cpu", precision)
     model = classifier(runtime)
-    rows = [frozen_stage(model, runtime, peak_of, seconds), cache_read_stage(runtime, folder, seconds)]
-    rows += train_step_stages(model, runtime, "block4", peak_of, seconds)
-    rows += train_step_stages(model, runtime, "block5", peak_of, seconds)
-    rows.append(test_stage(model, runtime, peak_of, seconds))
+    rows = [frozen_stage(model, runtime, seconds), cache_read_stage(runtime, folder, seconds)]
+    rows += train_step_stages(model, runtime, "block4", seconds)
+    rows += train_step_stages(model, runtime, "block5", seconds)
+    rows.append(test_stage(model, runtime, seconds))
     return [dict(row, precision=precision) for row in rows]
 
 
@@ -186,7 +195,7 @@ def int8_available() -> bool:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=6.0, help="time spent measuring each stage")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time spent measuring each stage")
     parser.add_argument("--precisions", nargs="+", default=None, help="default: each one this CPU runs")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -195,11 +204,12 @@ def main():
     flags = processor.cpu_flags()
     precisions = args.precisions or ["fp32", *(["bf16"] if "avx512_bf16" in flags or "amx_bf16" in flags else []),
                                      *(["int8"] if int8_available() else [])]
-    peak_of = lambda precision: processor.best_peak(peak, precision)
     rows = [dict(decode_stage(64, args.seconds), precision="-")]
     with tempfile.TemporaryDirectory() as folder:
         for precision in precisions:
-            rows += stages(precision, peak_of, Path(folder), args.seconds)
+            rows += stages(precision, Path(folder), args.seconds)
+    peak = processor.higher(peak, processor.peaks())        # measured again after the stages; the higher kept
+    rows = [with_fractions(row, peak) for row in rows]
     evidence, kernels = processor.amx_evidence(), processor.onednn_kernels()
     print_tables(peak, rows, auto, evidence, kernels)
     save("roofline", {"peak": peak, "auto_precision": auto, "stages": rows, "amx": evidence,
@@ -212,7 +222,7 @@ def print_tables(peak, rows, auto, evidence, kernels) -> None:
                 ["precision", "instruction", "ops_per_cycle_per_core", "vector_gops", "amx_nominal_gops"]))
     print()
     print(table(rows, ["precision", "stage", "ms_per_image", "gflop_per_image", "achieved_gops", "peak_gops",
-                       "of_peak", "unit", "gb_per_s"]))
+                       "of_peak", "of_best_peak", "unit", "gb_per_s"]))
     print()
     print("AMX:", ", ".join(f"{key} {value}" for key, value in evidence.items()))
     print("oneDNN:", ", ".join(f"{key}: {value}" for key, value in kernels.items()))
