@@ -20,17 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vggtune.runtime import cpuinfo_fields
+
 SOURCE = Path(__file__).resolve().parent / "peak" / "peak.c"
 AMX_OPS_PER_CYCLE = {"bf16": 2 * 1024, "int8": 2 * 2048}   # per core: a multiply-add is two operations
 
 
 def cpu_flags() -> set[str]:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
+    return set(cpuinfo_fields().get("flags", "").split())
 
 
 def cores() -> int:
@@ -93,9 +90,10 @@ def higher(first: dict, second: dict) -> dict:
     merged = dict(first, clock_ghz=max(first["clock_ghz"], second["clock_ghz"]), precisions={})
     for name, entry in first["precisions"].items():
         other = second["precisions"][name]
-        merged["precisions"][name] = max(entry, other, key=lambda e: e["vector_gops"])
+        faster = dict(max(entry, other, key=lambda e: e["vector_gops"]))
         if "amx_nominal_gops" in entry:
-            merged["precisions"][name]["amx_nominal_gops"] = max(entry["amx_nominal_gops"], other["amx_nominal_gops"])
+            faster["amx_nominal_gops"] = max(entry["amx_nominal_gops"], other["amx_nominal_gops"])
+        merged["precisions"][name] = faster
     return merged
 
 
@@ -121,14 +119,8 @@ def amx_evidence() -> dict:
 
 
 def _family_model() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    fields = {key.strip(): value.strip() for key, value in
-              (line.split(":", 1) for line in info.splitlines()[:30] if ":" in line)}
-    return ", ".join(f"{key} {fields[key]}" for key in ("vendor_id", "cpu family", "model")
-                     if key in fields)
+    fields = cpuinfo_fields()
+    return ", ".join(f"{key} {fields[key]}" for key in ("vendor_id", "cpu family", "model") if key in fields)
 
 
 ONEDNN_PROBE = """

@@ -1,7 +1,7 @@
 """The full recipe five ways, side by side in one run: vggtune, vggtune in bf16, vggtune
 --no-cache, vggtune with its frozen blocks in int8 (`--ways` picks), and the Keras peer
-(../shared/peers/keras_seed.py). Same images, the same train/validation split (the peer's own, worked out here as it does),
-10 head + 10 fine-tune epochs, no early stopping; each run in its own process with a cold
+(../shared/peers/keras_seed.py). Same images, the same train/validation split (the peer's own,
+worked out here as it does), 10 head + 10 fine-tune epochs, no early stopping; each run in its own process with a cold
 feature cache.
 Prints a table of wall time, test accuracy (with its 95% interval)/F1 and peak memory,
 writes results/recipe.json. Each way's own timers say how much of its wall time went to the

@@ -69,7 +69,7 @@ def classifier(runtime) -> Classifier:
 
 
 def decode_stage(count: int, seconds: float) -> dict:
-    """Images a second, one thread, real photos where ../shared has them."""
+    """Milliseconds an image, one thread, real photos where ../shared has them."""
     photos = sorted((DATA / "cats-vs-dogs-2k" / "cat").glob("*.jpg"))[:count]
     if not photos:
         return {"stage": "decode", "note": "no photos in ../shared/data"}
@@ -194,9 +194,10 @@ def int8_available() -> bool:
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time spent measuring each stage")
-    parser.add_argument("--precisions", nargs="+", default=None, help="default: each one this CPU runs")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "int8"], default=None,
+                        help="default: each one this CPU runs")
     args = parser.parse_args()
     torch.manual_seed(0)
     peak = processor.peaks()

@@ -12,16 +12,17 @@ from vggtune import runtime
     (set(), "", False),                                                      # no /proc/cpuinfo
 ])
 def test_bf16_is_chosen_where_it_is_faster_than_fp32(monkeypatch, flags, vendor, pays):
-    monkeypatch.setattr(runtime, "_cpu_flags_and_vendor", lambda: (flags, vendor))
+    monkeypatch.setattr(runtime, "cpuinfo_fields", lambda: {"flags": " ".join(sorted(flags)), "vendor_id": vendor})
     assert runtime.cpu_bf16_pays() is pays
     assert runtime.choose_runtime("cpu", "auto").precision == ("bf16" if pays else "fp32")
     assert runtime.choose_runtime("cpu", "fp32").precision == "fp32"
 
 
-def test_cpuinfo_is_read_into_flags_and_vendor(monkeypatch, tmp_path):
+def test_cpuinfo_fields_are_the_first_processors(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx512_bf16 amx_bf16\n\n"
                     "processor\t: 1\nvendor_id\t: GenuineIntel\nflags\t\t: fpu\n")
     real_path = runtime.Path
     monkeypatch.setattr(runtime, "Path", lambda name: info if name == "/proc/cpuinfo" else real_path(name))
-    assert runtime._cpu_flags_and_vendor() == ({"fpu", "avx512_bf16", "amx_bf16"}, "GenuineIntel")
+    fields = runtime.cpuinfo_fields()
+    assert set(fields["flags"].split()) == {"fpu", "avx512_bf16", "amx_bf16"} and fields["vendor_id"] == "GenuineIntel"

@@ -62,20 +62,22 @@ def cpu_bf16_pays() -> bool:
     (Cooper Lake; Sapphire and Emerald Rapids where a hypervisor hides AMX) retires one bf16 dot
     product about every two cycles, half the rate of fp32 FMAs, so VGG16 runs faster in fp32 there
     (benchmarks/roofline.py; BENCHMARKS.md §16). Emulated bf16, without either, is slower still."""
-    flags, vendor = _cpu_flags_and_vendor()
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
+    fields = cpuinfo_fields()
+    flags = set(fields.get("flags", "").split())
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and fields.get("vendor_id") == "AuthenticAMD")
 
 
-def _cpu_flags_and_vendor() -> tuple[set[str], str]:
+def cpuinfo_fields() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (`flags`, `vendor_id`, `model`...); empty where there is none."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return set(), ""
+        return {}
     fields = {}
     for line in lines:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    return set(fields.get("flags", "").split()), fields.get("vendor_id", "")
+    return fields
 
 
 def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
