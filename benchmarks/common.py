@@ -89,13 +89,13 @@ def folder_mb(path: Path) -> float:
 
 def cpu_model() -> str:
     """The processor's name as /proc/cpuinfo gives it, and whether it has bf16 and int8 matrix units."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    from vggtune.runtime import cpuinfo_fields
+    fields = cpuinfo_fields()
+    if not fields:
         return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni") if f" {f}" in info]
-    return f"{name or platform.machine()} ({', '.join(flags) or 'no bf16/int8 units'})"
+    listed = set(fields.get("flags", "").split())
+    flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni") if f in listed]
+    return f"{fields.get('model name') or platform.machine()} ({', '.join(flags) or 'no bf16/int8 units'})"
 
 
 def machine() -> dict:
