@@ -11,9 +11,10 @@ import statistics
 
 import torch
 
-from vggtune.model import Classifier, HeadSpec, set_trainable
-from vggtune.runtime import choose_runtime
-from vggtune.training import make_optimizer
+from vggtune.model.classifier import Classifier, set_trainable
+from vggtune.model.heads import HeadSpec
+from vggtune.model.runtime import choose_runtime
+from vggtune.training.schedule import make_optimizer
 
 from common import images_per_second, save, table
 

@@ -89,7 +89,7 @@ def folder_mb(path: Path) -> float:
 
 def cpu_model() -> str:
     """The processor's name as /proc/cpuinfo gives it, and whether it has bf16 and int8 matrix units."""
-    from vggtune.runtime import cpuinfo_fields
+    from vggtune.model.runtime import cpuinfo_fields
     fields = cpuinfo_fields()
     if not fields:
         return platform.processor() or platform.machine()

@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 
 import vggtune
-from vggtune import weights
-from vggtune.analysis import mcnemar
-from vggtune.config import RECIPES
-from vggtune.data import Item
-from vggtune.features import FeaturePipeline
-from vggtune.metrics import classification_metrics
-from vggtune.model import cut_before, last_blocks
-from vggtune.rundir import RunDir
-from vggtune.scoring import Scorer
-from vggtune.transforms import EVAL_VIEWS
+from vggtune.model import weights
+from vggtune.results.analysis import mcnemar
+from vggtune.training.config import RECIPES
+from vggtune.data.items import Item
+from vggtune.features.pipeline import FeaturePipeline
+from vggtune.training.metrics import classification_metrics
+from vggtune.model.classifier import cut_before, last_blocks
+from vggtune.training.rundir import RunDir
+from vggtune.training.scoring import Scorer
+from vggtune.features.transforms import EVAL_VIEWS
 
 from common import DATA, machine, save, table
 

@@ -15,8 +15,8 @@ from common import ROOT, images_per_second, save, table
 
 sys.path.insert(0, str(ROOT / "src"))
 import vggtune  # noqa: E402
-from vggtune import onnxexport  # noqa: E402
-from vggtune.extract import decode_clean  # noqa: E402
+from vggtune.deploy import onnxexport# noqa: E402
+from vggtune.features.extract import decode_clean# noqa: E402
 
 
 def engines(run: Path, work: Path, views: np.ndarray) -> dict:

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from vggtune import quantize, weights
-from vggtune.config import AugmentConfig
-from vggtune.extract import ImageJob
-from vggtune.features import FeaturePipeline
-from vggtune.images import open_rgb
-from vggtune.model import Classifier, HeadSpec
+from vggtune.model import quantize
+from vggtune.model import weights
+from vggtune.training.config import AugmentConfig
+from vggtune.features.extract import ImageJob
+from vggtune.features.pipeline import FeaturePipeline
+from vggtune.data.images import open_rgb
+from vggtune.model.classifier import Classifier
+from vggtune.model.heads import HeadSpec
 from vggtune.progress import verbosity
-from vggtune.runtime import choose_runtime
-from vggtune.transforms import eval_view, normalise
+from vggtune.model.runtime import choose_runtime
+from vggtune.features.transforms import eval_view, normalise
 
 from common import DATA, images_per_second, save, table
 

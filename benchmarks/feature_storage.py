@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtune.analysis import mcnemar
-from vggtune.cache import FeatureCache
-from vggtune.weights import home
+from vggtune.results.analysis import mcnemar
+from vggtune.features.cache import FeatureCache
+from vggtune.model.weights import home
 
 from common import DATA
 

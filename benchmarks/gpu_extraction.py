@@ -26,14 +26,15 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as F
-from vggtune.config import AugmentConfig
-from vggtune.extract import ImageJob
-from vggtune.features import FeaturePipeline
-from vggtune.model import Classifier, HeadSpec
+from vggtune.training.config import AugmentConfig
+from vggtune.features.extract import ImageJob
+from vggtune.features.pipeline import FeaturePipeline
+from vggtune.model.classifier import Classifier
+from vggtune.model.heads import HeadSpec
 from vggtune.progress import verbosity
-from vggtune.runtime import choose_runtime
-from vggtune.transforms import normalise
-from vggtune.weights import VGG16_IMAGENET1K_V1
+from vggtune.model.runtime import choose_runtime
+from vggtune.features.transforms import normalise
+from vggtune.model.weights import VGG16_IMAGENET1K_V1
 
 from common import images_per_second
 
@@ -94,7 +95,7 @@ def ddp_train(work: Path, paths: list[Path], processes: int, batch: int) -> dict
     import subprocess
     import sys
     from safetensors.torch import save_file
-    from vggtune.model import VGG16_BLOCKS, Backbone
+    from vggtune.model.classifier import VGG16_BLOCKS, Backbone
     data = work / "classes"
     for i, path in enumerate(paths):
         (data / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)

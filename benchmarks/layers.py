@@ -9,9 +9,9 @@ import time
 from contextlib import nullcontext
 
 import torch
-from vggtune import quantize
-from vggtune.model import Backbone, block_names
-from vggtune.runtime import choose_runtime
+from vggtune.model import quantize
+from vggtune.model.classifier import Backbone, block_names
+from vggtune.model.runtime import choose_runtime
 
 from common import save, table
 

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 import vggtune
-from vggtune import data
+from vggtune.data import dataset as data
 
 from common import DATA, machine, save, table
 from cv_study import SCORED, TRAINED, row_of, scored

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vggtune.runtime import cpuinfo_fields
+from vggtune.model.runtime import cpuinfo_fields
 
 SOURCE = Path(__file__).resolve().parent / "peak" / "peak.c"
 AMX_OPS_PER_CYCLE = {"bf16": 2 * 1024, "int8": 2 * 2048}   # per core: a multiply-add is two operations

@@ -76,7 +76,7 @@ def vggtune_run(name: str, train: Path, val: Path, test: Path, work: Path, extra
 
 
 def keras_run(train: Path, test: Path, args) -> dict:
-    from vggtune.formats import lpips_checkpoint_path
+    from vggtune.model.formats import lpips_checkpoint_path
     command = [str(KERAS_PYTHON), str(SHARED / "peers" / "keras_seed.py"), "--data", str(train), "--test-data", str(test),
                "--weights", str(lpips_checkpoint_path()), "--epochs", str(args.epochs),
                "--finetune-epochs", str(args.finetune_epochs), "--val-split", str(VAL_SPLIT), "--seed", str(args.seed)]

@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from vggtune import quantize
-from vggtune.extract import decode_clean
-from vggtune.model import Classifier, HeadSpec, set_trainable
-from vggtune.runtime import choose_runtime
-from vggtune.training import StageNet, make_optimizer
-from vggtune.weights import VGG16_IMAGENET1K_V1
+from vggtune.model import quantize
+from vggtune.features.extract import decode_clean
+from vggtune.model.classifier import Classifier, set_trainable
+from vggtune.model.heads import HeadSpec
+from vggtune.model.runtime import choose_runtime
+from vggtune.training.schedule import StageNet, make_optimizer
+from vggtune.model.weights import VGG16_IMAGENET1K_V1
 
 import processor
 from common import DATA, save, table

@@ -28,14 +28,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggtune import data, distributed
-from vggtune.config import AugmentConfig
-from vggtune.extract import ImageJob, decode_views
-from vggtune.features import FeaturePipeline
-from vggtune.model import BLOCK_NAMES, Classifier, HeadSpec
+from vggtune import distributed
+
+from vggtune.data import dataset as data
+from vggtune.training.config import AugmentConfig
+from vggtune.features.extract import ImageJob, decode_views
+from vggtune.features.pipeline import FeaturePipeline
+from vggtune.model.classifier import BLOCK_NAMES, Classifier
+from vggtune.model.heads import HeadSpec
 from vggtune.progress import verbosity
-from vggtune.runtime import Runtime, choose_runtime
-from vggtune.weights import VGG16_IMAGENET1K_V1
+from vggtune.model.runtime import Runtime, choose_runtime
+from vggtune.model.weights import VGG16_IMAGENET1K_V1
 
 from common import DATA
 
@@ -171,7 +174,7 @@ def bytes_per_view(work: Path) -> dict:
 
 def conv_flops(upto: str) -> float:
     """Multiply-adds x 2 of VGG16's convolutions from the image to the end of `upto`, at 224 px."""
-    from vggtune.model import VGG16_BLOCKS
+    from vggtune.model.classifier import VGG16_BLOCKS
     side, channels, total = PREP.size, 3, 0.0
     for name in BLOCK_NAMES[:BLOCK_NAMES.index(upto) + 1]:
         for width in VGG16_BLOCKS[name]:

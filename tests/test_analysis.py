@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from vggtune import analysis
-from vggtune.metrics import classification_metrics, roc_auc
+from vggtune.results import analysis
+from vggtune.training.metrics import classification_metrics, roc_auc
 
 
 def test_intervals_hold_the_estimate_and_narrow_with_more_images():
@@ -54,7 +54,7 @@ def test_image_losses_are_the_cross_entropy_of_the_true_class():
 
 
 def test_mcnemar_counts_only_the_discordant_images():
-    from vggtune.analysis import mcnemar
+    from vggtune.results.analysis import mcnemar
     a = [True] * 90 + [False] * 10
     b = [True] * 80 + [False] * 10 + [True] * 2 + [False] * 8      # a alone right on 10, b alone on 2
     result = mcnemar(a, b)

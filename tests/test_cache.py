@@ -2,17 +2,18 @@ import json
 import pytest
 import torch
 
-from vggtune.cache import FeatureCache, FeatureKey, ShardWriter, entry_name
-from vggtune.config import AugmentConfig
-from vggtune.extract import ImageJob
-from vggtune.features import FeaturePipeline
-from vggtune.images import open_rgb
-from vggtune.model import Classifier, HeadSpec
-from vggtune.runtime import Runtime
-from vggtune.transforms import make_view, normalise
-from vggtune.weights import VGG16_IMAGENET1K_V1
+from vggtune.features.cache import FeatureCache, FeatureKey, ShardWriter, entry_name
+from vggtune.training.config import AugmentConfig
+from vggtune.features.extract import ImageJob
+from vggtune.features.pipeline import FeaturePipeline
+from vggtune.data.images import open_rgb
+from vggtune.model.classifier import Classifier
+from vggtune.model.heads import HeadSpec
+from vggtune.model.runtime import Runtime
+from vggtune.features.transforms import make_view, normalise
+from vggtune.model.weights import VGG16_IMAGENET1K_V1
 
-from conftest import TINY_BLOCKS, make_dataset, tiny_state_dict
+from conftest import TINY, make_dataset, tiny_state_dict
 
 PREP = VGG16_IMAGENET1K_V1.preprocessing.at_size(32)
 AUG = AugmentConfig()
@@ -20,7 +21,7 @@ FP32 = Runtime(torch.device("cpu"), bf16=False)
 
 
 def tiny_model():
-    model = Classifier(HeadSpec("flatten", 2, hidden=8), size=32, blocks=TINY_BLOCKS)
+    model = Classifier(HeadSpec("flatten", 2, hidden=8), size=32, arch=TINY)
     model.backbone.load_state_dict(tiny_state_dict())
     return model.eval()
 
@@ -32,7 +33,7 @@ def jobs_for(root, views=(0, 1, 2)):
 
 
 def cache_key(weights_id, prep, cut, model):
-    return FeatureKey(weights_id, prep.to_dict(), model.backbone.widths).at(cut)
+    return FeatureKey(weights_id, prep.to_dict(), model.arch).at(cut)
 
 
 def fill(tmp_path, model, jobs, cut="block4"):
@@ -116,7 +117,7 @@ def test_a_shard_without_manifest_does_not_count(tmp_path):
 def test_interrupted_fill_resumes_where_it_stopped(tmp_path, monkeypatch):
     model = tiny_model()
     jobs = jobs_for(make_dataset(tmp_path / "d", n_per_class=4))
-    monkeypatch.setattr("vggtune.cache.SHARD_ROWS", 4)
+    monkeypatch.setattr("vggtune.features.cache.SHARD_ROWS", 4)
     original = ShardWriter.flush
     calls = {"n": 0}
 
@@ -199,7 +200,7 @@ def test_uint8_storage_restores_each_view_within_half_a_step_in_half_the_bytes(t
 
 def test_a_run_trains_on_uint8_features(tmp_path, tiny_weights, isolated_home):
     from conftest import quick_config
-    from vggtune import training
+    from vggtune.training import schedule as training
     first = training.fit(quick_config(make_dataset(tmp_path / "d", n_per_class=15), tmp_path / "f16"))
     second = training.fit(quick_config(tmp_path / "d", tmp_path / "u8", feature_storage="uint8"))
     storages = sorted(json.loads(p.read_text())["storage"] for p in (isolated_home / "features").glob("*/key.json"))

@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from vggtune import cli, formats
+from vggtune import cli
+
+from vggtune.model import formats
 
 from badfiles import write_convertible, write_unusable
 from conftest import make_dataset, quick_config
@@ -110,7 +112,7 @@ def test_python_dash_m_entry_point():
 
 
 def test_tampered_model_json_is_a_clear_error(tmp_path, capsys, tiny_weights, dataset):
-    import vggtune.training as training
+    import vggtune.training.schedule as training
     out = tmp_path / "run"
     training.fit(quick_config(dataset, out, finetune_epochs=0))
     description = json.loads((out / "model.json").read_text())
@@ -147,7 +149,7 @@ def test_a_kaggle_flat_folder_through_check_train_and_evaluate(tmp_path, capsys,
 def test_evaluate_on_a_folder_with_some_of_the_classes_keeps_the_run_order(tmp_path, capsys, tiny_weights):
     data = make_dataset(tmp_path / "data", n_per_class=20, classes=("a", "b", "c"))
     run = tmp_path / "run"
-    import vggtune.training as training
+    import vggtune.training.schedule as training
     training.fit(quick_config(data, run, head="gap", epochs=8, finetune_epochs=0))
     some = make_dataset(tmp_path / "some", n_per_class=0, classes=("b", "c"))
     from conftest import synthetic_image

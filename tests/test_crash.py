@@ -105,7 +105,7 @@ def _assert(condition: bool, path: Path) -> None:
 
 
 def assert_every_final_file_loads(out: Path, home: Path) -> None:
-    from vggtune.cache import FeatureCache
+    from vggtune.features.cache import FeatureCache
     from vggtune.fsutil import load_tensors
     readers = {".json": lambda p: json.loads(p.read_text()), ".safetensors": load_tensors,
                ".jsonl": lambda p: [json.loads(line) for line in p.read_text().splitlines()],
@@ -165,7 +165,7 @@ def test_ten_kills_then_resume_give_identical_metrics(setup, reference):
 
 
 def test_two_trainings_share_one_cache_at_the_same_time(setup, reference):
-    from vggtune.cache import FeatureCache
+    from vggtune.features.cache import FeatureCache
     root, data, weights = setup
     home = root / "home-shared"
     runs = [root / "together-a", root / "together-b"]

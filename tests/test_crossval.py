@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 import vggtune
-from vggtune import crossval, data
+from vggtune.results import crossval
+from vggtune.data import dataset as data
 from vggtune.cli import main
-from vggtune.cache import FeatureCache
-from vggtune.config import TrainConfig
+from vggtune.features.cache import FeatureCache
+from vggtune.training.config import TrainConfig
 from vggtune.errors import UserError
 
 from conftest import make_dataset, quick_config
@@ -60,7 +61,7 @@ def test_cv_keeps_finished_folds_and_refuses_other_options_in_the_same_folder(tm
     root = make_dataset(tmp_path / "data", n_per_class=8)
     first = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **TINY)
     trained = []
-    monkeypatch.setattr("vggtune.training.fit", lambda config, resume=False: trained.append(config))
+    monkeypatch.setattr("vggtune.training.schedule.fit", lambda config, resume=False: trained.append(config))
     again = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **TINY)
     assert trained == [] and again["pooled"] == first["pooled"]
     assert [row["seconds"] for row in again["per_fold"]] == [row["seconds"] for row in first["per_fold"]]
@@ -72,7 +73,7 @@ def test_cv_resumes_an_interrupted_fold(tmp_path, tiny_weights):
     root = make_dataset(tmp_path / "data", n_per_class=8)
     config = crossval.fold_config(TrainConfig(data=str(root), out=str(tmp_path / "cv"), **TINY), 1, 2)
     Path(config.out).mkdir(parents=True)
-    from vggtune.config import save_config
+    from vggtune.training.config import save_config
     save_config(config, Path(config.out) / "config.yaml")            # started, stopped before the first epoch
     result = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **TINY)
     assert result["pooled"]["n"] == 16

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggtune import data
+from vggtune.data import dataset as data
 from vggtune.errors import UserError
-from vggtune.images import ImageRejected, open_rgb
+from vggtune.data.images import ImageRejected, open_rgb
 
 from badfiles import write_convertible, write_unusable
 from conftest import make_dataset, synthetic_image

@@ -206,7 +206,7 @@ def test_nproc_shortcut_trains_on_real_weights_from_a_manifest(tmp_path):
 
 def test_views_out_of_sight_are_one_line_naming_the_shared_filesystem(tmp_path):
     """What a rank says when the others' shards are not on its filesystem (VGGTUNE_HOME not shared)."""
-    from vggtune.cache import FeatureCache
+    from vggtune.features.cache import FeatureCache
     from vggtune.errors import UserError
     cache = FeatureCache(tmp_path, {"cut": "block4", "weights": "w"})
     cache.writer().close()

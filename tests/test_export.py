@@ -15,8 +15,10 @@ import pytest
 import torch
 
 import vggtune
-from vggtune import cli, onnxexport, training
-from vggtune.extract import decode_clean
+from vggtune import cli
+from vggtune.deploy import onnxexport
+from vggtune.training import schedule as training
+from vggtune.features.extract import decode_clean
 
 from conftest import make_dataset, quick_config, synthetic_image, tiny_weights_for_module
 

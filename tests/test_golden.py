@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 import vggtune
-import vggtune.training as training
+import vggtune.training.schedule as training
 
 from conftest import quick_config
 
@@ -86,7 +86,8 @@ def interrupt_in_finetune(monkeypatch):
 def outputs(tmp_path_factory, golden_data):
     """Per-image probabilities of each path, from runs on the same data, seed and weights."""
     from conftest import tiny_state_dict
-    from vggtune import quantize, weights
+    from vggtune.model import quantize
+    from vggtune.model import weights
     root = tmp_path_factory.mktemp("golden-runs")
     loaded = weights.LoadedWeights(weights.VGG16_IMAGENET1K_V1, tiny_state_dict(), "tiny test weights", "tiny-test")
     with pytest.MonkeyPatch.context() as patch:
@@ -173,14 +174,15 @@ def test_loaded_predictor_agrees_with_the_training_evaluation(outputs):
 
 
 def test_block5_derived_from_the_block4_cache_equals_block5_computed_directly(outputs):
-    from vggtune.cache import FeatureCache, entry_name
-    from vggtune.images import open_rgb
-    from vggtune.transforms import eval_view, normalise
+    from vggtune.features.cache import FeatureCache, entry_name
+    from vggtune.data.images import open_rgb
+    from vggtune.features.transforms import eval_view, normalise
     from conftest import tiny_state_dict
-    from vggtune.model import Backbone
+    from vggtune.model.classifier import Backbone
+    from vggtune.model.spec import ModelSpec
     runs, _ = outputs
     prep = vggtune.load(runs["fp32"]).preprocessing
-    backbone = Backbone(json.loads((runs["fp32"] / "model.json").read_text())["blocks"])
+    backbone = Backbone(ModelSpec.load(runs["fp32"]).arch)
     backbone.load_state_dict(tiny_state_dict())            # the frozen weights, not the fine-tuned block5
     home = runs["fp32"].parent / "home" / "features"
     block5, = [cache for cache in map(FeatureCache.existing, home.iterdir())

@@ -8,8 +8,12 @@ import pytest
 from PIL import Image
 
 import vggtune
-import vggtune.training as training
-from vggtune import cli, data, images
+import vggtune.training.schedule as training
+from vggtune import cli
+from vggtune.data.items import KINDS
+from vggtune.training.rundir import RunDir
+from vggtune.data import dataset as data
+from vggtune.data import images
 
 from conftest import quick_config
 from hostile import make_corpus
@@ -50,21 +54,25 @@ def test_corpus_is_large_and_varied(corpus):
 
 def test_data_check_reports_every_unusable_file_once_and_uses_the_rest(corpus, capsys, tmp_path):
     assert cli.main(["data", "check", str(corpus.root), "--output", str(tmp_path / "rejected.csv")]) == 1     # problems found
-    rows = list(csv.reader(io.StringIO((tmp_path / "rejected.csv").read_text())))[1:]
-    reported = [path for path, _ in rows]
+    header, *rows = list(csv.reader(io.StringIO((tmp_path / "rejected.csv").read_text())))
+    assert header == ["path", "reason", "kind"]
+    reported = [path for path, _, _ in rows]
     assert len(reported) == len(set(reported))
     assert sorted(reported) == sorted(corpus.unusable)
-    for path, reason in rows:
+    for path, reason, kind in rows:
         assert corpus.unusable[path] in reason, (path, reason)
+        assert kind in KINDS, (path, kind)
     usable = len(corpus.usable) + len(corpus.vanish_after_scan) + len(corpus.deny_after_scan)
     assert f"{usable} usable images in 2 classes" in capsys.readouterr().out
 
 
 def test_train_evaluate_predict_survive_the_corpus(corpus, tiny_weights, files_move_after_scan, tmp_path, capsys):
     out = tmp_path / "run"
-    training.fit(quick_config(corpus.root, out, val_split=0.1, test_split=0.2))
-    rows = list(csv.reader(io.StringIO((out / "rejected.csv").read_text())))[1:]
+    training.fit(quick_config(corpus.root, out, val_split=0.1, test_split=0.2, no_report=False))
+    rows = RunDir(out).rejected()
     reported = {path: reason for path, reason in rows}
+    for row in rows:                       # a machine-readable kind beside each reason
+        assert row.kind == ("layout" if corpus.unusable.get(row.path) == "not inside a class folder" else "unreadable")
     assert len(rows) == len(reported)                               # each once
     moved = corpus.vanish_after_scan + corpus.deny_after_scan
     assert set(reported) == set(corpus.unusable) | set(moved)

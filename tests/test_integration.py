@@ -99,12 +99,12 @@ def test_oxford_pets_37_classes_beat_chance_many_times(tmp_path):
 def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, short_run, cats_vs_dogs_split, bf16):
     """fp32: equal to float16 storage precision. bf16: the same predictions, probabilities within 0.01."""
     from test_cache import jobs_for
-    from vggtune.cache import entry_name
-    from vggtune.config import AugmentConfig
-    from vggtune.features import FeaturePipeline
-    from vggtune.images import open_rgb
-    from vggtune.runtime import Runtime
-    from vggtune.transforms import make_view, normalise
+    from vggtune.features.cache import entry_name
+    from vggtune.training.config import AugmentConfig
+    from vggtune.features.pipeline import FeaturePipeline
+    from vggtune.data.images import open_rgb
+    from vggtune.model.runtime import Runtime
+    from vggtune.features.transforms import make_view, normalise
     predictor = vggtune.load(short_run[0], device="cpu")
     model, prep, aug = predictor.model, predictor.preprocessing, AugmentConfig()
     runtime = Runtime(torch.device("cpu"), bf16=bf16)
@@ -130,9 +130,9 @@ def test_int8_frozen_blocks_keep_real_features_and_predictions(short_run, cats_v
     from contextlib import nullcontext
 
     from test_cache import jobs_for
-    from vggtune import quantize
-    from vggtune.images import open_rgb
-    from vggtune.transforms import eval_view, normalise
+    from vggtune.model import quantize
+    from vggtune.data.images import open_rgb
+    from vggtune.features.transforms import eval_view, normalise
     predictor = vggtune.load(short_run[0], device="cpu", precision="fp32")
     model, prep = predictor.model, predictor.preprocessing
 

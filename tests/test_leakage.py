@@ -2,8 +2,10 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vggtune import cli, data
-import vggtune.training as training
+from vggtune import cli
+
+from vggtune.data import dataset as data
+import vggtune.training.schedule as training
 
 from conftest import make_dataset, quick_config
 

@@ -5,7 +5,11 @@ import json
 
 import pytest
 
-from vggtune import cli, data, training
+from vggtune import cli
+
+from vggtune.data import dataset as data
+
+from vggtune.training import schedule as training
 from vggtune.errors import UserError
 
 from conftest import make_dataset, quick_config

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from vggtune.metrics import classification_metrics, confusion_table, roc_auc
+from vggtune.cli.text import confusion_table
+from vggtune.training.metrics import classification_metrics, roc_auc
 
 
 def test_binary_metrics_on_a_known_case():

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import vggtune
-import vggtune.training as training
+from vggtune.training.rundir import RunDir
+import vggtune.training.schedule as training
 from vggtune import cli, progress
 
 from conftest import make_dataset, quick_config, synthetic_image
@@ -126,11 +127,16 @@ def test_the_same_bytes_under_two_classes_is_a_label_conflict(tmp_path, capsys, 
     code, out, _ = run_cli(capsys, "data", "check", data)
     conflicts = [line for line in out.splitlines() if "label conflict" in line]
     assert code == 1 and len(conflicts) == 2 and "19 usable images" in out
-    training.fit(quick_config(data, tmp_path / "run", finetune_epochs=0))
-    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
-    used = {os.path.basename(r["path"]) for name in ("train", "val", "test") for r in splits[name]}
+    training.fit(quick_config(data, tmp_path / "run", finetune_epochs=0, no_report=False))
+    run = RunDir(tmp_path / "run")
+    used = {os.path.basename(item.path) for name in ("train", "val", "test") for item in getattr(run.splits(), name)}
     assert not used & {"cat.3.jpg", "dog.99.jpg"} and len(used) == 19
-    assert (tmp_path / "run" / "rejected.csv").read_text().count("label conflict") == 2
+    conflicts = [row for row in run.rejected() if row.kind == "label-conflict"]
+    assert sorted(os.path.basename(row.path) for row in conflicts) == ["cat.3.jpg", "dog.99.jpg"]
+    # The report and the model card count them by kind, not by the wording of the reason.
+    assert "2 of them label conflicts" in (run.path / "README.md").read_text()
+    page = (run.path / "report.html").read_text()
+    assert page.count("label conflict: the same content") >= 2 and "<td>label-conflict</td><td>2</td>" in page
 
 
 def test_small_splits_warn_with_an_interval_and_f1_names_its_class(tmp_path, capsys, tiny_weights):
@@ -211,7 +217,8 @@ def test_every_flag_has_help_text():
 
 
 def test_confusion_table_columns_line_up():
-    from vggtune.metrics import classification_metrics, confusion_table
+    from vggtune.cli.text import confusion_table
+    from vggtune.training.metrics import classification_metrics
     result = classification_metrics([0, 1, 2, 2], np.eye(3)[[0, 1, 2, 1]], ["cat", "a-long-class-name", "z"])
     lines = confusion_table(result).splitlines()
     ends = {len(line) for line in lines}

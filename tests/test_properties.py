@@ -5,8 +5,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from vggtune import data
-from vggtune.images import MIN_SIDE, ImageRejected, open_rgb
+from vggtune.data import dataset as data
+from vggtune.data.images import MIN_SIDE, ImageRejected, open_rgb
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MODES = ["RGB", "L", "CMYK", "RGBA", "P", "LA", "I;16", "1"]

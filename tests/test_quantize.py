@@ -5,17 +5,18 @@ import pytest
 import torch
 
 import vggtune
-import vggtune.training as train_module
-from vggtune import quantize
-from vggtune.cache import FeatureKey
-from vggtune.model import Backbone, Classifier, HeadSpec
-from vggtune.runtime import choose_runtime
+import vggtune.training.schedule as train_module
+from vggtune.model import quantize
+from vggtune.features.cache import FeatureKey
+from vggtune.model.classifier import Backbone, Classifier
+from vggtune.model.heads import HeadSpec
+from vggtune.model.runtime import choose_runtime
 
-from conftest import TINY_BLOCKS, quick_config, tiny_state_dict
+from conftest import TINY, quick_config, tiny_state_dict
 
 
 def tiny_backbone() -> Backbone:
-    backbone = Backbone(TINY_BLOCKS)
+    backbone = Backbone(TINY)
     backbone.load_state_dict(tiny_state_dict())
     return backbone.eval()
 
@@ -50,13 +51,13 @@ def test_the_saved_scales_rebuild_the_same_network_and_calibration_is_determinis
     with torch.inference_mode():
         assert torch.equal(rebuilt(images(4, seed=2)), frozen(images(4, seed=2)))
     other = quantize.calibrate(backbone, "block3", images(16, seed=3) * 3, nullcontext)
-    keys = [FeatureKey("tiny", {}, TINY_BLOCKS, calibration).at("block4") for calibration in
+    keys = [FeatureKey("tiny", {}, TINY, calibration).at("block4") for calibration in
             (frozen.calibration, other.calibration, json.loads(json.dumps(frozen.calibration)))]
     assert keys[0]["int8"] != keys[1]["int8"] and keys[0] == keys[2]
 
 
 def test_classifier_runs_int8_blocks_then_float_blocks():
-    model = Classifier(HeadSpec("flatten", 2, hidden=8), size=32, blocks=TINY_BLOCKS).eval()
+    model = Classifier(HeadSpec("flatten", 2, hidden=8), size=32, arch=TINY).eval()
     model.backbone.load_state_dict(tiny_state_dict())
     float_logits = model(images(4)).detach()
     model.use_int8_frozen(quantize.calibrate(model.backbone, "block4", images(16), nullcontext))
@@ -76,7 +77,7 @@ def test_an_int8_run_keys_its_cache_and_predicts_through_the_same_blocks(tmp_pat
     description = json.loads((out / "model.json").read_text())
     assert description["precision"] == "int8" and description["int8"]["upto"] == "block4"
     keys = [json.loads((d / "key.json").read_text()) for d in (isolated_home / "features").iterdir()]
-    expected = FeatureKey("tiny-test", {}, TINY_BLOCKS, description["int8"]).at("block4")["int8"]
+    expected = FeatureKey("tiny-test", {}, TINY, description["int8"]).at("block4")["int8"]
     assert len(keys) == 2 and all(k["int8"] == expected for k in keys)
     train_module.fit(quick_config(dataset, tmp_path / "again", precision="int8"))   # same split: same calibration
     assert len(list((isolated_home / "features").iterdir())) == 2

@@ -14,9 +14,10 @@ import yaml
 from PIL import Image
 
 import vggtune
-from vggtune import cli, training
-from vggtune.gradcam import grad_cam
-from vggtune.rundir import RunDir, read_predictions
+from vggtune import cli
+from vggtune.training import schedule as training
+from vggtune.deploy.gradcam import grad_cam
+from vggtune.training.rundir import RunDir, read_predictions
 
 from badfiles import write_unusable
 from conftest import quick_config, synthetic_image, tiny_weights_for_module
@@ -41,8 +42,8 @@ def runs(tmp_path_factory):
         two = noisy_dataset(root / "two")
         three = noisy_dataset(root / "three", ("cat", "dog", "fox"), 20)
         training.fit(quick_config(two, root / "run2", precision="fp32", epochs=4, patience=0,
-                                  val_split=0.2, test_split=0.3))
-        training.fit(quick_config(three, root / "run3", precision="fp32"))
+                                  val_split=0.2, test_split=0.3, no_report=False))
+        training.fit(quick_config(three, root / "run3", precision="fp32", no_report=False))
         yield {"two": root / "run2", "three": root / "run3", "data3": three, "root": root}
 
 
@@ -67,6 +68,14 @@ def test_report_has_every_section_in_order_and_its_images_decode(runs, which):
     assert len(images) >= 5 and all(image.width > 0 and image.height > 0 for image in images)
     assert not re.search(r"(src|href)=['\"](?!data:)", page), "the report must not refer to other files"
     assert "Expected calibration error" in page and "95% interval" in page
+    # The verdict's figures are the run's own (metrics.json), and each stage names the epoch it kept.
+    run = RunDir(runs[which])
+    metrics = run.metrics()
+    for key, name in (("accuracy", "accuracy"), ("log_loss", "log loss")):
+        assert f"<tr><td>{name}</td><td class='n'>{metrics.test[key]:.4f}</td>" in page, key
+    for stage, epoch in metrics.kept_epochs.items():
+        assert f"kept epoch {epoch}." in page, stage
+    assert set(metrics.kept_epochs) == {"head", "finetune"} and all(epoch >= 1 for epoch in metrics.kept_epochs.values())
     binary = which == "two"
     assert ("alt='ROC and PR curves'" in page) == binary      # ROC and PR only for two classes
 
@@ -75,7 +84,7 @@ def test_top_losses_name_the_files_the_metrics_call_wrong(runs):
     run = runs["two"]
     rows = [row for row in read_predictions(run / "predictions.csv", ["cat", "dog"]) if row.split == "test"]
     wrong = {row.path for row in rows if ["cat", "dog"][int(np.argmax(row.probabilities))] != row.label}
-    metrics = RunDir(run).read("metrics.json")["test"]
+    metrics = RunDir(run).metrics().test
     assert len(wrong) == metrics["n"] - round(metrics["accuracy"] * metrics["n"]) and 0 < len(wrong) <= 12
     page = (run / "report.html").read_text()
     shown = set(re.findall(r"<figure class='tile wrong' data-path='([^']+)'", page))
@@ -88,8 +97,10 @@ def test_model_card_has_the_hugging_face_layout(runs):
     card = (runs["three"] / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "vggtune" and front["pipeline_tag"] == "image-classification"
-    accuracy = front["model-index"][0]["results"][0]["metrics"][0]
-    assert accuracy["type"] == "accuracy" and 0 <= accuracy["value"] <= 1
+    test = RunDir(runs["three"]).metrics().test
+    reported = {row["type"]: row["value"] for row in front["model-index"][0]["results"][0]["metrics"]}
+    assert list(reported)[0] == "accuracy" and reported["accuracy"] == round(test["accuracy"], 4)
+    assert reported["log_loss"] == round(test["log_loss"], 4) and reported["f1"] == round(test["f1_macro"], 4)
     for heading in ("## Model description", "## Intended uses and limitations", "## Training data",
                     "## Training procedure", "## Evaluation results", "## How to use"):
         assert heading in card
@@ -171,7 +182,7 @@ def test_report_command_rewrites_report_and_card_and_refuses_a_non_run(runs, tmp
 
 def test_a_run_without_held_out_images_still_gets_a_report(runs, tiny_weights, tmp_path):
     training.fit(quick_config(runs["data3"], tmp_path / "run", val_split=0.0, test_split=0.0, epochs=1,
-                              finetune_epochs=0))
+                              finetune_epochs=0, no_report=False))
     page = (tmp_path / "run" / "report.html").read_text()
     assert "held out no images" in page and sections(page) == ["verdict", "curves", "data", "run"]
     assert "This run kept no test images" in (tmp_path / "run" / "README.md").read_text()
@@ -199,15 +210,22 @@ def test_report_opens_in_chromium_with_every_image_and_no_network(runs, tmp_path
     assert Image.open(shot).size[1] > 1000
 
 
-def test_the_api_verbs_stay_functions_after_their_modules_are_imported():
-    import vggtune.gradcam, vggtune.onnxexport, vggtune.reportpage, vggtune.service  # noqa: E401,F401
-    for verb in ("report", "explain", "export", "serve"):
-        assert callable(getattr(vggtune, verb)), verb
+def test_the_api_verbs_stay_functions_after_every_module_is_imported():
+    import importlib
+    import inspect
+    import pkgutil
+    for module in pkgutil.walk_packages(vggtune.__path__, "vggtune."):
+        if not module.name.endswith("__main__"):          # it runs the command line
+            importlib.import_module(module.name)
+    for name in vggtune.__all__:
+        value = getattr(vggtune, name)
+        assert not inspect.ismodule(value) and (callable(value) or name == "__version__"), name
 
 
 def test_an_int8_head_only_run_gets_its_report_and_maps(runs, tiny_weights, tmp_path):
     """Its int8 blocks reach into block5, the block Grad-CAM needs in float."""
-    training.fit(quick_config(runs["data3"], tmp_path / "run", precision="int8", finetune_epochs=0, epochs=2))
+    training.fit(quick_config(runs["data3"], tmp_path / "run", precision="int8", finetune_epochs=0, epochs=2,
+                              no_report=False))
     page = (tmp_path / "run" / "report.html").read_text()
     assert sections(page) == list(SECTIONS) and "Grad-CAM of" in page
     explanations, _ = vggtune.load(tmp_path / "run").explain([synthetic_image(2, 9)])

@@ -1,7 +1,7 @@
 """`--precision auto` on a CPU: bf16 only where its units outpace fp32's (AMX, or AMD's AVX512-BF16)."""
 import pytest
 
-from vggtune import runtime
+from vggtune.model import runtime
 
 
 @pytest.mark.parametrize("flags, vendor, pays", [

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 import vggtune
-import vggtune.training as training
-from vggtune import cache, cli, fsutil
+import vggtune.training.schedule as training
+from vggtune import cli, fsutil
+from vggtune.features import cache
 
 from conftest import quick_config
 

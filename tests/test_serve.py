@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import vggtune
-from vggtune import cli, training
+from vggtune import cli
+from vggtune.training import schedule as training
 from vggtune.errors import UserError
-from vggtune.service import Batcher, ServeConfig
-from vggtune.webapp import create_app
+from vggtune.deploy.service import Batcher, ServeConfig
+from vggtune.deploy.webapp import create_app
 
 from badfiles import jpeg_bytes
 from conftest import make_dataset, quick_config, shared_data, synthetic_image, tiny_weights_for_module

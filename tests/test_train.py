@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import vggtune
-import vggtune.training as train_module
+import vggtune.training.schedule as train_module
 
-from vggtune.cache import FeatureCache
-from vggtune.config import TrainConfig
+from vggtune.features.cache import FeatureCache
+from vggtune.training.config import TrainConfig
 
 from badfiles import write_unusable
 from conftest import quick_config
@@ -175,7 +175,7 @@ def test_test_images_are_extracted_to_the_final_cut_only_and_timed_per_split(tmp
 def test_checkpoints_cut_short_by_a_kill_are_removed_fresh_ones_kept(tmp_path):
     import os
     import time
-    from vggtune.rundir import RunDir
+    from vggtune.training.rundir import RunDir
     state = tmp_path / "run" / "state"
     state.mkdir(parents=True)
     stale, fresh = state / ".finetune-last.safetensors.ab12.tmp", state / ".head-last.safetensors.cd34.tmp"
@@ -190,7 +190,7 @@ def test_checkpoints_cut_short_by_a_kill_are_removed_fresh_ones_kept(tmp_path):
 
 
 def test_a_file_lost_during_a_no_cache_run_is_listed_in_rejected_csv(tmp_path, dataset, tiny_weights, monkeypatch):
-    from vggtune import session
+    from vggtune.training import session
     real_gather = session.gather_data
     lost = []
 
@@ -204,7 +204,7 @@ def test_a_file_lost_during_a_no_cache_run_is_listed_in_rejected_csv(tmp_path, d
     out = tmp_path / "run"
     train_module.fit(quick_config(dataset, out, no_cache=True, finetune_epochs=0))
     rows = (out / "rejected.csv").read_text().splitlines()
-    assert rows.count(f"{lost[0]},file vanished before it could be read") == 1
+    assert rows.count(f"{lost[0]},file vanished before it could be read,unreadable") == 1
 
 
 def test_damaged_cache_shards_are_computed_again_and_counted(tmp_path, dataset, tiny_weights, isolated_home, capsys):
@@ -250,7 +250,7 @@ def test_separate_validation_folder_and_no_flip(tmp_path, tiny_weights, isolated
     flipped = tmp_path / "flipped"
     vggtune.train(str(train), out=str(flipped), val_data=str(val), test_split=0.0,
                   epochs=2, finetune_epochs=0, size=32, batch_size=8, hidden=16, quiet=True)
-    from vggtune.cache import FeatureCache
+    from vggtune.features.cache import FeatureCache
     entries = set()
     for folder in (isolated_home / "features").glob("block5-*"):
         entries |= {e.split("/")[1] for e in FeatureCache.existing(folder).index()}

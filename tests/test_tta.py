@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import vggtune
-import vggtune.training as train_module
-from vggtune.model import Classifier, HeadSpec
-from vggtune.scoring import Scorer
+import vggtune.training.schedule as train_module
+from vggtune.model.classifier import Classifier
+from vggtune.model.heads import HeadSpec
+from vggtune.model.policy import ScoringPolicy
+from vggtune.training.scoring import Scorer
 
-from conftest import TINY_BLOCKS, quick_config, tiny_state_dict
+from conftest import TINY, quick_config, tiny_state_dict
 
 
 def noisy_labels(dataset, count: int = 4):
@@ -28,24 +30,28 @@ def test_fitted_temperature_recovers_the_scale_that_made_the_labels():
     rng = np.random.default_rng(0)
     z = rng.normal(0, 4, 4000).astype(np.float32)
     labels = (rng.random(4000) < 1 / (1 + np.exp(-z / 2.5))).astype(np.int64)    # true temperature 2.5
-    model = Classifier(HeadSpec("gap", 2, 8, 0.0), size=32)
-    fitted = Scorer(model, None, ["cat", "dog"], 32).fit_temperature(z[None, :, None], labels)
-    assert fitted == pytest.approx(2.5, rel=0.1) and model.temperature == 1.0
+    model = Classifier(HeadSpec("gap", 2, 8, 0.0), size=32, arch=TINY)
+    scorer = Scorer(model, None, ["cat", "dog"], 32)
+    fitted = scorer.fit_temperature(z[None, :, None], labels)
+    assert fitted == pytest.approx(2.5, rel=0.1) and scorer.policy.temperature == 1.0
     separated = (z > 0).astype(np.int64)                 # no errors: the best fit would sharpen without end
-    assert Scorer(model, None, ["cat", "dog"], 32).fit_temperature(z[None, :, None], separated) == pytest.approx(1.0, abs=1e-4)
+    assert scorer.fit_temperature(z[None, :, None], separated) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_tta_averages_the_image_and_its_mirror_image():
-    model = Classifier(HeadSpec("flatten", 3, 8, 0.0), size=32, blocks=TINY_BLOCKS).eval()
+    model = Classifier(HeadSpec("flatten", 3, 8, 0.0), size=32, arch=TINY).eval()
     model.backbone.load_state_dict(tiny_state_dict())
-    images = torch.randn(4, 3, 32, 32)
+    images, head = torch.randn(4, 3, 32, 32), model.head_spec
+    clean, tta = ScoringPolicy.of(tta=False), ScoringPolicy.of(tta=True)
     with torch.no_grad():
-        plain = model.classify(images)
-        mirrored = model.probabilities(model(images.flip(-1)))
-        model.tta = True
-        both = model.classify(images)
+        plain = clean.classify(model, images, head)
+        mirrored = head.probabilities(model(images.flip(-1)))
+        both = tta.classify(model, images, head)
+        cooled = tta.at(2.0).classify(model, images, head)
     assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-6)
     assert not torch.allclose(both, plain, atol=1e-3)
+    assert torch.allclose(cooled, (head.probabilities(model(images) / 2) + head.probabilities(model(images.flip(-1)) / 2)) / 2)
+    assert tta.tta and not clean.tta and tta.clean() == clean     # new values; the policies themselves unchanged
 
 
 def test_training_with_tta_and_calibration_agrees_with_the_loaded_predictor(tmp_path, dataset, tiny_weights):
@@ -79,7 +85,7 @@ def test_no_cache_run_with_tta_matches_the_cached_run(tmp_path, dataset, tiny_we
 
 
 def test_the_classic_recipe_is_one_flag_away_and_given_options_win():
-    from vggtune.config import RECIPES, TrainConfig
+    from vggtune.training.config import RECIPES, TrainConfig
     from vggtune.errors import UserError
     classic = TrainConfig.from_recipe("classic", data=".")
     assert (classic.recipe, classic.head, classic.tta, classic.calibrate) == ("classic", "flatten", False, False)

@@ -11,26 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-from vggtune import formats, weights
+from vggtune.model import formats
+
+from vggtune.model import weights
 from vggtune.errors import UserError
-from vggtune.model import VGG16_BLOCKS, Backbone
+from vggtune.model.arch import VGG16
+from vggtune.model.classifier import Backbone
 
 
 @functools.lru_cache(maxsize=1)
 def vgg16_backbone_state() -> dict:
     torch.manual_seed(0)
-    return {k: v.detach().clone() for k, v in Backbone(VGG16_BLOCKS).state_dict().items()}
+    return {k: v.detach().clone() for k, v in Backbone(VGG16).state_dict().items()}
 
 
 def torchvision_state() -> dict:
-    names = formats.torchvision_names()
+    names = VGG16.torchvision_names()
     return {f"{names[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in vgg16_backbone_state().items()}
 
 
 def write_lpips_ckpt(path):
     state = vgg16_backbone_state()
     convs = {}
-    for i, name in enumerate(formats.conv_names()):
+    for i, name in enumerate(VGG16.conv_names()):
         convs[f"Conv_{i}"] = {"kernel": state[f"{name}.weight"].numpy().transpose(2, 3, 1, 0).copy(),
                               "bias": state[f"{name}.bias"].numpy().copy()}
     with open(path, "wb") as handle:
@@ -99,8 +102,8 @@ def test_keras_h5_brings_caffe_preprocessing(tmp_path):
     path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
     state = vgg16_backbone_state()
     with h5py.File(path, "w") as h5:
-        h5.attrs["layer_names"] = [n.replace(".", "_").encode() for n in formats.conv_names()]
-        for name in formats.conv_names():
+        h5.attrs["layer_names"] = [n.replace(".", "_").encode() for n in VGG16.conv_names()]
+        for name in VGG16.conv_names():
             layer = name.replace(".", "_")
             group = h5.create_group(layer)
             group.attrs["weight_names"] = [f"{layer}_W_1:0".encode(), f"{layer}_b_1:0".encode()]
@@ -111,7 +114,7 @@ def test_keras_h5_brings_caffe_preprocessing(tmp_path):
     assert loaded.record.preprocessing.std == (1.0, 1.0, 1.0)
     assert torch.equal(loaded.state_dict["block3.conv2.weight"], state["block3.conv2.weight"])
     assert loaded.id.startswith("vgg16-keras-imagenet@sha256:")
-    from vggtune.transforms import normalise
+    from vggtune.features.transforms import normalise
     red = torch.zeros(3, 2, 2, dtype=torch.uint8)
     red[0] = 255
     x = normalise(red, loaded.record.preprocessing)          # the network sees B, G, R minus the Caffe means

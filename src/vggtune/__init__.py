@@ -8,9 +8,9 @@ __all__ = ["train", "cv", "evaluate", "report", "explain", "export", "serve", "l
 
 def __getattr__(name: str):
     if name == "UserError":
-        from .errors import UserError
+        from vggtune.errors import UserError
         return UserError
     if name in __all__:
-        from . import api
+        from vggtune import api
         return getattr(api, name)
     raise AttributeError(f"module 'vggtune' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from .cli import main
+from vggtune.cli import main
 
 raise SystemExit(main())

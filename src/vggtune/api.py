@@ -1,30 +1,51 @@
 """The Python API: the same verbs as the command line, arguments named like its flags.
-The command line (cli.py) calls these and nothing else."""
+The command line (cli/) calls these and nothing else.
+
+Importing this module imports no torch: each verb imports what it runs, so the command line
+answers `--help` at once. `Predictor`, `load` and `expand_paths` are imported on first use.
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
-from .config import AugmentConfig, TrainConfig
-from .errors import UserError
-from .evaluation import evaluate as _evaluate
-from .predict import Predictor, expand_paths, load
-from .rundir import RunDir
+from vggtune.errors import UserError
+from vggtune.features.settings import STORAGES, AugmentConfig
+from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.model.arch import ARCHS
+from vggtune.model.heads import HEADS
+from vggtune.training.config import DEVICES, PRECISIONS, RECIPES, TrainConfig
+
+# The values each option of `train` allows, from the registries that define them.
+CHOICES = {"recipe": tuple(RECIPES), "arch": tuple(ARCHS), "head": tuple(HEADS), "precision": PRECISIONS,
+           "device": DEVICES, "feature_storage": STORAGES}
+HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
+EXPORT_PRECISIONS = ("fp32", "int8")
+_LAZY = {"Predictor": "vggtune.deploy.predict", "load": "vggtune.deploy.predict",
+         "expand_paths": "vggtune.deploy.predict", "ExportCheckFailed": "vggtune.deploy.onnxexport"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vggtune.api' has no attribute {name!r}")
 
 
 def train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> dict:
     """Train on a folder of labelled images; returns {'val': metrics, 'test': metrics}.
 
     Options are the `vggtune train` flags with underscores: recipe ("vggtune", or "classic"
-    for the textbook recipe; the options given beside it win), epochs, finetune_epochs,
+    for the textbook recipe; the options given beside it win), arch, epochs, finetune_epochs,
     finetune_blocks, lr, finetune_lr, batch_size, size, head, hidden, dropout, views, tta, calibrate,
     val_split, test_split, seed, patience, precision, device, no_cache, quiet, val_data,
     test_data, weights, augment (an AugmentConfig or a dict). With `resume=True` the run in
     `out` continues with the config saved in it (only `quiet` may be given). Under torchrun
     (`torchrun --nproc-per-node N script.py`) each process is one rank of the job.
     """
-    from .distributed import join
-    from .training import fit
+    from vggtune.distributed import join
+    from vggtune.training.schedule import fit
     config = _train_config(data, out, resume, options)
     join(config.device)                 # under torchrun: this process is one rank of the job
     return fit(config, resume=resume)
@@ -33,11 +54,13 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
 def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
     """The checks `train` makes before it reads any image (its options, the --out folder): what a launcher
     runs before it starts processes."""
+    from vggtune.training.rundir import RunDir
     RunDir(_train_config(data, out, resume, options).out).prepare(resume)
 
 
 def _train_config(data: str | None, out: str, resume: bool, options: dict) -> TrainConfig:
     if resume:
+        from vggtune.training.rundir import RunDir
         config = RunDir.existing(out).config()       # the folder as it is now, wherever it was made
         return dataclasses.replace(config, out=str(out), quiet=options.get("quiet", config.quiet))
     if not data:
@@ -47,16 +70,30 @@ def _train_config(data: str | None, out: str, resume: bool, options: dict) -> Tr
 
 def launch(arguments: list[str], processes: int) -> int:
     """Runs `vggtune ARGUMENTS` as `processes` processes on this host under torchrun; its exit status."""
-    from .distributed import launch_here
+    from vggtune.distributed import launch_here
     return launch_here(arguments, processes)
+
+
+@contextlib.contextmanager
+def as_rank(device: str = "auto"):
+    """Inside: this process is one rank of torchrun's job where torchrun started it (a world of one
+    otherwise), and only rank 0 speaks. Yields the world."""
+    from vggtune import distributed
+    from vggtune.progress import verbosity
+    with distributed.joined(device) as world:
+        if world.main:
+            yield world
+            return
+        with verbosity(True):
+            yield world
 
 
 def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
     """Cross-validation: the recipe (`train`'s options) trained on each of `folds` folds in out/fold-K, scored
     on the images each left out; returns cv.json's content (per fold, and pooled with 95 % intervals).
     Folds share the feature cache; finished folds are kept, so a stopped run continues."""
-    from .crossval import cross_validate
-    from .distributed import launched_size
+    from vggtune.distributed import launched_size
+    from vggtune.results.crossval import cross_validate
     if launched_size() > 1:
         raise UserError("cv: runs as one process (its folds are written by every rank otherwise); "
                         "allowed: vggtune cv without torchrun, or vggtune train under torchrun")
@@ -65,30 +102,40 @@ def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
     return cross_validate(TrainConfig.from_recipe(data=str(data), out=str(out), **options), folds)
 
 
-def cv_text(result: dict) -> list[str]:
-    """cv.json's content as the lines the command line prints."""
-    from .crossval import summary_lines
-    return summary_lines(result)
-
-
 def evaluate(run: str, data: str | None = None, output: str | None = None, **options) -> dict:
     """Metrics of a trained run on its test split, or on a labelled folder `data`."""
-    from .distributed import join
+    from vggtune.distributed import join
+    from vggtune.results.evaluation import evaluate as _evaluate
     join(options.get("device", "auto"))
     return _evaluate(run, data, output, **options)
+
+
+def predict(run: str, paths: list[str], kaggle: bool = False):
+    """Predictions for image files and folders: (the model's classes, predictions, [(input, reason)] for the
+    inputs that could not be read). `kaggle`: the model must have two classes (Kaggle's id,label
+    submission is the second class's probability)."""
+    from vggtune.deploy.predict import expand_paths, load
+    predictor = load(run)
+    if kaggle and len(predictor.classes) != 2:
+        raise UserError(f"--kaggle writes the second class's probability of a two-class model; this model has "
+                        f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle")
+    files, missing = expand_paths([str(path) for path in paths])
+    predictions, unreadable = predictor.predict(files)
+    return predictor.classes, predictions, missing + unreadable
 
 
 def report(run: str, data: str | None = None, out: str | None = None) -> tuple[Path, Path | None]:
     """Writes report.html (of the run's test split, or of the labelled folder `data`) and, for the run's
     own split, the model card README.md; returns their paths."""
-    from .reportpage import write_documents
+    from vggtune.results.reportpage import write_documents
     return write_documents(run, data, out)
 
 
 def explain(run: str, images: list, target: str | None = None, out: str | None = None):
     """Grad-CAM overlays of image files or folders, as PNG files in `out` (default RUN/explain):
     (explanations, the files written, [(input, reason)] for inputs that could not be read)."""
-    from .gradcam import write_overlays
+    from vggtune.deploy.gradcam import write_overlays
+    from vggtune.deploy.predict import expand_paths, load
     predictor = load(run)
     files, missing = expand_paths([str(image) for image in images])
     explanations, unreadable = predictor.explain(files, target)
@@ -99,68 +146,64 @@ def explain(run: str, images: list, target: str | None = None, out: str | None =
 def export(run: str, out: str | None = None, precision: str = "fp32"):
     """The whole classifier as ONNX (default RUN/model.onnx, int8: RUN/model-int8.onnx) with its metadata
     beside it (model.onnx.json), checked against PyTorch on the run's test images; returns the check's figures."""
-    from .onnxexport import export as _export
+    from vggtune.deploy.onnxexport import export as _export
     return _export(run, out, precision)
 
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
     """Serves the run's model over HTTP until interrupted. Options: max_upload_mb, max_batch, wait_ms,
     token, no_auth (see `vggtune serve --help`)."""
-    from .service import ServeConfig, serve as _serve
+    from vggtune.deploy.service import ServeConfig
+    from vggtune.deploy.webapp import serve as _serve
     _serve(ServeConfig(str(run), host, port, **options))
 
 
-def check_data(folder: str, val_data: str | None = None, test_data: str | None = None):
-    """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows)."""
-    from . import data
-    splits = data.prepare_splits(folder, val_data, test_data, 0.1, 0.1, seed=0)
-    return splits, data.near_duplicate_rows(splits)
-
-
-def write_rejected(path: str, rejected: list[tuple[str, str]]) -> None:
-    from . import data
-    data.write_rejected(Path(path), rejected)
+def check_data(folder: str, val_data: str | None = None, test_data: str | None = None, output: str | None = None):
+    """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows);
+    `output`: the unusable files written there as CSV (path, reason, kind)."""
+    from vggtune.data import dataset
+    splits = dataset.prepare_splits(folder, val_data, test_data, 0.1, 0.1, seed=0)
+    if output:
+        dataset.write_rejected(Path(output), splits.rejected)
+    return splits, dataset.near_duplicate_rows(splits)
 
 
 def weights_sources() -> list[tuple[str, str]]:
     """Where the ImageNet weights come from, in order, and what each holds now."""
-    from . import weights
+    from vggtune.model import weights
     return weights.describe_sources()
 
 
 def verify_weights(file: str | None = None):
     """The weights as a run would load them (from `file`, else the first source that answers)."""
-    from . import weights
+    from vggtune.model import weights
     return weights.resolve(user_file=file)
 
 
 def convert_weights(file: str | None = None) -> tuple[str, Path]:
     """Converts weights (from `file`, else the first source) into the cache: (origin, cached path)."""
-    from . import weights
+    from vggtune.model import weights
     loaded = weights.resolve(user_file=file)
     return loaded.source, weights.write_cache(loaded.record, loaded.state_dict, loaded.source)
 
 
 def cache_summary() -> tuple[Path, list[dict]]:
     """The feature cache's folder and, per key folder, its cut, views stored and bytes."""
-    from . import cache, weights
+    from vggtune.features import cache
+    from vggtune.model import weights
     root = weights.home() / "features"
     return root, cache.summary(root)
 
 
 def clear_cache() -> tuple[Path, int]:
     """Deletes every cached feature (runs and converted weights stay); returns the folder and bytes freed."""
-    from . import cache, weights
+    from vggtune.features import cache
+    from vggtune.model import weights
     root = weights.home() / "features"
     return root, cache.clear(root)
 
 
-def metrics_text(result: dict) -> list[str]:
-    """A metrics dict as the lines the command line prints: the summary, then the confusion table."""
-    from .metrics import confusion_table, summary_lines
-    return summary_lines(result) + confusion_table(result).splitlines()
-
-
-__all__ = ["train", "check_train", "launch", "cv", "cv_text", "evaluate", "report", "explain", "export", "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "expand_paths",
-           "check_data", "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache",
-           "metrics_text"]
+__all__ = ["train", "check_train", "launch", "as_rank", "cv", "evaluate", "predict", "report", "explain", "export",
+           "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "UserError", "expand_paths", "check_data",
+           "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache", "CHOICES",
+           "HEAD_HELP", "EXPORT_PRECISIONS", "ExportCheckFailed", "display_path", "atomic_write_text"]

@@ -29,7 +29,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from vggtune.errors import UserError
 
 DEFAULT_TIMEOUT_S = 1800
 

@@ -10,7 +10,7 @@ import secrets
 import time
 from pathlib import Path
 
-from .errors import UserError
+from vggtune.errors import UserError
 
 STALE_SECONDS = 600
 

@@ -1,0 +1,84 @@
+"""The `vggtune` command: flags in, the Python API (vggtune.api) called, results printed; no logic of its own.
+
+The API imports torch only when a command runs, so `vggtune`, `--version` and every `--help`
+answer at once."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from vggtune import api
+from vggtune.api import UserError
+from vggtune.cli.commands import COMMANDS
+from vggtune.cli.parser import build_parser, train_options
+
+
+def launch(args, argv: list[str]) -> int:
+    """`--nproc N`: this same command as N processes under torchrun, after the checks that need no data."""
+    if args.command == "train":
+        options = {} if args.resume else train_options(args)
+        api.check_train(args.data, out=options.pop("out", args.out or "runs/latest"), resume=args.resume, **options)
+    status = api.launch(_without_nproc(argv), args.nproc)
+    if status:
+        print(f"vggtune {args.command}: the {args.nproc} processes ended with status {status}; "
+              "torchrun's report above names the rank", file=sys.stderr)
+    return status
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+@contextlib.contextmanager
+def _one_voice(world):
+    """Under torchrun only rank 0 speaks: the other ranks' output would repeat it. Their errors are
+    printed after this, on the real streams."""
+    if world.main:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
+def run_command(args) -> int:
+    """The command, as one rank of torchrun's job when torchrun started this process."""
+    with api.as_rank(getattr(args, "device", None) or "auto") as world:
+        try:
+            with _one_voice(world):
+                return COMMANDS[args.command](args)
+        except RuntimeError as exc:
+            if world.size == 1:
+                raise
+            # A collective that fails means another rank died, or hung past VGGTUNE_DIST_TIMEOUT.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"vggtune {args.command}: error: {world.describe()} stopped: another process ended or a "
+                  f"collective timed out ({reason})", file=sys.stderr)
+            return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if getattr(args, "nproc", None) is not None:
+            return launch(args, argv)
+        return run_command(args)
+    except UserError as exc:
+        print(f"vggtune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vggtune: interrupted; `vggtune train --resume --out RUN` continues a training run", file=sys.stderr)
+        return 130

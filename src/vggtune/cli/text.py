@@ -1,0 +1,80 @@
+"""What the command line prints: metrics, cross-validation tables and predictions as text."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from vggtune.api import display_path
+
+
+def confusion_table(result: dict) -> str:
+    """The confusion matrix as aligned text: rows are true classes, columns predicted."""
+    classes, corner = result["classes"], "true \\ predicted"
+    first = max(len(corner), *(len(c) for c in classes)) + 2
+    width = max(6, *(len(c) for c in classes), *(len(str(v)) for row in result["confusion_matrix"] for v in row)) + 2
+    lines = [corner.ljust(first) + "".join(c.rjust(width) for c in classes)]
+    for name, row in zip(classes, result["confusion_matrix"]):
+        lines.append(name.ljust(first) + "".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)
+
+
+SMALL_INTERVAL = 0.1          # a 95 % interval wider than this gets a warning
+
+
+def metrics_lines(result: dict) -> list[str]:
+    low, high = result["accuracy_95"]
+    lines = [f"images     {result['n']}",
+             f"accuracy   {_number(result['accuracy'])}  (95% interval {low:.3f}-{high:.3f})",
+             f"precision  {result['precision_macro']:.4f} (macro)", f"recall     {result['recall_macro']:.4f} (macro)",
+             f"F1         {result['f1_macro']:.4f} (macro)"]
+    if "positive_class" in result:
+        lines.append(f"F1         {result['f1']:.4f} (positive class: {result['positive_class']})")
+        lines.append(f"ROC AUC    {_number(result['roc_auc'])}")
+    lines.append(f"log loss   {_number(result['log_loss'])}")
+    if high - low > SMALL_INTERVAL:
+        lines.insert(0, f"warning: only {result['n']} images: the accuracy could be anywhere from {low:.2f} "
+                        f"to {high:.2f} (95% interval); more test images narrow it")
+    return lines
+
+
+
+
+def cv_lines(result: dict) -> list[str]:
+    """The table `vggtune cv` prints: one line per fold, then the pooled figures with intervals."""
+    lines = [f"{'fold':>6}  {'images':>6}  {'accuracy':>8}  {'log loss':>8}  {'F1':>6}  {'seconds':>7}"]
+    for row in result["per_fold"]:
+        f1 = row.get("f1", row["f1_macro"])
+        seconds = "" if row["seconds"] is None else f"{row['seconds']:.1f}"
+        lines.append(f"{row['fold']:>6}  {row['n']:>6}  {row['accuracy']:>8.4f}  {row['log_loss']:>8.4f}  "
+                     f"{f1:>6.4f}  {seconds:>7}")
+    pooled, ranges = result["pooled"], result["pooled"]["intervals_95"]
+    f1_key = "f1" if "f1" in pooled else "f1_macro"
+    lines.append(f"pooled over {pooled['n']} images (95 % intervals):")
+    for key, name in (("accuracy", "accuracy"), ("log_loss", "log loss"), (f1_key, "F1")):
+        low, high = ranges.get(key, (float("nan"), float("nan")))
+        lines.append(f"  {name:<9} {pooled[key]:.4f}  ({low:.4f} - {high:.4f})")
+    return lines
+
+
+def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:
+    """Predictions as JSON, as CSV (path, label, each class's probability) or as Kaggle's id,label."""
+    if fmt == "json" and not kaggle:
+        return json.dumps([{"path": display_path(p.path), "label": p.label, "probabilities": p.probabilities}
+                           for p in predictions], indent=2) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if kaggle:
+        writer.writerow(["id", "label"])
+        for p in predictions:
+            writer.writerow([Path(p.path).stem, f"{p.probabilities[classes[1]]:.6f}"])
+    else:
+        writer.writerow(["path", "label", *classes])
+        for p in predictions:
+            writer.writerow([display_path(p.path), p.label, *(f"{p.probabilities[c]:.6f}" for c in classes)])
+    return buffer.getvalue()
+
+
+def _number(value) -> str:
+    return "undefined" if value is None else f"{value:.4f}"

@@ -1,0 +1,331 @@
+"""Finding labelled images, checking every one, and splitting them without leakage."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vggtune import distributed
+from vggtune.errors import UserError
+from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.data.images import VANISHED, ImageRejected, open_rgb
+from vggtune.data.items import DUPLICATE, LABEL_CONFLICT, LAYOUT, Found, Item, Rejected, Splits
+from vggtune.data.manifest import read_manifest
+from vggtune.progress import progress
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+KAGGLE_NAME = re.compile(r"^([A-Za-z][\w-]*?)[._]\d+\.[A-Za-z]+$")
+SCAN_SIDE = 32        # decoding at about this size still reads every byte, so breakage shows
+
+
+def discover(root: str | Path, min_classes: int = 2) -> Found:
+    """Class folders (root/<class>/...), else Kaggle flat names (cat.123.jpg -> cat), or a CSV manifest
+    (manifest.py). Training needs two classes at least; evaluating a trained model can take one."""
+    root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        found = read_manifest(root)
+    elif not root.is_dir():
+        what = "a file" if root.exists() else "nothing"
+        raise UserError(f"data: {display_path(root)} is {what}; allowed: a folder with one sub-folder of images "
+                        "per class, or a CSV manifest (path,label[,split])")
+    else:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        folders = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
+        found = _from_folders(root, folders, entries) if folders else _from_kaggle_names(root, entries)
+    counts = {c: sum(1 for _, name in found.files if name == c) for c in found.classes}
+    if len(found.classes) < min_classes:
+        raise UserError(f"data: {display_path(root)} has {len(found.classes)} class(es) {found.classes}; "
+                        f"allowed: at least {min_classes} class folder{'s' if min_classes > 1 else ''}, "
+                        "or Kaggle names like cat.1.jpg")
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise UserError(f"data: class folder(s) {empty} in {display_path(root)} hold no image files; "
+                        f"allowed: each class with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _from_folders(root: Path, folders, entries) -> Found:
+    found = Found(classes=[f.name for f in folders], files=[])
+    for entry in entries:
+        if entry not in folders and not entry.name.startswith("."):
+            found.rejected.append(Rejected(entry.path, "not inside a class folder", LAYOUT))
+    for folder in folders:
+        for path, reason in walk_files(Path(folder.path)):
+            if reason:
+                found.rejected.append(Rejected(path, reason))
+            else:
+                found.files.append((path, folder.name))
+    return found
+
+
+def _from_kaggle_names(root: Path, entries) -> Found:
+    found = Found(classes=[], files=[])
+    for entry in entries:
+        match = KAGGLE_NAME.match(entry.name)
+        if entry.name.startswith("."):
+            continue
+        if match:
+            found.files.append((entry.path, match.group(1).lower()))
+        else:
+            found.rejected.append(Rejected(entry.path, "name gives no class; allowed: <class>.<number>.<ext>", LAYOUT))
+    found.classes = sorted({name for _, name in found.files})
+    return found
+
+
+def walk_files(folder: Path):
+    """(path, None) for each candidate file below folder, (path, reason) for what is skipped."""
+    seen_dirs = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            yield dirpath, "symlink loop: folder already visited"
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if not os.path.exists(path):
+                yield path, "broken or looping symlink"
+            elif Path(name).suffix.lower() not in IMAGE_SUFFIXES and not _looks_like_image(path):
+                yield path, f"not an image file (suffix {Path(name).suffix or 'none'})"
+            else:
+                yield path, None
+
+
+def _looks_like_image(path: str) -> bool:
+    """A file with an unusual suffix still counts when its first bytes say image."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF"))
+
+
+def check_file(path: str) -> tuple[str | None, str | None]:
+    """(sha256, None) for a usable image, (None, reason) otherwise."""
+    sha, reason, _ = _check(path)
+    return sha, reason
+
+
+def _check(path: str) -> tuple[str | None, str | None, int]:
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read()
+    except FileNotFoundError:
+        return None, VANISHED, 0
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}", 0
+    if not content:
+        return None, "empty file (0 bytes)", 0
+    try:
+        image = open_rgb(io.BytesIO(content), short_side=SCAN_SIDE)
+    except ImageRejected as exc:
+        return None, str(exc), 0
+    return hashlib.sha256(content).hexdigest(), None, difference_hash(image)
+
+
+def difference_hash(image) -> int:
+    """64-bit dHash: is each pixel of a 9x8 grey thumbnail brighter than its left neighbour."""
+    pixels = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def near_duplicates(items: list[Item], max_distance: int = 4) -> list[tuple[Item, Item, int]]:
+    """Pairs of different files whose dHashes differ in at most `max_distance` bits."""
+    if len(items) < 2:
+        return []
+    hashes = np.array([item.dhash for item in items], dtype=np.uint64)
+    pairs = []
+    for start in range(0, len(items), 512):
+        block = hashes[start:start + 512, None] ^ hashes[None, :]
+        distance = _popcount(block)
+        rows, cols = np.nonzero(distance <= max_distance)
+        for r, c in zip(rows + start, cols):
+            if r < c:
+                pairs.append((items[r], items[c], int(distance[r - start, c])))
+    return pairs
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    as_bytes = values.view(np.uint8).reshape(*values.shape, 8)
+    return _BIT_COUNTS[as_bytes].sum(axis=-1)
+
+
+_BIT_COUNTS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Check every file once: usable items and rejected files with reasons. The same content twice
+    in one class is kept once; the same content under two classes is a label conflict, and every
+    copy of it is kept out. Under torchrun each rank checks its share of the files."""
+    index = {name: i for i, name in enumerate(found.classes)}
+    mine = distributed.share([path for path, _ in found.files])
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        checks = pool.map(_check, mine)
+        bar = progress(total=len(mine), desc="checking images", unit="file")
+        results = []
+        for result in checks:
+            results.append(result)
+            bar.update()
+        bar.close()
+    results = distributed.gather(results)
+    if found.manifest:
+        results = [(None, "no such file (named in the manifest)", 0) if reason == VANISHED else (sha, reason, dhash)
+                   for sha, reason, dhash in results]
+    classes_of: dict[str, set[str]] = {}
+    for (_, name), (sha, _, _) in zip(found.files, results):
+        if sha:
+            classes_of.setdefault(sha, set()).add(name)
+    items, rejected, first_path = [], list(found.rejected), {}
+    for (path, name), (sha, reason, dhash) in zip(found.files, results):
+        if reason:
+            rejected.append(Rejected(path, reason))
+        elif len(classes_of[sha]) > 1:
+            rejected.append(Rejected(path, f"label conflict: the same content is filed under {sorted(classes_of[sha])}",
+                                     LABEL_CONFLICT))
+        elif sha in first_path:
+            rejected.append(Rejected(path, f"duplicate content of {display_path(first_path[sha])}", DUPLICATE))
+        else:
+            first_path[sha] = path
+            items.append(Item(path, index[name], sha, dhash))
+    return items, rejected
+
+
+def shuffled_classes(items: list[Item], seed: int):
+    """Each class's items in an order drawn from `seed`, class by class: what stratified splits deal out."""
+    rng = np.random.default_rng(seed)
+    for label in sorted({item.label for item in items}):
+        members = [item for item in items if item.label == label]
+        yield [members[position] for position in rng.permutation(len(members))]
+
+
+def stratified_split(items: list[Item], fractions: tuple[float, float], seed: int):
+    """(train, val, test) with each class split in the same proportions; content is already unique."""
+    splits = ([], [], [])
+    for members in shuffled_classes(items, seed):
+        n_val = int(round(len(members) * fractions[0]))
+        n_test = int(round(len(members) * fractions[1]))
+        for rank, item in enumerate(members):
+            which = 1 if rank < n_val else 2 if rank < n_val + n_test else 0
+            splits[which].append(item)
+    return tuple(sorted(split, key=lambda item: item.path) for split in splits)
+
+
+def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, seed: int):
+    """(train, val, test): test is fold k of n stratified folds (k counts from 1), val is drawn from the
+    rest. The folds depend on the seed alone, so the n runs of one cross-validation test each image once."""
+    k, n = fold
+    test, rest = [], []
+    for members in shuffled_classes(items, seed):
+        for rank, item in enumerate(members):
+            (test if rank % n == k - 1 else rest).append(item)
+    train, val, _ = stratified_split(rest, (val_fraction, 0.0), seed)
+    return train, val, sorted(test, key=lambda item: item.path)
+
+
+def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
+    """rejected.csv: path, the reason a person reads, and its kind (items.KINDS) for programs."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "reason", "kind"])
+    for row in rejected:
+        writer.writerow([display_path(row[0]), row[1], Rejected.of(row).kind])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: float, seed: int,
+                   workers: int = 2, fold: tuple[int, int] | None = None) -> Splits:
+    """Scan every image, then split; a content hash never appears in two splits. With `fold` (k, n)
+    the test split is the k-th of n cross-validation folds and `test_split` is not used."""
+    found = discover(data_dir)
+    items, rejected = scan(found, workers)
+    held: dict[str, list[Item]] = {}
+    taken: dict[str, tuple[str, str]] = {}             # sha256 -> (split, path) of held-out files
+    for name, folder in (("test", test_dir), ("val", val_dir)):
+        listed = [item for item in items if found.split_of.get(item.path) == name]
+        if folder and listed:
+            raise UserError(f"--{name}-data: received {display_path(folder)}, but the manifest {display_path(data_dir)} "
+                            f"already names {len(listed)} {name} rows; allowed: one of the two")
+        if folder:
+            listed = _scan_held(folder, name, found.classes, workers, rejected)
+        if fold and name == "test" and listed:
+            raise UserError(f"data: the manifest {display_path(data_dir)} names {len(listed)} test rows; allowed: "
+                            "no test rows for cross-validation, where each fold is the test split in turn")
+        if folder or listed:
+            held[name] = _without_content(listed, taken, rejected)
+            taken.update({item.sha256: (name, item.path) for item in held[name]})
+    items = _without_content([item for item in items if found.split_of.get(item.path) not in held], taken, rejected)
+    fractions = (0.0 if "val" in held else val_split, 0.0 if "test" in held else test_split)
+    if fold:
+        train, val, test = fold_split(items, fold, fractions[0], seed)
+    else:
+        train, val, test = stratified_split(items, fractions, seed)
+    return Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected)
+
+
+def _scan_held(folder, name: str, classes: list[str], workers: int, rejected: list) -> list[Item]:
+    """The items of a --val-data or --test-data folder, which must hold the training classes."""
+    other = discover(folder)
+    if other.classes != classes:
+        raise UserError(f"--{name}-data: classes {other.classes} in {display_path(folder)}; "
+                        f"allowed: the training classes {classes}")
+    held_items, held_rejected = scan(other, workers)
+    rejected += held_rejected
+    return held_items
+
+
+def require_training_images(splits: Splits, data_dir) -> Splits:
+    if not splits.train:
+        raise UserError(f"data: no usable training images in {display_path(data_dir)} "
+                        f"({len(splits.rejected)} rejected; `vggtune data check` lists why); "
+                        "allowed: folders of readable images, not all of them in --val-data or --test-data")
+    return splits
+
+
+def _without_content(items: list[Item], taken: dict[str, tuple[str, str]], rejected: list) -> list[Item]:
+    kept = []
+    for item in items:
+        if item.sha256 in taken:
+            split, path = taken[item.sha256]
+            rejected.append(Rejected(item.path, f"same content as {split} file {display_path(path)} (kept out of two splits)",
+                                     DUPLICATE))
+        else:
+            kept.append(item)
+    return kept
+
+
+def near_duplicate_rows(splits: Splits, max_distance: int = 4) -> list[tuple[str, str, str, str, int]]:
+    """(path, its split, path, its split, distance) for near-duplicate pairs, cross-split ones first."""
+    tagged = [(item, name) for name in ("train", "val", "test") for item in getattr(splits, name)]
+    split_of = {item.path: name for item, name in tagged}
+    rows = [(a.path, split_of[a.path], b.path, split_of[b.path], d)
+            for a, b, d in near_duplicates([item for item, _ in tagged], max_distance)]
+    return sorted(rows, key=lambda row: (row[1] == row[3], row[4]))
+
+
+def write_near_duplicates(path: Path, rows) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "split", "near_duplicate_of", "its_split", "dhash_distance"])
+    for a, split_a, b, split_b, distance in rows:
+        writer.writerow([display_path(a), split_a, display_path(b), split_b, distance])
+    atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,69 @@
+"""What discovery and the scan hand on: the items (usable images), what a folder or manifest holds
+(`Found`), the splits, and each file that could not be used with its reason and kind (`Rejected`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SPLIT_NAMES = ("train", "val", "test")
+
+# The kinds of rejected file, written in rejected.csv beside the reason a person reads.
+UNREADABLE = "unreadable"            # not an image we can decode: missing, empty, broken, too small, a bomb ...
+LAYOUT = "layout"                    # not where a class can be read from (outside the class folders, a Kaggle-less name)
+MANIFEST_ROW = "manifest-row"        # a manifest row without a path or label, or with another split
+DUPLICATE = "duplicate"              # the same content again (in its class, or in another split)
+LABEL_CONFLICT = "label-conflict"    # the same content filed under two classes: every copy kept out
+KINDS = (UNREADABLE, LAYOUT, MANIFEST_ROW, DUPLICATE, LABEL_CONFLICT)
+
+
+class Rejected(tuple):
+    """(path, reason): a file that could not be used, with its `kind` beside. A plain (path, reason)
+    pair everywhere a pair is expected; a bare pair is of kind "unreadable"."""
+
+    def __new__(cls, path: str, reason: str, kind: str = UNREADABLE):
+        if kind not in KINDS:
+            raise ValueError(f"rejection kind {kind!r}; allowed: {', '.join(KINDS)}")
+        row = super().__new__(cls, (path, reason))
+        row.kind = kind
+        return row
+
+    def __getnewargs__(self):                 # pickled (torchrun gathers them) with its kind
+        return (self[0], self[1], self.kind)
+
+    @classmethod
+    def of(cls, row) -> "Rejected":
+        return row if isinstance(row, Rejected) else cls(row[0], row[1])
+
+    @property
+    def path(self) -> str:
+        return self[0]
+
+    @property
+    def reason(self) -> str:
+        return self[1]
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    label: int
+    sha256: str
+    dhash: int = 0          # perceptual hash, for near-duplicate warnings
+
+
+@dataclass
+class Found:
+    """What discovery saw: candidate files per class and files it could not take."""
+    classes: list[str]
+    files: list[tuple[str, str]]                 # (path, class name)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    split_of: dict[str, str] = field(default_factory=dict)      # path -> split a manifest assigns
+    manifest: bool = False
+
+
+@dataclass
+class Splits:
+    classes: list[str]
+    train: list[Item]
+    val: list[Item]
+    test: list[Item]
+    rejected: list[tuple[str, str]]

@@ -1,0 +1,67 @@
+"""Datasets listed in a CSV file instead of class folders: `path,label[,split]`, as Keras's
+`flow_from_dataframe` and fastai's `from_df` take them, so a million images need no directory walk.
+
+Paths are absolute or relative to the CSV's folder. Other columns are ignored. A row that cannot
+be used (no path, no label, a split other than train/val/test) is rejected with its row number,
+like an unreadable image; the files themselves are checked by the scan, as for folders.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from vggtune.data.items import MANIFEST_ROW, SPLIT_NAMES, Found, Rejected
+from vggtune.errors import UserError
+from vggtune.fsutil import display_path
+
+REQUIRED = ("path", "label")
+
+
+def read_manifest(path: Path) -> Found:
+    """The rows of a manifest as discovery's files, rejected rows and the split each row names."""
+    found = Found(classes=[], files=[], manifest=True)
+    base = path.parent
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            reader = csv.reader(handle)
+            columns = _columns(next(reader, None), path)
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    _add_row(found, columns, row, reader.line_num, base)
+    except OSError as exc:
+        raise UserError(f"data: cannot read the manifest {display_path(path)} ({exc.strerror}); "
+                        "allowed: a readable CSV file") from None
+    except csv.Error as exc:
+        raise UserError(f"data: the manifest {display_path(path)} is not valid CSV ({exc}); "
+                        "allowed: comma-separated rows path,label[,split]") from None
+    found.classes = sorted({label for _, label in found.files})
+    return found
+
+
+def _columns(header: list[str] | None, path: Path) -> dict[str, int]:
+    names = [cell.strip().lower() for cell in header or []]
+    absent = [name for name in REQUIRED if name not in names]
+    if absent:
+        raise UserError(f"data: the manifest {display_path(path)} has columns {names} and lacks {absent}; "
+                        "allowed: a header row with path and label, and optionally split")
+    return {name: names.index(name) for name in (*REQUIRED, "split") if name in names}
+
+
+def _add_row(found: Found, columns: dict[str, int], row: list[str], line: int, base: Path) -> None:
+    cell = {name: row[index].strip() if index < len(row) else "" for name, index in columns.items()}
+    where = f"manifest line {line}"
+    if not cell["path"]:
+        found.rejected.append(Rejected(where, "no path", MANIFEST_ROW))
+        return
+    path = os.path.normpath(os.path.join(base, cell["path"]))
+    split = cell.get("split", "").lower()
+    if not cell["label"]:
+        found.rejected.append(Rejected(path, f"{where}: empty label", MANIFEST_ROW))
+    elif split and split not in SPLIT_NAMES:
+        found.rejected.append(Rejected(path, f"{where}: split {cell['split']!r}; allowed: {', '.join(SPLIT_NAMES)} or empty",
+                                      MANIFEST_ROW))
+    else:
+        found.files.append((path, cell["label"]))
+        if split:
+            found.split_of[path] = split

@@ -1,0 +1,127 @@
+"""Grad-CAM (Selvaraju et al., 2017): where the network looked for a class.
+
+The map is taken where the architecture says (`Arch.gradcam_layer`: the last convolution of the
+last block, after its ReLU; block5's conv3 in VGG16): each channel weighted by the mean gradient
+of the class score (`HeadSpec.class_scores`) over the grid, summed, rectified, scaled to [0, 1].
+
+A dozen lines with torch.autograd, rather than the `grad-cam` package or captum: both
+wrap the model in hooks on modules, which VGG's in-place ReLUs and our int8 frozen blocks
+make fragile, and neither knows our one-unit sigmoid head.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from vggtune.fsutil import atomic_write_bytes
+from vggtune.data.images import ImageRejected, open_any
+from vggtune.model.classifier import Classifier
+from vggtune.model.runtime import Runtime
+from vggtune.features.transforms import centre_box, normalise, resized
+from vggtune.model.weights import Preprocessing
+
+OUTSIDE_DIM = 0.35          # the part of the image the network did not see (outside the centre crop)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    name: str
+    label: str                              # the predicted class
+    target: str                             # the class the map explains
+    probabilities: dict[str, float]
+    heatmap: np.ndarray                     # float32, H x W in [0, 1]: the image's shape, 0 outside the crop
+    image: np.ndarray                       # uint8 H x W x 3: the image with its shorter side at the resize
+    box: tuple[int, int, int, int]          # (left, top, right, bottom) of the crop the network saw
+
+    def overlay(self, alpha: float = 0.45) -> Image.Image:
+        """The map in colour over the crop the network saw; outside it the image is dimmed."""
+        from matplotlib import colormaps
+        picture = self.image.astype(np.float32)
+        colours = colormaps["jet"](self.heatmap)[..., :3].astype(np.float32) * 255
+        shown = picture * OUTSIDE_DIM
+        left, top, right, bottom = self.box
+        shown[top:bottom, left:right] = ((1 - alpha) * picture + alpha * colours)[top:bottom, left:right]
+        result = Image.fromarray(shown.clip(0, 255).astype(np.uint8))
+        ImageDraw.Draw(result).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255), width=2)
+        return result
+
+
+@dataclass(frozen=True)
+class Framed:
+    """One decoded input: the resized image, the crop the network takes, and where that crop lies."""
+    image: torch.Tensor                     # uint8 3 x H x W
+    view: torch.Tensor                      # uint8 3 x size x size
+    box: tuple[int, int, int, int]
+
+
+def frame(source, prep: Preprocessing) -> Framed:
+    image = resized(open_any(source, short_side=prep.resize), prep)
+    box = centre_box(image.shape[-2], image.shape[-1], prep.size)
+    left, top, right, bottom = box
+    return Framed(image, image[:, top:bottom, left:right], box)
+
+
+def frame_or_reason(source, prep: Preprocessing) -> tuple[Framed | None, str | None]:
+    try:
+        return frame(source, prep), None
+    except ImageRejected as exc:
+        return None, str(exc)
+
+
+def grad_cam(model: Classifier, runtime: Runtime, views: torch.Tensor, prep: Preprocessing,
+             targets: list[int]) -> np.ndarray:
+    """(N, size, size) maps in [0, 1] for uint8 views (N, 3, size, size) and each one's target class."""
+    model.eval()
+    x = runtime.to_input(normalise(views, prep))
+    # The float blocks, also for a model that predicts through int8 ones: those may reach into the
+    # last block (a head-only int8 run), and the map needs its float activations and gradients.
+    block_name, layer_name = model.arch.gradcam_layer
+    with torch.no_grad(), runtime.autocast():
+        features = model.backbone.run(x, upto=model.arch.cut_before((block_name,))).float()
+    block = getattr(model.backbone, block_name)
+    with torch.enable_grad():
+        activation = None
+        for name, layer in block.named_children():
+            features = layer(features)
+            if name == layer_name:
+                activation = features
+        features = model.backbone.run(features, after=block_name)
+        logits = model.head(features).float()
+        score = model.head_spec.class_scores(logits, torch.as_tensor(targets, device=logits.device))
+        gradients, = torch.autograd.grad(score.sum(), activation)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
+    cam = torch.nn.functional.interpolate(cam, size=views.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return (cam / peak).cpu().numpy().astype(np.float32)
+
+
+def full_heatmap(cam: np.ndarray, framed: Framed) -> np.ndarray:
+    """A crop's map placed in the whole image: the network saw nothing outside the crop."""
+    heatmap = np.zeros(framed.image.shape[-2:], dtype=np.float32)
+    left, top, right, bottom = framed.box
+    heatmap[top:bottom, left:right] = cam
+    return heatmap
+
+
+def write_overlays(explanations: list[Explanation], folder: Path) -> list[Path]:
+    """Each explanation's overlay as FOLDER/<file stem>.gradcam.png (numbered when two stems are the same)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written, taken = [], set()
+    for explanation in explanations:
+        stem = Path(explanation.name).stem if not explanation.name.startswith("<") else "image"
+        name, count = f"{stem}.gradcam.png", 1
+        while name in taken:
+            count += 1
+            name = f"{stem}-{count}.gradcam.png"
+        taken.add(name)
+        buffer = io.BytesIO()
+        explanation.overlay().save(buffer, format="PNG")
+        atomic_write_bytes(folder / name, buffer.getvalue())
+        written.append(folder / name)
+    return written

@@ -1,0 +1,87 @@
+"""Eval and train transforms, built from the weights' preprocessing.
+
+Training views are drawn from a generator seeded by (image, view), so the same view is
+the same tensor on every run, in any thread, and can be cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from vggtune.features.settings import AugmentConfig
+from vggtune.model.policy import CLEAN, MIRROR
+from vggtune.model.weights import Preprocessing
+
+
+def normalise(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 CHW (or NCHW) RGB -> float input in the weights' channel order and scale."""
+    x = images.to(torch.float32)
+    if prep.channel_order == "BGR":
+        x = x.flip(-3)
+    mean = torch.tensor(prep.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def eval_view(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """The clean view: resize the shorter side, centre crop; uint8 CHW."""
+    return F.center_crop(resized(image, prep), [prep.size, prep.size])
+
+
+def resized(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """The whole image with its shorter side at `prep.resize`, before the crop; uint8 CHW."""
+    return F.resize(F.pil_to_tensor(image), [prep.resize], antialias=True)
+
+
+def centre_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centre crop of a height x width image, as center_crop takes it."""
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return left, top, left + size, top + size
+
+
+def train_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, seed: int) -> torch.Tensor:
+    """One augmented view: rotation, zoom, shift, flip and colour drawn from `seed` alone."""
+    rng = torch.Generator().manual_seed(seed)
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=rng).item()
+
+    x = F.resize(F.pil_to_tensor(image), [prep.resize], antialias=True)
+    height, width = x.shape[-2:]
+    angle = uniform(-aug.rotation, aug.rotation)
+    shift = [round(uniform(-aug.shift, aug.shift) * width), round(uniform(-aug.shift, aug.shift) * height)]
+    zoom = math.exp(uniform(math.log(1 - aug.zoom), -math.log(1 - aug.zoom))) if aug.zoom else 1.0
+    x = F.affine(x, angle=angle, translate=shift, scale=zoom, shear=[0.0, 0.0],
+                 interpolation=v2.InterpolationMode.BILINEAR)
+    x = F.center_crop(x, [prep.size, prep.size])
+    if aug.flip and uniform(0, 1) < 0.5:
+        x = F.horizontal_flip(x)
+    if aug.colour:
+        x = F.adjust_brightness(x, uniform(1 - aug.colour, 1 + aug.colour))
+        x = F.adjust_contrast(x, uniform(1 - aug.colour, 1 + aug.colour))
+        x = F.adjust_saturation(x, uniform(1 - aug.colour, 1 + aug.colour))
+    return x
+
+
+def view_seed(sha256: str, view: int, aug: AugmentConfig) -> int:
+    """Depends on the image content, the view index and the augmentation settings only."""
+    text = f"{sha256}:{view}:{aug.digest()}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def make_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, sha256: str, view: int) -> torch.Tensor:
+    """View 0 (CLEAN) is the clean view, MIRROR its mirror image; views 1.. are augmented.
+
+    The affine warp computes in floating point, which a caller's bf16 autocast region would
+    lower to bf16 and so change the pixels; views are always made in float32."""
+    with torch.autocast(device_type="cpu", enabled=False):
+        if view == CLEAN:
+            return eval_view(image, prep)
+        if view == MIRROR:
+            return F.horizontal_flip(eval_view(image, prep))
+        return train_view(image, prep, aug, view_seed(sha256, view, aug))

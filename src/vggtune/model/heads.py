@@ -1,0 +1,98 @@
+"""The heads put on a backbone, as values: what a head is (`HeadSpec`, written in model.json) and
+the layers each kind builds (`HEADS`, one class and one line per kind).
+
+The two-class rule lives here and nowhere else: two classes get one sigmoid unit (its logit
+favours the second class; binary cross-entropy), more get one softmax unit a class (cross-entropy).
+Everything that turns logits into a loss, a label, probabilities or the score Grad-CAM
+differentiates asks the `HeadSpec`.
+
+torch is imported where a head computes, not when this module is: the command line reads the
+registry (the --head choices and their help) before it imports torch.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                      # annotations only
+    import torch
+    from torch import nn
+
+
+class Flatten:
+    """The classic recipe's: Flatten -> Dense(hidden, ReLU) -> dropout -> output."""
+    help = "Flatten -> Dense(hidden) -> output (the classic recipe)"
+
+    @staticmethod
+    def layers(spec: "HeadSpec", channels: int, grid: int) -> OrderedDict:
+        from torch import nn
+        return OrderedDict(flatten=nn.Flatten(), dense=nn.Linear(channels * grid * grid, spec.hidden), relu=nn.ReLU(),
+                           dropout=nn.Dropout(spec.dropout), out=nn.Linear(spec.hidden, spec.n_outputs))
+
+
+class GlobalAveragePool:
+    """Global average pooling -> dropout -> output: few parameters, for many classes."""
+    help = "global average pooling -> output"
+
+    @staticmethod
+    def layers(spec: "HeadSpec", channels: int, grid: int) -> OrderedDict:
+        from torch import nn
+        return OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), dropout=nn.Dropout(spec.dropout),
+                           out=nn.Linear(channels, spec.n_outputs))
+
+
+HEADS = {"flatten": Flatten, "gap": GlobalAveragePool}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    kind: str             # a key of HEADS
+    n_classes: int
+    hidden: int = 256
+    dropout: float = 0.0
+
+    @property
+    def sigmoid(self) -> bool:
+        """Two classes: one sigmoid unit whose logit favours the second class."""
+        return self.n_classes == 2
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.sigmoid else self.n_classes
+
+    def build(self, channels: int, grid: int) -> nn.Module:
+        """The head's layers on features of `channels` x grid x grid."""
+        if self.kind not in HEADS:
+            raise ValueError(f"head kind {self.kind!r}; allowed: {', '.join(HEADS)}")
+        from torch import nn
+        return nn.Sequential(HEADS[self.kind].layers(self, channels, grid))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from torch import nn
+        if self.sigmoid:
+            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float())
+        return nn.functional.cross_entropy(logits, labels)
+
+    def predicted(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, 0] > 0).long() if self.sigmoid else logits.argmax(1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, n_classes) from logits (N, n_outputs)."""
+        import torch
+        if self.sigmoid:
+            p = torch.sigmoid(logits[:, 0])
+            return torch.stack([1 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
+
+    def class_scores(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each row's score for its target class, the quantity Grad-CAM differentiates: the logit for
+        softmax; for the sigmoid unit the logit for the second class and its negative for the first,
+        since log P(second)/P(first) is the logit."""
+        import torch
+        if self.sigmoid:
+            return torch.where(targets == 1, logits[:, 0], -logits[:, 0])
+        return logits.gather(1, targets.view(-1, 1))[:, 0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)

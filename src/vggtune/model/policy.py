@@ -1,0 +1,61 @@
+"""How a model's logits become its probabilities: an immutable `ScoringPolicy`, kept in model.json.
+
+The policy names the views an image is scored on (its clean view, and with test-time
+augmentation that view's mirror image) and the temperature the logits are divided by
+(1: as trained; fitted on validation data by --calibrate). Scoring is a pure function of the
+logits and the policy; a different policy (the clean view alone while epochs are chosen, a
+candidate temperature) is a new value, never a flipped attribute.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from vggtune.model.heads import HeadSpec
+
+CLEAN, MIRROR = 0, -1          # view ids of the clean view and its mirror image; 1.. are augmented training views
+TTA_VIEWS = (CLEAN, MIRROR)    # what test-time augmentation averages
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    temperature: float = 1.0
+    views: tuple[int, ...] = (CLEAN,)
+
+    def __post_init__(self):
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature {self.temperature}; allowed: a positive number")
+        if self.views not in ((CLEAN,), TTA_VIEWS):
+            raise ValueError(f"scored views {self.views}; allowed: {(CLEAN,)} or {TTA_VIEWS}")
+
+    @classmethod
+    def of(cls, tta: bool, temperature: float = 1.0) -> "ScoringPolicy":
+        return cls(temperature, TTA_VIEWS if tta else (CLEAN,))
+
+    @property
+    def tta(self) -> bool:
+        return self.views == TTA_VIEWS
+
+    def clean(self) -> "ScoringPolicy":
+        """The clean view alone, at the same temperature: how epochs are chosen."""
+        return dataclasses.replace(self, views=(CLEAN,))
+
+    def at(self, temperature: float) -> "ScoringPolicy":
+        return dataclasses.replace(self, temperature=temperature)
+
+    def probabilities(self, head: HeadSpec, view_logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (image, class) from logits (view, image, output) of this policy's views,
+        in its order: the mean over the views of each one's probabilities at the temperature."""
+        if view_logits.shape[0] != len(self.views):
+            raise ValueError(f"logits of {view_logits.shape[0]} views; this policy scores {len(self.views)}")
+        return torch.stack([head.probabilities(logits / self.temperature) for logits in view_logits]).mean(0)
+
+    def view_inputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """This policy's views of clean (N, C, H, W) inputs, in its order."""
+        return [images.flip(-1) if view == MIRROR else images for view in self.views]
+
+    def classify(self, logits_of, images: torch.Tensor, head: HeadSpec) -> torch.Tensor:
+        """Class probabilities of clean inputs, `logits_of` being the network from image to logits."""
+        return self.probabilities(head, torch.stack([logits_of(view).float() for view in self.view_inputs(images)]))

@@ -1,0 +1,122 @@
+"""What a trained classifier is (`model.json`), written and read here, and the one function
+that builds a classifier from that description and its tensors.
+
+A run directory's `model.json` + `model.safetensors` are enough to rebuild the model
+anywhere: classes, head, preprocessing, weights id, architecture and block layout, precision,
+the scoring policy (temperature, test-time augmentation) and, for an int8 run, the activation
+scales of its frozen blocks.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vggtune.model import quantize
+from vggtune.errors import UserError
+from vggtune.fsutil import atomic_write_json, display_path
+from vggtune.model import arch as archs
+from vggtune.model.arch import Arch
+from vggtune.model.classifier import Classifier
+from vggtune.model.heads import HEADS, HeadSpec
+from vggtune.model.policy import ScoringPolicy
+from vggtune.model.runtime import Runtime
+from vggtune.model.weights import LoadedWeights, Preprocessing
+
+MODEL_FORMAT = "vggtune-model/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    classes: tuple[str, ...]
+    head: HeadSpec
+    preprocessing: Preprocessing
+    weights: str                          # the id of the pretrained weights the backbone started from
+    arch: Arch                            # the backbone, with the conv widths its tensors have
+    precision: str                        # fp32, bf16 or int8 (frozen blocks), as trained
+    int8: dict | None = None              # quantize calibration: {"upto", "scales"}
+    scoring: ScoringPolicy = ScoringPolicy()      # temperature, and the views averaged (test-time augmentation)
+
+    @classmethod
+    def for_training(cls, config, classes: list[str], loaded: LoadedWeights, precision: str) -> "ModelSpec":
+        """What model.json will say of the classifier a TrainConfig trains on these weights and classes."""
+        head = HeadSpec(config.head, len(classes), config.hidden, config.dropout)
+        return cls(tuple(classes), head, loaded.record.preprocessing.at_size(config.size), loaded.id,
+                   archs.from_state_dict(archs.get(config.arch), loaded.state_dict), precision,
+                   scoring=ScoringPolicy.of(config.tta))
+
+    def to_dict(self) -> dict:
+        values = {"classes": list(self.classes), "head": self.head.to_dict(), "size": self.preprocessing.size,
+                  "preprocessing": self.preprocessing.to_dict(), "weights": self.weights, "arch": self.arch.name,
+                  "blocks": {name: list(widths) for name, widths in self.arch.blocks},
+                  "precision": self.precision, "temperature": self.scoring.temperature, "tta": self.scoring.tta}
+        if self.int8 is not None:
+            values["int8"] = self.int8
+        return dict(values, format=MODEL_FORMAT)
+
+    @classmethod
+    def from_dict(cls, values: dict, origin: str = "model.json") -> "ModelSpec":
+        if not isinstance(values, dict) or values.get("format") != MODEL_FORMAT:
+            received = values.get("format") if isinstance(values, dict) else None
+            raise UserError(f"{origin}: format {received!r}; allowed: {MODEL_FORMAT}")
+        try:
+            widths = {name: tuple(int(w) for w in convs) for name, convs in values["blocks"].items()}
+            spec = cls(classes=tuple(str(c) for c in values["classes"]), head=HeadSpec(**values["head"]),
+                       preprocessing=Preprocessing.from_dict(values["preprocessing"]), weights=str(values["weights"]),
+                       arch=archs.get(str(values.get("arch", "vgg16"))).with_widths(widths),
+                       precision=str(values.get("precision", "fp32")), int8=values.get("int8"),
+                       scoring=ScoringPolicy.of(bool(values.get("tta", False)), float(values.get("temperature", 1.0))))
+        except UserError as exc:
+            raise UserError(f"{origin}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{origin}: missing or malformed field ({exc}); "
+                            "allowed: model.json as training wrote it") from None
+        spec.check(origin)
+        return spec
+
+    def check(self, origin: str) -> None:
+        head = self.head
+        if len(self.classes) < 2 or head.n_classes != len(self.classes) or head.kind not in HEADS:
+            raise UserError(f"{origin}: {len(self.classes)} classes for a {head.kind!r} head "
+                            f"of {head.n_classes}; allowed: at least 2 classes matching the head")
+        if self.preprocessing.size % 32 or self.preprocessing.size < 32:
+            raise UserError(f"{origin}: input size {self.preprocessing.size}; allowed: a multiple of 32")
+
+    def save(self, folder: Path) -> None:
+        atomic_write_json(Path(folder) / "model.json", self.to_dict())
+
+    @classmethod
+    def load(cls, folder: Path) -> "ModelSpec":
+        path = Path(folder) / "model.json"
+        if not path.is_file():
+            raise UserError(f"run: {display_path(folder)} holds no model.json; allowed: a finished run directory")
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{display_path(path)}: not valid JSON ({exc})") from None
+        return cls.from_dict(values, display_path(path))
+
+
+def build_classifier(spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime: Runtime,
+                     origin: str = "weights") -> Classifier:
+    """The classifier `spec` describes with `tensors` loaded (the whole model's, or the backbone's
+    alone for a new head), on the runtime's device, through the int8 blocks it was trained with."""
+    model = Classifier(spec.head, size=spec.preprocessing.size, arch=spec.arch)
+    whole = any(name.startswith("head.") for name in tensors)
+    try:
+        (model if whole else model.backbone).load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        lines = str(exc).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(exc)
+        raise UserError(f"{origin} does not match model.json ({first}); "
+                        "allowed: the files one training run wrote") from None
+    model.to(runtime.device).to(memory_format=torch.channels_last)
+    if spec.int8 is not None:
+        try:
+            quantize.attach(model, spec.int8)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{origin}: malformed int8 calibration ({exc}); "
+                            "allowed: model.json as training wrote it") from None
+    return model

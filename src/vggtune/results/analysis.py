@@ -1,0 +1,118 @@
+"""What the report computes from each image's probabilities: intervals by bootstrap, ROC and
+precision-recall curves, calibration (reliability and expected calibration error), the most
+confused pairs. numpy only."""
+from __future__ import annotations
+
+import numpy as np
+
+from vggtune.training.metrics import classification_metrics, wilson_interval
+
+BOOTSTRAP_DRAWS = 1000
+
+
+def intervals(labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict:
+    """95 % intervals: Wilson for accuracy, percentile bootstrap over the images for F1, ROC AUC, log loss."""
+    labels, probabilities = np.asarray(labels, np.int64), np.asarray(probabilities, np.float64)
+    n = len(labels)
+    result = {"accuracy": wilson_interval(int((probabilities.argmax(1) == labels).sum()), n)}
+    if n == 0:
+        return result
+    rng = np.random.default_rng(seed)
+    keys = ["f1_macro", "log_loss"] + (["f1", "roc_auc"] if len(classes) == 2 else [])
+    samples: dict[str, list[float]] = {key: [] for key in keys}
+    for _ in range(draws):
+        pick = rng.integers(n, size=n)
+        drawn = classification_metrics(labels[pick], probabilities[pick], classes)
+        for key in keys:
+            if drawn.get(key) is not None:
+                samples[key].append(drawn[key])
+    for key, values in samples.items():
+        if values:
+            low, high = np.percentile(values, [2.5, 97.5])
+            result[key] = (round(float(low), 4), round(float(high), 4))
+    return result
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct score, from (0, 0) to (1, 1)."""
+    tps, fps, _ = _cumulative_counts(labels, scores)
+    return fps / max(fps[-1], 1), tps / max(tps[-1], 1)
+
+
+def pr_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, float]:
+    """(recall, precision, average precision) of the positive class (label 1)."""
+    tps, fps, _ = _cumulative_counts(labels, scores)
+    tps, fps = tps[1:], fps[1:]
+    precision = tps / np.maximum(tps + fps, 1)
+    recall = tps / max(tps[-1], 1)
+    average = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    return recall, precision, average
+
+
+def _cumulative_counts(labels, scores):
+    """True and false positives above each distinct threshold, highest score first."""
+    labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    labels, scores = labels[order] == 1, scores[order]
+    last_of_ties = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
+    tps = np.r_[0, np.cumsum(labels)[last_of_ties]]
+    fps = np.r_[0, np.cumsum(~labels)[last_of_ties]]
+    return tps.astype(np.float64), fps.astype(np.float64), scores[last_of_ties]
+
+
+def reliability(labels, probabilities, bins: int = 10) -> dict:
+    """Top-label calibration: per confidence bin, the mean confidence, the accuracy and the count;
+    `ece` is the count-weighted mean gap between them (expected calibration error)."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, np.float64)
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            gap = abs(confidence[members].mean() - correct[members].mean())
+            ece += gap * members.sum() / len(labels)
+            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(members.sum()),
+                         "confidence": float(confidence[members].mean()), "accuracy": float(correct[members].mean())})
+    return {"bins": rows, "ece": float(ece)}
+
+
+def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[str, str, int]]:
+    """(true class, predicted class, count) of the largest off-diagonal cells, largest first."""
+    confusion = np.asarray(confusion)
+    pairs = [(classes[i], classes[j], int(confusion[i, j])) for i in range(len(classes))
+             for j in range(len(classes)) if i != j and confusion[i, j] > 0]
+    return sorted(pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))[:limit]
+
+
+def image_losses(labels, probabilities) -> np.ndarray:
+    """Each image's cross-entropy: -log of the probability given to its true class."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, np.float64)
+    return -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0))
+
+
+def headline(labels, probabilities, classes: list[str]) -> list[tuple[str, str, float, tuple | None]]:
+    """(key, name, value, 95 % interval) of the figures a reader asks for first: accuracy, F1 (of the
+    positive class for two classes, macro otherwise), ROC AUC (two classes), log loss."""
+    result = classification_metrics(labels, probabilities, classes)
+    bounds = intervals(labels, probabilities, classes)
+    binary = "positive_class" in result
+    rows = [("accuracy", "accuracy", result["accuracy"], bounds.get("accuracy")),
+            ("f1", f"F1 ({result['positive_class']} positive)" if binary else "F1 (macro)",
+             result["f1"] if binary else result["f1_macro"], bounds.get("f1" if binary else "f1_macro")),
+            ("roc_auc", "ROC AUC", result.get("roc_auc"), bounds.get("roc_auc")),
+            ("log_loss", "log loss", result["log_loss"], bounds.get("log_loss"))]
+    return [row for row in rows if row[2] is not None]
+
+
+def mcnemar(correct_a, correct_b) -> dict:
+    """Exact McNemar test of two classifiers scored on the same images: only the images one of them gets
+    right and the other wrong count; p is two-sided, from the binomial distribution with p = 1/2."""
+    from math import comb
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p": p}

@@ -1,0 +1,111 @@
+"""Cross-validation: the configured recipe trained once per fold, each fold's model scored on the
+images it left out, and those out-of-fold predictions pooled, so every image is a test image once.
+
+    for k in 1..n:  fit(config with fold k of n)    # RUN/fold-k: an ordinary run folder
+    pool the folds' test predictions                 # RUN/cv.json, RUN/cv_predictions.csv
+
+The folds share the feature cache (its key is the image's content and the view), so each view is
+extracted by the first fold that needs it and read from the cache by the others. A fold folder
+that finished earlier is kept, and one that was interrupted is resumed, so a stopped
+cross-validation continues where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vggtune.results.analysis import intervals
+from vggtune.errors import UserError
+from vggtune.fsutil import atomic_write_json, display_path
+from vggtune.training.metrics import classification_metrics
+from vggtune.progress import say, verbosity
+from vggtune.training.rundir import PredictionRow, RunDir, read_predictions, write_predictions
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.training.config import TrainConfig
+
+SUMMARY_KEYS = ("n", "accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
+
+
+def fold_config(config: TrainConfig, fold: int, folds: int) -> TrainConfig:
+    return dataclasses.replace(config, out=str(Path(config.out) / f"fold-{fold}"), cv_folds=folds, cv_fold=fold,
+                               no_report=True)
+
+
+def cross_validate(config: TrainConfig, folds: int) -> dict:
+    """Trains `config` on each of `folds` folds in config.out; returns what cv.json holds."""
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise UserError(f"--folds: received {folds!r}; allowed: a whole number >= 2")
+    configs = [fold_config(config, k, folds) for k in range(1, folds + 1)]     # checks the options first
+    earlier = {row["fold"]: row["seconds"] for row in (_read_cv(Path(config.out)) or {}).get("per_fold", [])}
+    seconds = []
+    with verbosity(config.quiet):
+        for fold_config_k in configs:
+            started = time.perf_counter()
+            trained = _fit_fold(fold_config_k)
+            # A kept fold's time is the one the earlier call measured (None if it did not finish the pooling).
+            seconds.append(round(time.perf_counter() - started, 1) if trained else earlier.get(fold_config_k.cv_fold))
+    return pool(Path(config.out), configs, seconds)
+
+
+def _fit_fold(config: TrainConfig) -> bool:
+    """Trains one fold, or resumes it, or keeps it when it finished earlier with the same config (False)."""
+    from vggtune.training.schedule import fit
+    folder = RunDir(config.out)
+    label = f"fold {config.cv_fold}/{config.cv_folds}"
+    if (folder.path / "config.yaml").is_file():
+        saved = folder.config()
+        if dataclasses.replace(saved, quiet=config.quiet) != config:       # quiet changes no result
+            raise UserError(f"cv: {display_path(folder.path)} was trained with other options; "
+                            "allowed: the same options as before, or a new --out")
+        if (folder.path / "metrics.json").is_file() and (folder.path / "model.json").is_file():
+            say(f"{label}: finished earlier, kept")
+            return False
+        say(f"{label}: resuming")
+        fit(config, resume=True)
+        return True
+    say(f"{label}: training")
+    fit(config)
+    return True
+
+
+def pool(root: Path, configs: list[TrainConfig], seconds: list[float]) -> dict:
+    """Per-fold and pooled metrics (with 95 % intervals) of the folds' test predictions."""
+    classes = RunDir(configs[0].out).splits().classes
+    rows, labels, probabilities, per_fold = [], [], [], []
+    for config, fold_seconds in zip(configs, seconds):
+        tested = [row for row in read_predictions(Path(config.out) / "predictions.csv", classes)
+                  if row.split == "test"]
+        fold_labels = [classes.index(row.label) for row in tested]
+        fold_probabilities = [row.probabilities for row in tested]
+        metrics = classification_metrics(fold_labels, np.asarray(fold_probabilities).reshape(-1, len(classes)),
+                                         classes)
+        per_fold.append({"fold": config.cv_fold, **_summary(metrics), "seconds": fold_seconds})
+        rows += [PredictionRow(f"fold-{config.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
+        labels += fold_labels
+        probabilities += fold_probabilities
+    pooled_probabilities = np.asarray(probabilities).reshape(-1, len(classes))
+    pooled = _summary(classification_metrics(labels, pooled_probabilities, classes))
+    pooled["intervals_95"] = {key: list(low_high) for key, low_high in intervals(labels, pooled_probabilities,
+                                                                                  classes).items()}
+    base = dataclasses.replace(configs[0], out=str(root), cv_folds=0, cv_fold=0, no_report=False)
+    result = {"folds": len(configs), "classes": classes, "pooled": pooled, "per_fold": per_fold,
+              "config": base.to_dict()}
+    write_predictions(root / "cv_predictions.csv", classes, rows)
+    atomic_write_json(root / "cv.json", result)
+    return result
+
+
+def _summary(metrics: dict) -> dict:
+    return {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
+
+
+def _read_cv(root: Path) -> dict | None:
+    """cv.json as an earlier `vggtune cv` in this folder wrote it, if any."""
+    path = root / "cv.json"
+    return json.loads(path.read_text()) if path.is_file() else None

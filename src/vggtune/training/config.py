@@ -1,0 +1,147 @@
+"""Typed run configuration: frozen dataclasses, validated on creation, YAML in and out."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from vggtune.errors import UserError, choice_error
+from vggtune.features.settings import STORAGES, AugmentConfig
+from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.model import arch as archs
+from vggtune.model.heads import HEADS
+
+PRECISIONS = ("auto", "bf16", "fp32", "int8")
+PATHS = ("data", "out", "val_data", "test_data", "weights")
+DEVICES = ("auto", "cpu", "cuda")
+# A recipe names a set of defaults; options given beside it win. "vggtune" is the defaults below, chosen
+# by cross-validation (BENCHMARKS.md section 14); "classic" is the recipe as the seed document
+# writes it and vggtune ran it until 2026-11-30: Flatten -> Dense(256) -> sigmoid, block5 fine-tuned,
+# one clean view scored, the logits as trained.
+RECIPES = {"vggtune": {}, "classic": {"head": "flatten", "lr": 3e-4, "tta": False, "calibrate": False}}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as config.yaml in the run directory."""
+    data: str
+    out: str = "runs/latest"
+    recipe: str = "vggtune"               # the set of defaults the other options started from (RECIPES)
+    arch: str = "vgg16"                   # the backbone (model/arch.py ARCHS); its ImageNet weights come with it
+    val_data: str | None = None
+    test_data: str | None = None
+    weights: str | None = None            # a file to load instead of the default sources
+    epochs: int = 10
+    finetune_epochs: int = 5
+    finetune_blocks: int = 1
+    lr: float = 3e-4                      # chosen by cross-validation: benchmarks/recipe_study.py
+    finetune_lr: float = 1e-5
+    batch_size: int = 32
+    size: int = 224
+    head: str = "flatten"
+    hidden: int = 256
+    dropout: float = 0.5
+    views: int = 2
+    tta: bool = True                      # test-time augmentation: average the image and its mirror image
+    calibrate: bool = False               # fit a temperature on the validation split for the log loss
+    val_split: float = 0.1
+    test_split: float = 0.1
+    seed: int = 1337
+    cv_folds: int = 0                     # cross-validation: the images fall into this many folds (0: no folds)
+    cv_fold: int = 0                      # ... and this one (1..cv_folds) is the test split
+    patience: int = 3
+    precision: str = "auto"
+    device: str = "auto"
+    no_cache: bool = False
+    feature_storage: str = "float16"      # STORAGES; uint8 halves the cache, for very large datasets
+    keep_state: bool = False              # state/ is only needed to resume; removed when the run ends
+    no_report: bool = False               # report.html and README.md (the model card) are written by default
+    quiet: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):          # from YAML or the Python API's keyword
+            object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+        for name in PATHS:                          # absolute: a run folder works from any working directory
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
+        if self.recipe not in RECIPES:
+            raise choice_error("--recipe", self.recipe, RECIPES)
+        if self.head not in HEADS:
+            raise choice_error("--head", self.head, HEADS)
+        if self.precision not in PRECISIONS:
+            raise choice_error("--precision", self.precision, PRECISIONS)
+        if self.device not in DEVICES:
+            raise choice_error("--device", self.device, DEVICES)
+        if self.feature_storage not in STORAGES:
+            raise choice_error("--feature-storage", self.feature_storage, STORAGES)
+        _check_int("--epochs", self.epochs, 1)
+        _check_int("--finetune-epochs", self.finetune_epochs, 0)
+        _check_int("--batch-size", self.batch_size, 1)
+        _check_int("--views", self.views, 1)
+        _check_int("--patience", self.patience, 0)
+        _check_int("--hidden", self.hidden, 1)
+        blocks = len(archs.get(self.arch).blocks)
+        if not isinstance(self.finetune_blocks, int) or not 1 <= self.finetune_blocks < blocks:
+            raise choice_error("--finetune-blocks", self.finetune_blocks, range(1, blocks))
+        if self.size < 32 or self.size % 32:
+            raise UserError(f"--size: received {self.size}; allowed: a multiple of 32, at least 32")
+        for name in ("lr", "finetune_lr"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')}: received {getattr(self, name)}; allowed: > 0")
+        for name in ("val_split", "test_split"):
+            if not 0 <= getattr(self, name) < 0.5:
+                raise UserError(f"--{name.replace('_', '-')}: received {getattr(self, name)}; allowed: 0 <= x < 0.5")
+        self._check_fold()
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout: received {self.dropout}; allowed: 0 <= x < 1")
+
+    def _check_fold(self) -> None:
+        if not self.cv_folds and not self.cv_fold:
+            return
+        _check_int("--folds", self.cv_folds, 2)
+        if not isinstance(self.cv_fold, int) or not 1 <= self.cv_fold <= self.cv_folds:
+            raise choice_error("cv_fold", self.cv_fold, range(1, self.cv_folds + 1))
+        if self.test_data is not None:
+            raise UserError(f"--test-data: received {self.test_data} with {self.cv_folds} folds; "
+                            "allowed: no --test-data, since each fold is a test split in turn")
+
+    @classmethod
+    def from_recipe(cls, recipe: str = "vggtune", **options) -> "TrainConfig":
+        """The recipe's defaults, then the options given."""
+        if recipe not in RECIPES:
+            raise choice_error("--recipe", recipe, RECIPES)
+        return cls(**{**RECIPES[recipe], **options, "recipe": recipe})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
+        return cls(**values)
+
+
+def _check_int(flag: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UserError(f"{flag}: received {value!r}; allowed: a whole number >= {minimum}")
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> TrainConfig:
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"config: cannot read {display_path(path)}: {exc}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config: {display_path(path)} holds {type(values).__name__}; allowed: a mapping of options")
+    return TrainConfig.from_dict(values)

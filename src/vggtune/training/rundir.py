@@ -1,0 +1,226 @@
+"""The run directory: everything needed to use or continue a run, in safetensors, JSON and YAML.
+
+`config.yaml` (the resolved config), `metrics.jsonl` (one line per epoch), `metrics.json`,
+`model.safetensors` + `model.json`, `rejected.csv`, `near_duplicates.csv`, `splits.json`,
+`predictions.csv` (each val and test image's probabilities), `report.html`, `README.md` (the model card),
+and `state/` (per-stage checkpoints and the int8 calibration) while a run can be resumed.
+Every file is written under a temporary name and renamed (fsutil.atomic_file).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vggtune.data import dataset as data
+from vggtune.data.items import KINDS, UNREADABLE, Rejected
+from vggtune.training.config import TrainConfig, load_config, save_config
+from vggtune.errors import UserError
+from vggtune.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, display_path, remove_stale_temporaries, save_tensors
+from vggtune.model.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One scored image: its split, path, true class and the probability of each class."""
+    split: str
+    path: str
+    label: str
+    probabilities: list[float]
+
+
+def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["split", "path", "label", "predicted", *classes])
+    for row in rows:
+        predicted = classes[max(range(len(classes)), key=row.probabilities.__getitem__)]
+        writer.writerow([row.split, row.path, row.label, predicted, *(f"{p:.9g}" for p in row.probabilities)])
+    # A file name that is not UTF-8 is written as its bytes, so that it reads back as the same path.
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+
+
+def read_predictions(path: Path, classes: list[str]) -> list[PredictionRow]:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        return [PredictionRow(row["split"], row["path"], row["label"], [float(row[c]) for c in classes])
+                for row in csv.DictReader(handle)]
+
+
+@dataclass(frozen=True)
+class SplitItem:
+    path: str
+    label: int                        # the index of its class in RunSplits.classes
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RunSplits:
+    """splits.json: the classes, and the images each split kept (those that gave features)."""
+    classes: list[str]
+    train: list[SplitItem]
+    val: list[SplitItem]
+    test: list[SplitItem]
+
+    def counts(self, split: str) -> list[int]:
+        """Images of each class in `split`."""
+        labels = [item.label for item in getattr(self, split)]
+        return [labels.count(i) for i in range(len(self.classes))]
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    path: str
+    split: str
+    other: str
+    other_split: str
+    distance: int
+
+    @property
+    def across(self) -> bool:
+        """The pair straddles two splits: a split sees (almost) its own images."""
+        return self.split != self.other_split
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """metrics.json: the final scores, what each part took, the machine, and the epoch each stage kept."""
+    val: dict | None
+    test: dict | None
+    timing: dict
+    environment: dict
+    kept_epochs: dict[str, int]       # stage -> the epoch whose parameters it kept (lowest validation loss)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def existing(cls, path: str | Path) -> "RunDir":
+        """A folder a run started in (it holds config.yaml): the one check for "is this a run"."""
+        run = cls(path)
+        if not (run.path / "config.yaml").is_file():
+            raise UserError(f"--resume: {display_path(run.path)} is not a vggtune run (no config.yaml); "
+                            "allowed: the --out folder of an earlier run")
+        return run
+
+    def config(self) -> TrainConfig:
+        return load_config(self.path / "config.yaml")
+
+    def prepare(self, resume: bool) -> None:
+        """A new run needs an unused folder; --resume needs a folder a run started in."""
+        if resume:
+            RunDir.existing(self.path)
+            if (self.path / "model.json").is_file() and not (self.path / "state").is_dir():
+                raise UserError(f"--resume: {display_path(self.path)} is a finished run; allowed: vggtune evaluate "
+                                "or predict with it, or train into a new --out (--keep-state keeps a run resumable)")
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise UserError(f"--out: {display_path(self.path)} already holds files; allowed: a new or empty folder, "
+                            "or --resume to continue the run in it")
+
+    def make(self) -> None:
+        try:
+            (self.path / "state").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out: cannot create {display_path(self.path)}: {exc.strerror}; "
+                            "allowed: a writable folder") from None
+        if not os.access(self.path, os.W_OK):
+            raise UserError(f"--out: {display_path(self.path)} is not writable; allowed: a writable folder")
+        for folder in (self.path, self.path / "state"):          # checkpoints cut short by a kill -9
+            remove_stale_temporaries(folder)
+
+    def write_config(self, config: TrainConfig) -> None:
+        save_config(config, self.path / "config.yaml")
+
+    def write_rejected(self, rejected: list[tuple[str, str]]) -> None:
+        data.write_rejected(self.path / "rejected.csv", rejected)
+
+    def write_near_duplicates(self, rows: list) -> None:
+        data.write_near_duplicates(self.path / "near_duplicates.csv", rows)
+
+    def write_splits(self, classes: list[str], splits: dict) -> None:
+        atomic_write_json(self.path / "splits.json", {"classes": classes, **{
+            # The path as Python holds it: JSON escapes undecodable bytes, so it opens again.
+            name: [{"path": i.path, "label": i.label, "sha256": i.sha256} for i in items]
+            for name, items in splits.items()}})
+
+    def write_history(self, rows: list[dict]) -> None:
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+
+    def write_metrics(self, results: dict, timing: dict, environment: dict | None = None,
+                      kept_epochs: dict[str, int] | None = None) -> None:
+        atomic_write_json(self.path / "metrics.json", {**results, "timing": timing, "kept_epochs": kept_epochs or {},
+                                                      **({"environment": environment} if environment else {})})
+
+    def write_predictions(self, classes: list[str], rows: list[tuple]) -> None:
+        """rows: (split, path, true class, probabilities) of each scored image."""
+        write_predictions(self.path / "predictions.csv", classes, [PredictionRow(*row) for row in rows])
+
+    def splits(self) -> RunSplits | None:
+        values = self._json("splits.json")
+        if values is None:
+            return None
+        items = {name: [SplitItem(row["path"], int(row["label"]), row["sha256"]) for row in values.get(name, [])]
+                 for name in ("train", "val", "test")}
+        return RunSplits(list(values["classes"]), **items)
+
+    def rejected(self) -> list[Rejected]:
+        """rejected.csv's files with reason and kind (a run from before kinds were written: "unreadable")."""
+        return [Rejected(row["path"], row["reason"], row.get("kind") if row.get("kind") in KINDS else UNREADABLE)
+                for row in self._csv("rejected.csv")]
+
+    def near_duplicates(self) -> list[NearDuplicate]:
+        return [NearDuplicate(row["path"], row["split"], row["near_duplicate_of"], row["its_split"],
+                              int(row["dhash_distance"])) for row in self._csv("near_duplicates.csv")]
+
+    def metrics(self) -> RunMetrics | None:
+        values = self._json("metrics.json")
+        if values is None:
+            return None
+        return RunMetrics(values.get("val"), values.get("test"), values.get("timing") or {},
+                          values.get("environment") or {}, {k: int(v) for k, v in (values.get("kept_epochs") or {}).items()})
+
+    def history(self) -> list[dict]:
+        """metrics.jsonl: one row per epoch (stage, epoch, train_loss, train_accuracy, val_loss, val_accuracy)."""
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    def _json(self, name: str):
+        path = self.path / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _csv(self, name: str) -> list[dict]:
+        path = self.path / name
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            return list(csv.DictReader(handle))
+
+    def save_model(self, model: torch.nn.Module, spec: ModelSpec) -> None:
+        save_tensors(self.path / "model.safetensors", model.state_dict())
+        spec.save(self.path)
+
+    def state(self, stage: str, which: str) -> Path:
+        """A stage's checkpoint: "last" (to resume) or "best" (what the stage keeps)."""
+        return self.path / "state" / f"{stage}-{which}.safetensors"
+
+    def remove_state(self) -> None:
+        """The checkpoints only a resume needs: a finished run keeps model, metrics and data reports."""
+        shutil.rmtree(self.path / "state", ignore_errors=True)
+
+    def save_calibration(self, calibration: dict) -> None:
+        atomic_write_json(self.path / "state" / "int8.json", calibration)
+
+    def calibration(self) -> dict | None:
+        """The int8 calibration an interrupted run made, so that its resume uses the same scales."""
+        path = self.path / "state" / "int8.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{display_path(path)}: unreadable ({exc}); allowed: the file training wrote") from None

@@ -1,0 +1,328 @@
+"""The training schedule: head on frozen features, then fine-tune the last block(s).
+
+    run = open_run(config, resume, cuts)    # data, weights, model, feature sources
+    for stage in plan(config):              # head, then finetune
+        set_trainable(run.model, stage.trainable)
+        run_stage(run, stage, log)          # epochs from cached features, best kept, early stop
+    return finish(run, log)                 # calibrated, scored on val and test, saved
+
+Every completed epoch is saved (trainable tensors, optimiser moments, progress), so
+`--resume` continues from the last one and reaches the same result as a run that was
+never interrupted: each epoch's shuffling and dropout are seeded by (seed, stage, epoch).
+
+Under torchrun (distributed.py) every rank runs this same schedule: each takes its share of
+every batch, DistributedDataParallel averages the gradients, validation is scored in shares and
+gathered, so every rank makes the same choices; rank 0 alone writes the run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vggtune import distributed
+from vggtune.errors import UserError
+from vggtune.model import arch as archs
+from vggtune.model.classifier import set_trainable
+from vggtune.progress import progress, say, verbosity
+from vggtune.fsutil import load_tensors, save_tensors
+from vggtune.training.scoring import Scorer
+from vggtune.training.session import Run, open_run
+from vggtune.training.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    trainable: tuple[str, ...]       # backbone blocks that learn besides the head
+    cut: str                         # features come from the cache at this block
+    epochs: int
+    lr: float
+
+
+def plan(config) -> list[Stage]:
+    arch = archs.get(config.arch)
+    stages = [Stage("head", (), arch.cut_before(()), config.epochs, config.lr)]
+    if config.finetune_epochs:
+        blocks = arch.last(config.finetune_blocks)
+        stages.append(Stage("finetune", blocks, arch.cut_before(blocks), config.finetune_epochs, config.finetune_lr))
+    return stages
+
+
+class Log:
+    """What the stages record as they go: each stage's epochs (metrics.jsonl, rewritten after every
+    epoch), the epoch each stage kept, and the seconds each part of the run took (metrics.json)."""
+
+    def __init__(self, folder: RunDir):
+        self.folder, self.histories, self.timing, self.kept_epochs = folder, {}, {}, {}
+
+    def epochs(self, stage: str, history: list[dict]) -> None:
+        """The stage's epochs so far, written to metrics.jsonl with the stages before it."""
+        self.histories[stage] = list(history)
+        if distributed.is_main():
+            self.folder.write_history([row for rows in self.histories.values() for row in rows])
+
+
+def fit(config, resume: bool = False) -> dict:
+    """Train as `config` says, in config.out; returns {'val': metrics, 'test': metrics}."""
+    stages = plan(config)
+    with verbosity(config.quiet or not distributed.is_main()):
+        run = open_run(config, resume, cuts=[stage.cut for stage in stages])
+        log = Log(run.folder)
+        log.timing.update(run.setup_seconds)
+        for stage in stages:
+            set_trainable(run.model, stage.trainable)
+            run_stage(run, stage, log)
+        return finish(run, stages[-1].cut, log)
+
+
+def scorer(run: Run, policy=None) -> Scorer:
+    """The run's model scored under `policy` (default: the one model.json will hold)."""
+    return Scorer(run.model, run.runtime, list(run.spec.classes), run.config.batch_size, policy or run.spec.scoring)
+
+
+def finish(run: Run, cut: str, log: Log) -> dict:
+    """Calibrates the final model, scores it on the validation and test splits, then saves it with its
+    metrics, each image's probabilities (predictions.csv), the report and the model card."""
+    results, predictions = {}, []
+    spec = dataclasses.replace(run.spec, scoring=calibrated(run, cut)) if run.config.calibrate else run.spec
+    classes, final = list(spec.classes), scorer(run, spec.scoring)
+    for split in ("val", "test"):
+        if len(run.labels[split]):
+            started = time.perf_counter()
+            positions, labels, probabilities = final.scored(run.sources.by_cut[cut][split], run.labels[split], cut)
+            results[split] = final.summary(labels, probabilities)
+            items = run.sources.kept[split]
+            predictions += [(split, items[p].path, classes[label], row.tolist())
+                            for p, label, row in zip(positions, labels, probabilities)]
+            log.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
+    if run.sources.damaged_shards:
+        log.timing["damaged_cache_shards"] = run.sources.damaged_shards
+    # --no-cache: files lost mid-run, on any rank (the cache's sources already share theirs)
+    lost = list(dict.fromkeys(distributed.concat(run.sources.rejected)))
+    if distributed.is_main():
+        save(run, spec, results, predictions, run.rejected + lost, log)
+    return results
+
+
+def save(run: Run, spec, results: dict, predictions: list, rejected: list, log: Log) -> None:
+    """The finished run's files: the model, each image's probabilities, metrics, report and model card."""
+    run.folder.write_rejected(rejected)
+    run.folder.save_model(run.model, spec)
+    run.folder.write_predictions(list(spec.classes), predictions)
+    run.folder.write_metrics(results, log.timing, environment(run), log.kept_epochs)
+    if not run.config.keep_state:
+        run.folder.remove_state()
+    if not run.config.no_report:
+        write_documents(run.folder.path)
+
+
+def calibrated(run: Run, cut: str):
+    """Temperature scaling: the run's scoring policy at the temperature that minimises the validation log loss."""
+    if not len(run.labels["val"]):
+        say("calibrate: no validation images, temperature left at 1")
+        return run.spec.scoring
+    final = scorer(run)
+    positions, logits = final.view_logits(run.sources.by_cut[cut]["val"], len(run.labels["val"]), cut)
+    temperature = final.fit_temperature(logits, run.labels["val"][positions].numpy())
+    say(f"calibrate: temperature {temperature:.3f}, fitted on {len(positions)} validation images")
+    return run.spec.scoring.at(temperature)
+
+
+def environment(run: Run) -> dict:
+    """What a reader of the results needs to reproduce them: versions, device, precision, cache use."""
+    import platform
+    import torchvision
+    from vggtune import __version__
+    return {"vggtune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "device": run.runtime.describe(),
+            "processor": run.runtime.processor(), "weights": run.spec.weights, "weights_source": run.weights_source,
+            "precision": run.runtime.precision, "processes": distributed.world().size,
+            "feature_cache": run.sources.reuse}
+
+
+def write_documents(folder) -> None:
+    """report.html and README.md (the model card); a failure here leaves the trained run intact."""
+    try:
+        from vggtune.results.reportpage import write_documents as write
+        write(folder)
+    except Exception as exc:        # noqa: BLE001 - the model and metrics are saved; say what went wrong
+        say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")
+
+
+class StageNet(torch.nn.Module):
+    """A stage's network from its cut to the output, as one module: what DistributedDataParallel wraps.
+    It holds the blocks after the cut and the head (so only they are synchronised), not the whole model."""
+
+    def __init__(self, model, cut: str):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(getattr(model.backbone, name) for name in model.arch.between(after=cut))
+        self.head = model.head
+        self.__dict__["classifier"], self.cut = model, cut          # not a submodule
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.__dict__["classifier"].from_features(features, self.cut)
+
+
+def run_stage(run: Run, stage: Stage, log: Log) -> None:
+    model, config = run.model, run.config
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = make_optimizer(list(parameters.values()), stage.lr)
+    net = distributed.wrap(StageNet(model, stage.cut), run.runtime.device)
+    state = _resume_state(run, stage, parameters, optimizer, log)
+    if state["done"]:
+        log.kept_epochs[stage.name] = state["best_epoch"]
+        return
+    started = time.perf_counter()
+    for epoch in range(state["epoch"], stage.epochs):
+        seed = epoch_seed(config.seed, stage.name, epoch)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        train_loss, train_accuracy = train_epoch(run, stage, net, optimizer, rng)
+        val = validate(run, stage.cut)
+        score = val["loss"] if val else train_loss
+        row = {"stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
+               "train_accuracy": train_accuracy, **({f"val_{k}": val[k] for k in ("loss", "accuracy")} if val else {})}
+        state["history"].append(row)
+        if score < state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+            if distributed.is_main():
+                save_tensors(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        stop = bool(config.patience) and state["bad_epochs"] >= config.patience and state["epoch"] < stage.epochs
+        state["done"] = bool(stop) or state["epoch"] == stage.epochs
+        if distributed.is_main():
+            _save_state(run, stage, parameters, optimizer, state)
+        log.epochs(stage.name, state["history"])
+        say(_epoch_line(row, stage))
+        if stop:
+            say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs")
+            break
+    log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
+    log.kept_epochs[stage.name] = state["best_epoch"]
+    distributed.barrier()                   # rank 0 has written the best parameters
+    _load_params(run, stage, parameters, "best")
+
+
+def make_optimizer(parameters: list, lr: float) -> torch.optim.Optimizer:
+    """Adam; the fused kernel where this torch has it for the device (a third faster on the head)."""
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(parameters, lr=lr)
+
+
+def validate(run: Run, cut: str) -> dict | None:
+    """The epoch's validation loss and accuracy, of the clean view alone: epochs are chosen as the classic
+    recipe chooses them, and test-time augmentation changes only the final scores."""
+    if not len(run.labels["val"]):
+        return None
+    result = scorer(run, run.spec.scoring.clean()).metrics(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    return {"loss": result["log_loss"], "accuracy": result["accuracy"]}
+
+
+def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, float]:
+    """One pass over the training images, one random cached view of each. Under torchrun each rank
+    takes its share of every batch, and its loss is weighted so that the averaged gradient is the
+    one-process gradient of the whole batch."""
+    model, config, runtime, objective = run.model, run.config, run.runtime, scorer(run)
+    ranks = distributed.world().size
+    source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]
+    order = rng.permutation(len(labels))
+    views = rng.integers(config.views, size=len(labels))
+    model.eval()                # the frozen blocks (batch norms too) as they were pretrained ...
+    net.train()                 # ... and the blocks after the cut and the head learning
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = progress(total=len(order), desc=f"{stage.name} epoch", unit="image")
+    for start in range(0, len(order), config.batch_size):
+        positions = distributed.share(order[start:start + config.batch_size])
+        x, kept = source.batch(positions, views[positions])
+        batch_images = distributed.total(len(kept))[0]
+        if not batch_images:
+            continue
+        y = labels[kept].to(runtime.device)
+        with runtime.autocast():
+            logits = net(runtime.to_input(x))
+        # A rank whose share is empty still runs the step: every rank joins each gradient average.
+        loss = objective.loss(logits.float(), y) if kept else logits.sum() * 0.0
+        step_loss = loss * (len(kept) * ranks / batch_images) if ranks > 1 else loss
+        optimizer.zero_grad(set_to_none=True)
+        step_loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(kept)
+        correct += int((objective.predicted(logits.float()) == y).sum())
+        seen += len(kept)
+        bar.update(len(positions))
+    bar.close()
+    total_loss, correct, seen = distributed.total(total_loss, correct, seen)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def epoch_seed(seed: int, stage: str, epoch: int) -> int:
+    """Stable across processes (unlike hash()), so a resumed epoch repeats exactly."""
+    return zlib.crc32(f"{seed}:{stage}:{epoch}".encode())
+
+
+def _epoch_line(row: dict, stage: Stage) -> str:
+    text = f"{stage.name} {row['epoch']:>2}/{stage.epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}"
+    if "val_loss" in row:
+        text += f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
+    return text
+
+
+def _save_state(run: Run, stage: Stage, parameters, optimizer, state) -> None:
+    """Parameters, optimiser moments and progress in one file, so they can never disagree."""
+    saved = optimizer.state_dict()
+    tensors = {f"param.{name}": p for name, p in parameters.items()}
+    for index, moments in saved["state"].items():
+        for key, value in moments.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+    save_tensors(run.folder.state(stage.name, "last"), tensors,
+                 {"progress": state, "param_groups": saved["param_groups"]})
+
+
+def _resume_state(run: Run, stage: Stage, parameters, optimizer, log: Log) -> dict:
+    fresh = {"epoch": 0, "best_score": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
+    path = run.folder.state(stage.name, "last")
+    if not path.is_file():
+        return fresh
+    tensors, metadata = load_tensors(path)
+    if not isinstance(metadata.get("progress"), dict) or "param_groups" not in metadata:
+        raise UserError(f"{path}: no training progress recorded; allowed: a state file written by vggtune train")
+    state = metadata["progress"]
+    log.epochs(stage.name, state["history"])
+    if state["done"]:
+        _load_params(run, stage, parameters, "best")
+        return state
+    _assign(parameters, tensors, "param.")
+    moments: dict[int, dict] = {}
+    ordered = list(parameters.values())
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            if value.shape == ordered[int(index)].shape:
+                # Moments take their parameter's memory layout (channels-last convs): the
+                # fused Adam kernel walks both tensors' storage in the same order.
+                value = torch.empty_like(ordered[int(index)]).copy_(value)
+            moments.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": metadata["param_groups"]})
+    say(f"{stage.name}: resuming after epoch {state['epoch']}")
+    return state
+
+
+def _load_params(run: Run, stage: Stage, parameters, which: str) -> None:
+    path = run.folder.state(stage.name, which)
+    if path.is_file():
+        _assign(parameters, load_tensors(path)[0], "param.")
+
+
+def _assign(parameters: dict, tensors: dict, prefix: str) -> None:
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(tensors[prefix + name])

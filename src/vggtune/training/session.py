@@ -1,0 +1,104 @@
+"""Assembling one training run: check everything that can be wrong, then gather the data, the
+weights, the model and its feature sources into a `Run`. Training (schedule.py) runs it."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from vggtune import distributed
+from vggtune.data import dataset as data
+from vggtune.features.pipeline import FeaturePipeline, Sources
+from vggtune.model import weights
+from vggtune.model.runtime import Runtime, choose_runtime
+from vggtune.model.spec import ModelSpec, build_classifier
+from vggtune.progress import say
+from vggtune.training.rundir import RunDir
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.model.classifier import Classifier
+    from vggtune.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a training run starts from. Training changes the model's parameters and writes the folder;
+    it never reassigns these fields: what it decides (epochs, temperature) it returns."""
+    config: TrainConfig
+    folder: RunDir
+    model: Classifier
+    runtime: Runtime
+    spec: ModelSpec                                # what model.json will say, before calibration
+    sources: Sources
+    labels: dict[str, torch.Tensor]                # split -> labels of the kept items
+    rejected: list[tuple[str, str]]                # files the scan could not use (the sources add theirs)
+    weights_source: str                            # where the pretrained weights were loaded from
+    setup_seconds: dict                            # the feature extraction's time, per split
+
+
+def gather_data(config: TrainConfig) -> data.Splits:
+    splits = data.prepare_splits(config.data, config.val_data, config.test_data,
+                                 config.val_split, config.test_split, config.seed,
+                                 fold=(config.cv_fold, config.cv_folds) if config.cv_folds else None)
+    return data.require_training_images(splits, config.data)
+
+
+def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
+    """Check everything that can be wrong before writing anything, then set up the run. Under torchrun
+    every rank does this, and rank 0 alone writes the run folder."""
+    folder, main = RunDir(config.out), distributed.is_main()
+    folder.prepare(resume)
+    runtime = choose_runtime(config.device, config.precision)
+    splits = gather_data(config)
+    loaded = weights.resolve(weights.for_arch(config.arch), user_file=config.weights)
+    distributed.barrier()                    # every rank has checked the folder before rank 0 fills it
+    if main:
+        folder.make()
+    if main and not resume:
+        folder.write_config(config)
+    say(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images in "
+        f"{len(splits.classes)} classes; {len(splits.rejected)} files skipped (rejected.csv)")
+    say(f"weights: {loaded.source}; running on {runtime.describe()}")
+    spec = ModelSpec.for_training(config, splits.classes, loaded, runtime.precision)
+    torch.manual_seed(config.seed)          # the head's initial weights
+    model = build_classifier(spec, loaded.state_dict, runtime)
+    pipeline = FeaturePipeline(model, spec.preprocessing, config.augment, runtime, config.batch_size,
+                               loaded.id, weights.home() / "features", config.feature_storage)
+    if runtime.int8:
+        spec = dataclasses.replace(spec, int8=_int8_blocks(pipeline, folder, splits, spec.arch.earliest(cuts)))
+    started = time.perf_counter()
+    by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
+    fill = pipeline.live if config.no_cache else pipeline.cached
+    sources = fill(by_split, cuts, config.views, spec.scoring.views)
+    seconds = {"features_s": round(time.perf_counter() - started, 2),
+               **{f"features_{split}_s": value for split, value in sources.seconds.items()}}
+    if main:
+        _write_data_reports(folder, splits, splits.rejected + sources.rejected)
+        folder.write_splits(splits.classes, sources.kept)
+    labels = {name: torch.tensor([i.label for i in items], dtype=torch.long) for name, items in sources.kept.items()}
+    return Run(config, folder, model, runtime, spec, sources, labels, splits.rejected, loaded.source, seconds)
+
+
+def _int8_blocks(pipeline: FeaturePipeline, folder: RunDir, splits: data.Splits, cut: str) -> dict:
+    """The frozen blocks up to `cut` in int8 from now on; their calibration. Rank 0 calibrates and every
+    rank uses its scales; a resumed run keeps the scales it calibrated."""
+    main = distributed.is_main()
+    calibration = distributed.from_main(pipeline.use_int8(splits.train, cut, folder.calibration()) if main else None)
+    if main:
+        folder.save_calibration(calibration)
+    else:
+        pipeline.use_int8(splits.train, cut, calibration)
+    return calibration
+
+
+def _write_data_reports(folder: RunDir, splits: data.Splits, rejected: list[tuple[str, str]]) -> None:
+    near_duplicates = data.near_duplicate_rows(splits)
+    folder.write_rejected(rejected)
+    folder.write_near_duplicates(near_duplicates)
+    across = sum(1 for row in near_duplicates if row[1] != row[3])
+    if across:
+        say(f"warning: {across} near-duplicate image pairs fall in different splits "
+            "(perceptual hash; see near_duplicates.csv)")
