@@ -11,7 +11,7 @@ import statistics
 
 import torch
 
-from vggtune.model.classifier import Classifier, set_trainable
+from vggtune.model.classifier import Classifier
 from vggtune.model.heads import HeadSpec
 from vggtune.model.runtime import choose_runtime
 from vggtune.training.schedule import make_optimizer
@@ -29,7 +29,7 @@ def extraction_step(model, runtime, batch_size):
 
 
 def training_step(model, runtime, batch_size, cut, trainable):
-    set_trainable(model, trainable)
+    model.set_trainable(trainable)
     channels, grid = (512, 14) if cut == "block4" else (512, 7)
     x = torch.randn(batch_size, channels, grid, grid).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch_size,)).float()

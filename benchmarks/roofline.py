@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from vggtune.model import quantize
 from vggtune.features.extract import decode_clean
-from vggtune.model.classifier import Classifier, set_trainable
+from vggtune.model.classifier import Classifier
 from vggtune.model.heads import HeadSpec
 from vggtune.model.runtime import choose_runtime
 from vggtune.training.schedule import StageNet, make_optimizer
@@ -123,7 +123,7 @@ def frozen_stage(model, runtime, seconds: float) -> dict:
 def train_step_stages(model, runtime, cut: str, seconds: float) -> list[dict]:
     """One training step from features at `cut`, split into forward, backward and the optimiser."""
     side, channels = 224 >> (int(cut[-1])), 512
-    set_trainable(model, ("block5",) if cut == "block4" else ())
+    model.set_trainable(("block5",) if cut == "block4" else ())
     model.train()
     net = StageNet(model, cut)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-5)

@@ -81,6 +81,12 @@ def quick_config(data: Path, out: Path, **overrides):
     return TrainConfig(**values)
 
 
+def train_reported(data: Path, out: Path, **overrides) -> dict:
+    """A quick run through the API, which writes the report and the model card after training."""
+    import vggtune.api
+    return vggtune.api.train_with(quick_config(data, out, no_report=False, **overrides))
+
+
 def missing(reason: str):
     """Skip where data or weights are absent; CI sets VGGTUNE_REQUIRE_INTEGRATION so it fails instead."""
     if os.environ.get("VGGTUNE_REQUIRE_INTEGRATION"):

@@ -8,14 +8,13 @@ import pytest
 from PIL import Image
 
 import vggtune
-import vggtune.training.schedule as training
 from vggtune import cli
 from vggtune.data.items import KINDS
 from vggtune.training.rundir import RunDir
 from vggtune.data import dataset as data
 from vggtune.data import images
 
-from conftest import quick_config
+from conftest import train_reported
 from hostile import make_corpus
 
 
@@ -68,7 +67,7 @@ def test_data_check_reports_every_unusable_file_once_and_uses_the_rest(corpus, c
 
 def test_train_evaluate_predict_survive_the_corpus(corpus, tiny_weights, files_move_after_scan, tmp_path, capsys):
     out = tmp_path / "run"
-    training.fit(quick_config(corpus.root, out, val_split=0.1, test_split=0.2, no_report=False))
+    train_reported(corpus.root, out, val_split=0.1, test_split=0.2)
     rows = RunDir(out).rejected()
     reported = {path: reason for path, reason in rows}
     for row in rows:                       # a machine-readable kind beside each reason

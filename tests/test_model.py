@@ -5,7 +5,7 @@ import torchvision
 from vggtune.errors import UserError
 from vggtune.model import arch as archs
 from vggtune.model.arch import VGG16, VGG16_BN, VGG19
-from vggtune.model.classifier import Backbone, Classifier, set_trainable
+from vggtune.model.classifier import Backbone, Classifier
 from vggtune.model.heads import HEADS, HeadSpec
 
 from conftest import TINY, TINY_BLOCKS, tiny_state_dict
@@ -42,14 +42,14 @@ def test_from_features_equals_whole_model(cut):
 
 def test_freeze_by_block_name():
     model = tiny_classifier()
-    set_trainable(model, VGG16.last(1))
+    model.set_trainable(VGG16.last(1))
     trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad and name.startswith("backbone")}
     assert trainable == {"block5"}
     assert all(p.requires_grad for p in model.head.parameters())
-    set_trainable(model, ())
+    model.set_trainable(())
     assert not any(p.requires_grad for p in model.backbone.parameters())
     with pytest.raises(UserError, match="received 'block9'; allowed: block1, block2, block3, block4, block5"):
-        set_trainable(model, ("block9",))
+        model.set_trainable(("block9",))
 
 
 def test_cut_points_follow_the_trainable_blocks():

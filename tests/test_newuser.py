@@ -16,7 +16,7 @@ from vggtune.training.rundir import RunDir
 import vggtune.training.schedule as training
 from vggtune import cli, progress
 
-from conftest import make_dataset, quick_config, synthetic_image
+from conftest import make_dataset, quick_config, synthetic_image, train_reported
 
 
 def run_cli(capsys, *args):
@@ -127,7 +127,7 @@ def test_the_same_bytes_under_two_classes_is_a_label_conflict(tmp_path, capsys, 
     code, out, _ = run_cli(capsys, "data", "check", data)
     conflicts = [line for line in out.splitlines() if "label conflict" in line]
     assert code == 1 and len(conflicts) == 2 and "19 usable images" in out
-    training.fit(quick_config(data, tmp_path / "run", finetune_epochs=0, no_report=False))
+    train_reported(data, tmp_path / "run", finetune_epochs=0)
     run = RunDir(tmp_path / "run")
     used = {os.path.basename(item.path) for name in ("train", "val", "test") for item in getattr(run.splits(), name)}
     assert not used & {"cat.3.jpg", "dog.99.jpg"} and len(used) == 19

@@ -20,7 +20,7 @@ from vggtune.deploy.gradcam import grad_cam
 from vggtune.training.rundir import RunDir, read_predictions
 
 from badfiles import write_unusable
-from conftest import quick_config, synthetic_image, tiny_weights_for_module
+from conftest import quick_config, synthetic_image, tiny_weights_for_module, train_reported
 from test_golden import noisy_image
 
 SECTIONS = ("verdict", "curves", "confusion", "calibration", "top-losses", "data", "run")
@@ -41,9 +41,9 @@ def runs(tmp_path_factory):
     with tiny_weights_for_module(root / "home"):
         two = noisy_dataset(root / "two")
         three = noisy_dataset(root / "three", ("cat", "dog", "fox"), 20)
-        training.fit(quick_config(two, root / "run2", precision="fp32", epochs=4, patience=0,
-                                  val_split=0.2, test_split=0.3, no_report=False))
-        training.fit(quick_config(three, root / "run3", precision="fp32", no_report=False))
+        train_reported(two, root / "run2", precision="fp32", epochs=4, patience=0,
+                                  val_split=0.2, test_split=0.3)
+        train_reported(three, root / "run3", precision="fp32")
         yield {"two": root / "run2", "three": root / "run3", "data3": three, "root": root}
 
 
@@ -181,8 +181,8 @@ def test_report_command_rewrites_report_and_card_and_refuses_a_non_run(runs, tmp
 
 
 def test_a_run_without_held_out_images_still_gets_a_report(runs, tiny_weights, tmp_path):
-    training.fit(quick_config(runs["data3"], tmp_path / "run", val_split=0.0, test_split=0.0, epochs=1,
-                              finetune_epochs=0, no_report=False))
+    train_reported(runs["data3"], tmp_path / "run", val_split=0.0, test_split=0.0, epochs=1,
+                              finetune_epochs=0)
     page = (tmp_path / "run" / "report.html").read_text()
     assert "held out no images" in page and sections(page) == ["verdict", "curves", "data", "run"]
     assert "This run kept no test images" in (tmp_path / "run" / "README.md").read_text()
@@ -224,8 +224,7 @@ def test_the_api_verbs_stay_functions_after_every_module_is_imported():
 
 def test_an_int8_head_only_run_gets_its_report_and_maps(runs, tiny_weights, tmp_path):
     """Its int8 blocks reach into block5, the block Grad-CAM needs in float."""
-    training.fit(quick_config(runs["data3"], tmp_path / "run", precision="int8", finetune_epochs=0, epochs=2,
-                              no_report=False))
+    train_reported(runs["data3"], tmp_path / "run", precision="int8", finetune_epochs=0, epochs=2)
     page = (tmp_path / "run" / "report.html").read_text()
     assert sections(page) == list(SECTIONS) and "Grad-CAM of" in page
     explanations, _ = vggtune.load(tmp_path / "run").explain([synthetic_image(2, 9)])

@@ -3,7 +3,6 @@ a real server process on a free loopback port, and the page in headless Chromium
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys

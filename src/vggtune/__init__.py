@@ -2,7 +2,8 @@
 
 The API's names are imported on first use, so `vggtune --help` does not wait for torch.
 """
-__version__ = "0.1.0"
+from vggtune.version import __version__
+
 __all__ = ["train", "cv", "evaluate", "report", "explain", "export", "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "UserError", "__version__"]
 
 

@@ -16,6 +16,7 @@ from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.training.config import DEVICES, PRECISIONS, RECIPES, TrainConfig
+from vggtune.version import __version__
 
 # The values each option of `train` allows, from the registries that define them.
 CHOICES = {"recipe": tuple(RECIPES), "arch": tuple(ARCHS), "head": tuple(HEADS), "precision": PRECISIONS,
@@ -23,7 +24,7 @@ CHOICES = {"recipe": tuple(RECIPES), "arch": tuple(ARCHS), "head": tuple(HEADS),
 HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
 EXPORT_PRECISIONS = ("fp32", "int8")
 _LAZY = {"Predictor": "vggtune.deploy.predict", "load": "vggtune.deploy.predict",
-         "expand_paths": "vggtune.deploy.predict", "ExportCheckFailed": "vggtune.deploy.onnxexport"}
+         "expand_paths": "vggtune.deploy.inputs", "ExportCheckFailed": "vggtune.deploy.onnxexport"}
 
 
 def __getattr__(name: str):
@@ -44,11 +45,19 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     `out` continues with the config saved in it (only `quiet` may be given). Under torchrun
     (`torchrun --nproc-per-node N script.py`) each process is one rank of the job.
     """
-    from vggtune.distributed import join
+    return train_with(_train_config(data, out, resume, options), resume)
+
+
+def train_with(config: TrainConfig, resume: bool = False) -> dict:
+    """`train` from a TrainConfig: the run, then its report and model card (unless config.no_report)."""
+    from vggtune.distributed import is_main, join
+    from vggtune.results.evaluation import write_documents_or_warn
     from vggtune.training.schedule import fit
-    config = _train_config(data, out, resume, options)
     join(config.device)                 # under torchrun: this process is one rank of the job
-    return fit(config, resume=resume)
+    results = fit(config, resume=resume)
+    if is_main() and not config.no_report:
+        write_documents_or_warn(config.out)
+    return results
 
 
 def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
@@ -114,7 +123,8 @@ def predict(run: str, paths: list[str], kaggle: bool = False):
     """Predictions for image files and folders: (the model's classes, predictions, [(input, reason)] for the
     inputs that could not be read). `kaggle`: the model must have two classes (Kaggle's id,label
     submission is the second class's probability)."""
-    from vggtune.deploy.predict import expand_paths, load
+    from vggtune.deploy.inputs import expand_paths
+    from vggtune.deploy.predict import load
     predictor = load(run)
     if kaggle and len(predictor.classes) != 2:
         raise UserError(f"--kaggle writes the second class's probability of a two-class model; this model has "
@@ -127,7 +137,7 @@ def predict(run: str, paths: list[str], kaggle: bool = False):
 def report(run: str, data: str | None = None, out: str | None = None) -> tuple[Path, Path | None]:
     """Writes report.html (of the run's test split, or of the labelled folder `data`) and, for the run's
     own split, the model card README.md; returns their paths."""
-    from vggtune.results.reportpage import write_documents
+    from vggtune.results.evaluation import write_documents
     return write_documents(run, data, out)
 
 
@@ -135,7 +145,8 @@ def explain(run: str, images: list, target: str | None = None, out: str | None =
     """Grad-CAM overlays of image files or folders, as PNG files in `out` (default RUN/explain):
     (explanations, the files written, [(input, reason)] for inputs that could not be read)."""
     from vggtune.deploy.gradcam import write_overlays
-    from vggtune.deploy.predict import expand_paths, load
+    from vggtune.deploy.inputs import expand_paths
+    from vggtune.deploy.predict import load
     predictor = load(run)
     files, missing = expand_paths([str(image) for image in images])
     explanations, unreadable = predictor.explain(files, target)
@@ -203,7 +214,7 @@ def clear_cache() -> tuple[Path, int]:
     return root, cache.clear(root)
 
 
-__all__ = ["train", "check_train", "launch", "as_rank", "cv", "evaluate", "predict", "report", "explain", "export",
+__all__ = ["train", "train_with", "check_train", "launch", "as_rank", "cv", "evaluate", "predict", "report", "explain", "export",
            "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "UserError", "expand_paths", "check_data",
            "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache", "CHOICES",
-           "HEAD_HELP", "EXPORT_PRECISIONS", "ExportCheckFailed", "display_path", "atomic_write_text"]
+           "HEAD_HELP", "EXPORT_PRECISIONS", "ExportCheckFailed", "display_path", "atomic_write_text", "__version__"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from vggtune import __version__
-from vggtune.api import CHOICES, EXPORT_PRECISIONS, HEAD_HELP, AugmentConfig, TrainConfig
+from vggtune.api import CHOICES, __version__, EXPORT_PRECISIONS, HEAD_HELP, AugmentConfig, TrainConfig
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")     # positional, grouped below, or set by `vggtune cv`
 HELP = {

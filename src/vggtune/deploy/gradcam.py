@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_bytes
 from vggtune.data.images import ImageRejected, open_any
 from vggtune.model.classifier import Classifier
@@ -107,6 +108,31 @@ def full_heatmap(cam: np.ndarray, framed: Framed) -> np.ndarray:
     left, top, right, bottom = framed.box
     heatmap[top:bottom, left:right] = cam
     return heatmap
+
+
+def explain(predictor, inputs: list, names: list[str], target: str | None = None):
+    """Grad-CAM maps of a Predictor's model for the readable inputs (called `names`), for the class `target`
+    or else each one's predicted class: ([Explanation], [(name, reason)] for the inputs that could not be read)."""
+    if target is not None and target not in predictor.classes:
+        raise UserError(f"--class: received {target!r}; allowed: one of the model's classes {predictor.classes}")
+    explanations, rejected = [], []
+    for start in range(0, len(inputs), predictor.batch_size):
+        framed = [(name, *frame_or_reason(source, predictor.preprocessing))
+                  for name, source in zip(names[start:start + predictor.batch_size], inputs[start:start + predictor.batch_size])]
+        rejected += [(name, reason) for name, _, reason in framed if reason]
+        good = [(name, item) for name, item, _ in framed if item is not None]
+        if not good:
+            continue
+        views = torch.stack([item.view for _, item in good])
+        probabilities = predictor.probabilities(views)
+        targets = [predictor.classes.index(target) if target else int(row.argmax()) for row in probabilities]
+        maps = grad_cam(predictor.model, predictor.runtime, views, predictor.preprocessing, targets)
+        for (name, item), row, chosen, cam in zip(good, probabilities, targets, maps):
+            explanations.append(Explanation(
+                name, predictor.classes[int(row.argmax())], predictor.classes[chosen],
+                {c: float(v) for c, v in zip(predictor.classes, row)}, full_heatmap(cam, item),
+                item.image.permute(1, 2, 0).numpy(), item.box))
+    return explanations, rejected
 
 
 def write_overlays(explanations: list[Explanation], folder: Path) -> list[Path]:

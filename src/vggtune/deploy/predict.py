@@ -8,13 +8,11 @@ from pathlib import Path
 import torch
 
 from vggtune import distributed
-from vggtune.data.dataset import walk_files
-from vggtune.errors import UserError
-from vggtune.deploy.gradcam import Explanation, frame_or_reason, full_heatmap, grad_cam
+from vggtune.deploy.gradcam import Explanation, explain
 from vggtune.features.extract import decode_clean, prefetch
 from vggtune.fsutil import display_path, load_tensors
 from vggtune.progress import progress
-from vggtune.model.runtime import Runtime, choose_runtime
+from vggtune.model.runtime import runtime_for
 from vggtune.model.spec import ModelSpec, build_classifier
 from vggtune.features.transforms import normalise
 
@@ -33,7 +31,7 @@ class Predictor:
         self.run = Path(run)
         self.spec = ModelSpec.load(self.run)
         self.classes, self.preprocessing = list(self.spec.classes), self.spec.preprocessing
-        self.runtime = _runtime_for(self.run, self.spec, device, precision)
+        self.runtime = runtime_for(self.spec.int8 is not None, device, precision, display_path(self.run))
         tensors, _ = load_tensors(self.run / "model.safetensors")
         self.model = build_classifier(self.spec, tensors, self.runtime,
                                       origin=display_path(self.run / "model.safetensors")).eval()
@@ -46,7 +44,7 @@ class Predictor:
         share of the inputs and every rank gets them all, in the order given."""
         predictions, rejected = [], []
         batch_names, batch_views = [], []
-        all_names = [_name(source, i) for i, source in enumerate(inputs)]
+        all_names = [name_of(source, i) for i, source in enumerate(inputs)]
         names, inputs = distributed.share(all_names), distributed.share(list(inputs))
         decoded = prefetch(lambda source: decode_clean(source, self.preprocessing), inputs, 2, 2 * self.batch_size)
         bar = progress(total=len(names), desc="predicting", unit="image")
@@ -78,27 +76,7 @@ class Predictor:
     def explain(self, inputs: list, target: str | None = None) -> tuple[list[Explanation], list[tuple[str, str]]]:
         """Grad-CAM maps (gradcam.py) of the readable inputs, for the class `target` or else each
         one's predicted class, and (name, reason) for the inputs that could not be read."""
-        if target is not None and target not in self.classes:
-            raise UserError(f"--class: received {target!r}; allowed: one of the model's classes {self.classes}")
-        explanations, rejected = [], []
-        names = [_name(source, i) for i, source in enumerate(inputs)]
-        for start in range(0, len(inputs), self.batch_size):
-            framed = [(name, *frame_or_reason(source, self.preprocessing))
-                      for name, source in zip(names[start:start + self.batch_size], inputs[start:start + self.batch_size])]
-            rejected += [(name, reason) for name, _, reason in framed if reason]
-            good = [(name, item) for name, item, _ in framed if item is not None]
-            if not good:
-                continue
-            views = torch.stack([item.view for _, item in good])
-            probabilities = self.probabilities(views)
-            targets = [self.classes.index(target) if target else int(row.argmax()) for row in probabilities]
-            maps = grad_cam(self.model, self.runtime, views, self.preprocessing, targets)
-            for (name, item), row, chosen, cam in zip(good, probabilities, targets, maps):
-                explanations.append(Explanation(
-                    name, self.classes[int(row.argmax())], self.classes[chosen],
-                    {c: float(v) for c, v in zip(self.classes, row)}, full_heatmap(cam, item),
-                    item.image.permute(1, 2, 0).numpy(), item.box))
-        return explanations, rejected
+        return explain(self, inputs, [name_of(source, i) for i, source in enumerate(inputs)], target)
 
     def _classify(self, paths, views) -> list[Prediction]:
         probs = self.probabilities(torch.stack(views))
@@ -106,7 +84,8 @@ class Predictor:
                 for path, row in zip(paths, probs)]
 
 
-def _name(source, index: int) -> str:
+def name_of(source, index: int) -> str:
+    """The name a prediction or explanation of an input carries: its path, or <kind N>."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     kind = {bytes: "bytes", bytearray: "bytes", memoryview: "bytes"}.get(type(source))
@@ -115,36 +94,9 @@ def _name(source, index: int) -> str:
     return f"<{kind} {index}>"
 
 
-def _runtime_for(run: Path, spec: ModelSpec, device: str, precision: str) -> Runtime:
-    """A model trained on int8 features predicts through the same int8 blocks, on the CPU."""
-    if spec.int8 is not None and device == "cuda":
-        raise UserError(f"{display_path(run)}: this model's frozen blocks run in int8 on the CPU, "
-                        "received --device cuda; allowed: auto, cpu")
-    if spec.int8 is None and precision == "int8":
-        raise UserError(f"{display_path(run)}: --precision int8, but this model was trained without it; "
-                        "allowed: auto, bf16, fp32 (int8 is chosen when training)")
-    if spec.int8 is not None:
-        return choose_runtime("cpu", "int8" if precision == "auto" else precision)
-    return choose_runtime(device, precision)
-
-
-def expand_paths(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files as given, folders walked for image files; missing paths are reported, not fatal."""
-    files, rejected = [], []
-    for path in paths:
-        if os.path.isdir(path):
-            for found, reason in walk_files(Path(path)):
-                (rejected.append((found, reason)) if reason else files.append(found))
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            rejected.append((path, "no such file or folder"))
-    return files, rejected
-
-
 def load(run: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
     """A Predictor for a finished run directory."""
     return Predictor(run, device=device, precision=precision)
 
 
-__all__ = ["Explanation", "Prediction", "Predictor", "expand_paths", "load"]
+__all__ = ["Explanation", "Prediction", "Predictor", "load"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from vggtune import __version__
+from vggtune.version import __version__
 from vggtune.errors import UserError
 from vggtune.features.extract import decode_clean
 from vggtune.fsutil import display_path, file_digest

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from vggtune import __version__
+from vggtune.version import __version__
 from vggtune.deploy.service import (RAW_TYPES, BadUpload, Batcher, Model, ServeConfig, authorised, check_port, describe,
                                     token_from)
 from vggtune.model.spec import ModelSpec
@@ -117,6 +117,19 @@ def create_app(config: ServeConfig, load=Model):
     return app
 
 
+def _replay(body: bytes):
+    """An ASGI `receive` that gives `body` again: the form parser reads the upload already read (and limited) above."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive
+
+
 async def read_uploads(request, limit: int) -> list[tuple[str, bytes]]:
     """(name, bytes) of each uploaded image: multipart files, or the body itself for image/* and
     application/octet-stream. At most `limit` bytes are read, whatever the headers say."""
@@ -132,9 +145,8 @@ async def read_uploads(request, limit: int) -> list[tuple[str, bytes]]:
         chunks.append(chunk)
     body = b"".join(chunks)
     if kind.startswith("multipart/form-data"):
-        request._body = body                     # starlette parses the form from the body read above
         try:
-            form = await request.form(max_files=MAX_FILES)
+            form = await Request(request.scope, _replay(body)).form(max_files=MAX_FILES)
         except Exception as exc:                 # noqa: BLE001 - python-multipart's errors vary
             raise BadUpload(400, f"malformed multipart body ({exc})") from None
         uploads = [(item.filename or key, await item.read()) for key, item in form.multi_items()

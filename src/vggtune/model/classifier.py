@@ -70,6 +70,16 @@ class Classifier(nn.Module):
             raise ValueError(f"features at {cut}, inside the int8 blocks (up to {int8.upto})")
         return self.backbone.run(int8(images), after=int8.upto, upto=cut)
 
+    def set_trainable(self, blocks: tuple[str, ...] | list[str]) -> None:
+        """The head and the named blocks learn; every other block is frozen."""
+        for name in blocks:
+            self.arch.check_block(name)
+        for name in self.arch.block_names:
+            for parameter in getattr(self.backbone, name).parameters():
+                parameter.requires_grad_(name in blocks)
+        for parameter in self.head.parameters():
+            parameter.requires_grad_(True)
+
     @property
     def int8_frozen(self) -> nn.Module | None:
         return self.__dict__.get("_int8_frozen")
@@ -78,14 +88,3 @@ class Classifier(nn.Module):
         """Run the first blocks through `frozen` (quantize.Int8Frozen). Kept out of the module tree
         on purpose: state_dict and model.safetensors hold the float weights it is rebuilt from."""
         self.__dict__["_int8_frozen"] = frozen
-
-
-def set_trainable(model: Classifier, blocks: tuple[str, ...] | list[str]) -> None:
-    """The head and the named blocks learn; every other block is frozen."""
-    for name in blocks:
-        model.arch.check_block(name)
-    for name in model.arch.block_names:
-        for parameter in getattr(model.backbone, name).parameters():
-            parameter.requires_grad_(name in blocks)
-    for parameter in model.head.parameters():
-        parameter.requires_grad_(True)

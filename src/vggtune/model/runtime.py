@@ -103,3 +103,16 @@ def _int8_runtime(device: str) -> Runtime:
                         "allowed: --device auto or cpu with int8, or bf16/fp32 on cuda")
     check_available()
     return Runtime(torch.device("cpu"), bf16=cpu_bf16_pays(), int8=True)
+
+
+def runtime_for(int8_trained: bool, device: str, precision: str, origin: str) -> Runtime:
+    """Where a trained model predicts: one trained on int8 features through the same int8 blocks, on the CPU."""
+    if int8_trained and device == "cuda":
+        raise UserError(f"{origin}: this model's frozen blocks run in int8 on the CPU, "
+                        "received --device cuda; allowed: auto, cpu")
+    if not int8_trained and precision == "int8":
+        raise UserError(f"{origin}: --precision int8, but this model was trained without it; "
+                        "allowed: auto, bf16, fp32 (int8 is chosen when training)")
+    if int8_trained:
+        return choose_runtime("cpu", "int8" if precision == "auto" else precision)
+    return choose_runtime(device, precision)

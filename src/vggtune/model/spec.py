@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,8 +23,10 @@ from vggtune.model.arch import Arch
 from vggtune.model.classifier import Classifier
 from vggtune.model.heads import HEADS, HeadSpec
 from vggtune.model.policy import ScoringPolicy
-from vggtune.model.runtime import Runtime
 from vggtune.model.weights import LoadedWeights, Preprocessing
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.model.runtime import Runtime
 
 MODEL_FORMAT = "vggtune-model/1"
 
@@ -99,10 +102,10 @@ class ModelSpec:
         return cls.from_dict(values, display_path(path))
 
 
-def build_classifier(spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime: Runtime,
+def build_classifier(spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime: Runtime | None = None,
                      origin: str = "weights") -> Classifier:
     """The classifier `spec` describes with `tensors` loaded (the whole model's, or the backbone's
-    alone for a new head), on the runtime's device, through the int8 blocks it was trained with."""
+    alone for a new head), on the runtime's device (default the CPU), through the int8 blocks it was trained with."""
     model = Classifier(spec.head, size=spec.preprocessing.size, arch=spec.arch)
     whole = any(name.startswith("head.") for name in tensors)
     try:
@@ -112,7 +115,7 @@ def build_classifier(spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime:
         first = lines[1].strip() if len(lines) > 1 else str(exc)
         raise UserError(f"{origin} does not match model.json ({first}); "
                         "allowed: the files one training run wrote") from None
-    model.to(runtime.device).to(memory_format=torch.channels_last)
+    model.to(runtime.device if runtime else "cpu").to(memory_format=torch.channels_last)
     if spec.int8 is not None:
         try:
             quantize.attach(model, spec.int8)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtune.deploy.labelled import labelled_files
+from vggtune.deploy.inputs import labelled_files
 from vggtune.deploy.predict import Predictor
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path

@@ -1,5 +1,5 @@
-"""`vggtune evaluate`: a finished run's model judged on its test split or a labelled folder, written as
-JSON, each image's probabilities (CSV) and the report."""
+"""The verbs that judge a finished run and write what they find: `evaluate` (metrics as JSON, each
+image's probabilities as CSV, the report) and `write_documents` (report.html and the model card)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,9 @@ from pathlib import Path
 from vggtune import distributed
 from vggtune.deploy.predict import Predictor
 from vggtune.fsutil import atomic_write_json, display_path
-from vggtune.results.evaluated import score
+from vggtune.progress import say
+from vggtune.results.evaluated import from_training, score
+from vggtune.results.modelcard import write_model_card
 from vggtune.results.reportpage import write_report
 from vggtune.training.rundir import write_predictions
 
@@ -30,3 +32,21 @@ def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = 
     if report:
         write_report(run, evaluated, predictor, target.with_suffix(".html"))
     return result
+
+
+def write_documents(run: str | Path, data: str | None = None, out: str | Path | None = None) -> tuple[Path, Path | None]:
+    """The report (of the run's own test split, or of a labelled folder `data`) and, for the run's own
+    split, the model card README.md. Returns their paths (no card for another folder)."""
+    predictor = Predictor(run)
+    if data:
+        return write_report(run, score(predictor, Path(run), data), predictor, out), None
+    evaluated = from_training(Path(run), predictor)
+    return write_report(run, evaluated, predictor, out), write_model_card(run, evaluated)
+
+
+def write_documents_or_warn(run: str | Path) -> None:
+    """report.html and README.md at the end of training; a failure here leaves the trained run intact."""
+    try:
+        write_documents(run)
+    except Exception as exc:        # noqa: BLE001 - the model and metrics are saved; say what went wrong
+        say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")

@@ -8,21 +8,23 @@ import datetime
 import html
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vggtune import __version__
+from vggtune.version import __version__
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.deploy.predict import Predictor
+    from vggtune.model.spec import ModelSpec
 
 from vggtune.results import analysis
 
 from vggtune.results import plots
 from vggtune.data.items import LABEL_CONFLICT, Rejected
-from vggtune.results.evaluated import TEST_SPLIT, VAL_SPLIT, Evaluated, from_training, score
-from vggtune.results.modelcard import write_model_card
+from vggtune.results.evaluated import TEST_SPLIT, VAL_SPLIT, Evaluated
 from vggtune.fsutil import atomic_write_text, display_path
-from vggtune.deploy.predict import Predictor
 from vggtune.training.rundir import RunDir
-from vggtune.model.spec import ModelSpec
 
 TOP_LOSSES = 12                 # the most confidently wrong images shown
 LEAST_CERTAIN = 6               # and the correct ones the model was least sure of
@@ -37,16 +39,6 @@ figure img{display:block;margin:0 auto;max-height:240px;width:auto}figcaption{fo
 .wrong figcaption b{color:#b00}.warn{background:#fff4d6;padding:.5em;border-left:4px solid #e0a800}
 .muted{color:#666}details{margin:.5em 0}
 """
-
-
-def write_documents(run: str | Path, data: str | None = None, out: str | Path | None = None) -> tuple[Path, Path | None]:
-    """The report (of the run's own test split, or of a labelled folder `data`) and, for the run's own
-    split, the model card README.md. Returns their paths (no card for another folder)."""
-    predictor = Predictor(run)
-    if data:
-        return write_report(run, score(predictor, Path(run), data), predictor, out), None
-    evaluated = from_training(Path(run), predictor)
-    return write_report(run, evaluated, predictor, out), write_model_card(run, evaluated)
 
 
 def write_report(run: str | Path, evaluated: Evaluated | None, predictor: Predictor,

@@ -109,6 +109,11 @@ class TrainConfig:
             raise UserError(f"--test-data: received {self.test_data} with {self.cv_folds} folds; "
                             "allowed: no --test-data, since each fold is a test split in turn")
 
+    @property
+    def architecture(self) -> archs.Arch:
+        """The backbone's record (model/arch.py) that `arch` names."""
+        return archs.get(self.arch)
+
     @classmethod
     def from_recipe(cls, recipe: str = "vggtune", **options) -> "TrainConfig":
         """The recipe's defaults, then the options given."""

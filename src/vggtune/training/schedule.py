@@ -2,9 +2,9 @@
 
     run = open_run(config, resume, cuts)    # data, weights, model, feature sources
     for stage in plan(config):              # head, then finetune
-        set_trainable(run.model, stage.trainable)
+        run.model.set_trainable(stage.trainable)
         run_stage(run, stage, log)          # epochs from cached features, best kept, early stop
-    return finish(run, log)                 # calibrated, scored on val and test, saved
+    return finish(run, log)                 # calibrated, scored on val and test, saved (then the report)
 
 Every completed epoch is saved (trainable tensors, optimiser moments, progress), so
 `--resume` continues from the last one and reaches the same result as a run that was
@@ -26,8 +26,6 @@ import torch
 
 from vggtune import distributed
 from vggtune.errors import UserError
-from vggtune.model import arch as archs
-from vggtune.model.classifier import set_trainable
 from vggtune.progress import progress, say, verbosity
 from vggtune.fsutil import load_tensors, save_tensors
 from vggtune.training.scoring import Scorer
@@ -45,7 +43,7 @@ class Stage:
 
 
 def plan(config) -> list[Stage]:
-    arch = archs.get(config.arch)
+    arch = config.architecture
     stages = [Stage("head", (), arch.cut_before(()), config.epochs, config.lr)]
     if config.finetune_epochs:
         blocks = arch.last(config.finetune_blocks)
@@ -75,7 +73,7 @@ def fit(config, resume: bool = False) -> dict:
         log = Log(run.folder)
         log.timing.update(run.setup_seconds)
         for stage in stages:
-            set_trainable(run.model, stage.trainable)
+            run.model.set_trainable(stage.trainable)
             run_stage(run, stage, log)
         return finish(run, stages[-1].cut, log)
 
@@ -110,15 +108,14 @@ def finish(run: Run, cut: str, log: Log) -> dict:
 
 
 def save(run: Run, spec, results: dict, predictions: list, rejected: list, log: Log) -> None:
-    """The finished run's files: the model, each image's probabilities, metrics, report and model card."""
+    """The finished run's files: the model, each image's probabilities, metrics (the report and model card
+    are the API's next step: vggtune.api.train_with)."""
     run.folder.write_rejected(rejected)
     run.folder.save_model(run.model, spec)
     run.folder.write_predictions(list(spec.classes), predictions)
     run.folder.write_metrics(results, log.timing, environment(run), log.kept_epochs)
     if not run.config.keep_state:
         run.folder.remove_state()
-    if not run.config.no_report:
-        write_documents(run.folder.path)
 
 
 def calibrated(run: Run, cut: str):
@@ -137,21 +134,12 @@ def environment(run: Run) -> dict:
     """What a reader of the results needs to reproduce them: versions, device, precision, cache use."""
     import platform
     import torchvision
-    from vggtune import __version__
+    from vggtune.version import __version__
     return {"vggtune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "device": run.runtime.describe(),
             "processor": run.runtime.processor(), "weights": run.spec.weights, "weights_source": run.weights_source,
             "precision": run.runtime.precision, "processes": distributed.world().size,
             "feature_cache": run.sources.reuse}
-
-
-def write_documents(folder) -> None:
-    """report.html and README.md (the model card); a failure here leaves the trained run intact."""
-    try:
-        from vggtune.results.reportpage import write_documents as write
-        write(folder)
-    except Exception as exc:        # noqa: BLE001 - the model and metrics are saved; say what went wrong
-        say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")
 
 
 class StageNet(torch.nn.Module):

@@ -1,5 +1,5 @@
-"""Labelled images to judge a trained model on: its run's own test split, or a folder of class folders
-mapped to the run's classes."""
+"""The images a finished run is applied to: the files and folders a user names (`expand_paths`), and
+labelled ones to judge it on (`labelled_files`: its own test split, or class folders mapped to its classes)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,20 @@ from vggtune.data import dataset as data
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.training.rundir import RunDir
+
+
+def expand_paths(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files as given, folders walked for image files; missing paths are reported, not fatal."""
+    files, rejected = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            for found, reason in data.walk_files(Path(path)):
+                (rejected.append((found, reason)) if reason else files.append(found))
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            rejected.append((path, "no such file or folder"))
+    return files, rejected
 
 
 def labelled_files(run: Path, classes: list[str], data_dir: str | None) -> tuple[list[str], list[int], list]:

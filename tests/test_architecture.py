@@ -1,0 +1,109 @@
+"""The layout's rules (ARCHITECTURE.md), checked on the source: the import graph, counted with every
+import statement (function-level ones too; those under `if TYPE_CHECKING:` are annotations and run never)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "vggtune"
+# Packages in the order data flows; a module may import only from its own package and those before it.
+# "" is the foundation (errors, fsutil, progress, distributed, version), importing nothing after it.
+ORDER = ["", "data", "model", "features", "training", "deploy", "results", "api", "cli"]
+FACE = {"vggtune", "vggtune.__main__", "vggtune.api"}     # the API's face: it imports what the verbs need
+MAX_IMPORTS = 8
+
+
+def module_name(path: Path) -> str:
+    parts = ["vggtune", *path.relative_to(SOURCE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in SOURCE.rglob("*.py")}
+
+
+def _annotation_only(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING" or \
+        isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"
+
+
+def imported(path: Path) -> set[str]:
+    """The package modules one file imports, wherever the import statement stands."""
+    found = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _annotation_only(child):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(alias.name for alias in child.names if alias.name.startswith("vggtune"))
+            elif isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("vggtune"):
+                for alias in child.names:
+                    full = f"{child.module}.{alias.name}"
+                    found.add(full if full in MODULES else child.module)
+            elif isinstance(child, ast.ImportFrom) and child.level:
+                raise AssertionError(f"{path}: a relative import; the package imports by absolute names")
+            visit(child)
+    visit(ast.parse(path.read_text()))
+    return found - {module_name(path)}
+
+
+GRAPH = {name: imported(path) for name, path in MODULES.items()}
+
+
+def layer(name: str) -> int:
+    """The place of a module's package in ORDER; the face (vggtune, vggtune.__main__) comes last."""
+    if name in FACE - {"vggtune.api"}:
+        return len(ORDER)
+    part = name.split(".")[1]
+    return ORDER.index(part) if part in ORDER else ORDER.index("")
+
+
+def test_the_graph_sees_the_modules_and_their_imports():
+    assert {"vggtune.api", "vggtune.cli", "vggtune.model.arch", "vggtune.training.schedule"} <= set(GRAPH)
+    assert "vggtune.model.arch" in GRAPH["vggtune.training.config"]
+    assert "vggtune.training.schedule" in GRAPH["vggtune.api"]          # a function-level import, counted
+    assert "vggtune.model.classifier" not in GRAPH["vggtune.training.session"]   # annotations only
+
+
+def test_no_import_cycle():
+    state: dict[str, str] = {}
+
+    def walk(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for other in sorted(GRAPH.get(name, ())):
+            if state.get(other) == "open":
+                cycle = trail[trail.index(other):] + [other] if other in trail else [name, other]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if other not in state:
+                walk(other, trail + [other])
+        state[name] = "done"
+    for name in sorted(GRAPH):
+        if name not in state:
+            walk(name, [name])
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - FACE))
+def test_a_module_imports_at_most_eight_package_modules(name):
+    assert len(GRAPH[name]) <= MAX_IMPORTS, sorted(GRAPH[name])
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_packages_import_only_what_comes_before_them(name):
+    later = sorted(other for other in GRAPH[name] if other in MODULES and layer(other) > layer(name))
+    assert not later, f"{name} imports {later}, which come after it in {ORDER}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("vggtune.cli")))
+def test_the_command_line_calls_the_api_and_nothing_past_it(name):
+    past = sorted(other for other in GRAPH[name] if other != "vggtune.api" and not other.startswith("vggtune.cli"))
+    assert not past, f"{name} imports {past}"
+
+
+def test_every_package_says_what_it_holds():
+    for package in sorted(path.parent for path in SOURCE.rglob("__init__.py")):
+        docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        assert docstring and len(docstring.split()) >= 15, f"{package.name}/__init__.py needs its paragraph"
