@@ -6,6 +6,8 @@ import math
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,12 +106,30 @@ def machine() -> dict:
             "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def save(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+def provenance() -> dict:
+    """What makes a figure reproducible: the code (git commit, and whether it had uncommitted changes),
+    the command line that ran, and the machine."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "uncommitted_changes": bool(git("status", "--porcelain")),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "machine": machine()}
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """A results file: the payload and its provenance."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**provenance(), **payload}, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def save(name: str, payload: dict) -> Path:
+    return write_json(RESULTS / f"{name}.json", payload)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

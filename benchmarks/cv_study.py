@@ -27,10 +27,9 @@ from vggtune.training.config import RECIPES
 from vggtune.data.items import Item
 from vggtune.features.pipeline import FeaturePipeline
 from vggtune.training.metrics import classification_metrics
-from vggtune.model.classifier import cut_before, last_blocks
+from vggtune.model.policy import TTA_VIEWS, ScoringPolicy
 from vggtune.training.rundir import RunDir
 from vggtune.training.scoring import Scorer
-from vggtune.features.transforms import EVAL_VIEWS
 
 from common import DATA, machine, save, table
 
@@ -59,12 +58,13 @@ def run_logits(run: Path, items: dict[str, list[Item]]) -> tuple[dict, Scorer]:
     predictor, config = vggtune.load(str(run)), RunDir(run).config()
     pipeline = FeaturePipeline(predictor.model, predictor.preprocessing, config.augment, predictor.runtime,
                                config.batch_size, predictor.spec.weights, weights.home() / "features")
-    cut = cut_before(last_blocks(config.finetune_blocks))
-    sources = pipeline.cached(items, [cut], views=1, eval_views=EVAL_VIEWS)
-    scorer = Scorer(predictor.model, predictor.runtime, predictor.classes, config.batch_size)
+    arch = config.architecture
+    cut = arch.cut_before(arch.last(config.finetune_blocks))
+    sources = pipeline.cached(items, [cut], views=1, eval_views=TTA_VIEWS)
+    scorer = Scorer(predictor.model, predictor.runtime, predictor.classes, config.batch_size, ScoringPolicy.of(tta=True))
     result = {}
     for name, kept in sources.kept.items():
-        positions, logits = scorer.view_logits(sources.by_cut[cut][name], len(kept), cut, views=EVAL_VIEWS)
+        positions, logits = scorer.view_logits(sources.by_cut[cut][name], len(kept), cut)
         result[name] = ([kept[p].path for p in positions], np.asarray([kept[p].label for p in positions]), logits)
     return result, scorer
 
@@ -78,14 +78,15 @@ def scored(runs: list[Path], tta: bool, calibrate: bool, cache: dict, test_items
         if run not in cache:
             items = run_items(run)
             cache[run] = run_logits(run, dict(items, test=test_items) if test_items else items)
-        logits, scorer = cache[run]
-        scorer.model.tta, scorer.model.temperature = tta, 1.0
+        logits, both = cache[run]
+        policy, views = ScoringPolicy.of(tta), slice(None) if tta else slice(0, 1)     # the clean view is first
+        scorer = both.with_policy(policy)
         if calibrate:
             _, val_labels, val_logits = logits["val"]
-            scorer.model.temperature = scorer.fit_temperature(val_logits, val_labels)
+            scorer = scorer.with_policy(policy.at(scorer.fit_temperature(val_logits[views], val_labels)))
         paths, test_labels, test_logits = logits["test"]
         keys = [(run.name, path) for path in paths]
-        probabilities.update(zip(keys, scorer.combine(test_logits)))
+        probabilities.update(zip(keys, scorer.combine(test_logits[views])))
         labels.update(zip(keys, test_labels))
     return probabilities, labels
 

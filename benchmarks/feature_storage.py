@@ -25,7 +25,7 @@ from vggtune.results.analysis import mcnemar
 from vggtune.features.cache import FeatureCache
 from vggtune.model.weights import home
 
-from common import DATA
+from common import DATA, write_json
 
 STORAGES = ("float16", "uint8")
 
@@ -92,7 +92,7 @@ def main() -> None:
         result["uint8"] = train(Path(args.data), runs["uint8"], "uint8")
         result["paired"] = paired(runs)
     print(json.dumps(result, indent=2))
-    Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(Path(args.json), result)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from vggtune.model.runtime import choose_runtime
 from vggtune.features.transforms import normalise
 from vggtune.model.weights import VGG16_IMAGENET1K_V1
 
-from common import images_per_second
+from common import images_per_second, write_json
 
 
 def write_photos(folder: Path, count: int) -> list[Path]:
@@ -95,14 +95,15 @@ def ddp_train(work: Path, paths: list[Path], processes: int, batch: int) -> dict
     import subprocess
     import sys
     from safetensors.torch import save_file
-    from vggtune.model.classifier import VGG16_BLOCKS, Backbone
+    from vggtune.model.arch import VGG16
+    from vggtune.model.classifier import Backbone
     data = work / "classes"
     for i, path in enumerate(paths):
         (data / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
         os.symlink(path, data / "ab"[i % 2] / path.name)
     torch.manual_seed(0)
     weights = work / "random-vgg16.safetensors"
-    save_file({k: v.contiguous() for k, v in Backbone(VGG16_BLOCKS).state_dict().items()}, str(weights))
+    save_file({k: v.contiguous() for k, v in Backbone(VGG16).state_dict().items()}, str(weights))
     out = work / "ddp-run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "vggtune", "train", str(data), "--out", str(out), "--weights", str(weights), "--epochs", "1",
@@ -151,11 +152,11 @@ def main():
     cache = pipeline.cache("block5")
     result["gpu_decode_images_s"] = round(gpu_decode(model, runtime, paths, prep, args.batch_size, cache), 1)
     print(json.dumps(result), flush=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(Path(args.json), result)
     processes = args.ddp_processes or (torch.cuda.device_count() if runtime.device.type == "cuda" else 2)
     result["ddp_train"] = ddp_train(work, paths, processes, min(args.batch_size, 64))
     print(json.dumps(result), flush=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(Path(args.json), result)
 
 
 if __name__ == "__main__":

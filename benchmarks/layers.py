@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 import torch
 from vggtune.model import quantize
-from vggtune.model.classifier import Backbone, block_names
+from vggtune.model.classifier import Backbone
 from vggtune.model.runtime import choose_runtime
 
 from common import save, table
@@ -43,7 +43,7 @@ def main():
     runtime = choose_runtime("cpu", "auto")
     backbone = Backbone().eval().to(memory_format=torch.channels_last)
     x = torch.randn(args.batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    names = block_names(upto=args.upto)
+    names = backbone.arch.between(upto=args.upto)
     float_layers = named_layers((name, getattr(backbone, name)) for name in names)
     int8 = quantize.calibrate(backbone, args.upto, x[:quantize.CALIBRATION_IMAGES], runtime.autocast)
     int8_layers = [("quant", int8.net.quant)] + named_layers((name, getattr(int8.net, name)) for name in names)

@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vggtune.model import quantize
 from vggtune.features.extract import decode_clean
 from vggtune.model.classifier import Classifier
+from vggtune.model.policy import ScoringPolicy
 from vggtune.model.heads import HeadSpec
 from vggtune.model.runtime import choose_runtime
 from vggtune.training.schedule import StageNet, make_optimizer
@@ -167,11 +168,11 @@ def train_step_stages(model, runtime, cut: str, seconds: float) -> list[dict]:
 def test_stage(model, runtime, seconds: float) -> dict:
     """The whole network, clean view and mirror, as the test pass scores an image."""
     model.eval()
-    model.tta = True
+    policy = ScoringPolicy.of(tta=True)
     images = runtime.to_input(torch.randn(BATCH, 3, 224, 224))
     with torch.inference_mode(), runtime.autocast():
         flops = 2 * counted(lambda: model.head(model.backbone.run(images)))
-        per_batch = timed(lambda: model.classify(images), seconds)
+        per_batch = timed(lambda: policy.classify(model, images, model.head_spec), seconds)
     main = "int8" if runtime.int8 else runtime.precision      # the frozen blocks' unit: most of the work
     return rate("test pass (2 views)", flops / BATCH, per_batch / BATCH, main)
 

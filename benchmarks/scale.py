@@ -34,13 +34,14 @@ from vggtune.data import dataset as data
 from vggtune.training.config import AugmentConfig
 from vggtune.features.extract import ImageJob, decode_views
 from vggtune.features.pipeline import FeaturePipeline
-from vggtune.model.classifier import BLOCK_NAMES, Classifier
+from vggtune.model.arch import VGG16
+from vggtune.model.classifier import Classifier
 from vggtune.model.heads import HeadSpec
 from vggtune.progress import verbosity
 from vggtune.model.runtime import Runtime, choose_runtime
 from vggtune.model.weights import VGG16_IMAGENET1K_V1
 
-from common import DATA
+from common import DATA, write_json
 
 PREP = VGG16_IMAGENET1K_V1.preprocessing
 
@@ -165,7 +166,7 @@ def bytes_per_view(work: Path) -> dict:
     jobs = photo_jobs(8)
     result = {}
     with verbosity(True):
-        for cut in BLOCK_NAMES:
+        for cut in VGG16.block_names:
             cache = pipeline.cache(cut)
             pipeline.fill(cache, jobs, cut)
             result[cut] = round(cache.size_bytes() / len(jobs))
@@ -174,10 +175,9 @@ def bytes_per_view(work: Path) -> dict:
 
 def conv_flops(upto: str) -> float:
     """Multiply-adds x 2 of VGG16's convolutions from the image to the end of `upto`, at 224 px."""
-    from vggtune.model.classifier import VGG16_BLOCKS
     side, channels, total = PREP.size, 3, 0.0
-    for name in BLOCK_NAMES[:BLOCK_NAMES.index(upto) + 1]:
-        for width in VGG16_BLOCKS[name]:
+    for name in VGG16.between(upto=upto):
+        for width in VGG16.widths[name]:
             total += 2 * 9 * channels * width * side * side
             channels = width
         side //= 2
@@ -230,7 +230,7 @@ def main() -> None:
     result["million"] = projection(result["bytes_per_view"], result["extraction"]["median_views_s"][1],
                                    result["decode_views_s_one_core"])
     print(json.dumps(result, indent=2))
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(Path(args.json), result)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """What torchrun starts in the distributed tests: vggtune's command line, with the tiny random-init
 backbone of conftest.py in place of the ImageNet weights (each rank builds the same one).
 
-DIE_AT="RANK:STAGE" makes that rank kill itself (SIGKILL, no clean-up) when the stage begins training."""
+DIE_AT="RANK:STAGE" makes that rank kill itself (SIGKILL, no clean-up) when the stage begins training;
+HOME_PER_RANK=1 gives each rank a VGGTUNE_HOME of its own, as on hosts that share no filesystem."""
 import os
 import signal
 import sys
 
-from conftest import tiny_state_dict
-from vggtune import cli
-from vggtune.training import schedule as training
-from vggtune.model import weights
+if os.environ.get("HOME_PER_RANK"):
+    os.environ["VGGTUNE_HOME"] = os.path.join(os.environ["VGGTUNE_HOME"], f"rank{os.environ.get('RANK', '0')}")
+
+from conftest import tiny_state_dict  # noqa: E402 - after the home is chosen
+from vggtune import cli  # noqa: E402
+from vggtune.training import schedule as training  # noqa: E402
+from vggtune.model import weights  # noqa: E402
 
 LOADED = weights.LoadedWeights(weights.VGG16_IMAGENET1K_V1, tiny_state_dict(), "tiny test weights", "tiny-test")
 weights.resolve = lambda record=None, user_file=None: LOADED

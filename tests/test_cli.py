@@ -3,10 +3,12 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import vggtune
 from vggtune import cli
 
 from vggtune.model import formats
@@ -99,8 +101,15 @@ def test_train_predict_evaluate_through_the_cli(tmp_path, capsys, tiny_weights, 
     predictions = json.loads(stdout)
     assert code == 1 and len(predictions) == 30 and "skipped" in err     # all written, one missing
     assert set(predictions[0]["probabilities"]) == {"cat", "dog"}
-    code, stdout, _ = run_cli(capsys, "predict", out, dataset / "dog" / "dog.3.jpg", "--kaggle")
-    assert stdout.splitlines()[0] == "id,label" and stdout.splitlines()[1].startswith("dog.3,")
+    code, stdout, _ = run_cli(capsys, "predict", out, dataset / "dog" / "dog.3.jpg", dataset / "cat" / "cat.4.jpg",
+                              "--kaggle")
+    header, *rows = stdout.splitlines()
+    assert header == "id,label" and [row.split(",")[0] for row in rows] == ["dog.3", "cat.4"]
+    by_name = {Path(p["path"]).stem: p["probabilities"] for p in predictions}
+    # Kaggle's label is the second class's probability (dog), not the first's nor a class name.
+    assert float(rows[0].split(",")[1]) == pytest.approx(by_name["dog.3"]["dog"], abs=1e-6)
+    cat = vggtune.load(out).predict([str(dataset / "cat" / "cat.4.jpg")])[0][0]
+    assert float(rows[1].split(",")[1]) == pytest.approx(cat.probabilities["dog"], abs=1e-6) != cat.probabilities["cat"]
     code, stdout, _ = run_cli(capsys, "evaluate", out, "--data", dataset)
     assert code == 0 and "confusion" not in stdout and "true \\ predicted" in stdout
     assert json.loads((out / "evaluation.json").read_text())["n"] == 60

@@ -3,11 +3,9 @@ the run completes with exactly the metrics of a run that was never interrupted."
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,24 +31,45 @@ def setup(tmp_path_factory):
     return root, data, weights
 
 
-# Runs `vggtune` with every fsync slowed down, which holds each write under its temporary
-# name long enough for a kill to land inside it.
-SLOW_WRITES = """
-import os, sys, time
-real_fsync = os.fsync
-def slow_fsync(fd):
-    time.sleep(0.15)
+# Runs `vggtune train` and kills it with SIGKILL, from inside, at a named moment: just after the
+# count-th file whose name matches `pattern` has been renamed into place ("after"), or while the
+# count-th such temporary file is being written, before it is synced and renamed ("inside").
+# The moment is exact, so every kill lands where its test says, on any machine at any speed.
+KILL_AT = """
+import fnmatch, os, signal, sys
+pattern, count, moment = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+seen = [0]
+real_fsync, real_replace = os.fsync, os.replace
+
+def matched(name):
+    if fnmatch.fnmatch(os.path.basename(name), pattern):
+        seen[0] += 1
+        if seen[0] >= count:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+def fsync(fd):
+    if moment == "inside":
+        try:
+            matched(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
     real_fsync(fd)
-os.fsync = slow_fsync
+
+def replace(source, target, *args, **options):
+    real_replace(source, target, *args, **options)
+    if moment == "after":
+        matched(str(target))
+
+os.fsync, os.replace = fsync, replace
 from vggtune.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[4:]))
 """
 
 
-def start(home: Path, data: Path, out: Path, weights: Path, resume: bool, slow_writes: bool = False):
+def start(home: Path, data: Path, out: Path, weights: Path, resume: bool, kill_at: tuple | None = None):
     env = dict(os.environ, VGGTUNE_HOME=str(home), VGGTUNE_OFFLINE="1", PYTHONHASHSEED="0")
     args = ["--resume", "--out", str(out)] if resume else [str(data), "--out", str(out), "--weights", str(weights), *FLAGS]
-    program = ["-c", SLOW_WRITES] if slow_writes else ["-m", "vggtune"]
+    program = ["-c", KILL_AT, *map(str, kill_at)] if kill_at else ["-m", "vggtune"]
     return subprocess.Popen([sys.executable, *program, "train", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -68,23 +87,6 @@ def shards(home: Path) -> int:
 
 def temporaries(*folders: Path) -> set[Path]:
     return {p for folder in folders if folder.exists() for p in folder.rglob("*.tmp")}
-
-
-def kill_when(process: subprocess.Popen, ready, rng: random.Random, timeout: float = 120,
-              at_once: bool = False) -> bool:
-    """SIGKILL shortly after `ready()` turns true (at once: while it is true); False if the run ended first."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    if not at_once:
-        time.sleep(rng.uniform(0, 0.05))
-    if process.poll() is not None:
-        return False
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -122,30 +124,22 @@ def assert_every_final_file_loads(out: Path, home: Path) -> None:
 
 
 def test_ten_kills_then_resume_give_identical_metrics(setup, reference):
-    """Each kill lands after the run has made progress since it was started: a new shard, a new
-    epoch, or inside a write (a shard's or a checkpoint's, held open by slowed fsyncs)."""
+    """Each kill lands after the run has made progress since it was started: a new shard, new epochs,
+    or inside a write (a shard's or a checkpoint's, before it is synced and renamed)."""
     root, data, weights = setup
-    home, out, rng = root / "home-killed", root / "killed", random.Random(7)
-    state = out / "state"
-
-    def new_shard(spawn):
-        return lambda: shards(home) > spawn["shards"]
-
-    def inside_write(folder):
-        return lambda spawn: (lambda: bool(temporaries(folder) - spawn["temporaries"]))
-
-    def next_epoch(spawn):
-        return lambda: epochs_done(out) > spawn["epochs"]
-
-    targets = [("cache", new_shard, False), ("shard write", inside_write(home / "features"), True)]
-    targets += [("epoch", next_epoch, False)] * 3 + [("checkpoint write", inside_write(state), True)]
-    targets += [("epoch", next_epoch, False)] * 4 + [("checkpoint write", inside_write(state), True)]
-    targets += [("epoch", next_epoch, False)] * 4
+    home, out = root / "home-killed", root / "killed"
+    # (what is hit, the file name, the how-many-th, the moment); metrics.jsonl is rewritten after each
+    # epoch and once when a stage resumes, so its third rename means at least two new epochs.
+    targets = [("cache", "shard-*.json", 2, "after"), ("shard write", ".shard-*.tmp", 1, "inside")]
+    targets += [("epochs", "metrics.jsonl", 3, "after")] * 3 + [("checkpoint write", ".head-last.*.tmp", 2, "inside")]
+    targets += [("epochs", "metrics.jsonl", 3, "after")] * 3 + [("checkpoint write", ".finetune-last.*.tmp", 2, "inside")]
+    targets += [("epochs", "metrics.jsonl", 3, "after")] * 2
     kills = []
-    for name, ready, in_write in targets:
-        spawn = {"shards": shards(home), "epochs": epochs_done(out), "temporaries": temporaries(home, out)}
-        process = start(home, data, out, weights, resume=(out / "config.yaml").exists(), slow_writes=in_write)
-        if kill_when(process, ready(spawn), rng, at_once=in_write):
+    for name, *kill_at in targets:
+        process = start(home, data, out, weights, resume=(out / "config.yaml").exists(), kill_at=kill_at)
+        code = process.wait(timeout=300)
+        assert code in (0, -signal.SIGKILL), process.stderr.read().decode()
+        if code == -signal.SIGKILL:
             kills.append((name, epochs_done(out)))
     left_by_kills = temporaries(home, out)
     if not (out / "model.json").is_file():          # the last target may come after the run's end

@@ -113,9 +113,10 @@ def outputs(tmp_path_factory, golden_data):
 
 def test_every_path_matches_the_golden_outputs(outputs):
     _, probabilities = outputs
-    if UPDATE:
+    if UPDATE:           # writing the file and comparing with it would pass whatever the code does
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(probabilities, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"rewrote {GOLDEN.name}; run again without the update variable to compare with it")
     golden = json.loads(GOLDEN.read_text())
     assert set(golden) == set(probabilities) == set(TOLERANCE)
     for name, expected in golden.items():

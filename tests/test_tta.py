@@ -91,6 +91,9 @@ def test_the_classic_recipe_is_one_flag_away_and_given_options_win():
     assert (classic.recipe, classic.head, classic.tta, classic.calibrate) == ("classic", "flatten", False, False)
     assert TrainConfig.from_recipe("classic", data=".", tta=True).tta is True
     assert TrainConfig.from_recipe(data=".") == TrainConfig(data=".")          # "vggtune": the defaults
+    default = TrainConfig(data=".")
+    changed = {name for name in TrainConfig.__dataclass_fields__ if getattr(classic, name) != getattr(default, name)}
+    assert changed == {"recipe", "tta"} and default.tta is True      # what tells the two recipes apart today
     assert set(RECIPES["classic"]) <= {f for f in TrainConfig.__dataclass_fields__}
     with pytest.raises(UserError, match="--recipe: received 'keras'; allowed: vggtune, classic"):
         TrainConfig.from_recipe("keras", data=".")
@@ -102,8 +105,13 @@ def test_recipe_tta_and_calibrate_flags_reach_the_config(tmp_path, dataset, tiny
     assert main(["train", str(dataset), "--out", str(tmp_path / "a"), "--recipe", "classic", "--tta", *flags]) == 0
     saved = (tmp_path / "a" / "config.yaml").read_text()
     assert "recipe: classic" in saved and "tta: true" in saved and "calibrate: false" in saved
+    assert json.loads((tmp_path / "a" / "model.json").read_text())["tta"] is True          # the flag wins
     assert main(["train", str(dataset), "--out", str(tmp_path / "b"), "--no-tta", "--no-calibrate", *flags]) == 0
-    assert "tta: false" in (tmp_path / "b" / "config.yaml").read_text()
+    saved = (tmp_path / "b" / "config.yaml").read_text()
+    assert "recipe: vggtune" in saved and "tta: false" in saved
+    assert json.loads((tmp_path / "b" / "model.json").read_text())["tta"] is False
+    assert main(["train", str(dataset), "--out", str(tmp_path / "c"), "--recipe", "classic", *flags]) == 0
+    assert json.loads((tmp_path / "c" / "model.json").read_text())["tta"] is False         # classic: one view
 
 
 def test_tta_changes_only_the_final_scores_not_the_training(tmp_path, dataset, tiny_weights):

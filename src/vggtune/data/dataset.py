@@ -119,12 +119,6 @@ def _looks_like_image(path: str) -> bool:
     return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF"))
 
 
-def check_file(path: str) -> tuple[str | None, str | None]:
-    """(sha256, None) for a usable image, (None, reason) otherwise."""
-    sha, reason, _ = _check(path)
-    return sha, reason
-
-
 def _check(path: str) -> tuple[str | None, str | None, int]:
     try:
         with open(path, "rb") as handle:

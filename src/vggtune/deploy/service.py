@@ -118,14 +118,18 @@ class Model:
         return {"file": name, "label": classes[int(row.argmax())],
                 "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}, "model": self.id}
 
-    def overlay_png(self, data: bytes) -> bytes:
+    def explain(self, name: str, data: bytes) -> dict:
+        """The answer for one upload with its Grad-CAM overlay (a PNG data URL): one decode, one network pass."""
+        import base64
         import io
         explanations, rejected = self.predictor.explain([data])
         if rejected:
-            raise BadUpload(422, rejected[0][1])
+            raise BadUpload(422, f"{name}: {rejected[0][1]}")
+        explanation = explanations[0]
         buffer = io.BytesIO()
-        explanations[0].overlay().save(buffer, format="PNG")
-        return buffer.getvalue()
+        explanation.overlay().save(buffer, format="PNG")
+        row = torch.tensor([explanation.probabilities[c] for c in self.predictor.classes])
+        return {**self.answer(name, row), "overlay": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
 
 
 class BadUpload(Exception):

@@ -4,7 +4,6 @@ module-level names)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -94,7 +93,9 @@ def create_app(config: ServeConfig, load=Model):
 
     @app.get("/info")
     async def info():
-        return ready_model().info()
+        serving = {"max_batch": config.max_batch, "wait_ms": config.wait_ms, "max_upload_mb": config.max_upload_mb,
+                   "token_required": token is not None, "model_calls": state["batcher"].batches if state["batcher"] else 0}
+        return {**ready_model().info(), "serving": serving}
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -109,10 +110,7 @@ def create_app(config: ServeConfig, load=Model):
         model = ready_model()
         uploads = await read_uploads(request, limit)
         name, data = uploads[0]
-        view = await asyncio.to_thread(model.decode, name, data)
-        row = await state["batcher"].submit(view)
-        png = await asyncio.to_thread(model.overlay_png, data)
-        return {**model.answer(name, row), "overlay": "data:image/png;base64," + base64.b64encode(png).decode()}
+        return await asyncio.to_thread(model.explain, name, data)
 
     return app
 

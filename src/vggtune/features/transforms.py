@@ -29,8 +29,10 @@ def normalise(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def eval_view(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """The clean view: resize the shorter side, centre crop; uint8 CHW."""
-    return F.center_crop(resized(image, prep), [prep.size, prep.size])
+    """The clean view: resize the shorter side, centre crop (the box Grad-CAM draws too); uint8 CHW."""
+    whole = resized(image, prep)
+    left, top, right, bottom = centre_box(whole.shape[-2], whole.shape[-1], prep.size)
+    return whole[:, top:bottom, left:right]
 
 
 def resized(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
@@ -39,7 +41,8 @@ def resized(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
 
 
 def centre_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the centre crop of a height x width image, as center_crop takes it."""
+    """(left, top, right, bottom) of the size x size centre crop of a height x width image (rounded as
+    torchvision's center_crop rounds); the resize keeps both sides at least `size`."""
     top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
     return left, top, left + size, top + size
 

@@ -3,6 +3,7 @@ int8 frozen blocks on request."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,16 +39,14 @@ class Runtime:
         return "bf16" if self.bf16 else "fp32"
 
     def processor(self) -> str:
-        """The GPU's name, or the CPU's model name and core count as /proc/cpuinfo gives them."""
+        """The GPU's name, or the CPU's model name as /proc/cpuinfo gives it and the cores this process sees."""
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
-        try:
-            lines = Path("/proc/cpuinfo").read_text().splitlines()
-        except OSError:
+        name = cpuinfo_fields().get("model name")
+        if name is None:
             import platform
             return platform.processor() or platform.machine()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        return f"{names[0]} ({len(names)} cores)" if names else "unknown CPU"
+        return f"{name} ({os.cpu_count()} cores)"
 
     def describe(self) -> str:
         trainable = "bf16" if self.bf16 else "fp32"
