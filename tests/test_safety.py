@@ -2,6 +2,8 @@
 import contextlib
 import errno
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,14 +15,21 @@ import vggtune.training.schedule as training
 from vggtune import cli, fsutil
 from vggtune.features import cache
 
-from conftest import quick_config
+from conftest import make_dataset, quick_config, tiny_weights_for_module
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    root = tmp_path_factory.mktemp("safety")
+    with tiny_weights_for_module(root / "home"):
+        training.fit(quick_config(make_dataset(root / "data", n_per_class=30), root / "run", finetune_epochs=1))
+    return root / "run"
 
 
 @pytest.fixture
-def finished_run(tmp_path, tiny_weights, dataset):
-    out = tmp_path / "run"
-    training.fit(quick_config(dataset, out, finetune_epochs=1))
-    return out
+def finished_run(trained_once, tmp_path):
+    """A copy of one finished run for each test to tamper with."""
+    return Path(shutil.copytree(trained_once, tmp_path / "run"))
 
 
 def one_line_error(capsys, argv, *words):
