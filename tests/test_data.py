@@ -15,14 +15,14 @@ from conftest import make_dataset, synthetic_image
 def test_every_unusable_kind_is_rejected_with_its_reason(tmp_path):
     expected = write_unusable(tmp_path, np.random.default_rng(0))
     for path, word in expected.items():
-        sha, reason = data.check_file(str(path))
+        sha, reason, _ = data.check_file(str(path))
         assert sha is None, path.name
         assert word in reason, (path.name, reason)
 
 
 def test_convertible_files_become_rgb(tmp_path):
     for path in write_convertible(tmp_path, label=1):
-        sha, reason = data.check_file(str(path))
+        sha, reason, _ = data.check_file(str(path))
         assert reason is None, (path.name, reason)
         image = open_rgb(path)
         assert image.mode == "RGB", path.name

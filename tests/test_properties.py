@@ -33,7 +33,8 @@ def encoded_images(draw):
 def _check_bytes(tmp_path, content: bytes, name="x.jpg"):
     path = tmp_path / name
     path.write_bytes(content)
-    return data.check_file(str(path))
+    sha, reason, _ = data.check_file(str(path))
+    return sha, reason
 
 
 @SETTINGS

@@ -103,7 +103,10 @@ def join(device: str = "auto") -> World:
 def joined(device: str = "auto"):
     """Inside: this process is one rank of torchrun's job (a world of one without torchrun)."""
     yield join(device)
-    # Only after a clean end: a group whose peer died may not take part in its own shutdown.
+    # Only after a clean end: a group whose peer died may not take part in its own shutdown. The ranks
+    # leave together: one that tore its group down while rank 0 still wrote the run aborted in gloo's
+    # threads ("terminate called without an active exception", SIGABRT) on an AMD EPYC here.
+    barrier()
     _leave()
 
 

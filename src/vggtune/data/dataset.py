@@ -119,7 +119,8 @@ def _looks_like_image(path: str) -> bool:
     return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF"))
 
 
-def _check(path: str) -> tuple[str | None, str | None, int]:
+def check_file(path: str) -> tuple[str | None, str | None, int]:
+    """(sha256, None, perceptual hash) for a usable image, (None, reason, 0) otherwise: what the scan asks of each file."""
     try:
         with open(path, "rb") as handle:
             content = handle.read()
@@ -174,7 +175,7 @@ def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, st
     index = {name: i for i, name in enumerate(found.classes)}
     mine = distributed.share([path for path, _ in found.files])
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        checks = pool.map(_check, mine)
+        checks = pool.map(check_file, mine)
         bar = progress(total=len(mine), desc="checking images", unit="file")
         results = []
         for result in checks:
