@@ -100,10 +100,10 @@ class Arch:
         names, index = {}, 0
         for block in self.block_names:
             for layer in self.layer_names(block):
-                if not layer.startswith("relu"):
+                if layer.startswith(("conv", "bn")):        # the layers with tensors; ReLUs and pools count places
                     names[f"{block}.{layer}"] = f"features.{index}"
                 index += 1
-        return {ours: theirs for ours, theirs in names.items() if not ours.endswith(".pool")}
+        return names
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor the backbone's state dict holds, with its shape."""

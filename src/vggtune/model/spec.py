@@ -47,7 +47,7 @@ class ModelSpec:
         """What model.json will say of the classifier a TrainConfig trains on these weights and classes."""
         head = HeadSpec(config.head, len(classes), config.hidden, config.dropout)
         return cls(tuple(classes), head, loaded.record.preprocessing.at_size(config.size), loaded.id,
-                   archs.from_state_dict(archs.get(config.arch), loaded.state_dict), precision,
+                   archs.from_state_dict(config.architecture, loaded.state_dict), precision,
                    scoring=ScoringPolicy.of(config.tta))
 
     def to_dict(self) -> dict:
