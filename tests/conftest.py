@@ -10,11 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
+from vggtune.features.engine import ENGINE_VARIABLE
 from vggtune.model import weights
 from vggtune.model.arch import VGG16
 from vggtune.model.classifier import Backbone
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# `--engine auto` means PyTorch in the suite (and the commands it starts): otherwise each tiny run would
+# measure the engines (seconds) and compile its blocks for one use. test_engine.py lifts this to
+# measure for real, and every engine is run by name there and in test_golden.py.
+os.environ[ENGINE_VARIABLE] = "torch"
 TINY_BLOCKS = {"block1": (4,), "block2": (8,), "block3": (8,), "block4": (16,), "block5": (16,)}
 TINY = VGG16.with_widths(TINY_BLOCKS)          # VGG16's blocks, one narrow convolution each
 

@@ -7,7 +7,9 @@ probabilities are compared with `golden/outputs.json` and with each other:
 - block5 features derived from the block4 cache and computed directly from the images;
 - the loaded predictor and the training's own evaluation of its test split;
 - an int8 run, and the same run interrupted and resumed;
-- bf16 against fp32.
+- bf16 against fp32;
+- each engine for the frozen blocks (OpenVINO, ONNX Runtime) against PyTorch's golden fp32 outputs:
+  trained and predicted through that engine, the same labels and probabilities within the tolerance.
 Probabilities are compared per image within a stated tolerance: fp32 results can move in
 the last bits between processors (oneDNN picks other kernels), bf16 more so.
 
@@ -27,12 +29,18 @@ from PIL import Image
 
 import vggtune
 import vggtune.training.schedule as training
+from vggtune.features import engine as engines
 
 from conftest import quick_config
 
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 TOLERANCE = {"fp32": 2e-3, "no_cache": 2e-3, "int8": 1e-2, "int8_resumed": 1e-2, "bf16": 3e-2}
 UPDATE = bool(os.environ.get("VGGTUNE_UPDATE_GOLDEN"))
+# (engine, precision) runs compared with the golden fp32 outputs: fp32 runtimes agree with PyTorch's fp32
+# as its own runs do between processors; bf16 as PyTorch's bf16 does.
+ENGINE_RUNS = {"openvino": ("openvino", "fp32"), "onnxruntime": ("onnxruntime", "fp32"),
+               "openvino_bf16": ("openvino", "bf16")}
+ENGINE_TOLERANCE = {"fp32": 2e-3, "bf16": 3e-2}
 
 
 def noisy_image(label: int, index: int) -> Image.Image:
@@ -108,22 +116,52 @@ def outputs(tmp_path_factory, golden_data):
             no_calibration.setattr(quantize, "calibrate", lambda *a, **k: pytest.fail("calibrated again"))
             vggtune.train(str(golden_data), out=str(runs["int8_resumed"]), resume=True, quiet=True)
         probabilities = {name: split_probabilities(out) for name, out in runs.items()}
+        for name, (engine, precision) in ENGINE_RUNS.items():
+            if engines.installed(engine) and (precision == "fp32" or bf16_runs_here()):
+                runs[name] = root / name
+                training.fit(golden_config(golden_data, runs[name], engine=engine, precision=precision))
+                probabilities[name] = split_probabilities(runs[name], engine=engine, precision=precision)
         yield runs, probabilities
 
 
 def test_every_path_matches_the_golden_outputs(outputs):
     _, probabilities = outputs
+    probabilities = {name: probabilities[name] for name in TOLERANCE}      # the engines' runs are compared below
     if UPDATE:           # writing the file and comparing with it would pass whatever the code does
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(probabilities, indent=1, sort_keys=True) + "\n")
         pytest.skip(f"rewrote {GOLDEN.name}; run again without the update variable to compare with it")
     golden = json.loads(GOLDEN.read_text())
-    assert set(golden) == set(probabilities) == set(TOLERANCE)
+    assert set(golden) == set(TOLERANCE)
     for name, expected in golden.items():
         got = probabilities[name]
         assert sorted(got) == sorted(expected), name
         for image, row in expected.items():
             assert np.allclose(got[image], row, atol=TOLERANCE[name]), (name, image, got[image], row)
+
+
+def bf16_runs_here() -> bool:
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.parametrize("name", ENGINE_RUNS)
+def test_each_engine_matches_the_golden_fp32_outputs(outputs, name):
+    """Trained on features from that engine and predicted through it: PyTorch fp32's outputs, per image."""
+    runs, probabilities = outputs
+    engine, precision = ENGINE_RUNS[name]
+    if not engines.installed(engine):
+        pytest.skip(f"{engine} is not installed")          # CI installs both: test_engine.py checks that
+    if name not in probabilities:
+        pytest.skip("this CPU runs no bf16")
+    environment = json.loads((runs[name] / "metrics.json").read_text())["environment"]
+    assert environment["engine"] == f"{engine} {precision}"
+    golden = json.loads(GOLDEN.read_text())["fp32"]
+    assert sorted(probabilities[name]) == sorted(golden)
+    for image, row in golden.items():
+        got = probabilities[name][image]
+        assert np.allclose(got, row, atol=ENGINE_TOLERANCE[precision]), (name, image, got, row)
+        if precision == "fp32":
+            assert np.argmax(got) == np.argmax(row) or abs(row[0] - row[1]) < 2 * ENGINE_TOLERANCE["fp32"], image
 
 
 def test_golden_outputs_are_not_trivially_separable():
@@ -187,7 +225,7 @@ def test_block5_derived_from_the_block4_cache_equals_block5_computed_directly(ou
     backbone.load_state_dict(tiny_state_dict())            # the frozen weights, not the fine-tuned block5
     home = runs["fp32"].parent / "home" / "features"
     block5, = [cache for cache in map(FeatureCache.existing, home.iterdir())
-               if cache.key["cut"] == "block5" and "int8" not in cache.key]
+               if cache.key["cut"] == "block5" and "int8" not in cache.key and "engine" not in cache.key]
     items = json.loads((runs["fp32"] / "splits.json").read_text())["val"]
     for item in items:
         derived = block5.open([entry_name(item["sha256"], 0, None)]).gather([0]).float()

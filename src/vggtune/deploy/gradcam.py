@@ -23,6 +23,7 @@ from vggtune.fsutil import atomic_write_bytes
 from vggtune.data.images import ImageRejected, open_any
 from vggtune.model.classifier import Classifier
 from vggtune.model.runtime import Runtime
+from vggtune.features.engine import Engine, frozen
 from vggtune.features.transforms import centre_box, normalise, resized
 from vggtune.model.weights import Preprocessing
 
@@ -75,15 +76,19 @@ def frame_or_reason(source, prep: Preprocessing) -> tuple[Framed | None, str | N
 
 
 def grad_cam(model: Classifier, runtime: Runtime, views: torch.Tensor, prep: Preprocessing,
-             targets: list[int]) -> np.ndarray:
-    """(N, size, size) maps in [0, 1] for uint8 views (N, 3, size, size) and each one's target class."""
+             targets: list[int], engine: Engine | None = None) -> np.ndarray:
+    """(N, size, size) maps in [0, 1] for uint8 views (N, 3, size, size) and each one's target class.
+    The blocks before the map's run on `engine`; the last block and the head in PyTorch, for the gradients."""
     model.eval()
-    x = runtime.to_input(normalise(views, prep))
-    # The float blocks, also for a model that predicts through int8 ones: those may reach into the
-    # last block (a head-only int8 run), and the map needs its float activations and gradients.
     block_name, layer_name = model.arch.gradcam_layer
-    with torch.no_grad(), runtime.autocast():
-        features = model.backbone.run(x, upto=model.arch.cut_before((block_name,))).float()
+    before = model.arch.cut_before((block_name,))
+    if engine is not None and engine.name != "torch":
+        features = frozen(model, runtime, engine, upto=before)(normalise(views, prep)).to(runtime.device)
+    else:
+        # The float blocks, also for a model that predicts through int8 ones: those may reach into the
+        # last block (a head-only int8 run), and the map needs its float activations and gradients.
+        with torch.no_grad(), runtime.autocast():
+            features = model.backbone.run(runtime.to_input(normalise(views, prep)), upto=before).float()
     block = getattr(model.backbone, block_name)
     with torch.enable_grad():
         activation = None
@@ -126,7 +131,7 @@ def explain(predictor, inputs: list, names: list[str], target: str | None = None
         views = torch.stack([item.view for _, item in good])
         probabilities = predictor.probabilities(views)
         targets = [predictor.classes.index(target) if target else int(row.argmax()) for row in probabilities]
-        maps = grad_cam(predictor.model, predictor.runtime, views, predictor.preprocessing, targets)
+        maps = grad_cam(predictor.model, predictor.runtime, views, predictor.preprocessing, targets, predictor.engine)
         for (name, item), row, chosen, cam in zip(good, probabilities, targets, maps):
             explanations.append(Explanation(
                 name, predictor.classes[int(row.argmax())], predictor.classes[chosen],

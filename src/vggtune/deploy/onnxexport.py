@@ -26,10 +26,10 @@ from vggtune.version import __version__
 from vggtune.errors import UserError
 from vggtune.deploy.inputs import labelled_files
 from vggtune.features.extract import decode_clean
-from vggtune.fsutil import atomic_path, atomic_write_json, display_path, load_tensors
+from vggtune.fsutil import atomic_path, atomic_write_json, display_path
 from vggtune.progress import say
 from vggtune.training.rundir import RunDir
-from vggtune.model.spec import ModelSpec, build_classifier
+from vggtune.model.spec import ModelSpec, load_classifier
 
 PARITY_IMAGES = 64
 FP32_TOLERANCE = 1e-4
@@ -84,9 +84,7 @@ def metadata(spec: ModelSpec, precision: str) -> dict:
 
 def float_model(run: Path, spec: ModelSpec) -> ExportGraph:
     """The run's classifier in fp32 on the CPU (an int8-trained run exports its float weights)."""
-    tensors, _ = load_tensors(run / "model.safetensors")
-    model = build_classifier(dataclasses.replace(spec, int8=None), tensors,
-                             origin=display_path(run / "model.safetensors"))
+    model = load_classifier(run, dataclasses.replace(spec, int8=None))
     return ExportGraph(model.eval().to(memory_format=torch.contiguous_format), spec).eval()
 
 

@@ -9,11 +9,11 @@ import torch
 
 from vggtune import distributed
 from vggtune.deploy.gradcam import Explanation, explain
+from vggtune.features import engine as engines
 from vggtune.features.extract import decode_clean, prefetch
-from vggtune.fsutil import display_path, load_tensors
 from vggtune.progress import progress
 from vggtune.model.runtime import runtime_for
-from vggtune.model.spec import ModelSpec, build_classifier
+from vggtune.model.spec import ModelSpec, load_classifier
 from vggtune.features.transforms import normalise
 
 
@@ -25,17 +25,18 @@ class Prediction:
 
 
 class Predictor:
-    """Loads model.json + model.safetensors and classifies image files."""
+    """Loads model.json + model.safetensors and classifies image files: the blocks on `engine` (compiled
+    once, on first use), the head in PyTorch."""
 
-    def __init__(self, run: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 32):
+    def __init__(self, run: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 32,
+                 engine: str = "auto"):
         self.run = Path(run)
         self.spec = ModelSpec.load(self.run)
         self.classes, self.preprocessing = list(self.spec.classes), self.spec.preprocessing
-        self.runtime = runtime_for(self.spec.int8 is not None, device, precision, display_path(self.run))
-        tensors, _ = load_tensors(self.run / "model.safetensors")
-        self.model = build_classifier(self.spec, tensors, self.runtime,
-                                      origin=display_path(self.run / "model.safetensors")).eval()
+        self.runtime = runtime_for(self.spec.int8 is not None, device, precision, self.run)
+        self.model = load_classifier(self.run, self.spec, self.runtime).eval()
         self.batch_size = batch_size
+        self.engine = engines.resolve(engine, self.runtime, self.model)
 
     def predict(self, inputs: list) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predictions for the readable inputs, and (name, reason) for the others. An input is a path,
@@ -69,9 +70,15 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a batch of uint8 RGB clean views (N, 3, size, size)."""
-        x = self.runtime.to_input(normalise(images, self.preprocessing))
-        with torch.inference_mode(), self.runtime.autocast():
-            return self.spec.scoring.classify(self.model, x, self.spec.head).cpu()
+        blocks = engines.frozen(self.model, self.runtime, self.engine)
+
+        def logits_of(views: torch.Tensor) -> torch.Tensor:
+            features = blocks(views).to(self.runtime.device)
+            with self.runtime.autocast():
+                return self.model.head(features)
+
+        with torch.inference_mode():
+            return self.spec.scoring.classify(logits_of, normalise(images, self.preprocessing), self.spec.head).cpu()
 
     def explain(self, inputs: list, target: str | None = None) -> tuple[list[Explanation], list[tuple[str, str]]]:
         """Grad-CAM maps (gradcam.py) of the readable inputs, for the class `target` or else each
@@ -94,9 +101,9 @@ def name_of(source, index: int) -> str:
     return f"<{kind} {index}>"
 
 
-def load(run: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
+def load(run: str | Path, device: str = "auto", precision: str = "auto", engine: str = "auto") -> Predictor:
     """A Predictor for a finished run directory."""
-    return Predictor(run, device=device, precision=precision)
+    return Predictor(run, device=device, precision=precision, engine=engine)
 
 
 __all__ = ["Explanation", "Prediction", "Predictor", "load"]

@@ -37,6 +37,7 @@ class ServeConfig:
     wait_ms: float = 5.0                  # how long an image waits for others to share its batch
     token: str | None = None
     no_auth: bool = False
+    engine: str = "auto"                  # what runs the frozen blocks of each batch (features/engine.py)
 
     def __post_init__(self):
         if self.max_upload_mb <= 0 or self.max_batch < 1 or self.wait_ms < 0:
@@ -95,8 +96,8 @@ class Batcher:
 class Model:
     """The predictor, its identity and what a client needs to know about it."""
 
-    def __init__(self, run: str):
-        self.predictor = Predictor(run)
+    def __init__(self, run: str, engine: str = "auto"):
+        self.predictor = Predictor(run, engine=engine)
         self.run = Path(run)
         digest = file_digest(self.run / "model.safetensors")[:12]
         self.id = f"{self.run.resolve().name}@{digest}"
@@ -105,6 +106,7 @@ class Model:
         spec = self.predictor.spec
         return {"model": self.id, "classes": list(spec.classes), "weights": spec.weights,
                 "preprocessing": spec.preprocessing.to_dict(), "precision": self.predictor.runtime.precision,
+                "engine": self.predictor.engine.describe(),
                 "vggtune": __version__}
 
     def decode(self, name: str, data: bytes):

@@ -33,7 +33,7 @@ def create_app(config: ServeConfig, load=Model):
     async def lifespan(app):
         async def start():
             try:
-                state["model"] = await asyncio.to_thread(load, config.run)
+                state["model"] = await asyncio.to_thread(load, config.run, config.engine)
             except Exception as exc:          # noqa: BLE001 - /health reports it
                 state["error"] = f"{type(exc).__name__}: {exc}"
                 log.error("the model did not load: %s", state["error"])

@@ -1,7 +1,7 @@
 """The frozen-feature cache: outputs of the frozen blocks, computed once and stored.
 
 One folder per key (weights id, preprocessing, cut point, architecture, int8 calibration,
-storage), one entry per (image content, view). Storage is float16, or uint8 for very large
+the engine where it is not PyTorch, storage), one entry per (image content, view). Storage is float16, or uint8 for very large
 datasets: each view's values mapped onto 0..255 between its own minimum and maximum (the two
 numbers kept in the shard's manifest), half the bytes. The whole key is built here and
 nowhere else: `FeatureKey` for the folder, `entry_name` for the entry. Inside, shards:
@@ -49,6 +49,7 @@ class FeatureKey:
     preprocessing: dict                # Preprocessing.to_dict()
     arch: Arch                         # the backbone's layout: its blocks' widths, batch norms
     int8: dict | None = None           # the int8 calibration of the frozen blocks, if any
+    engine: object = None              # engine.Engine: what computed the features, beyond PyTorch
 
     def at(self, cut: str) -> dict:
         layout = {name: list(widths) for name, widths in self.arch.blocks}
@@ -58,6 +59,10 @@ class FeatureKey:
                "arch": _short_digest(layout)[:12]}
         if self.int8 is not None:
             key["int8"] = _short_digest(self.int8)[:16]
+        if self.engine is not None and self.engine.name != "torch":
+            # Another runtime's kernels round differently (bf16 by more than float16 storage does), so its
+            # features are another entry; PyTorch's keep the keys they had, and existing caches serve.
+            key["engine"] = self.engine.describe()
         return key
 
 

@@ -19,6 +19,7 @@ from vggtune import distributed
 
 from vggtune.model import quantize
 from vggtune.features.cache import FeatureCache, FeatureKey, entry_name
+from vggtune.features.engine import Engine, frozen, resolve
 from vggtune.features.extract import ImageJob, clean_views, decode_batch, decode_workers, view_batches
 from vggtune.model.classifier import Classifier
 from vggtune.progress import progress, say
@@ -64,11 +65,7 @@ class LiveSource:
             arch = pipeline.model.arch
             side = pipeline.prep.size // arch.reduction(self.cut)
             return torch.empty(0, arch.channels(self.cut), side, side), kept
-        x = pipeline.runtime.to_input(batch)
-        # no_grad, not inference_mode: these features feed a stage that trains, and autograd
-        # refuses inference tensors (under bf16 autocast a cast happened to hide that).
-        with torch.no_grad(), pipeline.runtime.autocast():
-            return pipeline.model.features(x, self.cut).float(), kept
+        return pipeline.frozen(upto=self.cut)(batch), kept
 
 
 @dataclass
@@ -92,10 +89,19 @@ class FeaturePipeline:
     weights_id: str
     cache_root: Path | None = None
     storage: str = "float16"                 # cache.STORAGES
+    engine: Engine | str = "torch"           # what runs the frozen blocks: an Engine, or a name (ENGINES) resolved here
+
+    def __post_init__(self):
+        if isinstance(self.engine, str):
+            self.engine = resolve(self.engine, self.runtime, self.model)
+
+    def frozen(self, after: str | None = None, upto: str | None = None):
+        """The frozen blocks (after, upto] on this pipeline's engine: normalised inputs in, float32 features out."""
+        return frozen(self.model, self.runtime, self.engine, after, upto)
 
     def cache(self, cut: str) -> FeatureCache:
         calibration = self.model.int8_frozen.calibration if self.model.int8_frozen is not None else None
-        key = FeatureKey(self.weights_id, self.prep.to_dict(), self.model.arch, calibration)
+        key = FeatureKey(self.weights_id, self.prep.to_dict(), self.model.arch, calibration, self.engine)
         return FeatureCache(self.cache_root, key.at(cut), self.storage)
 
     def cached(self, splits: dict[str, list[Item]], cuts: list[str], views: int,
@@ -164,12 +170,10 @@ class FeaturePipeline:
         writer = cache.writer()
         bar = progress(total=sum(len(job.views) for job in todo), desc=f"{label} to {cut}", unit="view")
         batches = view_batches(todo, self.prep, self.augment, self.batch_size, decode_workers(self.runtime), rejected)
-        with torch.inference_mode():
-            for names, batch in batches:
-                with self.runtime.autocast():
-                    features = self.model.features(self.runtime.to_input(batch), cut)
-                writer.add(names, features)
-                bar.update(len(names))
+        network = self.frozen(upto=cut)
+        for names, batch in batches:
+            writer.add(names, network(batch))
+            bar.update(len(names))
         writer.close()
         bar.close()
         return rejected, computed
@@ -183,14 +187,11 @@ class FeaturePipeline:
         self.model.eval()
         writer = target.writer()
         bar = progress(total=len(todo), desc=f"features {after} -> {upto}", unit="view")
-        with torch.inference_mode():
-            for start in range(0, len(todo), self.batch_size):
-                positions = range(start, min(start + self.batch_size, len(todo)))
-                x = self.runtime.to_input(features.gather(positions))
-                with self.runtime.autocast():
-                    out = self.model.backbone.run(x, after=after, upto=upto)
-                writer.add([todo[i] for i in positions], out)
-                bar.update(len(positions))
+        network = self.frozen(after, upto)
+        for start in range(0, len(todo), self.batch_size):
+            positions = range(start, min(start + self.batch_size, len(todo)))
+            writer.add([todo[i] for i in positions], network(features.gather(positions).float()))
+            bar.update(len(positions))
         writer.close()
         bar.close()
 

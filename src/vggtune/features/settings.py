@@ -1,4 +1,5 @@
-"""The feature settings a run's config names: how training views are augmented, how features are stored.
+"""The feature settings a run's config names: how training views are augmented, how features are stored,
+which engine computes them.
 Plain values without torch, so the command line can offer them before torch is imported."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from vggtune.errors import UserError
 
 STORAGES = ("float16", "uint8")         # cached features: 2 bytes a value, or 1 with each view's own scale
+ENGINES = ("auto", "torch", "openvino", "onnxruntime")      # what runs the frozen blocks (features/engine.py)
 
 
 @dataclass(frozen=True)

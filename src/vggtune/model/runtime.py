@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from vggtune.errors import UserError
+from vggtune.fsutil import display_path
 from vggtune.model.quantize import check_available
 
 
@@ -104,8 +105,9 @@ def _int8_runtime(device: str) -> Runtime:
     return Runtime(torch.device("cpu"), bf16=cpu_bf16_pays(), int8=True)
 
 
-def runtime_for(int8_trained: bool, device: str, precision: str, origin: str) -> Runtime:
+def runtime_for(int8_trained: bool, device: str, precision: str, run: Path) -> Runtime:
     """Where a trained model predicts: one trained on int8 features through the same int8 blocks, on the CPU."""
+    origin = display_path(run)
     if int8_trained and device == "cuda":
         raise UserError(f"{origin}: this model's frozen blocks run in int8 on the CPU, "
                         "received --device cuda; allowed: auto, cpu")

@@ -17,7 +17,7 @@ import torch
 
 from vggtune.model import quantize
 from vggtune.errors import UserError
-from vggtune.fsutil import atomic_write_json, display_path
+from vggtune.fsutil import atomic_write_json, display_path, load_tensors
 from vggtune.model import arch as archs
 from vggtune.model.arch import Arch
 from vggtune.model.classifier import Classifier
@@ -100,6 +100,13 @@ class ModelSpec:
         except (OSError, ValueError) as exc:
             raise UserError(f"{display_path(path)}: not valid JSON ({exc})") from None
         return cls.from_dict(values, display_path(path))
+
+
+def load_classifier(run: Path, spec: ModelSpec, runtime: Runtime | None = None) -> Classifier:
+    """The classifier a finished run saved: model.json's description with model.safetensors loaded."""
+    path = Path(run) / "model.safetensors"
+    tensors, _ = load_tensors(path)
+    return build_classifier(spec, tensors, runtime, origin=display_path(path))
 
 
 def build_classifier(spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime: Runtime | None = None,

@@ -15,11 +15,11 @@ from vggtune.training.rundir import write_predictions
 
 
 def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = None,
-             device: str = "auto", precision: str = "auto", report: bool = True) -> dict:
+             device: str = "auto", precision: str = "auto", report: bool = True, engine: str = "auto") -> dict:
     """Metrics of a run's model on labelled images, written as JSON (default RUN/evaluation.json), with
     each image's probabilities (*.predictions.csv) and the report (*.html) beside it. Under torchrun each
     rank scores its share of the images."""
-    predictor = Predictor(run, device=device, precision=precision)
+    predictor = Predictor(run, device=device, precision=precision, engine=engine)
     evaluated = score(predictor, Path(run), data_dir)
     result = evaluated.metrics()
     result["rejected"] = [{"path": display_path(p), "reason": r} for p, r in evaluated.rejected]
@@ -34,19 +34,20 @@ def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = 
     return result
 
 
-def write_documents(run: str | Path, data: str | None = None, out: str | Path | None = None) -> tuple[Path, Path | None]:
+def write_documents(run: str | Path, data: str | None = None, out: str | Path | None = None,
+                    engine: str = "auto") -> tuple[Path, Path | None]:
     """The report (of the run's own test split, or of a labelled folder `data`) and, for the run's own
     split, the model card README.md. Returns their paths (no card for another folder)."""
-    predictor = Predictor(run)
+    predictor = Predictor(run, engine=engine)
     if data:
         return write_report(run, score(predictor, Path(run), data), predictor, out), None
     evaluated = from_training(Path(run), predictor)
     return write_report(run, evaluated, predictor, out), write_model_card(run, evaluated)
 
 
-def write_documents_or_warn(run: str | Path) -> None:
+def write_documents_or_warn(run: str | Path, engine: str = "auto") -> None:
     """report.html and README.md at the end of training; a failure here leaves the trained run intact."""
     try:
-        write_documents(run)
+        write_documents(run, engine=engine)
     except Exception as exc:        # noqa: BLE001 - the model and metrics are saved; say what went wrong
         say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")

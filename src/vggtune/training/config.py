@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from vggtune.errors import UserError, choice_error
-from vggtune.features.settings import STORAGES, AugmentConfig
+from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model import arch as archs
 from vggtune.model.heads import HEADS
@@ -55,6 +55,7 @@ class TrainConfig:
     patience: int = 3
     precision: str = "auto"
     device: str = "auto"
+    engine: str = "auto"                  # what runs the frozen blocks (ENGINES); auto: the fastest measured here
     no_cache: bool = False
     feature_storage: str = "float16"      # STORAGES; uint8 halves the cache, for very large datasets
     keep_state: bool = False              # state/ is only needed to resume; removed when the run ends
@@ -76,6 +77,8 @@ class TrainConfig:
             raise choice_error("--precision", self.precision, PRECISIONS)
         if self.device not in DEVICES:
             raise choice_error("--device", self.device, DEVICES)
+        if self.engine not in ENGINES:
+            raise choice_error("--engine", self.engine, ENGINES)
         if self.feature_storage not in STORAGES:
             raise choice_error("--feature-storage", self.feature_storage, STORAGES)
         _check_int("--epochs", self.epochs, 1)

@@ -138,7 +138,7 @@ def environment(run: Run) -> dict:
     return {"vggtune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "device": run.runtime.describe(),
             "processor": run.runtime.processor(), "weights": run.spec.weights, "weights_source": run.weights_source,
-            "precision": run.runtime.precision, "processes": distributed.world().size,
+            "precision": run.runtime.precision, "engine": run.engine.describe(), "processes": distributed.world().size,
             "feature_cache": run.sources.reuse}
 
 

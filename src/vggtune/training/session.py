@@ -19,6 +19,7 @@ from vggtune.progress import say
 from vggtune.training.rundir import RunDir
 
 if TYPE_CHECKING:                      # annotations only
+    from vggtune.features.engine import Engine
     from vggtune.model.classifier import Classifier
     from vggtune.training.config import TrainConfig
 
@@ -31,6 +32,7 @@ class Run:
     folder: RunDir
     model: Classifier
     runtime: Runtime
+    engine: Engine                                 # what runs the frozen blocks
     spec: ModelSpec                                # what model.json will say, before calibration
     sources: Sources
     labels: dict[str, torch.Tensor]                # split -> labels of the kept items
@@ -66,7 +68,8 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     torch.manual_seed(config.seed)          # the head's initial weights
     model = build_classifier(spec, loaded.state_dict, runtime)
     pipeline = FeaturePipeline(model, spec.preprocessing, config.augment, runtime, config.batch_size,
-                               loaded.id, weights.home() / "features", config.feature_storage)
+                               loaded.id, weights.home() / "features", config.feature_storage, config.engine)
+    say(f"frozen blocks on {pipeline.engine.describe()}")
     if runtime.int8:
         spec = dataclasses.replace(spec, int8=_int8_blocks(pipeline, folder, splits, spec.arch.earliest(cuts)))
     started = time.perf_counter()
@@ -79,7 +82,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
         _write_data_reports(folder, splits, splits.rejected + sources.rejected)
         folder.write_splits(splits.classes, sources.kept)
     labels = {name: torch.tensor([i.label for i in items], dtype=torch.long) for name, items in sources.kept.items()}
-    return Run(config, folder, model, runtime, spec, sources, labels, splits.rejected, loaded.source, seconds)
+    return Run(config, folder, model, runtime, pipeline.engine, spec, sources, labels, splits.rejected, loaded.source, seconds)
 
 
 def _int8_blocks(pipeline: FeaturePipeline, folder: RunDir, splits: data.Splits, cut: str) -> dict:
