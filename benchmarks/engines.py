@@ -64,6 +64,8 @@ def main():
     parser.add_argument("--configs", default=",".join(f"{e}:{p}" for e, p in CONFIGS),
                         help="engine:precision pairs, comma-separated")
     parser.add_argument("--images", default=str(DATA / "cats-vs-dogs-2k"))
+    parser.add_argument("--busy", action="store_true",
+                        help="a competing process at nice 19 spins on one core throughout (a build, a browser)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -72,6 +74,7 @@ def main():
         return
     configs = [tuple(pair.split(":")) for pair in args.configs.split(",")]
     measured = {pair: [] for pair in configs}
+    spinner = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"]) if args.busy else None
     for round_number in range(args.rounds):
         for engine, precision in configs:
             done = subprocess.run([sys.executable, __file__, "--child", f"{engine}:{precision}",
@@ -82,6 +85,8 @@ def main():
                 continue
             measured[(engine, precision)].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(round_number, measured[(engine, precision)][-1], flush=True)
+    if spinner:
+        spinner.kill()
     rows = []
     for (engine, precision), runs in measured.items():
         if runs:
@@ -94,10 +99,10 @@ def main():
         row["x_blocks_1_4"] = round(row["blocks_1_4_images_s"] / base["blocks_1_4_images_s"], 2)
         row["x_whole"] = round(row["whole_images_s"] / base["whole_images_s"], 2)
     print(f"\n{cpu_model()}; batch {args.batch_size}, median of {args.rounds} rounds, each in its own process; "
-          f"x: against {base['engine']} {base['precision']}")
+          f"x: against {base['engine']} {base['precision']}" + ("; a process at nice 19 spinning beside" if args.busy else ""))
     print(table(rows, ["engine", "precision", "runs_as", "blocks_1_4_images_s", "whole_images_s",
                        "x_blocks_1_4", "x_whole", "build_s"]))
-    save("engines", {"batch_size": args.batch_size, "rounds": args.rounds, "rows": rows,
+    save("engines-busy" if args.busy else "engines", {"batch_size": args.batch_size, "rounds": args.rounds, "rows": rows,
                      "runs": {f"{e} {p}": r for (e, p), r in measured.items()}})
 
 

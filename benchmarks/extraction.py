@@ -1,7 +1,7 @@
 """Extraction throughput (JPEG file -> cached features) against the bare convolution limit.
 
-The limit is the same model's frozen blocks on ready tensors (32 real images decoded
-beforehand, channels-last, bf16 where chosen), measured in windows on both sides of each
+The limit is the same model's frozen blocks on ready tensors, on the same engine (`--engine`; 32 real
+images decoded beforehand, bf16 where chosen), measured in windows on both sides of each
 chunk of the extraction (the median of the per-chunk ratios is reported); extraction includes reading, decoding,
 resizing, the forward pass and writing the cache. Prints a table, writes results/extraction.json.
 """
@@ -18,7 +18,9 @@ from vggtune.model import quantize
 from vggtune.model import weights
 from vggtune.training.config import AugmentConfig
 from vggtune.features.extract import ImageJob
+from vggtune.features.engine import frozen
 from vggtune.features.pipeline import FeaturePipeline
+from vggtune.features.settings import ENGINES
 from vggtune.data.images import open_rgb
 from vggtune.model.classifier import Classifier
 from vggtune.model.heads import HeadSpec
@@ -35,30 +37,30 @@ def ready_batch(jobs, prep, batch_size) -> torch.Tensor:
     return normalise(torch.stack(views), prep)
 
 
-def bare_throughput(model, cut, runtime, batch: torch.Tensor, seconds) -> float:
-    x = batch.to(runtime.device).contiguous(memory_format=torch.channels_last)
-
-    def step():
-        with torch.inference_mode(), runtime.autocast():
-            model.features(x, cut)
-    return images_per_second(step, len(batch), seconds, runtime.device)
+def bare_throughput(model, cut, runtime, batch: torch.Tensor, seconds, engine) -> float:
+    """The engine's own speed on ready tensors: the frozen blocks and nothing else."""
+    network = frozen(model, runtime, engine, upto=cut)
+    return images_per_second(lambda: network(batch), len(batch), seconds, runtime.device)
 
 
-def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: float, int8=None) -> dict:
+def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: float, int8=None, engine=None) -> dict:
     """Bare windows and chunks of extraction in turn, B E B E ... E B, each chunk's rate over
     the mean of the two windows beside it: on a shared machine the limit drifts by a quarter
     within minutes, so only neighbours in time are compared. With `int8` (quantize.Int8Frozen)
-    the extraction runs the frozen blocks in int8 against the same bf16 bare windows."""
+    both the extraction and the bare windows run the frozen blocks in int8."""
     size = -(-len(jobs) // rounds)
     bare_rates, rates = [], []
     with tempfile.TemporaryDirectory() as home:
-        pipeline = FeaturePipeline(model, prep, AugmentConfig(), runtime, len(batch), "bench", Path(home))
+        pipeline = FeaturePipeline(model, prep, AugmentConfig(), runtime, len(batch), "bench", Path(home),
+                                   engine=engine)
         model.use_int8_frozen(int8)
         cache = pipeline.cache(cut)
         model.use_int8_frozen(None)
         for start in range(0, len(jobs), size):
             chunk = jobs[start:start + size]
-            bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds))
+            model.use_int8_frozen(int8)
+            bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds, pipeline.engine))
+            model.use_int8_frozen(None)
             started = time.perf_counter()
             model.use_int8_frozen(int8)
             with verbosity(quiet=True):
@@ -66,7 +68,9 @@ def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: fl
             model.use_int8_frozen(None)
             assert not rejected, rejected[:3]
             rates.append(len(chunk) / (time.perf_counter() - started))
-        bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds))
+        model.use_int8_frozen(int8)
+        bare_rates.append(bare_throughput(model, cut, runtime, batch, seconds, pipeline.engine))
+        model.use_int8_frozen(None)
         cache_bytes = cache.size_bytes()
     ratios = [rate / ((before + after) / 2) for rate, before, after in zip(rates, bare_rates, bare_rates[1:])]
     return {"bare_images_s": round(float(np.median(bare_rates)), 2),
@@ -84,6 +88,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=10, help="extraction chunks, each between two bare windows")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--engine", default="torch", choices=ENGINES[1:], help="what runs the frozen blocks")
     parser.add_argument("--int8", action="store_true", help="also extract with the frozen blocks in int8 "
                         "(calibrated on the first 16 images), against the same bare windows")
     args = parser.parse_args()
@@ -103,12 +108,15 @@ def main():
         for cut in ("block5", "block4"):
             int8 = quantize.calibrate(model.backbone, cut, batch[:quantize.CALIBRATION_IMAGES], runtime.autocast) \
                 if in_int8 else None
-            measured = interleaved(model, cut, runtime, jobs, prep, batch, args.rounds, args.seconds, int8)
-            rows.append({"cut": cut, "frozen_blocks": "int8" if in_int8 else runtime.precision, **measured})
+            engine = "torch" if in_int8 else args.engine
+            measured = interleaved(model, cut, runtime, jobs, prep, batch, args.rounds, args.seconds, int8, engine)
+            rows.append({"cut": cut, "engine": engine, "frozen_blocks": "int8" if in_int8 else runtime.precision,
+                         **measured})
             print(rows[-1], flush=True)
     print(f"\n{runtime.describe()}, {len(jobs)} JPEGs from {args.data}, batch {args.batch_size}")
-    print(table(rows, ["cut", "frozen_blocks", "bare_images_s", "extraction_images_s", "ratio", "cache_mb_per_1k"]))
-    save(f"extraction-{runtime.device.type}", {"runtime": runtime.describe(), "images": len(jobs),
+    print(table(rows, ["cut", "engine", "frozen_blocks", "bare_images_s", "extraction_images_s", "ratio",
+                       "cache_mb_per_1k"]))
+    save(f"extraction-{runtime.device.type}-{args.engine}", {"runtime": runtime.describe(), "images": len(jobs),
                                                "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "rows": rows})
 
 

@@ -4,7 +4,8 @@ torch's FlopCounterMode on the real VGG16 shapes), the rate it reaches and its f
 peak for the precision it runs in. Stages, at the recipe's batch size (32) and head (flatten, 256):
 
   decode       a JPEG to the clean 224x224 view (one thread; no FLOPs to count)
-  frozen       block1..block4 forward (extraction to the cache; the test pass's first part)
+  frozen       block1..block4 forward (extraction to the cache; the test pass's first part), on
+               PyTorch and on each inference runtime installed (features/engine.py)
   cache read   32 block4 rows gathered from a float16 file and made the stage's input
   block5 fwd   the fine-tune stage's forward: block5 + head, training mode
   block5 bwd   its backward (block5's input needs no gradient: its features are cached)
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from vggtune.model import quantize
+from vggtune.features.engine import frozen, installed, resolve
 from vggtune.features.extract import decode_clean
 from vggtune.model.classifier import Classifier
 from vggtune.model.policy import ScoringPolicy
@@ -111,14 +113,17 @@ def with_fractions(row: dict, peak: dict) -> dict:
                 of_best_peak=round(row["achieved_gops"] / best, 3) if best else None)
 
 
-def frozen_stage(model, runtime, seconds: float) -> dict:
-    images = runtime.to_input(torch.randn(BATCH, 3, 224, 224))
-    work = lambda: model.features(images, "block4")
+def frozen_stage(model, runtime, seconds: float, engine: str = "torch") -> dict:
+    """Blocks 1-4 on `engine` (features/engine.py), which runs them at the runtime's precision or its own."""
+    images = torch.randn(BATCH, 3, 224, 224)
+    chosen = resolve(engine, runtime, model)
+    network = frozen(model, runtime, chosen, upto="block4")
     with torch.inference_mode(), runtime.autocast():
-        flops = counted(lambda: model.backbone.run(images, upto="block4"))   # the int8 blocks do the same work
-        per_batch = timed(work, seconds)
-    precision = "int8" if runtime.int8 else runtime.precision
-    return rate("frozen (block1-4)", flops / BATCH, per_batch / BATCH, precision)
+        x = runtime.to_input(images)
+        flops = counted(lambda: model.backbone.run(x, upto="block4"))       # the int8 blocks do the same work
+        per_batch = timed(lambda: network(images), seconds)
+    suffix = "" if engine == "torch" else f" on {engine}"
+    return rate(f"frozen (block1-4){suffix}", flops / BATCH, per_batch / BATCH, chosen.precision)
 
 
 def train_step_stages(model, runtime, cut: str, seconds: float) -> list[dict]:
@@ -180,7 +185,11 @@ def test_stage(model, runtime, seconds: float) -> dict:
 def stages(precision: str, folder: Path, seconds: float) -> list[dict]:
     runtime = choose_runtime("cpu", precision)
     model = classifier(runtime)
-    rows = [frozen_stage(model, runtime, seconds), cache_read_stage(runtime, folder, seconds)]
+    rows = [frozen_stage(model, runtime, seconds)]
+    if not runtime.int8:            # the inference runtimes run float blocks (features/engine.py)
+        rows += [frozen_stage(model, runtime, seconds, name) for name in ("openvino", "onnxruntime")
+                 if installed(name) and (name == "openvino" or precision == "fp32")]
+    rows.append(cache_read_stage(runtime, folder, seconds))
     rows += train_step_stages(model, runtime, "block4", seconds)
     rows += train_step_stages(model, runtime, "block5", seconds)
     rows.append(test_stage(model, runtime, seconds))

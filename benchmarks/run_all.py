@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = [["roofline.py"], ["extraction.py", "--int8"], ["recipe.py"], ["scaling.py"], ["export.py"], ["serve_load.py"],
-           ["scale.py", "--json", "results/scale.json"]]
+SCRIPTS = [["roofline.py"], ["engines.py"], ["extraction.py", "--int8"], ["extraction.py", "--engine", "openvino"],
+           ["recipe.py"], ["scaling.py"], ["export.py"], ["serve_load.py"], ["scale.py", "--json", "results/scale.json"]]
 
 
 def main():

@@ -256,3 +256,23 @@ def test_separate_validation_folder_and_no_flip(tmp_path, tiny_weights, isolated
         entries |= {e.split("/")[1] for e in FeatureCache.existing(folder).index()}
     # One augmented view per setting, each its own entry; the clean view and its mirror image are shared.
     assert len(entries - {"clean", "clean-mirror"}) == 2
+
+
+def test_checkpoints_are_written_as_the_tensors_were_when_asked(tmp_path):
+    """The next epoch trains while the last one's state is written: what lands is the state at the
+    time of asking, and a write's error reaches the training thread, not a log nobody reads."""
+    from vggtune.errors import UserError
+    from vggtune.fsutil import load_tensors
+    from vggtune.training.schedule import Checkpoints
+    parameters, progress = torch.ones(100_000), {"epoch": 1, "history": [{"loss": 0.5}]}
+    checkpoints = Checkpoints()
+    checkpoints.save(tmp_path / "last.safetensors", {"param.x": parameters}, {"progress": progress})
+    parameters.mul_(3)                          # the next epoch's optimiser step, in place
+    progress["history"].append({"loss": 0.4})
+    checkpoints.wait()
+    tensors, metadata = load_tensors(tmp_path / "last.safetensors")
+    assert torch.equal(tensors["param.x"], torch.ones(100_000))
+    assert metadata["progress"] == {"epoch": 1, "history": [{"loss": 0.5}]}
+    checkpoints.save(tmp_path / "missing-folder" / "last.safetensors", {"param.x": parameters})
+    with pytest.raises(UserError, match="cannot write"):
+        checkpoints.close()

@@ -64,13 +64,15 @@ def atomic_write_json(path: Path, value) -> None:
 
 def save_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
     """safetensors, complete or absent."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file  # here, not above: `vggtune --help` should not wait for torch
     try:
         with atomic_path(path) as tmp:          # by name: serialising to bytes first costs a copy per write
             save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
                       metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
-    except OSError as exc:
-        raise UserError(f"cannot write {display_path(path)}: {exc.strerror}; "
+    except (OSError, SafetensorError) as exc:   # safetensors reports a failed write (a full disk) as its own error
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc).split(" at path")[0]
+        raise UserError(f"cannot write {display_path(path)}: {reason}; "
                         "allowed: a writable folder with free space") from None
 
 

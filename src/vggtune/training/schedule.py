@@ -9,6 +9,8 @@
 Every completed epoch is saved (trainable tensors, optimiser moments, progress), so
 `--resume` continues from the last one and reaches the same result as a run that was
 never interrupted: each epoch's shuffling and dropout are seeded by (seed, stage, epoch).
+The files are written by a background thread while the next epoch trains (`Checkpoints`), so
+a crash loses at most the epoch in progress and the one before it.
 
 Under torchrun (distributed.py) every rank runs this same schedule: each takes its share of
 every batch, DistributedDataParallel averages the gradients, validation is scored in shares and
@@ -16,9 +18,11 @@ gathered, so every rank makes the same choices; rank 0 alone writes the run fold
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +67,31 @@ class Log:
         self.histories[stage] = list(history)
         if distributed.is_main():
             self.folder.write_history([row for rows in self.histories.values() for row in rows])
+
+
+class Checkpoints:
+    """State files written in the background, one at a time, in the order asked: the next epoch trains
+    while the last one's parameters and moments (about 160 MB for block5 and the flatten head) are
+    written and synced. What is written is a copy taken when asked, so training may change the tensors."""
+
+    def __init__(self):
+        self.writer, self.pending = ThreadPoolExecutor(1, thread_name_prefix="checkpoints"), []
+
+    def save(self, path, tensors: dict, metadata: dict | None = None) -> None:
+        snapshot = {name: tensor.detach().clone() for name, tensor in tensors.items()}
+        self.pending.append(self.writer.submit(save_tensors, path, snapshot, copy.deepcopy(metadata)))
+
+    def wait(self) -> None:
+        """Every file asked for is on disk (a write's error is raised here)."""
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.writer.shutdown()
 
 
 def fit(config, resume: bool = False) -> dict:
@@ -165,7 +194,22 @@ def run_stage(run: Run, stage: Stage, log: Log) -> None:
     if state["done"]:
         log.kept_epochs[stage.name] = state["best_epoch"]
         return
+    checkpoints = Checkpoints()
     started = time.perf_counter()
+    try:
+        _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints)
+    finally:
+        checkpoints.close()                 # also when interrupted: the last finished epoch is saved
+    log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
+    log.kept_epochs[stage.name] = state["best_epoch"]
+    distributed.barrier()                   # rank 0 has written the best parameters
+    _load_params(run, stage, parameters, "best")
+
+
+def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, state: dict,
+            checkpoints: Checkpoints) -> None:
+    """The stage's epochs from `state` on: each trained, validated, recorded and saved (rank 0)."""
+    config = run.config
     for epoch in range(state["epoch"], stage.epochs):
         seed = epoch_seed(config.seed, stage.name, epoch)
         torch.manual_seed(seed)
@@ -173,29 +217,26 @@ def run_stage(run: Run, stage: Stage, log: Log) -> None:
         train_loss, train_accuracy = train_epoch(run, stage, net, optimizer, rng)
         val = validate(run, stage.cut)
         score = val["loss"] if val else train_loss
+        checkpoints.wait()                  # the previous epoch's files, written while this one trained
         row = {"stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
                "train_accuracy": train_accuracy, **({f"val_{k}": val[k] for k in ("loss", "accuracy")} if val else {})}
         state["history"].append(row)
         if score < state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
             if distributed.is_main():
-                save_tensors(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
+                checkpoints.save(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         stop = bool(config.patience) and state["bad_epochs"] >= config.patience and state["epoch"] < stage.epochs
         state["done"] = bool(stop) or state["epoch"] == stage.epochs
         if distributed.is_main():
-            _save_state(run, stage, parameters, optimizer, state)
+            _save_state(run, stage, parameters, optimizer, state, checkpoints)
         log.epochs(stage.name, state["history"])
         say(_epoch_line(row, stage))
         if stop:
             say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs")
             break
-    log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
-    log.kept_epochs[stage.name] = state["best_epoch"]
-    distributed.barrier()                   # rank 0 has written the best parameters
-    _load_params(run, stage, parameters, "best")
 
 
 def make_optimizer(parameters: list, lr: float) -> torch.optim.Optimizer:
@@ -264,15 +305,15 @@ def _epoch_line(row: dict, stage: Stage) -> str:
     return text
 
 
-def _save_state(run: Run, stage: Stage, parameters, optimizer, state) -> None:
+def _save_state(run: Run, stage: Stage, parameters, optimizer, state, checkpoints: Checkpoints) -> None:
     """Parameters, optimiser moments and progress in one file, so they can never disagree."""
     saved = optimizer.state_dict()
     tensors = {f"param.{name}": p for name, p in parameters.items()}
     for index, moments in saved["state"].items():
         for key, value in moments.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-    save_tensors(run.folder.state(stage.name, "last"), tensors,
-                 {"progress": state, "param_groups": saved["param_groups"]})
+    checkpoints.save(run.folder.state(stage.name, "last"), tensors,
+                     {"progress": state, "param_groups": saved["param_groups"]})
 
 
 def _resume_state(run: Run, stage: Stage, parameters, optimizer, log: Log) -> dict:
