@@ -64,7 +64,7 @@ def interleaved(model, cut, runtime, jobs, prep, batch, rounds: int, seconds: fl
             started = time.perf_counter()
             model.use_int8_frozen(int8)
             with verbosity(quiet=True):
-                rejected = pipeline.fill(cache, chunk, cut)
+                rejected, _ = pipeline.fill(cache, chunk, cut)
             model.use_int8_frozen(None)
             assert not rejected, rejected[:3]
             rates.append(len(chunk) / (time.perf_counter() - started))
