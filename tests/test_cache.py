@@ -206,3 +206,25 @@ def test_a_run_trains_on_uint8_features(tmp_path, tiny_weights, isolated_home):
     storages = sorted(json.loads(p.read_text())["storage"] for p in (isolated_home / "features").glob("*/key.json"))
     assert storages == ["float16", "float16", "uint8", "uint8"]          # block4 and block5 each
     assert second["test"]["log_loss"] == pytest.approx(first["test"]["log_loss"], abs=0.05)
+
+
+def test_views_computed_before_ctrl_c_are_in_the_cache(tmp_path, monkeypatch):
+    """A shard holds 256 rows; an extraction interrupted before the first is full keeps what it computed."""
+    model = tiny_model()
+    jobs = jobs_for(make_dataset(tmp_path / "d", n_per_class=6), views=(0,))
+    pipeline = FeaturePipeline(model, PREP, AUG, FP32, batch_size=4, weights_id="tiny", cache_root=tmp_path / "cache")
+    cache = pipeline.cache("block4")
+    real_add, added = ShardWriter.add, []
+
+    def add_then_interrupt(self, entries, features):
+        real_add(self, entries, features)
+        added.extend(entries)
+        if len(added) == 8:                         # two batches of 4 computed, then Ctrl-C
+            raise KeyboardInterrupt
+    monkeypatch.setattr(ShardWriter, "add", add_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.fill(cache, jobs, "block4")
+    cache.refresh()
+    assert set(cache.index()) == set(added) and len(added) == 8
+    monkeypatch.setattr(ShardWriter, "add", real_add)
+    assert pipeline.fill(cache, jobs, "block4") == ([], 4)        # the resumed fill computes the other 4 only

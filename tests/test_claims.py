@@ -90,3 +90,39 @@ def test_the_seed_decides_the_split(tmp_path):
     assert paths[1] != paths[2] and len(paths[1]) == len(paths[2]) == 12     # another seed, another one
     for s in split.values():                                         # stratified either way
         assert [sum(1 for item in s.val if item.label == c) for c in (0, 1)] == [6, 6]
+
+
+# `vggtune train` that sends itself SIGTERM right after the N-th batch of features reaches the cache
+# writer: the moment is exact, whatever the machine's speed.
+TERMINATE_AFTER = """
+import os, signal, sys
+from vggtune.features.cache import ShardWriter
+real_add, count = ShardWriter.add, [0]
+
+def add(self, entries, features):
+    real_add(self, entries, features)
+    count[0] += 1
+    if count[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+ShardWriter.add = add
+from vggtune.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_during_extraction_keeps_the_views_computed_and_exits_143(tmp_path):
+    from vggtune.features.cache import FeatureCache
+    dataset = make_dataset(tmp_path / "data", n_per_class=20)
+    weights = tmp_path / "tiny.safetensors"
+    save_file(tiny_state_dict(), str(weights))
+    home = tmp_path / "home"
+    env = dict(os.environ, VGGTUNE_HOME=str(home), VGGTUNE_OFFLINE="1")
+    flags = ["--size", "32", "--epochs", "2", "--finetune-epochs", "0", "--hidden", "8", "--views", "1",
+             "--batch-size", "8", "--weights", str(weights), "--no-report", "--no-tta"]
+    done = subprocess.run([sys.executable, "-c", TERMINATE_AFTER, "3", "train", str(dataset), "--out",
+                           str(tmp_path / "run"), *flags], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("vggtune: interrupted")
+    stored = sum(len(FeatureCache.existing(folder).index()) for folder in (home / "features").iterdir())
+    assert stored == 24                          # three batches of 8 views, none lost with the buffer

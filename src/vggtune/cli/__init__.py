@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 
 from vggtune import api
@@ -65,6 +66,30 @@ def run_command(args) -> int:
             return 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's stop), ended like Ctrl-C: what was computed is saved first."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Inside, SIGTERM ends the command as Ctrl-C does. Not under torchrun, which stops its ranks itself,
+    nor where the process already handles it (or outside the main thread, where no handler can be set)."""
+    import threading
+    mine = ("LOCAL_RANK" not in os.environ and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    if mine:
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        if mine:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -73,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if getattr(args, "nproc", None) is not None:
-            return launch(args, argv)
-        return run_command(args)
+        with _sigterm_as_interrupt():
+            if getattr(args, "nproc", None) is not None:
+                return launch(args, argv)
+            return run_command(args)
     except UserError as exc:
         print(f"vggtune {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("vggtune: interrupted; `vggtune train --resume --out RUN` continues a training run", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)

@@ -167,7 +167,8 @@ class FeatureCache:
 
 
 class ShardWriter:
-    """Collects rows and writes them out a shard at a time; `close` writes the last one."""
+    """Collects rows and writes them out a shard at a time; `close` writes the last one. As a context
+    manager it closes however the block ends: an interrupted extraction keeps every row it computed."""
 
     def __init__(self, folder: Path, rows_per_shard: int | None = None, storage: str = STORAGES[0]):
         self.folder, self.storage = folder, storage
@@ -211,6 +212,12 @@ class ShardWriter:
 
     def close(self) -> None:
         self.flush()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close()
 
 
 def quantize_rows(features: torch.Tensor) -> tuple[np.ndarray, list[list[float]]]:

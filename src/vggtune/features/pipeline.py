@@ -167,14 +167,13 @@ class FeaturePipeline:
         if not todo:
             return rejected, computed
         self.model.eval()
-        writer = cache.writer()
         bar = progress(total=sum(len(job.views) for job in todo), desc=f"{label} to {cut}", unit="view")
         batches = view_batches(todo, self.prep, self.augment, self.batch_size, decode_workers(self.runtime), rejected)
         network = self.frozen(upto=cut)
-        for names, batch in batches:
-            writer.add(names, network(batch))
-            bar.update(len(names))
-        writer.close()
+        with cache.writer() as writer:      # on Ctrl-C too: the views computed so far are kept
+            for names, batch in batches:
+                writer.add(names, network(batch))
+                bar.update(len(names))
         bar.close()
         return rejected, computed
 
@@ -185,14 +184,13 @@ class FeaturePipeline:
             return
         features = source.open(todo)
         self.model.eval()
-        writer = target.writer()
         bar = progress(total=len(todo), desc=f"features {after} -> {upto}", unit="view")
         network = self.frozen(after, upto)
-        for start in range(0, len(todo), self.batch_size):
-            positions = range(start, min(start + self.batch_size, len(todo)))
-            writer.add([todo[i] for i in positions], network(features.gather(positions).float()))
-            bar.update(len(positions))
-        writer.close()
+        with target.writer() as writer:
+            for start in range(0, len(todo), self.batch_size):
+                positions = range(start, min(start + self.batch_size, len(todo)))
+                writer.add([todo[i] for i in positions], network(features.gather(positions).float()))
+                bar.update(len(positions))
         bar.close()
 
     def use_int8(self, train: list[Item], upto: str, saved: dict | None = None) -> dict:
