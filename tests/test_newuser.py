@@ -247,3 +247,24 @@ def test_cache_command_where_and_clear(tmp_path, capsys, tiny_weights, dataset, 
     code, out, _ = run_cli(capsys, "cache", "clear")
     assert code == 0 and "removed" in out and not list((isolated_home / "features").glob("*/shard-*"))
     assert run_cli(capsys, "cache")[1].startswith(f"{isolated_home / 'features'}: 0.0 MB in 0 folders")
+
+
+def test_a_run_inside_the_data_folder_is_refused_and_an_old_one_is_no_class(tiny_weights, tmp_path, monkeypatch, capsys):
+    """`cd photos && vggtune train .` would write runs/latest into the data and read it back as a class."""
+    from vggtune import cli
+    data = make_dataset(tmp_path / "photos", n_per_class=12)
+    monkeypatch.chdir(data)
+    assert cli.main(["train", ".", "--epochs", "1", "--finetune-epochs", "0", "--size", "32"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "runs/latest, inside the data folder" in error and "--out: received" in error
+    assert not (data / "runs").exists()
+    # a run folder already there (an older vggtune wrote it): listed, not a third class
+    old = data / "runs" / "latest"
+    old.mkdir(parents=True)
+    (old / "config.yaml").write_text("data: .\n")
+    (old / "model.json").write_text("{}")
+    (old / "explain").mkdir()
+    synthetic_image(0, 99).save(old / "explain" / "cat.1.gradcam.png")
+    assert cli.main(["data", "check", "."]) == 1
+    out = capsys.readouterr().out
+    assert "24 usable images in 2 classes" in out and "a vggtune run folder, not a class of images" in out

@@ -37,8 +37,11 @@ def discover(root: str | Path, min_classes: int = 2) -> Found:
                         "per class, or a CSV manifest (path,label[,split])")
     else:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
+        runs = [e for e in entries if _is_dir(e) and holds_runs(Path(e.path))]
+        entries = [e for e in entries if e not in runs]
         folders = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
         found = _from_folders(root, folders, entries) if folders else _from_kaggle_names(root, entries)
+        found.rejected += [Rejected(e.path, "a vggtune run folder, not a class of images", LAYOUT) for e in runs]
     counts = {c: sum(1 for _, name in found.files if name == c) for c in found.classes}
     if len(found.classes) < min_classes:
         raise UserError(f"data: {display_path(root)} has {len(found.classes)} class(es) {found.classes}; "
@@ -49,6 +52,21 @@ def discover(root: str | Path, min_classes: int = 2) -> Found:
         raise UserError(f"data: class folder(s) {empty} in {display_path(root)} hold no image files; "
                         f"allowed: each class with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return found
+
+
+def holds_runs(folder: Path) -> bool:
+    """A vggtune run folder (its config.yaml beside its model or checkpoints), or a folder of them
+    (runs/latest): what `vggtune train` wrote, never a class of images."""
+    def is_run(path: Path) -> bool:
+        return (path / "config.yaml").is_file() and any((path / name).exists()
+                                                        for name in ("model.json", "state", "metrics.jsonl"))
+    if is_run(folder):
+        return True
+    try:                                # scandir: a class of many images costs no stat per file
+        with os.scandir(folder) as entries:
+            return any(_is_dir(entry) and is_run(Path(entry.path)) for entry in entries)
+    except OSError:
+        return False
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

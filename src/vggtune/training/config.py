@@ -99,8 +99,18 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 0.5:
                 raise UserError(f"--{name.replace('_', '-')}: received {getattr(self, name)}; allowed: 0 <= x < 0.5")
         self._check_fold()
+        self._check_out()
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout: received {self.dropout}; allowed: 0 <= x < 1")
+
+    def _check_out(self) -> None:
+        """A run written inside a data folder would be read back as one of its classes (or its images)."""
+        out = Path(self.out).resolve()
+        for name in ("data", "val_data", "test_data"):
+            folder = getattr(self, name)
+            if folder and Path(folder).is_dir() and out.is_relative_to(Path(folder).resolve()):
+                raise UserError(f"--out: received {display_path(out)}, inside the {name.replace('_', ' ')} folder "
+                                f"{display_path(folder)}; allowed: a folder outside it (for example --out ../runs/NAME)")
 
     def _check_fold(self) -> None:
         if not self.cv_folds and not self.cv_fold:
