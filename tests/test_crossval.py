@@ -91,6 +91,17 @@ def test_cv_command_prints_folds_and_pooled_figures(tmp_path, tiny_weights, caps
         vggtune.cv(str(root), out=str(tmp_path / "cv2"), folds=2, test_data=str(root))
 
 
+def test_more_folds_than_a_class_has_images_is_refused_before_any_training(tmp_path, tiny_weights, capsys):
+    root = make_dataset(tmp_path / "data", n_per_class=8)
+    (root / "dog" / "dog.7.jpg").unlink()                        # dog: 7 images
+    flags = ["--epochs", "1", "--finetune-epochs", "0", "--size", "32", "--hidden", "8", "--quiet"]
+    assert main(["cv", str(root), "--folds", "30", "--out", str(tmp_path / "cv"), *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "--folds: received 30, but class 'dog' has 7 images; allowed: at most 7 folds" in error
+    assert not (tmp_path / "cv").exists()                         # nothing trained, nothing written
+
+
 def test_fold_fields_are_checked():
     with pytest.raises(UserError, match="cv_fold"):
         quick_config(Path("d"), Path("o"), cv_folds=3, cv_fold=4)

@@ -42,6 +42,7 @@ def cross_validate(config: TrainConfig, folds: int) -> dict:
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise UserError(f"--folds: received {folds!r}; allowed: a whole number >= 2")
     configs = [fold_config(config, k, folds) for k in range(1, folds + 1)]     # checks the options first
+    _check_folds(config.data, folds)
     earlier = {row["fold"]: row["seconds"] for row in (_read_cv(Path(config.out)) or {}).get("per_fold", [])}
     seconds = []
     with verbosity(config.quiet):
@@ -51,6 +52,20 @@ def cross_validate(config: TrainConfig, folds: int) -> dict:
             # A kept fold's time is the one the earlier call measured (None if it did not finish the pooling).
             seconds.append(round(time.perf_counter() - started, 1) if trained else earlier.get(fold_config_k.cv_fold))
     return pool(Path(config.out), configs, seconds)
+
+
+def _check_folds(data: str, folds: int) -> None:
+    """Each fold must test every class: no class may have fewer images than there are folds (counted
+    from the files found, before any is read, so that nothing trains first)."""
+    from vggtune.data.dataset import discover
+    found = discover(data)
+    counts = {name: 0 for name in found.classes}
+    for _, name in found.files:
+        counts[name] += 1
+    smallest = min(counts, key=counts.get)
+    if folds > counts[smallest]:
+        raise UserError(f"--folds: received {folds}, but class {smallest!r} has {counts[smallest]} images; "
+                        f"allowed: at most {counts[smallest]} folds, so that each fold tests every class")
 
 
 def _fit_fold(config: TrainConfig) -> bool:
