@@ -179,3 +179,18 @@ def test_not_a_run_is_one_error_from_the_cli_and_the_api(tmp_path, capsys):
     with pytest.raises(vggtune.UserError) as error:
         vggtune.train(out=str(tmp_path / "nothing"), resume=True)
     assert str(error.value) in err
+
+
+def test_resume_refuses_what_it_cannot_change_and_takes_quiet(tmp_path, capsys, tiny_weights, dataset):
+    run = tmp_path / "run"
+    flags = ["--epochs", "2", "--finetune-epochs", "0", "--size", "32", "--hidden", "8", "--keep-state", "--quiet"]
+    assert cli.main(["train", str(dataset), "--out", str(run), *flags]) == 0
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", run, "--epochs", "20", "--rotation", "30")
+    assert code == 2 and err.count("\n") == 1
+    assert "received --epochs 20, --augment" in err and "which it cannot change" in err
+    code, _, err = run_cli(capsys, "train", tmp_path / "elsewhere", "--resume", "--out", run)
+    assert code == 2 and "received DATA" in err
+    # the same values as saved, and --quiet, are taken: the finished stages are kept, nothing retrained
+    code, out, err = run_cli(capsys, "train", dataset, "--resume", "--out", run, "--epochs", "2", "--quiet")
+    assert code == 0, err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from pathlib import Path
 
 from vggtune.errors import UserError
@@ -71,6 +72,15 @@ def _train_config(data: str | None, out: str, resume: bool, options: dict) -> Tr
     if resume:
         from vggtune.training.rundir import RunDir
         config = RunDir.existing(out).config()       # the folder as it is now, wherever it was made
+        # What the saved config already says may be repeated; anything else would be silently ignored.
+        changed = [f"--{name.replace('_', '-')} {value}" for name, value in options.items()
+                   if name != "quiet" and getattr(config, name, None) != value]
+        if data and os.path.abspath(os.fspath(data)) != config.data:
+            changed.insert(0, f"DATA {data}")
+        if changed:
+            raise UserError(f"--resume: continues the run with the config saved in {display_path(out)}; received "
+                            f"{', '.join(changed)}, which it cannot change; allowed: --resume --out RUN [--quiet], "
+                            "or a new run in another --out")
         return dataclasses.replace(config, out=str(out), quiet=options.get("quiet", config.quiet))
     if not data:
         raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")

@@ -11,12 +11,13 @@ from vggtune.cli.parser import train_options
 
 
 def cmd_train(args) -> int:
+    options = train_options(args)
+    out = options.pop("out", "runs/latest")
     if args.resume:
-        out = args.out or "runs/latest"
-        results = api.train(out=out, resume=True, **({"quiet": True} if args.quiet else {}))
+        if options["augment"] == api.AugmentConfig():        # no augmentation flag given
+            options.pop("augment")
+        results = api.train(args.data, out=out, resume=True, **options)
     else:
-        options = train_options(args)
-        out = options.pop("out", "runs/latest")
         results = api.train(args.data, out=out, **options)
     _print_results(results, out)
     return 0
