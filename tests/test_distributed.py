@@ -173,12 +173,14 @@ def test_nproc_flag_refusals(tmp_path, capsys, monkeypatch):
     from vggtune import cli
     from vggtune.errors import UserError
     assert cli._without_nproc(["train", "D", "--nproc", "2", "--out", "R", "--nproc=3"]) == ["train", "D", "--out", "R"]
-    assert cli.main(["train", str(tmp_path), "--nproc", "0", "--out", str(tmp_path / "run")]) == 2
+    data = tmp_path / "data"                            # never read: the refusals come first
+    data.mkdir()
+    assert cli.main(["train", str(data), "--nproc", "0", "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--nproc: received 0" in error
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")        # checked before any process starts
-    assert cli.main(["train", str(tmp_path), "--nproc", "2", "--out", str(tmp_path / "used")]) == 2
+    assert cli.main(["train", str(data), "--nproc", "2", "--out", str(tmp_path / "used")]) == 2
     assert "already holds files" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["predict", str(tmp_path), "x.jpg", "--nproc", "2"]) == 2

@@ -268,3 +268,12 @@ def test_a_run_inside_the_data_folder_is_refused_and_an_old_one_is_no_class(tiny
     assert cli.main(["data", "check", "."]) == 1
     out = capsys.readouterr().out
     assert "24 usable images in 2 classes" in out and "a vggtune run folder, not a class of images" in out
+
+
+def test_an_out_inside_data_is_refused_before_torchrun_starts_and_by_cv(tmp_path, capsys, monkeypatch):
+    from vggtune import cli
+    data = make_dataset(tmp_path / "photos", n_per_class=4)
+    for command in (["train", str(data), "--nproc", "2"], ["cv", str(data)]):
+        assert cli.main([*command, "--out", str(data / "runs" / "x")]) == 2
+        assert "inside the data folder" in capsys.readouterr().err
+    assert not (data / "runs").exists()

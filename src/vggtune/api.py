@@ -65,7 +65,9 @@ def check_train(data: str | None = None, out: str = "runs/latest", resume: bool 
     """The checks `train` makes before it reads any image (its options, the --out folder): what a launcher
     runs before it starts processes."""
     from vggtune.training.rundir import RunDir
-    RunDir(_train_config(data, out, resume, options).out).prepare(resume)
+    config = _train_config(data, out, resume, options)
+    config.check_out()
+    RunDir(config.out).prepare(resume)
 
 
 def _train_config(data: str | None, out: str, resume: bool, options: dict) -> TrainConfig:

@@ -42,6 +42,7 @@ def cross_validate(config: TrainConfig, folds: int) -> dict:
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise UserError(f"--folds: received {folds!r}; allowed: a whole number >= 2")
     configs = [fold_config(config, k, folds) for k in range(1, folds + 1)]     # checks the options first
+    config.check_out()
     _check_folds(config.data, folds)
     earlier = {row["fold"]: row["seconds"] for row in (_read_cv(Path(config.out)) or {}).get("per_fold", [])}
     seconds = []

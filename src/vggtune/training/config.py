@@ -99,12 +99,12 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 0.5:
                 raise UserError(f"--{name.replace('_', '-')}: received {getattr(self, name)}; allowed: 0 <= x < 0.5")
         self._check_fold()
-        self._check_out()
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout: received {self.dropout}; allowed: 0 <= x < 1")
 
-    def _check_out(self) -> None:
-        """A run written inside a data folder would be read back as one of its classes (or its images)."""
+    def check_out(self) -> None:
+        """A run written inside a data folder would be read back as one of its classes (or its images).
+        Checked where a run starts (not on creation: a config is a value, its folders need not exist yet)."""
         out = Path(self.out).resolve()
         for name in ("data", "val_data", "test_data"):
             folder = getattr(self, name)

@@ -52,6 +52,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     """Check everything that can be wrong before writing anything, then set up the run. Under torchrun
     every rank does this, and rank 0 alone writes the run folder."""
     folder, main = RunDir(config.out), distributed.is_main()
+    config.check_out()
     folder.prepare(resume)
     runtime = choose_runtime(config.device, config.precision)
     splits = gather_data(config)
