@@ -42,7 +42,7 @@ def discover(root: str | Path, min_classes: int = 2) -> Found:
         folders = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
         found = _from_folders(root, folders, entries) if folders else _from_kaggle_names(root, entries)
         found.rejected += [Rejected(e.path, "a vggtune run folder, not a class of images", LAYOUT) for e in runs]
-    counts = {c: sum(1 for _, name in found.files if name == c) for c in found.classes}
+    counts = found.counts()
     if len(found.classes) < min_classes:
         raise UserError(f"data: {display_path(root)} has {len(found.classes)} class(es) {found.classes}; "
                         f"allowed: at least {min_classes} class folder{'s' if min_classes > 1 else ''}, "

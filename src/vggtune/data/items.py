@@ -59,6 +59,13 @@ class Found:
     split_of: dict[str, str] = field(default_factory=dict)      # path -> split a manifest assigns
     manifest: bool = False
 
+    def counts(self) -> dict[str, int]:
+        """Candidate files per class, in the classes' order (before any file is read)."""
+        counts = dict.fromkeys(self.classes, 0)
+        for _, name in self.files:
+            counts[name] += 1
+        return counts
+
 
 @dataclass
 class Splits:

@@ -59,10 +59,7 @@ def _check_folds(data: str, folds: int) -> None:
     """Each fold must test every class: no class may have fewer images than there are folds (counted
     from the files found, before any is read, so that nothing trains first)."""
     from vggtune.data.dataset import discover
-    found = discover(data)
-    counts = {name: 0 for name in found.classes}
-    for _, name in found.files:
-        counts[name] += 1
+    counts = discover(data).counts()
     smallest = min(counts, key=counts.get)
     if folds > counts[smallest]:
         raise UserError(f"--folds: received {folds}, but class {smallest!r} has {counts[smallest]} images; "
