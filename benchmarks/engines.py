@@ -17,7 +17,7 @@ from pathlib import Path
 from common import DATA, cpu_model, images_per_second, save, table
 
 CONFIGS = [("torch", "fp32"), ("torch", "bf16"), ("torch", "int8"), ("onnxruntime", "fp32"),
-           ("openvino", "fp32"), ("openvino", "bf16")]
+           ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
 
 
 def child(engine: str, precision: str, batch_size: int, seconds: float, images: str) -> dict:

@@ -4,8 +4,10 @@
 core at once and reads: the clock (a chain of dependent one-cycle instructions), and how many
 fp32 FMA (AVX-512 or AVX2), bf16 dot-product (AVX512-BF16) and int8 dot-product (AVX512-VNNI)
 instructions the cores retire a second, each instruction's work counted as the ISA defines it.
-AMX cannot be run where the kernel or the hypervisor does not enable it, so its peak is the ISA's
-nominal rate (1,024 bf16 or 2,048 int8 multiply-adds per cycle per core) at the measured clock.
+Where the AMX tiles are usable (the CPU lists them and the kernel grants this process the tile
+state) their tile dot products are measured too (TDPBF16PS, TDPBUSD: `amx_gops`); the ISA's
+nominal rate (1,024 bf16 or 2,048 int8 multiply-adds per cycle per core) at the measured clock is
+kept beside it, and is the peak where the tiles cannot be run.
 
 `amx_evidence()` says why AMX is or is not usable here (CPUID bits, XCR0, the kernel's permission),
 and `onednn_kernels()` which implementation oneDNN picks for vggtune's convolutions (ONEDNN_VERBOSE).
@@ -41,6 +43,8 @@ def compile_peak(folder: Path, flags: set[str]) -> Path | None:
         return None
     binary = folder / "peak"
     isa = ["-mavx512f"] if "avx512f" in flags else ["-mavx2", "-mfma"]
+    if {"amx_tile", "amx_bf16", "amx_int8"} <= flags:
+        isa += ["-mamx-tile", "-mamx-bf16", "-mamx-int8"]
     subprocess.run([compiler, "-O2", *isa, str(SOURCE), "-o", str(binary)], check=True)
     return binary
 
@@ -79,6 +83,10 @@ def peaks(seconds: float = 1.0, rounds: int = 5) -> dict:
             amx_flag = {"bf16": "amx_bf16", "int8": "amx_int8"}.get(precision)
             if amx_flag in flags:
                 entry["amx_nominal_gops"] = round(AMX_OPS_PER_CYCLE[precision] * clock * cores() / 1e9, 1)
+                tiles = max(all_cores(binary, amx_flag, seconds) for _ in range(rounds))
+                if tiles:           # 0: the kernel refused this process the tile state
+                    entry["amx_gops"] = round(tiles / 1e9, 1)
+                    entry["amx_ops_per_cycle_per_core"] = round(tiles / clock / cores(), 1)
             result["precisions"][precision] = entry
     return result
 
@@ -91,18 +99,20 @@ def higher(first: dict, second: dict) -> dict:
     for name, entry in first["precisions"].items():
         other = second["precisions"][name]
         faster = dict(max(entry, other, key=lambda e: e["vector_gops"]))
-        if "amx_nominal_gops" in entry:
-            faster["amx_nominal_gops"] = max(entry["amx_nominal_gops"], other["amx_nominal_gops"])
+        for key in ("amx_nominal_gops", "amx_gops"):
+            if key in entry or key in other:
+                faster[key] = max(entry.get(key, 0), other.get(key, 0))
         merged["precisions"][name] = faster
     return merged
 
 
 def best_peak(peak: dict, precision: str) -> float | None:
-    """GOP/s of the fastest unit this processor has for `precision` (AMX where listed)."""
+    """GOP/s of the fastest unit this processor has for `precision`: AMX's measured rate where the tiles ran,
+    else its nominal rate where the CPU lists them, else the vector units'."""
     entry = peak.get("precisions", {}).get(precision)
     if entry is None:
         return None
-    return entry.get("amx_nominal_gops", entry["vector_gops"])
+    return entry.get("amx_gops") or entry.get("amx_nominal_gops", entry["vector_gops"])
 
 
 def amx_evidence() -> dict:

@@ -27,11 +27,14 @@ KERAS_PYTHON = ROOT / ".venv-keras" / "bin" / "python"
 # None is a training image here (0-149) or in recipe_study.py's folds (0-299, validation 500-649).
 TEST_RANGES = ((300, 200), (650, 350))
 VAL_SPLIT, SEED = 0.2, 1337
-# vggtune's ways: its defaults (`--precision auto`: fp32 or bf16, whichever this CPU runs faster), bf16
-# (the default before 2026-11-30 wherever the CPU listed avx512_bf16), the frozen layers recomputed
-# every epoch, and the frozen blocks in int8.
-WAYS = {"vggtune": [], "vggtune --precision bf16": ["--precision", "bf16"], "vggtune --no-cache": ["--no-cache"],
-        "vggtune --precision int8": ["--precision", "int8"]}
+# vggtune's ways: its defaults (`--precision auto`: fp32 or bf16, whichever this CPU runs faster; `--engine
+# auto`: the fastest engine measured here), its frozen blocks on PyTorch's own kernels (the default before
+# 2026-12-02), bf16 (the default before 2026-11-30 wherever the CPU listed avx512_bf16), the frozen layers
+# recomputed every epoch, and the frozen blocks in int8 on each engine.
+WAYS = {"vggtune": [], "vggtune --engine torch": ["--engine", "torch"],
+        "vggtune --precision bf16": ["--precision", "bf16"], "vggtune --no-cache": ["--no-cache"],
+        "vggtune --precision int8": ["--precision", "int8"],
+        "vggtune --precision int8 --engine torch": ["--precision", "int8", "--engine", "torch"]}
 
 
 def run(command: list[str], env: dict) -> dict:

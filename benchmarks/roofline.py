@@ -231,7 +231,8 @@ def main():
 def print_tables(peak, rows, auto, evidence, kernels) -> None:
     print(f"clock {peak.get('clock_ghz')} GHz (all {peak.get('cores')} cores under load); --precision auto picks {auto}\n")
     print(table([{"precision": name, **entry} for name, entry in peak.get("precisions", {}).items()],
-                ["precision", "instruction", "ops_per_cycle_per_core", "vector_gops", "amx_nominal_gops"]))
+                ["precision", "instruction", "ops_per_cycle_per_core", "vector_gops", "amx_gops",
+                 "amx_ops_per_cycle_per_core", "amx_nominal_gops"]))
     print()
     print(table(rows, ["precision", "stage", "ms_per_image", "gflop_per_image", "achieved_gops", "peak_gops",
                        "of_peak", "of_best_peak", "unit", "gb_per_s"]))

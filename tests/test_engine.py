@@ -15,6 +15,7 @@ from vggtune import cli
 from vggtune.errors import UserError
 from vggtune.features import engine as engines
 from vggtune.features.engine import ENGINE_VARIABLE, Engine, frozen, resolve
+from vggtune.model import quantize
 from vggtune.model.classifier import Classifier
 from vggtune.model.heads import HeadSpec
 from vggtune.model.runtime import Runtime
@@ -23,6 +24,7 @@ from conftest import TINY, quick_config, tiny_state_dict
 
 CPU_FP32 = Runtime(torch.device("cpu"), bf16=False)
 CPU_BF16 = Runtime(torch.device("cpu"), bf16=True)
+CPU_INT8 = Runtime(torch.device("cpu"), bf16=False, int8=True)
 INSTALLED = [name for name in ("openvino", "onnxruntime") if engines.installed(name)]
 # fp32 runtimes sum in other orders than oneDNN; relative to the largest feature
 FP32_TOLERANCE = 1e-4
@@ -71,6 +73,46 @@ def test_openvino_bf16_stays_within_bf16_rounding():
     assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
 
 
+def int8_model(upto: str = "block4") -> Classifier:
+    model = tiny_model()
+    quantize.calibrate_model(model, upto, torch.randn(8, 3, 64, 64), CPU_INT8.autocast)
+    return model
+
+
+@pytest.mark.skipif("openvino" not in INSTALLED, reason="openvino is not installed")
+@pytest.mark.parametrize("int8_upto,upto", [("block4", "block4"), ("block4", "block5"), ("block5", "block5")])
+def test_openvino_runs_the_int8_blocks_pytorch_calibrated(int8_upto, upto):
+    """The same quantized network: the same weights and activation scales, so features agree up to a
+    rounding step or two of the int8 grid, far closer than to the float network."""
+    model = int8_model(int8_upto)
+    x = torch.randn(4, 3, 64, 64)
+    expected = frozen(model, CPU_INT8, Engine("torch", "int8"), upto=upto)(x)
+    got = frozen(model, CPU_INT8, Engine("openvino", "int8"), upto=upto)(x)
+    with torch.no_grad():
+        floats = model.backbone.run(x, upto=upto)                  # the float network it quantizes
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+    assert (got - expected).abs().mean() < (floats - expected).abs().mean() / 2
+
+
+@pytest.mark.skipif("openvino" not in INSTALLED, reason="openvino is not installed")
+def test_a_new_calibration_compiles_the_int8_range_again():
+    model = int8_model()
+    first = frozen(model, CPU_INT8, Engine("openvino", "int8"), upto="block4")
+    assert frozen(model, CPU_INT8, Engine("openvino", "int8"), upto="block4") is first
+    quantize.calibrate_model(model, "block4", 5 * torch.randn(8, 3, 64, 64), CPU_INT8.autocast)
+    assert frozen(model, CPU_INT8, Engine("openvino", "int8"), upto="block4") is not first
+
+
+def test_auto_for_int8_times_int8_blocks(unpinned, isolated_home):
+    """The run's own calibration comes after the engine is chosen: the measurement calibrates a probe."""
+    model = tiny_model()
+    chosen = resolve("auto", CPU_INT8, model)
+    entry = json.loads((isolated_home / "engines.json").read_text())[engines.machine_key("int8", model)]
+    assert set(entry["images_per_s"]) == {"torch int8", *(["openvino int8"] if "openvino" in INSTALLED else [])}
+    assert chosen.precision == "int8" and model.int8_frozen is None
+
+
 @pytest.mark.parametrize("name", INSTALLED)
 def test_a_range_is_compiled_once_and_again_after_its_weights_change(name):
     model = tiny_model()
@@ -102,9 +144,15 @@ def test_resolve_names_what_runs_and_refuses_what_cannot():
     if "openvino" in INSTALLED:
         assert resolve("openvino", CPU_BF16, model) == Engine("openvino", "bf16")
     int8 = Runtime(torch.device("cpu"), bf16=False, int8=True)
-    assert resolve("auto", int8, model) == Engine("torch", "int8")
-    with pytest.raises(UserError, match=r"--engine: received 'openvino' on cpu int8.*allowed: auto or torch"):
-        resolve("openvino", int8, model)
+    assert resolve("torch", int8, model) == Engine("torch", "int8")
+    if "openvino" in INSTALLED:
+        assert resolve("openvino", int8, model) == Engine("openvino", "int8")
+    with pytest.raises(UserError, match=r"--engine: received 'onnxruntime' on cpu int8.*allowed: auto, torch, openvino"):
+        resolve("onnxruntime", int8, model)
+    cuda = Runtime(torch.device("cuda"), bf16=True)
+    assert resolve("auto", cuda, model) == Engine("torch", "bf16")
+    with pytest.raises(UserError, match=r"--engine: received 'openvino' on cuda bf16.*allowed: auto or torch"):
+        resolve("openvino", cuda, model)
     with pytest.raises(UserError, match=r"--engine: received 'tensorrt'.*allowed: auto, torch, openvino, onnxruntime"):
         resolve("tensorrt", CPU_FP32, model)
 

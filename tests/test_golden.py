@@ -37,10 +37,11 @@ GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 TOLERANCE = {"fp32": 2e-3, "no_cache": 2e-3, "int8": 1e-2, "int8_resumed": 1e-2, "bf16": 3e-2}
 UPDATE = bool(os.environ.get("VGGTUNE_UPDATE_GOLDEN"))
 # (engine, precision) runs compared with the golden fp32 outputs: fp32 runtimes agree with PyTorch's fp32
-# as its own runs do between processors; bf16 as PyTorch's bf16 does.
+# as its own runs do between processors; bf16 as PyTorch's bf16 does. int8 runs are compared with the
+# golden int8 outputs (PyTorch's int8 blocks, the same calibration), as PyTorch's own int8 runs are.
 ENGINE_RUNS = {"openvino": ("openvino", "fp32"), "onnxruntime": ("onnxruntime", "fp32"),
-               "openvino_bf16": ("openvino", "bf16")}
-ENGINE_TOLERANCE = {"fp32": 2e-3, "bf16": 3e-2}
+               "openvino_bf16": ("openvino", "bf16"), "openvino_int8": ("openvino", "int8")}
+ENGINE_TOLERANCE = {"fp32": 2e-3, "bf16": 3e-2, "int8": TOLERANCE["int8"]}
 
 
 def noisy_image(label: int, index: int) -> Image.Image:
@@ -146,7 +147,7 @@ def bf16_runs_here() -> bool:
 
 @pytest.mark.parametrize("name", ENGINE_RUNS)
 def test_each_engine_matches_the_golden_fp32_outputs(outputs, name):
-    """Trained on features from that engine and predicted through it: PyTorch fp32's outputs, per image."""
+    """Trained on features from that engine and predicted through it: PyTorch's outputs, per image."""
     runs, probabilities = outputs
     engine, precision = ENGINE_RUNS[name]
     if not engines.installed(engine):
@@ -155,7 +156,7 @@ def test_each_engine_matches_the_golden_fp32_outputs(outputs, name):
         pytest.skip("this CPU runs no bf16")
     environment = json.loads((runs[name] / "metrics.json").read_text())["environment"]
     assert environment["engine"] == f"{engine} {precision}"
-    golden = json.loads(GOLDEN.read_text())["fp32"]
+    golden = json.loads(GOLDEN.read_text())["int8" if precision == "int8" else "fp32"]
     assert sorted(probabilities[name]) == sorted(golden)
     for image, row in golden.items():
         got = probabilities[name][image]

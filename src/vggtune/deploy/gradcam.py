@@ -82,7 +82,7 @@ def grad_cam(model: Classifier, runtime: Runtime, views: torch.Tensor, prep: Pre
     model.eval()
     block_name, layer_name = model.arch.gradcam_layer
     before = model.arch.cut_before((block_name,))
-    if engine is not None and engine.name != "torch":
+    if engine is not None and engine.name != "torch" and not runtime.int8:
         features = frozen(model, runtime, engine, upto=before)(normalise(views, prep)).to(runtime.device)
     else:
         # The float blocks, also for a model that predicts through int8 ones: those may reach into the

@@ -6,7 +6,10 @@ batch of normalised views or features in (N, C, H, W), float32 features out. `to
 itself (CUDA, the CPU, int8 frozen blocks); `openvino` and `onnxruntime` are inference runtimes
 whose CPU kernels run the same convolutions faster (BENCHMARKS.md section 17). Each is built from
 the weights already in memory, compiled once per process for a range and reused while those
-weights stay unchanged, with the batch and image sizes left free.
+weights stay unchanged, with the batch and image sizes left free. OpenVINO also runs a run's int8
+blocks: it converts the very network quantize.py calibrated (its weights and activation scales),
+so the two engines compute the same int8 features up to rounding and a run's cache, head and
+saved calibration serve either.
 
 `choose` resolves `--engine auto` from evidence: a short measurement of each installed engine on
 VGG16's first four blocks, made once per machine and kept in `$VGGTUNE_HOME/engines.json`.
@@ -26,7 +29,6 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -35,12 +37,10 @@ from vggtune import distributed
 from vggtune.errors import UserError, choice_error
 from vggtune.features.settings import ENGINES
 from vggtune.fsutil import atomic_write_json
-from vggtune.model import weights
+from vggtune.model import quantize, weights
+from vggtune.model.classifier import Classifier
 from vggtune.model.runtime import Runtime, cpuinfo_fields
 from vggtune.progress import say
-
-if TYPE_CHECKING:                      # annotations only
-    from vggtune.model.classifier import Classifier
 
 ENGINE_VARIABLE = "VGGTUNE_ENGINE"      # what `auto` means, where a user (or the test suite) pins it
 RUNTIMES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}      # engine -> the package it needs
@@ -71,17 +71,21 @@ def check(name: str) -> str:
 
 
 def resolve(name: str, runtime: Runtime, model: Classifier) -> Engine:
-    """The engine `--engine name` means for `model` on this runtime. PyTorch keeps CUDA and int8 frozen
-    blocks; ONNX Runtime's CPU convolutions are fp32 only, so it runs fp32 where bf16 was asked for."""
+    """The engine `--engine name` means for `model` on this runtime. PyTorch keeps CUDA; ONNX Runtime's CPU
+    convolutions are fp32 only, so it runs fp32 where bf16 was asked for, and int8 blocks are PyTorch's
+    or OpenVINO's."""
     check(name)
     torch_engine = Engine("torch", runtime.precision)
     if name == "torch":
         return torch_engine
-    if runtime.device.type != "cpu" or runtime.int8:
+    if runtime.device.type != "cpu":
         if name != "auto":
             raise UserError(f"--engine: received {name!r} on {runtime.describe()}; allowed: auto or torch "
-                            "(the inference runtimes run float frozen blocks on the CPU)")
+                            "(the inference runtimes run the frozen blocks on the CPU)")
         return torch_engine
+    if runtime.int8 and name == "onnxruntime":
+        raise UserError(f"--engine: received 'onnxruntime' on {runtime.describe()}; allowed: auto, torch, openvino "
+                        "(int8 blocks run on PyTorch or OpenVINO)")
     if name == "auto" and os.environ.get(ENGINE_VARIABLE, "auto") != "auto":
         return resolve(_pinned(), runtime, model)
     if name == "auto":
@@ -101,19 +105,25 @@ def _pinned() -> str:
 
 def candidates(runtime: Runtime, model: Classifier) -> list[Engine]:
     """The engines `auto` compares on a CPU: each installed one at the precision it would run."""
-    return [resolve(name, runtime, model) for name in ENGINES[1:] if installed(name)]
+    return [resolve(name, runtime, model) for name in ENGINES[1:]
+            if installed(name) and not (runtime.int8 and name == "onnxruntime")]
 
 
 # ---- the frozen range, compiled ------------------------------------------------------------------
 
 class _Range(nn.Module):
-    """Blocks (after, upto] of a backbone as one module: what an inference runtime converts."""
+    """Blocks (after, upto] of a model as one module: what an inference runtime converts. From the image
+    it is what the model's features are, through its int8 blocks where it has them."""
 
     def __init__(self, model: Classifier, after: str | None, upto: str):
         super().__init__()
         self.backbone, self.after, self.upto = model.backbone, after, upto
+        self.int8 = model.int8_frozen if after is None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8 is not None:
+            x = self.int8(x)
+            return x if self.int8.upto == self.upto else self.backbone.run(x, after=self.int8.upto, upto=self.upto)
         return self.backbone.run(x, after=self.after, upto=self.upto)
 
 
@@ -133,8 +143,10 @@ class TorchFrozen:
 
 
 class OpenVinoFrozen:
-    """OpenVINO's CPU plugin: bf16 where asked (its AMX or AVX512-BF16 kernels), f32 otherwise; one stream
-    on every core the process may use, so a batch's latency is what it optimises."""
+    """OpenVINO's CPU plugin: bf16 where asked (its AMX or AVX512-BF16 kernels), f32 otherwise; int8 blocks
+    as quantize.py calibrated them (OpenVINO runs their quantize-dequantize pairs as u8/i8 convolutions),
+    the float blocks after them as the runtime's float precision says. One stream on every core the
+    process may use, so a batch's latency is what it optimises."""
 
     def __init__(self, model: Classifier, runtime: Runtime, after: str | None, upto: str, precision: str):
         import openvino
@@ -142,7 +154,8 @@ class OpenVinoFrozen:
         with _quiet(), _evaluating(module):
             converted = openvino.convert_model(module, example_input=example,
                                                input=[openvino.PartialShape([-1, example.shape[1], -1, -1])])
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        floats = "bf16" if precision == "bf16" or (precision == "int8" and runtime.bf16) else "f32"
+        config = {"INFERENCE_PRECISION_HINT": floats,
                   "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _threads()}
         self.request = openvino.Core().compile_model(converted, "CPU", config).create_infer_request()
         self.lock = threading.Lock()           # one infer request: a server's threads take turns
@@ -222,6 +235,8 @@ def frozen(model: Classifier, runtime: Runtime, engine: Engine, after: str | Non
         return TorchFrozen(model, runtime, after, upto, engine.precision)
     blocks = model.arch.between(after, upto)
     versions = tuple(p._version for name in blocks for p in getattr(model.backbone, name).parameters())
+    if after is None and model.int8_frozen is not None:       # a new calibration is a new network
+        versions += (json.dumps(model.int8_frozen.calibration, sort_keys=True),)
     key = (engine, after, upto)
     compiled = _COMPILED.setdefault(model, {})
     if key not in compiled or compiled[key][0] != versions:
@@ -280,6 +295,8 @@ def measure(runtime: Runtime, model: Classifier) -> dict:
     {"best": engine, "images_per_s": {...}}."""
     x = torch.randn(MEASURE_BATCH, 3, MEASURE_SIDE, MEASURE_SIDE)
     cut = model.arch.block_names[min(MEASURE_BLOCKS, len(model.arch.blocks)) - 1]
+    if runtime.int8:
+        model = _int8_probe(model, runtime, cut, x)
     rates, best = {}, Engine("torch", runtime.precision)
     for engine in candidates(runtime, model):
         try:
@@ -295,6 +312,14 @@ def measure(runtime: Runtime, model: Classifier) -> dict:
     say(f"engines measured on this machine ({model.arch.name} blocks up to {cut}, images/s): {rates}; "
         f"auto uses {best.describe()}")
     return {"best": best.to_dict(), "images_per_s": rates, "processor": cpuinfo_fields().get("model name")}
+
+
+def _int8_probe(model: Classifier, runtime: Runtime, cut: str, x: torch.Tensor) -> Classifier:
+    """A model of the same layout with int8 blocks up to `cut`, calibrated on `x`, to time: a run's own
+    calibration comes after its engine is chosen, and speed does not depend on the values."""
+    probe = Classifier(model.head_spec, model.size, model.arch).eval().to(memory_format=torch.channels_last)
+    quantize.calibrate_model(probe, cut, x, runtime.autocast)
+    return probe
 
 
 def _timed(run, x: torch.Tensor) -> float:
