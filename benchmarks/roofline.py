@@ -186,9 +186,9 @@ def stages(precision: str, folder: Path, seconds: float) -> list[dict]:
     runtime = choose_runtime("cpu", precision)
     model = classifier(runtime)
     rows = [frozen_stage(model, runtime, seconds)]
-    if not runtime.int8:            # the inference runtimes run float blocks (features/engine.py)
-        rows += [frozen_stage(model, runtime, seconds, name) for name in ("openvino", "onnxruntime")
-                 if installed(name) and (name == "openvino" or precision == "fp32")]
+    # OpenVINO runs every precision (int8: the blocks quantize.py calibrated); ONNX Runtime fp32 only.
+    rows += [frozen_stage(model, runtime, seconds, name) for name in ("openvino", "onnxruntime")
+             if installed(name) and (name == "openvino" or precision == "fp32")]
     rows.append(cache_read_stage(runtime, folder, seconds))
     rows += train_step_stages(model, runtime, "block4", seconds)
     rows += train_step_stages(model, runtime, "block5", seconds)

@@ -1,8 +1,11 @@
 """Cost at scale (BENCHMARKS.md section 15): finding 100,000 files with class folders and with a
 manifest; extraction with 1 and 2 processes (torchrun, gloo) on this machine; cache bytes per view
-at each cut; and from those, what a million images cost in disk and time.
+at each cut; and from those, what a million images cost in disk and time. Then the steps after the
+files are read, at 10^4, 10^5 and 10^6 synthetic entries: the scan's bookkeeping, the near-duplicate
+search (multi-index hashing, against every pair as before where that ends in minutes) and the split.
 
     .venv/bin/python benchmarks/scale.py --json benchmarks/results/scale.json
+    .venv/bin/python benchmarks/scale.py --steps-only --json benchmarks/results/scale-steps.json
 
 Extraction runs vggtune's own FeaturePipeline.fill, under torchrun with 2 processes of one thread
 each against one process of two threads, into empty caches, alternating, `--repeats` times each.
@@ -30,7 +33,8 @@ from PIL import Image
 
 from vggtune import distributed
 
-from vggtune.data import dataset as data
+from vggtune.data import dataset as data, similar
+from vggtune.data.items import Found, Item
 from vggtune.training.config import AugmentConfig
 from vggtune.features.extract import ImageJob, decode_views
 from vggtune.features.pipeline import FeaturePipeline
@@ -96,6 +100,63 @@ def scan_costs(work: Path, count: int, repeats: int) -> dict:
         result[f"scan_{name}_s"] = round(seconds, 2)
     print(json.dumps(result), flush=True)
     return result
+
+
+# -- the steps after the files are read, at a million entries ---------------------------------------
+
+def synthetic_hashes(count: int, seed: int = 0) -> np.ndarray:
+    """Random 64-bit dHashes, 2 % of them near copies (1-4 bits flipped) of another entry."""
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 2**63, count, dtype=np.uint64) ^ (rng.integers(0, 2, count, dtype=np.uint64) << np.uint64(63))
+    copies = rng.choice(count, count // 50, replace=False)
+    for flips in range(1, 5):
+        chosen = copies[flips - 1::4]
+        noise = np.zeros(len(chosen), dtype=np.uint64)
+        for _ in range(flips):
+            noise ^= np.uint64(1) << rng.integers(0, 64, len(chosen)).astype(np.uint64)
+        hashes[chosen] = hashes[rng.integers(0, count, len(chosen))] ^ noise
+    return hashes
+
+
+def all_pairs(hashes: np.ndarray, max_distance: int = similar.MAX_DISTANCE) -> int:
+    """Pairs within max_distance by comparing every pair in blocks of 512 rows (the search before #28)."""
+    found = 0
+    for start in range(0, len(hashes), 512):
+        distance = np.bitwise_count(hashes[start:start + 512, None] ^ hashes[None, :])
+        rows, cols = np.nonzero(distance <= max_distance)
+        found += int(np.sum(rows + start < cols))
+    return found
+
+
+def step_costs(counts: list[int], all_pairs_up_to: int) -> list[dict]:
+    """Seconds of each step after the files are read: the scan's bookkeeping (content hashes, label
+    conflicts, duplicates) on entries whose checks are done, the near-duplicate search and the split."""
+    rows = []
+    for count in counts:
+        hashes = synthetic_hashes(count)
+        paths = [f"/data/{'ab'[i % 2]}/{i:07d}.jpg" for i in range(count)]
+        found = Found(["a", "b"], [(path, "ab"[i % 2]) for i, path in enumerate(paths)])
+        checks = [(f"{i:064x}", None, int(h)) for i, h in enumerate(hashes)]
+        original = data.check_file
+        results = iter(checks)
+        data.check_file = lambda path: next(results)
+        try:
+            with verbosity(True):
+                scan_s, (items, _) = time_call(lambda: data.scan(found, workers=1))
+        finally:
+            data.check_file = original
+        search_s, pairs = time_call(lambda: similar.close_pairs(hashes))
+        split_s, (train, val, test) = time_call(lambda: data.stratified_split(items, (0.1, 0.1), 0))
+        assert len(train) + len(val) + len(test) == count
+        row = {"entries": count, "scan_bookkeeping_s": round(scan_s, 2), "near_duplicates_s": round(search_s, 2),
+               "pairs": len(pairs), "split_s": round(split_s, 2)}
+        if count <= all_pairs_up_to:
+            row["all_pairs_s"], found_all = time_call(lambda: all_pairs(hashes))
+            row["all_pairs_s"] = round(row["all_pairs_s"], 2)
+            row["all_pairs_found"] = found_all
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 # -- extraction with 1 and 2 processes -----------------------------------------------------------
@@ -215,9 +276,16 @@ def main() -> None:
     parser.add_argument("--extract-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--steps-only", action="store_true", help="only the steps after reading, at 10^4-10^6 entries")
+    parser.add_argument("--all-pairs-up-to", type=int, default=100_000,
+                        help="largest count the every-pair search is timed at (it grows as the square)")
     args = parser.parse_args()
     if args.extract_worker:
         extract_worker(args)
+        return
+    if args.steps_only:
+        result = {"processor": processor(), "steps": step_costs([10_000, 100_000, 1_000_000], args.all_pairs_up_to)}
+        write_json(Path(args.json), result)
         return
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

@@ -21,6 +21,46 @@ def test_intervals_hold_the_estimate_and_narrow_with_more_images():
         assert 0 < width(large_bounds) < width(small_bounds), key
 
 
+def independent_macro_f1(labels, predicted, n_classes: int) -> float:
+    """Macro F1 from its definition, one class at a time, apart from metrics.py."""
+    scores = []
+    for c in range(n_classes):
+        tp = sum(1 for y, p in zip(labels, predicted) if y == c and p == c)
+        fp = sum(1 for y, p in zip(labels, predicted) if y != c and p == c)
+        fn = sum(1 for y, p in zip(labels, predicted) if y == c and p != c)
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / n_classes
+
+
+def test_every_interval_holds_its_estimate_with_many_classes_and_few_images():
+    """37 classes of 2 test images: a plain resample leaves classes out and scored them 0, which put
+    macro-F1's whole interval below its estimate (0.7252 against 0.3656-0.5818 in a report)."""
+    rng = np.random.default_rng(3)
+    classes = [f"breed{i}" for i in range(37)]
+    labels = np.repeat(np.arange(37), 2)
+    predicted = np.where(rng.random(len(labels)) < 0.75, labels, rng.integers(0, 37, len(labels)))
+    probabilities = np.full((len(labels), 37), 0.2 / 36)
+    probabilities[np.arange(len(labels)), predicted] = 0.8
+    estimate = independent_macro_f1(labels.tolist(), predicted.tolist(), 37)
+    assert estimate == pytest.approx(classification_metrics(labels, probabilities, classes)["f1_macro"])
+    bounds = analysis.intervals(labels, probabilities, classes)
+    assert bounds["f1_macro"][0] <= estimate <= bounds["f1_macro"][1]
+    assert bounds["f1_macro"][1] - bounds["f1_macro"][0] > 0.05
+    loss = float(np.mean(-np.log(probabilities[np.arange(len(labels)), labels])))
+    assert bounds["log_loss"][0] <= loss <= bounds["log_loss"][1]
+
+
+def test_a_degenerate_interval_says_so():
+    """Six test images, all right: every resample scores 1, and the text says there is no interval."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probabilities = np.array([[0.9, 0.1]] * 3 + [[0.2, 0.8]] * 3)
+    bounds = analysis.intervals(labels, probabilities, ["cat", "dog"])
+    assert bounds["f1"] == bounds["roc_auc"] == (1.0, 1.0)
+    assert analysis.describe_interval(bounds["f1"]) == "none: every resample gives 1.0000 (too few test images to vary)"
+    assert analysis.describe_interval(bounds["accuracy"]).startswith("0.")          # Wilson's is never one value
+    assert analysis.describe_interval((0.25, 0.5)) == "0.2500 to 0.5000"
+
+
 def test_roc_curve_area_is_roc_auc_and_pr_curve_ends_at_full_recall():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)

@@ -75,7 +75,8 @@ def test_ctrl_c_stops_training_with_status_130_and_the_run_resumes(tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "vggtune: interrupted; `vggtune train --resume --out RUN` continues a training run"
+    # the real folder, to copy and paste (it said `--out RUN`)
+    assert err.strip().splitlines()[-1] == f"vggtune train: interrupted; `vggtune train --resume --out {out}` continues this run"
     assert not (out / "model.json").exists()
     assert cli.main(["train", "--resume", "--out", str(out), "--quiet"]) == 0       # nothing lost
     assert len(RunDir(out).history()) == 30 and (out / "model.json").is_file()
@@ -123,6 +124,6 @@ def test_sigterm_during_extraction_keeps_the_views_computed_and_exits_143(tmp_pa
     done = subprocess.run([sys.executable, "-c", TERMINATE_AFTER, "3", "train", str(dataset), "--out",
                            str(tmp_path / "run"), *flags], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 143, done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("vggtune: interrupted")
+    assert done.stderr.strip().splitlines()[-1].startswith("vggtune train: interrupted; `vggtune train --resume")
     stored = sum(len(FeatureCache.existing(folder).index()) for folder in (home / "features").iterdir())
     assert stored == 24                          # three batches of 8 views, none lost with the buffer

@@ -33,7 +33,7 @@ def assert_one_line_error(code, err, *words):
 
 
 @pytest.mark.parametrize("setup,args,words", [
-    ("none", ["train", "{tmp}/nowhere", "--out", "{tmp}/run"], ["nowhere", "is nothing", "allowed"]),
+    ("none", ["train", "{tmp}/nowhere", "--out", "{tmp}/run"], ["nowhere", "does not exist", "allowed"]),
     ("empty", ["train", "{tmp}/empty", "--out", "{tmp}/run"], ["0 class", "allowed"]),
     ("one", ["train", "{tmp}/one", "--out", "{tmp}/run"], ["1 class", "allowed: at least 2"]),
     ("data", ["train", "{tmp}/data", "--out", "{tmp}/run", "--views", "0"], ["--views: received 0", "allowed"]),
@@ -41,7 +41,7 @@ def assert_one_line_error(code, err, *words):
     ("none", ["train", "--resume", "--out", "{tmp}/run"], ["not a vggtune run", "allowed"]),
     ("none", ["evaluate", "{tmp}"], ["no model.json", "allowed: a finished run directory"]),
     ("none", ["predict", "{tmp}", "x.jpg"], ["no model.json"]),
-    ("none", ["data", "check", "{tmp}/nowhere"], ["is nothing"]),
+    ("none", ["data", "check", "{tmp}/nowhere"], ["does not exist"]),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, setup, args, words):
     if setup == "empty":

@@ -95,7 +95,7 @@ def test_kaggle_names_map_each_file_to_its_class(tmp_path):
 
 
 @pytest.mark.parametrize("layout,message", [
-    ("missing", "is nothing"),
+    ("missing", "does not exist"),
     ("empty", "0 class"),
     ("one-class", "1 class"),
     ("empty-class", "hold no image files"),

@@ -111,7 +111,9 @@ def test_predict_and_evaluate_under_torchrun_merge_one_output(data, one_process,
     by_flag = subprocess.run([sys.executable, "-m", "vggtune", "predict", str(run), *inputs, "--output",
                               str(tmp_path / "flag.csv"), "--nproc", "2"], env=environment(home), capture_output=True,
                              text=True, timeout=TIMEOUT_S)
-    assert by_flag.returncode != 0 and by_flag.stderr.count("skipped") == 1
+    # predict's documented exit 1 for a skipped input, not a launcher's failure banner (torchrun printed one)
+    assert by_flag.returncode == 1 and by_flag.stderr.count("skipped") == 1, by_flag.stderr
+    assert "Traceback" not in by_flag.stderr and "FAILED" not in by_flag.stderr and "Error" not in by_flag.stderr
     assert predictions(tmp_path / "flag.csv") == two
     evaluated = launch(["evaluate", str(run), "--data", str(data), "--output", str(tmp_path / "e.json"),
                         "--no-report"], home)
@@ -188,6 +190,54 @@ def test_nproc_flag_refusals(tmp_path, capsys, monkeypatch):
     from vggtune import api
     with pytest.raises(UserError, match="cv: runs as one process"):
         api.cv(str(tmp_path), out=str(tmp_path / "cv"))
+
+
+def test_nproc_mistakes_found_before_the_processes_start_are_one_line(data, one_process, tmp_path, capsys,
+                                                                      monkeypatch):
+    """A one-class DATA, a missing --data, a folder that is no run: refused before any process starts
+    (each rank printed the line, then torchrun's traceback, exit 1, about 10 s later)."""
+    from vggtune import api, cli
+    monkeypatch.setattr(api, "launch", lambda *a: pytest.fail("processes started"))
+    one_class = tmp_path / "one"
+    (one_class / "cat").mkdir(parents=True)
+    (one_class / "cat" / "a.jpg").write_bytes((data / "cat" / "cat.0.jpg").read_bytes())
+    run, _ = one_process
+    for argv, says in ((["train", str(one_class), "--nproc", "2", "--out", str(tmp_path / "r")], "1 class(es)"),
+                       (["evaluate", str(run), "--data", str(tmp_path / "absent"), "--nproc", "2"], "does not exist"),
+                       (["predict", str(tmp_path), "x.jpg", "--nproc", "2"], "no model.json")):
+        assert cli.main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and says in error, error
+
+
+def test_a_mistake_the_processes_find_is_one_line_said_once(one_process, data, tmp_path):
+    """Found by every rank: one line, exit 2, and no launcher traceback."""
+    run, home = one_process
+    done = subprocess.run([sys.executable, "-m", "vggtune", "predict", str(run), str(data / "cat"), "--kaggle",
+                           "--format", "json", "--nproc", "2"], env=environment(home), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == ["vggtune predict: error: --kaggle writes Kaggle's CSV (id,label); "
+                                                "received --format json; allowed: --kaggle alone, or --format json "
+                                                "without it"]
+
+
+def test_the_launcher_stops_the_others_when_a_process_fails(monkeypatch):
+    """A rank that dies ends the job after the grace period, its status and a line naming it."""
+    from vggtune import launcher
+    started = []
+
+    def start(arguments, processes, errors):
+        code = ["import time; time.sleep(60)", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+        started.extend(subprocess.Popen([sys.executable, "-c", line]) for line in code)
+        return started
+    monkeypatch.setattr(launcher, "_start", start)
+    monkeypatch.setattr(launcher, "GRACE_S", 1)
+    begun = time.monotonic()
+    status, lines = launcher.launch(["train"], 2)
+    assert time.monotonic() - begun < 30
+    assert status == 1 and lines == ["process 1 of 2 was stopped by SIGKILL"]
+    assert started[0].returncode == -15                       # the sleeping one was stopped (SIGTERM)
 
 
 @pytest.mark.integration

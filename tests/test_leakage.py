@@ -1,4 +1,5 @@
-"""Leakage: the same content never in two splits; near-duplicates reported as warnings."""
+"""Leakage: the same content never in two splits, nor a near-duplicate group; near-duplicates within a
+split reported as warnings, across classes as likely label conflicts."""
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -56,7 +57,9 @@ def test_training_writes_near_duplicates_csv(tmp_path, tiny_weights, dataset):
     assert lines[0] == "path,split,near_duplicate_of,its_split,dhash_distance"
 
 
-def test_a_cross_split_near_duplicate_is_listed_first(tmp_path, tiny_weights):
+def test_a_near_copy_of_a_held_out_image_is_kept_out_of_training(tmp_path, tiny_weights):
+    """A given test folder cannot move: the training image whose near copy it holds leaves training, as an
+    exact copy does (it was only listed); near copies within training stay, in one split."""
     train, test = tmp_path / "train", tmp_path / "test"
     for root, offset in ((train, 0), (test, 300)):
         for label, name in enumerate(("cat", "dog")):
@@ -68,7 +71,47 @@ def test_a_cross_split_near_duplicate_is_listed_first(tmp_path, tiny_weights):
     out = tmp_path / "run"
     training.fit(quick_config(train, out, test_data=str(test), finetune_epochs=0, epochs=1))
     rows = [line.split(",") for line in (out / "near_duplicates.csv").read_text().splitlines()[1:]]
-    assert len(rows) == 2, rows
-    names = [{row[0].rsplit("/", 1)[1], row[2].rsplit("/", 1)[1]} for row in rows]
-    assert names[0] == {"dog.1.jpg", "dog.copy.jpg"} and {rows[0][1], rows[0][3]} == {"train", "test"}
-    assert names[1] == {"cat.0.jpg", "cat.small.jpg"} and rows[1][1] == rows[1][3] == "train"
+    assert len(rows) == 1, rows
+    assert {rows[0][0].rsplit("/", 1)[1], rows[0][2].rsplit("/", 1)[1]} == {"cat.0.jpg", "cat.small.jpg"}
+    assert rows[0][1] == rows[0][3]                                     # one split
+    rejected = (out / "rejected.csv").read_text()
+    assert "dog.1.jpg,near-duplicate of test file" in rejected and "kept out of two splits" in rejected
+
+
+def test_near_duplicate_groups_stay_in_one_split(tmp_path):
+    """Ten images with a resized and a recompressed copy each: every group lands in one split, for the
+    plain split and for each cross-validation fold (before, copies were dealt out like any image)."""
+    root = tmp_path / "d"
+    for label, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            photo = smooth_photo(100 * label + i)
+            photo.save(root / name / f"{name}.{i}.jpg", quality=95)
+            if i < 5:
+                photo.resize((120, 90)).save(root / name / f"{name}.{i}.small.jpg", quality=80)
+                photo.save(root / name / f"{name}.{i}.again.jpg", quality=40)
+    def group(path: str) -> str:
+        name = path.rsplit("/", 1)[1]
+        return ".".join(name.split(".")[:2])
+    for splits in [data.prepare_splits(root, None, None, 0.3, 0.3, seed=s) for s in range(3)] + \
+                  [data.prepare_splits(root, None, None, 0.2, 0.0, seed=0, fold=(k, 3)) for k in (1, 2, 3)]:
+        where = {}
+        for name in ("train", "val", "test"):
+            for item in getattr(splits, name):
+                where.setdefault(group(item.path), set()).add(name)
+        assert len(where) == 20 and all(len(places) == 1 for places in where.values()), where
+        assert sum(len(getattr(splits, n)) for n in ("train", "val", "test")) == 40
+        assert splits.val and splits.test
+
+
+def test_a_near_duplicate_under_another_class_is_a_likely_label_conflict(tmp_path, capsys):
+    root = tmp_path / "d"
+    for label, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            smooth_photo(10 * label + i).save(root / name / f"{name}.{i}.jpg", quality=95)
+    Image.open(root / "cat" / "cat.2.jpg").resize((100, 75)).save(root / "dog" / "dog.resaved.jpg", quality=70)
+    assert cli.main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("label conflict?")]
+    assert len(lines) == 1 and "cat.2.jpg (cat)" in lines[0] and "dog.resaved.jpg (dog)" in lines[0]

@@ -174,7 +174,7 @@ def test_data_check_exit_codes_and_an_overlapping_test_folder(tmp_path, capsys):
     (clean / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     assert run_cli(capsys, "data", "check", clean)[0] == 1
     code, _, err = run_cli(capsys, "data", "check", tmp_path / "nowhere")
-    one_line_error(code, err, "is nothing")
+    one_line_error(code, err, "does not exist")
     code, out, err = run_cli(capsys, "data", "check", clean, "--test-data", clean)
     assert code == 1 and "Traceback" not in err and "error" not in err
     assert out.count("same content as test file") == 8 and "0 usable images" not in out

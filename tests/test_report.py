@@ -107,21 +107,26 @@ def test_model_card_has_the_hugging_face_layout(runs):
     assert "95% interval" in card and "vggtune.load(" in card
 
 
-def test_gradcam_has_the_inputs_aspect_and_is_not_constant(runs, tmp_path):
-    image = synthetic_image(1, 3, size=(90, 60))              # 3:2, wider than tall
-    path = tmp_path / "wide.png"
-    image.save(path)
+def test_gradcam_is_the_images_own_size_and_is_not_constant(runs, tmp_path):
+    """A small PNG (enlarged for the network) and a large JPEG (decoded at a reduced scale for it): the map,
+    the image and the overlay are each input's own size, 498x415 giving 498x415 (it gave 307x256)."""
+    small = tmp_path / "wide.png"
+    synthetic_image(1, 3, size=(90, 60)).save(small)                    # 3:2, wider than tall
+    large = tmp_path / "photo.jpg"
+    synthetic_image(0, 4, size=(64, 48)).resize((498, 415)).save(large, quality=90)
     predictor = vggtune.load(runs["two"])
-    explanations, rejected = predictor.explain([str(path), b"not an image"])
+    explanations, rejected = predictor.explain([str(small), b"not an image", large.read_bytes()])
     assert [name for name, _ in rejected] == ["<bytes 1>"]
-    heatmap = explanations[0].heatmap
-    height, width = heatmap.shape
-    assert abs(width / height - 90 / 60) < 0.05 and explanations[0].image.shape[:2] == heatmap.shape
-    left, top, right, bottom = explanations[0].box
-    inside = heatmap[top:bottom, left:right]
-    assert inside.std() > 0 and inside.max() == pytest.approx(1.0) and heatmap[:, :left].max() == 0
-    overlay = explanations[0].overlay()
-    assert overlay.size == (width, height)
+    for explanation, size in zip(explanations, ((90, 60), (498, 415))):
+        heatmap = explanation.heatmap
+        assert heatmap.shape == (size[1], size[0]) == explanation.image.shape[:2]
+        left, top, right, bottom = explanation.box
+        assert 0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]
+        crop = min(size) * predictor.preprocessing.size / predictor.preprocessing.resize    # the centre crop, square
+        assert abs((right - left) - (bottom - top)) <= 1 and abs((bottom - top) - crop) <= 1.5
+        inside = heatmap[top:bottom, left:right]
+        assert inside.std() > 0 and inside.max() == pytest.approx(1.0, abs=0.02) and heatmap[:, :left].max() == 0
+        assert explanation.overlay().size == size
 
 
 def test_gradcam_of_the_sigmoid_head_explains_the_named_class(runs):

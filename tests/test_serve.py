@@ -125,15 +125,37 @@ def test_hostile_uploads_get_a_4xx_with_a_reason_and_the_service_goes_on(client,
     assert good.status_code == 200 and good.json()["predictions"][0]["label"] in ("cat", "dog", "fox")
 
 
+def test_one_unreadable_file_among_several_gets_its_own_answer(client):
+    """The good images' predictions are kept, as `vggtune predict` keeps them (the whole request was a 422)."""
+    files = [("files", ("a.jpg", jpeg_bytes(0, 1), "image/jpeg")), ("files", ("broken.jpg", b"\xff\xd8 no", "image/jpeg")),
+             ("files", ("b.jpg", jpeg_bytes(1, 2), "image/jpeg"))]
+    answer = client.post("/predict", files=files)
+    assert answer.status_code == 200
+    rows = answer.json()["predictions"]
+    assert [row["file"] for row in rows] == ["a.jpg", "broken.jpg", "b.jpg"]
+    assert rows[0]["label"] and rows[2]["label"] and set(rows[1]) == {"file", "error"}
+    assert rows[1]["error"].startswith("broken.jpg: ") and "\n" not in rows[1]["error"]
+    alone = client.post("/predict", content=jpeg_bytes(1, 2), headers={"content-type": "image/jpeg"}).json()
+    assert alone["predictions"][0]["probabilities"] == rows[2]["probabilities"]
+    none_readable = client.post("/predict", files=[files[1], ("files", ("x.png", b"nothing", "image/png"))])
+    assert none_readable.status_code == 422 and none_readable.json()["error"] == "no file could be read"
+    assert len(none_readable.json()["predictions"]) == 2
+
+
 def test_a_token_is_required_when_set_and_never_logged(run, caplog):
     config = ServeConfig(str(run), token="s3cret-token")
     client = client_for(config)
     try:
         caplog.set_level("INFO", logger="vggtune.serve")
-        for path in ("/", "/health", "/info"):
+        # A load balancer's probe carries no token, and the page asks for it: both open.
+        assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
+        assert "needs its token" in client.get("/").text
+        for path in ("/info",):
             assert client.get(path).status_code == 401
         denied = client.post("/predict", content=jpeg_bytes(0, 1), headers={"content-type": "image/jpeg"})
         assert denied.status_code == 401 and set(denied.json()) == {"error"}
+        assert "Authorization: Bearer TOKEN" in denied.json()["error"] and "?token=" in denied.json()["error"]
+        assert client.post("/explain", content=jpeg_bytes(0, 1), headers={"content-type": "image/jpeg"}).status_code == 401
         assert client.get("/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get("/info", headers=_auth(config)).status_code == 200
         assert client.get("/info?token=s3cret-token").status_code == 200
@@ -224,7 +246,8 @@ def stop(process) -> tuple[str, str]:
 def test_a_real_server_process_answers_and_stops(run):
     process, url = start_server(run, "--token", "another-s3cret")
     try:
-        assert httpx.get(url + "/health", timeout=5).status_code == 401
+        assert httpx.get(url + "/health", timeout=5).status_code == 200          # the probe needs no token
+        assert httpx.get(url + "/info", timeout=5).status_code == 401
         answer = httpx.post(url + "/predict", content=jpeg_bytes(2, 9), timeout=30,
                             headers={"content-type": "image/jpeg", "Authorization": "Bearer another-s3cret"})
         assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in ("cat", "dog", "fox")
@@ -284,3 +307,24 @@ def test_the_page_in_chromium_classifies_an_uploaded_photo(run, tmp_path):
     finally:
         stop(process)
     assert shown == expected and len(bars) == 3 and overlay > 0
+
+
+def test_the_page_asks_for_the_token_in_chromium(run, tmp_path):
+    """With --token the page opens without it, asks for it, and works once it is given."""
+    from browser import chromium
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    process, url = start_server(run, "--token", "page-s3cret")
+    try:
+        with chromium(tmp_path / "profile") as driver:
+            driver.get(url + "/")
+            WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "ask").is_displayed())
+            assert not driver.find_element(By.ID, "drop").is_displayed()
+            driver.find_element(By.ID, "token").send_keys("page-s3cret")
+            driver.find_element(By.CSS_SELECTOR, "#ask button").click()
+            WebDriverWait(driver, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+            assert "token=page-s3cret" in driver.current_url and driver.find_element(By.ID, "drop").is_displayed()
+            driver.get(url + "/?token=wrong")
+            WebDriverWait(driver, 30).until(lambda d: "not accepted" in d.find_element(By.ID, "model").text)
+    finally:
+        stop(process)

@@ -69,7 +69,8 @@ def test_calibration_lowers_the_validation_log_loss(tmp_path, dataset, tiny_weig
     plain = train_module.fit(quick_config(dataset, tmp_path / "plain", epochs=2, finetune_epochs=0))
     calibrated = train_module.fit(quick_config(dataset, tmp_path / "cal", epochs=2, finetune_epochs=0,
                                                calibrate=True))
-    assert calibrated["val"]["log_loss"] <= plain["val"]["log_loss"] + 1e-9
+    # At T = 1 (the fit's lower bound) the two differ only by float32 rounding of the logits' scale.
+    assert calibrated["val"]["log_loss"] <= plain["val"]["log_loss"] + 1e-6
     assert calibrated["val"]["confusion_matrix"] == plain["val"]["confusion_matrix"]   # a scale moves no label
 
 

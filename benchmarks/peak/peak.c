@@ -143,7 +143,9 @@ static int amx_start(void) {
     memset(&config, 0, sizeof config);
     config.palette = 1;
     for (int t = 0; t < 8; t++) { config.bytes_per_row[t] = 64; config.rows[t] = 16; }
-    _tile_loadconfig(&config);
+    /* The whole struct as the operand: gcc's _tile_loadconfig names only its first 8 bytes, and the stores
+       to the rest were dropped as dead (LDTILECFG then faulted on a palette with no tiles). */
+    __asm__ volatile("ldtilecfg %0" :: "m"(config));
     _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
     _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
     return 1;

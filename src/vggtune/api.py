@@ -14,6 +14,7 @@ from pathlib import Path
 from vggtune.errors import UserError
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.launcher import check as check_processes, refused   # no torch: the command line's first checks
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.training.config import DEVICES, PRECISIONS, RECIPES, TrainConfig
@@ -64,10 +65,23 @@ def train_with(config: TrainConfig, resume: bool = False) -> dict:
 def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
     """The checks `train` makes before it reads any image (its options, the --out folder): what a launcher
     runs before it starts processes."""
+    from vggtune.data import dataset
     from vggtune.training.rundir import RunDir
     config = _train_config(data, out, resume, options)
     config.check_out()
     RunDir(config.out).prepare(resume)
+    if not resume:
+        dataset.discover(config.data)            # a listing, no image read: the class folders are there
+
+
+def check_run(run: str, data: str | None = None) -> None:
+    """What `predict` and `evaluate` check before they read an image: RUN is a trained run, and DATA
+    (where given) a folder or manifest of labelled images."""
+    from vggtune.data import dataset
+    from vggtune.model.spec import ModelSpec
+    ModelSpec.load(Path(run))
+    if data is not None:
+        dataset.discover(data, min_classes=1)
 
 
 def _train_config(data: str | None, out: str, resume: bool, options: dict) -> TrainConfig:
@@ -89,10 +103,11 @@ def _train_config(data: str | None, out: str, resume: bool, options: dict) -> Tr
     return TrainConfig.from_recipe(data=str(data), out=str(out), **options)
 
 
-def launch(arguments: list[str], processes: int) -> int:
-    """Runs `vggtune ARGUMENTS` as `processes` processes on this host under torchrun; its exit status."""
-    from vggtune.distributed import launch_here
-    return launch_here(arguments, processes)
+def launch(arguments: list[str], processes: int) -> tuple[int, list[str]]:
+    """Runs `vggtune ARGUMENTS` as `processes` processes on this host, as torchrun would start them:
+    (exit status, lines to print once: the ranks' one-line refusal, or which process failed)."""
+    from vggtune.launcher import launch as launch_ranks
+    return launch_ranks(arguments, processes)
 
 
 @contextlib.contextmanager
@@ -113,7 +128,7 @@ def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
     """Cross-validation: the recipe (`train`'s options) trained on each of `folds` folds in out/fold-K, scored
     on the images each left out; returns cv.json's content (per fold, and pooled with 95 % intervals).
     Folds share the feature cache; finished folds are kept, so a stopped run continues."""
-    from vggtune.distributed import launched_size
+    from vggtune.launcher import launched_size
     from vggtune.results.crossval import cross_validate
     if launched_size() > 1:
         raise UserError("cv: runs as one process (its folds are written by every rank otherwise); "
@@ -182,13 +197,25 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> Non
 
 
 def check_data(folder: str, val_data: str | None = None, test_data: str | None = None, output: str | None = None):
-    """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows);
-    `output`: the unusable files written there as CSV (path, reason, kind)."""
-    from vggtune.data import dataset
+    """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows,
+    near-duplicates under two classes); `output`: the unusable files written there as CSV (path, reason, kind)."""
+    from vggtune.data import dataset, similar
     splits = dataset.prepare_splits(folder, val_data, test_data, 0.1, 0.1, seed=0)
     if output:
         dataset.write_rejected(Path(output), splits.rejected)
-    return splits, dataset.near_duplicate_rows(splits)
+    return splits, similar.near_duplicate_rows(splits), similar.label_conflicts(splits)
+
+
+def describe_interval(bound) -> str:
+    """A 95 % interval as the report and the command line write it (results/analysis.py)."""
+    from vggtune.results.analysis import describe_interval as describe
+    return describe(bound)
+
+
+def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[str, str, int]]:
+    """(true class, predicted class, count) of the largest off-diagonal cells of a confusion matrix."""
+    from vggtune.results.analysis import most_confused as largest
+    return largest(confusion, classes, limit)
 
 
 def weights_sources() -> list[tuple[str, str]]:
@@ -200,13 +227,13 @@ def weights_sources() -> list[tuple[str, str]]:
 def verify_weights(file: str | None = None):
     """The weights as a run would load them (from `file`, else the first source that answers)."""
     from vggtune.model import weights
-    return weights.resolve(user_file=file)
+    return weights.resolve(user_file=file, flag="--file")
 
 
 def convert_weights(file: str | None = None) -> tuple[str, Path]:
     """Converts weights (from `file`, else the first source) into the cache: (origin, cached path)."""
     from vggtune.model import weights
-    loaded = weights.resolve(user_file=file)
+    loaded = weights.resolve(user_file=file, flag="--file")
     return loaded.source, weights.write_cache(loaded.record, loaded.state_dict, loaded.source)
 
 

@@ -2,8 +2,8 @@
 the work, and the few collectives the rest of vggtune calls.
 
 `torchrun --nproc-per-node N -m vggtune train ...` starts N processes and gives each RANK,
-WORLD_SIZE, LOCAL_RANK and a rendezvous; `vggtune train --nproc N` runs exactly that on one
-host. A process started without them is a world of one, and every function here is then a
+WORLD_SIZE, LOCAL_RANK and a rendezvous; `vggtune train --nproc N` starts the same on one
+host (launcher.py). A process started without them is a world of one, and every function here is then a
 no-op, so the one-process path runs the code it always ran.
 
 What is shared, and how:
@@ -21,15 +21,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from vggtune.errors import UserError
+from vggtune.launcher import launched_size
 
 DEFAULT_TIMEOUT_S = 1800
 
@@ -59,27 +57,8 @@ def is_main() -> bool:
     return _world.main
 
 
-def launched_size() -> int:
-    """The world size torchrun set for this process, 1 without torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def timeout() -> timedelta:
     return timedelta(seconds=float(os.environ.get("VGGTUNE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
-
-
-def launch_here(arguments: list[str], processes: int) -> int:
-    """`torchrun --standalone --nproc-per-node N -m vggtune ARGUMENTS`: N processes on this host, each
-    with its share of the CPU cores. Returns torchrun's exit status."""
-    if processes < 1:
-        raise UserError(f"--nproc: received {processes}; allowed: 1 or more processes")
-    if launched_size() > 1:
-        raise UserError("--nproc: this process already runs under torchrun; allowed: torchrun or --nproc, not both")
-    environment = dict(os.environ)
-    environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "vggtune", *arguments]
-    return subprocess.run(command, env=environment, check=False).returncode
 
 
 def join(device: str = "auto") -> World:

@@ -16,14 +16,17 @@ from vggtune.cli.parser import build_parser, train_options
 
 
 def launch(args, argv: list[str]) -> int:
-    """`--nproc N`: this same command as N processes under torchrun, after the checks that need no data."""
+    """`--nproc N`: this same command as N processes, after the checks that read no image: a mistake found
+    there is one line before any process starts; one the processes find is one line after."""
+    api.check_processes(args.nproc)
     if args.command == "train":
         options = {} if args.resume else train_options(args)
         api.check_train(args.data, out=options.pop("out", args.out or "runs/latest"), resume=args.resume, **options)
-    status = api.launch(_without_nproc(argv), args.nproc)
-    if status:
-        print(f"vggtune {args.command}: the {args.nproc} processes ended with status {status}; "
-              "torchrun's report above names the rank", file=sys.stderr)
+    else:
+        api.check_run(args.run, getattr(args, "data", None))
+    status, lines = api.launch(_without_nproc(argv), args.nproc)
+    for line in lines:
+        print(line if status == 2 else f"vggtune {args.command}: {line}", file=sys.stderr)
     return status
 
 
@@ -103,8 +106,22 @@ def main(argv: list[str] | None = None) -> int:
                 return launch(args, argv)
             return run_command(args)
     except UserError as exc:
-        print(f"vggtune {args.command}: error: {exc}", file=sys.stderr)
+        message = f"vggtune {args.command}: error: {exc}"
+        if not api.refused(message):           # a rank of `--nproc N` leaves it to the launcher, said once
+            print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print("vggtune: interrupted; `vggtune train --resume --out RUN` continues a training run", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(interrupted_line(args), file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def interrupted_line(args) -> str:
+    """What an interrupt kept, and the command that continues from it, with the run's real folder."""
+    import shlex
+    if args.command == "train":
+        out = shlex.quote(getattr(args, "out", None) or "runs/latest")
+        return f"vggtune train: interrupted; `vggtune train --resume --out {out}` continues this run"
+    if args.command == "cv":
+        return "vggtune cv: interrupted; the same `vggtune cv` command again continues: finished folds are kept"
+    return f"vggtune {args.command}: interrupted"

@@ -44,7 +44,7 @@ def _print_results(results: dict, out: str) -> None:
 
 def cmd_evaluate(args) -> int:
     result = api.evaluate(args.run, args.data, args.output, report=not args.no_report, engine=args.engine)
-    _print_results({"test": result}, args.run)
+    _print_results({"test": result}, args.run if args.data is None else f"{args.run} on {display_path(args.data)}")
     return 0
 
 
@@ -119,8 +119,9 @@ def cmd_weights(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    """Exit status 0: every file usable; 1: some rejected (the list says why); 2: a mistake in the command."""
-    splits, near_duplicates = api.check_data(args.folder, args.val_data, args.test_data, args.output)
+    """Exit status 0: every file usable; 1: some rejected (the list says why) or near-duplicates filed under
+    two classes (likely label mistakes); 2: a mistake in the command."""
+    splits, near_duplicates, conflicts = api.check_data(args.folder, args.val_data, args.test_data, args.output)
     items = splits.train + splits.val + splits.test
     print(f"{display_path(args.folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
           f"{len(splits.rejected)} rejected")
@@ -130,7 +131,10 @@ def cmd_data_check(args) -> int:
         print(f"rejected {display_path(path)}: {reason}")
     for a, _, b, _, distance in near_duplicates:
         print(f"warning: near-duplicates (perceptual hash distance {distance}): {display_path(a)} ~ {display_path(b)}")
-    return 1 if splits.rejected else 0
+    for a, class_a, b, class_b, distance in conflicts:
+        print(f"label conflict? near-duplicates under two classes (distance {distance}): "
+              f"{display_path(a)} ({class_a}) ~ {display_path(b)} ({class_b})")
+    return 1 if splits.rejected or conflicts else 0
 
 
 def cmd_cache(args) -> int:

@@ -38,7 +38,12 @@ HELP = {
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage mistakes become one line and exit status 2."""
+    """Usage mistakes become one line and exit status 2. Flags are matched whole: `--epoch 3` is a
+    mistake, not `--epochs 3`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -50,7 +55,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", 
             continue
         default, flag = f.default, "--" + f.name.replace("_", "-")      # as declared (paths not yet absolute)
         default = out if f.name == "out" else default
-        help_text = HELP.get(f.name, "") + (f" (default {default})" if default not in (None, False) else "")
+        shown = ("on" if default else "off") if isinstance(default, bool) else default
+        help_text = HELP.get(f.name, "") + (f" (default {shown})" if shown is not None else "")
         if isinstance(default, bool) and not f.name.startswith("no_"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(default, bool):
@@ -71,7 +77,7 @@ def _add_engine_flag(parser: argparse.ArgumentParser) -> None:
 
 def _add_nproc_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=None,
-                        help="run as N processes on this host (torchrun --nproc-per-node N), each with its share "
+                        help="run as N processes on this host (as torchrun --nproc-per-node N), each with its share "
                              "of the images; on several hosts, start `torchrun ... -m vggtune` on each instead")
 
 
@@ -80,13 +86,15 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"vggtune {__version__}")
     commands = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
     train = commands.add_parser("train", help="train and evaluate a classifier")
-    train.add_argument("data", nargs="?", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
+    train.add_argument("data", nargs="?", help="folder with one sub-folder per class, Kaggle names (cat.1.jpg), or a CSV manifest "
+                                                   "(path,label[,split])")
     _add_train_flags(train)
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run in --out, with the config saved in it")
     _add_nproc_flag(train)
     cv = commands.add_parser("cv", help="cross-validate: train on each of k folds, pool the out-of-fold scores")
-    cv.add_argument("data", help="folder with one sub-folder per class (or Kaggle cat.1.jpg names)")
+    cv.add_argument("data", help="folder with one sub-folder per class, Kaggle names (cat.1.jpg), or a CSV manifest "
+                                                   "(path,label[,split])")
     cv.add_argument("--folds", type=int, default=5, help="number of folds; each is the test split once (default 5)")
     _add_train_flags(cv, out="runs/cv", leave_out=("test_data", "test_split"))    # each fold is the test split
     evaluate = commands.add_parser("evaluate", help="metrics of a run on its test split or a folder")
@@ -140,7 +148,8 @@ def build_parser() -> Parser:
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     check = data_commands.add_parser("check", help="count images per class and list every unusable file")
-    check.add_argument("folder", help="folder with one sub-folder per class (or Kaggle names)")
+    check.add_argument("folder", help="folder with one sub-folder per class, Kaggle names (cat.1.jpg), or a CSV "
+                                      "manifest (path,label[,split])")
     check.add_argument("--val-data", help="validation folder: its files are checked against the training folder")
     check.add_argument("--test-data", help="test folder: its files are checked against the training folder")
     check.add_argument("--output", help="CSV of rejected files to write")

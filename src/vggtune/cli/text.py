@@ -6,12 +6,21 @@ import io
 import json
 from pathlib import Path
 
-from vggtune.api import display_path
+from vggtune.api import describe_interval, display_path, most_confused
+
+
+MATRIX_CLASSES = 10           # beyond this many classes a terminal shows the most confused pairs instead
 
 
 def confusion_table(result: dict) -> str:
-    """The confusion matrix as aligned text: rows are true classes, columns predicted."""
+    """The confusion matrix as aligned text (rows are true classes, columns predicted); with more than
+    MATRIX_CLASSES classes, the most confused pairs (report.html has the whole matrix)."""
     classes, corner = result["classes"], "true \\ predicted"
+    if len(classes) > MATRIX_CLASSES:
+        pairs = most_confused(result["confusion_matrix"], classes, limit=MATRIX_CLASSES)
+        lines = [f"most confused ({len(classes)} classes; the whole matrix is in report.html):"]
+        lines += [f"{count:>5}  {true} taken for {predicted}" for true, predicted, count in pairs] or ["    none"]
+        return "\n".join(lines)
     first = max(len(corner), *(len(c) for c in classes)) + 2
     width = max(6, *(len(c) for c in classes), *(len(str(v)) for row in result["confusion_matrix"] for v in row)) + 2
     lines = [corner.ljust(first) + "".join(c.rjust(width) for c in classes)]
@@ -53,8 +62,8 @@ def cv_lines(result: dict) -> list[str]:
     f1_key = "f1" if "f1" in pooled else "f1_macro"
     lines.append(f"pooled over {pooled['n']} images (95 % intervals):")
     for key, name in (("accuracy", "accuracy"), ("log_loss", "log loss"), (f1_key, "F1")):
-        low, high = ranges.get(key, (float("nan"), float("nan")))
-        lines.append(f"  {name:<9} {pooled[key]:.4f}  ({low:.4f} - {high:.4f})")
+        bound = ranges.get(key)
+        lines.append(f"  {name:<9} {pooled[key]:.4f}  ({describe_interval(bound) or 'no interval'})")
     return lines
 
 
@@ -67,7 +76,8 @@ def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     if kaggle:
         writer.writerow(["id", "label"])
-        for p in predictions:
+        numbered = all(Path(p.path).stem.isdigit() for p in predictions)
+        for p in sorted(predictions, key=lambda p: int(Path(p.path).stem)) if numbered else predictions:
             writer.writerow([Path(p.path).stem, f"{p.probabilities[classes[1]]:.6f}"])
     else:
         writer.writerow(["path", "label", *classes])

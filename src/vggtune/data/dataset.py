@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -18,6 +19,7 @@ from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.data.images import VANISHED, ImageRejected, open_rgb
 from vggtune.data.items import DUPLICATE, LABEL_CONFLICT, LAYOUT, Found, Item, Rejected, Splits
 from vggtune.data.manifest import read_manifest
+from vggtune.data.similar import MAX_DISTANCE, copy_groups, without_near_copies
 from vggtune.progress import progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -32,8 +34,8 @@ def discover(root: str | Path, min_classes: int = 2) -> Found:
     if root.is_file() and root.suffix.lower() == ".csv":
         found = read_manifest(root)
     elif not root.is_dir():
-        what = "a file" if root.exists() else "nothing"
-        raise UserError(f"data: {display_path(root)} is {what}; allowed: a folder with one sub-folder of images "
+        what = "is a file" if root.exists() else "does not exist"
+        raise UserError(f"data: {display_path(root)} {what}; allowed: a folder with one sub-folder of images "
                         "per class, or a CSV manifest (path,label[,split])")
     else:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -162,30 +164,6 @@ def difference_hash(image) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def near_duplicates(items: list[Item], max_distance: int = 4) -> list[tuple[Item, Item, int]]:
-    """Pairs of different files whose dHashes differ in at most `max_distance` bits."""
-    if len(items) < 2:
-        return []
-    hashes = np.array([item.dhash for item in items], dtype=np.uint64)
-    pairs = []
-    for start in range(0, len(items), 512):
-        block = hashes[start:start + 512, None] ^ hashes[None, :]
-        distance = _popcount(block)
-        rows, cols = np.nonzero(distance <= max_distance)
-        for r, c in zip(rows + start, cols):
-            if r < c:
-                pairs.append((items[r], items[c], int(distance[r - start, c])))
-    return pairs
-
-
-def _popcount(values: np.ndarray) -> np.ndarray:
-    as_bytes = values.view(np.uint8).reshape(*values.shape, 8)
-    return _BIT_COUNTS[as_bytes].sum(axis=-1)
-
-
-_BIT_COUNTS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
 def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, str]]]:
     """Check every file once: usable items and rejected files with reasons. The same content twice
     in one class is kept once; the same content under two classes is a label conflict, and every
@@ -231,6 +209,22 @@ def shuffled_classes(items: list[Item], seed: int):
         yield [members[position] for position in rng.permutation(len(members))]
 
 
+def with_near_duplicates(split_function):
+    """`split_function` dealing out one image of each near-duplicate group (its first path), the rest of
+    the group following it into its split: a re-saved or resized copy never lands in another split."""
+    @functools.wraps(split_function)
+    def split(items: list[Item], *args, max_distance: int = MAX_DISTANCE, **kwargs):
+        _, leader = copy_groups([item.dhash for item in items], max_distance)
+        followers: dict[str, list[Item]] = {}
+        for item, lead in zip(items, leader):
+            followers.setdefault(items[lead].path, []).append(item)
+        dealt = split_function([items[i] for i in sorted(set(leader.tolist()))], *args, **kwargs)
+        return tuple(sorted((member for item in part for member in followers[item.path]), key=lambda item: item.path)
+                     for part in dealt)
+    return split
+
+
+@with_near_duplicates
 def stratified_split(items: list[Item], fractions: tuple[float, float], seed: int):
     """(train, val, test) with each class split in the same proportions; content is already unique."""
     splits = ([], [], [])
@@ -240,9 +234,10 @@ def stratified_split(items: list[Item], fractions: tuple[float, float], seed: in
         for rank, item in enumerate(members):
             which = 1 if rank < n_val else 2 if rank < n_val + n_test else 0
             splits[which].append(item)
-    return tuple(sorted(split, key=lambda item: item.path) for split in splits)
+    return splits
 
 
+@with_near_duplicates
 def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, seed: int):
     """(train, val, test): test is fold k of n stratified folds (k counts from 1), val is drawn from the
     rest. The folds depend on the seed alone, so the n runs of one cross-validation test each image once."""
@@ -252,7 +247,7 @@ def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, se
         for rank, item in enumerate(members):
             (test if rank % n == k - 1 else rest).append(item)
     train, val, _ = stratified_split(rest, (val_fraction, 0.0), seed)
-    return train, val, sorted(test, key=lambda item: item.path)
+    return train, val, test
 
 
 def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
@@ -287,6 +282,7 @@ def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: fl
             held[name] = _without_content(listed, taken, rejected)
             taken.update({item.sha256: (name, item.path) for item in held[name]})
     items = _without_content([item for item in items if found.split_of.get(item.path) not in held], taken, rejected)
+    items = without_near_copies(items, held, rejected)
     fractions = (0.0 if "val" in held else val_split, 0.0 if "test" in held else test_split)
     if fold:
         train, val, test = fold_split(items, fold, fractions[0], seed)
@@ -324,21 +320,3 @@ def _without_content(items: list[Item], taken: dict[str, tuple[str, str]], rejec
         else:
             kept.append(item)
     return kept
-
-
-def near_duplicate_rows(splits: Splits, max_distance: int = 4) -> list[tuple[str, str, str, str, int]]:
-    """(path, its split, path, its split, distance) for near-duplicate pairs, cross-split ones first."""
-    tagged = [(item, name) for name in ("train", "val", "test") for item in getattr(splits, name)]
-    split_of = {item.path: name for item, name in tagged}
-    rows = [(a.path, split_of[a.path], b.path, split_of[b.path], d)
-            for a, b, d in near_duplicates([item for item, _ in tagged], max_distance)]
-    return sorted(rows, key=lambda row: (row[1] == row[3], row[4]))
-
-
-def write_near_duplicates(path: Path, rows) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "split", "near_duplicate_of", "its_split", "dhash_distance"])
-    for a, split_a, b, split_b, distance in rows:
-        writer.writerow([display_path(a), split_a, display_path(b), split_b, distance])
-    atomic_write_text(path, buffer.getvalue())

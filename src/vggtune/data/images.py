@@ -44,7 +44,7 @@ def open_rgb(path, short_side: int | None = None) -> Image.Image:
     except IsADirectoryError:
         raise ImageRejected("a folder, not an image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"decompression bomb: {exc}".split(" could be")[0]) from None
+        raise ImageRejected(f"decompression bomb: {exc}".split(" could be")[0].rstrip(", ")) from None
     except UnidentifiedImageError:
         raise ImageRejected(_unidentified_reason(path)) from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,

@@ -36,12 +36,12 @@ class Explanation:
     label: str                              # the predicted class
     target: str                             # the class the map explains
     probabilities: dict[str, float]
-    heatmap: np.ndarray                     # float32, H x W in [0, 1]: the image's shape, 0 outside the crop
-    image: np.ndarray                       # uint8 H x W x 3: the image with its shorter side at the resize
-    box: tuple[int, int, int, int]          # (left, top, right, bottom) of the crop the network saw
+    heatmap: np.ndarray                     # float32, H x W in [0, 1]: the image's own size, 0 outside the crop
+    image: np.ndarray                       # uint8 H x W x 3: the image as decoded, EXIF orientation applied
+    box: tuple[int, int, int, int]          # (left, top, right, bottom) of the crop the network saw, in the image
 
     def overlay(self, alpha: float = 0.45) -> Image.Image:
-        """The map in colour over the crop the network saw; outside it the image is dimmed."""
+        """The map in colour over the crop the network saw; outside it the image is dimmed. The image's size."""
         from matplotlib import colormaps
         picture = self.image.astype(np.float32)
         colours = colormaps["jet"](self.heatmap)[..., :3].astype(np.float32) * 255
@@ -55,17 +55,22 @@ class Explanation:
 
 @dataclass(frozen=True)
 class Framed:
-    """One decoded input: the resized image, the crop the network takes, and where that crop lies."""
-    image: torch.Tensor                     # uint8 3 x H x W
+    """One decoded input: the resized image, the crop the network takes and where that crop lies, and the
+    image at its own size (the network's input is decoded as `predict` decodes it: large JPEGs at a reduced
+    scale, so the two are decoded apart)."""
+    image: torch.Tensor                     # uint8 3 x H x W, shorter side at the resize
     view: torch.Tensor                      # uint8 3 x size x size
     box: tuple[int, int, int, int]
+    original: np.ndarray                    # uint8 H0 x W0 x 3
 
 
 def frame(source, prep: Preprocessing) -> Framed:
+    if hasattr(source, "read"):             # a file object can be read once: keep its bytes for both decodes
+        source = source.read()
     image = resized(open_any(source, short_side=prep.resize), prep)
     box = centre_box(image.shape[-2], image.shape[-1], prep.size)
     left, top, right, bottom = box
-    return Framed(image, image[:, top:bottom, left:right], box)
+    return Framed(image, image[:, top:bottom, left:right], box, np.asarray(open_any(source)))
 
 
 def frame_or_reason(source, prep: Preprocessing) -> tuple[Framed | None, str | None]:
@@ -107,12 +112,20 @@ def grad_cam(model: Classifier, runtime: Runtime, views: torch.Tensor, prep: Pre
     return (cam / peak).cpu().numpy().astype(np.float32)
 
 
-def full_heatmap(cam: np.ndarray, framed: Framed) -> np.ndarray:
-    """A crop's map placed in the whole image: the network saw nothing outside the crop."""
-    heatmap = np.zeros(framed.image.shape[-2:], dtype=np.float32)
-    left, top, right, bottom = framed.box
-    heatmap[top:bottom, left:right] = cam
-    return heatmap
+def full_heatmap(cam: np.ndarray, framed: Framed) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A crop's map placed in the whole image at its own size (the network saw nothing outside the crop),
+    and where the crop lies there."""
+    height, width = framed.original.shape[:2]
+    scale = min(height, width) / min(framed.image.shape[-2:])        # the resize, one scale for both sides
+    side = min(round(framed.view.shape[-1] * scale), height, width)
+    top, left = round((height - side) / 2), round((width - side) / 2)
+    box = (left, top, left + side, top + side)
+    crop = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    crop = torch.nn.functional.interpolate(crop, size=(box[3] - box[1], box[2] - box[0]), mode="bilinear",
+                                           align_corners=False)[0, 0].clamp(0, 1)
+    heatmap = np.zeros((height, width), dtype=np.float32)
+    heatmap[box[1]:box[3], box[0]:box[2]] = crop.numpy()
+    return heatmap, box
 
 
 def explain(predictor, inputs: list, names: list[str], target: str | None = None):
@@ -133,10 +146,10 @@ def explain(predictor, inputs: list, names: list[str], target: str | None = None
         targets = [predictor.classes.index(target) if target else int(row.argmax()) for row in probabilities]
         maps = grad_cam(predictor.model, predictor.runtime, views, predictor.preprocessing, targets, predictor.engine)
         for (name, item), row, chosen, cam in zip(good, probabilities, targets, maps):
+            heatmap, box = full_heatmap(cam, item)
             explanations.append(Explanation(
                 name, predictor.classes[int(row.argmax())], predictor.classes[chosen],
-                {c: float(v) for c, v in zip(predictor.classes, row)}, full_heatmap(cam, item),
-                item.image.permute(1, 2, 0).numpy(), item.box))
+                {c: float(v) for c, v in zip(predictor.classes, row)}, heatmap, item.original, box))
     return explanations, rejected
 
 

@@ -27,7 +27,6 @@ from vggtune.errors import UserError
 from vggtune.deploy.inputs import labelled_files
 from vggtune.features.extract import decode_clean
 from vggtune.fsutil import atomic_path, atomic_write_json, display_path
-from vggtune.progress import say
 from vggtune.training.rundir import RunDir
 from vggtune.model.spec import ModelSpec, load_classifier
 
@@ -192,8 +191,6 @@ def check(path: Path, graph: ExportGraph, images: np.ndarray, precision: str, ru
                                               for i in range(0, len(images), 16)])
     difference = float(np.abs(onnx_probabilities - torch_probabilities).max())
     agreement = float((onnx_probabilities.argmax(1) == torch_probabilities.argmax(1)).mean())
-    say(f"parity on {len(images)} test images: largest probability difference {difference:.2e}, "
-        f"same label on {agreement:.1%}")
     if precision == "fp32":
         if difference > FP32_TOLERANCE or agreement < 1:
             raise ExportCheckFailed(f"ONNX and PyTorch differ by {difference:.2e} (allowed {FP32_TOLERANCE:.0e}) "
@@ -203,7 +200,6 @@ def check(path: Path, graph: ExportGraph, images: np.ndarray, precision: str, ru
     all_images, kept = _views(paths, spec)
     predicted = run_onnx(onnx_session, all_images).argmax(1)
     accuracy_onnx = float((predicted == np.asarray(labels)[kept]).mean())
-    say(f"test accuracy: ONNX int8 {accuracy_onnx:.4f}, the run {accuracy_run:.4f} ({len(kept)} images)")
     if agreement < INT8_AGREEMENT or abs(accuracy_onnx - accuracy_run) * 100 > INT8_ACCURACY_POINTS:
         raise ExportCheckFailed(f"int8 ONNX agrees with PyTorch on {agreement:.1%} of labels (allowed: "
                                 f"{INT8_AGREEMENT:.0%}) and scores {accuracy_onnx:.4f} against the run's "

@@ -9,12 +9,12 @@ import torch
 
 from vggtune import distributed
 from vggtune.deploy.gradcam import Explanation, explain
+from vggtune.deploy.inputs import expand_paths
 from vggtune.features import engine as engines
-from vggtune.features.extract import decode_clean, prefetch
+from vggtune.features.extract import decode_clean, normalise, prefetch
 from vggtune.progress import progress
 from vggtune.model.runtime import runtime_for
 from vggtune.model.spec import ModelSpec, load_classifier
-from vggtune.features.transforms import normalise
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,10 @@ class Predictor:
     def predict(self, inputs: list) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predictions for the readable inputs, and (name, reason) for the others. An input is a path,
         bytes, a binary file object, a PIL image or a uint8 numpy array; a prediction's `path` is the
-        path as given, or a name like "<PIL image 3>" for the others. Under torchrun each rank predicts its
-        share of the inputs and every rank gets them all, in the order given."""
+        path as given, or a name like "<PIL image 3>" for the others; a folder stands for the image files
+        under it, as on the command line. Under torchrun each rank predicts its share of the inputs and every
+        rank gets them all, in the order given."""
+        inputs, skipped = walk_folders(inputs)
         predictions, rejected = [], []
         batch_names, batch_views = [], []
         all_names = [name_of(source, i) for i, source in enumerate(inputs)]
@@ -66,7 +68,7 @@ class Predictor:
             order = {name: position for position, name in enumerate(all_names)}
             predictions = sorted(distributed.concat(predictions), key=lambda p: order[p.path])
             rejected = sorted(distributed.concat(rejected), key=lambda row: order[row[0]])
-        return predictions, rejected
+        return predictions, skipped + rejected
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a batch of uint8 RGB clean views (N, 3, size, size)."""
@@ -89,6 +91,22 @@ class Predictor:
         probs = self.probabilities(torch.stack(views))
         return [Prediction(path, self.classes[int(row.argmax())], {c: float(v) for c, v in zip(self.classes, row)})
                 for path, row in zip(paths, probs)]
+
+
+def walk_folders(inputs: list) -> tuple[list, list[tuple[str, str]]]:
+    """The inputs with each folder replaced by the image files under it, and the files there that are
+    not images, with why."""
+    if not any(isinstance(source, (str, os.PathLike)) and os.path.isdir(source) for source in inputs):
+        return list(inputs), []
+    walked, skipped = [], []
+    for source in inputs:
+        if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+            files, not_images = expand_paths([str(source)])
+            walked += files
+            skipped += not_images
+        else:
+            walked.append(source)
+    return walked, skipped
 
 
 def name_of(source, index: int) -> str:

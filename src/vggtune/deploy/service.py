@@ -3,8 +3,10 @@
 Requests that arrive together are classified together: each decoded image waits at most
 `wait_ms` for others, up to `max_batch`, then the batch runs once (`Batcher`). Uploads are
 bounded (size, pixels, image types only); a bad upload is a 4xx with a one-line JSON reason,
-never a 500, and never stops the service. Off the loopback interface a token is required
-(`Authorization: Bearer TOKEN`, or `?token=` for the page), unless `--no-auth` says otherwise.
+never a 500, and never stops the service; in a request of several files each unreadable one gets its
+own reason beside the others' predictions. Off the loopback interface a token is required
+(`Authorization: Bearer TOKEN`, or `?token=`), unless `--no-auth` says otherwise; `/health` (for a
+load balancer's probe) and the page (which asks for the token) answer without it.
 """
 from __future__ import annotations
 
@@ -109,11 +111,10 @@ class Model:
                 "engine": self.predictor.engine.describe(),
                 "vggtune": __version__}
 
-    def decode(self, name: str, data: bytes):
+    def decode(self, name: str, data: bytes) -> tuple[torch.Tensor | None, str | None]:
+        """(the clean view, None), or (None, "name: why it cannot be read")."""
         view, reason = decode_clean(data, self.predictor.preprocessing)
-        if reason:
-            raise BadUpload(422, f"{name}: {reason}")
-        return view
+        return (None, f"{name}: {reason}") if reason else (view, None)
 
     def answer(self, name: str, row: torch.Tensor) -> dict:
         classes = self.predictor.classes

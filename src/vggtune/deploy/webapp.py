@@ -21,6 +21,9 @@ from vggtune.model.spec import ModelSpec
 
 log = logging.getLogger("vggtune.serve")
 MAX_FILES = 64
+# Open with a token too: a load balancer's probe carries none, and the page (static, no data) asks for the token.
+OPEN_PATHS = ("/health", "/")
+DENIED = "missing or wrong token; allowed: the header Authorization: Bearer TOKEN, or ?token=TOKEN in the address"
 
 
 def create_app(config: ServeConfig, load=Model):
@@ -50,9 +53,9 @@ def create_app(config: ServeConfig, load=Model):
     @app.middleware("http")
     async def guard(request: Request, call_next):
         started = time.perf_counter()
-        if not authorised(token, request.headers.get("authorization"), request.query_params.get("token")):
-            response = JSONResponse({"error": "missing or wrong token; allowed: Authorization: Bearer TOKEN"},
-                                    status_code=401)
+        if request.url.path not in OPEN_PATHS and not authorised(token, request.headers.get("authorization"),
+                                                                   request.query_params.get("token")):
+            response = JSONResponse({"error": DENIED}, status_code=401)
         else:
             try:
                 response = await call_next(request)
@@ -99,11 +102,19 @@ def create_app(config: ServeConfig, load=Model):
 
     @app.post("/predict")
     async def predict(request: Request):
+        """One answer a file, in order: its prediction, or {"file", "error"} for one that cannot be read (as
+        `vggtune predict` goes on past it). 422 only when no file could be read."""
         model = ready_model()
         uploads = await read_uploads(request, limit)
-        views = await asyncio.gather(*(asyncio.to_thread(model.decode, name, data) for name, data in uploads))
-        rows = await asyncio.gather(*(state["batcher"].submit(view) for view in views))
-        return {"model": model.id, "predictions": [model.answer(name, row) for (name, _), row in zip(uploads, rows)]}
+        decoded = await asyncio.gather(*(asyncio.to_thread(model.decode, name, data) for name, data in uploads))
+        readable = [view for view, _ in decoded if view is not None]
+        rows = iter(await asyncio.gather(*(state["batcher"].submit(view) for view in readable)))
+        answers = [model.answer(name, next(rows)) if view is not None else {"file": name, "error": reason}
+                   for (name, _), (view, reason) in zip(uploads, decoded)]
+        if not readable:
+            return JSONResponse({"error": answers[0]["error"] if len(answers) == 1 else "no file could be read",
+                                 "model": model.id, "predictions": answers}, status_code=422)
+        return {"model": model.id, "predictions": answers}
 
     @app.post("/explain")
     async def explain(request: Request):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vggtune.features.settings import STORAGES, AugmentConfig
+from vggtune.features.settings import RESAMPLING, STORAGES, AugmentConfig
 from vggtune.model.arch import Arch
 from vggtune.model.policy import CLEAN, MIRROR
 from vggtune.errors import UserError
@@ -56,7 +56,7 @@ class FeatureKey:
         if self.arch.batch_norm:           # added only here, so that the keys of plain VGGs stay as they were
             layout["batch_norm"] = True
         key = {"weights": self.weights, "preprocessing": self.preprocessing, "cut": cut,
-               "arch": _short_digest(layout)[:12]}
+               "arch": _short_digest(layout)[:12], "resampling": RESAMPLING}
         if self.int8 is not None:
             key["int8"] = _short_digest(self.int8)[:16]
         if self.engine is not None and self.engine.name != "torch":

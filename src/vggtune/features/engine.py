@@ -29,6 +29,7 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -38,9 +39,11 @@ from vggtune.errors import UserError, choice_error
 from vggtune.features.settings import ENGINES
 from vggtune.fsutil import atomic_write_json
 from vggtune.model import quantize, weights
-from vggtune.model.classifier import Classifier
 from vggtune.model.runtime import Runtime, cpuinfo_fields
 from vggtune.progress import say
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.model.classifier import Classifier
 
 ENGINE_VARIABLE = "VGGTUNE_ENGINE"      # what `auto` means, where a user (or the test suite) pins it
 RUNTIMES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}      # engine -> the package it needs
@@ -317,7 +320,7 @@ def measure(runtime: Runtime, model: Classifier) -> dict:
 def _int8_probe(model: Classifier, runtime: Runtime, cut: str, x: torch.Tensor) -> Classifier:
     """A model of the same layout with int8 blocks up to `cut`, calibrated on `x`, to time: a run's own
     calibration comes after its engine is chosen, and speed does not depend on the values."""
-    probe = Classifier(model.head_spec, model.size, model.arch).eval().to(memory_format=torch.channels_last)
+    probe = type(model)(model.head_spec, model.size, model.arch).eval().to(memory_format=torch.channels_last)
     quantize.calibrate_model(probe, cut, x, runtime.autocast)
     return probe
 

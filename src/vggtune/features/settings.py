@@ -33,3 +33,5 @@ class AugmentConfig:
     def digest(self) -> str:
         """Names these settings in view seeds and cache entries."""
         return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+
+RESAMPLING = "pillow-bilinear"     # how views are resized (transforms.resized): in the cache key, as it changes the features

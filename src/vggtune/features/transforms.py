@@ -36,8 +36,10 @@ def eval_view(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
 
 
 def resized(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """The whole image with its shorter side at `prep.resize`, before the crop; uint8 CHW."""
-    return F.resize(F.pil_to_tensor(image), [prep.resize], antialias=True)
+    """The whole image with its shorter side at `prep.resize`, before the crop; uint8 CHW. Pillow resizes it
+    (antialiased bilinear, as torchvision resizes a PIL image), so that a program with Pillow alone (the
+    README's onnxruntime example) gives the same pixels; torchvision's tensor kernel rounds differently."""
+    return F.pil_to_tensor(F.resize(image, [prep.resize], interpolation=v2.InterpolationMode.BILINEAR))
 
 
 def centre_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
@@ -54,7 +56,7 @@ def train_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, seed
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * torch.rand((), generator=rng).item()
 
-    x = F.resize(F.pil_to_tensor(image), [prep.resize], antialias=True)
+    x = resized(image, prep)
     height, width = x.shape[-2:]
     angle = uniform(-aug.rotation, aug.rotation)
     shift = [round(uniform(-aug.shift, aug.shift) * width), round(uniform(-aug.shift, aug.shift) * height)]

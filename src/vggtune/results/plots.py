@@ -34,6 +34,7 @@ def training_curves(rows: list[dict], stage: str, chosen_epoch: int | None) -> b
             axes.axvline(chosen_epoch, color="grey", linestyle="--", label=f"kept: epoch {chosen_epoch}")
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)          # one epoch: not a 0.95-1.05 axis
         axes.set_title(f"{stage}: {metric}")
         axes.legend(fontsize="small")
         axes.grid(alpha=0.3)
@@ -41,18 +42,22 @@ def training_curves(rows: list[dict], stage: str, chosen_epoch: int | None) -> b
 
 
 def confusion(matrix, classes: list[str]) -> bytes:
-    """Counts and row-normalised (recall per true class), side by side."""
+    """Counts and row-normalised (recall per true class), side by side; beyond 12 classes the normalised
+    matrix alone, so that a page's width shows its class names at a readable size."""
     matrix = np.asarray(matrix)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    side = max(3.5, 0.3 * len(classes) + 1.5)
-    figure = _figure(2 * side + 1, side)
     label_cells = len(classes) <= 12
-    for axes, values, title in zip(figure.subplots(1, 2), (matrix, normalised), ("counts", "normalised by true class")):
+    panels = ((matrix, "counts"), (normalised, "normalised by true class")) if label_cells else \
+        ((normalised, "normalised by true class (counts: the most confused pairs below)"),)
+    side = max(3.5, 0.3 * len(classes) + 1.5) if label_cells else 0.22 * len(classes) + 2.5
+    figure = _figure(len(panels) * side + 1, side)
+    axes_list = figure.subplots(1, len(panels)) if len(panels) > 1 else [figure.subplots(1, 1)]
+    for axes, (values, title) in zip(axes_list, panels):
         image = axes.imshow(values, cmap="Blues")
         figure.colorbar(image, ax=axes, shrink=0.8)
         ticks = range(len(classes))
-        axes.set_xticks(ticks, classes, rotation=90, fontsize="small" if label_cells else 6)
-        axes.set_yticks(ticks, classes, fontsize="small" if label_cells else 6)
+        axes.set_xticks(ticks, classes, rotation=90, fontsize="small" if label_cells else 8)
+        axes.set_yticks(ticks, classes, fontsize="small" if label_cells else 8)
         axes.set_xlabel("predicted")
         axes.set_ylabel("true")
         axes.set_title(title)

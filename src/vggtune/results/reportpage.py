@@ -75,7 +75,8 @@ def verdict(evaluated: Evaluated) -> str:
     return (f"<section id='verdict'><h2>Verdict</h2><p><b>{n}</b> images of {_e(evaluated.data)}, "
             f"{len(evaluated.rejected)} unreadable.</p>{warning}<table><tr><th>metric</th><th>value</th>"
             f"<th>95% interval</th></tr>{body}</table><p class='muted'>Intervals: Wilson for accuracy; "
-            f"percentile bootstrap over the images ({analysis.BOOTSTRAP_DRAWS} draws) for the others.</p></section>")
+            f"percentile bootstrap over the images, resampled within each class ({analysis.BOOTSTRAP_DRAWS} draws), "
+            f"for the others.</p></section>")
 
 
 def curves(folder: RunDir) -> str:
@@ -88,7 +89,7 @@ def curves(folder: RunDir) -> str:
         rows = [row for row in history if row["stage"] == stage]
         kept = kept_epochs.get(stage)
         parts.append(f"<h3>{_e(stage)}</h3>{_img(plots.training_curves(rows, stage, kept), f'{stage} curves')}"
-                     f"<p>{len(rows)} epochs; kept epoch {kept if kept else 'not recorded'}.</p>")
+                     f"<p>{_count(len(rows), 'epoch')}; kept epoch {kept if kept else 'not recorded'}.</p>")
     return f"<section id='curves'><h2>Training curves</h2>{''.join(parts) or '<p>No epochs recorded.</p>'}</section>"
 
 
@@ -122,10 +123,11 @@ def examples(evaluated: Evaluated, predictor: Predictor) -> str:
     right = np.nonzero(probabilities.argmax(1) == labels)[0]
     worst = wrong[np.argsort(-losses[wrong], kind="stable")][:TOP_LOSSES]
     unsure = right[np.argsort(probabilities[right].max(1), kind="stable")][:LEAST_CERTAIN]
-    return (f"<section id='top-losses'><h2>Top losses</h2><p>The {len(worst)} most confidently wrong of "
-            f"{len(wrong)} mistakes, with where the network looked for its prediction (Grad-CAM on "
-            "the last convolution; dimmed: outside the centre crop the network sees).</p>"
-            f"{_tiles(evaluated, predictor, worst, 'wrong', losses)}"
+    shown = (f"The {_count(len(worst), 'most confidently wrong image')} of {_count(len(wrong), 'mistake')}"
+             if len(wrong) else f"No mistakes on the {len(labels)} test images")
+    return (f"<section id='top-losses'><h2>Top losses</h2><p>{shown}, with where the network looked for its "
+            "prediction (Grad-CAM on the last convolution; dimmed: outside the centre crop the network sees).</p>"
+            f"{_tiles(evaluated, predictor, worst, 'wrong', losses) if len(wrong) else ''}"
             f"<h3>Least certain correct</h3>{_tiles(evaluated, predictor, unsure, 'unsure', losses)}</section>")
 
 
@@ -194,14 +196,29 @@ def run_section(folder: RunDir, spec: ModelSpec) -> str:
     reuse = (f"{cache['views_wanted'] - cache['views_computed']} of {cache['views_wanted']} views came from the "
              f"feature cache, {cache['views_computed']} were computed." if cache.get("views_wanted")
              else "Not recorded (a run made without the cache, or by an earlier vggtune).")
-    facts = [("weights", spec.weights), ("precision", spec.precision), ("image size", spec.preprocessing.size),
-             *((key, value) for key, value in environment.items() if key != "feature_cache")]
+    facts = [("weights", spec.weights), ("precision", spec.precision), ("image size", spec.preprocessing.size)]
+    facts += [(key, value) for key, value in environment.items()
+              if key != "feature_cache" and key not in {name for name, _ in facts}]
     config_rows = [(key, value) for key, value in config.items() if key != "augment"]
     config_rows += [(f"augment.{key}", value) for key, value in (config.get("augment") or {}).items()]
     return ("<section id='run'><h2>The run</h2><h3>Model and machine</h3>" + _table(["", ""], facts)
-            + "<h3>Timings (seconds)</h3>" + _table(["step", "seconds"], list(timing.items()))
+            + "<h3>Timings (seconds)</h3>" + _table(["step", "seconds"], [(TIMING_NAMES.get(key, key), value)
+                                                                         for key, value in timing.items()])
             + f"<h3>Feature cache</h3><p>{_e(reuse)}</p><h3>Configuration</h3>" + _table(["option", "value"], config_rows)
             + "</section>")
+
+
+# metrics.json's timing keys, as a reader names the steps
+TIMING_NAMES = {"features_s": "features, all splits", "features_train_s": "features of the training views",
+                "features_val_s": "features of the validation views", "features_test_s": "features of the test views",
+                "head_s": "head stage", "finetune_s": "fine-tune stage", "score_val_s": "scoring the validation split",
+                "score_test_s": "scoring the test split", "this_call_s": "the whole call (start to scores)",
+                "damaged_cache_shards": "damaged cache shards computed again (a count)"}
+
+
+def _count(n: int, noun: str) -> str:
+    """"1 epoch", "2 epochs"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 TABLE_ROWS = 200               # longer lists are cut here; the CSV files in the run hold them all
@@ -235,5 +252,5 @@ def _number(value) -> str:
 
 
 def _interval(bound) -> str:
-    return f"{bound[0]:.4f} to {bound[1]:.4f}" if bound else ""
+    return _e(analysis.describe_interval(bound))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vggtune.data import dataset as data
+from vggtune.data import dataset as data, similar
 from vggtune.data.items import KINDS, UNREADABLE, Rejected
 from vggtune.training.config import TrainConfig, load_config, save_config
 from vggtune.errors import UserError
@@ -142,7 +142,15 @@ class RunDir:
         data.write_rejected(self.path / "rejected.csv", rejected)
 
     def write_near_duplicates(self, rows: list) -> None:
-        data.write_near_duplicates(self.path / "near_duplicates.csv", rows)
+        similar.write_near_duplicates(self.path / "near_duplicates.csv", rows)
+
+    def write_data_reports(self, splits, rejected: list) -> tuple[int, int]:
+        """rejected.csv and near_duplicates.csv: (near-duplicate pairs that fall in two splits, pairs filed
+        under two classes)."""
+        rows = similar.near_duplicate_rows(splits)
+        self.write_rejected(rejected)
+        self.write_near_duplicates(rows)
+        return sum(1 for row in rows if row[1] != row[3]), len(similar.label_conflicts(splits))
 
     def write_splits(self, classes: list[str], splits: dict) -> None:
         atomic_write_json(self.path / "splits.json", {"classes": classes, **{

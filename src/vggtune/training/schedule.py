@@ -59,8 +59,9 @@ class Log:
     """What the stages record as they go: each stage's epochs (metrics.jsonl, rewritten after every
     epoch), the epoch each stage kept, and the seconds each part of the run took (metrics.json)."""
 
-    def __init__(self, folder: RunDir):
+    def __init__(self, folder: RunDir, started: float | None = None):
         self.folder, self.histories, self.timing, self.kept_epochs = folder, {}, {}, {}
+        self.started = time.perf_counter() if started is None else started
 
     def epochs(self, stage: str, history: list[dict]) -> None:
         """The stage's epochs so far, written to metrics.jsonl with the stages before it."""
@@ -96,10 +97,10 @@ class Checkpoints:
 
 def fit(config, resume: bool = False) -> dict:
     """Train as `config` says, in config.out; returns {'val': metrics, 'test': metrics}."""
-    stages = plan(config)
+    stages, started = plan(config), time.perf_counter()
     with verbosity(config.quiet or not distributed.is_main()):
         run = open_run(config, resume, cuts=[stage.cut for stage in stages])
-        log = Log(run.folder)
+        log = Log(run.folder, started)
         log.timing.update(run.setup_seconds)
         for stage in stages:
             run.model.set_trainable(stage.trainable)
@@ -129,6 +130,8 @@ def finish(run: Run, cut: str, log: Log) -> dict:
             log.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
     if run.sources.damaged_shards:
         log.timing["damaged_cache_shards"] = run.sources.damaged_shards
+    # From the start of this process's part (a resumed run's earlier parts are not in it) to the scores.
+    log.timing["this_call_s"] = round(time.perf_counter() - log.started, 1)
     # --no-cache: files lost mid-run, on any rank (the cache's sources already share theirs)
     lost = list(dict.fromkeys(distributed.concat(run.sources.rejected)))
     if distributed.is_main():

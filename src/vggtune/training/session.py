@@ -99,10 +99,10 @@ def _int8_blocks(pipeline: FeaturePipeline, folder: RunDir, splits: data.Splits,
 
 
 def _write_data_reports(folder: RunDir, splits: data.Splits, rejected: list[tuple[str, str]]) -> None:
-    near_duplicates = data.near_duplicate_rows(splits)
-    folder.write_rejected(rejected)
-    folder.write_near_duplicates(near_duplicates)
-    across = sum(1 for row in near_duplicates if row[1] != row[3])
-    if across:
+    across, conflicts = folder.write_data_reports(splits, rejected)
+    if across:        # only where a given --val-data, --test-data or manifest split holds both
         say(f"warning: {across} near-duplicate image pairs fall in different splits "
             "(perceptual hash; see near_duplicates.csv)")
+    if conflicts:
+        say(f"warning: {conflicts} near-duplicate image pairs are filed under two classes, likely one image "
+            "with two labels (`vggtune data check` lists them)")

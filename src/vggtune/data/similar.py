@@ -1,0 +1,184 @@
+"""Near-duplicates: images whose 64-bit perceptual hashes (dHash) differ in a few bits, found without
+comparing every pair, and the groups they join.
+
+Multi-index hashing (Norouzi et al., 2012): cut each hash into `max_distance + 1` pieces; two hashes
+within `max_distance` bits agree exactly on at least one piece (pigeonhole), so only hashes that share
+a piece value are compared. With 13-bit pieces a million photos cost about five sorts and a few
+hundred comparisons each (benchmarks/scale.py), where all pairs were 5 * 10^11.
+Copies with the very same hash are linked to the first of them, not to each other: a group of m
+copies is m - 1 pairs, not m(m - 1)/2.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from vggtune.data.items import DUPLICATE, Item, Rejected, Splits
+from vggtune.fsutil import atomic_write_text, display_path
+
+MAX_DISTANCE = 4           # bits: a re-saved, resized or recompressed copy stays within it (tests/test_leakage.py)
+CHUNK_PAIRS = 4_000_000    # candidate pairs compared at a time: bounds the memory of a large bucket
+MAX_GROUP = 5              # an image and a few copies of it; more alike than this is a look, not copies
+
+
+def close_pairs(hashes, max_distance: int = MAX_DISTANCE) -> list[tuple[int, int, int]]:
+    """(i, j, distance) with i < j for the positions of hashes within `max_distance` bits, each pair once."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    if len(hashes) < 2:
+        return []
+    unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    # The same hash: each copy with the first of its hash.
+    copies = np.flatnonzero(first[inverse] != np.arange(len(hashes)))
+    pairs = [(int(first[inverse[i]]), int(i), 0) for i in copies]
+    a, b, distance = _close_unique(unique, max_distance)
+    pairs += [(int(min(x, y)), int(max(x, y)), int(d)) for x, y, d in zip(first[a], first[b], distance)]
+    return sorted(pairs)
+
+
+def _close_unique(unique: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of positions (a < b) in `unique` (distinct hashes) within `max_distance` bits, and their distance."""
+    found_a, found_b = [], []
+    for shift, width in _pieces(max_distance):
+        keys = (unique >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+        order = np.argsort(keys, kind="stable")
+        for left, right in _same_key_pairs(keys[order]):
+            a, b = order[left], order[right]
+            close = _bit_count(unique[a] ^ unique[b]) <= max_distance
+            found_a.append(np.minimum(a, b)[close])
+            found_b.append(np.maximum(a, b)[close])
+    if not found_a:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    a, b = np.concatenate(found_a), np.concatenate(found_b)
+    code = np.unique(a.astype(np.int64) * len(unique) + b)          # a pair that shares two pieces, once
+    a, b = code // len(unique), code % len(unique)
+    return a, b, _bit_count(unique[a] ^ unique[b]).astype(np.int64)
+
+
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _bit_count(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy 2's bitwise_count; a byte table on numpy 1)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values)
+    return _BYTE_BITS[np.ascontiguousarray(values).view(np.uint8).reshape(-1, 8)].sum(axis=1)
+
+
+def _pieces(max_distance: int) -> list[tuple[int, int]]:
+    """(shift, width) of each of the max_distance + 1 pieces of a 64-bit hash."""
+    count = max_distance + 1
+    widths = [64 // count + (1 if i < 64 % count else 0) for i in range(count)]
+    return [(sum(widths[:i]), width) for i, width in enumerate(widths)]
+
+
+def _same_key_pairs(keys: np.ndarray):
+    """Yields (left, right) position arrays, left < right, of every pair with the same value in the sorted
+    `keys`, about CHUNK_PAIRS pairs at a time."""
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    bucket_end = np.repeat(ends, ends - starts)
+    partners = bucket_end - np.arange(len(keys)) - 1          # each position pairs with those after it
+    cumulative = np.cumsum(partners)
+    begin = 0
+    while begin < len(keys):
+        end = int(np.searchsorted(cumulative, (cumulative[begin - 1] if begin else 0) + CHUNK_PAIRS, "right"))
+        end = max(end, begin + 1)
+        counts = partners[begin:end]
+        if counts.sum():
+            left = np.repeat(np.arange(begin, end), counts)
+            run_starts = np.cumsum(counts) - counts
+            right = left + 1 + np.arange(counts.sum()) - np.repeat(run_starts, counts)
+            yield left, right
+        begin = end
+
+
+def groups(count: int, pairs, max_group: int | None = None) -> np.ndarray:
+    """The group of each of `count` positions once every pair (i, j, ...) is joined: the smallest
+    position of its group (union-find). A group of more than `max_group` is broken up, each position its
+    own group again."""
+    parent = list(range(count))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    for i, j, *_ in pairs:
+        a, b = root(i), root(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    group = np.array([root(i) for i in range(count)], dtype=np.int64)
+    if max_group is not None and count:
+        sizes = np.bincount(group, minlength=count)
+        large = sizes[group] > max_group
+        group[large] = np.flatnonzero(large)
+    return group
+
+
+def copy_groups(hashes, max_distance: int = MAX_DISTANCE) -> tuple[list[tuple[int, int, int]], np.ndarray]:
+    """(the close pairs within a group, each position's group) where a group is what close pairs join, up
+    to MAX_GROUP images: re-saved, resized or recompressed copies. A larger one is many images that merely
+    look alike at 9 x 8 pixels (a texture, one X-ray layout, stripes), not copies: it is not a group."""
+    pairs = close_pairs(hashes, max_distance)
+    group = groups(len(hashes), pairs, MAX_GROUP)
+    return [pair for pair in pairs if group[pair[0]] == group[pair[1]]], group
+
+
+# ---- near-duplicates among a dataset's items --------------------------------------------------------
+
+def near_duplicates(items: list[Item], max_distance: int = MAX_DISTANCE) -> list[tuple[Item, Item, int]]:
+    """Pairs of different files in one copy group (`copy_groups`: dHashes within `max_distance` bits;
+    copies with the same hash each paired with the first of them)."""
+    pairs, _ = copy_groups([item.dhash for item in items], max_distance)
+    return [(items[i], items[j], d) for i, j, d in pairs]
+
+
+def without_near_copies(items: list[Item], held: dict[str, list[Item]], rejected: list) -> list[Item]:
+    """The images left to split, less those in a near-duplicate group with a held-out (val or test) image:
+    a given split cannot move, so its near-copies leave the others, as exact copies do."""
+    outside = [(item, name) for name, part in held.items() for item in part]
+    if not outside:
+        return items
+    pool = items + [item for item, _ in outside]
+    _, group = copy_groups([item.dhash for item in pool])
+    held_in = {}
+    for position in range(len(items), len(pool)):
+        held_in.setdefault(int(group[position]), outside[position - len(items)])
+    kept = []
+    for item, group_id in zip(items, group[:len(items)]):
+        if int(group_id) in held_in:
+            other, name = held_in[int(group_id)]
+            rejected.append(Rejected(item.path, f"near-duplicate of {name} file {display_path(other.path)} "
+                                                "(kept out of two splits)", DUPLICATE))
+        else:
+            kept.append(item)
+    return kept
+
+
+def label_conflicts(splits: Splits, max_distance: int = MAX_DISTANCE) -> list[tuple[str, str, str, str, int]]:
+    """(path, its class, path, its class, distance) of near-duplicates filed under two classes: likely one
+    image with two labels."""
+    items = splits.train + splits.val + splits.test
+    return [(a.path, splits.classes[a.label], b.path, splits.classes[b.label], d)
+            for a, b, d in near_duplicates(items, max_distance) if a.label != b.label]
+
+
+def near_duplicate_rows(splits: Splits, max_distance: int = MAX_DISTANCE) -> list[tuple[str, str, str, str, int]]:
+    """(path, its split, path, its split, distance) for near-duplicate pairs, cross-split ones first."""
+    tagged = [(item, name) for name in ("train", "val", "test") for item in getattr(splits, name)]
+    split_of = {item.path: name for item, name in tagged}
+    rows = [(a.path, split_of[a.path], b.path, split_of[b.path], d)
+            for a, b, d in near_duplicates([item for item, _ in tagged], max_distance)]
+    return sorted(rows, key=lambda row: (row[1] == row[3], row[4]))
+
+
+def write_near_duplicates(path: Path, rows) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "split", "near_duplicate_of", "its_split", "dhash_distance"])
+    for a, split_a, b, split_b, distance in rows:
+        writer.writerow([display_path(a), split_a, display_path(b), split_b, distance])
+    atomic_write_text(path, buffer.getvalue())
