@@ -48,8 +48,8 @@ NEW_DEFAULT = "+ tta"        # the scoring that became the default; later rows a
 
 def run_items(run: Path) -> dict[str, list[Item]]:
     """The validation and test images of a run, as its splits.json lists them."""
-    splits = RunDir(run).read("splits.json")
-    return {name: [Item(row["path"], row["label"], row["sha256"]) for row in splits[name]] for name in ("val", "test")}
+    splits = RunDir(run).splits()
+    return {name: [Item(row.path, row.label, row.sha256) for row in getattr(splits, name)] for name in ("val", "test")}
 
 
 def run_logits(run: Path, items: dict[str, list[Item]]) -> tuple[dict, Scorer]:
@@ -97,7 +97,7 @@ def row_of(name: str, probabilities: dict, labels: dict, base: dict, classes: li
     metrics = classification_metrics([labels[k] for k in keys], [probabilities[k] for k in keys], classes)
     return {"setting": name, "accuracy": round(metrics["accuracy"], 4),
             "errors": int(round((1 - metrics["accuracy"]) * metrics["n"])), "n": metrics["n"],
-            "log_loss": round(metrics["log_loss"], 4), "f1": round(metrics["f1"], 4), **extra,
+            "log_loss": round(metrics["log_loss"], 4), "f1": round(metrics.get("f1", metrics["f1_macro"]), 4), **extra,
             **compare(probabilities, base, labels)}
 
 

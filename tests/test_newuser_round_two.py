@@ -114,3 +114,18 @@ def test_the_report_of_a_one_epoch_run_reads_as_written(tmp_path, tiny_weights):
     assert "features of the training views" in page and "features_train_s" not in page
     machine = page.split("<h3>Model and machine</h3>", 1)[1].split("</table>", 1)[0]
     assert machine.count("<td>weights</td>") == 1 and machine.count("<td>precision</td>") == 1
+
+
+def test_one_size_rule_for_training_and_prediction(tmp_path):
+    """Training's scan and predict refuse and accept the same sizes (a 16 x 16 image was said to be
+    refused by one and taken by the other: both take it, and both refuse 15 x 15 in the same words)."""
+    from vggtune.data.dataset import check_file
+    from vggtune.features.extract import decode_clean
+    from vggtune.model.weights import VGG16_IMAGENET1K_V1
+    for side, usable in ((15, False), (16, True)):
+        path = tmp_path / f"{side}.jpg"
+        Image.new("RGB", (side, side), (200, 30, 30)).save(path)
+        _, scan_reason, _ = check_file(str(path))
+        _, predict_reason = decode_clean(str(path), VGG16_IMAGENET1K_V1.preprocessing)
+        assert (scan_reason is None) == (predict_reason is None) == usable
+        assert scan_reason == predict_reason

@@ -210,17 +210,19 @@ def shuffled_classes(items: list[Item], seed: int):
 
 
 def with_near_duplicates(split_function):
-    """`split_function` dealing out one image of each near-duplicate group (its first path), the rest of
-    the group following it into its split: a re-saved or resized copy never lands in another split."""
+    """`split_function`, then each near-duplicate group moved into the split of its first image (its
+    leader): a re-saved or resized copy never lands in another split. The images are dealt as they
+    always were, so a dataset without near-duplicates is split as before, and one with a few of them
+    differs only by those."""
     @functools.wraps(split_function)
     def split(items: list[Item], *args, max_distance: int = MAX_DISTANCE, **kwargs):
         _, leader = copy_groups([item.dhash for item in items], max_distance)
-        followers: dict[str, list[Item]] = {}
+        dealt = split_function(items, *args, **kwargs)
+        where = {item.path: part for part, members in enumerate(dealt) for item in members}
+        parts = tuple([] for _ in dealt)
         for item, lead in zip(items, leader):
-            followers.setdefault(items[lead].path, []).append(item)
-        dealt = split_function([items[i] for i in sorted(set(leader.tolist()))], *args, **kwargs)
-        return tuple(sorted((member for item in part for member in followers[item.path]), key=lambda item: item.path)
-                     for part in dealt)
+            parts[where[items[lead].path]].append(item)
+        return tuple(sorted(part, key=lambda item: item.path) for part in parts)
     return split
 
 

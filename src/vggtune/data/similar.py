@@ -1,10 +1,11 @@
 """Near-duplicates: images whose 64-bit perceptual hashes (dHash) differ in a few bits, found without
 comparing every pair, and the groups they join.
 
-Multi-index hashing (Norouzi et al., 2012): cut each hash into `max_distance + 1` pieces; two hashes
-within `max_distance` bits agree exactly on at least one piece (pigeonhole), so only hashes that share
-a piece value are compared. With 13-bit pieces a million photos cost about five sorts and a few
-hundred comparisons each (benchmarks/scale.py), where all pairs were 5 * 10^11.
+Multi-index hashing (Norouzi et al., 2012), with pairs of pieces as keys: cut each hash into
+`max_distance + 2` pieces; two hashes within `max_distance` bits agree exactly on at least two of them
+(pigeonhole), so only hashes that share the values of some pair of pieces are compared. At 4 bits:
+six pieces of 10-11 bits, 15 indexes with 21-22-bit keys, so a million random hashes cost 15 sorts
+and about 4 * 10^6 comparisons (benchmarks/scale.py), where every pair was 5 * 10^11.
 Copies with the very same hash are linked to the first of them, not to each other: a group of m
 copies is m - 1 pairs, not m(m - 1)/2.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +43,9 @@ def close_pairs(hashes, max_distance: int = MAX_DISTANCE) -> list[tuple[int, int
 def _close_unique(unique: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of positions (a < b) in `unique` (distinct hashes) within `max_distance` bits, and their distance."""
     found_a, found_b = [], []
-    for shift, width in _pieces(max_distance):
-        keys = (unique >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+    pieces = _pieces(max_distance)
+    for (shift_1, width_1), (shift_2, width_2) in itertools.combinations(pieces, 2):
+        keys = (_piece(unique, shift_1, width_1) << np.uint64(width_2)) | _piece(unique, shift_2, width_2)
         order = np.argsort(keys, kind="stable")
         for left, right in _same_key_pairs(keys[order]):
             a, b = order[left], order[right]
@@ -52,9 +55,13 @@ def _close_unique(unique: np.ndarray, max_distance: int) -> tuple[np.ndarray, np
     if not found_a:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
     a, b = np.concatenate(found_a), np.concatenate(found_b)
-    code = np.unique(a.astype(np.int64) * len(unique) + b)          # a pair that shares two pieces, once
+    code = np.unique(a.astype(np.int64) * len(unique) + b)          # a pair found by two indexes, once
     a, b = code // len(unique), code % len(unique)
     return a, b, _bit_count(unique[a] ^ unique[b]).astype(np.int64)
+
+
+def _piece(hashes: np.ndarray, shift: int, width: int) -> np.ndarray:
+    return (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
 
 
 _BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -68,8 +75,10 @@ def _bit_count(values: np.ndarray) -> np.ndarray:
 
 
 def _pieces(max_distance: int) -> list[tuple[int, int]]:
-    """(shift, width) of each of the max_distance + 1 pieces of a 64-bit hash."""
-    count = max_distance + 1
+    """(shift, width) of each of the max_distance + 2 pieces of a 64-bit hash: two hashes within
+    max_distance bits differ in at most max_distance pieces, so at least two pieces agree exactly, and
+    an index on each pair of pieces (keys of about 2 * 64 / (max_distance + 2) bits) finds them."""
+    count = max_distance + 2
     widths = [64 // count + (1 if i < 64 % count else 0) for i in range(count)]
     return [(sum(widths[:i]), width) for i, width in enumerate(widths)]
 
