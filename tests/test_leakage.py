@@ -35,12 +35,17 @@ def test_exact_copy_in_test_folder_is_reported_and_kept_out_of_training(tmp_path
     assert "cat.3.jpg" not in {p.split("/")[-1] for p in (i.path for i in splits.train)}
 
 
-def test_near_duplicates_are_warned_not_removed(tmp_path, capsys):
-    root = tmp_path / "d"
+def four_photos_a_class(root):
+    """cat.0-3 and dog.0-3: distinct smooth photos, no two of them alike."""
     for label, name in enumerate(("cat", "dog")):
         (root / name).mkdir(parents=True)
         for i in range(4):
             smooth_photo(10 * label + i).save(root / name / f"{name}.{i}.jpg", quality=95)
+    return root
+
+
+def test_near_duplicates_are_warned_not_removed(tmp_path, capsys):
+    root = four_photos_a_class(tmp_path / "d")
     original = Image.open(root / "cat" / "cat.0.jpg")
     original.resize((80, 60)).save(root / "cat" / "cat.resized.jpg", quality=60)
     assert cli.main(["data", "check", str(root)]) == 0
@@ -105,11 +110,7 @@ def test_near_duplicate_groups_stay_in_one_split(tmp_path):
 
 
 def test_a_near_duplicate_under_another_class_is_a_likely_label_conflict(tmp_path, capsys):
-    root = tmp_path / "d"
-    for label, name in enumerate(("cat", "dog")):
-        (root / name).mkdir(parents=True)
-        for i in range(4):
-            smooth_photo(10 * label + i).save(root / name / f"{name}.{i}.jpg", quality=95)
+    root = four_photos_a_class(tmp_path / "d")
     Image.open(root / "cat" / "cat.2.jpg").resize((100, 75)).save(root / "dog" / "dog.resaved.jpg", quality=70)
     assert cli.main(["data", "check", str(root)]) == 1
     out = capsys.readouterr().out
