@@ -33,7 +33,10 @@ def training_curves(rows: list[dict], stage: str, chosen_epoch: int | None) -> b
         if chosen_epoch:
             axes.axvline(chosen_epoch, color="grey", linestyle="--", label=f"kept: epoch {chosen_epoch}")
         axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if max(epochs) - min(epochs) < 20:      # few epochs: each one a tick (MaxNLocator goes fractional below 2)
+            axes.set_xticks(range(min(epochs), max(epochs) + 1))
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)          # one epoch: not a 0.95-1.05 axis
         axes.set_title(f"{stage}: {metric}")
         axes.legend(fontsize="small")
