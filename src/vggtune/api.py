@@ -203,7 +203,7 @@ def check_data(folder: str, val_data: str | None = None, test_data: str | None =
     splits = dataset.prepare_splits(folder, val_data, test_data, 0.1, 0.1, seed=0)
     if output:
         dataset.write_rejected(Path(output), splits.rejected)
-    return splits, similar.near_duplicate_rows(splits), similar.label_conflicts(splits)
+    return (splits, *similar.report(splits))
 
 
 def describe_interval(bound) -> str:

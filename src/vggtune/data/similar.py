@@ -167,21 +167,18 @@ def without_near_copies(items: list[Item], held: dict[str, list[Item]], rejected
     return kept
 
 
-def label_conflicts(splits: Splits, max_distance: int = MAX_DISTANCE) -> list[tuple[str, str, str, str, int]]:
-    """(path, its class, path, its class, distance) of near-duplicates filed under two classes: likely one
-    image with two labels."""
-    items = splits.train + splits.val + splits.test
-    return [(a.path, splits.classes[a.label], b.path, splits.classes[b.label], d)
-            for a, b, d in near_duplicates(items, max_distance) if a.label != b.label]
-
-
-def near_duplicate_rows(splits: Splits, max_distance: int = MAX_DISTANCE) -> list[tuple[str, str, str, str, int]]:
-    """(path, its split, path, its split, distance) for near-duplicate pairs, cross-split ones first."""
+def report(splits: Splits, max_distance: int = MAX_DISTANCE):
+    """One search over a dataset's splits: (rows, conflicts). rows: (path, its split, path, its split,
+    distance) of each near-duplicate pair, cross-split ones first; conflicts: (path, its class, path, its
+    class, distance) of the pairs filed under two classes, likely one image with two labels."""
     tagged = [(item, name) for name in ("train", "val", "test") for item in getattr(splits, name)]
     split_of = {item.path: name for item, name in tagged}
-    rows = [(a.path, split_of[a.path], b.path, split_of[b.path], d)
-            for a, b, d in near_duplicates([item for item, _ in tagged], max_distance)]
-    return sorted(rows, key=lambda row: (row[1] == row[3], row[4]))
+    pairs = near_duplicates([item for item, _ in tagged], max_distance)
+    rows = sorted(((a.path, split_of[a.path], b.path, split_of[b.path], d) for a, b, d in pairs),
+                  key=lambda row: (row[1] == row[3], row[4]))
+    conflicts = [(a.path, splits.classes[a.label], b.path, splits.classes[b.label], d)
+                 for a, b, d in pairs if a.label != b.label]
+    return rows, conflicts
 
 
 def write_near_duplicates(path: Path, rows) -> None:

@@ -96,8 +96,6 @@ class Predictor:
 def walk_folders(inputs: list) -> tuple[list, list[tuple[str, str]]]:
     """The inputs with each folder replaced by the image files under it, and the files there that are
     not images, with why."""
-    if not any(isinstance(source, (str, os.PathLike)) and os.path.isdir(source) for source in inputs):
-        return list(inputs), []
     walked, skipped = [], []
     for source in inputs:
         if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):

@@ -147,10 +147,10 @@ class RunDir:
     def write_data_reports(self, splits, rejected: list) -> tuple[int, int]:
         """rejected.csv and near_duplicates.csv: (near-duplicate pairs that fall in two splits, pairs filed
         under two classes)."""
-        rows = similar.near_duplicate_rows(splits)
+        rows, conflicts = similar.report(splits)
         self.write_rejected(rejected)
         self.write_near_duplicates(rows)
-        return sum(1 for row in rows if row[1] != row[3]), len(similar.label_conflicts(splits))
+        return sum(1 for row in rows if row[1] != row[3]), len(conflicts)
 
     def write_splits(self, classes: list[str], splits: dict) -> None:
         atomic_write_json(self.path / "splits.json", {"classes": classes, **{
