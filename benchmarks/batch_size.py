@@ -33,7 +33,7 @@ def training_step(model, runtime, batch_size, cut, trainable):
     channels, grid = (512, 14) if cut == "block4" else (512, 7)
     x = torch.randn(batch_size, channels, grid, grid).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch_size,)).float()
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-5)
+    optimizer = make_optimizer([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-5}])
 
     def step():
         with runtime.autocast():

@@ -12,7 +12,11 @@ images: McNemar's exact test for the accuracy, a paired bootstrap interval (1,00
 images) for the difference in log loss. Writes results/<--name>.json; the fold runs stay in
 --work, so a second call only scores.
 
-    cd benchmarks && ../.venv/bin/python cv_study.py --settings default gap
+A setting may join others with " + " ("gap + swa": both changes at once). --ensemble averages the
+"+ tta" probabilities of the settings it names, image by image: an ensemble of models trained on
+the same cached features, whose cost is the sum of their training times.
+
+    cd benchmarks && ../.venv/bin/python cv_study.py --settings default gap "gap + swa" --ensemble default gap
 """
 import argparse
 import time
@@ -27,7 +31,7 @@ from vggtune.training.config import RECIPES
 from vggtune.data.items import Item
 from vggtune.features.pipeline import FeaturePipeline
 from vggtune.training.metrics import classification_metrics
-from vggtune.model.policy import TTA_VIEWS, ScoringPolicy
+from vggtune.model.policy import CLEAN, TEN_CROP, TTA_VIEWS, ScoringPolicy
 from vggtune.training.rundir import RunDir
 from vggtune.training.scoring import Scorer
 
@@ -38,12 +42,22 @@ TRAINED = {
     "default": OLD,
     "gap": {**OLD, "head": "gap", "lr": 1e-3},
     "int8": {**OLD, "precision": "int8"},
-    "block4 too": {**OLD, "finetune_blocks": 2},
+    "block4 too": {**OLD, "finetune_blocks": 2},                          # at block5's rate
+    "block4 at 0.1x": {**OLD, "finetune_blocks": 2, "block_lr_ratio": 10.0},
     "views 4": {**OLD, "views": 4},
+    "views 8": {**OLD, "views": 8},
+    "label smoothing 0.1": {**OLD, "label_smoothing": 0.1},
+    "mixup 0.4": {**OLD, "mixup": 0.4},
+    "swa": {**OLD, "swa": True},
+    "crop 1": {**OLD, "crop": 1.0},                                        # the whole shorter side
 }
-SCORED = {"": (False, False), "+ tta": (True, False), "+ calibrate": (False, True), "+ tta + calibrate": (True, True)}
+# Scorings of the same fold models: which views are averaged, and whether a temperature is fitted.
+SCORED = {"": ((CLEAN,), False), "+ tta": (TTA_VIEWS, False), "+ tta + calibrate": (TTA_VIEWS, True),
+          "+ ten-crop": (TEN_CROP, False), "+ ten-crop + calibrate": (TEN_CROP, True)}
 BASELINE = "default"
 NEW_DEFAULT = "+ tta"        # the scoring that became the default; later rows are compared with it too
+SHOWN = ["setting", "accuracy", "errors", "log_loss", "train_s", "views_s", "score_s", "vs+_tta_wins", "vs+_tta_losses",
+         "vs+_tta_mcnemar_p", "vs+_tta_log_loss_diff", "vs+_tta_log_loss_diff_95"]
 
 
 def run_items(run: Path) -> dict[str, list[Item]]:
@@ -52,7 +66,7 @@ def run_items(run: Path) -> dict[str, list[Item]]:
     return {name: [Item(row.path, row.label, row.sha256) for row in getattr(splits, name)] for name in ("val", "test")}
 
 
-def run_logits(run: Path, items: dict[str, list[Item]]) -> tuple[dict, Scorer]:
+def run_logits(run: Path, items: dict[str, list[Item]], views: tuple[int, ...] = TEN_CROP) -> tuple[dict, Scorer]:
     """{split: (paths, labels, logits (view, image, output))} of `items`, clean and mirrored, through the
     run's model from the feature cache (the mirror views are extracted once), and a Scorer of that model."""
     predictor, config = vggtune.load(str(run)), RunDir(run).config()
@@ -60,8 +74,8 @@ def run_logits(run: Path, items: dict[str, list[Item]]) -> tuple[dict, Scorer]:
                                config.batch_size, predictor.spec.weights, weights.home() / "features")
     arch = config.architecture
     cut = arch.cut_before(arch.last(config.finetune_blocks))
-    sources = pipeline.cached(items, [cut], views=1, eval_views=TTA_VIEWS)
-    scorer = Scorer(predictor.model, predictor.runtime, predictor.classes, config.batch_size, ScoringPolicy.of(tta=True))
+    sources = pipeline.cached(items, [cut], views=1, eval_views=views)
+    scorer = Scorer(predictor.model, predictor.runtime, predictor.classes, config.batch_size, ScoringPolicy(views=views))
     result = {}
     for name, kept in sources.kept.items():
         positions, logits = scorer.view_logits(sources.by_cut[cut][name], len(kept), cut)
@@ -69,7 +83,7 @@ def run_logits(run: Path, items: dict[str, list[Item]]) -> tuple[dict, Scorer]:
     return result, scorer
 
 
-def scored(runs: list[Path], tta: bool, calibrate: bool, cache: dict, test_items=None) -> tuple[dict, dict]:
+def scored(runs: list[Path], views: tuple[int, ...], calibrate: bool, cache: dict, test_items=None) -> tuple[dict, dict]:
     """{(run, path): probabilities} over the runs' test images (`test_items`, else each run's own test
     split), and {(run, path): true label}; with `calibrate` the temperature is fitted on each run's
     validation split."""
@@ -78,15 +92,15 @@ def scored(runs: list[Path], tta: bool, calibrate: bool, cache: dict, test_items
         if run not in cache:
             items = run_items(run)
             cache[run] = run_logits(run, dict(items, test=test_items) if test_items else items)
-        logits, both = cache[run]
-        policy, views = ScoringPolicy.of(tta), slice(None) if tta else slice(0, 1)     # the clean view is first
-        scorer = both.with_policy(policy)
+        logits, ten_crop = cache[run]
+        policy, first = ScoringPolicy(views=views), slice(0, len(views))     # TEN_CROP begins with TTA_VIEWS, CLEAN first
+        scorer = ten_crop.with_policy(policy)
         if calibrate:
             _, val_labels, val_logits = logits["val"]
-            scorer = scorer.with_policy(policy.at(scorer.fit_temperature(val_logits[views], val_labels)))
+            scorer = scorer.with_policy(policy.at(scorer.fit_temperature(val_logits[first], val_labels)))
         paths, test_labels, test_logits = logits["test"]
         keys = [(run.name, path) for path in paths]
-        probabilities.update(zip(keys, scorer.combine(test_logits[views])))
+        probabilities.update(zip(keys, scorer.combine(test_logits[first])))
         labels.update(zip(keys, test_labels))
     return probabilities, labels
 
@@ -117,35 +131,74 @@ def compare(row: dict, base: dict, labels: dict) -> dict:
             "log_loss_diff_95": [round(float(v), 5) for v in np.percentile(draws, [2.5, 97.5])]}
 
 
+def options_of(setting: str) -> dict:
+    """A setting's training options; "a + b" applies the changes of both to the classic recipe."""
+    options = dict(OLD)
+    for part in setting.split(" + "):
+        if part not in TRAINED:
+            raise SystemExit(f"cv_study: setting {part!r}; allowed: {', '.join(TRAINED)}, joined by ' + '")
+        options.update({key: value for key, value in TRAINED[part].items() if OLD.get(key, object()) != value})
+    return options
+
+
+def clipped(probabilities: dict) -> dict:
+    """Each image's probabilities kept within [CLIP, 1 - CLIP] and renormalised."""
+    kept = {key: np.clip(row, CLIP, 1 - CLIP) for key, row in probabilities.items()}
+    return {key: row / row.sum() for key, row in kept.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DATA / "cats-vs-dogs-2k"))
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--settings", nargs="+", default=["default", "gap"], choices=list(TRAINED))
+    parser.add_argument("--settings", nargs="+", default=["default", "gap"], help=f"of {', '.join(TRAINED)}")
+    parser.add_argument("--ensemble", nargs="*", default=[], help="settings (of --settings) whose models are averaged")
     parser.add_argument("--work", default="/tmp/vggtune-cv-study", help="fold runs are kept here")
     parser.add_argument("--name", default="cv-study")
+    parser.add_argument("--no-ten-crop", action="store_true", help="score the clean view and its mirror only (the ten "
+                        "crops of a block4 fine-tune are 8 more views per image through block4)")
     args = parser.parse_args()
-    rows, cache, base, new_default = [], {}, None, None
-    for setting in [BASELINE] + [s for s in args.settings if s != BASELINE]:
+    scorings = {suffix: how for suffix, how in SCORED.items() if not (args.no_ten_crop and how[0] == TEN_CROP)}
+    settings = list(dict.fromkeys([BASELINE] + args.settings + args.ensemble))
+    configs = {setting: options_of(setting) for setting in settings + args.ensemble}
+    rows, cache, base, new_default, with_tta = [], {}, None, None, {}
+
+    def add_row(name: str, probabilities: dict, labels: dict, classes: list[str], **extra) -> None:
+        versus = {f"vs{NEW_DEFAULT.replace(' ', '_')}_{key}": value
+                  for key, value in compare(probabilities, new_default, labels).items()} if new_default else {}
+        rows.append(row_of(name, probabilities, labels, base, classes, **extra, **versus))
+        print(table([{key: rows[-1][key] for key in SHOWN if key in rows[-1]}], SHOWN), flush=True)
+
+    for setting in settings:
         cv_dir = Path(args.work) / setting.replace(" ", "-")
         started = time.perf_counter()
-        result = vggtune.cv(args.data, out=str(cv_dir), folds=args.folds, quiet=True, **TRAINED[setting])
+        result = vggtune.cv(args.data, out=str(cv_dir), folds=args.folds, quiet=True, **configs[setting])
         train_s = sum(row["seconds"] for row in result["per_fold"])
         folds = [cv_dir / f"fold-{k}" for k in range(1, args.folds + 1)]
-        for suffix, (tta, calibrate) in SCORED.items():
+        begun = time.perf_counter()
+        cache.update({run: run_logits(run, run_items(run), max((views for views, _ in scorings.values()), key=len)) for run in folds})
+        views_s = round(time.perf_counter() - begun, 1)      # the first setting at a cut extracts the ten crops
+        for suffix, (views, calibrate) in scorings.items():
             begun = time.perf_counter()
-            probabilities, labels = scored(folds, tta, calibrate, cache)
+            probabilities, labels = scored(folds, views, calibrate, cache)
             base = base or probabilities
-            if setting == BASELINE and suffix == NEW_DEFAULT:
-                new_default = probabilities
-            versus = {f"vs{NEW_DEFAULT.replace(' ', '_')}_{key}": value
-                      for key, value in compare(probabilities, new_default, labels).items()} if new_default else {}
-            rows.append(row_of(setting + suffix, probabilities, labels, base, result["classes"],
-                               train_s=round(train_s, 1), score_s=round(time.perf_counter() - begun, 1), **versus))
-            print(table(rows[-1:], list(rows[-1])), flush=True)
+            if suffix == NEW_DEFAULT:
+                new_default = new_default or probabilities
+                with_tta[setting] = probabilities
+            add_row(setting + suffix, probabilities, labels, result["classes"], train_s=round(train_s, 1),
+                    views_s=views_s, score_s=round(time.perf_counter() - begun, 1))
+            if suffix == NEW_DEFAULT:
+                add_row(f"{setting} + tta + clip {CLIP}", clipped(probabilities), labels, result["classes"],
+                        train_s=round(train_s, 1))
         print(f"{setting}: {time.perf_counter() - started:.0f} s", flush=True)
-    print(table(rows, list(rows[0])))
-    save(args.name, {"machine": machine(), "data": args.data, "folds": args.folds, "rows": rows})
+    if args.ensemble:
+        members = [with_tta[setting] for setting in args.ensemble]
+        averaged = {key: np.mean([member[key] for member in members], axis=0) for key in members[0]}
+        train_s = sum(row["train_s"] for row in rows if row["setting"] in [s + NEW_DEFAULT for s in args.ensemble])
+        add_row("ensemble of " + ", ".join(args.ensemble) + " + tta", averaged, labels, result["classes"],
+                train_s=round(train_s, 1))
+    print(table([{key: row[key] for key in SHOWN if key in row} for row in rows], SHOWN))
+    save(args.name, {"machine": machine(), "data": args.data, "folds": args.folds, "configs": configs, "rows": rows})
 
 
 if __name__ == "__main__":

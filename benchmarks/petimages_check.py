@@ -4,7 +4,8 @@ For each seed, `vggtune train ../shared/data/cats-vs-dogs-2k` (its own 80/10/10 
 classic recipe's training settings, then its model scored on the first 1,000 photos of each class
 of petimages-180-10k (cat/dog 5001-6000, resized to 180 px), old way and new way: one clean view
 at the trained temperature (classic), or the recipe's defaults (cv_study.py's scoring of the same
-model). Pooled over the seeds, each compared with the classic row on the same images (McNemar).
+model). Pooled over the seeds, each compared on the same images (McNemar, log-loss interval) with the
+first setting's "+ tta" row: the defaults of 2026-11-30.
 Writes results/<--name>.json; the runs stay in --work.
 
     cd benchmarks && ../.venv/bin/python petimages_check.py --seeds 1 2 3
@@ -16,7 +17,7 @@ import vggtune
 from vggtune.data import dataset as data
 
 from common import DATA, machine, save, table
-from cv_study import SCORED, TRAINED, row_of, scored
+from cv_study import NEW_DEFAULT, SCORED, options_of, row_of, scored
 
 
 def first_photos(folder: Path, per_class: int) -> list:
@@ -40,26 +41,29 @@ def main() -> None:
     parser.add_argument("--test", default=str(DATA / "petimages-180-10k"))
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--setting", default="default", choices=list(TRAINED), help="training settings")
+    parser.add_argument("--settings", nargs="+", default=["default"],
+                        help="training settings of cv_study.py (joined by ' + '); the first is the baseline")
     parser.add_argument("--work", default="/tmp/vggtune-petimages")
     parser.add_argument("--name", default="petimages-check")
     args = parser.parse_args()
     test_items = first_photos(Path(args.test), args.per_class)
-    runs = []
-    for seed in args.seeds:
-        run = Path(args.work) / f"{args.setting.replace(' ', '-')}-seed-{seed}"
-        if not (run / "model.json").is_file():
-            vggtune.train(args.train, out=str(run), seed=seed, quiet=True, no_report=True, **TRAINED[args.setting])
-        runs.append(run)
     rows, cache, base = [], {}, None
-    for suffix, (tta, calibrate) in SCORED.items():
-        probabilities, labels = scored(runs, tta, calibrate, cache, test_items)
-        base = base or probabilities
-        rows.append(row_of(args.setting + suffix, probabilities, labels, base, ["cat", "dog"]))
-        print(table(rows[-1:], list(rows[-1])), flush=True)
+    for setting in args.settings:
+        runs = []
+        for seed in args.seeds:
+            run = Path(args.work) / f"{setting.replace(' ', '-')}-seed-{seed}"
+            if not (run / "model.json").is_file():
+                vggtune.train(args.train, out=str(run), seed=seed, quiet=True, no_report=True, **options_of(setting))
+            runs.append(run)
+        for suffix, (views, calibrate) in SCORED.items():
+            probabilities, labels = scored(runs, views, calibrate, cache, test_items)
+            base = base or (probabilities if suffix == NEW_DEFAULT else None)
+            rows.append(row_of(setting + suffix, probabilities, labels, base or probabilities, ["cat", "dog"]))
+            print(table(rows[-1:], list(rows[-1])), flush=True)
     print(table(rows, list(rows[0])))
     save(args.name, {"machine": machine(), "train": args.train, "test": args.test, "seeds": args.seeds,
-                     "test_images": len(test_items), "rows": rows})
+                     "test_images": len(test_items), "settings": {s: options_of(s) for s in args.settings},
+                     "baseline": args.settings[0] + NEW_DEFAULT, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def train_step_stages(model, runtime, cut: str, seconds: float) -> list[dict]:
     model.set_trainable(("block5",) if cut == "block4" else ())
     model.train()
     net = StageNet(model, cut)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-5)
+    optimizer = make_optimizer([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-5}])
     features = runtime.to_input(torch.randn(BATCH, channels, side, side).abs())
     labels = torch.randint(0, 2, (BATCH,)).float()
     parts = {"forward": [], "backward": [], "optimiser": []}

@@ -263,7 +263,7 @@ def test_checkpoints_are_written_as_the_tensors_were_when_asked(tmp_path):
     time of asking, and a write's error reaches the training thread, not a log nobody reads."""
     from vggtune.errors import UserError
     from vggtune.fsutil import load_tensors
-    from vggtune.training.schedule import Checkpoints
+    from vggtune.training.checkpoints import Checkpoints
     parameters, progress = torch.ones(100_000), {"epoch": 1, "history": [{"loss": 0.5}]}
     checkpoints = Checkpoints()
     checkpoints.save(tmp_path / "last.safetensors", {"param.x": parameters}, {"progress": progress})

@@ -136,3 +136,23 @@ def test_exported_graph_averages_the_mirror_image_too(tmp_path, dataset, tiny_we
     image = np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3), dtype=np.uint8)
     expected = predictor.probabilities(torch.from_numpy(image).permute(0, 3, 1, 2)).numpy()
     assert np.abs(session.run(None, {"images": image})[0] - expected).max() <= 1e-4
+
+
+def test_ten_crop_views_are_torchvisions_ten_crops_of_the_resized_image(tmp_path):
+    from PIL import Image
+    from torchvision.transforms import v2
+    from vggtune.features.cache import entry_name
+    from vggtune.features.settings import AugmentConfig
+    from vggtune.features.transforms import make_view, resized
+    from vggtune.model.policy import TEN_CROP
+    from vggtune.model.weights import Preprocessing
+    prep = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize=40, size=32)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    expected = v2.TenCrop(32)(resized(image, prep))        # 4 corners + centre, then the same mirrored
+    # TenCrop mirrors the image before cropping, so its mirrored top-left crop is our mirrored top-right one.
+    order = {0: 4, -1: 9, -2: 0, -3: 1, -4: 2, -5: 3, -6: 6, -7: 5, -8: 8, -9: 7}
+    made = {view: make_view(image, prep, AugmentConfig(), "0" * 64, view) for view in TEN_CROP}
+    assert all(torch.equal(made[view], expected[order[view]]) for view in TEN_CROP)
+    assert len({entry_name("0" * 64, view, AugmentConfig()) for view in TEN_CROP}) == 10
+    with pytest.raises(ValueError, match="ten-crop"):
+        ScoringPolicy(views=TEN_CROP).view_inputs(torch.zeros(1, 3, 32, 32))

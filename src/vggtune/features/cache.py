@@ -25,7 +25,7 @@ import torch
 
 from vggtune.features.settings import RESAMPLING, STORAGES, AugmentConfig
 from vggtune.model.arch import Arch
-from vggtune.model.policy import CLEAN, MIRROR
+from vggtune.model.policy import CLEAN, MIRROR, TEN_CROP
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_file, atomic_write_json, display_path, file_digest, remove_stale_temporaries
 
@@ -72,6 +72,8 @@ def entry_name(sha256: str, view: int, aug: AugmentConfig) -> str:
         return f"{sha256}/clean"
     if view == MIRROR:
         return f"{sha256}/clean-mirror"
+    if view in TEN_CROP:
+        return f"{sha256}/ten-crop{view}"
     return f"{sha256}/{aug.digest()}-{view}"
 
 

@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from vggtune.features.settings import AugmentConfig
-from vggtune.model.policy import CLEAN, MIRROR
+from vggtune.model.policy import CLEAN, CORNERS, MIRROR, TEN_CROP
 from vggtune.model.weights import Preprocessing
 
 
@@ -47,6 +47,13 @@ def centre_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     torchvision's center_crop rounds); the resize keeps both sides at least `size`."""
     top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
     return left, top, left + size, top + size
+
+
+def corner_view(image: Image.Image, prep: Preprocessing, view: int) -> torch.Tensor:
+    """One of the four corner crops of the resized image (TEN_CROP's views -2..-9), mirrored from -6 on."""
+    corner = (CORNERS[0] - view) % len(CORNERS)
+    crop = F.five_crop(resized(image, prep), [prep.size, prep.size])[corner]
+    return F.horizontal_flip(crop) if view < CORNERS[-1] else crop
 
 
 def train_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, seed: int) -> torch.Tensor:
@@ -89,4 +96,6 @@ def make_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, sha25
             return eval_view(image, prep)
         if view == MIRROR:
             return F.horizontal_flip(eval_view(image, prep))
+        if view in TEN_CROP:
+            return corner_view(image, prep, view)
         return train_view(image, prep, aug, view_seed(sha256, view, aug))

@@ -68,11 +68,13 @@ class HeadSpec:
         from torch import nn
         return nn.Sequential(HEADS[self.kind].layers(self, channels, grid))
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy against targets moved `smoothing` of the way toward uniform over the classes."""
         from torch import nn
         if self.sigmoid:
-            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float())
-        return nn.functional.cross_entropy(logits, labels)
+            targets = labels.float() * (1 - smoothing) + smoothing / 2
+            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets)
+        return nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
 
     def predicted(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits[:, 0] > 0).long() if self.sigmoid else logits.argmax(1)

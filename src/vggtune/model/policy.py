@@ -17,6 +17,11 @@ from vggtune.model.heads import HeadSpec
 
 CLEAN, MIRROR = 0, -1          # view ids of the clean view and its mirror image; 1.. are augmented training views
 TTA_VIEWS = (CLEAN, MIRROR)    # what test-time augmentation averages
+# The ten crops of AlexNet and VGG (torchvision's TenCrop): the centre and the four corner crops of the
+# resized image, and their mirror images. Corners -2..-5 in FiveCrop's order (top left, top right,
+# bottom left, bottom right); -6..-9 the same, mirrored.
+CORNERS = (-2, -3, -4, -5)
+TEN_CROP = TTA_VIEWS + CORNERS + tuple(view - len(CORNERS) for view in CORNERS)
 
 
 @dataclass(frozen=True)
@@ -27,8 +32,8 @@ class ScoringPolicy:
     def __post_init__(self):
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"temperature {self.temperature}; allowed: a positive number")
-        if self.views not in ((CLEAN,), TTA_VIEWS):
-            raise ValueError(f"scored views {self.views}; allowed: {(CLEAN,)} or {TTA_VIEWS}")
+        if self.views not in ((CLEAN,), TTA_VIEWS, TEN_CROP):
+            raise ValueError(f"scored views {self.views}; allowed: {(CLEAN,)}, {TTA_VIEWS} or {TEN_CROP}")
 
     @classmethod
     def of(cls, tta: bool, temperature: float = 1.0) -> "ScoringPolicy":
@@ -54,6 +59,8 @@ class ScoringPolicy:
 
     def view_inputs(self, images: torch.Tensor) -> list[torch.Tensor]:
         """This policy's views of clean (N, C, H, W) inputs, in its order."""
+        if self.views == TEN_CROP:
+            raise ValueError("ten-crop views are cut from the resized image, not from its clean view")
         return [images.flip(-1) if view == MIRROR else images for view in self.views]
 
     def classify(self, logits_of, images: torch.Tensor, head: HeadSpec) -> torch.Tensor:

@@ -46,7 +46,7 @@ class ModelSpec:
     def for_training(cls, config, classes: list[str], loaded: LoadedWeights, precision: str) -> "ModelSpec":
         """What model.json will say of the classifier a TrainConfig trains on these weights and classes."""
         head = HeadSpec(config.head, len(classes), config.hidden, config.dropout)
-        return cls(tuple(classes), head, loaded.record.preprocessing.at_size(config.size), loaded.id,
+        return cls(tuple(classes), head, loaded.record.preprocessing.at_size(config.size, config.crop), loaded.id,
                    archs.from_state_dict(config.architecture, loaded.state_dict), precision,
                    scoring=ScoringPolicy.of(config.tta))
 

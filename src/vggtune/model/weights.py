@@ -33,8 +33,11 @@ class Preprocessing:
     std: tuple[float, float, float]
     channel_order: str = "RGB"       # order the network expects; "BGR" for Caffe-style weights
 
-    def at_size(self, size: int) -> "Preprocessing":
-        return dataclasses.replace(self, size=size, resize=round(size * self.resize / self.size))
+    def at_size(self, size: int, crop: float | None = None) -> "Preprocessing":
+        """At another input side; `crop` is the fraction of the resized shorter side the centre crop keeps
+        (timm's crop_pct; 1: all of it), by default these weights' own (224 of 256 for VGG16's)."""
+        resize = round(size / crop) if crop else round(size * self.resize / self.size)
+        return dataclasses.replace(self, size=size, resize=resize)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

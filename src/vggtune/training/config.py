@@ -41,10 +41,15 @@ class TrainConfig:
     finetune_lr: float = 1e-5
     batch_size: int = 32
     size: int = 224
+    crop: float | None = None             # the centre crop's share of the resized shorter side; None: the weights'
     head: str = "flatten"
     hidden: int = 256
     dropout: float = 0.5
     views: int = 2
+    label_smoothing: float = 0.0          # off: measured level by cross-validation (BENCHMARKS.md section 19)
+    mixup: float = 0.0                    # alpha of mixup on the cached features; off, as label_smoothing
+    block_lr_ratio: float = 1.0           # with --finetune-blocks 2+: each earlier block learns this much slower
+    swa: bool = False                     # the last stage keeps the average of its epochs' parameters
     tta: bool = True                      # test-time augmentation: average the image and its mirror image
     calibrate: bool = False               # fit a temperature on the validation split for the log loss
     val_split: float = 0.1
@@ -99,6 +104,14 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 0.5:
                 raise UserError(f"--{name.replace('_', '-')}: received {getattr(self, name)}; allowed: 0 <= x < 0.5")
         self._check_fold()
+        if self.crop is not None and not 0.5 <= self.crop <= 1:
+            raise UserError(f"--crop: received {self.crop}; allowed: 0.5 <= x <= 1 (1: the whole shorter side)")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise UserError(f"--label-smoothing: received {self.label_smoothing}; allowed: 0 <= x < 0.5")
+        if not 0 <= self.mixup <= 10:
+            raise UserError(f"--mixup: received {self.mixup}; allowed: 0 (off) <= x <= 10")
+        if not self.block_lr_ratio >= 1:
+            raise UserError(f"--block-lr-ratio: received {self.block_lr_ratio}; allowed: >= 1")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout: received {self.dropout}; allowed: 0 <= x < 1")
 

@@ -18,20 +18,18 @@ gathered, so every rank makes the same choices; rank 0 alone writes the run fold
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from vggtune import distributed
-from vggtune.errors import UserError
 from vggtune.progress import progress, say, verbosity
-from vggtune.fsutil import load_tensors, save_tensors
+from vggtune.training.checkpoints import Checkpoints, load_params, resume_state, save_state
+from vggtune.training.objective import Average, Objective, parameter_groups
 from vggtune.training.scoring import Scorer
 from vggtune.training.session import Run, open_run
 from vggtune.training.rundir import RunDir
@@ -44,6 +42,7 @@ class Stage:
     cut: str                         # features come from the cache at this block
     epochs: int
     lr: float
+    average: bool = False            # validate and keep the average of the epochs' parameters (--swa)
 
 
 def plan(config) -> list[Stage]:
@@ -52,6 +51,8 @@ def plan(config) -> list[Stage]:
     if config.finetune_epochs:
         blocks = arch.last(config.finetune_blocks)
         stages.append(Stage("finetune", blocks, arch.cut_before(blocks), config.finetune_epochs, config.finetune_lr))
+    # SWA starts from a trained solution: the last stage's epochs are averaged, not the head's first ones.
+    stages[-1] = dataclasses.replace(stages[-1], average=config.swa)
     return stages
 
 
@@ -68,31 +69,6 @@ class Log:
         self.histories[stage] = list(history)
         if distributed.is_main():
             self.folder.write_history([row for rows in self.histories.values() for row in rows])
-
-
-class Checkpoints:
-    """State files written in the background, one at a time, in the order asked: the next epoch trains
-    while the last one's parameters and moments (about 160 MB for block5 and the flatten head) are
-    written and synced. What is written is a copy taken when asked, so training may change the tensors."""
-
-    def __init__(self):
-        self.writer, self.pending = ThreadPoolExecutor(1, thread_name_prefix="checkpoints"), []
-
-    def save(self, path, tensors: dict, metadata: dict | None = None) -> None:
-        snapshot = {name: tensor.detach().clone() for name, tensor in tensors.items()}
-        self.pending.append(self.writer.submit(save_tensors, path, snapshot, copy.deepcopy(metadata)))
-
-    def wait(self) -> None:
-        """Every file asked for is on disk (a write's error is raised here)."""
-        pending, self.pending = self.pending, []
-        for future in pending:
-            future.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self.writer.shutdown()
 
 
 def fit(config, resume: bool = False) -> dict:
@@ -191,33 +167,43 @@ class StageNet(torch.nn.Module):
 def run_stage(run: Run, stage: Stage, log: Log) -> None:
     model, config = run.model, run.config
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = make_optimizer(list(parameters.values()), stage.lr)
+    optimizer = make_optimizer(parameter_groups(parameters, stage.trainable, stage.lr, config.block_lr_ratio))
     net = distributed.wrap(StageNet(model, stage.cut), run.runtime.device)
-    state = _resume_state(run, stage, parameters, optimizer, log)
+    average = Average(parameters) if stage.average else None
+    last, best = run.folder.state(stage.name, "last"), run.folder.state(stage.name, "best")
+    state = resume_state(last, best, parameters, optimizer, average)
+    if state["history"]:
+        log.epochs(stage.name, state["history"])
+        if not state["done"]:
+            say(f"{stage.name}: resuming after epoch {state['epoch']}")
     if state["done"]:
         log.kept_epochs[stage.name] = state["best_epoch"]
         return
     checkpoints = Checkpoints()
     started = time.perf_counter()
     try:
-        _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints)
+        _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints, average)
     finally:
         checkpoints.close()                 # also when interrupted: the last finished epoch is saved
     log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
     log.kept_epochs[stage.name] = state["best_epoch"]
     distributed.barrier()                   # rank 0 has written the best parameters
-    _load_params(run, stage, parameters, "best")
+    load_params(best, parameters)
 
 
 def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, state: dict,
-            checkpoints: Checkpoints) -> None:
-    """The stage's epochs from `state` on: each trained, validated, recorded and saved (rank 0)."""
+            checkpoints: Checkpoints, average: Average | None) -> None:
+    """The stage's epochs from `state` on: each trained, validated, recorded and saved (rank 0). With
+    `average`, what is validated and kept is the average of the parameters after each epoch so far."""
     config = run.config
     for epoch in range(state["epoch"], stage.epochs):
         seed = epoch_seed(config.seed, stage.name, epoch)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         train_loss, train_accuracy = train_epoch(run, stage, net, optimizer, rng)
+        if average:
+            average.add(parameters)
+            average.swap(parameters)        # the average is validated and, if best, kept
         val = validate(run, stage.cut)
         score = val["loss"] if val else train_loss
         checkpoints.wait()                  # the previous epoch's files, written while this one trained
@@ -230,11 +216,14 @@ def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, 
                 checkpoints.save(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
         else:
             state["bad_epochs"] += 1
+        if average:
+            average.swap(parameters)        # back to the parameters that train
+            state["averaged"] = average.count
         state["epoch"] = epoch + 1
         stop = bool(config.patience) and state["bad_epochs"] >= config.patience and state["epoch"] < stage.epochs
         state["done"] = bool(stop) or state["epoch"] == stage.epochs
         if distributed.is_main():
-            _save_state(run, stage, parameters, optimizer, state, checkpoints)
+            save_state(run.folder.state(stage.name, "last"), parameters, optimizer, state, checkpoints, average)
         log.epochs(stage.name, state["history"])
         say(_epoch_line(row, stage))
         if stop:
@@ -242,12 +231,13 @@ def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, 
             break
 
 
-def make_optimizer(parameters: list, lr: float) -> torch.optim.Optimizer:
-    """Adam; the fused kernel where this torch has it for the device (a third faster on the head)."""
+def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
+    """Adam over parameter groups with their own rates; the fused kernel where this torch has it for the
+    device (a third faster on the head)."""
     try:
-        return torch.optim.Adam(parameters, lr=lr, fused=True)
+        return torch.optim.Adam(groups, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(parameters, lr=lr)
+        return torch.optim.Adam(groups)
 
 
 def validate(run: Run, cut: str) -> dict | None:
@@ -263,7 +253,8 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
     """One pass over the training images, one random cached view of each. Under torchrun each rank
     takes its share of every batch, and its loss is weighted so that the averaged gradient is the
     one-process gradient of the whole batch."""
-    model, config, runtime, objective = run.model, run.config, run.runtime, scorer(run)
+    model, config, runtime = run.model, run.config, run.runtime
+    objective = Objective(model.head_spec, config.label_smoothing, config.mixup)
     ranks = distributed.world().size
     source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]
     order = rng.permutation(len(labels))
@@ -279,16 +270,17 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
         if not batch_images:
             continue
         y = labels[kept].to(runtime.device)
+        x, weight = objective.mix(runtime.to_input(x), rng)
         with runtime.autocast():
-            logits = net(runtime.to_input(x))
+            logits = net(x)
         # A rank whose share is empty still runs the step: every rank joins each gradient average.
-        loss = objective.loss(logits.float(), y) if kept else logits.sum() * 0.0
+        loss = objective.loss(logits.float(), y, weight) if kept else logits.sum() * 0.0
         step_loss = loss * (len(kept) * ranks / batch_images) if ranks > 1 else loss
         optimizer.zero_grad(set_to_none=True)
         step_loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(kept)
-        correct += int((objective.predicted(logits.float()) == y).sum())
+        correct += int((model.head_spec.predicted(logits.float()) == y).sum())
         seen += len(kept)
         bar.update(len(positions))
     bar.close()
@@ -308,53 +300,3 @@ def _epoch_line(row: dict, stage: Stage) -> str:
     return text
 
 
-def _save_state(run: Run, stage: Stage, parameters, optimizer, state, checkpoints: Checkpoints) -> None:
-    """Parameters, optimiser moments and progress in one file, so they can never disagree."""
-    saved = optimizer.state_dict()
-    tensors = {f"param.{name}": p for name, p in parameters.items()}
-    for index, moments in saved["state"].items():
-        for key, value in moments.items():
-            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-    checkpoints.save(run.folder.state(stage.name, "last"), tensors,
-                     {"progress": state, "param_groups": saved["param_groups"]})
-
-
-def _resume_state(run: Run, stage: Stage, parameters, optimizer, log: Log) -> dict:
-    fresh = {"epoch": 0, "best_score": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
-    path = run.folder.state(stage.name, "last")
-    if not path.is_file():
-        return fresh
-    tensors, metadata = load_tensors(path)
-    if not isinstance(metadata.get("progress"), dict) or "param_groups" not in metadata:
-        raise UserError(f"{path}: no training progress recorded; allowed: a state file written by vggtune train")
-    state = metadata["progress"]
-    log.epochs(stage.name, state["history"])
-    if state["done"]:
-        _load_params(run, stage, parameters, "best")
-        return state
-    _assign(parameters, tensors, "param.")
-    moments: dict[int, dict] = {}
-    ordered = list(parameters.values())
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            if value.shape == ordered[int(index)].shape:
-                # Moments take their parameter's memory layout (channels-last convs): the
-                # fused Adam kernel walks both tensors' storage in the same order.
-                value = torch.empty_like(ordered[int(index)]).copy_(value)
-            moments.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": moments, "param_groups": metadata["param_groups"]})
-    say(f"{stage.name}: resuming after epoch {state['epoch']}")
-    return state
-
-
-def _load_params(run: Run, stage: Stage, parameters, which: str) -> None:
-    path = run.folder.state(stage.name, which)
-    if path.is_file():
-        _assign(parameters, load_tensors(path)[0], "param.")
-
-
-def _assign(parameters: dict, tensors: dict, prefix: str) -> None:
-    with torch.no_grad():
-        for name, parameter in parameters.items():
-            parameter.copy_(tensors[prefix + name])

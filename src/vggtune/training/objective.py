@@ -1,0 +1,81 @@
+"""What a training step minimises and at which rates: the head's loss with label smoothing, mixup on
+cached features, the learning rate of each block that learns (discriminative rates), and the
+average of a stage's parameters over its epochs (SWA).
+
+Each is off by default and was measured by five-fold cross-validation (BENCHMARKS.md section 19).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vggtune.model.heads import HeadSpec
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The training loss of one head."""
+    head: HeadSpec
+    smoothing: float = 0.0      # label smoothing: the targets move this far toward uniform (Szegedy et al., 2016)
+    mixup: float = 0.0          # alpha of the Beta(alpha, alpha) mixing weight (Zhang et al., 2018); 0: off
+
+    def mix(self, features: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
+        """The batch's features, each blended with the next one's (the batch is already shuffled), and the
+        weight of its own. The weight is drawn for every batch, so each rank draws the same sequence."""
+        if not self.mixup:
+            return features, 1.0
+        weight = float(rng.beta(self.mixup, self.mixup))
+        if len(features) < 2:
+            return features, 1.0
+        return weight * features + (1 - weight) * features.roll(1, 0), weight
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """The head's loss on smoothed targets; after `mix`, the weighted loss of both images' labels."""
+        loss = self.head.loss(logits, labels, self.smoothing)
+        if weight < 1:
+            loss = weight * loss + (1 - weight) * self.head.loss(logits, labels.roll(1, 0), self.smoothing)
+        return loss
+
+
+def parameter_groups(parameters: dict[str, torch.nn.Parameter], blocks: tuple[str, ...], lr: float,
+                     ratio: float) -> list[dict]:
+    """Optimiser groups in the parameters' order: the head and the last block at `lr`, each block before
+    it at the rate of the one after it divided by `ratio` (fastai's discriminative rates)."""
+    groups: list[dict] = []
+    for name, parameter in parameters.items():
+        block = name.split(".")[1] if name.startswith("backbone.") else None
+        rate = lr / ratio ** (len(blocks) - 1 - blocks.index(block)) if block in blocks else lr
+        if groups and groups[-1]["lr"] == rate:
+            groups[-1]["params"].append(parameter)
+        else:
+            groups.append({"params": [parameter], "lr": rate})
+    return groups
+
+
+class Average:
+    """The equal-weight average of parameters taken at the end of each epoch (stochastic weight averaging,
+    Izmailov et al., 2018), kept beside the parameters that train."""
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter]):
+        self.count = 0
+        self.mean = {name: p.detach().clone().float() for name, p in parameters.items()}
+
+    def load(self, mean: dict[str, torch.Tensor], count: int) -> None:
+        """Continue the average saved after `count` epochs (a resumed run)."""
+        self.mean, self.count = {name: value.clone().float() for name, value in mean.items()}, count
+
+    def add(self, parameters: dict[str, torch.nn.Parameter]) -> None:
+        self.count += 1
+        with torch.no_grad():
+            for name, parameter in parameters.items():
+                self.mean[name] += (parameter.detach().float() - self.mean[name]) / self.count
+
+    def swap(self, parameters: dict[str, torch.nn.Parameter]) -> None:
+        """Exchange the parameters' values with the average's: call again to exchange them back."""
+        with torch.no_grad():
+            for name, parameter in parameters.items():
+                current = parameter.detach().clone()
+                parameter.copy_(self.mean[name])
+                self.mean[name] = current.float()

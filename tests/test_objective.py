@@ -1,0 +1,135 @@
+"""The training levers of training/objective.py: label smoothing, mixup on cached features,
+discriminative rates, weight averaging (SWA); each on its own and through a whole run."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vggtune
+import vggtune.training.schedule as train_module
+from vggtune.errors import UserError
+from vggtune.fsutil import load_tensors
+from vggtune.model.heads import HeadSpec
+from vggtune.training.objective import Average, Objective, parameter_groups
+
+from conftest import quick_config
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_label_smoothing_moves_the_targets_toward_uniform_for_both_heads():
+    logits, labels = torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([1, 0, 0])
+    smoothed = HeadSpec("flatten", 2).loss(logits, labels, 0.1)
+    targets = torch.tensor([0.95, 0.05, 0.05])
+    p = torch.sigmoid(logits[:, 0])
+    assert smoothed.item() == pytest.approx(-(targets * p.log() + (1 - targets) * (1 - p).log()).mean().item(), rel=1e-5)
+    assert smoothed.item() > HeadSpec("flatten", 2).loss(logits, labels).item()
+    logits3, labels3 = torch.tensor([[3.0, 0.0, -1.0]]), torch.tensor([0])
+    q = torch.softmax(logits3, 1)[0]
+    expected = -(torch.tensor([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]) * q.log()).sum()
+    assert HeadSpec("gap", 3).loss(logits3, labels3, 0.1).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_mixup_blends_each_example_with_the_next_and_weighs_both_labels():
+    head = HeadSpec("gap", 3)
+    features, labels = torch.randn(4, 5), torch.tensor([0, 1, 2, 1])
+    mixed, weight = Objective(head, mixup=0.4).mix(features, np.random.default_rng(0))
+    assert 0 < weight < 1
+    assert torch.allclose(mixed, weight * features + (1 - weight) * features[[3, 0, 1, 2]])
+    logits = torch.randn(4, 3)
+    expected = weight * head.loss(logits, labels) + (1 - weight) * head.loss(logits, labels[[3, 0, 1, 2]])
+    assert Objective(head, mixup=0.4).loss(logits, labels, weight).item() == pytest.approx(expected.item())
+    unmixed, one = Objective(head).mix(features, np.random.default_rng(0))
+    assert one == 1.0 and unmixed is features
+
+
+def test_discriminative_rates_slow_each_earlier_block_and_keep_the_parameter_order():
+    names = ["backbone.block3.conv1.weight", "backbone.block4.conv1.weight", "backbone.block4.conv1.bias",
+             "backbone.block5.conv1.weight", "head.out.weight"]
+    parameters = {name: torch.nn.Parameter(torch.zeros(1)) for name in names}
+    groups = parameter_groups(parameters, ("block3", "block4", "block5"), 1e-3, 10.0)
+    assert [group["lr"] for group in groups] == pytest.approx([1e-5, 1e-4, 1e-3])
+    assert [p for group in groups for p in group["params"]] == list(parameters.values())
+    assert len(parameter_groups(parameters, ("block3", "block4", "block5"), 1e-3, 1.0)) == 1
+
+
+def test_the_average_is_the_mean_of_what_was_added_and_swapping_twice_restores():
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    average = Average({"w": parameter})
+    for value in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            parameter.fill_(value)
+        average.add({"w": parameter})
+    average.swap({"w": parameter})
+    assert torch.allclose(parameter, torch.full((3,), 3.0))
+    average.swap({"w": parameter})
+    assert torch.allclose(parameter, torch.full((3,), 6.0)) and torch.allclose(average.mean["w"], torch.full((3,), 3.0))
+
+
+def test_swa_keeps_the_average_of_the_fine_tune_epochs_up_to_the_best(tmp_path, dataset, tiny_weights, monkeypatch):
+    after_each_epoch, real_epoch = [], train_module.train_epoch
+
+    def recorded(run, stage, net, optimizer, rng):
+        result = real_epoch(run, stage, net, optimizer, rng)
+        if stage.name == "finetune":
+            after_each_epoch.append(run.model.backbone.block5.conv1.weight.detach().clone())
+        return result
+
+    monkeypatch.setattr(train_module, "train_epoch", recorded)
+    out = tmp_path / "run"
+    train_module.fit(quick_config(dataset, out, swa=True, finetune_epochs=3, patience=0))
+    kept = json.loads((out / "metrics.json").read_text())["kept_epochs"]["finetune"]
+    saved, _ = load_tensors(out / "model.safetensors")
+    expected = torch.stack(after_each_epoch[:kept]).mean(0)
+    assert torch.allclose(saved["backbone.block5.conv1.weight"].float(), expected, atol=1e-6)
+    assert kept == 1 or not torch.allclose(expected, after_each_epoch[kept - 1])     # an average, not an epoch
+
+
+def test_mixup_and_smoothing_change_training_and_resume_repeats_it_exactly(tmp_path, dataset, tiny_weights,
+                                                                             monkeypatch):
+    levers = dict(mixup=0.4, label_smoothing=0.1, swa=True, finetune_blocks=2, block_lr_ratio=10.0)
+    train_module.fit(quick_config(dataset, tmp_path / "plain"))
+    train_module.fit(quick_config(dataset, tmp_path / "whole", **levers))
+    plain, whole = read_jsonl(tmp_path / "plain" / "metrics.jsonl"), read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    assert plain[0]["train_loss"] != whole[0]["train_loss"]
+    real_epoch, calls = train_module.train_epoch, []
+
+    def interrupted(run, stage, net, optimizer, rng):
+        calls.append(stage.name)
+        if calls.count("finetune") == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, stage, net, optimizer, rng)
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.fit(quick_config(dataset, tmp_path / "cut", **levers))
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    vggtune.train(str(dataset), out=str(tmp_path / "cut"), resume=True, quiet=True)
+    assert read_jsonl(tmp_path / "cut" / "metrics.jsonl") == whole
+    a, _ = load_tensors(tmp_path / "whole" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("option, value, flag", [("label_smoothing", 0.5, "--label-smoothing"),
+                                                 ("mixup", -1.0, "--mixup"), ("block_lr_ratio", 0.5, "--block-lr-ratio")])
+def test_lever_values_out_of_range_name_the_flag(tmp_path, option, value, flag):
+    with pytest.raises(UserError, match=f"^{flag}: received {value}; allowed"):
+        quick_config(tmp_path, tmp_path / "run", **{option: value})
+
+
+def test_crop_one_keeps_the_whole_shorter_side_and_the_predictor_follows_model_json(tmp_path, dataset, tiny_weights):
+    from vggtune.cli.parser import build_parser
+    assert build_parser().parse_args(["train", "DATA", "--crop", "1"]).crop == 1.0
+    out = tmp_path / "run"
+    results = train_module.fit(quick_config(dataset, out, crop=1.0))
+    assert json.loads((out / "model.json").read_text())["preprocessing"]["resize"] == 32
+    assert vggtune.evaluate(str(out))["log_loss"] == pytest.approx(results["test"]["log_loss"], abs=1e-3)
+    default = train_module.fit(quick_config(dataset, tmp_path / "default"))
+    assert json.loads((tmp_path / "default" / "model.json").read_text())["preprocessing"]["resize"] == round(32 * 256 / 224)
+    assert default["test"]["log_loss"] != results["test"]["log_loss"]
+    with pytest.raises(UserError, match=r"^--crop: received 0.3; allowed"):
+        quick_config(dataset, out, crop=0.3)
