@@ -54,6 +54,7 @@ TRAINED = {
 # Scorings of the same fold models: which views are averaged, and whether a temperature is fitted.
 SCORED = {"": ((CLEAN,), False), "+ tta": (TTA_VIEWS, False), "+ tta + calibrate": (TTA_VIEWS, True),
           "+ ten-crop": (TEN_CROP, False), "+ ten-crop + calibrate": (TEN_CROP, True)}
+CLIP = 0.005                 # "+ tta + clip": probabilities kept within [CLIP, 1 - CLIP], a Kaggle log-loss trick
 BASELINE = "default"
 NEW_DEFAULT = "+ tta"        # the scoring that became the default; later rows are compared with it too
 SHOWN = ["setting", "accuracy", "errors", "log_loss", "train_s", "views_s", "score_s", "vs+_tta_wins", "vs+_tta_losses",
@@ -71,7 +72,7 @@ def run_logits(run: Path, items: dict[str, list[Item]], views: tuple[int, ...] =
     run's model from the feature cache (the mirror views are extracted once), and a Scorer of that model."""
     predictor, config = vggtune.load(str(run)), RunDir(run).config()
     pipeline = FeaturePipeline(predictor.model, predictor.preprocessing, config.augment, predictor.runtime,
-                               config.batch_size, predictor.spec.weights, weights.home() / "features")
+                               config.batch_size, predictor.spec.weights, weights.home() / "features", engine=config.engine)
     arch = config.architecture
     cut = arch.cut_before(arch.last(config.finetune_blocks))
     sources = pipeline.cached(items, [cut], views=1, eval_views=views)
@@ -83,7 +84,8 @@ def run_logits(run: Path, items: dict[str, list[Item]], views: tuple[int, ...] =
     return result, scorer
 
 
-def scored(runs: list[Path], views: tuple[int, ...], calibrate: bool, cache: dict, test_items=None) -> tuple[dict, dict]:
+def scored(runs: list[Path], views: tuple[int, ...], calibrate: bool, cache: dict, test_items=None,
+           extracted: tuple[int, ...] = TEN_CROP) -> tuple[dict, dict]:
     """{(run, path): probabilities} over the runs' test images (`test_items`, else each run's own test
     split), and {(run, path): true label}; with `calibrate` the temperature is fitted on each run's
     validation split."""
@@ -91,7 +93,7 @@ def scored(runs: list[Path], views: tuple[int, ...], calibrate: bool, cache: dic
     for run in runs:
         if run not in cache:
             items = run_items(run)
-            cache[run] = run_logits(run, dict(items, test=test_items) if test_items else items)
+            cache[run] = run_logits(run, dict(items, test=test_items) if test_items else items, extracted)
         logits, ten_crop = cache[run]
         policy, first = ScoringPolicy(views=views), slice(0, len(views))     # TEN_CROP begins with TTA_VIEWS, CLEAN first
         scorer = ten_crop.with_policy(policy)

@@ -81,7 +81,8 @@ def quick_config(data: Path, out: Path, **overrides):
     from vggtune.training.config import TrainConfig
     values = dict(data=str(data), out=str(out), epochs=3, finetune_epochs=2, size=32, batch_size=8,
                   views=2, hidden=16, val_split=0.2, test_split=0.2, quiet=True, lr=1e-2, finetune_lr=1e-3,
-                  dropout=0.0, no_report=True)
+                  dropout=0.0, no_report=True,
+                  head="flatten")     # the tiny backbone's 8 channels: GAP needs more epochs than these runs have
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -68,7 +68,8 @@ def golden_data(tmp_path_factory) -> Path:
 
 def golden_config(data: Path, out: Path, **overrides):
     values = dict(epochs=4, finetune_epochs=2, patience=0, precision="fp32", lr=1e-2, finetune_lr=1e-3,
-                  tta=False)           # the golden outputs are of the clean view (test_tta.py covers the mirror)
+                  tta=False,           # the golden outputs are of the clean view (test_tta.py covers the mirror)
+                  head="flatten")      # ... and of the classic head, as they were recorded
     values.update(overrides)
     return quick_config(data, out, **values)
 

@@ -33,7 +33,7 @@ class Flatten:
 
 class GlobalAveragePool:
     """Global average pooling -> dropout -> output: few parameters, for many classes."""
-    help = "global average pooling -> output (many classes: with --lr 1e-3, README)"
+    help = "global average pooling -> output (the default, at --lr 1e-3)"
 
     @staticmethod
     def layers(spec: "HeadSpec", channels: int, grid: int) -> OrderedDict:
