@@ -59,6 +59,9 @@ def main() -> None:
             if views == TEN_CROP:            # eight more views of 2,000 photos a seed; not a default (cv_study.py)
                 continue
             probabilities, labels = scored(runs, views, calibrate, cache, test_items, TTA_VIEWS)
+            # Paired across settings by seed and photo, not by run folder.
+            probabilities, labels = ({(run.split("-seed-")[-1], path): value for (run, path), value in mapping.items()}
+                                     for mapping in (probabilities, labels))
             base = base or (probabilities if suffix == NEW_DEFAULT else None)
             rows.append(row_of(setting + suffix, probabilities, labels, base or probabilities, ["cat", "dog"]))
             print(table(rows[-1:], list(rows[-1])), flush=True)

@@ -64,8 +64,9 @@ def test_ctrl_c_stops_training_with_status_130_and_the_run_resumes(tmp_path):
     save_file(tiny_state_dict(), str(weights))
     env = dict(os.environ, VGGTUNE_HOME=str(tmp_path / "home"), VGGTUNE_OFFLINE="1")
     out = tmp_path / "run"
+    # The flatten head: the tiny GAP head's 30 epochs can all finish before the signal arrives.
     flags = ["--size", "32", "--epochs", "30", "--finetune-epochs", "0", "--hidden", "8", "--patience", "0",
-             "--weights", str(weights), "--no-report"]
+             "--head", "flatten", "--weights", str(weights), "--no-report"]
     process = subprocess.Popen([sys.executable, "-m", "vggtune", "train", str(dataset), "--out", str(out), *flags],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
