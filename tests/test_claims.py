@@ -64,11 +64,13 @@ def test_ctrl_c_stops_training_with_status_130_and_the_run_resumes(tmp_path):
     save_file(tiny_state_dict(), str(weights))
     env = dict(os.environ, VGGTUNE_HOME=str(tmp_path / "home"), VGGTUNE_OFFLINE="1")
     out = tmp_path / "run"
-    # The flatten head: the tiny GAP head's 30 epochs can all finish before the signal arrives.
     flags = ["--size", "32", "--epochs", "30", "--finetune-epochs", "0", "--hidden", "8", "--patience", "0",
-             "--head", "flatten", "--weights", str(weights), "--no-report"]
+             "--weights", str(weights), "--no-report"]
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`make test &`) ignores SIGINT,
+    # and a child would inherit that and train on to the end.
     process = subprocess.Popen([sys.executable, "-m", "vggtune", "train", str(dataset), "--out", str(out), *flags],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "metrics.jsonl").is_file():           # an epoch is done: training, not start-up
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
