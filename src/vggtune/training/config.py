@@ -46,8 +46,8 @@ class TrainConfig:
     hidden: int = 256
     dropout: float = 0.5
     views: int = 2
-    label_smoothing: float = 0.0          # off: measured level by cross-validation (BENCHMARKS.md section 19)
-    mixup: float = 0.0                    # alpha of mixup on the cached features; off, as label_smoothing
+    label_smoothing: float = 0.0          # off: it raised the log loss in cross-validation (BENCHMARKS.md section 19)
+    mixup: float = 0.0                    # alpha of mixup on the cached features; off for the same reason
     block_lr_ratio: float = 1.0           # with --finetune-blocks 2+: each earlier block learns this much slower
     swa: bool = False                     # the last stage keeps the average of its epochs' parameters
     tta: bool = True                      # test-time augmentation: average the image and its mirror image
