@@ -20,6 +20,10 @@ from common import DATA, machine, save, table
 from cv_study import NEW_DEFAULT, SCORED, TEN_CROP, TTA_VIEWS, options_of, row_of, scored
 
 
+# cv_study.py's scorings but the ten crops (eight more views of 2,000 photos a seed; not a default).
+SCORINGS = {suffix: how for suffix, how in SCORED.items() if how[0] != TEN_CROP}
+
+
 def first_photos(folder: Path, per_class: int) -> list:
     """The first `per_class` images of each class, in numeric order of their names, scanned and checked."""
     found = data.discover(folder)
@@ -55,9 +59,7 @@ def main() -> None:
             if not (run / "model.json").is_file():
                 vggtune.train(args.train, out=str(run), seed=seed, quiet=True, no_report=True, **options_of(setting))
             runs.append(run)
-        for suffix, (views, calibrate) in SCORED.items():
-            if views == TEN_CROP:            # eight more views of 2,000 photos a seed; not a default (cv_study.py)
-                continue
+        for suffix, (views, calibrate) in SCORINGS.items():
             probabilities, labels = scored(runs, views, calibrate, cache, test_items, TTA_VIEWS)
             # Paired across settings by seed and photo, not by run folder.
             probabilities, labels = ({(run.split("-seed-")[-1], path): value for (run, path), value in mapping.items()}

@@ -12,12 +12,9 @@ from vggtune.errors import UserError
 from vggtune.fsutil import load_tensors
 from vggtune.model.heads import HeadSpec
 from vggtune.training.objective import Average, Objective, parameter_groups
+from vggtune.training.rundir import RunDir
 
 from conftest import quick_config
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_label_smoothing_moves_the_targets_toward_uniform_for_both_heads():
@@ -93,7 +90,7 @@ def test_mixup_and_smoothing_change_training_and_resume_repeats_it_exactly(tmp_p
     levers = dict(mixup=0.4, label_smoothing=0.1, swa=True, finetune_blocks=2, block_lr_ratio=10.0)
     train_module.fit(quick_config(dataset, tmp_path / "plain"))
     train_module.fit(quick_config(dataset, tmp_path / "whole", **levers))
-    plain, whole = read_jsonl(tmp_path / "plain" / "metrics.jsonl"), read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    plain, whole = RunDir(tmp_path / "plain").history(), RunDir(tmp_path / "whole").history()
     assert plain[0]["train_loss"] != whole[0]["train_loss"]
     real_epoch, calls = train_module.train_epoch, []
 
@@ -108,7 +105,7 @@ def test_mixup_and_smoothing_change_training_and_resume_repeats_it_exactly(tmp_p
         train_module.fit(quick_config(dataset, tmp_path / "cut", **levers))
     monkeypatch.setattr(train_module, "train_epoch", real_epoch)
     vggtune.train(str(dataset), out=str(tmp_path / "cut"), resume=True, quiet=True)
-    assert read_jsonl(tmp_path / "cut" / "metrics.jsonl") == whole
+    assert RunDir(tmp_path / "cut").history() == whole
     a, _ = load_tensors(tmp_path / "whole" / "model.safetensors")
     b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[name], b[name]) for name in a)
