@@ -15,12 +15,21 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The TFLite converter lives in an environment of its own (pyproject.toml's tflite extra says why);
+# the suite checks the TFLite export through it.
+TFLITE_VENV ?= .venv-tflite
+$(TFLITE_VENV)/.installed: pyproject.toml
+	python3 -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TFLITE_VENV)/bin/python -m pip install -q -e '.[tflite]'
+	touch $@
+
 demo: setup
 	rm -rf $(RUN)
 	$(VENV)/bin/vggtune train $(DATA) --out $(RUN)
 
-test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+test: setup $(TFLITE_VENV)/.installed
+	VGGTUNE_TFLITE_PYTHON=$(abspath $(TFLITE_VENV))/bin/python $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not integration"
@@ -39,4 +48,4 @@ bench: setup .venv-keras/.installed $(RUN)/model.json
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .venv-keras runs src/*.egg-info
+	rm -rf $(VENV) $(TFLITE_VENV) .venv-keras runs src/*.egg-info

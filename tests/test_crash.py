@@ -115,9 +115,16 @@ def assert_every_final_file_loads(out: Path, home: Path) -> None:
                ".html": lambda p: _assert(p.read_text().endswith("</html>\n"), p),
                ".md": lambda p: _assert(p.read_text().startswith("---\n"), p)}
     finals = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    # TensorBoard's event files are append-only logs (a killed writer leaves the last record cut, which
+    # TensorBoard's reader skips): each must still read back.
+    events = [p for p in finals if p.parent.name == "tensorboard" and p.name.startswith("events.out.tfevents.")]
+    finals = [p for p in finals if p not in events]
     assert {p.suffix for p in finals} <= set(readers), finals
     for path in finals:
         readers[path.suffix](path)
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    records = [list(EventFileLoader(str(path)).Load()) for path in events]     # a damaged file raises here
+    assert any(records)                 # (a writer killed before its first write leaves an empty file)
     for folder in (home / "features").iterdir():
         cache = FeatureCache.existing(folder)
         assert cache.index() and cache.damaged == [], folder

@@ -17,6 +17,7 @@ from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.launcher import check as check_processes, refused   # no torch: the command line's first checks
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
+from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
 from vggtune.training.config import DEVICES, PRECISIONS, RECIPES, TrainConfig
 from vggtune.version import __version__
 
@@ -25,8 +26,9 @@ CHOICES = {"recipe": tuple(RECIPES), "arch": tuple(ARCHS), "head": tuple(HEADS),
            "device": DEVICES, "engine": ENGINES, "feature_storage": STORAGES}
 HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
 EXPORT_PRECISIONS = ("fp32", "int8")
+EXPORT_FORMATS = ("onnx", "openvino", "tflite")
 _LAZY = {"Predictor": "vggtune.deploy.predict", "load": "vggtune.deploy.predict",
-         "expand_paths": "vggtune.deploy.inputs", "ExportCheckFailed": "vggtune.deploy.onnxexport"}
+         "expand_paths": "vggtune.deploy.inputs", "ExportCheckFailed": "vggtune.deploy.exporting"}
 
 
 def __getattr__(name: str):
@@ -42,7 +44,7 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     Options are the `vggtune train` flags with underscores: recipe ("vggtune", or "classic"
     for the textbook recipe; the options given beside it win), arch, epochs, finetune_epochs,
     finetune_blocks, lr, finetune_lr, batch_size, size, crop, head, hidden, dropout, views, label_smoothing, mixup,
-    block_lr_ratio, swa, tta, calibrate,
+    block_lr_ratio, swa, tta, calibrate, mlflow (a tracking URI the finished run is sent to),
     val_split, test_split, seed, patience, precision, device, no_cache, quiet, val_data,
     test_data, weights, augment (an AugmentConfig or a dict). With `resume=True` the run in
     `out` continues with the config saved in it (only `quiet` may be given). Under torchrun
@@ -60,6 +62,9 @@ def train_with(config: TrainConfig, resume: bool = False) -> dict:
     results = fit(config, resume=resume)
     if is_main() and not config.no_report:
         write_documents_or_warn(config.out, config.engine)
+    if is_main() and config.mlflow:
+        from vggtune.results.mlflowlog import log_run
+        log_run(config.out, config.mlflow)
     return results
 
 
@@ -101,6 +106,9 @@ def _train_config(data: str | None, out: str, resume: bool, options: dict) -> Tr
         return dataclasses.replace(config, out=str(out), quiet=options.get("quiet", config.quiet))
     if not data:
         raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
+    if options.get("mlflow"):
+        from vggtune.results.mlflowlog import require
+        require()                   # before any image is read
     return TrainConfig.from_recipe(data=str(data), out=str(out), **options)
 
 
@@ -137,6 +145,28 @@ def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
     if not data:
         raise UserError("cv: no DATA folder given; allowed: vggtune cv FOLDER [--folds 5] [--out RUN]")
     return cross_validate(TrainConfig.from_recipe(data=str(data), out=str(out), **options), folds)
+
+
+def audit(data: str, out: str = "runs/audit", folds: int = 5, cv: str | None = None,
+          write_manifest: str | None = None, relabel: bool = False, **options) -> dict:
+    """The images whose label is probably wrong: `cv` (default out/cv; kept when its options match) scores
+    every image with a model that never saw it, cleanlab ranks the label issues; images unlike all others and
+    near-duplicates under two classes are flagged too. Writes out/issues.csv, out/audit.html, out/audit.json
+    and, given `write_manifest`, a manifest without the flagged images (`relabel`: label issues relabelled
+    instead). Options are `train`'s; returns audit.json's content."""
+    from vggtune.results.audit import audit as _audit
+    if not data:
+        raise UserError("data audit: no DATA folder given; allowed: vggtune data audit FOLDER [--folds 5] [--out AUDIT]")
+    cv_folder = cv or os.path.join(out, "cv")
+    config = TrainConfig.from_recipe(data=str(data), out=str(cv_folder), **options)
+    return _audit(config, folds, Path(out), Path(write_manifest) if write_manifest else None, relabel)
+
+
+def runs(folder: str = "runs", sort: str = "run") -> list[dict]:
+    """A row per finished run under `folder` (data, head, epochs, precision, test accuracy with its 95 %
+    interval, log loss, wall time), sorted by the column `sort` (accuracy and images: best first)."""
+    from vggtune.results.runs import table
+    return table(folder, sort)
 
 
 def evaluate(run: str, data: str | None = None, output: str | None = None, **options) -> dict:
@@ -182,11 +212,12 @@ def explain(run: str, images: list, target: str | None = None, out: str | None =
     return explanations, written, missing + unreadable
 
 
-def export(run: str, out: str | None = None, precision: str = "fp32"):
-    """The whole classifier as ONNX (default RUN/model.onnx, int8: RUN/model-int8.onnx) with its metadata
-    beside it (model.onnx.json), checked against PyTorch on the run's test images; returns the check's figures."""
-    from vggtune.deploy.onnxexport import export as _export
-    return _export(run, out, precision)
+def export(run: str, out: str | None = None, precision: str = "fp32", format: str = "onnx"):
+    """The whole classifier as ONNX (default RUN/model.onnx), OpenVINO IR (RUN/model.xml + .bin) or TFLite
+    (RUN/model.tflite; fp32), int8 files named model-int8.*, with the metadata beside it (model.onnx.json, ...);
+    checked against PyTorch on the run's test images before it is kept; returns the check's figures."""
+    from vggtune.deploy.exporting import export as _export
+    return _export(run, out, precision, format)
 
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
@@ -254,7 +285,7 @@ def clear_cache() -> tuple[Path, int]:
     return root, cache.clear(root)
 
 
-__all__ = ["train", "train_with", "check_train", "launch", "as_rank", "cv", "evaluate", "predict", "report", "explain", "export",
+__all__ = ["train", "train_with", "check_train", "launch", "as_rank", "cv", "audit", "runs", "RUN_COLUMNS", "evaluate", "predict", "report", "explain", "export",
            "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "UserError", "expand_paths", "check_data",
            "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache", "CHOICES",
-           "HEAD_HELP", "EXPORT_PRECISIONS", "ExportCheckFailed", "display_path", "atomic_write_text", "__version__"]
+           "HEAD_HELP", "EXPORT_PRECISIONS", "EXPORT_FORMATS", "ExportCheckFailed", "display_path", "atomic_write_text", "__version__"]

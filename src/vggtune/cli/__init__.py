@@ -122,6 +122,7 @@ def interrupted_line(args) -> str:
     if args.command == "train":
         out = shlex.quote(getattr(args, "out", None) or "runs/latest")
         return f"vggtune train: interrupted; `vggtune train --resume --out {out}` continues this run"
-    if args.command == "cv":
-        return "vggtune cv: interrupted; the same `vggtune cv` command again continues: finished folds are kept"
+    if args.command == "cv" or getattr(args, "data_command", None) == "audit":
+        command = "vggtune cv" if args.command == "cv" else "vggtune data audit"
+        return f"{command}: interrupted; the same `{command}` command again continues: finished folds are kept"
     return f"vggtune {args.command}: interrupted"

@@ -1,6 +1,7 @@
 """The `vggtune` sub-commands: each takes the parsed flags, calls the API and prints what it returned."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    rows = api.runs(args.folder, args.sort)
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+    elif rows:
+        print(text.runs_table(rows))
+    else:
+        print(f"no finished runs under {display_path(args.folder)}")
+    return 0
+
+
 def _print_results(results: dict, out: str) -> None:
     for split in ("test", "val"):
         if split in results:
@@ -57,17 +69,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Exit status 1 when the exported graph failed its parity check (the file is then not kept)."""
+    """Exit status 1 when the exported model failed its parity check (the file is then not kept)."""
     try:
-        result = api.export(args.run, args.out, args.precision)
+        result = api.export(args.run, args.out, args.precision, args.format)
     except api.ExportCheckFailed as exc:
         print(f"vggtune export: parity check failed: {exc}", file=sys.stderr)
         return 1
-    line = (f"exported {display_path(result.path)} ({result.path.stat().st_size / 1e6:.1f} MB, {result.precision}); "
-            f"parity on {result.images_checked} test images: largest probability difference "
+    line = (f"exported {display_path(result.path)} ({result.path.stat().st_size / 1e6:.1f} MB, {args.format} "
+            f"{result.precision}); parity on {result.images_checked} test images: largest probability difference "
             f"{result.max_difference:.2e}, same label on {result.label_agreement:.1%}")
-    if result.accuracy_onnx is not None:
-        line += f"; test accuracy {result.accuracy_onnx:.4f} (the run: {result.accuracy_run:.4f})"
+    if result.accuracy_exported is not None:
+        line += f"; test accuracy {result.accuracy_exported:.4f} (the run: {result.accuracy_run:.4f})"
     print(line)
     return 0
 
@@ -118,6 +130,28 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    return cmd_data_audit(args) if args.data_command == "audit" else cmd_data_check(args)
+
+
+def cmd_data_audit(args) -> int:
+    """Exit status 0 whatever was flagged: the findings are the audit's result, not a failure."""
+    options = train_options(args)
+    out = options.pop("out", "runs/audit")
+    summary = api.audit(args.data, out=out, folds=args.folds, cv=args.cv, write_manifest=args.write_manifest,
+                        relabel=args.relabel, **options)
+    counts = summary["by_issue"]
+    print(f"audit of {display_path(args.data)}: {summary['flagged']} of {summary['images']} images flagged "
+          f"({counts['label']} label issues, {counts['out-of-distribution']} out of distribution, "
+          f"{counts['cross-class-duplicate']} near-duplicates under two classes)")
+    print(f"  {display_path(Path(out) / 'audit.html')}, {display_path(Path(out) / 'issues.csv')}")
+    if "manifest" in summary:
+        manifest = summary["manifest"]
+        print(f"  manifest {display_path(manifest['path'])}: {manifest['images']} images, {manifest['relabelled']} "
+              f"relabelled, {manifest['left_out']} left out")
+    return 0
+
+
 def cmd_data_check(args) -> int:
     """Exit status 0: every file usable; 1: some rejected (the list says why) or near-duplicates filed under
     two classes (likely label mistakes); 2: a mistake in the command."""
@@ -150,7 +184,7 @@ def cmd_cache(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
+COMMANDS = {"train": cmd_train, "cv": cmd_cv, "runs": cmd_runs, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
             "export": cmd_export, "serve": cmd_serve,
             "predict": cmd_predict, "weights": cmd_weights,
-            "data": cmd_data_check, "cache": cmd_cache}
+            "data": cmd_data, "cache": cmd_cache}

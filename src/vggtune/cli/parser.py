@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from vggtune.api import CHOICES, __version__, EXPORT_PRECISIONS, HEAD_HELP, AugmentConfig, TrainConfig
+from vggtune.api import CHOICES, RUN_COLUMNS, __version__, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD_HELP, AugmentConfig, TrainConfig
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")     # positional, grouped below, or set by `vggtune cv`
 NUMBERS_DEFAULT_NONE = ("crop",)         # their default (None) names no type: these take a number
@@ -41,6 +41,8 @@ HELP = {
     "keep_state": "keep state/ (checkpoints for --resume) after the run ends",
     "tta": "test-time augmentation: each image's probabilities are averaged with its mirror image's",
     "calibrate": "temperature scaling: divide the logits by a temperature (>= 1) fitted on the validation split",
+    "mlflow": "MLflow tracking URI (http://host:5000, sqlite:///mlflow.db): the finished run's parameters, "
+              "metrics, report and model are sent there (needs pip install 'vggtune[mlflow]')",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
 }
 
@@ -104,7 +106,12 @@ def build_parser() -> Parser:
     cv.add_argument("data", help="folder with one sub-folder per class, Kaggle names (cat.1.jpg), or a CSV manifest "
                                                    "(path,label[,split])")
     cv.add_argument("--folds", type=int, default=5, help="number of folds; each is the test split once (default 5)")
-    _add_train_flags(cv, out="runs/cv", leave_out=("test_data", "test_split"))    # each fold is the test split
+    _add_train_flags(cv, out="runs/cv", leave_out=("test_data", "test_split", "mlflow"))    # each fold is the test split
+    runs = commands.add_parser("runs", help="a table of the finished runs under a folder")
+    runs.add_argument("folder", nargs="?", default="runs", help="folder of run directories (default runs)")
+    runs.add_argument("--sort", default="run", choices=RUN_COLUMNS,
+                      help="column to sort by (default run; accuracy and images: best first)")
+    runs.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     evaluate = commands.add_parser("evaluate", help="metrics of a run on its test split or a folder")
     evaluate.add_argument("run", help="a run directory (the --out of vggtune train)")
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
@@ -123,11 +130,16 @@ def build_parser() -> Parser:
     explain.add_argument("--class", dest="target", help="class to explain (default: each image's predicted class)")
     explain.add_argument("--out", help="folder for the PNG overlays (default RUN/explain)")
     _add_engine_flag(explain)
-    export = commands.add_parser("export", help="the whole classifier as ONNX, checked against PyTorch")
+    export = commands.add_parser("export", help="the whole classifier as ONNX, OpenVINO IR or TFLite, checked "
+                                                "against PyTorch")
     export.add_argument("run", help="a run directory (the --out of vggtune train)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
+                        help="onnx (default); openvino: IR .xml + .bin; tflite: LiteRT, fp32, batch 1 (needs "
+                             "pip install 'vggtune[tflite]')")
     export.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
-                        help="fp32 (default), or int8: ONNX Runtime static quantization")
-    export.add_argument("--out", help="file to write (default RUN/model.onnx, RUN/model-int8.onnx)")
+                        help="fp32 (default), or int8 (onnx, openvino): ONNX Runtime static quantization")
+    export.add_argument("--out", help="file to write (default RUN/model.onnx, model.xml, model.tflite; "
+                                      "int8: model-int8.onnx, model-int8.xml)")
     serve = commands.add_parser("serve", help="an HTTP service and a web page for a run's model")
     serve.add_argument("run", help="a run directory (the --out of vggtune train)")
     serve.add_argument("--host", default="127.0.0.1",
@@ -161,6 +173,18 @@ def build_parser() -> Parser:
     check.add_argument("--val-data", help="validation folder: its files are checked against the training folder")
     check.add_argument("--test-data", help="test folder: its files are checked against the training folder")
     check.add_argument("--output", help="CSV of rejected files to write")
+    audit = data_commands.add_parser("audit", help="the images whose label is probably wrong, by out-of-fold "
+                                                   "models and cleanlab; off-topic images; cross-class near-duplicates")
+    audit.add_argument("data", help="folder with one sub-folder per class, Kaggle names (cat.1.jpg), or a CSV "
+                                    "manifest (path,label[,split])")
+    audit.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    audit.add_argument("--cv", help="the cross-validation folder (default AUDIT/cv); an earlier `vggtune cv` folder "
+                                    "with the same options is reused")
+    audit.add_argument("--write-manifest", metavar="CSV", help="write a manifest without the flagged images, "
+                                                               "for `vggtune train CSV`")
+    audit.add_argument("--relabel", action="store_true",
+                       help="in that manifest, give images flagged only for their label the suggested label")
+    _add_train_flags(audit, out="runs/audit", leave_out=("test_data", "test_split", "mlflow"))
     cache = commands.add_parser("cache", help="the feature cache: where it is, its size; clear it")
     cache.add_argument("action", nargs="?", choices=("where", "clear"), default="where",
                        help="where (default): its folder and size per cut; clear: delete the cached features")

@@ -88,3 +88,18 @@ def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:
 
 def _number(value) -> str:
     return "undefined" if value is None else f"{value:.4f}"
+
+
+def runs_table(rows: list[dict]) -> str:
+    """The rows as an aligned table, accuracy with its 95 % interval."""
+    header = ("run", "data", "head", "epochs", "precision", "tested on", "accuracy (95 % interval)", "log loss", "wall s")
+    lines = [header]
+    for r in rows:
+        interval = f" ({r['accuracy_95'][0]:.3f}-{r['accuracy_95'][1]:.3f})" if r["accuracy_95"] else ""
+        accuracy = f"{r['accuracy']:.4f}{interval}" if r["accuracy"] is not None else "-"
+        lines.append((r["run"], r["data"], r["head"], str(r["epochs"]), r["precision"],
+                      f"{r['split']} {r['images']}" if r["split"] else "-", accuracy,
+                      f"{r['log_loss']:.4f}" if r["log_loss"] is not None else "-",
+                      f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)

@@ -82,6 +82,13 @@ class Predictor:
         with torch.inference_mode():
             return self.spec.scoring.classify(logits_of, normalise(images, self.preprocessing), self.spec.head).cpu()
 
+    def embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """What the head receives, averaged over its grid: one vector per uint8 RGB clean view (N, 3, size,
+        size) -> (N, channels). Images the classifier sees as alike lie close together here."""
+        blocks = engines.frozen(self.model, self.runtime, self.engine)
+        with torch.inference_mode():
+            return blocks(normalise(images, self.preprocessing)).float().mean(dim=(2, 3)).cpu()
+
     def explain(self, inputs: list, target: str | None = None) -> tuple[list[Explanation], list[tuple[str, str]]]:
         """Grad-CAM maps (gradcam.py) of the readable inputs, for the class `target` or else each
         one's predicted class, and (name, reason) for the inputs that could not be read."""

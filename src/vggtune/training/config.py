@@ -65,6 +65,7 @@ class TrainConfig:
     feature_storage: str = "float16"      # STORAGES; uint8 halves the cache, for very large datasets
     keep_state: bool = False              # state/ is only needed to resume; removed when the run ends
     no_report: bool = False               # report.html and README.md (the model card) are written by default
+    mlflow: str | None = None             # an MLflow tracking URI the finished run is sent to (results/mlflowlog.py)
     quiet: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

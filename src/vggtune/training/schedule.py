@@ -29,10 +29,10 @@ import torch
 from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
 from vggtune.training.checkpoints import Checkpoints, load_params, resume_state, save_state
+from vggtune.training.tracking import Log
 from vggtune.training.objective import Average, Objective, parameter_groups
 from vggtune.training.scoring import Scorer
 from vggtune.training.session import Run, open_run
-from vggtune.training.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -56,21 +56,6 @@ def plan(config) -> list[Stage]:
     return stages
 
 
-class Log:
-    """What the stages record as they go: each stage's epochs (metrics.jsonl, rewritten after every
-    epoch), the epoch each stage kept, and the seconds each part of the run took (metrics.json)."""
-
-    def __init__(self, folder: RunDir, started: float | None = None):
-        self.folder, self.histories, self.timing, self.kept_epochs = folder, {}, {}, {}
-        self.started = time.perf_counter() if started is None else started
-
-    def epochs(self, stage: str, history: list[dict]) -> None:
-        """The stage's epochs so far, written to metrics.jsonl with the stages before it."""
-        self.histories[stage] = list(history)
-        if distributed.is_main():
-            self.folder.write_history([row for rows in self.histories.values() for row in rows])
-
-
 def fit(config, resume: bool = False) -> dict:
     """Train as `config` says, in config.out; returns {'val': metrics, 'test': metrics}."""
     stages, started = plan(config), time.perf_counter()
@@ -78,10 +63,13 @@ def fit(config, resume: bool = False) -> dict:
         run = open_run(config, resume, cuts=[stage.cut for stage in stages])
         log = Log(run.folder, started)
         log.timing.update(run.setup_seconds)
-        for stage in stages:
-            run.model.set_trainable(stage.trainable)
-            run_stage(run, stage, log)
-        return finish(run, stages[-1].cut, log)
+        try:
+            for stage in stages:
+                run.model.set_trainable(stage.trainable)
+                run_stage(run, stage, log)
+            return finish(run, stages[-1].cut, log)
+        finally:
+            log.close()                 # an interrupted run's event files too, with what they have
 
 
 def scorer(run: Run, policy=None) -> Scorer:
@@ -112,6 +100,7 @@ def finish(run: Run, cut: str, log: Log) -> dict:
     lost = list(dict.fromkeys(distributed.concat(run.sources.rejected)))
     if distributed.is_main():
         save(run, spec, results, predictions, run.rejected + lost, log)
+    log.finish(run.config.to_dict(), results)
     return results
 
 
@@ -224,7 +213,7 @@ def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, 
         state["done"] = bool(stop) or state["epoch"] == stage.epochs
         if distributed.is_main():
             save_state(run.folder.state(stage.name, "last"), parameters, optimizer, state, checkpoints, average)
-        log.epochs(stage.name, state["history"])
+        log.epochs(stage.name, state["history"], max(group["lr"] for group in optimizer.param_groups))
         say(_epoch_line(row, stage))
         if stop:
             say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs")

@@ -1,0 +1,167 @@
+"""`vggtune data audit`: the images whose label is probably wrong, each judged by a model that never saw it.
+
+    cross_validate(config, folds)               # every image scored out of fold (AUDIT/cv, kept when it matches)
+    label issues  = cleanlab's find_label_issues(labels, out-of-fold probabilities), by self-confidence
+    off-topic     = cleanlab's OutOfDistribution on each image's embedding by its fold's model,
+                    flagged far out from the rest (Tukey's far-out fence on -log of the scores)
+    conflicts     = near-duplicates filed under two classes (perceptual hashes, data/similar.py)
+    -> AUDIT/issues.csv, AUDIT/audit.json, AUDIT/audit.html and, on request, a cleaned manifest
+
+cleanlab ranks by self-confidence, the probability the out-of-fold model gives the image's own label:
+the images it is surest are mislabelled come first.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vggtune.errors import UserError
+from vggtune.fsutil import atomic_write_bytes, atomic_write_json, display_path
+from vggtune.progress import say, verbosity
+from vggtune.results.auditscores import OOD_FENCE, OOD_NEIGHBOURS, cross_class_duplicates, far_below, label_issues, \
+    off_topic_scores
+from vggtune.results.crossval import cross_validate
+from vggtune.training.rundir import PredictionRow, read_predictions
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.training.config import TrainConfig
+
+LABEL, OFF_TOPIC, CONFLICT = "label", "out-of-distribution", "cross-class-duplicate"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One flagged image: what it is labelled, what its out-of-fold model says, and why it is flagged."""
+    path: str
+    given: str
+    suggested: str                   # the out-of-fold model's class
+    given_probability: float         # self-confidence: the out-of-fold probability of the given label
+    issues: tuple[str, ...]
+    ood_score: float                 # cleanlab's, in [0, 1]: low is unlike every other image
+    fold: str
+    note: str = ""                   # the other image of a cross-class near-duplicate
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The out-of-fold scores of every usable image, in cv_predictions.csv's order."""
+    classes: list[str]
+    rows: list[PredictionRow]
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+
+def audit(config: TrainConfig, folds: int, out: Path, manifest: Path | None = None, relabel: bool = False) -> dict:
+    """Cross-validates `config` (its `out` is the cv folder), ranks the issues and writes the audit to `out`;
+    returns what audit.json holds."""
+    if relabel and manifest is None:
+        raise UserError("--relabel: changes the labels written by --write-manifest; received no --write-manifest; "
+                        "allowed: --write-manifest clean.csv --relabel")
+    if manifest is not None and not manifest.absolute().parent.is_dir():
+        raise UserError(f"--write-manifest: the folder of {display_path(manifest)} does not exist; allowed: a CSV "
+                        "file in an existing folder")
+    with verbosity(config.quiet):
+        cross_validate(config, folds)
+        scored = read_scored(Path(config.out))
+        say(f"audit: ranking label issues of {len(scored.rows)} images with cleanlab")
+        ranked = label_issues(scored)
+        ood_scores = off_topic_scores(scored, Path(config.out))
+        conflicts = cross_class_duplicates(config)
+        findings = collect(scored, ranked, ood_scores, conflicts)
+        summary = write_audit(out, scored, findings, config, folds)
+        if manifest is not None:
+            summary["manifest"] = write_manifest(manifest, scored, findings, relabel)
+        atomic_write_json(out / "audit.json", summary)
+    return summary
+
+
+def read_scored(cv_folder: Path) -> Scored:
+    classes = json.loads((cv_folder / "cv.json").read_text())["classes"]
+    rows = read_predictions(cv_folder / "cv_predictions.csv", classes)
+    labels = np.array([classes.index(row.label) for row in rows], dtype=np.int64)
+    probabilities = np.asarray([row.probabilities for row in rows], dtype=np.float64).reshape(-1, len(classes))
+    return Scored(classes, rows, labels, probabilities)
+
+
+def collect(scored: Scored, ranked: np.ndarray, ood_scores: np.ndarray,
+            conflicts: list[tuple[str, str, int]]) -> list[Finding]:
+    """Every flagged image once: label issues in cleanlab's order, then the others by self-confidence."""
+    issues: dict[int, list[str]] = {int(i): [LABEL] for i in ranked}
+    for i in far_below(ood_scores):
+        issues.setdefault(int(i), []).append(OFF_TOPIC)
+    position = {row.path: i for i, row in enumerate(scored.rows)}
+    notes = {}
+    for path, other, distance in conflicts:
+        if path in position:
+            issues.setdefault(position[path], []).append(CONFLICT)
+            notes[position[path]] = f"near-duplicate (hash distance {distance}) of {display_path(other)}"
+    self_confidence = scored.probabilities[np.arange(len(scored.labels)), scored.labels]
+    order = list(dict.fromkeys([int(i) for i in ranked] + sorted(issues, key=lambda i: self_confidence[i])))
+    return [Finding(scored.rows[i].path, scored.rows[i].label,
+                    scored.classes[int(scored.probabilities[i].argmax())], float(self_confidence[i]),
+                    tuple(dict.fromkeys(issues[i])), float(ood_scores[i]), scored.rows[i].split, notes.get(i, ""))
+            for i in order]
+
+
+def write_audit(out: Path, scored: Scored, findings: list[Finding], config: TrainConfig, folds: int) -> dict:
+    from vggtune.results.auditpage import write_page
+    out.mkdir(parents=True, exist_ok=True)
+    write_issues_csv(out / "issues.csv", findings)
+    counts = {kind: sum(kind in f.issues for f in findings) for kind in (LABEL, OFF_TOPIC, CONFLICT)}
+    summary = {"data": config.data, "images": len(scored.rows), "classes": scored.classes, "folds": folds,
+               "cv": config.out, "flagged": len(findings), "by_issue": counts,
+               "accuracy_out_of_fold": float((scored.probabilities.argmax(1) == scored.labels).mean())
+               if len(scored.rows) else None,
+               "method": {"label": "cleanlab.filter.find_label_issues, ranked by self_confidence",
+                          "out_of_distribution": f"cleanlab.outlier.OutOfDistribution on the fold model's pooled "
+                                                 f"features, k={OOD_NEIGHBOURS}, -log(score) beyond Q3 + {OOD_FENCE} IQR",
+                          "cross_class_duplicate": "perceptual-hash near-duplicates under two classes"}}
+    write_page(out / "audit.html", summary, findings, Path(config.out))
+    say(f"audit: {len(findings)} of {len(scored.rows)} images flagged ({counts[LABEL]} label, {counts[OFF_TOPIC]} "
+        f"out of distribution, {counts[CONFLICT]} cross-class duplicates) -> {display_path(out)}")
+    return summary
+
+
+ISSUE_COLUMNS = ("rank", "path", "given_label", "suggested_label", "given_label_probability", "issues",
+                 "ood_score", "fold", "note")
+
+
+def write_issues_csv(path: Path, findings: list[Finding]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(ISSUE_COLUMNS)
+    for rank, f in enumerate(findings, 1):
+        writer.writerow([rank, f.path, f.given, f.suggested, f"{f.given_probability:.6f}", "+".join(f.issues),
+                         "" if np.isnan(f.ood_score) else f"{f.ood_score:.6f}", f.fold, f.note])
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+
+
+def write_manifest(path: Path, scored: Scored, findings: list[Finding], relabel: bool) -> dict:
+    """A manifest (path,label) of the audited images without the flagged ones; with `relabel`, an image
+    flagged only for its label stays, with the suggested label."""
+    flagged = {f.path: f for f in findings}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    kept = relabelled = 0
+    for row in scored.rows:
+        finding = flagged.get(row.path)
+        if finding is None:
+            writer.writerow([os.path.abspath(row.path), row.label])
+        elif relabel and finding.issues == (LABEL,) and finding.suggested != row.label:
+            writer.writerow([os.path.abspath(row.path), finding.suggested])
+            relabelled += 1
+        else:
+            continue
+        kept += 1
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+    say(f"audit: manifest {display_path(path)}: {kept} images ({relabelled} relabelled, "
+        f"{len(scored.rows) - kept} left out); `vggtune train {display_path(path)}` trains on it")
+    return {"path": str(path), "images": kept, "relabelled": relabelled, "left_out": len(scored.rows) - kept}

@@ -1,0 +1,71 @@
+"""audit.html: one self-contained page of an audit (thumbnails inline, nothing fetched): each flagged
+image with its given and suggested label, the out-of-fold confidence and a Grad-CAM overlay by the
+model that never saw it."""
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.results.reportpage import STYLE, _e, _img, _jpeg, _table
+from vggtune.version import __version__
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.results.audit import Finding
+
+SHOWN = 120                    # tiles on the page at most; issues.csv lists every finding
+THUMBNAIL = 256                # pixels, the longer side
+
+
+def write_page(path: Path, summary: dict, findings: list[Finding], cv_folder: Path) -> Path:
+    overlays = grad_cam_thumbnails(findings[:SHOWN], cv_folder)
+    tiles = "".join(_tile(rank, finding, overlays.get(finding.path)) for rank, finding in enumerate(findings[:SHOWN], 1))
+    more = (f"<p class='muted'>The first {SHOWN} of {len(findings)} are shown; issues.csv lists them all.</p>"
+            if len(findings) > SHOWN else "")
+    counts = summary["by_issue"]
+    title = f"vggtune audit: {display_path(summary['data'])}"
+    body = (f"<p><b>{summary['flagged']}</b> of {summary['images']} images flagged, each judged by the model of "
+            f"the {summary['folds']}-fold cross-validation that did not train on it (out-of-fold accuracy "
+            f"{summary['accuracy_out_of_fold']:.4f}).</p>"
+            + _table(["issue", "images", "found by"], [(kind, counts[kind], summary["method"][key]) for kind, key in
+                     (("label", "label"), ("out-of-distribution", "out_of_distribution"),
+                      ("cross-class-duplicate", "cross_class_duplicate"))])
+            + "<p class='muted'>Given: the label in the data. Suggested: the out-of-fold model's class. "
+              "Confidence: the probability that model gives the given label (low: probably mislabelled). "
+              "The overlay is Grad-CAM for the suggested class.</p>"
+            + (f"<div class='grid'>{tiles}</div>{more}" if findings else "<p>Nothing flagged.</p>"))
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
+            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'\">"
+            f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
+            f"<p class='muted'>{len(summary['classes'])} classes; written {datetime.datetime.now():%Y-%m-%d %H:%M} "
+            f"by vggtune {__version__}</p><section id='flagged'><h2>Flagged images</h2>{body}</section></body></html>\n")
+    atomic_write_text(path, page)
+    return path
+
+
+def grad_cam_thumbnails(findings: list[Finding], cv_folder: Path) -> dict[str, bytes]:
+    """JPEG thumbnails of the Grad-CAM overlays, each by the model of the fold that tested the image."""
+    from vggtune.deploy.predict import load
+    thumbnails = {}
+    for fold in sorted({finding.fold for finding in findings}):
+        predictor = load(cv_folder / fold)
+        for target in sorted({f.suggested for f in findings if f.fold == fold}):
+            paths = [f.path for f in findings if f.fold == fold and f.suggested == target]
+            explanations, _ = predictor.explain(paths, target)
+            for explanation in explanations:
+                picture = explanation.overlay()
+                picture.thumbnail((THUMBNAIL, THUMBNAIL))
+                thumbnails[explanation.name] = _jpeg(picture)
+    return thumbnails
+
+
+def _tile(rank: int, finding: Finding, thumbnail: bytes | None) -> str:
+    picture = (_img(thumbnail, f"Grad-CAM of {Path(finding.path).name}", "image/jpeg") if thumbnail
+               else "<p class='muted'>(image no longer readable)</p>")
+    note = f"<br>{_e(finding.note)}" if finding.note else ""
+    return (f"<figure class='tile' data-path='{_e(finding.path)}'>{picture}<figcaption><b>{rank}. "
+            f"{_e(Path(finding.path).name)}</b><br>given <b>{_e(finding.given)}</b>, suggested "
+            f"{_e(finding.suggested)}<br>confidence in the given label {finding.given_probability:.3f}<br>"
+            f"{_e(', '.join(finding.issues))} ({_e(finding.fold)}){note}</figcaption></figure>")
