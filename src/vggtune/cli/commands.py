@@ -75,7 +75,9 @@ def cmd_export(args) -> int:
     except api.ExportCheckFailed as exc:
         print(f"vggtune export: parity check failed: {exc}", file=sys.stderr)
         return 1
-    line = (f"exported {display_path(result.path)} ({result.path.stat().st_size / 1e6:.1f} MB, {args.format} "
+    files = [result.path] + [result.path.with_suffix(".bin")] * (args.format == "openvino")     # the IR's weights
+    size = sum(path.stat().st_size for path in files)
+    line = (f"exported {' + '.join(display_path(path) for path in files)} ({size / 1e6:.1f} MB, {args.format} "
             f"{result.precision}); parity on {result.images_checked} test images: largest probability difference "
             f"{result.max_difference:.2e}, same label on {result.label_agreement:.1%}")
     if result.accuracy_exported is not None:

@@ -131,9 +131,11 @@ def export(run: str | Path, out: str | Path | None = None, precision: str = "fp3
 def _writer(module_name: str, package: str, file_format: str):
     try:
         importlib.import_module(package)
-    except ImportError:
-        raise UserError(f"--format {file_format}: needs the {package.replace('_', '-')} package, which is not "
-                        f"installed; allowed: pip install 'vggtune[{file_format}]'") from None
+    except ImportError as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == package
+        why = "is not installed" if missing else f"does not import here ({exc})"
+        raise UserError(f"--format {file_format}: needs the {package.replace('_', '-')} package, which {why}; "
+                        f"allowed: pip install 'vggtune[{file_format}]' in an environment of its own") from None
     return importlib.import_module(module_name)
 
 
