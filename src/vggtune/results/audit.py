@@ -25,8 +25,8 @@ import numpy as np
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_bytes, atomic_write_json, display_path
 from vggtune.progress import say, verbosity
-from vggtune.results.auditscores import OOD_FENCE, OOD_NEIGHBOURS, cross_class_duplicates, far_below, label_issues, \
-    off_topic_scores
+from vggtune.results.auditscores import OOD_FENCE, OOD_NEIGHBOURS, FoldModels, cross_class_duplicates, far_below, \
+    label_issues, off_topic_scores
 from vggtune.results.crossval import cross_validate
 from vggtune.training.rundir import PredictionRow, read_predictions
 
@@ -72,10 +72,11 @@ def audit(config: TrainConfig, folds: int, out: Path, manifest: Path | None = No
         scored = read_scored(Path(config.out))
         say(f"audit: ranking label issues of {len(scored.rows)} images with cleanlab")
         ranked = label_issues(scored)
-        ood_scores = off_topic_scores(scored, Path(config.out))
+        models = FoldModels(Path(config.out))
+        ood_scores = off_topic_scores(scored, models)
         conflicts = cross_class_duplicates(config)
         findings = collect(scored, ranked, ood_scores, conflicts)
-        summary = write_audit(out, scored, findings, config, folds)
+        summary = write_audit(out, scored, findings, config, folds, models)
         if manifest is not None:
             summary["manifest"] = write_manifest(manifest, scored, findings, relabel)
         atomic_write_json(out / "audit.json", summary)
@@ -110,7 +111,8 @@ def collect(scored: Scored, ranked: np.ndarray, ood_scores: np.ndarray,
             for i in order]
 
 
-def write_audit(out: Path, scored: Scored, findings: list[Finding], config: TrainConfig, folds: int) -> dict:
+def write_audit(out: Path, scored: Scored, findings: list[Finding], config: TrainConfig, folds: int,
+                models: FoldModels) -> dict:
     from vggtune.results.auditpage import write_page
     out.mkdir(parents=True, exist_ok=True)
     write_issues_csv(out / "issues.csv", findings)
@@ -123,7 +125,7 @@ def write_audit(out: Path, scored: Scored, findings: list[Finding], config: Trai
                           "out_of_distribution": f"cleanlab.outlier.OutOfDistribution on the fold model's pooled "
                                                  f"features, k={OOD_NEIGHBOURS}, -log(score) beyond Q3 + {OOD_FENCE} IQR",
                           "cross_class_duplicate": "perceptual-hash near-duplicates under two classes"}}
-    write_page(out / "audit.html", summary, findings, Path(config.out))
+    write_page(out / "audit.html", summary, findings, models)
     say(f"audit: {len(findings)} of {len(scored.rows)} images flagged ({counts[LABEL]} label, {counts[OFF_TOPIC]} "
         f"out of distribution, {counts[CONFLICT]} cross-class duplicates) -> {display_path(out)}")
     return summary
@@ -133,35 +135,35 @@ ISSUE_COLUMNS = ("rank", "path", "given_label", "suggested_label", "given_label_
                  "ood_score", "fold", "note")
 
 
-def write_issues_csv(path: Path, findings: list[Finding]) -> None:
+def write_csv(path: Path, header, rows) -> None:
+    """A CSV file written whole; a file name that is not UTF-8 is written as its bytes (as predictions.csv)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(ISSUE_COLUMNS)
-    for rank, f in enumerate(findings, 1):
-        writer.writerow([rank, f.path, f.given, f.suggested, f"{f.given_probability:.6f}", "+".join(f.issues),
-                         "" if np.isnan(f.ood_score) else f"{f.ood_score:.6f}", f.fold, f.note])
+    writer.writerow(header)
+    writer.writerows(rows)
     atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+
+
+def write_issues_csv(path: Path, findings: list[Finding]) -> None:
+    write_csv(path, ISSUE_COLUMNS, ([rank, f.path, f.given, f.suggested, f"{f.given_probability:.6f}",
+                                     "+".join(f.issues), "" if np.isnan(f.ood_score) else f"{f.ood_score:.6f}",
+                                     f.fold, f.note] for rank, f in enumerate(findings, 1)))
 
 
 def write_manifest(path: Path, scored: Scored, findings: list[Finding], relabel: bool) -> dict:
     """A manifest (path,label) of the audited images without the flagged ones; with `relabel`, an image
     flagged only for its label stays, with the suggested label."""
     flagged = {f.path: f for f in findings}
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label"])
-    kept = relabelled = 0
+    rows, relabelled = [], 0
     for row in scored.rows:
         finding = flagged.get(row.path)
         if finding is None:
-            writer.writerow([os.path.abspath(row.path), row.label])
+            rows.append([os.path.abspath(row.path), row.label])
         elif relabel and finding.issues == (LABEL,) and finding.suggested != row.label:
-            writer.writerow([os.path.abspath(row.path), finding.suggested])
+            rows.append([os.path.abspath(row.path), finding.suggested])
             relabelled += 1
-        else:
-            continue
-        kept += 1
-    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+    write_csv(path, ["path", "label"], rows)
+    kept = len(rows)
     say(f"audit: manifest {display_path(path)}: {kept} images ({relabelled} relabelled, "
         f"{len(scored.rows) - kept} left out); `vggtune train {display_path(path)}` trains on it")
     return {"path": str(path), "images": kept, "relabelled": relabelled, "left_out": len(scored.rows) - kept}

@@ -13,13 +13,14 @@ from vggtune.version import __version__
 
 if TYPE_CHECKING:                      # annotations only
     from vggtune.results.audit import Finding
+    from vggtune.results.auditscores import FoldModels
 
 SHOWN = 120                    # tiles on the page at most; issues.csv lists every finding
 THUMBNAIL = 256                # pixels, the longer side
 
 
-def write_page(path: Path, summary: dict, findings: list[Finding], cv_folder: Path) -> Path:
-    overlays = grad_cam_thumbnails(findings[:SHOWN], cv_folder)
+def write_page(path: Path, summary: dict, findings: list[Finding], models: FoldModels) -> Path:
+    overlays = grad_cam_thumbnails(findings[:SHOWN], models)
     tiles = "".join(_tile(rank, finding, overlays.get(finding.path)) for rank, finding in enumerate(findings[:SHOWN], 1))
     more = (f"<p class='muted'>The first {SHOWN} of {len(findings)} are shown; issues.csv lists them all.</p>"
             if len(findings) > SHOWN else "")
@@ -45,12 +46,11 @@ def write_page(path: Path, summary: dict, findings: list[Finding], cv_folder: Pa
     return path
 
 
-def grad_cam_thumbnails(findings: list[Finding], cv_folder: Path) -> dict[str, bytes]:
+def grad_cam_thumbnails(findings: list[Finding], models: FoldModels) -> dict[str, bytes]:
     """JPEG thumbnails of the Grad-CAM overlays, each by the model of the fold that tested the image."""
-    from vggtune.deploy.predict import load
     thumbnails = {}
     for fold in sorted({finding.fold for finding in findings}):
-        predictor = load(cv_folder / fold)
+        predictor = models[fold]
         for target in sorted({f.suggested for f in findings if f.fold == fold}):
             paths = [f.path for f in findings if f.fold == fold and f.suggested == target]
             explanations, _ = predictor.explain(paths, target)

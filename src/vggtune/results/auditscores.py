@@ -29,11 +29,25 @@ def label_issues(scored: Scored) -> np.ndarray:
                                         n_jobs=1), dtype=np.int64)
 
 
-def off_topic_scores(scored: Scored, cv_folder: Path) -> np.ndarray:
+class FoldModels:
+    """Each fold's Predictor, loaded on first use and kept: the embeddings and the page's Grad-CAM
+    overlays both need them."""
+
+    def __init__(self, cv_folder: Path):
+        self.cv_folder, self.loaded = Path(cv_folder), {}
+
+    def __getitem__(self, fold: str):
+        if fold not in self.loaded:
+            from vggtune.deploy.predict import load
+            self.loaded[fold] = load(self.cv_folder / fold)
+        return self.loaded[fold]
+
+
+def off_topic_scores(scored: Scored, models: FoldModels) -> np.ndarray:
     """cleanlab's out-of-distribution score of each image's embedding by the model of the fold that
     tested it (low: unlike every other image), NaN where the image can no longer be read."""
     from cleanlab.outlier import OutOfDistribution
-    embeddings = fold_embeddings(scored.rows, cv_folder)
+    embeddings = fold_embeddings(scored.rows, models)
     readable = ~np.isnan(embeddings).any(axis=1)
     scores = np.full(len(scored.rows), np.nan)
     if readable.sum() > 2:
@@ -43,15 +57,14 @@ def off_topic_scores(scored: Scored, cv_folder: Path) -> np.ndarray:
     return scores
 
 
-def fold_embeddings(rows: list[PredictionRow], cv_folder: Path) -> np.ndarray:
+def fold_embeddings(rows: list[PredictionRow], models: FoldModels) -> np.ndarray:
     """Each image's embedding (Predictor.embeddings) by its own fold's model; NaN rows for unreadable images."""
     import torch
-    from vggtune.deploy.predict import load
     from vggtune.features.extract import decode_clean
     embeddings: np.ndarray | None = None
     bar = progress(total=len(rows), desc="audit: embeddings", unit="image")
     for fold in sorted({row.split for row in rows}):
-        predictor = load(cv_folder / fold)
+        predictor = models[fold]
         positions = [i for i, row in enumerate(rows) if row.split == fold]
         for start in range(0, len(positions), predictor.batch_size):
             batch = positions[start:start + predictor.batch_size]

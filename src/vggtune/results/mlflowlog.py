@@ -57,6 +57,7 @@ def _send(run: Path, uri: str) -> str:
     from mlflow.tracking import MlflowClient
     from vggtune.training.rundir import RunDir
     folder = RunDir(run)
+    config = folder.config()
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
@@ -65,7 +66,7 @@ def _send(run: Path, uri: str) -> str:
                                 tags={"vggtune.run_folder": str(run.resolve())})
     run_id = created.info.run_id
     now = int(time.time() * 1000)
-    params = [Param(key, str(value)[:6000]) for key, value in flat_config(folder.config().to_dict()).items()]
+    params = [Param(key, str(value)[:6000]) for key, value in flat_config(config.to_dict()).items()]
     metrics = [Metric(f"{row['stage']}.{key}", float(value), now, int(row["epoch"]))
                for row in folder.history() for key, value in row.items() if key not in ("stage", "epoch")]
     final = folder.metrics()
@@ -74,7 +75,7 @@ def _send(run: Path, uri: str) -> str:
         metrics += [Metric(f"{split}_{key}", float(scores[key]), now, 0) for key in FINAL if scores.get(key) is not None]
     for start in range(0, max(len(params), len(metrics)), 100):          # the server's batch limits
         client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
-                         tags=[RunTag("vggtune.head", folder.config().head)] if start == 0 else [])
+                         tags=[RunTag("vggtune.head", config.head)] if start == 0 else [])
     for name in DOCUMENTS:
         if (run / name).is_file():
             client.log_artifact(run_id, str(run / name))
