@@ -23,7 +23,8 @@ CONFIGS = [("torch", "fp32"), ("torch", "bf16"), ("torch", "int8"), ("onnxruntim
 def child(engine: str, precision: str, batch_size: int, seconds: float, images: str) -> dict:
     """One configuration, measured in this process."""
     import torch
-    from vggtune.features.engine import frozen, resolve
+    from vggtune.features.choice import resolve
+    from vggtune.features.engine import frozen
     from vggtune.features.transforms import eval_view, normalise
     from vggtune.data.images import open_rgb
     from vggtune.model import quantize, weights

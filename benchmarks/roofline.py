@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from vggtune.model import quantize
-from vggtune.features.engine import frozen, installed, resolve
+from vggtune.features.choice import resolve
+from vggtune.features.engine import frozen, installed
 from vggtune.features.extract import decode_clean
 from vggtune.model.classifier import Classifier
 from vggtune.model.policy import ScoringPolicy

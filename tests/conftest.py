@@ -10,18 +10,26 @@ import pytest
 import torch
 from PIL import Image
 
-from vggtune.features.engine import ENGINE_VARIABLE
+from vggtune.features.choice import ENGINE_VARIABLE
 from vggtune.model import weights
 from vggtune.model.arch import VGG16
 from vggtune.model.classifier import Backbone
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# `--engine auto` means PyTorch in the suite (and the commands it starts): otherwise each tiny run would
-# measure the engines (seconds) and compile its blocks for one use. test_engine.py lifts this to
-# measure for real, and every engine is run by name there and in test_golden.py.
-os.environ[ENGINE_VARIABLE] = "torch"
 TINY_BLOCKS = {"block1": (4,), "block2": (8,), "block3": (8,), "block4": (16,), "block5": (16,)}
 TINY = VGG16.with_widths(TINY_BLOCKS)          # VGG16's blocks, one narrow convolution each
+
+
+@pytest.fixture(autouse=True)
+def engine_pin(request, monkeypatch):
+    """Unit tests (tiny networks, a fresh home each) run the frozen blocks on PyTorch: `auto` would measure
+    and compile every engine in each test's home (3 s) to run a network of a few channels once. Tests
+    marked `integration` or `defaults` (every multi-process test among them) run unpinned, as users do;
+    test_engine.py measures for real and every engine runs by name there and in test_golden.py."""
+    if not any(request.node.get_closest_marker(mark) for mark in ("integration", "defaults")):
+        monkeypatch.setenv(ENGINE_VARIABLE, "torch")
+    else:
+        monkeypatch.delenv(ENGINE_VARIABLE, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -120,5 +128,6 @@ def tiny_weights_for_module(home: Path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VGGTUNE_HOME", str(home))
         patch.setenv("VGGTUNE_OFFLINE", "1")
+        patch.setenv(ENGINE_VARIABLE, "torch")          # as engine_pin does for one test, and for its reason
         patch.setattr(weights, "resolve", lambda record=None, user_file=None: loaded)
         yield

@@ -31,8 +31,7 @@ def api_train(data: str, out: str) -> None:
     """`vggtune.train` from a script, as a user would write one for torchrun."""
     import vggtune
     vggtune.train(data, out=out, epochs=3, finetune_epochs=2, size=32, batch_size=8, views=2, hidden=16,
-                  val_split=0.2, test_split=0.2, lr=1e-2, finetune_lr=1e-3, dropout=0.0, precision="fp32",
-                  no_report=True)
+                  val_split=0.2, test_split=0.2, lr=1e-2, finetune_lr=1e-3, dropout=0.0, precision="fp32")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ sys.exit(main(sys.argv[4:]))
 
 
 def start(home: Path, data: Path, out: Path, weights: Path, resume: bool, kill_at: tuple | None = None):
-    env = dict(os.environ, VGGTUNE_HOME=str(home), VGGTUNE_OFFLINE="1", PYTHONHASHSEED="0")
+    # The killed runs and the reference must run the same engine: auto's measurement in each home may choose
+    # another (the engines differ by rounding); test_signals.py interrupts runs on the unpinned default.
+    env = dict(os.environ, VGGTUNE_HOME=str(home), VGGTUNE_OFFLINE="1", PYTHONHASHSEED="0", VGGTUNE_ENGINE="torch")
     args = ["--resume", "--out", str(out)] if resume else [str(data), "--out", str(out), "--weights", str(weights), *FLAGS]
     program = ["-c", KILL_AT, *map(str, kill_at)] if kill_at else ["-m", "vggtune"]
     return subprocess.Popen([sys.executable, *program, "train", *args], env=env,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,17 +23,25 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_dataset
+from vggtune.features.choice import ENGINE_VARIABLE
 
 ENTRY = Path(__file__).with_name("dist_entry.py")
 TIMEOUT_S = 240
 TOLERANCE = 1e-5
 RECIPE = ["--epochs", "3", "--finetune-epochs", "2", "--size", "32", "--batch-size", "8", "--views", "2",
           "--hidden", "16", "--val-split", "0.2", "--test-split", "0.2", "--lr", "1e-2", "--finetune-lr", "1e-3",
-          "--dropout", "0", "--precision", "fp32", "--no-report"]
+          "--dropout", "0", "--precision", "fp32"]      # fp32 and no dropout: the tolerance below is about these
+# What a user types, with the network's size alone made tiny: engine auto, precision auto, the report on.
+DEFAULTS = ["--epochs", "2", "--finetune-epochs", "1", "--size", "32", "--batch-size", "8"]
+
+# Every test here runs on the defaults users get: `auto` measures the engines in each test's home, and
+# the report is written. A pin of VGGTUNE_ENGINE hid the hang at the end of every multi-process run.
+pytestmark = pytest.mark.defaults
 
 
 def environment(home: Path, **extra) -> dict:
-    return {**os.environ, "VGGTUNE_HOME": str(home), "VGGTUNE_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    unpinned = {name: value for name, value in os.environ.items() if name != ENGINE_VARIABLE}
+    return {**unpinned, "VGGTUNE_HOME": str(home), "VGGTUNE_OFFLINE": "1", "OMP_NUM_THREADS": "1",
             "VGGTUNE_DIST_TIMEOUT": "60", **extra}
 
 
@@ -73,8 +82,18 @@ def one_process(data, tmp_path_factory) -> tuple[Path, Path]:
     return root / "run", root / "home"
 
 
-def test_two_processes_fill_the_cache_once_and_match_one_process(data, one_process, tmp_path):
-    result = launch(["train", str(data), *RECIPE, "--out", str(tmp_path / "run")], tmp_path / "home")
+@pytest.fixture
+def home(one_process, tmp_path) -> Path:
+    """A fresh home that knows this machine's engine measurement, as a user's one home does: the runs
+    compared with one process then use the engine `auto` chose for it (the engines differ by rounding)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(one_process[1] / "engines.json", home / "engines.json")
+    return home
+
+
+def test_two_processes_fill_the_cache_once_and_match_one_process(data, one_process, home, tmp_path):
+    result = launch(["train", str(data), *RECIPE, "--out", str(tmp_path / "run")], home)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("test metrics") == 1                 # rank 0 alone reports
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -90,6 +109,18 @@ def test_two_processes_fill_the_cache_once_and_match_one_process(data, one_proce
     assert shards(tmp_path / "home") > shards(one_process[1])       # both ranks wrote their share
     assert model_difference(one_process[0], tmp_path / "run") < TOLERANCE
     assert (tmp_path / "run" / "splits.json").read_text() == (one_process[0] / "splits.json").read_text()
+
+
+def test_two_processes_on_the_defaults_end_with_the_report(data, tmp_path):
+    """The README's torchrun command as users run it. Rank 0's report chose the engine again, with a
+    collective the other rank never joined: the job hung until VGGTUNE_DIST_TIMEOUT, then failed."""
+    result = launch(["train", str(data), *DEFAULTS, "--out", str(tmp_path / "run")], tmp_path / "home")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "README.md").is_file()
+    assert "report.html not written" not in result.stdout + result.stderr
+    measured = json.loads((tmp_path / "home" / "engines.json").read_text())      # auto measured, once
+    chosen = json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"]["engine"]
+    assert [f"{entry['best']['name']} {entry['best']['precision']}" for entry in measured.values()] == [chosen]
 
 
 def predictions(path: Path) -> list[list[str]]:
@@ -115,9 +146,9 @@ def test_predict_and_evaluate_under_torchrun_merge_one_output(data, one_process,
     assert by_flag.returncode == 1 and by_flag.stderr.count("skipped") == 1, by_flag.stderr
     assert "Traceback" not in by_flag.stderr and "FAILED" not in by_flag.stderr and "Error" not in by_flag.stderr
     assert predictions(tmp_path / "flag.csv") == two
-    evaluated = launch(["evaluate", str(run), "--data", str(data), "--output", str(tmp_path / "e.json"),
-                        "--no-report"], home)
+    evaluated = launch(["evaluate", str(run), "--data", str(data), "--output", str(tmp_path / "e.json")], home)
     assert evaluated.returncode == 0, evaluated.stderr
+    assert (tmp_path / "e.html").is_file()                  # rank 0's report, the other rank waiting
     result = json.loads((tmp_path / "e.json").read_text())
     right = sum(row[1] == Path(row[0]).parent.name for row in one[1:])
     assert result["n"] == 60 and result["accuracy"] == pytest.approx(right / 60)
@@ -126,7 +157,7 @@ def test_predict_and_evaluate_under_torchrun_merge_one_output(data, one_process,
     assert merged == {path: labels[path] for path in merged} and len(merged) == 60
 
 
-def test_a_killed_rank_ends_the_job_and_resume_finishes_it(data, one_process, tmp_path):
+def test_a_killed_rank_ends_the_job_and_resume_finishes_it(data, one_process, home, tmp_path):
     started = time.monotonic()
     result = launch(["train", str(data), *RECIPE, "--out", str(tmp_path / "run")], tmp_path / "home",
                     DIE_AT="1:finetune")
@@ -140,7 +171,7 @@ def test_a_killed_rank_ends_the_job_and_resume_finishes_it(data, one_process, tm
     assert model_difference(one_process[0], tmp_path / "run") < TOLERANCE
 
 
-def test_a_script_calling_the_python_api_under_torchrun(data, one_process, tmp_path):
+def test_a_script_calling_the_python_api_under_torchrun(data, one_process, home, tmp_path):
     """torchrun script.py, where the script calls vggtune.train: it joins the job by itself."""
     result = launch(["api-train", str(data), str(tmp_path / "run")], tmp_path / "home")
     assert result.returncode == 0, result.stderr
@@ -154,7 +185,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_nodes_on_the_loopback_address(data, one_process, tmp_path):
+def test_two_nodes_on_the_loopback_address(data, one_process, home, tmp_path):
     """Two torchrun agents (--nnodes 2), as on two hosts sharing a filesystem, meeting at one endpoint."""
     nodes = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=vggtune-test"]
     command = [sys.executable, "-m", "torch.distributed.run", *nodes, "--nproc-per-node=1", str(ENTRY),
@@ -251,7 +282,7 @@ def test_nproc_shortcut_trains_on_real_weights_from_a_manifest(tmp_path):
     with open(manifest, "w", newline="") as handle:
         csv.writer(handle).writerows([("path", "label"), *rows])
     command = [sys.executable, "-m", "vggtune", "train", str(manifest), "--nproc", "2", "--out", str(tmp_path / "run"),
-               "--size", "64", "--epochs", "1", "--finetune-epochs", "1", "--no-report", "--quiet"]
+               "--size", "64", "--epochs", "1", "--finetune-epochs", "1", "--quiet"]     # report on, engine auto
     env = environment(tmp_path / "home")
     env.pop("OMP_NUM_THREADS")                  # the launcher divides the cores itself
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S * 2)

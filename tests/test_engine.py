@@ -13,8 +13,9 @@ import vggtune
 import vggtune.api
 from vggtune import cli
 from vggtune.errors import UserError
-from vggtune.features import engine as engines
-from vggtune.features.engine import ENGINE_VARIABLE, Engine, frozen, resolve
+from vggtune.features import choice, engine as engines
+from vggtune.features.choice import ENGINE_VARIABLE, resolve
+from vggtune.features.engine import Engine, frozen
 from vggtune.model import quantize
 from vggtune.model.classifier import Classifier
 from vggtune.model.heads import HeadSpec
@@ -108,7 +109,7 @@ def test_auto_for_int8_times_int8_blocks(unpinned, isolated_home):
     """The run's own calibration comes after the engine is chosen: the measurement calibrates a probe."""
     model = tiny_model()
     chosen = resolve("auto", CPU_INT8, model)
-    entry = json.loads((isolated_home / "engines.json").read_text())[engines.machine_key("int8", model)]
+    entry = json.loads((isolated_home / "engines.json").read_text())[choice.machine_key("int8", model)]
     assert set(entry["images_per_s"]) == {"torch int8", *(["openvino int8"] if "openvino" in INSTALLED else [])}
     assert chosen.precision == "int8" and model.int8_frozen is None
 
@@ -161,20 +162,20 @@ def test_an_engine_that_is_not_installed_is_one_line(monkeypatch):
     monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"received 'openvino' but the package 'openvino' is not installed"):
         resolve("openvino", CPU_FP32, tiny_model())
-    assert engines.candidates(CPU_FP32, tiny_model()) == [Engine("torch", "fp32")]
+    assert choice.candidates(CPU_FP32, tiny_model()) == [Engine("torch", "fp32")]
 
 
 def test_auto_measures_once_per_machine_and_keeps_the_answer(unpinned, isolated_home, monkeypatch):
     model = tiny_model()
     chosen = resolve("auto", CPU_FP32, model)
     kept = json.loads((isolated_home / "engines.json").read_text())
-    entry = kept[engines.machine_key("fp32", model)]
+    entry = kept[choice.machine_key("fp32", model)]
     assert set(entry["images_per_s"]) == {f"{name} fp32" for name in ["torch", *INSTALLED]}
     fastest = max(entry["images_per_s"], key=entry["images_per_s"].get)
     assert chosen.describe() == fastest == f"{entry['best']['name']} {entry['best']['precision']}"
-    monkeypatch.setattr(engines, "measure", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr(choice, "measure", lambda *a: pytest.fail("measured again"))
     assert resolve("auto", CPU_FP32, tiny_model()) == chosen
-    assert engines.machine_key("bf16", model) != engines.machine_key("fp32", model)
+    assert choice.machine_key("bf16", model) != choice.machine_key("fp32", model)
 
 
 def test_auto_leaves_out_an_engine_that_fails_and_says_so(unpinned, monkeypatch, caplog):

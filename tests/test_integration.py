@@ -10,7 +10,7 @@ import vggtune
 from vggtune import cli
 
 from vggtune.features import engine as engines
-from vggtune.features.engine import ENGINE_VARIABLE
+from vggtune.features.choice import ENGINE_VARIABLE
 
 from badfiles import write_unusable
 from conftest import require_real_weights, shared_data
@@ -29,7 +29,6 @@ def real_home(shared_home, monkeypatch):
     tests: their runs use the engine `auto` measured fastest here, as a user's do."""
     require_real_weights()
     monkeypatch.setenv("VGGTUNE_HOME", str(shared_home))
-    monkeypatch.delenv(ENGINE_VARIABLE)
 
 
 def link_subset(source, target, names_by_class):
@@ -59,7 +58,7 @@ def short_run(tmp_path_factory, cats_vs_dogs_split, shared_home):
     out = tmp_path_factory.mktemp("short") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VGGTUNE_HOME", str(shared_home))
-        patch.delenv(ENGINE_VARIABLE)
+        patch.delenv(ENGINE_VARIABLE, raising=False)
         results = vggtune.train(str(train_dir), out=str(out), test_data=str(test_dir), epochs=4,
                                 finetune_epochs=0, views=1, val_split=0.1, quiet=True)
     return out, results

@@ -48,9 +48,10 @@ def test_tta_averages_the_image_and_its_mirror_image():
         mirrored = head.probabilities(model(images.flip(-1)))
         both = tta.classify(model, images, head)
         cooled = tta.at(2.0).classify(model, images, head)
-    assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-6)
+    assert torch.allclose(both, (plain + mirrored.double()) / 2, atol=1e-6)
     assert not torch.allclose(both, plain, atol=1e-3)
-    assert torch.allclose(cooled, (head.probabilities(model(images) / 2) + head.probabilities(model(images.flip(-1)) / 2)) / 2)
+    expected = (head.probabilities(model(images) / 2) + head.probabilities(model(images.flip(-1)) / 2)) / 2
+    assert cooled.dtype == torch.float64 and torch.allclose(cooled, expected.double(), atol=1e-6)
     assert tta.tta and not clean.tta and tta.clean() == clean     # new values; the policies themselves unchanged
 
 
@@ -157,3 +158,19 @@ def test_ten_crop_views_are_torchvisions_ten_crops_of_the_resized_image(tmp_path
     assert len({entry_name("0" * 64, view, AugmentConfig()) for view in TEN_CROP}) == 10
     with pytest.raises(ValueError, match="ten-crop"):
         ScoringPolicy(views=TEN_CROP).view_inputs(torch.zeros(1, 3, 32, 32))
+
+
+def test_log_loss_counts_a_confidently_wrong_image_in_full():
+    """Probabilities from the logits in log space: a logit of 40 against the true class costs 40 nats, not
+    the 16.1 that a probability clipped at 1e-7 allowed, and with TTA the log of the views' mean."""
+    import math
+    from vggtune.model.heads import HeadSpec
+    from vggtune.training.metrics import classification_metrics
+    head = HeadSpec("gap", 2)
+    logits = torch.tensor([[[40.0], [-3.0]], [[38.0], [-3.0]]])          # (view, image, output): image 0 is a cat
+    one = ScoringPolicy.of(tta=False).probabilities(head, logits[:1]).numpy()
+    assert classification_metrics([0, 0], one, ["cat", "dog"])["log_loss"] == pytest.approx(
+        (40 + math.log1p(math.exp(-40)) + math.log1p(math.exp(-3))) / 2, rel=1e-9)
+    both = ScoringPolicy.of(tta=True).log_probabilities(head, logits)[0, 0]
+    assert float(both) == pytest.approx(math.log((math.exp(-40) + math.exp(-38)) / 2), rel=1e-9)
+    assert float(both) > -40 and math.isfinite(float(both))

@@ -55,17 +55,20 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
 
 def train_with(config: TrainConfig, resume: bool = False) -> dict:
     """`train` from a TrainConfig: the run, then its report and model card (unless config.no_report)."""
-    from vggtune.distributed import is_main, join
+    from vggtune.distributed import alone, is_main, join
     from vggtune.results.evaluation import write_documents_or_warn
-    from vggtune.training.schedule import fit
+    from vggtune.training.schedule import train_run
     join(config.device)                 # under torchrun: this process is one rank of the job
-    results = fit(config, resume=resume)
-    if is_main() and not config.no_report:
-        write_documents_or_warn(config.out, config.engine)
-    if is_main() and config.mlflow:
-        from vggtune.results.mlflowlog import log_run
-        log_run(config.out, config.mlflow)
-    return results
+    trained = train_run(config, resume=resume)
+    if not is_main():
+        return trained.results
+    with alone():                       # rank 0 alone from here: the others wait at the job's last barrier
+        if not config.no_report:
+            write_documents_or_warn(config.out, trained.engine)
+        if config.mlflow:
+            from vggtune.results.mlflowlog import log_run
+            log_run(config.out, config.mlflow)
+    return trained.results
 
 
 def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
@@ -238,10 +241,51 @@ def check_data(folder: str, val_data: str | None = None, test_data: str | None =
     return (splits, *similar.report(splits))
 
 
+def checked_folders(splits, folder: str, val_data: str | None, test_data: str | None) -> list[tuple[str, list, str]]:
+    """(folder, its usable items, its name in a rejected row's `where`) of each folder `check_data` read:
+    DATA, and each folder given apart, each counted under its own name."""
+    held = [(path, items, where) for path, items, where in ((val_data, splits.val, "val"), (test_data, splits.test, "test"))
+            if path]
+    taken = {where for _, _, where in held}
+    data = splits.train + (splits.val if "val" not in taken else []) + (splits.test if "test" not in taken else [])
+    return [(folder, data, "data"), *held]
+
+
+def folder_of(row) -> str:
+    """Where a rejected file was: "data", or "val"/"test" for a folder given apart."""
+    from vggtune.data.items import Rejected
+    return Rejected.of(row).where
+
+
+def counts_line(counts: dict[str, int], where: str) -> str:
+    """"classes in WHERE: a 10, b 29 (1 : 2.9)" (data/balance.py)."""
+    from vggtune.data.balance import counts_line as line
+    return line(counts, where)
+
+
+def class_warnings(counts: dict[str, int]) -> list[str]:
+    """The warnings images per class call for: imbalance, tiny classes, names alike (data/balance.py)."""
+    from vggtune.data.balance import class_warnings as warnings
+    return warnings(counts)
+
+
 def describe_interval(bound) -> str:
     """A 95 % interval as the report and the command line write it (results/analysis.py)."""
     from vggtune.results.analysis import describe_interval as describe
     return describe(bound)
+
+
+def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> str | None:
+    """The sentence the command line, the report and the model card say when test accuracy falls below the
+    validation accuracy's 95 % interval, or None (results/analysis.py)."""
+    from vggtune.results.analysis import disagreement as said
+    return said(validation, test, tested_on)
+
+
+def per_class_rows(result: dict) -> tuple[str, list[tuple]]:
+    """(title, rows of class, precision, recall, F1, images) of a metrics dict (results/analysis.py)."""
+    from vggtune.results.analysis import per_class_rows as rows
+    return rows(result)
 
 
 def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[str, str, int]]:
@@ -287,5 +331,6 @@ def clear_cache() -> tuple[Path, int]:
 
 __all__ = ["train", "train_with", "check_train", "launch", "as_rank", "cv", "audit", "runs", "RUN_COLUMNS", "evaluate", "predict", "report", "explain", "export",
            "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "UserError", "expand_paths", "check_data",
-           "weights_sources", "verify_weights", "convert_weights", "cache_summary", "clear_cache", "CHOICES",
+           "weights_sources", "verify_weights", "disagreement", "per_class_rows", "checked_folders",
+           "folder_of", "counts_line", "class_warnings", "convert_weights", "cache_summary", "clear_cache", "CHOICES",
            "HEAD_HELP", "EXPORT_PRECISIONS", "EXPORT_FORMATS", "ExportCheckFailed", "display_path", "atomic_write_text", "__version__"]

@@ -96,6 +96,19 @@ def _leave() -> None:
     _world = World()
 
 
+@contextlib.contextmanager
+def alone():
+    """Inside: this process is a world of one, for work that one rank does by itself (rank 0 writing the
+    report). Every function here is then a no-op, so nothing inside can start a collective the other
+    ranks never join: such a call waited until the job's timeout (the hang of issue #38)."""
+    global _world
+    saved, _world = _world, World()
+    try:
+        yield
+    finally:
+        _world = saved
+
+
 def share(items):
     """This rank's part of `items`: every size-th one from its rank on (interleaved, so work that
     is partly done already, such as a cache filled up to some point, stays evenly divided)."""

@@ -95,15 +95,15 @@ def _sigterm_as_interrupt():
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
         return 0
     try:
         with _sigterm_as_interrupt():
             if getattr(args, "nproc", None) is not None:
-                return launch(args, argv)
+                return launch(args, arguments)
             return run_command(args)
     except UserError as exc:
         message = f"vggtune {args.command}: error: {exc}"
@@ -113,7 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if os.environ.get("RANK", "0") == "0":
             print(interrupted_line(args), file=sys.stderr)
+        if argv is None:                       # the program itself, not a caller's main([...])
+            _ignore_further_signals()
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def _ignore_further_signals() -> None:
+    """What was computed is saved and the line said: a second Ctrl-C while the interpreter shuts down
+    would land in torch's or a runtime's clean-up (a native abort, seen here), not stop anything sooner."""
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
 def interrupted_line(args) -> str:

@@ -20,7 +20,8 @@ def cmd_train(args) -> int:
         results = api.train(args.data, out=out, resume=True, **options)
     else:
         results = api.train(args.data, out=out, **options)
-    _print_results(results, out)
+    test_data = options.get("test_data")
+    _print_results(results, out, f"the test folder {display_path(test_data)}" if test_data else "the test split")
     return 0
 
 
@@ -44,12 +45,16 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def _print_results(results: dict, out: str) -> None:
+def _print_results(results: dict, out: str, tested_on: str = "the test split") -> None:
     for split in ("test", "val"):
         if split in results:
             print(f"{split} metrics ({out}):")
             lines = text.metrics_lines(results[split]) + text.confusion_table(results[split]).splitlines()
             print("\n".join("  " + line for line in lines))
+            gap = results[split].get("validation_gap") or api.disagreement(results.get("val"), results.get("test"),
+                                                                           tested_on)
+            if gap:
+                print(f"warning: {gap}")
             return
     print(f"run saved in {out} (no validation or test images to measure)")
 
@@ -146,6 +151,9 @@ def cmd_data_audit(args) -> int:
     print(f"audit of {display_path(args.data)}: {summary['flagged']} of {summary['images']} images flagged "
           f"({counts['label']} label issues, {counts['out-of-distribution']} out of distribution, "
           f"{counts['cross-class-duplicate']} near-duplicates under two classes)")
+    print(f"  out-of-fold accuracy {summary['accuracy_out_of_fold']:.3f} against {summary['majority_share']:.3f} "
+          f"for always answering {summary['majority_class']} (binomial p = {summary['beats_majority_p']:.2g})"
+          + ("" if summary["label_issues_trusted"] else ": not beyond noise, so no label issues are flagged"))
     print(f"  {display_path(Path(out) / 'audit.html')}, {display_path(Path(out) / 'issues.csv')}")
     if "manifest" in summary:
         manifest = summary["manifest"]
@@ -158,11 +166,16 @@ def cmd_data_check(args) -> int:
     """Exit status 0: every file usable; 1: some rejected (the list says why) or near-duplicates filed under
     two classes (likely label mistakes); 2: a mistake in the command."""
     splits, near_duplicates, conflicts = api.check_data(args.folder, args.val_data, args.test_data, args.output)
-    items = splits.train + splits.val + splits.test
-    print(f"{display_path(args.folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
-          f"{len(splits.rejected)} rejected")
-    for i, name in enumerate(splits.classes):
-        print(f"  {name:30} {sum(1 for item in items if item.label == i)}")
+    for folder, items, where in api.checked_folders(splits, args.folder, args.val_data, args.test_data):
+        rejected = [row for row in splits.rejected if api.folder_of(row) == where]
+        print(f"{display_path(folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
+              f"{len(rejected)} rejected")
+        counts = {name: sum(1 for item in items if item.label == i) for i, name in enumerate(splits.classes)}
+        for name, count in counts.items():
+            print(f"  {name:30} {count}")
+        print(f"  {api.counts_line(counts, display_path(folder))}")
+        for warning in api.class_warnings(counts):
+            print(f"warning: {warning}")
     for path, reason in splits.rejected:
         print(f"rejected {display_path(path)}: {reason}")
     for a, _, b, _, distance in near_duplicates:

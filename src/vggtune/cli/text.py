@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from vggtune.api import describe_interval, display_path, most_confused
+from vggtune.api import describe_interval, display_path, most_confused, per_class_rows
 
 
 MATRIX_CLASSES = 10           # beyond this many classes a terminal shows the most confused pairs instead
@@ -34,20 +34,33 @@ SMALL_INTERVAL = 0.1          # a 95 % interval wider than this gets a warning
 
 def metrics_lines(result: dict) -> list[str]:
     low, high = result["accuracy_95"]
-    lines = [f"images     {result['n']}",
-             f"accuracy   {_number(result['accuracy'])}  (95% interval {low:.3f}-{high:.3f})",
-             f"precision  {result['precision_macro']:.4f} (macro)", f"recall     {result['recall_macro']:.4f} (macro)",
-             f"F1         {result['f1_macro']:.4f} (macro)"]
+    lines = [f"images             {result['n']}",
+             f"accuracy           {_number(result['accuracy'])}  (95% interval {low:.3f}-{high:.3f})",
+             f"balanced accuracy  {_number(result.get('balanced_accuracy', result['recall_macro']))}  "
+             "(the mean of the classes' recalls)",
+             f"F1 (macro)         {result['f1_macro']:.4f}"]
     if "positive_class" in result:
-        lines.append(f"F1         {result['f1']:.4f} (positive class: {result['positive_class']})")
-        lines.append(f"ROC AUC    {_number(result['roc_auc'])}")
-    lines.append(f"log loss   {_number(result['log_loss'])}")
+        negative, positive = result["classes"]
+        if "sensitivity" in result:
+            lines.append(f"sensitivity        {_number(result['sensitivity'])}  (recall of {positive})")
+            lines.append(f"specificity        {_number(result['specificity'])}  (recall of {negative})")
+        lines.append(f"ROC AUC            {_number(result['roc_auc'])}")
+    lines.append(f"log loss           {_number(result['log_loss'])}")
+    lines += per_class_lines(result)
     if high - low > SMALL_INTERVAL:
         lines.insert(0, f"warning: only {result['n']} images: the accuracy could be anywhere from {low:.2f} "
                         f"to {high:.2f} (95% interval); more test images narrow it")
     return lines
 
 
+def per_class_lines(result: dict) -> list[str]:
+    """Precision, recall, F1 and images of each class (beyond 12 classes, the worst by recall)."""
+    title, rows = per_class_rows(result)
+    width = max(5, *(len(row[0]) for row in rows)) + 2
+    lines = [f"{title}:", "  " + "class".ljust(width) + f"{'precision':>10}{'recall':>8}{'F1':>8}{'images':>8}"]
+    for name, precision, recall, f1, support in rows:
+        lines.append("  " + name.ljust(width) + f"{precision:>10.3f}{recall:>8.3f}{f1:>8.3f}{support:>8}")
+    return lines
 
 
 def cv_lines(result: dict) -> list[str]:
@@ -92,13 +105,15 @@ def _number(value) -> str:
 
 def runs_table(rows: list[dict]) -> str:
     """The rows as an aligned table, accuracy with its 95 % interval."""
-    header = ("run", "data", "head", "epochs", "precision", "tested on", "accuracy (95 % interval)", "log loss", "wall s")
+    header = ("run", "data", "head", "epochs", "precision", "tested on", "accuracy (95 % interval)", "balanced",
+              "log loss", "wall s")
     lines = [header]
     for r in rows:
         interval = f" ({r['accuracy_95'][0]:.3f}-{r['accuracy_95'][1]:.3f})" if r["accuracy_95"] else ""
         accuracy = f"{r['accuracy']:.4f}{interval}" if r["accuracy"] is not None else "-"
         lines.append((r["run"], r["data"], r["head"], str(r["epochs"]), r["precision"],
                       f"{r['split']} {r['images']}" if r["split"] else "-", accuracy,
+                      f"{r['balanced_accuracy']:.4f}" if r.get("balanced_accuracy") is not None else "-",
                       f"{r['log_loss']:.4f}" if r["log_loss"] is not None else "-",
                       f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -17,7 +17,7 @@ from vggtune import distributed
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.data.images import VANISHED, ImageRejected, open_rgb
-from vggtune.data.items import DUPLICATE, LABEL_CONFLICT, LAYOUT, Found, Item, Rejected, Splits
+from vggtune.data.items import DUPLICATE, IN_DATA, LABEL_CONFLICT, LAYOUT, Found, Item, Rejected, Splits
 from vggtune.data.manifest import read_manifest
 from vggtune.data.similar import MAX_DISTANCE, copy_groups, without_near_copies
 from vggtune.progress import progress
@@ -164,10 +164,12 @@ def difference_hash(image) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, str]]]:
-    """Check every file once: usable items and rejected files with reasons. The same content twice
-    in one class is kept once; the same content under two classes is a label conflict, and every
-    copy of it is kept out. Under torchrun each rank checks its share of the files."""
+def scan(found: Found, workers: int = 2, whole: bool = False) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Check every file once: usable items and rejected files with reasons. To train on, the same content
+    twice in one class is kept once, and the same content under two classes is a label conflict whose
+    every copy is kept out. A folder to be judged on (`whole`: --test-data, --val-data, evaluate --data)
+    keeps every readable file as it is: a copy within a test set leaks nothing, and a published test
+    folder scored less than whole is comparable with nothing. Under torchrun each rank checks its share."""
     index = {name: i for i, name in enumerate(found.classes)}
     mine = distributed.share([path for path, _ in found.files])
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -190,6 +192,8 @@ def scan(found: Found, workers: int = 2) -> tuple[list[Item], list[tuple[str, st
     for (path, name), (sha, reason, dhash) in zip(found.files, results):
         if reason:
             rejected.append(Rejected(path, reason))
+        elif whole:
+            items.append(Item(path, index[name], sha, dhash))
         elif len(classes_of[sha]) > 1:
             rejected.append(Rejected(path, f"label conflict: the same content is filed under {sorted(classes_of[sha])}",
                                      LABEL_CONFLICT))
@@ -253,12 +257,13 @@ def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, se
 
 
 def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
-    """rejected.csv: path, the reason a person reads, and its kind (items.KINDS) for programs."""
+    """rejected.csv: path, the reason a person reads, its kind (items.KINDS) for programs, and the folder it
+    was in (DATA, or a given val or test folder)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "reason", "kind"])
-    for row in rejected:
-        writer.writerow([display_path(row[0]), row[1], Rejected.of(row).kind])
+    writer.writerow(["path", "reason", "kind", "folder"])
+    for row in map(Rejected.of, rejected):
+        writer.writerow([display_path(row[0]), row[1], row.kind, row.where])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -281,7 +286,7 @@ def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: fl
             raise UserError(f"data: the manifest {display_path(data_dir)} names {len(listed)} test rows; allowed: "
                             "no test rows for cross-validation, where each fold is the test split in turn")
         if folder or listed:
-            held[name] = _without_content(listed, taken, rejected)
+            held[name] = _without_content(listed, taken, rejected, name if folder else IN_DATA)
             taken.update({item.sha256: (name, item.path) for item in held[name]})
     items = _without_content([item for item in items if found.split_of.get(item.path) not in held], taken, rejected)
     items = without_near_copies(items, held, rejected)
@@ -299,8 +304,8 @@ def _scan_held(folder, name: str, classes: list[str], workers: int, rejected: li
     if other.classes != classes:
         raise UserError(f"--{name}-data: classes {other.classes} in {display_path(folder)}; "
                         f"allowed: the training classes {classes}")
-    held_items, held_rejected = scan(other, workers)
-    rejected += held_rejected
+    held_items, held_rejected = scan(other, workers, whole=True)
+    rejected += [Rejected.of(row).found_in(name) for row in held_rejected]
     return held_items
 
 
@@ -312,13 +317,14 @@ def require_training_images(splits: Splits, data_dir) -> Splits:
     return splits
 
 
-def _without_content(items: list[Item], taken: dict[str, tuple[str, str]], rejected: list) -> list[Item]:
+def _without_content(items: list[Item], taken: dict[str, tuple[str, str]], rejected: list,
+                     where: str = IN_DATA) -> list[Item]:
     kept = []
     for item in items:
         if item.sha256 in taken:
             split, path = taken[item.sha256]
             rejected.append(Rejected(item.path, f"same content as {split} file {display_path(path)} (kept out of two splits)",
-                                     DUPLICATE))
+                                     DUPLICATE, where))
         else:
             kept.append(item)
     return kept

@@ -15,19 +15,30 @@ LABEL_CONFLICT = "label-conflict"    # the same content filed under two classes:
 KINDS = (UNREADABLE, LAYOUT, MANIFEST_ROW, DUPLICATE, LABEL_CONFLICT)
 
 
-class Rejected(tuple):
-    """(path, reason): a file that could not be used, with its `kind` beside. A plain (path, reason)
-    pair everywhere a pair is expected; a bare pair is of kind "unreadable"."""
+# Where a rejected file was: the training data (DATA: a folder or manifest), or a folder given apart.
+IN_DATA, IN_VAL, IN_TEST = "data", "val", "test"
+WHERE = (IN_DATA, IN_VAL, IN_TEST)
 
-    def __new__(cls, path: str, reason: str, kind: str = UNREADABLE):
+
+class Rejected(tuple):
+    """(path, reason): a file that could not be used, with its `kind` and the folder it was in (`where`:
+    DATA, or a given --val-data or --test-data folder) beside. A plain (path, reason) pair everywhere a
+    pair is expected; a bare pair is of kind "unreadable", in DATA."""
+
+    def __new__(cls, path: str, reason: str, kind: str = UNREADABLE, where: str = IN_DATA):
         if kind not in KINDS:
             raise ValueError(f"rejection kind {kind!r}; allowed: {', '.join(KINDS)}")
+        if where not in WHERE:
+            raise ValueError(f"rejected file's folder {where!r}; allowed: {', '.join(WHERE)}")
         row = super().__new__(cls, (path, reason))
-        row.kind = kind
+        row.kind, row.where = kind, where
         return row
 
-    def __getnewargs__(self):                 # pickled (torchrun gathers them) with its kind
-        return (self[0], self[1], self.kind)
+    def __getnewargs__(self):                 # pickled (torchrun gathers them) with its kind and folder
+        return (self[0], self[1], self.kind, self.where)
+
+    def found_in(self, where: str) -> "Rejected":
+        return Rejected(self[0], self[1], self.kind, where)
 
     @classmethod
     def of(cls, row) -> "Rejected":
@@ -74,3 +85,9 @@ class Splits:
     val: list[Item]
     test: list[Item]
     rejected: list[tuple[str, str]]
+
+    def class_lines(self) -> list[str]:
+        """The training images per class, and the warnings their names and sizes call for (balance.py)."""
+        from vggtune.data import balance
+        counts = {name: sum(1 for item in self.train if item.label == i) for i, name in enumerate(self.classes)}
+        return [balance.counts_line(counts, "training"), *(f"warning: {w}" for w in balance.class_warnings(counts))]

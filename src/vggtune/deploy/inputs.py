@@ -46,6 +46,6 @@ def labelled_files(run: Path, classes: list[str], data_dir: str | None) -> tuple
     unknown = sorted(set(found.classes) - set(classes))
     if unknown:
         raise UserError(f"--data: classes {unknown} in {display_path(data_dir)} are not the run's; allowed: {classes}")
-    items, rejected = data.scan(found)
+    items, rejected = data.scan(found, whole=True)          # scored whole: copies within it too
     index = {name: classes.index(name) for name in found.classes}
     return [i.path for i in items], [index[found.classes[i.label]] for i in items], rejected

@@ -4,17 +4,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vggtune import distributed
 from vggtune.deploy.gradcam import Explanation, explain
 from vggtune.deploy.inputs import expand_paths
-from vggtune.features import engine as engines
+from vggtune.features.choice import resolve
 from vggtune.features.extract import decode_clean, normalise, prefetch
 from vggtune.progress import progress
 from vggtune.model.runtime import runtime_for
 from vggtune.model.spec import ModelSpec, load_classifier
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.features.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -29,14 +33,14 @@ class Predictor:
     once, on first use), the head in PyTorch."""
 
     def __init__(self, run: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 32,
-                 engine: str = "auto"):
+                 engine: str | Engine = "auto"):
         self.run = Path(run)
         self.spec = ModelSpec.load(self.run)
         self.classes, self.preprocessing = list(self.spec.classes), self.spec.preprocessing
         self.runtime = runtime_for(self.spec.int8 is not None, device, precision, self.run)
         self.model = load_classifier(self.run, self.spec, self.runtime).eval()
         self.batch_size = batch_size
-        self.engine = engines.resolve(engine, self.runtime, self.model)
+        self.engine = resolve(engine, self.runtime, self.model)
 
     def predict(self, inputs: list) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predictions for the readable inputs, and (name, reason) for the others. An input is a path,
@@ -72,7 +76,7 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a batch of uint8 RGB clean views (N, 3, size, size)."""
-        blocks = engines.frozen(self.model, self.runtime, self.engine)
+        blocks = self.engine.blocks(self.model, self.runtime)
 
         def logits_of(views: torch.Tensor) -> torch.Tensor:
             features = blocks(views).to(self.runtime.device)
@@ -85,7 +89,7 @@ class Predictor:
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """What the head receives, averaged over its grid: one vector per uint8 RGB clean view (N, 3, size,
         size) -> (N, channels). Images the classifier sees as alike lie close together here."""
-        blocks = engines.frozen(self.model, self.runtime, self.engine)
+        blocks = self.engine.blocks(self.model, self.runtime)
         with torch.inference_mode():
             return blocks(normalise(images, self.preprocessing)).float().mean(dim=(2, 3)).cpu()
 
@@ -124,7 +128,7 @@ def name_of(source, index: int) -> str:
     return f"<{kind} {index}>"
 
 
-def load(run: str | Path, device: str = "auto", precision: str = "auto", engine: str = "auto") -> Predictor:
+def load(run: str | Path, device: str = "auto", precision: str = "auto", engine: str | Engine = "auto") -> Predictor:
     """A Predictor for a finished run directory."""
     return Predictor(run, device=device, precision=precision, engine=engine)
 

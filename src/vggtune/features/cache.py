@@ -208,8 +208,10 @@ class ShardWriter:
         except (OSError, UserError) as exc:
             data_path.unlink(missing_ok=True)
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-            raise UserError(f"feature cache {display_path(self.folder)}: cannot write a shard ({reason}); "
-                            "allowed: VGGTUNE_HOME on a writable disk with free space") from None
+            raise UserError(f"feature cache {display_path(self.folder)}: cannot write a shard ({reason}); every "
+                            "view written before is kept; allowed: free some space (or VGGTUNE_HOME on a writable "
+                            "disk with room), then the same command again, or `vggtune train --resume --out RUN`"
+                            ) from None
         self.entries, self.batches, self.scales = [], [], []
 
     def close(self) -> None:
@@ -220,6 +222,35 @@ class ShardWriter:
 
     def __exit__(self, kind, error, traceback) -> None:
         self.close()
+
+
+ROOM_MARGIN = 1.05          # shard manifests and the file system's own blocks, over the features' bytes
+ENTRY_BYTES = 120           # an entry's name (and, in uint8, its two scales) in its shard's manifest
+
+
+def view_bytes(arch, cut: str, size: int, storage: str) -> int:
+    """Bytes one view takes in the cache at `cut`: its features and its line in the shard's manifest."""
+    side = size // arch.reduction(cut)
+    return arch.channels(cut) * side * side * (1 if storage == "uint8" else 2) + ENTRY_BYTES
+
+
+def require_room(views: int, needed: int, free: int, home: Path, storage: str) -> None:
+    """One line, before any view is computed, where `needed` bytes of `views` new views will not fit in the
+    `free` bytes of the disk that holds the cache."""
+    if needed * ROOM_MARGIN <= free:
+        return
+    ways = ["--feature-storage uint8 (half the bytes)"] if storage != "uint8" else []
+    ways += ["VGGTUNE_HOME on a disk with room", "--no-cache (features computed every epoch, none stored)"]
+    raise UserError(f"feature cache: {views:,} views to compute need about {_size(needed * ROOM_MARGIN)}, and "
+                    f"{display_path(home)} has {_size(free)} free; allowed: {', or '.join(ways)}")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def quantize_rows(features: torch.Tensor) -> tuple[np.ndarray, list[list[float]]]:

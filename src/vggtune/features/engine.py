@@ -11,21 +11,17 @@ blocks: it converts the very network quantize.py calibrated (its weights and act
 so the two engines compute the same int8 features up to rounding and a run's cache, head and
 saved calibration serve either.
 
-`choose` resolves `--engine auto` from evidence: a short measurement of each installed engine on
-VGG16's first four blocks, made once per machine and kept in `$VGGTUNE_HOME/engines.json`.
+Which engine a name means (`--engine auto` from a measurement kept per machine) is choice.py's.
 Gradients (training, Grad-CAM) always run in PyTorch.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-import importlib.metadata
 import io
 import json
 import os
 import threading
-import time
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -34,18 +30,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from vggtune import distributed
-from vggtune.errors import UserError, choice_error
+from vggtune import interrupts
+from vggtune.errors import choice_error
 from vggtune.features.settings import ENGINES
-from vggtune.fsutil import atomic_write_json
-from vggtune.model import quantize, weights
-from vggtune.model.runtime import Runtime, cpuinfo_fields
-from vggtune.progress import say
 
 if TYPE_CHECKING:                      # annotations only
     from vggtune.model.classifier import Classifier
+    from vggtune.model.runtime import Runtime
 
-ENGINE_VARIABLE = "VGGTUNE_ENGINE"      # what `auto` means, where a user (or the test suite) pins it
 RUNTIMES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}      # engine -> the package it needs
 
 
@@ -61,6 +53,10 @@ class Engine:
     def to_dict(self) -> dict:
         return {"name": self.name, "precision": self.precision}
 
+    def blocks(self, model: Classifier, runtime: Runtime, after: str | None = None, upto: str | None = None):
+        """`frozen` on this engine: the blocks (after, upto] of `model`, compiled once."""
+        return frozen(model, runtime, self, after, upto)
+
 
 def installed(name: str) -> bool:
     package = RUNTIMES.get(name)
@@ -71,45 +67,6 @@ def check(name: str) -> str:
     if name not in ENGINES:
         raise choice_error("--engine", name, ENGINES)
     return name
-
-
-def resolve(name: str, runtime: Runtime, model: Classifier) -> Engine:
-    """The engine `--engine name` means for `model` on this runtime. PyTorch keeps CUDA; ONNX Runtime's CPU
-    convolutions are fp32 only, so it runs fp32 where bf16 was asked for, and int8 blocks are PyTorch's
-    or OpenVINO's."""
-    check(name)
-    torch_engine = Engine("torch", runtime.precision)
-    if name == "torch":
-        return torch_engine
-    if runtime.device.type != "cpu":
-        if name != "auto":
-            raise UserError(f"--engine: received {name!r} on {runtime.describe()}; allowed: auto or torch "
-                            "(the inference runtimes run the frozen blocks on the CPU)")
-        return torch_engine
-    if runtime.int8 and name == "onnxruntime":
-        raise UserError(f"--engine: received 'onnxruntime' on {runtime.describe()}; allowed: auto, torch, openvino "
-                        "(int8 blocks run on PyTorch or OpenVINO)")
-    if name == "auto" and os.environ.get(ENGINE_VARIABLE, "auto") != "auto":
-        return resolve(_pinned(), runtime, model)
-    if name == "auto":
-        return choose(runtime, model)
-    if not installed(name):
-        raise UserError(f"--engine: received {name!r} but the package {RUNTIMES[name]!r} is not installed; "
-                        f"allowed: auto, torch, or `pip install {RUNTIMES[name]}`")
-    return Engine(name, "fp32" if name == "onnxruntime" else runtime.precision)
-
-
-def _pinned() -> str:
-    name = os.environ[ENGINE_VARIABLE]
-    if name not in ENGINES:
-        raise UserError(f"{ENGINE_VARIABLE}: received {name!r}; allowed: {', '.join(ENGINES)}")
-    return name
-
-
-def candidates(runtime: Runtime, model: Classifier) -> list[Engine]:
-    """The engines `auto` compares on a CPU: each installed one at the precision it would run."""
-    return [resolve(name, runtime, model) for name in ENGINES[1:]
-            if installed(name) and not (runtime.int8 and name == "onnxruntime")]
 
 
 # ---- the frozen range, compiled ------------------------------------------------------------------
@@ -159,7 +116,7 @@ class OpenVinoFrozen:
                                                input=[openvino.PartialShape([-1, example.shape[1], -1, -1])])
         floats = "bf16" if precision == "bf16" or (precision == "int8" and runtime.bf16) else "f32"
         config = {"INFERENCE_PRECISION_HINT": floats,
-                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _threads()}
+                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads()}
         self.request = openvino.Core().compile_model(converted, "CPU", config).create_infer_request()
         self.lock = threading.Lock()           # one infer request: a server's threads take turns
 
@@ -181,7 +138,7 @@ class OnnxRuntimeFrozen:
                               dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}})
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
-        options.intra_op_num_threads = _threads()
+        options.intra_op_num_threads = threads()
         self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,7 +153,7 @@ def _module_and_example(model: Classifier, after: str | None, upto: str) -> tupl
     return module, torch.zeros(1, channels, side, side)
 
 
-def _threads() -> int:
+def threads() -> int:
     """The cores this process may run on (a container's or taskset's share, not the machine's)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -243,94 +200,10 @@ def frozen(model: Classifier, runtime: Runtime, engine: Engine, after: str | Non
     key = (engine, after, upto)
     compiled = _COMPILED.setdefault(model, {})
     if key not in compiled or compiled[key][0] != versions:
-        compiled[key] = (versions, BUILDERS[engine.name](model, runtime, after, upto, engine.precision))
+        with interrupts.held():          # a converter's callbacks cannot pass a KeyboardInterrupt on: SIGABRT
+            compiled[key] = (versions, BUILDERS[engine.name](model, runtime, after, upto, engine.precision))
     return compiled[key][1]
 
 
 # One line per engine: its class, built as (model, runtime, after, upto, precision).
 BUILDERS = {"torch": TorchFrozen, "openvino": OpenVinoFrozen, "onnxruntime": OnnxRuntimeFrozen}
-
-
-# ---- auto: measured once per machine ---------------------------------------------------------------
-
-MEASURE_BATCH, MEASURE_SIDE, MEASURE_BLOCKS = 4, 224, 4
-
-
-def choose(runtime: Runtime, model: Classifier) -> Engine:
-    """The fastest installed engine for this CPU and precision, from `engines.json` in the vggtune home,
-    measured first where this machine has no entry yet. A runtime that fails to build or run is left
-    out with one line in the log, and PyTorch remains. Under torchrun rank 0 chooses for every rank."""
-    if distributed.world().size > 1:
-        return Engine(**distributed.from_main(_chosen(runtime, model).to_dict() if distributed.is_main() else None))
-    return _chosen(runtime, model)
-
-
-def _chosen(runtime: Runtime, model: Classifier) -> Engine:
-    path = weights.home() / "engines.json"
-    key = machine_key(runtime.precision, model)
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        known[key] = measure(runtime, model)
-        _write_json(path, known)
-    best = known[key]["best"]
-    return Engine(best["name"], best["precision"])
-
-
-def machine_key(precision: str, model: Classifier) -> str:
-    """What decides which engine is fastest: the processor and its flags (a hypervisor can hide AMX from the
-    same model), the cores, the packages' versions, the precision, the backbone's layout."""
-    fields = cpuinfo_fields()
-    versions = {"torch": torch.__version__}
-    for package in RUNTIMES.values():
-        if importlib.util.find_spec(package) is not None:
-            versions[package] = importlib.metadata.version(package)
-    layout = [model.arch.batch_norm, *model.arch.blocks]
-    described = json.dumps([fields.get("model name"), fields.get("flags"), _threads(), versions, precision, layout])
-    return hashlib.sha256(described.encode()).hexdigest()[:16]
-
-
-def measure(runtime: Runtime, model: Classifier) -> dict:
-    """Images per second of each candidate on the model's blocks up to block4 (the range extraction runs;
-    compiled here once, then reused), best of three batches of 224 px views after a warm-up;
-    {"best": engine, "images_per_s": {...}}."""
-    x = torch.randn(MEASURE_BATCH, 3, MEASURE_SIDE, MEASURE_SIDE)
-    cut = model.arch.block_names[min(MEASURE_BLOCKS, len(model.arch.blocks)) - 1]
-    if runtime.int8:
-        model = _int8_probe(model, runtime, cut, x)
-    rates, best = {}, Engine("torch", runtime.precision)
-    for engine in candidates(runtime, model):
-        try:
-            run = frozen(model, runtime, engine, upto=cut)
-            run(x)
-            seconds = min(_timed(run, x) for _ in range(3))
-        except Exception as exc:         # noqa: BLE001 -- a runtime that cannot run here is left out, not fatal
-            say(f"engine {engine.describe()}: cannot run here ({type(exc).__name__}: {str(exc)[:120]}); left out")
-            continue
-        rates[engine.describe()] = round(MEASURE_BATCH / seconds, 2)
-        if rates[engine.describe()] > rates.get(best.describe(), 0):
-            best = engine
-    say(f"engines measured on this machine ({model.arch.name} blocks up to {cut}, images/s): {rates}; "
-        f"auto uses {best.describe()}")
-    return {"best": best.to_dict(), "images_per_s": rates, "processor": cpuinfo_fields().get("model name")}
-
-
-def _int8_probe(model: Classifier, runtime: Runtime, cut: str, x: torch.Tensor) -> Classifier:
-    """A model of the same layout with int8 blocks up to `cut`, calibrated on `x`, to time: a run's own
-    calibration comes after its engine is chosen, and speed does not depend on the values."""
-    probe = type(model)(model.head_spec, model.size, model.arch).eval().to(memory_format=torch.channels_last)
-    quantize.calibrate_model(probe, cut, x, runtime.autocast)
-    return probe
-
-
-def _timed(run, x: torch.Tensor) -> float:
-    started = time.perf_counter()
-    run(x)
-    return time.perf_counter() - started
-
-
-def _write_json(path, values: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, values)

@@ -7,6 +7,7 @@ deriving and reading take only what differs: which images, which views, which cu
 """
 from __future__ import annotations
 
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,14 +19,15 @@ import torch
 from vggtune import distributed
 
 from vggtune.model import quantize
-from vggtune.features.cache import FeatureCache, FeatureKey, entry_name
-from vggtune.features.engine import Engine, frozen, resolve
+from vggtune.features.cache import FeatureCache, FeatureKey, entry_name, require_room, view_bytes
+from vggtune.features.choice import resolve
+from vggtune.features.engine import Engine, frozen
 from vggtune.features.extract import ImageJob, clean_views, decode_batch, decode_workers, view_batches
-from vggtune.model.classifier import Classifier
 from vggtune.progress import progress, say
 from vggtune.model.policy import CLEAN
 
 if TYPE_CHECKING:                      # annotations only
+    from vggtune.model.classifier import Classifier
     from vggtune.features.settings import AugmentConfig
     from vggtune.data.items import Item
     from vggtune.model.runtime import Runtime
@@ -117,9 +119,12 @@ class FeaturePipeline:
         base = self.model.arch.earliest(cuts)
         caches = {cut: self.cache(cut) for cut in cuts}
         sources = Sources({cut: {} for cut in cuts}, {})
+        wanted = {name: tuple(range(views)) if name == "train" else eval_views for name in splits}
+        self._check_room(caches, {name: [(item.sha256, wanted[name]) for item in items]
+                                  for name, items in splits.items()}, base)
         for name, items in splits.items():
             started = time.perf_counter()
-            view_ids = tuple(range(views)) if name == "train" else eval_views
+            view_ids = wanted[name]
             jobs = [ImageJob(item.path, item.sha256, view_ids) for item in items]
             lost, computed = self.fill(caches[base], jobs, base, label=f"{name} features")
             lost = distributed.concat(lost)
@@ -145,6 +150,23 @@ class FeaturePipeline:
             say(f"feature cache: {sources.damaged_shards} damaged shards failed their checksum and were computed again")
         return sources
 
+    def _check_room(self, caches: dict[str, FeatureCache], views: dict[str, list[tuple[str, tuple]]], base: str) -> None:
+        """Before any view is computed: what the missing views will take against the free space where the
+        cache lives, so that a disk too small is one line now, not an error an hour into the fill. Counted
+        at every cut a split may be stored at (the validation split's middle cuts hold its clean view
+        alone: a small overestimate); rank 0 counts and every rank takes its numbers."""
+        counts = None
+        if distributed.is_main():
+            needed, count = 0, 0
+            for name, items in views.items():
+                for cut in {base, *(list(caches)[-1:] if name == "test" else caches)}:
+                    missing = caches[cut].missing([entry_name(sha, view, self.augment) for sha, ids in items
+                                                   for view in ids])
+                    count += len(missing) if cut == base else 0
+                    needed += len(missing) * view_bytes(self.model.arch, cut, self.prep.size, self.storage)
+            counts = (count, needed, shutil.disk_usage(caches[base].dir).free)
+        require_room(*distributed.from_main(counts), caches[base].dir.parent.parent, self.storage)
+
     def live(self, splits: dict[str, list[Item]], cuts: list[str], views: int,
              eval_views: tuple[int, ...] = (CLEAN,)) -> Sources:
         sources = Sources({}, dict(splits))
@@ -157,9 +179,12 @@ class FeaturePipeline:
         """Compute and store every wanted view not yet in the cache, of this rank's share of the jobs:
         ([(path, reason)] rejected, the number of views computed)."""
         present = cache.index()
-        todo = []
+        todo, queued = [], set()
         for job in distributed.share(jobs):
-            views = tuple(v for v in job.views if entry_name(job.sha256, v, self.augment) not in present)
+            # a test folder scored whole may hold the same content twice: one computation serves both
+            views = tuple(v for v in job.views if entry_name(job.sha256, v, self.augment) not in present
+                          and (job.sha256, v) not in queued)
+            queued.update((job.sha256, v) for v in views)
             if views:
                 todo.append(ImageJob(job.path, job.sha256, views))
         rejected: list[tuple[str, str]] = []

@@ -81,11 +81,16 @@ class HeadSpec:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, n_classes) from logits (N, n_outputs)."""
+        return self.log_probabilities(logits).exp()
+
+    def log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Their logarithms, computed from the logits (log-sigmoid, log-softmax): exact and finite where a
+        probability itself rounds to 0 or 1 (1 - sigmoid(20) is 0 in float32)."""
         import torch
         if self.sigmoid:
-            p = torch.sigmoid(logits[:, 0])
-            return torch.stack([1 - p, p], dim=1)
-        return torch.softmax(logits, dim=1)
+            z = logits[:, 0]
+            return torch.stack([torch.nn.functional.logsigmoid(-z), torch.nn.functional.logsigmoid(z)], dim=1)
+        return torch.log_softmax(logits, dim=1)
 
     def class_scores(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each row's score for its target class, the quantity Grad-CAM differentiates: the logit for

@@ -9,6 +9,7 @@ candidate temperature) is a new value, never a flipped attribute.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,11 +52,17 @@ class ScoringPolicy:
         return dataclasses.replace(self, temperature=temperature)
 
     def probabilities(self, head: HeadSpec, view_logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (image, class) from logits (view, image, output) of this policy's views,
-        in its order: the mean over the views of each one's probabilities at the temperature."""
+        """Class probabilities (image, class), float64, from logits (view, image, output) of this policy's
+        views, in its order: the mean over the views of each one's probabilities at the temperature."""
+        return self.log_probabilities(head, view_logits).exp()
+
+    def log_probabilities(self, head: HeadSpec, view_logits: torch.Tensor) -> torch.Tensor:
+        """The logarithms of `probabilities`, computed in log space and float64 (the log of the views' mean
+        is a log-sum-exp), so that the log loss counts a confidently wrong image in full."""
         if view_logits.shape[0] != len(self.views):
             raise ValueError(f"logits of {view_logits.shape[0]} views; this policy scores {len(self.views)}")
-        return torch.stack([head.probabilities(logits / self.temperature) for logits in view_logits]).mean(0)
+        per_view = torch.stack([head.log_probabilities(logits.double() / self.temperature) for logits in view_logits])
+        return torch.logsumexp(per_view, dim=0) - math.log(len(self.views))
 
     def view_inputs(self, images: torch.Tensor) -> list[torch.Tensor]:
         """This policy's views of clean (N, C, H, W) inputs, in its order."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vggtune.training.metrics import classification_metrics, wilson_interval
+from vggtune.training.metrics import SMALLEST, classification_metrics, wilson_interval
 
 BOOTSTRAP_DRAWS = 1000
 
@@ -26,7 +26,7 @@ def intervals(labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_
     estimate = classification_metrics(labels, probabilities, classes)
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    keys = ["f1_macro", "log_loss"] + (["f1", "roc_auc"] if len(classes) == 2 else [])
+    keys = ["balanced_accuracy", "f1_macro", "log_loss"] + (["f1", "roc_auc"] if len(classes) == 2 else [])
     samples: dict[str, list[float]] = {key: [] for key in keys}
     for _ in range(draws):
         pick = np.concatenate([rows[rng.integers(len(rows), size=len(rows))] for rows in members])
@@ -108,7 +108,7 @@ def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[
 def image_losses(labels, probabilities) -> np.ndarray:
     """Each image's cross-entropy: -log of the probability given to its true class."""
     labels, probabilities = np.asarray(labels), np.asarray(probabilities, np.float64)
-    return -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0))
+    return -np.log(np.maximum(probabilities[np.arange(len(labels)), labels], SMALLEST))
 
 
 def headline(labels, probabilities, classes: list[str]) -> list[tuple[str, str, float, tuple | None]]:
@@ -118,11 +118,50 @@ def headline(labels, probabilities, classes: list[str]) -> list[tuple[str, str, 
     bounds = intervals(labels, probabilities, classes)
     binary = "positive_class" in result
     rows = [("accuracy", "accuracy", result["accuracy"], bounds.get("accuracy")),
+            ("balanced_accuracy", "balanced accuracy", result["balanced_accuracy"], bounds.get("balanced_accuracy")),
             ("f1", f"F1 ({result['positive_class']} positive)" if binary else "F1 (macro)",
              result["f1"] if binary else result["f1_macro"], bounds.get("f1" if binary else "f1_macro")),
             ("roc_auc", "ROC AUC", result.get("roc_auc"), bounds.get("roc_auc")),
             ("log_loss", "log loss", result["log_loss"], bounds.get("log_loss"))]
     return [row for row in rows if row[2] is not None]
+
+
+PER_CLASS_ROWS = 12            # beyond this many classes, the ones with the lowest recall
+
+
+def per_class_rows(result: dict, limit: int = PER_CLASS_ROWS) -> tuple[str, list[tuple[str, float, float, float, int]]]:
+    """(a title, rows of class, precision, recall, F1, images) of metrics: every class, or beyond `limit`
+    classes the `limit` with the lowest recall."""
+    rows = [(name, row["precision"], row["recall"], row["f1"], row["support"])
+            for name, row in result["per_class"].items()]
+    if len(rows) <= limit:
+        return "per class", rows
+    worst = sorted(rows, key=lambda row: (row[2], row[0]))[:limit]
+    return f"the {limit} classes of {len(rows)} with the lowest recall", worst
+
+
+def two_class_rates(result: dict) -> str | None:
+    """Sensitivity and specificity named by class, for two classes."""
+    if result.get("sensitivity") is None or result.get("specificity") is None:
+        return None
+    negative, positive = result["classes"]
+    return (f"sensitivity {result['sensitivity']:.3f} (recall of {positive}), specificity "
+            f"{result['specificity']:.3f} (recall of {negative})")
+
+
+def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> str | None:
+    """One sentence where the test accuracy falls below the validation accuracy's 95 % interval: the
+    most common cause is test images from another source than the training images (another hospital,
+    camera, season), which no figure on the training folder can show."""
+    if not validation or not test or not validation.get("n") or not test.get("n"):
+        return None
+    low, high = validation["accuracy_95"]
+    if test["accuracy"] >= low:
+        return None
+    return (f"accuracy on {tested_on} ({test['accuracy']:.3f}, {test['n']} images) is below the "
+            f"validation split's 95 % interval ({low:.3f} to {high:.3f}; accuracy {validation['accuracy']:.3f} on "
+            f"{validation['n']} images): these images likely differ from the training images (another source, "
+            "another kind of image); look at the top losses in the report")
 
 
 def mcnemar(correct_a, correct_b) -> dict:

@@ -25,8 +25,8 @@ import numpy as np
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_bytes, atomic_write_json, display_path
 from vggtune.progress import say, verbosity
-from vggtune.results.auditscores import OOD_FENCE, OOD_NEIGHBOURS, FoldModels, cross_class_duplicates, far_below, \
-    label_issues, off_topic_scores
+from vggtune.results.auditscores import OOD_FENCE, OOD_NEIGHBOURS, FoldModels, Strength, cross_class_duplicates, \
+    far_below, label_issues, off_topic_scores, strength
 from vggtune.results.crossval import cross_validate
 from vggtune.training.rundir import PredictionRow, read_predictions
 
@@ -70,13 +70,21 @@ def audit(config: TrainConfig, folds: int, out: Path, manifest: Path | None = No
     with verbosity(config.quiet):
         cross_validate(config, folds)
         scored = read_scored(Path(config.out))
-        say(f"audit: ranking label issues of {len(scored.rows)} images with cleanlab")
-        ranked = label_issues(scored)
+        weak_or_strong = strength(scored)
+        say(f"audit: {weak_or_strong.describe()}")
+        if weak_or_strong.trusted:
+            say(f"audit: ranking label issues of {len(scored.rows)} images with cleanlab")
+            ranked = label_issues(scored)
+        else:
+            say("warning: audit: the fold models do not beat always answering the largest class beyond noise, "
+                "so their disagreements with a label say nothing about it: no label issues flagged (more "
+                "epochs, or data the frozen features can tell apart, first)")
+            ranked = np.zeros(0, dtype=np.int64)
         models = FoldModels(Path(config.out))
         ood_scores = off_topic_scores(scored, models)
         conflicts = cross_class_duplicates(config)
         findings = collect(scored, ranked, ood_scores, conflicts)
-        summary = write_audit(out, scored, findings, config, folds, models)
+        summary = write_audit(out, scored, findings, config, folds, models, weak_or_strong)
         if manifest is not None:
             summary["manifest"] = write_manifest(manifest, scored, findings, relabel)
         atomic_write_json(out / "audit.json", summary)
@@ -112,15 +120,16 @@ def collect(scored: Scored, ranked: np.ndarray, ood_scores: np.ndarray,
 
 
 def write_audit(out: Path, scored: Scored, findings: list[Finding], config: TrainConfig, folds: int,
-                models: FoldModels) -> dict:
+                models: FoldModels, weak_or_strong: Strength) -> dict:
     from vggtune.results.auditpage import write_page
     out.mkdir(parents=True, exist_ok=True)
     write_issues_csv(out / "issues.csv", findings)
     counts = {kind: sum(kind in f.issues for f in findings) for kind in (LABEL, OFF_TOPIC, CONFLICT)}
     summary = {"data": config.data, "images": len(scored.rows), "classes": scored.classes, "folds": folds,
                "cv": config.out, "flagged": len(findings), "by_issue": counts,
-               "accuracy_out_of_fold": float((scored.probabilities.argmax(1) == scored.labels).mean())
-               if len(scored.rows) else None,
+               "accuracy_out_of_fold": weak_or_strong.accuracy if len(scored.rows) else None,
+               "majority_class": weak_or_strong.majority_class, "majority_share": weak_or_strong.majority_share,
+               "beats_majority_p": weak_or_strong.p, "label_issues_trusted": weak_or_strong.trusted,
                "method": {"label": "cleanlab.filter.find_label_issues, ranked by self_confidence",
                           "out_of_distribution": f"cleanlab.outlier.OutOfDistribution on the fold model's pooled "
                                                  f"features, k={OOD_NEIGHBOURS}, -log(score) beyond Q3 + {OOD_FENCE} IQR",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vggtune.fsutil import atomic_write_text, display_path
-from vggtune.results.reportpage import STYLE, _e, _img, _jpeg, _table
+from vggtune.results.html import STYLE, escape as _e, img as _img, jpeg as _jpeg, table as _table
 from vggtune.version import __version__
 
 if TYPE_CHECKING:                      # annotations only
@@ -28,7 +28,11 @@ def write_page(path: Path, summary: dict, findings: list[Finding], models: FoldM
     title = f"vggtune audit: {display_path(summary['data'])}"
     body = (f"<p><b>{summary['flagged']}</b> of {summary['images']} images flagged, each judged by the model of "
             f"the {summary['folds']}-fold cross-validation that did not train on it (out-of-fold accuracy "
-            f"{summary['accuracy_out_of_fold']:.4f}).</p>"
+            f"{summary['accuracy_out_of_fold']:.4f}, against {summary['majority_share']:.4f} for always answering "
+            f"{_e(summary['majority_class'])}; binomial p = {summary['beats_majority_p']:.2g}).</p>"
+            + ("" if summary["label_issues_trusted"] else "<p class='warn'>The fold models do not beat always "
+               "answering the largest class beyond noise, so no label issues are flagged: their disagreements "
+               "with a label say nothing about it.</p>")
             + _table(["issue", "images", "found by"], [(kind, counts[kind], summary["method"][key]) for kind, key in
                      (("label", "label"), ("out-of-distribution", "out_of_distribution"),
                       ("cross-class-duplicate", "cross_class_duplicate"))])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggtune.data import balance
 from vggtune.deploy.inputs import labelled_files
 from vggtune.deploy.predict import Predictor
 from vggtune.errors import UserError
@@ -24,10 +25,11 @@ VAL_SPLIT = "validation split of the run (it kept no test split)"
 class Evaluated:
     """Images a model was judged on: what they were, each one's true class and probabilities, and
     the files that could not be read."""
-    data: str                                   # "test split of the run", or the folder's name
+    data: str                                   # "test split of the run", "the test folder X", or the folder's name
     classes: list[str]
     rows: list[PredictionRow]
     rejected: list[tuple[str, str]]
+    own: bool = False                           # the run's own test (or validation) split, given folder or not
 
     @property
     def labels(self) -> np.ndarray:
@@ -40,6 +42,18 @@ class Evaluated:
 
     def metrics(self) -> dict:
         return classification_metrics(self.labels, self.probabilities, self.classes)
+
+    def counts(self) -> dict[str, int]:
+        """Images per class in this set."""
+        return dict(zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)).tolist()))
+
+    def findings(self, run: Path) -> list[str]:
+        """What a reader must be told beside the totals, as sentences: sensitivity and specificity by class,
+        an imbalance among the classes, an accuracy below the validation split's interval."""
+        metrics = self.metrics()
+        said = [analysis.two_class_rates(metrics), balance.imbalance(self.counts()),
+                validation_gap(run, metrics, self.data) if self.data != VAL_SPLIT else None]
+        return [sentence[0].upper() + sentence[1:] for sentence in said if sentence]
 
     @functools.cached_property
     def headline(self) -> list[tuple[str, str, float, tuple | None]]:
@@ -60,7 +74,9 @@ def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evalu
     label_of = dict(zip(paths, labels))
     rows = [PredictionRow("evaluation" if data_dir else "test", p.path, predictor.classes[label_of[p.path]],
                           [p.probabilities[c] for c in predictor.classes]) for p in predictions]
-    return Evaluated(display_path(data_dir) if data_dir else TEST_SPLIT, predictor.classes, rows, rejected)
+    if data_dir:
+        return Evaluated(display_path(data_dir), predictor.classes, rows, rejected)
+    return Evaluated(split_name(Path(run), "test"), predictor.classes, rows, rejected, own=True)
 
 
 def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
@@ -71,8 +87,25 @@ def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
         splits = RunDir(run).splits()
         return score(predictor, Path(run)) if splits and splits.test else None
     rows = read_predictions(path, classes)
-    for split, name in (("test", TEST_SPLIT), ("val", VAL_SPLIT)):
+    for split in ("test", "val"):
         chosen = [row for row in rows if row.split == split]
-        if chosen:
-            return Evaluated(name, classes, chosen, [])
+        if chosen:      # what a folder given as this split lost (a split of DATA has its rejects with DATA's)
+            return Evaluated(split_name(Path(run), split), classes, chosen,
+                             [row for row in RunDir(run).rejected() if row.where == split], own=True)
     return None
+
+
+def split_name(run: Path, split: str) -> str:
+    """What a run's own test or validation images are called: the folder given as --test-data (--val-data),
+    else the split of DATA."""
+    config = RunDir(run).config()
+    given = config.test_data if split == "test" else config.val_data
+    if given:
+        return f"the {split} folder {display_path(given)}"
+    return TEST_SPLIT if split == "test" else VAL_SPLIT
+
+
+def validation_gap(run: Path, metrics: dict, tested_on: str) -> str | None:
+    """analysis.disagreement of `metrics` (on `tested_on`) with the run's own validation split."""
+    trained = RunDir(run).metrics()
+    return analysis.disagreement(trained.val if trained else None, metrics, tested_on)

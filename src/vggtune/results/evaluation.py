@@ -3,19 +3,23 @@ image's probabilities as CSV, the report) and `write_documents` (report.html and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vggtune import distributed
 from vggtune.deploy.predict import Predictor
 from vggtune.fsutil import atomic_write_json, display_path
 from vggtune.progress import say
-from vggtune.results.evaluated import from_training, score
+from vggtune.results.evaluated import from_training, score, validation_gap
 from vggtune.results.modelcard import write_model_card
 from vggtune.results.reportpage import write_report
 from vggtune.training.rundir import write_predictions
 
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.features.engine import Engine
+
 
 def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = None,
-             device: str = "auto", precision: str = "auto", report: bool = True, engine: str = "auto") -> dict:
+             device: str = "auto", precision: str = "auto", report: bool = True, engine: str | Engine = "auto") -> dict:
     """Metrics of a run's model on labelled images, written as JSON (default RUN/evaluation.json), with
     each image's probabilities (*.predictions.csv) and the report (*.html) beside it. Under torchrun each
     rank scores its share of the images."""
@@ -24,18 +28,20 @@ def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = 
     result = evaluated.metrics()
     result["rejected"] = [{"path": display_path(p), "reason": r} for p, r in evaluated.rejected]
     result["data"] = evaluated.data
+    result["validation_gap"] = validation_gap(Path(run), result, evaluated.data)
     if not distributed.is_main():          # under torchrun, rank 0 writes
         return result
     target = Path(output) if output else Path(run) / "evaluation.json"
-    atomic_write_json(target, result)
-    write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows)
-    if report:
-        write_report(run, evaluated, predictor, target.with_suffix(".html"))
+    with distributed.alone():               # the other ranks wait at the job's last barrier
+        atomic_write_json(target, result)
+        write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows)
+        if report:
+            write_report(run, evaluated, predictor, target.with_suffix(".html"))
     return result
 
 
 def write_documents(run: str | Path, data: str | None = None, out: str | Path | None = None,
-                    engine: str = "auto") -> tuple[Path, Path | None]:
+                    engine: str | Engine = "auto") -> tuple[Path, Path | None]:
     """The report (of the run's own test split, or of a labelled folder `data`) and, for the run's own
     split, the model card README.md. Returns their paths (no card for another folder)."""
     predictor = Predictor(run, engine=engine)
@@ -45,7 +51,7 @@ def write_documents(run: str | Path, data: str | None = None, out: str | Path | 
     return write_report(run, evaluated, predictor, out), write_model_card(run, evaluated)
 
 
-def write_documents_or_warn(run: str | Path, engine: str = "auto") -> None:
+def write_documents_or_warn(run: str | Path, engine: str | Engine = "auto") -> None:
     """report.html and README.md at the end of training; a failure here leaves the trained run intact."""
     try:
         write_documents(run, engine=engine)

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from vggtune.data.items import LABEL_CONFLICT
-from vggtune.results.analysis import describe_interval
-from vggtune.results.evaluated import Evaluated
+from vggtune.results.analysis import describe_interval, per_class_rows
+from vggtune.results.evaluated import TEST_SPLIT, Evaluated
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.training.rundir import RunDir
 from vggtune.model.spec import ModelSpec
@@ -25,11 +25,12 @@ def write_model_card(run: str | Path, evaluated: Evaluated | None) -> Path:
              "tags": ["vggtune", spec.arch.name, "transfer-learning", "image-classification"],
              "model-index": [{"name": name, "results": [{
                  "task": {"type": "image-classification"},
-                 "dataset": {"name": Path(config.get("data") or "data").name, "type": "imagefolder", "split": "test"},
+                 "dataset": {"name": Path(config.get("test_data") or config.get("data") or "data").name,
+                             "type": "imagefolder", "split": "test"},
                  "metrics": [{"type": key, "value": round(value, 4)} for key, _, value, _ in scores]}]}]}
     sections = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n", f"# {name}\n", _description(spec, config),
                 _intended_use(spec), _training_data(folder, spec), _procedure(config, spec),
-                _results(evaluated, scores), _how_to_load(folder.path)]
+                _results(folder, evaluated, scores), _how_to_load(folder.path)]
     target = folder.path / "README.md"
     atomic_write_text(target, "\n".join(sections))
     return target
@@ -51,8 +52,8 @@ def _intended_use(spec: ModelSpec) -> str:
             f"{'...' if len(spec.classes) > 5 else ''}. It always answers with one of these classes, so an "
             "image of anything else still gets one; check the probabilities, not only the label. It sees only "
             "the centre crop: subjects at the edge of a wide image are cut off. Its accuracy holds for images like "
-            "the training ones; photos from another camera, place or population can score lower. The test "
-            "figures below come from a small held-out split: read them with their intervals. Not for decisions "
+            "the training ones; photos from another camera, place or population can score lower: the evaluation "
+            "below says where its test images come from; read its figures with their intervals. Not for decisions "
             "about people, or where a mistake is costly, without a human check.\n")
 
 
@@ -92,15 +93,33 @@ def _scoring(spec: ModelSpec) -> str:
     return f"{views}; {scale}"
 
 
-def _results(evaluated: Evaluated | None, scores) -> str:
+def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:
     if evaluated is None:
         return "## Evaluation results\n\nThis run kept no test images.\n"
     rows = "".join(f"| {label} | {value:.4f} | {describe_interval(bound)} |\n"
                    for _, label, value, bound in scores if bound)
+    title, classes = per_class_rows(evaluated.metrics())
+    per_class = "".join(f"| {name} | {p:.3f} | {r:.3f} | {f:.3f} | {n} |\n" for name, p, r, f, n in classes)
+    findings = "".join(f"- {sentence}.\n" for sentence in evaluated.findings(folder.path))
     return ("## Evaluation results\n\n"
-            f"On {len(evaluated.rows)} held-out test images ({evaluated.data}); 95% intervals from the test size "
+            f"On {len(evaluated.rows)} images: {_source(folder, evaluated)}. 95% intervals from their number "
             f"(Wilson for accuracy, a bootstrap resampled within each class for the others). `report.html` shows the curves, confusions, "
-            f"calibration and the worst mistakes.\n\n| metric | value | 95% interval |\n|---|---|---|\n{rows}")
+            f"calibration and the worst mistakes.\n\n{findings + chr(10) if findings else ''}"
+            f"| metric | value | 95% interval |\n|---|---|---|\n{rows}\n"
+            f"{title[0].upper() + title[1:]}:\n\n| class | precision | recall | F1 | images |\n|---|---|---|---|---|\n"
+            f"{per_class}")
+
+
+def _source(folder: RunDir, evaluated: Evaluated) -> str:
+    """Where the evaluated images come from, in words: the folder given as --test-data, or a split of DATA."""
+    config = folder.config()
+    left_out = f"; {len(evaluated.rejected)} of its files left out (report.html lists them)" if evaluated.rejected else ""
+    if evaluated.own and evaluated.data != TEST_SPLIT and config.test_data:
+        return f"the test folder `{display_path(config.test_data)}`, given apart from the training data{left_out}"
+    if evaluated.own and evaluated.data == TEST_SPLIT:
+        return (f"a held-out {config.test_split:.0%} of `{display_path(config.data)}`, split by class from the "
+                f"same folder as the training images (images from elsewhere can score lower){left_out}")
+    return f"{evaluated.data}{left_out}"
 
 
 def _how_to_load(path: Path) -> str:

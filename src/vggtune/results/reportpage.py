@@ -3,10 +3,7 @@ a reader asks: the verdict, training curves, confusions, calibration, the worst 
 where the network looked, the data's own problems, and how the run was made."""
 from __future__ import annotations
 
-import base64
 import datetime
-import html
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,26 +16,16 @@ if TYPE_CHECKING:                      # annotations only
     from vggtune.model.spec import ModelSpec
 
 from vggtune.results import analysis
+from vggtune.results.datasection import data_section, shift
+from vggtune.results.html import STYLE, count as _count, escape as _e, img as _img, jpeg as _jpeg, table as _table
 
 from vggtune.results import plots
-from vggtune.data.items import LABEL_CONFLICT, Rejected
-from vggtune.results.evaluated import TEST_SPLIT, VAL_SPLIT, Evaluated
+from vggtune.results.evaluated import Evaluated
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.training.rundir import RunDir
 
 TOP_LOSSES = 12                 # the most confidently wrong images shown
 LEAST_CERTAIN = 6               # and the correct ones the model was least sure of
-STYLE = """
-body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1em 2em;color:#222}
-h1{margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f3f3f3}td.n{text-align:right}img{max-width:100%;height:auto}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:12px}
-figure{margin:0;border:1px solid #ddd;padding:6px;background:#fafafa}
-figure img{display:block;margin:0 auto;max-height:240px;width:auto}figcaption{font-size:13px;word-break:break-all}
-.wrong figcaption b{color:#b00}.warn{background:#fff4d6;padding:.5em;border-left:4px solid #e0a800}
-.muted{color:#666}details{margin:.5em 0}
-"""
 
 
 def write_report(run: str | Path, evaluated: Evaluated | None, predictor: Predictor,
@@ -47,7 +34,7 @@ def write_report(run: str | Path, evaluated: Evaluated | None, predictor: Predic
     folder = RunDir(run)
     spec = predictor.spec
     target = Path(out) if out else folder.path / "report.html"
-    judged = [verdict(evaluated), curves(folder), confusions(evaluated), calibration(evaluated),
+    judged = [verdict(evaluated, folder) + shift(evaluated, folder, predictor), curves(folder), confusions(evaluated), calibration(evaluated),
               examples(evaluated, predictor)] if evaluated else [
         "<section id='verdict'><h2>Verdict</h2><p>This run held out no images to judge it on: "
         "run <code>vggtune report RUN --data FOLDER</code> with a labelled folder.</p></section>", curves(folder)]
@@ -65,18 +52,23 @@ def write_report(run: str | Path, evaluated: Evaluated | None, predictor: Predic
     return target
 
 
-def verdict(evaluated: Evaluated) -> str:
+def verdict(evaluated: Evaluated, folder: RunDir) -> str:
     rows = evaluated.headline
     body = "".join(f"<tr><td>{_e(name)}</td><td class='n'>{_number(value)}</td><td>{_interval(bound)}</td></tr>"
                    for _, name, value, bound in rows)
     n, (low, high) = len(evaluated.rows), rows[0][3]
     warning = (f"<p class='warn'>Only {n} images: the accuracy could be anywhere from {low:.3f} to "
                f"{high:.3f}. More test images narrow it.</p>" if high - low > 0.1 else "")
+    findings = "".join(f"<p class='warn'>{_e(sentence)}.</p>" for sentence in evaluated.findings(folder.path))
+    title, classes = analysis.per_class_rows(evaluated.metrics())
+    per_class = f"<h3>{_e(title[0].upper() + title[1:])}</h3>" + _table(
+        ["class", "precision", "recall", "F1", "images"],
+        [(name, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", support) for name, p, r, f, support in classes])
     return (f"<section id='verdict'><h2>Verdict</h2><p><b>{n}</b> images of {_e(evaluated.data)}, "
-            f"{len(evaluated.rejected)} unreadable.</p>{warning}<table><tr><th>metric</th><th>value</th>"
-            f"<th>95% interval</th></tr>{body}</table><p class='muted'>Intervals: Wilson for accuracy; "
+            f"{len(evaluated.rejected)} left out.</p>{warning}{findings}<table><tr><th>metric</th><th>value</th>"
+            f"<th>95% interval</th></tr>{body}</table>{per_class}<p class='muted'>Intervals: Wilson for accuracy; "
             f"percentile bootstrap over the images, resampled within each class ({analysis.BOOTSTRAP_DRAWS} draws), "
-            f"for the others.</p></section>")
+            f"for the others. Balanced accuracy is the mean of the classes' recalls.</p></section>")
 
 
 def curves(folder: RunDir) -> str:
@@ -88,8 +80,10 @@ def curves(folder: RunDir) -> str:
     for stage in stages:
         rows = [row for row in history if row["stage"] == stage]
         kept = kept_epochs.get(stage)
+        last = ("<p class='warn'>The stage kept its last epoch: its validation loss was still falling, so the "
+                "epochs may be too few.</p>" if kept and len(rows) > 1 and kept == len(rows) else "")
         parts.append(f"<h3>{_e(stage)}</h3>{_img(plots.training_curves(rows, stage, kept), f'{stage} curves')}"
-                     f"<p>{_count(len(rows), 'epoch')}; kept epoch {kept if kept else 'not recorded'}.</p>")
+                     f"<p>{_count(len(rows), 'epoch')}; kept epoch {kept if kept else 'not recorded'}.</p>{last}")
     return f"<section id='curves'><h2>Training curves</h2>{''.join(parts) or '<p>No epochs recorded.</p>'}</section>"
 
 
@@ -149,44 +143,6 @@ def _tiles(evaluated: Evaluated, predictor: Predictor, indices, kind: str, losse
     return f"<div class='grid'>{''.join(tiles)}</div>"
 
 
-def data_section(folder: RunDir, evaluated: Evaluated | None) -> str:
-    splits = folder.splits()
-    classes = splits.classes if splits else []
-    names = ("train", "val", "test") if splits else ()
-    counts = {name: splits.counts(name) for name in names}
-    body = "".join(f"<tr><td>{_e(c)}</td>" + "".join(f"<td class='n'>{counts[n][i]}</td>" for n in names)
-                   + f"<td class='n'>{sum(counts[n][i] for n in names)}</td></tr>" for i, c in enumerate(classes))
-    parts = ["<h3>Images per class and split</h3><table><tr><th>class</th>"
-             + "".join(f"<th>{n}</th>" for n in names) + f"<th>total</th></tr>{body}</table>"]
-    if evaluated and evaluated.data not in (TEST_SPLIT, VAL_SPLIT):
-        per_class = np.bincount(evaluated.labels, minlength=len(evaluated.classes))
-        parts.append(f"<h3>Evaluated: {_e(evaluated.data)}</h3>" + _table(
-            ["class", "images"], [(c, per_class[i]) for i, c in enumerate(evaluated.classes)]))
-        parts.append(_rejected(f"Unreadable in {evaluated.data}", evaluated.rejected))
-    rejected = folder.rejected()
-    parts.append(_rejected("Rejected files in the training data", rejected))
-    conflicts = [(row.path, row.reason) for row in rejected if row.kind == LABEL_CONFLICT]
-    parts.append("<h3>Label conflicts</h3>" + (_table(["file", "why"], conflicts) if conflicts
-                                              else "<p>None: no image content is filed under two classes.</p>"))
-    pairs = folder.near_duplicates()
-    across = sum(1 for pair in pairs if pair.across)
-    parts.append(f"<h3>Near-duplicates</h3><p>{len(pairs)} pairs by perceptual hash, {across} of them across "
-                 "splits (those let a split see its own images).</p>" + (_table(
-                     ["file", "split", "near-duplicate of", "its split", "distance"],
-                     [(p.path, p.split, p.other, p.other_split, p.distance) for p in pairs]) if pairs else ""))
-    return f"<section id='data'><h2>Data</h2>{''.join(parts)}</section>"
-
-
-def _rejected(title: str, rejected: list[tuple[str, str]]) -> str:
-    if not rejected:
-        return f"<h3>{_e(title)}</h3><p>None.</p>"
-    kinds: dict[str, int] = {}
-    for row in map(Rejected.of, rejected):
-        kinds[row.kind] = kinds.get(row.kind, 0) + 1
-    return (f"<h3>{_e(title)}: {len(rejected)}</h3>" + _table(["kind", "files"], sorted(kinds.items()))
-            + f"<details><summary>every file and why</summary>{_table(['file', 'reason'], rejected)}</details>")
-
-
 def run_section(folder: RunDir, spec: ModelSpec) -> str:
     config = folder.config().to_dict()
     metrics = folder.metrics()
@@ -214,37 +170,6 @@ TIMING_NAMES = {"features_s": "features, all splits", "features_train_s": "featu
                 "head_s": "head stage", "finetune_s": "fine-tune stage", "score_val_s": "scoring the validation split",
                 "score_test_s": "scoring the test split", "this_call_s": "the whole call (start to scores)",
                 "damaged_cache_shards": "damaged cache shards computed again (a count)"}
-
-
-def _count(n: int, noun: str) -> str:
-    """"1 epoch", "2 epochs"."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-TABLE_ROWS = 200               # longer lists are cut here; the CSV files in the run hold them all
-
-
-def _table(header: list[str] | None, rows) -> str:
-    rows = list(rows)
-    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{_e(value)}</td>" for value in row) + "</tr>" for row in rows[:TABLE_ROWS])
-    more = f"<p class='muted'>... and {len(rows) - TABLE_ROWS} more.</p>" if len(rows) > TABLE_ROWS else ""
-    return f"<table>{head}{body}</table>{more}"
-
-
-def _img(data: bytes, alt: str, mime: str = "image/png") -> str:
-    return f"<img src='data:{mime};base64,{base64.b64encode(data).decode()}' alt='{_e(alt)}'>"
-
-
-def _jpeg(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
-
-def _e(value) -> str:
-    """Escaped for HTML; a file name that is not UTF-8 shows its odd bytes as \\x.. escapes."""
-    return html.escape(display_path(str(value)), quote=True)
 
 
 def _number(value) -> str:

@@ -8,10 +8,10 @@ from pathlib import Path
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 
-COLUMNS = ("run", "data", "head", "epochs", "precision", "split", "images", "accuracy", "accuracy_95", "log_loss",
-           "wall_s")
+COLUMNS = ("run", "data", "head", "epochs", "precision", "split", "images", "accuracy", "accuracy_95",
+           "balanced_accuracy", "log_loss", "wall_s")
 SORT_COLUMNS = tuple(column for column in COLUMNS if column != "accuracy_95")
-DESCENDING = {"accuracy", "images"}          # sorted best first; every other column ascending
+DESCENDING = {"accuracy", "balanced_accuracy", "images"}          # sorted best first; every other column ascending
 
 
 def find(folder: str | Path) -> list[Path]:
@@ -39,7 +39,7 @@ def row(run: Path, root: Path) -> dict:
             "data": display_path(Path(config.data).name), "head": config.head, "epochs": epochs,
             "precision": metrics.environment.get("precision", config.precision), "split": split,
             "images": scores.get("n"), "accuracy": scores.get("accuracy"), "accuracy_95": scores.get("accuracy_95"),
-            "log_loss": scores.get("log_loss"), "wall_s": metrics.timing.get("this_call_s")}
+            "balanced_accuracy": scores.get("balanced_accuracy"), "log_loss": scores.get("log_loss"), "wall_s": metrics.timing.get("this_call_s")}
 
 
 def table(folder: str | Path, sort: str = "run") -> list[dict]:

@@ -1,42 +1,56 @@
-"""Classification metrics from labels and predicted probabilities, numpy only."""
+"""Classification metrics from labels and predicted probabilities: scikit-learn's, in the shape
+metrics.json, the terminal, the report and the model card read.
+
+Beside every total stands a per-class figure: precision, recall, F1 and support per class, balanced
+accuracy (the mean of the classes' recalls, what accuracy would be if the classes were equally
+common) and macro F1; for two classes the sensitivity (recall of the second, "positive" class) and
+specificity (recall of the first), each named by its class. The log loss is not clipped: the
+probabilities come from the logits in log space (model/policy.py), so it is exact for any probability
+float64 holds, and a confidently wrong image counts in full.
+"""
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+SMALLEST = np.finfo(np.float64).tiny       # a probability below it (a logit gap over 708) is counted as it
 
 
 def classification_metrics(labels, probabilities, classes: list[str]) -> dict:
-    """accuracy, per-class and macro precision/recall/F1, log loss, confusion matrix, ROC AUC (2 classes)."""
+    """accuracy and balanced accuracy, per-class and macro precision/recall/F1, log loss, confusion matrix;
+    for two classes ROC AUC, sensitivity and specificity."""
     labels = np.asarray(labels, dtype=np.int64)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(labels), len(classes))
     predicted = probabilities.argmax(axis=1)
-    n = len(classes)
-    confusion = np.zeros((n, n), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    per_class = {}
-    for i, name in enumerate(classes):
-        tp = confusion[i, i]
-        precision = tp / max(confusion[:, i].sum(), 1)
-        recall = tp / max(confusion[i, :].sum(), 1)
-        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                           "support": int(confusion[i, :].sum())}
+    everyone = list(range(len(classes)))
+    confusion = confusion_matrix(labels, predicted, labels=everyone)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=everyone,
+                                                                     zero_division=0)
+    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                        "support": int(support[i])} for i, name in enumerate(classes)}
+    present = support > 0
+    correct = int((predicted == labels).sum())
     result = {
         "n": int(len(labels)),
-        "accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
-        "precision_macro": float(np.mean([c["precision"] for c in per_class.values()])),
-        "recall_macro": float(np.mean([c["recall"] for c in per_class.values()])),
-        "f1_macro": float(np.mean([c["f1"] for c in per_class.values()])),
+        "accuracy": correct / len(labels) if len(labels) else float("nan"),
+        # the classes this set holds: a class absent from it has no recall to average
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1.mean()),
         "log_loss": log_loss(labels, probabilities),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
         "classes": list(classes),
+        "accuracy_95": list(wilson_interval(correct, len(labels))),
+        "majority_share": float(support.max() / len(labels)) if len(labels) else float("nan"),
     }
-    correct = int((predicted == labels).sum())
-    result["accuracy_95"] = list(wilson_interval(correct, len(labels)))
-    if n == 2:
+    if len(classes) == 2:
         result["roc_auc"] = roc_auc(labels, probabilities[:, 1])
         result["positive_class"] = classes[1]           # what "f1" (and P in ROC AUC) is of
         result["f1"] = per_class[classes[1]]["f1"]
+        result["sensitivity"] = per_class[classes[1]]["recall"] if support[1] else float("nan")
+        result["specificity"] = per_class[classes[0]]["recall"] if support[0] else float("nan")
     return {key: _none_for_nan(value) for key, value in result.items()}
 
 
@@ -55,22 +69,17 @@ def _none_for_nan(value):
     return None if isinstance(value, float) and np.isnan(value) else value
 
 
-def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The mean negative log probability of each image's true class: unclipped (see the module's note)."""
     if not len(labels):
         return float("nan")
-    picked = probabilities[np.arange(len(labels)), labels]
-    return float(-np.log(np.clip(picked, eps, 1.0)).mean())
+    picked = np.asarray(probabilities, dtype=np.float64)[np.arange(len(labels)), labels]
+    return float(-np.log(np.maximum(picked, SMALLEST)).mean())
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum formula, ties counted half."""
-    positives, negatives = labels == 1, labels == 0
-    if not positives.any() or not negatives.any():
+    """Area under the ROC curve (ties counted half); NaN where one class is absent."""
+    labels = np.asarray(labels)
+    if not (labels == 1).any() or not (labels == 0).any():
         return float("nan")
-    sorted_scores = np.sort(scores, kind="mergesort")
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average_rank = np.repeat(first + (counts + 1) / 2, counts)          # 1-based, ties share their mean
-    ranks = np.empty(len(scores), dtype=np.float64)
-    ranks[scores.argsort(kind="mergesort")] = average_rank
-    n_pos, n_neg = positives.sum(), negatives.sum()
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(labels, scores))

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from vggtune.data import dataset as data, similar
-from vggtune.data.items import KINDS, UNREADABLE, Rejected
+from vggtune.data.items import IN_DATA, KINDS, UNREADABLE, WHERE, Rejected
 from vggtune.training.config import TrainConfig, load_config, save_config
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, display_path, remove_stale_temporaries, save_tensors
@@ -179,8 +179,10 @@ class RunDir:
         return RunSplits(list(values["classes"]), **items)
 
     def rejected(self) -> list[Rejected]:
-        """rejected.csv's files with reason and kind (a run from before kinds were written: "unreadable")."""
-        return [Rejected(row["path"], row["reason"], row.get("kind") if row.get("kind") in KINDS else UNREADABLE)
+        """rejected.csv's files with reason, kind and folder (a run from before kinds or folders were written:
+        "unreadable", in DATA)."""
+        return [Rejected(row["path"], row["reason"], row.get("kind") if row.get("kind") in KINDS else UNREADABLE,
+                         row.get("folder") if row.get("folder") in WHERE else IN_DATA)
                 for row in self._csv("rejected.csv")]
 
     def near_duplicates(self) -> list[NearDuplicate]:

@@ -22,6 +22,7 @@ import dataclasses
 import time
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from vggtune.training.tracking import Log
 from vggtune.training.objective import Average, Objective, parameter_groups
 from vggtune.training.scoring import Scorer
 from vggtune.training.session import Run, open_run
+
+if TYPE_CHECKING:                      # annotations only
+    from vggtune.features.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,21 @@ def plan(config) -> list[Stage]:
     return stages
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A finished run: its metrics, and the engine every rank agreed on for the frozen blocks, which
+    whatever runs after training on one rank (the report) reuses instead of choosing again."""
+    results: dict                    # {'val': metrics, 'test': metrics}
+    engine: Engine
+
+
 def fit(config, resume: bool = False) -> dict:
     """Train as `config` says, in config.out; returns {'val': metrics, 'test': metrics}."""
+    return train_run(config, resume).results
+
+
+def train_run(config, resume: bool = False) -> Trained:
+    """Train as `config` says, in config.out."""
     stages, started = plan(config), time.perf_counter()
     with verbosity(config.quiet or not distributed.is_main()):
         run = open_run(config, resume, cuts=[stage.cut for stage in stages])
@@ -67,7 +84,7 @@ def fit(config, resume: bool = False) -> dict:
             for stage in stages:
                 run.model.set_trainable(stage.trainable)
                 run_stage(run, stage, log)
-            return finish(run, stages[-1].cut, log)
+            return Trained(finish(run, stages[-1].cut, log), run.engine)
         finally:
             log.close()                 # an interrupted run's event files too, with what they have
 
@@ -176,6 +193,9 @@ def run_stage(run: Run, stage: Stage, log: Log) -> None:
         checkpoints.close()                 # also when interrupted: the last finished epoch is saved
     log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
     log.kept_epochs[stage.name] = state["best_epoch"]
+    if stage.epochs > 1 and state["best_epoch"] == stage.epochs and not stage.average:
+        say(f"warning: {stage.name}: kept its last epoch ({stage.epochs}), its validation loss still falling: "
+            f"the epochs may be too few (--{'epochs' if stage.name == 'head' else 'finetune-epochs'} more)")
     distributed.barrier()                   # rank 0 has written the best parameters
     load_params(best, parameters)
 

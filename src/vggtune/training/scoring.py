@@ -77,9 +77,12 @@ class Scorer:
         probabilities without limit (BENCHMARKS.md section 14)."""
         rows = np.arange(len(labels))
 
+        head, logits = self.model.head_spec, torch.from_numpy(view_logits)
+
         def loss(log_t: float) -> float:
-            candidate = self.with_policy(self.policy.at(float(np.exp(log_t))))
-            return float(-np.log(np.clip(candidate.combine(view_logits)[rows, labels], 1e-7, 1)).mean())
+            with torch.no_grad():
+                logs = self.policy.at(float(np.exp(log_t))).log_probabilities(head, logits)
+            return float(-logs[rows, labels].mean())
 
         low, high, ratio = 0.0, float(np.log(20)), (np.sqrt(5) - 1) / 2
         for _ in range(60):                       # the bracket shrinks to 1e-12 of its width

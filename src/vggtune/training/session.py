@@ -64,6 +64,8 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
         folder.write_config(config)
     say(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images in "
         f"{len(splits.classes)} classes; {len(splits.rejected)} files skipped (rejected.csv)")
+    for line in splits.class_lines():          # the classes' sizes, and any warning they call for
+        say(line)
     say(f"weights: {loaded.source}; running on {runtime.describe()}")
     spec = ModelSpec.for_training(config, splits.classes, loaded, runtime.precision)
     torch.manual_seed(config.seed)          # the head's initial weights

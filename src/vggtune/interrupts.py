@@ -1,0 +1,38 @@
+"""Ctrl-C and SIGTERM held back while native code runs that must not be cut short.
+
+Python runs a signal's handler between two of its own instructions. Inside a converter or compiler
+that calls back into Python (OpenVINO's `convert_model` traces the network, `torch.onnx.export`
+too) the KeyboardInterrupt is raised inside the callback and unwinds through C++ frames that
+cannot pass it on; once, a Ctrl-C during the first run's engine measurement ended the process with
+SIGABRT and no line. Inside `held()` a signal is noted, not acted on, and delivered again as soon
+as the section ends, where the usual handlers turn it into exit 130 or 143 with one line.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def held():
+    """Inside: SIGINT and SIGTERM wait until the block ends, then arrive as they would have. A no-op
+    outside the main thread (only it receives Python's signals) and for a signal the process ignores."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.getsignal(number) for number in HELD}
+    for number, handler in previous.items():
+        if handler not in (signal.SIG_IGN, None):
+            signal.signal(number, lambda got, frame: received.append(got))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])      # now, to its own handler: KeyboardInterrupt, Terminated
