@@ -28,8 +28,8 @@ def files_move_after_scan(corpus, monkeypatch):
     """After the scan, some files vanish and others can no longer be read (root ignores chmod)."""
     real_scan = data.scan
 
-    def scan_then_move(found, workers=2):
-        result = real_scan(found, workers)
+    def scan_then_move(found, workers=2, whole=False):
+        result = real_scan(found, workers, whole)
         for path in corpus.vanish_after_scan:
             if os.path.exists(path):
                 os.unlink(path)
@@ -54,11 +54,11 @@ def test_corpus_is_large_and_varied(corpus):
 def test_data_check_reports_every_unusable_file_once_and_uses_the_rest(corpus, capsys, tmp_path):
     assert cli.main(["data", "check", str(corpus.root), "--output", str(tmp_path / "rejected.csv")]) == 1     # problems found
     header, *rows = list(csv.reader(io.StringIO((tmp_path / "rejected.csv").read_text())))
-    assert header == ["path", "reason", "kind"]
-    reported = [path for path, _, _ in rows]
+    assert header == ["path", "reason", "kind", "folder"]
+    reported = [path for path, _, _, _ in rows]
     assert len(reported) == len(set(reported))
     assert sorted(reported) == sorted(corpus.unusable)
-    for path, reason, kind in rows:
+    for path, reason, kind, _ in rows:
         assert corpus.unusable[path] in reason, (path, reason)
         assert kind in KINDS, (path, kind)
     usable = len(corpus.usable) + len(corpus.vanish_after_scan) + len(corpus.deny_after_scan)
@@ -82,7 +82,7 @@ def test_train_evaluate_predict_survive_the_corpus(corpus, tiny_weights, files_m
     assert sorted(used) == sorted(corpus.usable)                    # every usable file, converted
     assert any("undecodable" in p for p in used)
     page = (out / "report.html").read_text()                        # written, bad files and odd names listed
-    assert page.endswith("</html>\n") and "Rejected files in the training data: " in page
+    assert page.endswith("</html>\n") and "Left out of the training data (" in page
 
     result = vggtune.evaluate(str(out), data=str(corpus.root))
     assert result["n"] == len(corpus.usable)

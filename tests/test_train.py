@@ -204,7 +204,7 @@ def test_a_file_lost_during_a_no_cache_run_is_listed_in_rejected_csv(tmp_path, d
     out = tmp_path / "run"
     train_module.fit(quick_config(dataset, out, no_cache=True, finetune_epochs=0))
     rows = (out / "rejected.csv").read_text().splitlines()
-    assert rows.count(f"{lost[0]},file vanished before it could be read,unreadable") == 1
+    assert rows.count(f"{lost[0]},file vanished before it could be read,unreadable,data") == 1
 
 
 def test_damaged_cache_shards_are_computed_again_and_counted(tmp_path, dataset, tiny_weights, isolated_home, capsys):

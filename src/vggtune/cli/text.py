@@ -44,6 +44,7 @@ def metrics_lines(result: dict) -> list[str]:
         if "sensitivity" in result:
             lines.append(f"sensitivity        {_number(result['sensitivity'])}  (recall of {positive})")
             lines.append(f"specificity        {_number(result['specificity'])}  (recall of {negative})")
+        lines.append(f"F1 ({positive})".ljust(19) + f"{result['f1']:.4f}  (positive class: {positive})")
         lines.append(f"ROC AUC            {_number(result['roc_auc'])}")
     lines.append(f"log loss           {_number(result['log_loss'])}")
     lines += per_class_lines(result)
