@@ -160,6 +160,8 @@ def test_chest_x_rays_imbalanced_and_from_elsewhere(tmp_path):
         for path in files:
             with Image.open(path) as image:
                 Image.eval(image.convert("L"), lambda v: 255 - v).save(folder / path.name)
+    shutil.copy(test / "NORMAL" / normal[-1].name, test / "NORMAL" / "copy.jpeg")     # a copy within it: scored
+    (test / "PNEUMONIA" / "truncated.jpeg").write_bytes((test / "PNEUMONIA" / pneumonia[-1].name).read_bytes()[:300])
     out = tmp_path / "run"
     import subprocess
     import sys
@@ -174,8 +176,13 @@ def test_chest_x_rays_imbalanced_and_from_elsewhere(tmp_path):
     card = (out / "README.md").read_text()
     assert f"the test folder `{test}`" in card and "| NORMAL |" in card
     page = (out / "report.html").read_text()
-    assert "Per class" in page and "sensitivity" in page
+    assert "Per class" in page and "Sensitivity " in page and "(recall of NORMAL)" in page
+    assert "Left out of the test folder" in page and "truncated.jpeg" in page
+    resize = json.loads((out / "model.json").read_text())["preprocessing"]["resize"]
+    assert f"Images smaller than the resize ({resize} px shorter side)" in page
+    assert ("no image is enlarged" in page) == (resize <= 224)              # the X-rays are 224 px
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 81                                 # 80 and the copy; the truncated file out
     below = metrics["test"]["accuracy"] < metrics["val"]["accuracy_95"][0]
     assert ("below the validation split's 95 % interval" in said) == below, metrics
     assert ("look unlike every training image" in page) == below
