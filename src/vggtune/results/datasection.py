@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vggtune.data import balance
 from vggtune.data.items import LABEL_CONFLICT, Rejected
 from vggtune.fsutil import display_path
 from vggtune.results import auditscores
@@ -54,6 +55,9 @@ def data_section(folder: RunDir, evaluated: Evaluated | None) -> str:
                    + f"<td class='n'>{sum(counts[n][i] for n in names)}</td></tr>" for i, c in enumerate(classes))
     parts = ["<h3>Images per class and split</h3><table><tr><th>class</th>"
              + "".join(f"<th>{n}</th>" for n in names) + f"<th>total</th></tr>{body}</table>"]
+    trained_on = balance.imbalance(dict(zip(classes, counts["train"]))) if splits else None
+    if trained_on:
+        parts.append(f"<p class='warn'>In training, {_e(trained_on)}.</p>")
     if evaluated and not evaluated.own:
         per_class = np.bincount(evaluated.labels, minlength=len(evaluated.classes))
         parts.append(f"<h3>Evaluated: {_e(evaluated.data)}</h3>" + _table(

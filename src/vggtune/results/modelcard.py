@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from vggtune.data import balance
 from vggtune.data.items import LABEL_CONFLICT
 from vggtune.results.analysis import describe_interval, per_class_rows
 from vggtune.results.evaluated import TEST_SPLIT, Evaluated
@@ -64,12 +65,14 @@ def _training_data(folder: RunDir, spec: ModelSpec) -> str:
     conflicts = sum(1 for row in rejected if row.kind == LABEL_CONFLICT)
     pairs = folder.near_duplicates()
     across = sum(1 for pair in pairs if pair.across)
+    trained_on = balance.imbalance(dict(zip(spec.classes, splits.counts("train")))) if splits else None
     return ("## Training data\n\n"
             f"From `{display_path(folder.config().data)}`: {counts['train']} training, {counts['val']} validation and "
             f"{counts['test']} test images in {len(spec.classes)} classes (split by class, no image content in "
             f"two splits). {len(rejected)} files were left out (`rejected.csv`), {conflicts} of them label "
             f"conflicts (the same image under two classes). {len(pairs)} near-duplicate pairs were found by "
-            f"perceptual hash, {across} across splits (`near_duplicates.csv`).\n")
+            f"perceptual hash, {across} across splits (`near_duplicates.csv`)."
+            + (f" In training, {trained_on}." if trained_on else "") + "\n")
 
 
 def _procedure(config: dict, spec: ModelSpec) -> str:
