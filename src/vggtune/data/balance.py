@@ -35,8 +35,8 @@ def imbalance(counts: dict[str, int]) -> str | None:
     smallest = min(counts, key=counts.get)
     return (f"the classes are imbalanced, 1 : {class_ratio(counts):.1f} ({smallest} {counts[smallest]:,}, "
             f"{largest} {counts[largest]:,}): always answering {largest} would score {share:.3f} accuracy, so "
-            "read the balanced accuracy and each class's recall; training weighs every image alike, so the "
-            "smaller classes' recall is the figure to watch")
+            "read the balanced accuracy and each class's recall, which accuracy hides (training weighs every "
+            "image alike: no class weights)")
 
 
 

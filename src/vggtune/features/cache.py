@@ -246,11 +246,13 @@ def require_room(views: int, needed: int, free: int, home: Path, storage: str) -
 
 
 def _size(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+    if n < 1000:
+        return f"{n:,.0f} bytes"
+    for unit in ("KB", "MB"):
         n /= 1000
-    return f"{n:.1f} TB"
+        if n < 1000:
+            return f"{n:,.1f} {unit}"
+    return f"{n / 1000:,.1f} GB"
 
 
 def quantize_rows(features: torch.Tensor) -> tuple[np.ndarray, list[list[float]]]:
