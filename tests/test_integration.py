@@ -205,3 +205,32 @@ def test_data_check_on_real_images_seeded_with_bad_files(tmp_path, capsys):
     assert f"20 usable images in 2 classes, {len(bad)} rejected" in out
     listed = [line.split(",")[0] for line in (tmp_path / "rejected.csv").read_text().splitlines()[1:]]
     assert sorted(listed) == sorted(str(p) for p in bad)
+
+
+def test_every_command_on_a_real_run_on_the_defaults_users_get(short_run, cats_vs_dogs_split, tmp_path, capsys):
+    """report, explain, predict, evaluate and serve on the real run with nothing pinned (engine auto, as
+    measured on this machine; the report on): the path users take, end to end, once per command."""
+    from vggtune.deploy.service import ServeConfig
+    from test_serve import client_for
+    assert ENGINE_VARIABLE not in os.environ
+    out, _ = short_run
+    _, test_dir = cats_vs_dogs_split
+    photo = next((test_dir / "cat").iterdir())
+    assert cli.main(["report", str(out), "--out", str(tmp_path / "again.html")]) == 0
+    assert cli.main(["explain", str(out), str(photo), "--out", str(tmp_path / "explain")]) == 0
+    assert list((tmp_path / "explain").glob("*.png"))
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), str(photo), "--format", "json"]) == 0
+    predicted, = json.loads(capsys.readouterr().out)
+    assert predicted["label"] in ("cat", "dog") and sum(predicted["probabilities"].values()) == pytest.approx(1)
+    assert cli.main(["evaluate", str(out), "--data", str(test_dir), "--output", str(tmp_path / "e.json")]) == 0
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["n"] == 200 and evaluated["accuracy"] >= 0.95 and (tmp_path / "e.html").is_file()
+    client = client_for(ServeConfig(str(out), no_auth=True))
+    try:
+        answer = client.post("/predict", files=[("files", (photo.name, photo.read_bytes(), "image/jpeg"))])
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in ("cat", "dog")
+        assert client.get("/info").json()["engine"] == json.loads((out / "metrics.json").read_text())[
+            "environment"]["engine"]                        # the engine auto chose, as training's
+    finally:
+        client.__exit__(None, None, None)
