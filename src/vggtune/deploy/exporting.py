@@ -62,7 +62,8 @@ class ExportGraph(nn.Module):
         x = images.permute(0, 3, 1, 2).to(torch.float32)
         if self.bgr:
             x = x.flip(1)
-        return self.scoring.classify(self.model, (x - self.mean) / self.std, self.head)
+        # float32 throughout: TFLite has no float64 kernels (vggtune itself scores in float64, for the log loss)
+        return self.scoring.classify(self.model, (x - self.mean) / self.std, self.head, torch.float32)
 
 
 @dataclass(frozen=True)

@@ -51,17 +51,18 @@ class ScoringPolicy:
     def at(self, temperature: float) -> "ScoringPolicy":
         return dataclasses.replace(self, temperature=temperature)
 
-    def probabilities(self, head: HeadSpec, view_logits: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, head: HeadSpec, view_logits: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
         """Class probabilities (image, class), float64, from logits (view, image, output) of this policy's
         views, in its order: the mean over the views of each one's probabilities at the temperature."""
-        return self.log_probabilities(head, view_logits).exp()
+        return self.log_probabilities(head, view_logits, dtype).exp()
 
-    def log_probabilities(self, head: HeadSpec, view_logits: torch.Tensor) -> torch.Tensor:
+    def log_probabilities(self, head: HeadSpec, view_logits: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
         """The logarithms of `probabilities`, computed in log space and float64 (the log of the views' mean
-        is a log-sum-exp), so that the log loss counts a confidently wrong image in full."""
+        is a log-sum-exp), so that the log loss counts a confidently wrong image in full. An exported graph
+        asks for float32: the runtimes it goes to (TFLite) have no float64 kernels."""
         if view_logits.shape[0] != len(self.views):
             raise ValueError(f"logits of {view_logits.shape[0]} views; this policy scores {len(self.views)}")
-        per_view = torch.stack([head.log_probabilities(logits.double() / self.temperature) for logits in view_logits])
+        per_view = torch.stack([head.log_probabilities(logits.to(dtype) / self.temperature) for logits in view_logits])
         return torch.logsumexp(per_view, dim=0) - math.log(len(self.views))
 
     def view_inputs(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -70,6 +71,7 @@ class ScoringPolicy:
             raise ValueError("ten-crop views are cut from the resized image, not from its clean view")
         return [images.flip(-1) if view == MIRROR else images for view in self.views]
 
-    def classify(self, logits_of, images: torch.Tensor, head: HeadSpec) -> torch.Tensor:
+    def classify(self, logits_of, images: torch.Tensor, head: HeadSpec, dtype=torch.float64) -> torch.Tensor:
         """Class probabilities of clean inputs, `logits_of` being the network from image to logits."""
-        return self.probabilities(head, torch.stack([logits_of(view).float() for view in self.view_inputs(images)]))
+        return self.probabilities(head, torch.stack([logits_of(view).float() for view in self.view_inputs(images)]),
+                                  dtype)
