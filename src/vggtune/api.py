@@ -257,6 +257,12 @@ def folder_of(row) -> str:
     return Rejected.of(row).where
 
 
+def per_class(items, classes: list[str]) -> dict[str, int]:
+    """Images per class of scanned items (data/balance.py)."""
+    from vggtune.data.balance import per_class as counted
+    return counted(items, classes)
+
+
 def counts_line(counts: dict[str, int], where: str) -> str:
     """"classes in WHERE: a 10, b 29 (1 : 2.9)" (data/balance.py)."""
     from vggtune.data.balance import counts_line as line
@@ -332,5 +338,5 @@ def clear_cache() -> tuple[Path, int]:
 __all__ = ["train", "train_with", "check_train", "launch", "as_rank", "cv", "audit", "runs", "RUN_COLUMNS", "evaluate", "predict", "report", "explain", "export",
            "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "UserError", "expand_paths", "check_data",
            "weights_sources", "verify_weights", "disagreement", "per_class_rows", "checked_folders",
-           "folder_of", "counts_line", "class_warnings", "convert_weights", "cache_summary", "clear_cache", "CHOICES",
+           "folder_of", "per_class", "counts_line", "class_warnings", "convert_weights", "cache_summary", "clear_cache", "CHOICES",
            "HEAD_HELP", "EXPORT_PRECISIONS", "EXPORT_FORMATS", "ExportCheckFailed", "display_path", "atomic_write_text", "__version__"]

@@ -170,7 +170,7 @@ def cmd_data_check(args) -> int:
         rejected = [row for row in splits.rejected if api.folder_of(row) == where]
         print(f"{display_path(folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
               f"{len(rejected)} rejected")
-        counts = {name: sum(1 for item in items if item.label == i) for i, name in enumerate(splits.classes)}
+        counts = api.per_class(items, splits.classes)
         for name, count in counts.items():
             print(f"  {name:30} {count}")
         print(f"  {api.counts_line(counts, display_path(folder))}")

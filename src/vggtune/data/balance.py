@@ -8,6 +8,11 @@ and the model card say so in words and point to balanced accuracy and per-class 
 from __future__ import annotations
 
 
+def per_class(items, classes: list[str]) -> dict[str, int]:
+    """Images per class of `items` (anything with a `label`: the index of its class)."""
+    return {name: sum(1 for item in items if item.label == i) for i, name in enumerate(classes)}
+
+
 def counts_line(counts: dict[str, int], where: str) -> str:
     """"classes in training: a 1,073, b 3,100 (1 : 2.9)"."""
     listed = ", ".join(f"{name} {count:,}" for name, count in counts.items())
@@ -37,8 +42,6 @@ def imbalance(counts: dict[str, int]) -> str | None:
             f"{largest} {counts[largest]:,}): always answering {largest} would score {share:.3f} accuracy, so "
             "read the balanced accuracy and each class's recall, which accuracy hides (training weighs every "
             "image alike: no class weights)")
-
-
 
 
 FEW_IMAGES = 5                 # a class with fewer images than this can hardly be learned or judged

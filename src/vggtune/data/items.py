@@ -89,5 +89,5 @@ class Splits:
     def class_lines(self) -> list[str]:
         """The training images per class, and the warnings their names and sizes call for (balance.py)."""
         from vggtune.data import balance
-        counts = {name: sum(1 for item in self.train if item.label == i) for i, name in enumerate(self.classes)}
+        counts = balance.per_class(self.train, self.classes)
         return [balance.counts_line(counts, "training"), *(f"warning: {w}" for w in balance.class_warnings(counts))]

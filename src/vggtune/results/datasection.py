@@ -59,9 +59,8 @@ def data_section(folder: RunDir, evaluated: Evaluated | None) -> str:
     if trained_on:
         parts.append(f"<p class='warn'>In training, {_e(trained_on)}.</p>")
     if evaluated and not evaluated.own:
-        per_class = np.bincount(evaluated.labels, minlength=len(evaluated.classes))
         parts.append(f"<h3>Evaluated: {_e(evaluated.data)}</h3>" + _table(
-            ["class", "images"], [(c, per_class[i]) for i, c in enumerate(evaluated.classes)]))
+            ["class", "images"], evaluated.counts().items()))
         parts.append(_rejected(f"Unreadable in {evaluated.data}", evaluated.rejected))
     parts.append(_small_images(splits, spec_resize(folder)))
     rejected = folder.rejected()
