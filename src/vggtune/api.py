@@ -18,12 +18,12 @@ from vggtune.launcher import check as check_processes, refused   # no torch: the
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
-from vggtune.training.config import DEVICES, PRECISIONS, RECIPES, TrainConfig
+from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, TrainConfig
 from vggtune.version import __version__
 
 # The values each option of `train` allows, from the registries that define them.
 CHOICES = {"recipe": tuple(RECIPES), "arch": tuple(ARCHS), "head": tuple(HEADS), "precision": PRECISIONS,
-           "device": DEVICES, "engine": ENGINES, "feature_storage": STORAGES}
+           "device": DEVICES, "engine": ENGINES, "feature_storage": STORAGES, "class_weights": CLASS_WEIGHTS}
 HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
 EXPORT_PRECISIONS = ("fp32", "int8")
 EXPORT_FORMATS = ("onnx", "openvino", "tflite")
@@ -180,13 +180,14 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
     return _evaluate(run, data, output, **options)
 
 
-def predict(run: str, paths: list[str], kaggle: bool = False, engine: str = "auto"):
+def predict(run: str, paths: list[str], kaggle: bool = False, engine: str = "auto", threshold: float | None = None):
     """Predictions for image files and folders: (the model's classes, predictions, [(input, reason)] for the
     inputs that could not be read). `kaggle`: the model must have two classes (Kaggle's id,label
-    submission is the second class's probability)."""
+    submission is the second class's probability). `threshold`: a two-class decision threshold instead of
+    the one model.json holds."""
     from vggtune.deploy.inputs import expand_paths
     from vggtune.deploy.predict import load
-    predictor = load(run, engine=engine)
+    predictor = load(run, engine=engine, threshold=threshold)
     if kaggle and len(predictor.classes) != 2:
         raise UserError(f"--kaggle writes the second class's probability of a two-class model; this model has "
                         f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle")

@@ -60,7 +60,8 @@ def _print_results(results: dict, out: str, tested_on: str = "the test split") -
 
 
 def cmd_evaluate(args) -> int:
-    result = api.evaluate(args.run, args.data, args.output, report=not args.no_report, engine=args.engine)
+    result = api.evaluate(args.run, args.data, args.output, report=not args.no_report, engine=args.engine,
+                          threshold=args.threshold)
     _print_results({"test": result}, args.run if args.data is None else f"{args.run} on {display_path(args.data)}")
     return 0
 
@@ -113,7 +114,8 @@ def cmd_predict(args) -> int:
     if args.kaggle and args.format == "json":
         raise UserError("--kaggle writes Kaggle's CSV (id,label); received --format json; "
                         "allowed: --kaggle alone, or --format json without it")
-    classes, predictions, rejected = api.predict(args.run, args.paths, kaggle=args.kaggle, engine=args.engine)
+    classes, predictions, rejected = api.predict(args.run, args.paths, kaggle=args.kaggle, engine=args.engine,
+                                                threshold=args.threshold)
     for path, reason in rejected:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
     written = text.predictions_text(predictions, classes, args.format, args.kaggle)

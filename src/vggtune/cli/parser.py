@@ -9,6 +9,7 @@ from vggtune.api import CHOICES, RUN_COLUMNS, __version__, EXPORT_FORMATS, EXPOR
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")     # positional, grouped below, or set by `vggtune cv`
 NUMBERS_DEFAULT_NONE = ("crop",)         # their default (None) names no type: these take a number
+NUMBER_OR_WORD = ("threshold",)          # a number or a word (TrainConfig checks which)
 HELP = {
     "out": "run directory to create",
     "recipe": "vggtune: the cross-validated defaults; classic: the textbook recipe (flatten head, no TTA, "
@@ -43,6 +44,10 @@ HELP = {
     "calibrate": "temperature scaling: divide the logits by a temperature (>= 1) fitted on the validation split",
     "mlflow": "MLflow tracking URI (http://host:5000, sqlite:///mlflow.db): the finished run's parameters, "
               "metrics, report and model are sent there (needs pip install 'vggtune[mlflow]')",
+    "class_weights": "weight each class's images in the loss: off; balanced (every class weighs the same in "
+                     "total); auto: balanced where the largest class has 1.5 times the smallest's images or more",
+    "threshold": "two classes: the second class's probability above which an image is given it, or val: the "
+                 "threshold with the best balanced accuracy on the validation split (stored in model.json)",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
 }
 
@@ -72,7 +77,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", 
         elif isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
-            kind = float if f.name in NUMBERS_DEFAULT_NONE else type(default) if default is not None else str
+            kind = float if f.name in NUMBERS_DEFAULT_NONE else str if f.name in NUMBER_OR_WORD \
+                else type(default) if default is not None else str
             parser.add_argument(flag, type=kind, choices=CHOICES.get(f.name), default=None, help=help_text)
     augment = parser.add_argument_group("augmentation of training views")
     augment.add_argument("--no-flip", action="store_true", default=None, help="no horizontal flips")
@@ -83,6 +89,12 @@ def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", 
 
 def _add_engine_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=CHOICES["engine"], default="auto", help=HELP["engine"] + " (default auto)")
+
+
+def _add_threshold_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="two-class models: the second class's probability above which an image is given "
+                             "that class (default: the threshold model.json holds)")
 
 
 def _add_nproc_flag(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +129,7 @@ def build_parser() -> Parser:
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")
     evaluate.add_argument("--output", help="JSON file to write (default RUN/evaluation.json)")
     evaluate.add_argument("--no-report", action="store_true", help="skip the HTML report beside the JSON")
+    _add_threshold_flag(evaluate)
     _add_engine_flag(evaluate)
     _add_nproc_flag(evaluate)
     report = commands.add_parser("report", help="write report.html and the model card README.md of a run")
@@ -159,6 +172,7 @@ def build_parser() -> Parser:
     predict.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
     predict.add_argument("--kaggle", action="store_true",
                          help="two-class models: CSV of id,label with the second class's probability")
+    _add_threshold_flag(predict)
     _add_engine_flag(predict)
     _add_nproc_flag(predict)
     weights = commands.add_parser("weights", help="where the ImageNet weights come from; verify; convert")

@@ -40,8 +40,7 @@ def imbalance(counts: dict[str, int]) -> str | None:
     smallest = min(counts, key=counts.get)
     return (f"the classes are imbalanced, 1 : {class_ratio(counts):.1f} ({smallest} {counts[smallest]:,}, "
             f"{largest} {counts[largest]:,}): always answering {largest} would score {share:.3f} accuracy, so "
-            "read the balanced accuracy and each class's recall, which accuracy hides (training weighs every "
-            "image alike: no class weights)")
+            "read the balanced accuracy and each class's recall, which accuracy hides")
 
 
 FEW_IMAGES = 5                 # a class with fewer images than this can hardly be learned or judged

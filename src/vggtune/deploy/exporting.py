@@ -82,6 +82,8 @@ def metadata(spec: ModelSpec, precision: str, file_format: str = "onnx") -> dict
     return {"format": f"vggtune-{file_format}/1", "vggtune": __version__, "classes": list(spec.classes),
             "weights": spec.weights, "precision": precision, "head": spec.head.kind,
             "temperature": spec.scoring.temperature, "tta": spec.scoring.tta,
+            # two classes: the label is the second class where its probability exceeds this (not the larger one)
+            "threshold": spec.scoring.threshold,
             "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
                       "shape": ["batch", prep.size, prep.size, 3],
                       "resize": prep.resize, "crop": prep.size,
@@ -164,7 +166,7 @@ def check(runner, graph: ExportGraph, images: np.ndarray, precision: str, run: P
         torch_probabilities = np.concatenate([graph(torch.from_numpy(images[i:i + 16])).numpy()
                                               for i in range(0, len(images), 16)])
     difference = float(np.abs(exported_probabilities - torch_probabilities).max())
-    agreement = float((exported_probabilities.argmax(1) == torch_probabilities.argmax(1)).mean())
+    agreement = float((spec.scoring.decide(exported_probabilities) == spec.scoring.decide(torch_probabilities)).mean())
     if precision == "fp32":
         if difference > FP32_TOLERANCE or agreement < 1:
             raise ExportCheckFailed(f"the exported model and PyTorch differ by {difference:.2e} (allowed "
@@ -172,7 +174,7 @@ def check(runner, graph: ExportGraph, images: np.ndarray, precision: str, run: P
         return Exported(Path(), precision, len(images), difference, agreement, None, None)
     accuracy_run = float(RunDir(run).metrics().test["accuracy"])
     all_images, kept = views_of(paths, spec)
-    predicted = runner(all_images).argmax(1)
+    predicted = spec.scoring.decide(runner(all_images))
     accuracy_exported = float((predicted == np.asarray(labels)[kept]).mean())
     if agreement < INT8_AGREEMENT or abs(accuracy_exported - accuracy_run) * 100 > INT8_ACCURACY_POINTS:
         raise ExportCheckFailed(f"int8 agrees with PyTorch on {agreement:.1%} of labels (allowed: "

@@ -143,12 +143,13 @@ def explain(predictor, inputs: list, names: list[str], target: str | None = None
             continue
         views = torch.stack([item.view for _, item in good])
         probabilities = predictor.probabilities(views)
-        targets = [predictor.classes.index(target) if target else int(row.argmax()) for row in probabilities]
+        decided = predictor.spec.scoring.decide(probabilities)
+        targets = [predictor.classes.index(target) if target else int(label) for label in decided]
         maps = grad_cam(predictor.model, predictor.runtime, views, predictor.preprocessing, targets, predictor.engine)
-        for (name, item), row, chosen, cam in zip(good, probabilities, targets, maps):
+        for (name, item), row, label, chosen, cam in zip(good, probabilities, decided, targets, maps):
             heatmap, box = full_heatmap(cam, item)
             explanations.append(Explanation(
-                name, predictor.classes[int(row.argmax())], predictor.classes[chosen],
+                name, predictor.classes[int(label)], predictor.classes[chosen],
                 {c: float(v) for c, v in zip(predictor.classes, row)}, heatmap, item.original, box))
     return explanations, rejected
 

@@ -33,9 +33,11 @@ class Predictor:
     once, on first use), the head in PyTorch."""
 
     def __init__(self, run: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 32,
-                 engine: str | Engine = "auto"):
+                 engine: str | Engine = "auto", threshold: float | None = None):
         self.run = Path(run)
         self.spec = ModelSpec.load(self.run)
+        if threshold is not None:        # the caller's decision threshold instead of model.json's
+            self.spec = self.spec.deciding_at(threshold)
         self.classes, self.preprocessing = list(self.spec.classes), self.spec.preprocessing
         self.runtime = runtime_for(self.spec.int8 is not None, device, precision, self.run)
         self.model = load_classifier(self.run, self.spec, self.runtime).eval()
@@ -100,8 +102,9 @@ class Predictor:
 
     def _classify(self, paths, views) -> list[Prediction]:
         probs = self.probabilities(torch.stack(views))
-        return [Prediction(path, self.classes[int(row.argmax())], {c: float(v) for c, v in zip(self.classes, row)})
-                for path, row in zip(paths, probs)]
+        decided = self.spec.scoring.decide(probs)
+        return [Prediction(path, self.classes[int(label)], {c: float(v) for c, v in zip(self.classes, row)})
+                for path, label, row in zip(paths, decided, probs)]
 
 
 def walk_folders(inputs: list) -> tuple[list, list[tuple[str, str]]]:
@@ -128,9 +131,12 @@ def name_of(source, index: int) -> str:
     return f"<{kind} {index}>"
 
 
-def load(run: str | Path, device: str = "auto", precision: str = "auto", engine: str | Engine = "auto") -> Predictor:
-    """A Predictor for a finished run directory."""
-    return Predictor(run, device=device, precision=precision, engine=engine)
+def load(run: str | Path, device: str = "auto", precision: str = "auto", engine: str | Engine = "auto",
+         threshold: float | None = None) -> Predictor:
+    """A Predictor for a finished run directory (`threshold`: a two-class decision threshold instead of
+    the one model.json holds)."""
+    return Predictor(run, device=device, precision=precision, engine=engine, threshold=threshold)
+
 
 
 __all__ = ["Explanation", "Prediction", "Predictor", "load"]

@@ -118,7 +118,7 @@ class Model:
 
     def answer(self, name: str, row: torch.Tensor) -> dict:
         classes = self.predictor.classes
-        return {"file": name, "label": classes[int(row.argmax())],
+        return {"file": name, "label": classes[int(self.predictor.spec.scoring.decide(row[None])[0])],
                 "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}, "model": self.id}
 
     def explain(self, name: str, data: bytes) -> dict:

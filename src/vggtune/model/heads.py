@@ -68,13 +68,20 @@ class HeadSpec:
         from torch import nn
         return nn.Sequential(HEADS[self.kind].layers(self, channels, grid))
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-        """Cross-entropy against targets moved `smoothing` of the way toward uniform over the classes."""
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
+             class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy against targets moved `smoothing` of the way toward uniform over the classes; with
+        `class_weights`, each image weighs its class's weight (the mean is over the weights, as PyTorch's)."""
         from torch import nn
         if self.sigmoid:
             targets = labels.float() * (1 - smoothing) + smoothing / 2
-            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets)
-        return nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+            if class_weights is None:
+                return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets)
+            weights = class_weights.to(logits.device)[labels]
+            each = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets, reduction="none")
+            return (each * weights).sum() / weights.sum()
+        weight = None if class_weights is None else class_weights.to(logits.device)
+        return nn.functional.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
 
     def predicted(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits[:, 0] > 0).long() if self.sigmoid else logits.argmax(1)

@@ -1,8 +1,10 @@
 """How a model's logits become its probabilities: an immutable `ScoringPolicy`, kept in model.json.
 
 The policy names the views an image is scored on (its clean view, and with test-time
-augmentation that view's mirror image) and the temperature the logits are divided by
-(1: as trained; fitted on validation data by --calibrate). Scoring is a pure function of the
+augmentation that view's mirror image), the temperature the logits are divided by
+(1: as trained; fitted on validation data by --calibrate) and, for two classes, the decision
+threshold: the second class's probability above which an image is given the second class
+(0.5: the more probable class; chosen on validation data by --threshold val). Scoring is a pure function of the
 logits and the policy; a different policy (the clean view alone while epochs are chosen, a
 candidate temperature) is a new value, never a flipped attribute.
 """
@@ -12,6 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vggtune.model.heads import HeadSpec
@@ -29,12 +32,15 @@ TEN_CROP = TTA_VIEWS + CORNERS + tuple(view - len(CORNERS) for view in CORNERS)
 class ScoringPolicy:
     temperature: float = 1.0
     views: tuple[int, ...] = (CLEAN,)
+    threshold: float = 0.5       # two classes: the second is decided where its probability exceeds this
 
     def __post_init__(self):
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"temperature {self.temperature}; allowed: a positive number")
         if self.views not in ((CLEAN,), TTA_VIEWS, TEN_CROP):
             raise ValueError(f"scored views {self.views}; allowed: {(CLEAN,)}, {TTA_VIEWS} or {TEN_CROP}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold {self.threshold}; allowed: 0 < x < 1")
 
     @classmethod
     def of(cls, tta: bool, temperature: float = 1.0) -> "ScoringPolicy":
@@ -50,6 +56,14 @@ class ScoringPolicy:
 
     def at(self, temperature: float) -> "ScoringPolicy":
         return dataclasses.replace(self, temperature=temperature)
+
+    def deciding_at(self, threshold: float | None) -> "ScoringPolicy":
+        """The same scoring with another decision threshold (None: this one)."""
+        return self if threshold is None else dataclasses.replace(self, threshold=float(threshold))
+
+    def decide(self, probabilities) -> np.ndarray:
+        """Each image's class index from its class probabilities (image, class)."""
+        return decide(probabilities, self.threshold)
 
     def probabilities(self, head: HeadSpec, view_logits: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
         """Class probabilities (image, class), float64, from logits (view, image, output) of this policy's
@@ -75,3 +89,13 @@ class ScoringPolicy:
         """Class probabilities of clean inputs, `logits_of` being the network from image to logits."""
         return self.probabilities(head, torch.stack([logits_of(view).float() for view in self.view_inputs(images)]),
                                   dtype)
+
+
+def decide(probabilities, threshold: float = 0.5) -> np.ndarray:
+    """The one rule from probabilities to labels: for two classes the second where its probability
+    exceeds `threshold` (at 0.5 exactly the more probable class, ties to the first), else the most
+    probable class."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim == 2 and probabilities.shape[1] == 2:
+        return (probabilities[:, 1] > threshold).astype(np.int64)
+    return probabilities.argmax(axis=-1)

@@ -3,11 +3,12 @@ that builds a classifier from that description and its tensors.
 
 A run directory's `model.json` + `model.safetensors` are enough to rebuild the model
 anywhere: classes, head, preprocessing, weights id, architecture and block layout, precision,
-the scoring policy (temperature, test-time augmentation) and, for an int8 run, the activation
+the scoring policy (temperature, test-time augmentation, the two-class decision threshold) and, for an int8 run, the activation
 scales of its frozen blocks.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,8 @@ class ModelSpec:
         values = {"classes": list(self.classes), "head": self.head.to_dict(), "size": self.preprocessing.size,
                   "preprocessing": self.preprocessing.to_dict(), "weights": self.weights, "arch": self.arch.name,
                   "blocks": {name: list(widths) for name, widths in self.arch.blocks},
-                  "precision": self.precision, "temperature": self.scoring.temperature, "tta": self.scoring.tta}
+                  "precision": self.precision, "temperature": self.scoring.temperature, "tta": self.scoring.tta,
+                  "threshold": self.scoring.threshold}
         if self.int8 is not None:
             values["int8"] = self.int8
         return dict(values, format=MODEL_FORMAT)
@@ -70,7 +72,8 @@ class ModelSpec:
                        preprocessing=Preprocessing.from_dict(values["preprocessing"]), weights=str(values["weights"]),
                        arch=archs.get(str(values.get("arch", "vgg16"))).with_widths(widths),
                        precision=str(values.get("precision", "fp32")), int8=values.get("int8"),
-                       scoring=ScoringPolicy.of(bool(values.get("tta", False)), float(values.get("temperature", 1.0))))
+                       scoring=ScoringPolicy.of(bool(values.get("tta", False)), float(values.get("temperature", 1.0)))
+                       .deciding_at(float(values.get("threshold", 0.5))))
         except UserError as exc:
             raise UserError(f"{origin}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -78,6 +81,16 @@ class ModelSpec:
                             "allowed: model.json as training wrote it") from None
         spec.check(origin)
         return spec
+
+    def deciding_at(self, threshold: float) -> "ModelSpec":
+        """This model deciding at another two-class threshold (predict's and evaluate's --threshold)."""
+        if len(self.classes) != 2:
+            raise UserError(f"--threshold: received {threshold} for a model of {len(self.classes)} classes; "
+                            "allowed: a threshold for two-class models only")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise UserError(f"--threshold: received {threshold}; allowed: 0 < x < 1 (the probability of "
+                            f"{self.classes[1]} above which an image is called {self.classes[1]})")
+        return dataclasses.replace(self, scoring=self.scoring.deciding_at(threshold))
 
     def check(self, origin: str) -> None:
         head = self.head

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from vggtune.model.policy import decide
 from vggtune.training.metrics import SMALLEST, classification_metrics, wilson_interval
 
 BOOTSTRAP_DRAWS = 1000
 
 
-def intervals(labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict:
+def intervals(labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0,
+              threshold: float = 0.5) -> dict:
     """95 % intervals: Wilson for accuracy; for F1, ROC AUC and log loss a percentile bootstrap that
     resamples the images within each true class, so every resample has every class as often as the
     test set has it (a plain resample of a 37-class test set misses some classes and scores them 0,
@@ -20,17 +22,17 @@ def intervals(labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_
     says so)."""
     labels, probabilities = np.asarray(labels, np.int64), np.asarray(probabilities, np.float64)
     n = len(labels)
-    result = {"accuracy": wilson_interval(int((probabilities.argmax(1) == labels).sum()), n)}
+    result = {"accuracy": wilson_interval(int((decide(probabilities, threshold) == labels).sum()), n)}
     if n == 0:
         return result
-    estimate = classification_metrics(labels, probabilities, classes)
+    estimate = classification_metrics(labels, probabilities, classes, threshold)
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     keys = ["balanced_accuracy", "f1_macro", "log_loss"] + (["f1", "roc_auc"] if len(classes) == 2 else [])
     samples: dict[str, list[float]] = {key: [] for key in keys}
     for _ in range(draws):
         pick = np.concatenate([rows[rng.integers(len(rows), size=len(rows))] for rows in members])
-        drawn = classification_metrics(labels[pick], probabilities[pick], classes)
+        drawn = classification_metrics(labels[pick], probabilities[pick], classes, threshold)
         for key in keys:
             if drawn.get(key) is not None:
                 samples[key].append(drawn[key])
@@ -39,6 +41,11 @@ def intervals(labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_
             low, high = np.percentile(values, [2.5, 97.5])
             result[key] = (round(float(min(low, estimate[key])), 4), round(float(max(high, estimate[key])), 4))
     return result
+
+
+def predicted(probabilities, threshold: float = 0.5) -> np.ndarray:
+    """Each image's decided class, as the model decides it (model/policy.py's rule at its threshold)."""
+    return decide(probabilities, threshold)
 
 
 def describe_interval(bound) -> str:
@@ -111,11 +118,11 @@ def image_losses(labels, probabilities) -> np.ndarray:
     return -np.log(np.maximum(probabilities[np.arange(len(labels)), labels], SMALLEST))
 
 
-def headline(labels, probabilities, classes: list[str]) -> list[tuple[str, str, float, tuple | None]]:
+def headline(labels, probabilities, classes: list[str], threshold: float = 0.5) -> list[tuple[str, str, float, tuple | None]]:
     """(key, name, value, 95 % interval) of the figures a reader asks for first: accuracy, F1 (of the
     positive class for two classes, macro otherwise), ROC AUC (two classes), log loss."""
-    result = classification_metrics(labels, probabilities, classes)
-    bounds = intervals(labels, probabilities, classes)
+    result = classification_metrics(labels, probabilities, classes, threshold)
+    bounds = intervals(labels, probabilities, classes, threshold=threshold)
     binary = "positive_class" in result
     rows = [("accuracy", "accuracy", result["accuracy"], bounds.get("accuracy")),
             ("balanced_accuracy", "balanced accuracy", result["balanced_accuracy"], bounds.get("balanced_accuracy")),

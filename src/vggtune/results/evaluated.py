@@ -30,6 +30,7 @@ class Evaluated:
     rows: list[PredictionRow]
     rejected: list[tuple[str, str]]
     own: bool = False                           # the run's own test (or validation) split, given folder or not
+    threshold: float = 0.5                      # two classes: the decision threshold the labels are decided at
 
     @property
     def labels(self) -> np.ndarray:
@@ -41,7 +42,7 @@ class Evaluated:
         return np.asarray([row.probabilities for row in self.rows], dtype=np.float64).reshape(-1, len(self.classes))
 
     def metrics(self) -> dict:
-        return classification_metrics(self.labels, self.probabilities, self.classes)
+        return classification_metrics(self.labels, self.probabilities, self.classes, self.threshold)
 
     def counts(self) -> dict[str, int]:
         """Images per class in this set."""
@@ -59,7 +60,7 @@ class Evaluated:
     def headline(self) -> list[tuple[str, str, float, tuple | None]]:
         """(key, name, value, 95 % interval) of the headline metrics: computed once (its bootstrap draws
         1,000 resamples), shared by the report and the model card."""
-        return analysis.headline(self.labels, self.probabilities, self.classes)
+        return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold)
 
 
 def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evaluated:
@@ -74,9 +75,10 @@ def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evalu
     label_of = dict(zip(paths, labels))
     rows = [PredictionRow("evaluation" if data_dir else "test", p.path, predictor.classes[label_of[p.path]],
                           [p.probabilities[c] for c in predictor.classes]) for p in predictions]
+    threshold = predictor.spec.scoring.threshold
     if data_dir:
-        return Evaluated(display_path(data_dir), predictor.classes, rows, rejected)
-    return Evaluated(split_name(Path(run), "test"), predictor.classes, rows, rejected, own=True)
+        return Evaluated(display_path(data_dir), predictor.classes, rows, rejected, threshold=threshold)
+    return Evaluated(split_name(Path(run), "test"), predictor.classes, rows, rejected, own=True, threshold=threshold)
 
 
 def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
@@ -91,7 +93,8 @@ def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
         chosen = [row for row in rows if row.split == split]
         if chosen:      # what a folder given as this split lost (a split of DATA has its rejects with DATA's)
             return Evaluated(split_name(Path(run), split), classes, chosen,
-                             [row for row in RunDir(run).rejected() if row.where == split], own=True)
+                             [row for row in RunDir(run).rejected() if row.where == split], own=True,
+                             threshold=predictor.spec.scoring.threshold)
     return None
 
 

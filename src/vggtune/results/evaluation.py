@@ -19,11 +19,12 @@ if TYPE_CHECKING:                      # annotations only
 
 
 def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = None,
-             device: str = "auto", precision: str = "auto", report: bool = True, engine: str | Engine = "auto") -> dict:
+             device: str = "auto", precision: str = "auto", report: bool = True, engine: str | Engine = "auto",
+             threshold: float | None = None) -> dict:
     """Metrics of a run's model on labelled images, written as JSON (default RUN/evaluation.json), with
     each image's probabilities (*.predictions.csv) and the report (*.html) beside it. Under torchrun each
-    rank scores its share of the images."""
-    predictor = Predictor(run, device=device, precision=precision, engine=engine)
+    rank scores its share of the images. `threshold`: a two-class decision threshold instead of model.json's."""
+    predictor = Predictor(run, device=device, precision=precision, engine=engine, threshold=threshold)
     evaluated = score(predictor, Path(run), data_dir)
     result = evaluated.metrics()
     result["rejected"] = [{"path": display_path(p), "reason": r} for p, r in evaluated.rejected]

@@ -113,8 +113,9 @@ def examples(evaluated: Evaluated, predictor: Predictor) -> str:
     """The most confidently wrong images and the least certain correct ones, with Grad-CAM overlays."""
     labels, probabilities = evaluated.labels, evaluated.probabilities
     losses = analysis.image_losses(labels, probabilities)
-    wrong = np.nonzero(probabilities.argmax(1) != labels)[0]
-    right = np.nonzero(probabilities.argmax(1) == labels)[0]
+    decided = analysis.predicted(probabilities, evaluated.threshold)
+    wrong = np.nonzero(decided != labels)[0]
+    right = np.nonzero(decided == labels)[0]
     worst = wrong[np.argsort(-losses[wrong], kind="stable")][:TOP_LOSSES]
     unsure = right[np.argsort(probabilities[right].max(1), kind="stable")][:LEAST_CERTAIN]
     shown = (f"The {_count(len(worst), 'most confidently wrong image')} of {_count(len(wrong), 'mistake')}"
@@ -133,7 +134,7 @@ def _tiles(evaluated: Evaluated, predictor: Predictor, indices, kind: str, losse
     by_path = {e.name: e for e in explanations}
     tiles = []
     for row, i in zip(rows, indices):
-        predicted = evaluated.classes[int(np.argmax(row.probabilities))]
+        predicted = evaluated.classes[int(analysis.predicted([row.probabilities], evaluated.threshold)[0])]
         shown = by_path.get(row.path)
         picture = (_img(_jpeg(shown.overlay()), f"Grad-CAM of {Path(row.path).name}", "image/jpeg") if shown
                    else "<p class='muted'>(image no longer readable)</p>")

@@ -15,6 +15,11 @@ from vggtune.model import arch as archs
 from vggtune.model.heads import HEADS
 
 PRECISIONS = ("auto", "bf16", "fp32", "int8")
+# Class weights in the loss: off; balanced (each class weighs as much as every other in total, scikit-learn's
+# "balanced"); auto: balanced where the largest class holds at least IMBALANCED times the smallest's images.
+CLASS_WEIGHTS = ("off", "balanced", "auto")
+IMBALANCED = 1.5
+CHOSEN_ON_VALIDATION = "val"            # --threshold val: chosen on the validation split
 PATHS = ("data", "out", "val_data", "test_data", "weights")
 DEVICES = ("auto", "cpu", "cuda")
 # A recipe names a set of defaults; options given beside it win. "vggtune" is the defaults below, chosen
@@ -67,6 +72,10 @@ class TrainConfig:
     no_report: bool = False               # report.html and README.md (the model card) are written by default
     mlflow: str | None = None             # an MLflow tracking URI the finished run is sent to (results/mlflowlog.py)
     quiet: bool = False
+    class_weights: str = "off"            # CLASS_WEIGHTS
+    # two classes: the second class's probability above which an image gets it; "val": the threshold that
+    # maximises balanced accuracy on the validation split
+    threshold: float | str = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -87,6 +96,9 @@ class TrainConfig:
             raise choice_error("--engine", self.engine, ENGINES)
         if self.feature_storage not in STORAGES:
             raise choice_error("--feature-storage", self.feature_storage, STORAGES)
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise choice_error("--class-weights", self.class_weights, CLASS_WEIGHTS)
+        self._check_threshold()
         _check_int("--epochs", self.epochs, 1)
         _check_int("--finetune-epochs", self.finetune_epochs, 0)
         _check_int("--batch-size", self.batch_size, 1)
@@ -125,6 +137,18 @@ class TrainConfig:
             if folder and Path(folder).is_dir() and out.is_relative_to(Path(folder).resolve()):
                 raise UserError(f"--out: received {display_path(out)}, inside the {name.replace('_', ' ')} folder "
                                 f"{display_path(folder)}; allowed: a folder outside it (for example --out ../runs/NAME)")
+
+    def _check_threshold(self) -> None:
+        if self.threshold == CHOSEN_ON_VALIDATION:
+            return
+        try:
+            value = float(self.threshold)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if isinstance(self.threshold, bool) or not 0 < value < 1:
+            raise UserError(f"--threshold: received {self.threshold}; allowed: 0 < x < 1, or "
+                            f"{CHOSEN_ON_VALIDATION} (chosen on the validation split)")
+        object.__setattr__(self, "threshold", value)
 
     def _check_fold(self) -> None:
         if not self.cv_folds and not self.cv_fold:

@@ -13,15 +13,18 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
+from vggtune.model.policy import decide
+
 SMALLEST = np.finfo(np.float64).tiny       # a probability below it (a logit gap over 708) is counted as it
 
 
-def classification_metrics(labels, probabilities, classes: list[str]) -> dict:
+def classification_metrics(labels, probabilities, classes: list[str], threshold: float = 0.5) -> dict:
     """accuracy and balanced accuracy, per-class and macro precision/recall/F1, log loss, confusion matrix;
-    for two classes ROC AUC, sensitivity and specificity."""
+    for two classes ROC AUC, sensitivity and specificity. Labels are decided at the two-class `threshold`
+    (model/policy.py); the log loss and ROC AUC do not depend on it."""
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(labels), len(classes))
-    predicted = probabilities.argmax(axis=1)
+    predicted = decide(probabilities, threshold)
     everyone = list(range(len(classes)))
     confusion = confusion_matrix(labels, predicted, labels=everyone)
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=everyone,
@@ -48,6 +51,7 @@ def classification_metrics(labels, probabilities, classes: list[str]) -> dict:
     if len(classes) == 2:
         result["roc_auc"] = roc_auc(labels, probabilities[:, 1])
         result["positive_class"] = classes[1]           # what "f1" (and P in ROC AUC) is of
+        result["threshold"] = float(threshold)
         result["f1"] = per_class[classes[1]]["f1"]
         result["sensitivity"] = per_class[classes[1]]["recall"] if support[1] else float("nan")
         result["specificity"] = per_class[classes[0]]["recall"] if support[0] else float("nan")
@@ -75,6 +79,32 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
         return float("nan")
     picked = np.asarray(probabilities, dtype=np.float64)[np.arange(len(labels)), labels]
     return float(-np.log(np.maximum(picked, SMALLEST)).mean())
+
+
+def balanced_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The mean over the classes present of each class's log loss: the log loss as if the classes were
+    equally common, which class-weighted training minimises and its epochs are chosen by."""
+    labels = np.asarray(labels)
+    losses = [log_loss(labels[labels == c], np.asarray(probabilities)[labels == c]) for c in np.unique(labels)]
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """The threshold on the second class's probability with the best balanced accuracy on these images
+    (Youden's J, sensitivity + specificity - 1): halfway between the two scores it falls between, the
+    one nearest 0.5 among equals. None where one class is absent (nothing to balance)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if not (labels == 1).any() or not (labels == 0).any():
+        return None
+    levels = np.unique(scores)
+    candidates = np.concatenate([[levels[0] / 2], (levels[:-1] + levels[1:]) / 2, [(levels[-1] + 1) / 2]])
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    sensitivity = 1 - np.searchsorted(np.sort(positives), candidates, side="right") / len(positives)
+    specificity = np.searchsorted(np.sort(negatives), candidates, side="right") / len(negatives)
+    youden = sensitivity + specificity - 1
+    best = np.flatnonzero(youden >= youden.max() - 1e-12)
+    chosen = candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]]
+    return float(np.clip(chosen, 1e-6, 1 - 1e-6))
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

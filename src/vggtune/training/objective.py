@@ -1,5 +1,5 @@
-"""What a training step minimises and at which rates: the head's loss with label smoothing, mixup on
-cached features, the learning rate of each block that learns (discriminative rates), and the
+"""What a training step minimises and at which rates: the head's loss with label smoothing, class
+weights and mixup on cached features, the learning rate of each block that learns (discriminative rates), and the
 average of a stage's parameters over its epochs (SWA).
 
 Each is off by default and was measured by five-fold cross-validation (BENCHMARKS.md section 19).
@@ -20,6 +20,7 @@ class Objective:
     head: HeadSpec
     smoothing: float = 0.0      # label smoothing: the targets move this far toward uniform (Szegedy et al., 2016)
     mixup: float = 0.0          # alpha of the Beta(alpha, alpha) mixing weight (Zhang et al., 2018); 0: off
+    class_weights: torch.Tensor | None = None     # a weight per class (`class_weights`); None: every image weighs 1
 
     def mix(self, features: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
         """The batch's features, each blended with the next one's (the batch is already shuffled), and the
@@ -33,10 +34,25 @@ class Objective:
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         """The head's loss on smoothed targets; after `mix`, the weighted loss of both images' labels."""
-        loss = self.head.loss(logits, labels, self.smoothing)
+        loss = self.head.loss(logits, labels, self.smoothing, self.class_weights)
         if weight < 1:
-            loss = weight * loss + (1 - weight) * self.head.loss(logits, labels.roll(1, 0), self.smoothing)
+            loss = weight * loss + (1 - weight) * self.head.loss(logits, labels.roll(1, 0), self.smoothing,
+                                                                 self.class_weights)
         return loss
+
+
+def class_weights(setting: str, labels: torch.Tensor, n_classes: int, imbalanced: float) -> torch.Tensor | None:
+    """A weight per class from the training labels: n / (classes x the class's count), so every class weighs
+    the same in total (scikit-learn's "balanced"); None where `setting` is off, or auto and the largest
+    class holds less than `imbalanced` times the smallest's images. A class with no image weighs 0."""
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    present = counts > 0
+    if setting == "off" or not present.any():
+        return None
+    if setting == "auto" and counts[present].max() < imbalanced * counts[present].min():
+        return None
+    weights = torch.where(present, counts.sum() / (int(present.sum()) * counts.clamp(min=1)), torch.zeros_like(counts))
+    return weights.float()
 
 
 def parameter_groups(parameters: dict[str, torch.nn.Parameter], blocks: tuple[str, ...], lr: float,

@@ -32,7 +32,7 @@ from vggtune.progress import progress, say, verbosity
 from vggtune.training.checkpoints import Checkpoints, load_params, resume_state, save_state
 from vggtune.training.tracking import Log
 from vggtune.training.objective import Average, Objective, parameter_groups
-from vggtune.training.scoring import Scorer
+from vggtune.training.validation import calibrated, decision_threshold, scorer, validate, weights_of
 from vggtune.training.session import Run, open_run
 
 if TYPE_CHECKING:                      # annotations only
@@ -80,6 +80,9 @@ def train_run(config, resume: bool = False) -> Trained:
         run = open_run(config, resume, cuts=[stage.cut for stage in stages])
         log = Log(run.folder, started)
         log.timing.update(run.setup_seconds)
+        weights = weights_of(run)
+        if weights is not None:
+            say("class weights: " + ", ".join(f"{name} {w:.3f}" for name, w in zip(run.spec.classes, weights.tolist())))
         try:
             for stage in stages:
                 run.model.set_trainable(stage.trainable)
@@ -89,16 +92,12 @@ def train_run(config, resume: bool = False) -> Trained:
             log.close()                 # an interrupted run's event files too, with what they have
 
 
-def scorer(run: Run, policy=None) -> Scorer:
-    """The run's model scored under `policy` (default: the one model.json will hold)."""
-    return Scorer(run.model, run.runtime, list(run.spec.classes), run.config.batch_size, policy or run.spec.scoring)
-
-
 def finish(run: Run, cut: str, log: Log) -> dict:
     """Calibrates the final model, scores it on the validation and test splits, then saves it with its
     metrics, each image's probabilities (predictions.csv), the report and the model card."""
     results, predictions = {}, []
     spec = dataclasses.replace(run.spec, scoring=calibrated(run, cut)) if run.config.calibrate else run.spec
+    spec = dataclasses.replace(spec, scoring=spec.scoring.deciding_at(decision_threshold(run, cut, spec.scoring)))
     classes, final = list(spec.classes), scorer(run, spec.scoring)
     for split in ("val", "test"):
         if len(run.labels[split]):
@@ -130,18 +129,6 @@ def save(run: Run, spec, results: dict, predictions: list, rejected: list, log: 
     run.folder.write_metrics(results, log.timing, environment(run), log.kept_epochs)
     if not run.config.keep_state:
         run.folder.remove_state()
-
-
-def calibrated(run: Run, cut: str):
-    """Temperature scaling: the run's scoring policy at the temperature that minimises the validation log loss."""
-    if not len(run.labels["val"]):
-        say("calibrate: no validation images, temperature left at 1")
-        return run.spec.scoring
-    final = scorer(run)
-    positions, logits = final.view_logits(run.sources.by_cut[cut]["val"], len(run.labels["val"]), cut)
-    temperature = final.fit_temperature(logits, run.labels["val"][positions].numpy())
-    say(f"calibrate: temperature {temperature:.3f}, fitted on {len(positions)} validation images")
-    return run.spec.scoring.at(temperature)
 
 
 def environment(run: Run) -> dict:
@@ -249,21 +236,12 @@ def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups)
 
 
-def validate(run: Run, cut: str) -> dict | None:
-    """The epoch's validation loss and accuracy, of the clean view alone: epochs are chosen as the classic
-    recipe chooses them, and test-time augmentation changes only the final scores."""
-    if not len(run.labels["val"]):
-        return None
-    result = scorer(run, run.spec.scoring.clean()).metrics(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
-    return {"loss": result["log_loss"], "accuracy": result["accuracy"]}
-
-
 def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, float]:
     """One pass over the training images, one random cached view of each. Under torchrun each rank
     takes its share of every batch, and its loss is weighted so that the averaged gradient is the
     one-process gradient of the whole batch."""
     model, config, runtime = run.model, run.config, run.runtime
-    objective = Objective(model.head_spec, config.label_smoothing, config.mixup)
+    objective = Objective(model.head_spec, config.label_smoothing, config.mixup, weights_of(run))
     ranks = distributed.world().size
     source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]
     order = rng.permutation(len(labels))

@@ -98,7 +98,7 @@ class Scorer:
         return self.summary(kept_labels, probabilities)
 
     def summary(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
-        return classification_metrics(labels, probabilities, self.classes)
+        return classification_metrics(labels, probabilities, self.classes, self.policy.threshold)
 
 
 def _merged(positions: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,284 @@
+"""Which defaults hold on any data? One setting cross-validated on a panel of domains, the same folds
+for every setting, compared image by image with today's defaults. Nothing here looks at a test set
+other than the folds; the published test folders stay out of every choice.
+
+The panel (subsets of ../shared/data, chosen by a seeded draw, so every setting sees the same images):
+  cats-dogs     cats-vs-dogs-2k, 300 a class            ImageNet-like, balanced
+  pets-37       oxford-pets-370, all 370                37 breeds of 10: many classes, few images
+  flowers-5     flowers-5, 120 a class, 128 px photos   another domain, small images
+  chest-xray    chest-xray-train, 900 of 5,216 drawn by patient (1 : 2.9 as the folder), folds grouped
+                by patient (the file names carry the ids), so no patient is on both sides
+  cats-dogs-1:5 the cats-dogs subset with the cats cut to a fifth (60 cats, 300 dogs): imbalanced
+and, where a source can be held out, one split trained on one source and tested on another:
+  xray-source   NORMAL's `IM-` series (and half the pneumonia patients) to train and validate on,
+                NORMAL's `NORMAL2-IM-` series (and the other half) to test on: images from elsewhere
+
+Each dataset is split into --folds folds stratified by class (and grouped by patient); a tenth of each
+training part validates. A fold is a `vggtune train` of a manifest (path,label,split) with the setting's
+options, so the runs use the feature cache as users' runs do. Scoring-only rows ("+ val threshold": a
+two-class threshold chosen on each fold's validation images, applied to its test images) reuse the
+fold runs. Per dataset: accuracy, balanced accuracy, macro F1, log loss with 95 % intervals (Wilson,
+class-stratified bootstrap), and against the first setting on the same images: McNemar's exact test
+and a paired bootstrap interval of the balanced-accuracy difference. Writes results/<--name>.json.
+
+    cd benchmarks && ../.venv/bin/python panel.py --work /tmp/panel --name panel --settings default "class weights"
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+import vggtune
+from vggtune.results.analysis import intervals, mcnemar
+from vggtune.training.metrics import best_threshold, classification_metrics
+from vggtune.training.rundir import read_predictions, RunDir
+
+from common import DATA, machine, save
+
+SEED = 1337
+IMAGES = (".jpg", ".jpeg", ".png")
+# Each setting: the options it gives `vggtune train` (the recipe's defaults otherwise).
+SETTINGS = {
+    "default": {},
+    "class weights": {"class_weights": "balanced"},
+    "class weights auto": {"class_weights": "auto"},
+    "head only": {"finetune_epochs": 0},
+    "block4+5 1e-4 ratio 10": {"finetune_blocks": 2, "finetune_lr": 1e-4, "block_lr_ratio": 10.0},
+    "block5 1e-4": {"finetune_lr": 1e-4},
+    "finetune 10 epochs": {"finetune_epochs": 10},
+    "head dropout 0.2": {"dropout": 0.2},
+    "size 128": {"size": 128},
+    "int8": {"precision": "int8"},
+}
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str
+    label: str
+    group: str            # images of one group (a patient) never sit on both sides of a split
+
+
+def patient(path: Path) -> str:
+    """The patient a chest X-ray's file name names: person123_..., IM-0115-0001, NORMAL2-IM-1427-0001."""
+    name = path.stem
+    found = re.match(r"(person\d+)_", name) or re.match(r"((?:NORMAL2-)?IM-\d+)-", name)
+    return found.group(1) if found else name
+
+
+def files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGES)
+
+
+def per_class(source: Path, count: int | None) -> list[Image]:
+    """`count` images of each class (all where None), drawn with the panel's seed."""
+    chosen = []
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        names = files(folder)
+        if count is not None:
+            names = sorted(random.Random(SEED).sample(names, min(count, len(names))))
+        chosen += [Image(str(p), folder.name, str(p)) for p in names]
+    return chosen
+
+
+def by_patient(source: Path, per_label: dict[str, int]) -> list[Image]:
+    """Whole patients drawn with the panel's seed until each class holds its count of images."""
+    chosen = []
+    for label, wanted in per_label.items():
+        groups: dict[str, list[Path]] = {}
+        for path in files(source / label):
+            groups.setdefault(patient(path), []).append(path)
+        names = sorted(groups)
+        random.Random(SEED).shuffle(names)
+        taken = []
+        for name in names:
+            if len(taken) >= wanted:
+                break
+            taken += [Image(str(p), label, name) for p in groups[name]]
+        chosen += taken
+    return chosen
+
+
+def datasets() -> dict[str, list[Image]]:
+    cats = per_class(DATA / "cats-vs-dogs-2k", 300)
+    fifth = [i for i in cats if i.label == "cat"][:60] + [i for i in cats if i.label == "dog"]
+    return {"cats-dogs": cats, "pets-37": per_class(DATA / "oxford-pets-370", None),
+            "flowers-5": per_class(DATA / "flowers-5", 120),
+            "chest-xray": by_patient(DATA / "chest-xray-train", {"NORMAL": 232, "PNEUMONIA": 668}),
+            "cats-dogs-1:5": fifth}
+
+
+def source_split() -> list[tuple[Image, str]]:
+    """xray-source: NORMAL `IM-` and half the pneumonia patients train (a tenth of them validates);
+    NORMAL2 and the other half test."""
+    drawn = by_patient(DATA / "chest-xray-train", {"NORMAL": 400, "PNEUMONIA": 800})
+    pneumonia = sorted({i.group for i in drawn if i.label == "PNEUMONIA"})
+    tested = set(pneumonia[::2])
+    rows = []
+    for image in drawn:
+        elsewhere = image.group.startswith("NORMAL2") if image.label == "NORMAL" else image.group in tested
+        rows.append((image, "test" if elsewhere else "train"))
+    trained = sorted({i.group for i, split in rows if split == "train"})
+    validating = set(trained[::10])
+    return [(i, "val" if split == "train" and i.group in validating else split) for i, split in rows]
+
+
+def folds(images: list[Image], count: int) -> list[list[tuple[Image, str]]]:
+    """Each fold's (image, split): test is one of `count` folds stratified by class and grouped; a tenth of
+    the rest (a larger share where a class has fewer than ten images left), by the same rule, validates."""
+    labels = [i.label for i in images]
+    groups = [i.group for i in images]
+    outer = StratifiedGroupKFold(n_splits=count, shuffle=True, random_state=SEED)
+    result = []
+    for rest, test in outer.split(images, labels, groups):
+        smallest = min(sum(labels[i] == label for i in rest) for label in set(labels))
+        inner = StratifiedGroupKFold(n_splits=max(2, min(10, smallest)), shuffle=True, random_state=SEED)
+        train, val = next(inner.split(rest, [labels[i] for i in rest], [groups[i] for i in rest]))
+        split = {int(i): "test" for i in test} | {int(rest[i]): "train" for i in train} | {int(rest[i]): "val" for i in val}
+        result.append([(images[i], split[i]) for i in range(len(images))])
+    return result
+
+
+def write_manifest(rows: list[tuple[Image, str]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows([(image.path, image.label, split) for image, split in rows])
+    return path
+
+
+def run_fold(manifest: Path, out: Path, options: dict) -> float:
+    """Trains one fold unless it finished before; its training seconds."""
+    metrics = RunDir(out).metrics()
+    if metrics is None:
+        started = time.perf_counter()
+        vggtune.train(str(manifest), out=str(out), quiet=True, no_report=True, **options)
+        return time.perf_counter() - started
+    return float(metrics.timing.get("this_call_s", 0))
+
+
+def scored(out: Path, threshold_from_val: bool) -> tuple[list[str], np.ndarray, np.ndarray, float]:
+    """(test paths, labels, probabilities, threshold) of a fold run; the threshold chosen on its
+    validation images where asked, else the one model.json holds."""
+    classes = RunDir(out).splits().classes
+    rows = read_predictions(out / "predictions.csv", classes)
+    threshold = _model_threshold(out)
+    if threshold_from_val and len(classes) == 2:
+        val = [r for r in rows if r.split == "val"]
+        chosen = best_threshold([classes.index(r.label) for r in val], [r.probabilities[1] for r in val])
+        threshold = chosen if chosen is not None else threshold
+    test = [r for r in rows if r.split == "test"]
+    return ([r.path for r in test], np.array([classes.index(r.label) for r in test]),
+            np.array([r.probabilities for r in test]).reshape(len(test), len(classes)), threshold)
+
+
+def _model_threshold(out: Path) -> float:
+    import json
+    return float(json.loads((out / "model.json").read_text()).get("threshold", 0.5))
+
+
+def figures(classes: list[str], labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray) -> dict:
+    """Pooled metrics of out-of-fold scores, each image decided at its fold's threshold."""
+    decided = np.where(probabilities[:, 1] > thresholds, 1, 0) if len(classes) == 2 else probabilities.argmax(1)
+    metrics = classification_metrics(labels, probabilities, classes)
+    correct = decided == labels
+    recalls = [float(correct[labels == c].mean()) for c in np.unique(labels)]
+    from sklearn.metrics import f1_score
+    bounds = intervals(labels, probabilities, classes, draws=300)
+    return {"n": int(len(labels)), "accuracy": float(correct.mean()), "balanced_accuracy": float(np.mean(recalls)),
+            "f1_macro": float(f1_score(labels, decided, average="macro")), "log_loss": metrics["log_loss"],
+            "log_loss_95": bounds.get("log_loss"), "f1_macro_95": bounds.get("f1_macro"),
+            "balanced_accuracy_95": bounds.get("balanced_accuracy"), "accuracy_95": bounds.get("accuracy"),
+            "correct": correct.tolist()}
+
+
+def paired(labels: np.ndarray, base: list[bool], other: list[bool], draws: int = 1000) -> dict:
+    """McNemar on the images, and a bootstrap (within each class) of the balanced-accuracy difference."""
+    base, other = np.asarray(base), np.asarray(other)
+    rng = np.random.default_rng(0)
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+
+    def balanced(correct, pick):
+        return np.mean([correct[pick[labels[pick] == c]].mean() for c in np.unique(labels)])
+    everyone = np.arange(len(labels))
+    differences = []
+    for _ in range(draws):
+        pick = np.concatenate([rows[rng.integers(len(rows), size=len(rows))] for rows in members])
+        differences.append(balanced(other, pick) - balanced(base, pick))
+    test = mcnemar(base, other)
+    return {"balanced_accuracy_diff": float(balanced(other, everyone) - balanced(base, everyone)),
+            "balanced_accuracy_diff_95": [float(x) for x in np.percentile(differences, [2.5, 97.5])],
+            "only_here": int((other & ~base).sum()), "only_there": int((base & ~other).sum()), "mcnemar": test}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", default=["default"], choices=SETTINGS)
+    parser.add_argument("--datasets", nargs="+", default=None, help="a part of the panel (default: all of it)")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--work", default="/tmp/panel")
+    parser.add_argument("--name", default="panel")
+    args = parser.parse_args()
+    work = Path(args.work)
+    panel = {name: folds(images, args.folds) for name, images in datasets().items()}
+    panel["xray-source"] = [source_split()]
+    chosen = args.datasets or list(panel)
+    results = {"machine": machine(), "folds": args.folds, "settings": {}}
+    for setting in args.settings:
+        for name in chosen:
+            seconds, parts = 0.0, []
+            for k, rows in enumerate(panel[name], 1):
+                manifest = write_manifest(rows, work / "manifests" / name / f"fold{k}.csv")
+                out = work / "runs" / setting.replace(" ", "_") / name / f"fold{k}"
+                seconds += run_fold(manifest, out, SETTINGS[setting])
+                parts.append(out)
+            classes = RunDir(parts[0]).splits().classes
+            for scoring, from_val in (("", False), (" + val threshold", True)):
+                if from_val and len(classes) != 2:
+                    continue
+                pooled = [scored(out, from_val) for out in parts]
+                paths = sum((p[0] for p in pooled), [])
+                labels = np.concatenate([p[1] for p in pooled])
+                probabilities = np.concatenate([p[2] for p in pooled])
+                thresholds = np.concatenate([np.full(len(p[1]), p[3]) for p in pooled])
+                row = figures(classes, labels, probabilities, thresholds)
+                row.update(seconds=round(seconds, 1), paths=paths, labels=labels.tolist())
+                results["settings"].setdefault(setting + scoring, {})[name] = row
+                print(f"{setting + scoring:32s} {name:14s} n {row['n']:4d}  acc {row['accuracy']:.4f}  "
+                      f"bal {row['balanced_accuracy']:.4f}  F1 {row['f1_macro']:.4f}  "
+                      f"loss {row['log_loss']:.4f}  {seconds:.0f} s", flush=True)
+        save(args.name, results)
+    compare(results)
+    save(args.name, results)
+
+
+def compare(results: dict) -> None:
+    """Each row against the first setting on the same images; pooled over the datasets both hold."""
+    base_name = next(iter(results["settings"]))
+    base = results["settings"][base_name]
+    for setting, by_dataset in results["settings"].items():
+        together_base, together_other = [], []
+        for name, row in by_dataset.items():
+            if name not in base or base[name]["paths"] != row["paths"]:
+                continue
+            row["against_first"] = paired(np.array(row["labels"]), base[name]["correct"], row["correct"])
+            together_base += base[name]["correct"]
+            together_other += row["correct"]
+        if together_base:
+            base_arr, other_arr = np.asarray(together_base), np.asarray(together_other)
+            results.setdefault("pooled", {})[setting] = {
+                "images": len(base_arr), "only_here": int((other_arr & ~base_arr).sum()),
+                "only_there": int((base_arr & ~other_arr).sum()), "mcnemar": mcnemar(base_arr, other_arr)}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""What a run's validation split decides: the score each epoch is chosen by, the temperature
+(--calibrate) and the two-class decision threshold (--threshold val); and the loss's class weights,
+which that score must respect."""
+from __future__ import annotations
+
+from vggtune.progress import say
+from vggtune.training.config import CHOSEN_ON_VALIDATION, IMBALANCED
+from vggtune.training.metrics import balanced_log_loss, best_threshold
+from vggtune.training.objective import class_weights
+from vggtune.training.scoring import Scorer
+from vggtune.training.session import Run
+
+
+def weights_of(run: Run):
+    """The loss's weight per class (objective.class_weights), from the training split's labels."""
+    return class_weights(run.config.class_weights, run.labels["train"], len(run.spec.classes), IMBALANCED)
+
+
+def scorer(run: Run, policy=None) -> Scorer:
+    """The run's model scored under `policy` (default: the one model.json will hold)."""
+    return Scorer(run.model, run.runtime, list(run.spec.classes), run.config.batch_size, policy or run.spec.scoring)
+
+
+def calibrated(run: Run, cut: str):
+    """Temperature scaling: the run's scoring policy at the temperature that minimises the validation log loss."""
+    if not len(run.labels["val"]):
+        say("calibrate: no validation images, temperature left at 1")
+        return run.spec.scoring
+    final = scorer(run)
+    positions, logits = final.view_logits(run.sources.by_cut[cut]["val"], len(run.labels["val"]), cut)
+    temperature = final.fit_temperature(logits, run.labels["val"][positions].numpy())
+    say(f"calibrate: temperature {temperature:.3f}, fitted on {len(positions)} validation images")
+    return run.spec.scoring.at(temperature)
+
+
+def decision_threshold(run: Run, cut: str, policy) -> float:
+    """The two-class threshold the config names, or with --threshold val the one with the best balanced
+    accuracy on the validation split under the final scoring `policy` (0.5 where it cannot be chosen)."""
+    if run.config.threshold != CHOSEN_ON_VALIDATION:
+        return float(run.config.threshold)
+    if len(run.spec.classes) != 2 or not len(run.labels["val"]):
+        say("threshold: not chosen (two classes and validation images needed), left at 0.5")
+        return 0.5
+    _, labels, probabilities = scorer(run, policy).scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    threshold = best_threshold(labels, probabilities[:, 1])
+    if threshold is None:
+        say("threshold: the validation split holds one class, left at 0.5")
+        return 0.5
+    say(f"threshold: {threshold:.4f} on the probability of {run.spec.classes[1]}, chosen on "
+        f"{len(labels)} validation images (the best balanced accuracy there)")
+    return threshold
+
+
+def validate(run: Run, cut: str) -> dict | None:
+    """The epoch's validation loss and accuracy, of the clean view alone: epochs are chosen as the classic
+    recipe chooses them, and test-time augmentation changes only the final scores. With class weights the
+    loss is the balanced log loss (each class's mean, averaged), which those weights minimise."""
+    if not len(run.labels["val"]):
+        return None
+    clean = scorer(run, run.spec.scoring.clean())
+    _, labels, probabilities = clean.scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    result = clean.summary(labels, probabilities)
+    loss = result["log_loss"] if weights_of(run) is None else balanced_log_loss(labels, probabilities)
+    return {"loss": loss, "accuracy": result["accuracy"]}
