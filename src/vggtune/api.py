@@ -150,6 +150,20 @@ def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
     return cross_validate(TrainConfig.from_recipe(data=str(data), out=str(out), **options), folds)
 
 
+def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | None = None, **options) -> dict:
+    """A search over the recipe's levers (head, rates, dropout, class weights, fine-tune depth and epochs,
+    views) with Optuna around `train`'s options: each trial trained and scored on the validation split,
+    hopeless ones pruned, the study kept in out/study.db so an interrupted search resumes; the best setting
+    trained into out/best. Returns what out/tune.json holds."""
+    from vggtune.launcher import launched_size
+    from vggtune.results.tuning import tune as _tune
+    if launched_size() > 1:
+        raise UserError("tune: runs as one process; allowed: vggtune tune without torchrun")
+    if not data:
+        raise UserError("tune: no DATA folder given; allowed: vggtune tune FOLDER --trials N [--out TUNE]")
+    return _tune(TrainConfig.from_recipe(data=str(data), out=str(out), **options), trials, timeout)
+
+
 def audit(data: str, out: str = "runs/audit", folds: int = 5, cv: str | None = None,
           write_manifest: str | None = None, relabel: bool = False, **options) -> dict:
     """The images whose label is probably wrong: `cv` (default out/cv; kept when its options match) scores

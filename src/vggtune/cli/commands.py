@@ -34,6 +34,19 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    options = train_options(args)
+    out = options.pop("out", "runs/tune")
+    result = api.tune(args.data, out=out, trials=args.trials, timeout=args.timeout, **options)
+    print(f"trials ({display_path(out)}/trials.csv):")
+    print("\n".join("  " + line for line in text.trials_table(result["trials"]).splitlines()))
+    best = result["best"]
+    print(f"best: trial {best['number']}, validation balanced log loss {best['score']:.4f}; trained into "
+          f"{display_path(result['best_run'])}")
+    _print_results({"test": result["test"]}, result["best_run"])
+    return 0
+
+
 def cmd_runs(args) -> int:
     rows = api.runs(args.folder, args.sort)
     if args.format == "json":
@@ -201,7 +214,7 @@ def cmd_cache(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "cv": cmd_cv, "runs": cmd_runs, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
+COMMANDS = {"train": cmd_train, "cv": cmd_cv, "tune": cmd_tune, "runs": cmd_runs, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
             "export": cmd_export, "serve": cmd_serve,
             "predict": cmd_predict, "weights": cmd_weights,
             "data": cmd_data, "cache": cmd_cache}

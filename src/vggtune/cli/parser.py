@@ -119,6 +119,12 @@ def build_parser() -> Parser:
                                                    "(path,label[,split])")
     cv.add_argument("--folds", type=int, default=5, help="number of folds; each is the test split once (default 5)")
     _add_train_flags(cv, out="runs/cv", leave_out=("test_data", "test_split", "mlflow"))    # each fold is the test split
+    tune = commands.add_parser("tune", help="search the recipe's levers with Optuna; the best trained into TUNE/best")
+    tune.add_argument("data", help="folder with one sub-folder per class, Kaggle names (cat.1.jpg), or a CSV manifest "
+                                   "(path,label[,split])")
+    tune.add_argument("--trials", type=int, default=20, help="trials in all, an earlier call's counted (default 20)")
+    tune.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    _add_train_flags(tune, out="runs/tune", leave_out=("mlflow",))
     runs = commands.add_parser("runs", help="a table of the finished runs under a folder")
     runs.add_argument("folder", nargs="?", default="runs", help="folder of run directories (default runs)")
     runs.add_argument("--sort", default="run", choices=RUN_COLUMNS,

@@ -104,6 +104,24 @@ def _number(value) -> str:
     return "undefined" if value is None else f"{value:.4f}"
 
 
+def trials_table(trials: list[dict]) -> str:
+    """A line per trial of `vggtune tune`: its state, score and settings."""
+    names = list(dict.fromkeys(name for trial in trials for name in trial["settings"]))
+    header = ("trial", "state", "val bal. log loss", "val bal. acc.", "s", *names)
+    lines = [header]
+    for t in trials:
+        settings = [t["settings"].get(name) for name in names]
+        lines.append((str(t["number"]), t["state"], _number(t["score"]) if t["score"] is not None else "-",
+                      _number(t["balanced_accuracy"]) if t["balanced_accuracy"] is not None else "-",
+                      f"{t['seconds']:.0f}", *(f"{v:.3g}" if isinstance(v, float) else str(v) for v in settings)))
+    return _aligned(lines)
+
+
+def _aligned(lines: list[tuple]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
 def runs_table(rows: list[dict]) -> str:
     """The rows as an aligned table, accuracy with its 95 % interval."""
     header = ("run", "data", "head", "epochs", "precision", "tested on", "accuracy (95 % interval)", "balanced",
@@ -117,5 +135,4 @@ def runs_table(rows: list[dict]) -> str:
                       f"{r['balanced_accuracy']:.4f}" if r.get("balanced_accuracy") is not None else "-",
                       f"{r['log_loss']:.4f}" if r["log_loss"] is not None else "-",
                       f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    return _aligned(lines)

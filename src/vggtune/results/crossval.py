@@ -29,7 +29,7 @@ from vggtune.training.rundir import PredictionRow, RunDir, read_predictions, wri
 if TYPE_CHECKING:                      # annotations only
     from vggtune.training.config import TrainConfig
 
-SUMMARY_KEYS = ("n", "accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
+SUMMARY_KEYS = ("n", "accuracy", "balanced_accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
 
 
 def fold_config(config: TrainConfig, fold: int, folds: int) -> TrainConfig:
@@ -99,22 +99,26 @@ def _fit_fold(config: TrainConfig) -> bool:
 def pool(root: Path, configs: list[TrainConfig], seconds: list[float]) -> dict:
     """Per-fold and pooled metrics (with 95 % intervals) of the folds' test predictions."""
     classes = RunDir(configs[0].out).splits().classes
-    rows, labels, probabilities, per_fold = [], [], [], []
+    rows, labels, probabilities, per_fold, thresholds = [], [], [], [], []
     for config, fold_seconds in zip(configs, seconds):
         tested = [row for row in read_predictions(Path(config.out) / "predictions.csv", classes)
                   if row.split == "test"]
         fold_labels = [classes.index(row.label) for row in tested]
         fold_probabilities = [row.probabilities for row in tested]
+        threshold = RunDir(config.out).model_spec().scoring.threshold      # each fold decides at its own
+        thresholds += [threshold] * len(tested)
         metrics = classification_metrics(fold_labels, np.asarray(fold_probabilities).reshape(-1, len(classes)),
-                                         classes)
+                                         classes, threshold)
         per_fold.append({"fold": config.cv_fold, **_summary(metrics), "seconds": fold_seconds})
         rows += [PredictionRow(f"fold-{config.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
         labels += fold_labels
         probabilities += fold_probabilities
     pooled_probabilities = np.asarray(probabilities).reshape(-1, len(classes))
-    pooled = _summary(classification_metrics(labels, pooled_probabilities, classes))
-    pooled["intervals_95"] = {key: list(low_high) for key, low_high in intervals(labels, pooled_probabilities,
-                                                                                  classes).items()}
+    # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median.
+    threshold = float(np.median(thresholds)) if thresholds else 0.5
+    pooled = _summary(classification_metrics(labels, pooled_probabilities, classes, threshold))
+    pooled["intervals_95"] = {key: list(low_high) for key, low_high in intervals(labels, pooled_probabilities, classes,
+                                                                                  threshold=threshold).items()}
     base = dataclasses.replace(configs[0], out=str(root), cv_folds=0, cv_fold=0, no_report=False)
     result = {"folds": len(configs), "classes": classes, "pooled": pooled, "per_fold": per_fold,
               "config": base.to_dict()}

@@ -216,6 +216,10 @@ class RunDir:
         save_tensors(self.path / "model.safetensors", model.state_dict())
         spec.save(self.path)
 
+    def model_spec(self) -> ModelSpec:
+        """The description of the model this run saved (model.json)."""
+        return ModelSpec.load(self.path)
+
     def state(self, stage: str, which: str) -> Path:
         """A stage's checkpoint: "last" (to resume) or "best" (what the stage keeps)."""
         return self.path / "state" / f"{stage}-{which}.safetensors"

@@ -22,7 +22,7 @@ import dataclasses
 import time
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -60,6 +60,10 @@ def plan(config) -> list[Stage]:
     return stages
 
 
+# Told (stage, epoch, validation figures: loss, accuracy, balanced_loss) after each validated epoch.
+Observer = Callable[[str, int, dict], None]
+
+
 @dataclass(frozen=True)
 class Trained:
     """A finished run: its metrics, and the engine every rank agreed on for the frozen blocks, which
@@ -73,8 +77,9 @@ def fit(config, resume: bool = False) -> dict:
     return train_run(config, resume).results
 
 
-def train_run(config, resume: bool = False) -> Trained:
-    """Train as `config` says, in config.out."""
+def train_run(config, resume: bool = False, observer: Observer | None = None) -> Trained:
+    """Train as `config` says, in config.out. `observer` is told each epoch's validation figures (`vggtune
+    tune` stops a hopeless trial by raising from it)."""
     stages, started = plan(config), time.perf_counter()
     with verbosity(config.quiet or not distributed.is_main()):
         run = open_run(config, resume, cuts=[stage.cut for stage in stages])
@@ -86,7 +91,7 @@ def train_run(config, resume: bool = False) -> Trained:
         try:
             for stage in stages:
                 run.model.set_trainable(stage.trainable)
-                run_stage(run, stage, log)
+                run_stage(run, stage, log, observer)
             return Trained(finish(run, stages[-1].cut, log), run.engine)
         finally:
             log.close()                 # an interrupted run's event files too, with what they have
@@ -157,7 +162,7 @@ class StageNet(torch.nn.Module):
         return self.__dict__["classifier"].from_features(features, self.cut)
 
 
-def run_stage(run: Run, stage: Stage, log: Log) -> None:
+def run_stage(run: Run, stage: Stage, log: Log, observer: Observer | None = None) -> None:
     model, config = run.model, run.config
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(parameter_groups(parameters, stage.trainable, stage.lr, config.block_lr_ratio))
@@ -175,7 +180,7 @@ def run_stage(run: Run, stage: Stage, log: Log) -> None:
     checkpoints = Checkpoints()
     started = time.perf_counter()
     try:
-        _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints, average)
+        _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints, average, observer)
     finally:
         checkpoints.close()                 # also when interrupted: the last finished epoch is saved
     log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
@@ -188,7 +193,7 @@ def run_stage(run: Run, stage: Stage, log: Log) -> None:
 
 
 def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, state: dict,
-            checkpoints: Checkpoints, average: Average | None) -> None:
+            checkpoints: Checkpoints, average: Average | None, observer: Observer | None = None) -> None:
     """The stage's epochs from `state` on: each trained, validated, recorded and saved (rank 0). With
     `average`, what is validated and kept is the average of the parameters after each epoch so far."""
     config = run.config
@@ -222,6 +227,8 @@ def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, 
             save_state(run.folder.state(stage.name, "last"), parameters, optimizer, state, checkpoints, average)
         log.epochs(stage.name, state["history"], max(group["lr"] for group in optimizer.param_groups))
         say(_epoch_line(row, stage))
+        if observer and val:
+            observer(stage.name, epoch + 1, val)
         if stop:
             say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs")
             break

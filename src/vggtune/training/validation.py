@@ -60,5 +60,7 @@ def validate(run: Run, cut: str) -> dict | None:
     clean = scorer(run, run.spec.scoring.clean())
     _, labels, probabilities = clean.scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
     result = clean.summary(labels, probabilities)
-    loss = result["log_loss"] if weights_of(run) is None else balanced_log_loss(labels, probabilities)
-    return {"loss": loss, "accuracy": result["accuracy"]}
+    balanced = balanced_log_loss(labels, probabilities)
+    loss = result["log_loss"] if weights_of(run) is None else balanced
+    return {"loss": loss, "accuracy": result["accuracy"], "balanced_loss": balanced,
+            "balanced_accuracy": result["balanced_accuracy"]}
