@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 import vggtune
@@ -45,7 +46,9 @@ from common import DATA, machine, save
 
 SEED = 1337
 IMAGES = (".jpg", ".jpeg", ".png")
-# Each setting: the options it gives `vggtune train` (the recipe's defaults otherwise).
+# Each setting: the options it gives `vggtune train`, on top of the defaults the panel started from
+# (before it, classes were not weighted; "class weights auto" is the default it chose).
+BEFORE = {"class_weights": "off"}
 SETTINGS = {
     "default": {},
     "class weights": {"class_weights": "balanced"},
@@ -57,6 +60,13 @@ SETTINGS = {
     "head dropout 0.2": {"dropout": 0.2},
     "size 128": {"size": 128},
     "int8": {"precision": "int8"},
+    # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
+    # the defaults the panel chose (BENCHMARKS.md section 22), and levers on top of them
+    "new default": {"finetune_epochs": 10, "class_weights": "auto"},
+    "new default + cosine": {"finetune_epochs": 10, "class_weights": "auto", "schedule": "cosine"},
+    "new default + size 128": {"finetune_epochs": 10, "class_weights": "auto", "size": 128},
+    "new default + int8": {"finetune_epochs": 10, "class_weights": "auto", "precision": "int8"},
+    "tune 8 trials": {"trials": 8, "finetune_epochs": 10, "class_weights": "auto"},
 }
 
 
@@ -156,14 +166,22 @@ def write_manifest(rows: list[tuple[Image, str]], path: Path) -> Path:
     return path
 
 
-def run_fold(manifest: Path, out: Path, options: dict) -> float:
-    """Trains one fold unless it finished before; its training seconds."""
-    metrics = RunDir(out).metrics()
+def run_fold(manifest: Path, out: Path, options: dict) -> tuple[Path, float]:
+    """Trains one fold unless it finished before (a setting with "trials" searches with `vggtune tune`
+    and keeps its best run); the run folder and the seconds it took."""
+    searched = "trials" in options
+    run = out / "best" if searched else out
+    metrics = RunDir(run).metrics()
+    if metrics is not None and not (out / "seconds.txt").is_file():         # a fold run before seconds.txt
+        return run, float(metrics.timing.get("this_call_s", 0))
     if metrics is None:
         started = time.perf_counter()
-        vggtune.train(str(manifest), out=str(out), quiet=True, no_report=True, **options)
-        return time.perf_counter() - started
-    return float(metrics.timing.get("this_call_s", 0))
+        if searched:
+            vggtune.tune(str(manifest), out=str(out), quiet=True, no_report=True, **options)
+        else:
+            vggtune.train(str(manifest), out=str(out), quiet=True, no_report=True, **options)
+        (out / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return run, float((out / "seconds.txt").read_text())
 
 
 def scored(out: Path, threshold_from_val: bool) -> tuple[list[str], np.ndarray, np.ndarray, float]:
@@ -187,18 +205,27 @@ def _model_threshold(out: Path) -> float:
 
 
 def figures(classes: list[str], labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray) -> dict:
-    """Pooled metrics of out-of-fold scores, each image decided at its fold's threshold."""
+    """Pooled metrics of out-of-fold scores, each image decided at its fold's threshold; 95 % intervals
+    by a bootstrap within each class of those decisions (the log loss's: analysis.intervals)."""
     decided = np.where(probabilities[:, 1] > thresholds, 1, 0) if len(classes) == 2 else probabilities.argmax(1)
-    metrics = classification_metrics(labels, probabilities, classes)
     correct = decided == labels
-    recalls = [float(correct[labels == c].mean()) for c in np.unique(labels)]
-    from sklearn.metrics import f1_score
-    bounds = intervals(labels, probabilities, classes, draws=300)
-    return {"n": int(len(labels)), "accuracy": float(correct.mean()), "balanced_accuracy": float(np.mean(recalls)),
-            "f1_macro": float(f1_score(labels, decided, average="macro")), "log_loss": metrics["log_loss"],
-            "log_loss_95": bounds.get("log_loss"), "f1_macro_95": bounds.get("f1_macro"),
-            "balanced_accuracy_95": bounds.get("balanced_accuracy"), "accuracy_95": bounds.get("accuracy"),
-            "correct": correct.tolist()}
+    present = np.unique(labels)
+    members = [np.flatnonzero(labels == c) for c in present]
+
+    def decisions(pick: np.ndarray) -> tuple[float, float, float]:
+        right = correct[pick]
+        recall = [right[labels[pick] == c].mean() for c in present]
+        return float(right.mean()), float(np.mean(recall)), float(f1_score(labels[pick], decided[pick], average="macro"))
+    rng = np.random.default_rng(0)
+    drawn = np.array([decisions(np.concatenate([rows[rng.integers(len(rows), size=len(rows))] for rows in members]))
+                      for _ in range(300)])
+    low, high = np.percentile(drawn, [2.5, 97.5], axis=0)
+    accuracy, balanced, f1 = decisions(np.arange(len(labels)))
+    log_loss = classification_metrics(labels, probabilities, classes)["log_loss"]
+    return {"n": int(len(labels)), "accuracy": accuracy, "balanced_accuracy": balanced, "f1_macro": f1,
+            "log_loss": log_loss, "log_loss_95": intervals(labels, probabilities, classes, draws=300).get("log_loss"),
+            "accuracy_95": [low[0], high[0]], "balanced_accuracy_95": [low[1], high[1]], "f1_macro_95": [low[2], high[2]],
+            "recall": {classes[c]: float(correct[labels == c].mean()) for c in present}, "correct": correct.tolist()}
 
 
 def paired(labels: np.ndarray, base: list[bool], other: list[bool], draws: int = 1000) -> dict:
@@ -239,8 +266,9 @@ def main():
             for k, rows in enumerate(panel[name], 1):
                 manifest = write_manifest(rows, work / "manifests" / name / f"fold{k}.csv")
                 out = work / "runs" / setting.replace(" ", "_") / name / f"fold{k}"
-                seconds += run_fold(manifest, out, SETTINGS[setting])
-                parts.append(out)
+                run, fold_seconds = run_fold(manifest, out, {**BEFORE, **SETTINGS[setting]})
+                seconds += fold_seconds
+                parts.append(run)
             classes = RunDir(parts[0]).splits().classes
             for scoring, from_val in (("", False), (" + val threshold", True)):
                 if from_val and len(classes) != 2:

@@ -83,6 +83,14 @@ def test_config_takes_a_number_or_val_for_the_threshold_and_names_what_is_allowe
         TrainConfig(data="d", class_weights="some")
 
 
+def test_class_weights_are_auto_by_default_and_a_run_saved_before_them_resumes_unweighted():
+    assert TrainConfig(data="d").class_weights == "auto"
+    assert TrainConfig.from_recipe("classic", data="d").class_weights == "off"
+    saved = TrainConfig(data="d").to_dict()
+    del saved["class_weights"]
+    assert TrainConfig.from_dict(saved).class_weights == "off"
+
+
 @pytest.fixture
 def lopsided(tmp_path):
     root = make_dataset(tmp_path / "data", n_per_class=40)

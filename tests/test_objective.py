@@ -11,7 +11,7 @@ import vggtune.training.schedule as train_module
 from vggtune.errors import UserError
 from vggtune.fsutil import load_tensors
 from vggtune.model.heads import HeadSpec
-from vggtune.training.objective import Average, Objective, parameter_groups
+from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
 from vggtune.training.rundir import RunDir
 
 from conftest import quick_config
@@ -51,6 +51,18 @@ def test_discriminative_rates_slow_each_earlier_block_and_keep_the_parameter_ord
     assert [group["lr"] for group in groups] == pytest.approx([1e-5, 1e-4, 1e-3])
     assert [p for group in groups for p in group["params"]] == list(parameters.values())
     assert len(parameter_groups(parameters, ("block3", "block4", "block5"), 1e-3, 1.0)) == 1
+
+
+def test_a_cosine_schedule_anneals_every_group_from_its_own_rate_and_constant_keeps_it():
+    assert [rate_factor("constant", epoch, 4) for epoch in range(4)] == [1.0] * 4
+    cosine = [rate_factor("cosine", epoch, 4) for epoch in range(4)]
+    assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.5) and all(a > b > 0 for a, b in zip(cosine, cosine[1:]))
+    parameters = {name: torch.nn.Parameter(torch.zeros(1)) for name in ("backbone.block4.w", "backbone.block5.w")}
+    optimizer = torch.optim.Adam(parameter_groups(parameters, ("block4", "block5"), 1e-3, 10.0))
+    set_rates(optimizer, cosine[2])
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.5e-4, 0.5e-3])
+    set_rates(optimizer, 1.0)                       # from the starting rates, not the last ones
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
 
 
 def test_the_average_is_the_mean_of_what_was_added_and_swapping_twice_restores():

@@ -29,7 +29,7 @@ def test_a_search_scores_trials_on_validation_and_trains_the_best_into_a_run_fol
     printed = capsys.readouterr().out
     rows = trials_of(out)
     assert [row["trial"] for row in rows] == ["1", "2", "3"]
-    assert rows[0]["class_weights"] == "off" and rows[0]["head"] == "gap"      # trial 1: the defaults
+    assert rows[0]["class_weights"] == "auto" and rows[0]["head"] == "gap"      # trial 1: the defaults
     assert all(row["state"] in ("complete", "pruned") for row in rows)
     summary = json.loads((out / "tune.json").read_text())
     best = summary["best"]

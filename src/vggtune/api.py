@@ -18,12 +18,13 @@ from vggtune.launcher import check as check_processes, refused   # no torch: the
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
-from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, TrainConfig
+from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
 from vggtune.version import __version__
 
 # The values each option of `train` allows, from the registries that define them.
 CHOICES = {"recipe": tuple(RECIPES), "arch": tuple(ARCHS), "head": tuple(HEADS), "precision": PRECISIONS,
-           "device": DEVICES, "engine": ENGINES, "feature_storage": STORAGES, "class_weights": CLASS_WEIGHTS}
+           "device": DEVICES, "engine": ENGINES, "feature_storage": STORAGES, "class_weights": CLASS_WEIGHTS,
+           "schedule": SCHEDULES}
 HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
 EXPORT_PRECISIONS = ("fp32", "int8")
 EXPORT_FORMATS = ("onnx", "openvino", "tflite")

@@ -46,6 +46,7 @@ HELP = {
               "metrics, report and model are sent there (needs pip install 'vggtune[mlflow]')",
     "class_weights": "weight each class's images in the loss: off; balanced (every class weighs the same in "
                      "total); auto: balanced where the largest class has 1.5 times the smallest's images or more",
+    "schedule": "each stage's rate over its epochs: constant, or cosine (from the stage's rate towards 0)",
     "threshold": "two classes: the second class's probability above which an image is given it, or val: the "
                  "threshold with the best balanced accuracy on the validation split (stored in model.json)",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",

@@ -77,13 +77,15 @@ def _training_data(folder: RunDir, spec: ModelSpec) -> str:
 
 def _procedure(config: dict, spec: ModelSpec) -> str:
     keys = ("recipe", "epochs", "finetune_epochs", "finetune_blocks", "lr", "finetune_lr", "batch_size", "size", "head",
-            "hidden", "dropout", "views", "tta", "calibrate", "patience", "seed", "precision")
+            "hidden", "dropout", "views", "schedule", "class_weights", "threshold", "tta", "calibrate", "patience",
+            "seed", "precision")
     rows = "".join(f"| {key} | {config.get(key)} |\n" for key in keys if key in config)
     augment = ", ".join(f"{k} {v}" for k, v in (config.get("augment") or {}).items())
     return ("## Training procedure\n\n"
             "Adam; binary cross-entropy on one sigmoid unit for two classes, cross-entropy otherwise; each stage "
-            "keeps the epoch with the lowest validation loss and stops early after `patience` epochs without a "
-            f"better one. Computed in {spec.precision}. Augmentation of the cached training views: {augment}. "
+            "keeps the epoch with the lowest validation loss (weighted by class as the training loss is) and "
+            "stops early after `patience` epochs without a better one."
+            f" Computed in {spec.precision}. Augmentation of the cached training views: {augment}. "
             f"Scoring: {_scoring(spec)}.\n\n"
             f"| hyperparameter | value |\n|---|---|\n{rows}")
 
@@ -93,7 +95,9 @@ def _scoring(spec: ModelSpec) -> str:
     views = "the mean of the image's and its mirror image's probabilities" if scoring.tta else "the centre crop alone"
     scale = (f"logits divided by a temperature of {scoring.temperature:.3f} fitted on the validation split"
              if scoring.temperature != 1.0 else "logits as trained")
-    return f"{views}; {scale}"
+    decision = (f"; two classes: {spec.classes[1]} above a probability of {scoring.threshold:.3g}"
+                if len(spec.classes) == 2 else "")
+    return f"{views}; {scale}{decision}"
 
 
 def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:

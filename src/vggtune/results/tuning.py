@@ -63,11 +63,12 @@ LEVERS = (
     Lever("head", _among("gap", "flatten")),
     Lever("lr", _log_range(1e-4, 1e-2)),
     Lever("dropout", _range(0.0, 0.7)),
-    Lever("class_weights", _among("off", "balanced")),
+    Lever("class_weights", _among("auto", "balanced", "off")),
     Lever("finetune_epochs", _int_range(0, 8)),
     Lever("finetune_blocks", _among(1, 2)),
     Lever("finetune_lr", _log_range(1e-6, 1e-4)),
     Lever("views", _among(2, 4)),
+    Lever("schedule", _among("constant", "cosine")),
 )
 
 

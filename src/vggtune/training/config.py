@@ -19,14 +19,19 @@ PRECISIONS = ("auto", "bf16", "fp32", "int8")
 # "balanced"); auto: balanced where the largest class holds at least IMBALANCED times the smallest's images.
 CLASS_WEIGHTS = ("off", "balanced", "auto")
 IMBALANCED = 1.5
+# The rate over a stage's epochs: constant, or cosine (from the stage's rate down towards 0 at its end)
+SCHEDULES = ("constant", "cosine")
 CHOSEN_ON_VALIDATION = "val"            # --threshold val: chosen on the validation split
+# What a config saved before an option existed ran with: a run folder resumed today trains as it began.
+WRITTEN_BEFORE = {"class_weights": "off"}
 PATHS = ("data", "out", "val_data", "test_data", "weights")
 DEVICES = ("auto", "cpu", "cuda")
 # A recipe names a set of defaults; options given beside it win. "vggtune" is the defaults below, chosen
 # by cross-validation (BENCHMARKS.md sections 14 and 19); "classic" is the recipe as the seed document
 # writes it and vggtune ran it until 2026-11-30: Flatten -> Dense(256) -> sigmoid, block5 fine-tuned,
 # one clean view scored, the logits as trained.
-RECIPES = {"vggtune": {}, "classic": {"head": "flatten", "lr": 3e-4, "tta": False, "calibrate": False}}
+RECIPES = {"vggtune": {}, "classic": {"head": "flatten", "lr": 3e-4, "tta": False, "calibrate": False,
+                                     "class_weights": "off"}}
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,8 @@ class TrainConfig:
     no_report: bool = False               # report.html and README.md (the model card) are written by default
     mlflow: str | None = None             # an MLflow tracking URI the finished run is sent to (results/mlflowlog.py)
     quiet: bool = False
-    class_weights: str = "off"            # CLASS_WEIGHTS
+    class_weights: str = "auto"           # CLASS_WEIGHTS; auto chosen on the panel (BENCHMARKS.md section 22)
+    schedule: str = "constant"            # SCHEDULES
     # two classes: the second class's probability above which an image gets it; "val": the threshold that
     # maximises balanced accuracy on the validation split
     threshold: float | str = 0.5
@@ -98,6 +104,8 @@ class TrainConfig:
             raise choice_error("--feature-storage", self.feature_storage, STORAGES)
         if self.class_weights not in CLASS_WEIGHTS:
             raise choice_error("--class-weights", self.class_weights, CLASS_WEIGHTS)
+        if self.schedule not in SCHEDULES:
+            raise choice_error("--schedule", self.schedule, SCHEDULES)
         self._check_threshold()
         _check_int("--epochs", self.epochs, 1)
         _check_int("--finetune-epochs", self.finetune_epochs, 0)
@@ -181,7 +189,7 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
-        return cls(**values)
+        return cls(**{**WRITTEN_BEFORE, **values})
 
 
 def _check_int(flag: str, value, minimum: int) -> None:

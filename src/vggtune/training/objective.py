@@ -6,6 +6,7 @@ Each is off by default and was measured by five-fold cross-validation (BENCHMARK
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,18 @@ def class_weights(setting: str, labels: torch.Tensor, n_classes: int, imbalanced
     return weights.float()
 
 
+def rate_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The share of a stage's rate its epoch `epoch` (from 0) learns at: 1, or cosine annealing over the
+    stage (1 at its first epoch, above 0 at its last)."""
+    return 1.0 if schedule == "constant" else 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def set_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group at its own starting rate (parameter_groups' "initial_lr") times `factor`."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor      # a state saved before initial_lr
+
+
 def parameter_groups(parameters: dict[str, torch.nn.Parameter], blocks: tuple[str, ...], lr: float,
                      ratio: float) -> list[dict]:
     """Optimiser groups in the parameters' order: the head and the last block at `lr`, each block before
@@ -66,7 +79,7 @@ def parameter_groups(parameters: dict[str, torch.nn.Parameter], blocks: tuple[st
         if groups and groups[-1]["lr"] == rate:
             groups[-1]["params"].append(parameter)
         else:
-            groups.append({"params": [parameter], "lr": rate})
+            groups.append({"params": [parameter], "lr": rate, "initial_lr": rate})
     return groups
 
 

@@ -31,7 +31,7 @@ from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
 from vggtune.training.checkpoints import Checkpoints, load_params, resume_state, save_state
 from vggtune.training.tracking import Log
-from vggtune.training.objective import Average, Objective, parameter_groups
+from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
 from vggtune.training.validation import calibrated, decision_threshold, scorer, validate, weights_of
 from vggtune.training.session import Run, open_run
 
@@ -198,6 +198,7 @@ def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, 
     `average`, what is validated and kept is the average of the parameters after each epoch so far."""
     config = run.config
     for epoch in range(state["epoch"], stage.epochs):
+        set_rates(optimizer, rate_factor(config.schedule, epoch, stage.epochs))
         seed = epoch_seed(config.seed, stage.name, epoch)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)

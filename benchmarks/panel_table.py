@@ -1,0 +1,52 @@
+"""The panel's results (results/panel-*.json, written by panel.py) as one Markdown table: per setting
+and dataset, balanced accuracy with its 95 % interval, the paired difference from the defaults the
+panel started from (bootstrap 95 % interval, McNemar p), per-class recall for two classes, log loss
+and seconds. A difference whose interval holds 0 is "level".
+
+    cd benchmarks && ../.venv/bin/python panel_table.py results/panel-a.json results/panel-b.json ...
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def verdict(paired: dict | None) -> str:
+    if not paired or paired["only_here"] + paired["only_there"] == 0:
+        return "same images right"
+    low, high = paired["balanced_accuracy_diff_95"]
+    word = "level" if low <= 0 <= high else ("better" if low > 0 else "worse")
+    return (f"{paired['balanced_accuracy_diff'] * 100:+.1f} ({low * 100:+.1f} to {high * 100:+.1f}), "
+            f"{paired['only_here']}/{paired['only_there']}, p {paired['mcnemar']['p']:.2g}: {word}")
+
+
+def rows(results: dict) -> list[str]:
+    lines = []
+    for setting, by_dataset in results["settings"].items():
+        for name, row in by_dataset.items():
+            low, high = row["balanced_accuracy_95"] or (float("nan"),) * 2
+            recall = ", ".join(f"{label} {value:.3f}" for label, value in row.get("recall", {}).items()
+                               ) if len(row.get("recall", {})) == 2 else ""
+            lines.append(f"| {setting} | {name} | {row['n']} | {row['accuracy']:.4f} | "
+                         f"{row['balanced_accuracy']:.4f} ({low:.3f}-{high:.3f}) | {row['f1_macro']:.4f} | "
+                         f"{row['log_loss']:.4f} | {recall} | {verdict(row.get('against_first'))} | "
+                         f"{row['seconds']:.0f} |")
+    return lines
+
+
+def main(paths: list[str]) -> None:
+    print("| setting | dataset | images | accuracy | balanced accuracy (95 %) | macro F1 | log loss | recall per "
+          "class | against the defaults: balanced acc. diff, pts (95 %), right only here/only there, McNemar | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    seen = set()
+    for path in paths:
+        results = json.load(open(path))
+        for line in rows(results):
+            key = line.split("|")[1:3]
+            if tuple(key) not in seen:              # the defaults' rows repeat in every file
+                seen.add(tuple(key))
+                print(line)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
