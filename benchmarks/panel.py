@@ -17,11 +17,15 @@ Each dataset is split into --folds folds stratified by class (and grouped by pat
 training part validates. A fold is a `vggtune train` of a manifest (path,label,split) with the setting's
 options, so the runs use the feature cache as users' runs do. Scoring-only rows ("+ val threshold": a
 two-class threshold chosen on each fold's validation images, applied to its test images) reuse the
-fold runs. Per dataset: accuracy, balanced accuracy, macro F1, log loss with 95 % intervals (Wilson,
-class-stratified bootstrap), and against the first setting on the same images: McNemar's exact test
-and a paired bootstrap interval of the balanced-accuracy difference. Writes results/<--name>.json.
+fold runs. Per dataset: accuracy, balanced accuracy, macro F1, log loss with 95 % intervals (a
+bootstrap within each class), recall per class, and against the first setting on the same images:
+McNemar's exact test and paired bootstrap intervals of the balanced-accuracy and log-loss
+differences. Writes results/<--name>.json; panel_table.py makes the Markdown table.
 
     cd benchmarks && ../.venv/bin/python panel.py --work /tmp/panel --name panel --settings default "class weights"
+
+"default" is the defaults the panel started from (classes unweighted, block5 at 1e-5); the other
+settings change only what they name.
 """
 from __future__ import annotations
 
@@ -60,13 +64,12 @@ SETTINGS = {
     "head dropout 0.2": {"dropout": 0.2},
     "size 128": {"size": 128},
     "int8": {"precision": "int8"},
+    "block5 3e-5": {"finetune_lr": 3e-5},
+    # candidates for the new defaults (BENCHMARKS.md section 22), and levers on top of them
+    "class weights auto + block5 3e-5": {"class_weights": "auto", "finetune_lr": 3e-5},
+    "class weights auto + block5 1e-4": {"class_weights": "auto", "finetune_lr": 1e-4},
     # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
-    # the defaults the panel chose (BENCHMARKS.md section 22), and levers on top of them
-    "new default": {"finetune_epochs": 10, "class_weights": "auto"},
-    "new default + cosine": {"finetune_epochs": 10, "class_weights": "auto", "schedule": "cosine"},
-    "new default + size 128": {"finetune_epochs": 10, "class_weights": "auto", "size": 128},
-    "new default + int8": {"finetune_epochs": 10, "class_weights": "auto", "precision": "int8"},
-    "tune 8 trials": {"trials": 8, "finetune_epochs": 10, "class_weights": "auto"},
+    "tune 8 trials": {"trials": 8, "class_weights": "auto"},
 }
 
 
@@ -225,25 +228,31 @@ def figures(classes: list[str], labels: np.ndarray, probabilities: np.ndarray, t
     return {"n": int(len(labels)), "accuracy": accuracy, "balanced_accuracy": balanced, "f1_macro": f1,
             "log_loss": log_loss, "log_loss_95": intervals(labels, probabilities, classes, draws=300).get("log_loss"),
             "accuracy_95": [low[0], high[0]], "balanced_accuracy_95": [low[1], high[1]], "f1_macro_95": [low[2], high[2]],
-            "recall": {classes[c]: float(correct[labels == c].mean()) for c in present}, "correct": correct.tolist()}
+            "recall": {classes[c]: float(correct[labels == c].mean()) for c in present}, "correct": correct.tolist(),
+            "nll": (-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-15, 1))).tolist()}
 
 
-def paired(labels: np.ndarray, base: list[bool], other: list[bool], draws: int = 1000) -> dict:
-    """McNemar on the images, and a bootstrap (within each class) of the balanced-accuracy difference."""
-    base, other = np.asarray(base), np.asarray(other)
+def paired(labels: np.ndarray, base_row: dict, other_row: dict, draws: int = 1000) -> dict:
+    """McNemar on the images, and a bootstrap (within each class) of the balanced-accuracy and the
+    log-loss differences."""
+    base, other = np.asarray(base_row["correct"]), np.asarray(other_row["correct"])
+    nll_difference = np.asarray(other_row["nll"]) - np.asarray(base_row["nll"])
     rng = np.random.default_rng(0)
     members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
 
     def balanced(correct, pick):
         return np.mean([correct[pick[labels[pick] == c]].mean() for c in np.unique(labels)])
     everyone = np.arange(len(labels))
-    differences = []
+    differences, loss_differences = [], []
     for _ in range(draws):
         pick = np.concatenate([rows[rng.integers(len(rows), size=len(rows))] for rows in members])
         differences.append(balanced(other, pick) - balanced(base, pick))
+        loss_differences.append(nll_difference[pick].mean())
     test = mcnemar(base, other)
     return {"balanced_accuracy_diff": float(balanced(other, everyone) - balanced(base, everyone)),
             "balanced_accuracy_diff_95": [float(x) for x in np.percentile(differences, [2.5, 97.5])],
+            "log_loss_diff": float(nll_difference.mean()),
+            "log_loss_diff_95": [float(x) for x in np.percentile(loss_differences, [2.5, 97.5])],
             "only_here": int((other & ~base).sum()), "only_there": int((base & ~other).sum()), "mcnemar": test}
 
 
@@ -298,7 +307,7 @@ def compare(results: dict) -> None:
         for name, row in by_dataset.items():
             if name not in base or base[name]["paths"] != row["paths"]:
                 continue
-            row["against_first"] = paired(np.array(row["labels"]), base[name]["correct"], row["correct"])
+            row["against_first"] = paired(np.array(row["labels"]), base[name], row)
             together_base += base[name]["correct"]
             together_other += row["correct"]
         if together_base:

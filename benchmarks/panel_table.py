@@ -1,7 +1,8 @@
 """The panel's results (results/panel-*.json, written by panel.py) as one Markdown table: per setting
-and dataset, balanced accuracy with its 95 % interval, the paired difference from the defaults the
-panel started from (bootstrap 95 % interval, McNemar p), per-class recall for two classes, log loss
-and seconds. A difference whose interval holds 0 is "level".
+and dataset, balanced accuracy with its 95 % interval, per-class recall for two classes, log loss,
+seconds, and the paired differences from the first setting of the file (the defaults the panel
+started from, or the new ones): balanced accuracy and log loss with bootstrap 95 % intervals,
+McNemar's p. A difference whose interval holds 0 is "level".
 
     cd benchmarks && ../.venv/bin/python panel_table.py results/panel-a.json results/panel-b.json ...
 """
@@ -20,6 +21,14 @@ def verdict(paired: dict | None) -> str:
             f"{paired['only_here']}/{paired['only_there']}, p {paired['mcnemar']['p']:.2g}: {word}")
 
 
+def loss_change(paired: dict | None) -> str:
+    if not paired or "log_loss_diff" not in paired or paired["only_here"] + paired["only_there"] == 0 and \
+            paired["log_loss_diff"] == 0:
+        return ""
+    low, high = paired["log_loss_diff_95"]
+    return f"{paired['log_loss_diff']:+.4f} ({low:+.4f} to {high:+.4f})"
+
+
 def rows(results: dict) -> list[str]:
     lines = []
     for setting, by_dataset in results["settings"].items():
@@ -30,14 +39,16 @@ def rows(results: dict) -> list[str]:
             lines.append(f"| {setting} | {name} | {row['n']} | {row['accuracy']:.4f} | "
                          f"{row['balanced_accuracy']:.4f} ({low:.3f}-{high:.3f}) | {row['f1_macro']:.4f} | "
                          f"{row['log_loss']:.4f} | {recall} | {verdict(row.get('against_first'))} | "
+                         f"{loss_change(row.get('against_first'))} | "
                          f"{row['seconds']:.0f} |")
     return lines
 
 
 def main(paths: list[str]) -> None:
     print("| setting | dataset | images | accuracy | balanced accuracy (95 %) | macro F1 | log loss | recall per "
-          "class | against the defaults: balanced acc. diff, pts (95 %), right only here/only there, McNemar | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "class | against the first setting: balanced acc. diff, pts (95 %), right only here/only there, McNemar | "
+          "log loss diff (95 %) | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     seen = set()
     for path in paths:
         results = json.load(open(path))
