@@ -51,8 +51,9 @@ from common import DATA, machine, save
 SEED = 1337
 IMAGES = (".jpg", ".jpeg", ".png")
 # Each setting: the options it gives `vggtune train`, on top of the defaults the panel started from
-# (before it, classes were not weighted; "class weights auto" is the default it chose).
-BEFORE = {"class_weights": "off"}
+# (before it, classes were not weighted and block5 was fine-tuned at 1e-5; "class weights auto + block5
+# 3e-5" is the default it chose).
+BEFORE = {"class_weights": "off", "finetune_lr": 1e-5}
 SETTINGS = {
     "default": {},
     "class weights": {"class_weights": "balanced"},
@@ -69,7 +70,8 @@ SETTINGS = {
     "class weights auto + block5 3e-5": {"class_weights": "auto", "finetune_lr": 3e-5},
     "class weights auto + block5 1e-4": {"class_weights": "auto", "finetune_lr": 1e-4},
     # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
-    "tune 8 trials": {"trials": 8, "class_weights": "auto"},
+    "tune 8 trials": {"trials": 8, "class_weights": "auto", "finetune_lr": 3e-5},
+    "tune 240 s": {"trials": 50, "timeout": 240, "class_weights": "auto", "finetune_lr": 3e-5},
 }
 
 
@@ -293,7 +295,7 @@ def main():
                 print(f"{setting + scoring:32s} {name:14s} n {row['n']:4d}  acc {row['accuracy']:.4f}  "
                       f"bal {row['balanced_accuracy']:.4f}  F1 {row['f1_macro']:.4f}  "
                       f"loss {row['log_loss']:.4f}  {seconds:.0f} s", flush=True)
-        save(args.name, results)
+            save(args.name, results)
     compare(results)
     save(args.name, results)
 

@@ -4,7 +4,7 @@ The API's names are imported on first use, so `vggtune --help` does not wait for
 """
 from vggtune.version import __version__
 
-__all__ = ["train", "cv", "audit", "runs", "evaluate", "report", "explain", "export", "serve", "load", "Predictor",
+__all__ = ["train", "tune", "cv", "audit", "runs", "evaluate", "report", "explain", "export", "serve", "load", "Predictor",
            "check_data", "verify_weights", "TrainConfig", "AugmentConfig", "UserError", "__version__"]
 
 
