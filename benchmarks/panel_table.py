@@ -22,10 +22,11 @@ def verdict(paired: dict | None) -> str:
 
 
 def loss_change(paired: dict | None) -> str:
-    if not paired or "log_loss_diff" not in paired or paired["only_here"] + paired["only_there"] == 0 and \
-            paired["log_loss_diff"] == 0:
+    if not paired or "log_loss_diff" not in paired:
         return ""
     low, high = paired["log_loss_diff_95"]
+    if paired["log_loss_diff"] == 0 and low == high == 0:        # a threshold re-scores the same probabilities
+        return "same probabilities"
     return f"{paired['log_loss_diff']:+.4f} ({low:+.4f} to {high:+.4f})"
 
 
