@@ -9,6 +9,7 @@ The panel (subsets of ../shared/data, chosen by a seeded draw, so every setting 
   chest-xray    chest-xray-train, 900 of 5,216 drawn by patient (1 : 2.9 as the folder), folds grouped
                 by patient (the file names carry the ids), so no patient is on both sides
   cats-dogs-1:5 the cats-dogs subset with the cats cut to a fifth (60 cats, 300 dogs): imbalanced
+  petimages-180 petimages-180-10k, 300 a class, 180 px photos: only where --datasets names it
 and, where a source can be held out, one split trained on one source and tested on another:
   xray-source   NORMAL's `IM-` series (and half the pneumonia patients) to train and validate on,
                 NORMAL's `NORMAL2-IM-` series (and the other half) to test on: images from elsewhere
@@ -24,8 +25,9 @@ differences. Writes results/<--name>.json; panel_table.py makes the Markdown tab
 
     cd benchmarks && ../.venv/bin/python panel.py --work /tmp/panel --name panel --settings default "class weights"
 
-"default" is the defaults the panel started from (classes unweighted, block5 at 1e-5); the other
-settings change only what they name.
+"default" is the defaults the panel started from (classes unweighted, block5 at 1e-5, dropout 0.5, 224 px);
+"new defaults" the ones it chose; the other settings change only what they name. `--merge` puts settings
+of earlier results files side by side without training.
 """
 from __future__ import annotations
 
@@ -51,9 +53,11 @@ from common import DATA, machine, save
 SEED = 1337
 IMAGES = (".jpg", ".jpeg", ".png")
 # Each setting: the options it gives `vggtune train`, on top of the defaults the panel started from
-# (before it, classes were not weighted and block5 was fine-tuned at 1e-5; "class weights auto + block5
-# 3e-5" is the default it chose).
-BEFORE = {"class_weights": "off", "finetune_lr": 1e-5}
+# (before it, classes were not weighted, block5 was fine-tuned at 1e-5, the head's dropout was 0.5 and the
+# input side 224; the panel chose class weights auto and block5 at 3e-5, then dropout 0.2 and the input side
+# from the images: "new defaults"). The candidates and levers before those choices pin what they ran with.
+BEFORE = {"class_weights": "off", "finetune_lr": 1e-5, "dropout": 0.5, "size": 224}
+CANDIDATE = {"class_weights": "auto", "finetune_lr": 3e-5, "dropout": 0.5, "size": 224}
 SETTINGS = {
     "default": {},
     "class weights": {"class_weights": "balanced"},
@@ -67,11 +71,18 @@ SETTINGS = {
     "int8": {"precision": "int8"},
     "block5 3e-5": {"finetune_lr": 3e-5},
     # candidates for the new defaults (BENCHMARKS.md section 22), and levers on top of them
-    "class weights auto + block5 3e-5": {"class_weights": "auto", "finetune_lr": 3e-5},
-    "class weights auto + block5 1e-4": {"class_weights": "auto", "finetune_lr": 1e-4},
+    "class weights auto + block5 3e-5": CANDIDATE,
+    "class weights auto + block5 1e-4": {**CANDIDATE, "finetune_lr": 1e-4},
+    "new defaults + cosine": {**CANDIDATE, "schedule": "cosine"},
+    "new defaults + int8": {**CANDIDATE, "precision": "int8"},
+    "new defaults + dropout 0.2": {**CANDIDATE, "dropout": 0.2},
+    "new defaults + size 128": {**CANDIDATE, "size": 128},
+    "new defaults + size 160": {**CANDIDATE, "size": 160},
+    "new defaults + size 192": {**CANDIDATE, "size": 192},
+    "new defaults": {**CANDIDATE, "dropout": 0.2, "size": "auto"},
     # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
-    "tune 8 trials": {"trials": 8, "class_weights": "auto", "finetune_lr": 3e-5},
-    "tune 240 s": {"trials": 50, "timeout": 240, "class_weights": "auto", "finetune_lr": 3e-5},
+    "tune 8 trials": {"trials": 8, **CANDIDATE},
+    "tune 240 s": {"trials": 50, "timeout": 240, **CANDIDATE},
 }
 
 
@@ -128,7 +139,9 @@ def datasets() -> dict[str, list[Image]]:
     return {"cats-dogs": cats, "pets-37": per_class(DATA / "oxford-pets-370", None),
             "flowers-5": per_class(DATA / "flowers-5", 120),
             "chest-xray": by_patient(DATA / "chest-xray-train", {"NORMAL": 232, "PNEUMONIA": 668}),
-            "cats-dogs-1:5": fifth}
+            "cats-dogs-1:5": fifth,
+            # not in the panel's default runs (--datasets names it): a second set of images smaller than the resize
+            "petimages-180": per_class(DATA / "petimages-180-10k", 300)}
 
 
 def source_split() -> list[tuple[Image, str]]:
@@ -265,11 +278,15 @@ def main():
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--work", default="/tmp/panel")
     parser.add_argument("--name", default="panel")
+    parser.add_argument("--merge", nargs="+", metavar="FILE:SETTING",
+                        help="no training: compare settings of earlier results files, the first against the others")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.name, args.merge)
     work = Path(args.work)
     panel = {name: folds(images, args.folds) for name, images in datasets().items()}
     panel["xray-source"] = [source_split()]
-    chosen = args.datasets or list(panel)
+    chosen = args.datasets or [name for name in panel if name != "petimages-180"]
     results = {"machine": machine(), "folds": args.folds, "settings": {}}
     for setting in args.settings:
         for name in chosen:
@@ -298,6 +315,24 @@ def main():
             save(args.name, results)
     compare(results)
     save(args.name, results)
+
+
+def merge(name: str, sources: list[str]) -> None:
+    """Settings of earlier panels side by side (their rows hold every image's outcome, and the seeded
+    folds are the same), compared as one panel's."""
+    import json
+    results = {"machine": machine(), "merged_from": sources, "settings": {}}
+    for source in sources:
+        path, _, setting = source.partition(":")
+        held = json.loads(Path(path).read_text())["settings"]
+        if setting not in held:
+            raise SystemExit(f"--merge: {path} holds no setting {setting!r}; it holds {', '.join(held)}")
+        for scoring in ("", " + val threshold"):
+            for dataset, row in held.get(setting + scoring, {}).items():
+                row.pop("against_first", None)
+                results["settings"].setdefault(setting + scoring, {})[dataset] = row
+    compare(results)
+    save(name, results)
 
 
 def compare(results: dict) -> None:

@@ -13,7 +13,7 @@ from vggtune import api, cli
 from vggtune.errors import UserError
 from vggtune.model.heads import HeadSpec
 from vggtune.model.policy import ScoringPolicy, decide
-from vggtune.training.config import TrainConfig
+from vggtune.training.config import TrainConfig, input_size
 from vggtune.training.metrics import balanced_log_loss, best_threshold, classification_metrics
 from vggtune.training.objective import class_weights
 
@@ -89,6 +89,35 @@ def test_class_weights_are_auto_by_default_and_a_run_saved_before_them_resumes_u
     saved = TrainConfig(data="d").to_dict()
     del saved["class_weights"]
     assert TrainConfig.from_dict(saved).class_weights == "off"
+
+
+def test_the_heads_dropout_is_the_panels_0_2_and_the_classic_recipe_keeps_0_5():
+    assert TrainConfig(data="d").dropout == 0.2
+    assert TrainConfig.from_recipe("classic", data="d").dropout == 0.5
+    assert TrainConfig.from_recipe("classic", data="d", dropout=0.3).dropout == 0.3
+
+
+def test_size_auto_comes_near_small_images_and_keeps_the_weights_side_for_large_and_tiny_ones():
+    assert (input_size("auto", 224, 128), input_size("auto", 224, 180), input_size("auto", 224, 112)) == (128, 192, 128)
+    assert input_size("auto", 224, 210) == input_size("auto", 224, 375) == 224        # as large as the crop
+    assert input_size("auto", 224, 100) == input_size("auto", 224, None) == 224       # below what was measured
+    assert input_size(96, 224, 128) == 96
+    assert TrainConfig(data="d").size == "auto" and TrainConfig.from_recipe("classic", data="d").size == 224
+    assert TrainConfig(data="d", size="96").size == 96                                 # from the command line
+    for bad in (100, "big", 16, True, 96.5):
+        with pytest.raises(UserError, match=r"--size: received .*; allowed: a multiple of 32, at least 32, or auto"):
+            TrainConfig(data="d", size=bad)
+
+
+def test_a_run_on_small_images_takes_an_input_side_near_theirs_and_says_so(tiny_weights, tmp_path, caplog, capsys):
+    data = make_dataset(tmp_path / "data", n_per_class=10, size=(136, 128))
+    out = tmp_path / "run"
+    api.train_with(quick_config(data, out, size="auto", quiet=False, epochs=1, finetune_epochs=1))
+    assert json.loads((out / "model.json").read_text())["size"] == 128
+    assert "input size: 128 px, near the training images' median shorter side of 128 px (--size auto" in caplog.text
+    assert "size: auto" in (out / "config.yaml").read_text()              # a resumed or repeated run decides again
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "bad"), "--size", "100"]) == 2
+    assert "--size: received 100; allowed: a multiple of 32" in capsys.readouterr().err
 
 
 @pytest.fixture

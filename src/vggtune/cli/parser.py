@@ -9,7 +9,7 @@ from vggtune.api import CHOICES, RUN_COLUMNS, __version__, EXPORT_FORMATS, EXPOR
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")     # positional, grouped below, or set by `vggtune cv`
 NUMBERS_DEFAULT_NONE = ("crop",)         # their default (None) names no type: these take a number
-NUMBER_OR_WORD = ("threshold",)          # a number or a word (TrainConfig checks which)
+NUMBER_OR_WORD = ("threshold", "size")          # a number or a word (TrainConfig checks which)
 HELP = {
     "out": "run directory to create",
     "recipe": "vggtune: the cross-validated defaults; classic: the textbook recipe (flatten head, no TTA, "
@@ -27,7 +27,9 @@ HELP = {
     "patience": "early stopping: epochs without a better validation loss (0: off)",
     "no_cache": "recompute the frozen layers every epoch (the plain recipe)", "quiet": "print only the result",
     "feature_storage": "cached features in float16, or uint8 with each view's own scale (half the disk)",
-    "batch_size": "images per batch", "size": "input side in pixels, a multiple of 32",
+    "batch_size": "images per batch",
+    "size": "input side in pixels, a multiple of 32; auto: the weights' 224, or near the training images' median "
+            "shorter side where it is 112 to 223 px",
     "crop": "share of the resized shorter side the centre crop keeps (timm's crop_pct; 1: all of it; "
             "default: the weights' own, 224 of 256)",
     "head": "; ".join(f"{name}: {text}" for name, text in HEAD_HELP.items()),

@@ -44,10 +44,11 @@ class ModelSpec:
     scoring: ScoringPolicy = ScoringPolicy()      # temperature, and the views averaged (test-time augmentation)
 
     @classmethod
-    def for_training(cls, config, classes: list[str], loaded: LoadedWeights, precision: str) -> "ModelSpec":
-        """What model.json will say of the classifier a TrainConfig trains on these weights and classes."""
+    def for_training(cls, config, classes: list[str], loaded: LoadedWeights, precision: str, size: int) -> "ModelSpec":
+        """What model.json will say of the classifier a TrainConfig trains on these weights and classes, at the
+        input side `size` (config.size resolved: config.input_size)."""
         head = HeadSpec(config.head, len(classes), config.hidden, config.dropout)
-        return cls(tuple(classes), head, loaded.record.preprocessing.at_size(config.size, config.crop), loaded.id,
+        return cls(tuple(classes), head, loaded.record.preprocessing.at_size(size, config.crop), loaded.id,
                    archs.from_state_dict(config.architecture, loaded.state_dict), precision,
                    scoring=ScoringPolicy.of(config.tta))
 

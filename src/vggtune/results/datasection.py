@@ -62,9 +62,9 @@ def data_section(folder: RunDir, evaluated: Evaluated | None) -> str:
         parts.append(f"<h3>Evaluated: {_e(evaluated.data)}</h3>" + _table(
             ["class", "images"], evaluated.counts().items()))
         parts.append(_rejected(f"Unreadable in {evaluated.data}", evaluated.rejected))
-    parts.append(_small_images(splits, spec_resize(folder)))
     rejected = folder.rejected()
     config = folder.config()
+    parts.append(_small_images(splits, spec_preprocessing(folder), config.size_from_images))
     given = {"test": config.test_data, "val": config.val_data}
     parts.append(_rejected(f"Left out of the training data ({display_path(config.data)})",
                            [row for row in rejected if row.where == "data"]))
@@ -84,14 +84,15 @@ def data_section(folder: RunDir, evaluated: Evaluated | None) -> str:
     return f"<section id='data'><h2>Data</h2>{''.join(parts)}</section>"
 
 
-def spec_resize(folder: RunDir) -> int:
+def spec_preprocessing(folder: RunDir):
     from vggtune.model.spec import ModelSpec
-    return ModelSpec.load(folder.path).preprocessing.resize
+    return ModelSpec.load(folder.path).preprocessing
 
 
-def _small_images(splits, resize: int) -> str:
+def _small_images(splits, preprocessing, size_from_images: bool) -> str:
     """The images whose shorter side is below the resize, so that they are enlarged: counted and named. A
     128 px photo enlarged to 256 px shows the network blur it never saw in ImageNet; `--size` can match it."""
+    resize = preprocessing.resize
     from PIL import Image
     sizes = []
     for item in (splits.train + splits.val + splits.test) if splits else []:
@@ -107,7 +108,11 @@ def _small_images(splits, resize: int) -> str:
     sides = sorted(side for _, side in small)
     return (title + f"<p class='warn'>{len(small)} of {len(sizes)} images are enlarged to {resize} px (their shorter "
             f"sides from {sides[0]} to {sides[-1]} px, median {sides[len(sides) // 2]}): enlarged images are blurred "
-            f"in a way ImageNet's were not; <code>--size</code> near their own size may serve them better.</p>"
+            f"in a way ImageNet's were not; " + (
+                f"<code>--size auto</code> chose the input side, {preprocessing.size} px, from the training images' "
+                "median shorter side (near it where that is 112 to 223 px).</p>" if size_from_images else
+                "<code>--size</code> near their own size may serve them better (<code>--size auto</code> picks "
+                "it).</p>") +
             f"<details><summary>the images</summary>{_table(['file', 'shorter side (px)'], small)}</details>")
 
 

@@ -79,7 +79,10 @@ def _procedure(config: dict, spec: ModelSpec) -> str:
     keys = ("recipe", "epochs", "finetune_epochs", "finetune_blocks", "lr", "finetune_lr", "batch_size", "size", "head",
             "hidden", "dropout", "views", "schedule", "class_weights", "threshold", "tta", "calibrate", "patience",
             "seed", "precision")
-    rows = "".join(f"| {key} | {config.get(key)} |\n" for key in keys if key in config)
+    shown = dict(config)
+    if config.get("size") == "auto":                    # what --size auto chose
+        shown["size"] = f"auto ({spec.preprocessing.size})"
+    rows = "".join(f"| {key} | {shown.get(key)} |\n" for key in keys if key in config)
     augment = ", ".join(f"{k} {v}" for k, v in (config.get("augment") or {}).items())
     return ("## Training procedure\n\n"
             "Adam; binary cross-entropy on one sigmoid unit for two classes, cross-entropy otherwise; each stage "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from vggtune.data.images import shorter_sides
 from vggtune.errors import UserError, choice_error
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
@@ -22,6 +23,12 @@ IMBALANCED = 1.5
 # The rate over a stage's epochs: constant, or cosine (from the stage's rate down towards 0 at its end)
 SCHEDULES = ("constant", "cosine")
 CHOSEN_ON_VALIDATION = "val"            # --threshold val: chosen on the validation split
+# --size auto: the weights' own input side, or, for training images whose median shorter side lies in
+# SMALL_IMAGES, the multiple of 32 nearest to it. Enlarging a small image blurs it in a way ImageNet's were not;
+# on the panel (BENCHMARKS.md section 22) 128 px flowers gained at 128 and 180 px pet photos at 192. Below the
+# range nothing was measured, and tiny images are known to gain from enlarging: they keep the weights' side.
+SIZE_FROM_IMAGES = "auto"
+SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
 WRITTEN_BEFORE = {"class_weights": "off"}
 PATHS = ("data", "out", "val_data", "test_data", "weights")
@@ -31,7 +38,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # writes it and vggtune ran it until 2026-11-30: Flatten -> Dense(256) -> sigmoid, block5 fine-tuned,
 # one clean view scored, the logits as trained.
 RECIPES = {"vggtune": {}, "classic": {"head": "flatten", "lr": 3e-4, "tta": False, "calibrate": False,
-                                     "class_weights": "off", "finetune_lr": 1e-5}}
+                                     "class_weights": "off", "finetune_lr": 1e-5, "dropout": 0.5,
+                                     "size": 224}}
 
 
 @dataclass(frozen=True)
@@ -50,11 +58,11 @@ class TrainConfig:
     lr: float = 1e-3                      # the GAP head's, chosen by cross-validation (BENCHMARKS.md section 19)
     finetune_lr: float = 3e-5             # chosen on the panel of domains (BENCHMARKS.md section 22); 1e-5 before
     batch_size: int = 32
-    size: int = 224
+    size: int | str = SIZE_FROM_IMAGES    # input side; auto: input_size() picks it from the training images
     crop: float | None = None             # the centre crop's share of the resized shorter side; None: the weights'
     head: str = "gap"                     # BENCHMARKS.md section 19; the classic recipe's is flatten
     hidden: int = 256
-    dropout: float = 0.5
+    dropout: float = 0.2                  # the head's, chosen on the panel (BENCHMARKS.md section 22); 0.5 before
     views: int = 2
     label_smoothing: float = 0.0          # off: it raised the log loss in cross-validation (BENCHMARKS.md section 19)
     mixup: float = 0.0                    # alpha of mixup on the cached features; off for the same reason
@@ -116,8 +124,7 @@ class TrainConfig:
         blocks = len(archs.get(self.arch).blocks)
         if not isinstance(self.finetune_blocks, int) or not 1 <= self.finetune_blocks < blocks:
             raise choice_error("--finetune-blocks", self.finetune_blocks, range(1, blocks))
-        if self.size < 32 or self.size % 32:
-            raise UserError(f"--size: received {self.size}; allowed: a multiple of 32, at least 32")
+        self._check_size()
         for name in ("lr", "finetune_lr"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')}: received {getattr(self, name)}; allowed: > 0")
@@ -146,6 +153,18 @@ class TrainConfig:
                 raise UserError(f"--out: received {display_path(out)}, inside the {name.replace('_', ' ')} folder "
                                 f"{display_path(folder)}; allowed: a folder outside it (for example --out ../runs/NAME)")
 
+    def _check_size(self) -> None:
+        if self.size == SIZE_FROM_IMAGES:
+            return
+        try:
+            value = int(self.size)
+        except (TypeError, ValueError):
+            value = 0
+        if isinstance(self.size, (bool, float)) or value < 32 or value % 32:
+            raise UserError(f"--size: received {self.size}; allowed: a multiple of 32, at least 32, or "
+                            f"{SIZE_FROM_IMAGES} (from the training images)")
+        object.__setattr__(self, "size", value)
+
     def _check_threshold(self) -> None:
         if self.threshold == CHOSEN_ON_VALIDATION:
             return
@@ -173,6 +192,18 @@ class TrainConfig:
         """The backbone's record (model/arch.py) that `arch` names."""
         return archs.get(self.arch)
 
+    @property
+    def size_from_images(self) -> bool:
+        return self.size == SIZE_FROM_IMAGES
+
+    def input_size(self, native: int, training_images: list[str]) -> tuple[int, int | None]:
+        """(the input side this run uses, the training images' median shorter side where --size auto read it)."""
+        if not self.size_from_images:
+            return int(self.size), None
+        sides = sorted(shorter_sides(training_images, seed=self.seed))
+        median = sides[len(sides) // 2] if sides else None
+        return input_size(self.size, native, median), median
+
     @classmethod
     def from_recipe(cls, recipe: str = "vggtune", **options) -> "TrainConfig":
         """The recipe's defaults, then the options given."""
@@ -190,6 +221,17 @@ class TrainConfig:
         if unknown:
             raise UserError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
         return cls(**{**WRITTEN_BEFORE, **values})
+
+
+def input_size(size: int | str, native: int, median_side: int | None) -> int:
+    """The input side a run uses: `size` where a number was given, else (auto) the weights' `native` side, or
+    the multiple of 32 nearest to the training images' median shorter side where that lies in SMALL_IMAGES."""
+    if size != SIZE_FROM_IMAGES:
+        return int(size)
+    low, high = SMALL_IMAGES
+    if median_side is None or not low <= median_side < min(high, native):
+        return native
+    return min(native, 32 * round(median_side / 32))
 
 
 def _check_int(flag: str, value, minimum: int) -> None:

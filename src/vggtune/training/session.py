@@ -67,7 +67,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     for line in splits.class_lines():          # the classes' sizes, and any warning they call for
         say(line)
     say(f"weights: {loaded.source}; running on {runtime.describe()}")
-    spec = ModelSpec.for_training(config, splits.classes, loaded, runtime.precision)
+    spec = ModelSpec.for_training(config, splits.classes, loaded, runtime.precision, _input_size(config, splits, loaded))
     torch.manual_seed(config.seed)          # the head's initial weights
     model = build_classifier(spec, loaded.state_dict, runtime)
     pipeline = FeaturePipeline(model, spec.preprocessing, config.augment, runtime, config.batch_size,
@@ -86,6 +86,16 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
         folder.write_splits(splits.classes, sources.kept)
     labels = {name: torch.tensor([i.label for i in items], dtype=torch.long) for name, items in sources.kept.items()}
     return Run(config, folder, model, runtime, pipeline.engine, spec, sources, labels, splits.rejected, loaded.source, seconds)
+
+
+def _input_size(config: TrainConfig, splits: data.Splits, loaded: weights.LoadedWeights) -> int:
+    """config.size, or what --size auto picks from the training images (said when it is not the weights' side)."""
+    native = loaded.record.preprocessing.size
+    size, median = config.input_size(native, [item.path for item in splits.train])
+    if size != native:
+        say(f"input size: {size} px, near the training images' median shorter side of {median} px "
+            f"(--size auto; --size {native} enlarges them to the weights' own)")
+    return size
 
 
 def _int8_blocks(pipeline: FeaturePipeline, folder: RunDir, splits: data.Splits, cut: str) -> dict:
