@@ -8,7 +8,6 @@ from pathlib import Path
 
 import yaml
 
-from vggtune.data.images import shorter_sides
 from vggtune.errors import UserError, choice_error
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
@@ -198,6 +197,7 @@ class TrainConfig:
 
     def input_size(self, native: int, training_images: list[str]) -> tuple[int, int | None]:
         """(the input side this run uses, the training images' median shorter side where --size auto read it)."""
+        from vggtune.data.images import shorter_sides      # PIL: not for the command line's start
         if not self.size_from_images:
             return int(self.size), None
         sides = sorted(shorter_sides(training_images, seed=self.seed))
