@@ -116,6 +116,10 @@ def test_a_run_on_small_images_takes_an_input_side_near_theirs_and_says_so(tiny_
     assert json.loads((out / "model.json").read_text())["size"] == 128
     assert "input size: 128 px, near the training images' median shorter side of 128 px (--size auto" in caplog.text
     assert "size: auto" in (out / "config.yaml").read_text()              # a resumed or repeated run decides again
+    caplog.clear()
+    api.train_with(quick_config(data, tmp_path / "given", size=64, quiet=False, epochs=1, finetune_epochs=0))
+    assert json.loads((tmp_path / "given" / "model.json").read_text())["size"] == 64
+    assert "input size:" not in caplog.text                                # a size given is not announced as chosen
     assert cli.main(["train", str(data), "--out", str(tmp_path / "bad"), "--size", "100"]) == 2
     assert "--size: received 100; allowed: a multiple of 32" in capsys.readouterr().err
 

@@ -92,7 +92,7 @@ def _input_size(config: TrainConfig, splits: data.Splits, loaded: weights.Loaded
     """config.size, or what --size auto picks from the training images (said when it is not the weights' side)."""
     native = loaded.record.preprocessing.size
     size, median = config.input_size(native, [item.path for item in splits.train])
-    if size != native:
+    if median is not None and size != native:          # auto read the images and chose another side
         say(f"input size: {size} px, near the training images' median shorter side of {median} px "
             f"(--size auto; --size {native} enlarges them to the weights' own)")
     return size
