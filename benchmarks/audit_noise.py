@@ -22,7 +22,7 @@ from common import DATA, ROOT, save, table
 
 sys.path.insert(0, str(ROOT / "src"))
 import vggtune  # noqa: E402
-from vggtune.data.dataset import discover  # noqa: E402
+from vggtune.data.discovery import discover  # noqa: E402
 
 
 def flipped_manifest(data: Path, share: float, seed: int, path: Path) -> set[str]:

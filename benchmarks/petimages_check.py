@@ -15,6 +15,7 @@ from pathlib import Path
 
 import vggtune
 from vggtune.data import dataset as data
+from vggtune.data import discovery
 
 from common import DATA, machine, save, table
 from cv_study import NEW_DEFAULT, SCORED, TEN_CROP, TTA_VIEWS, options_of, row_of, scored
@@ -26,7 +27,7 @@ SCORINGS = {suffix: how for suffix, how in SCORED.items() if how[0] != TEN_CROP}
 
 def first_photos(folder: Path, per_class: int) -> list:
     """The first `per_class` images of each class, in numeric order of their names, scanned and checked."""
-    found = data.discover(folder)
+    found = discovery.discover(folder)
     by_class = {}
     for path, name in sorted(found.files, key=lambda pair: int(Path(pair[0]).stem.split(".")[-1])):
         by_class.setdefault(name, [])

@@ -33,7 +33,7 @@ from PIL import Image
 
 from vggtune import distributed
 
-from vggtune.data import dataset as data, similar
+from vggtune.data import dataset as data, discovery, similar
 from vggtune.data.items import Found, Item
 from vggtune.training.config import AugmentConfig
 from vggtune.features.extract import ImageJob, decode_views
@@ -87,9 +87,9 @@ def scan_costs(work: Path, count: int, repeats: int) -> dict:
     manifest = work / "manifest.csv"
     found_walk, found_csv, walks, reads = None, None, [], []
     for _ in range(repeats):
-        seconds, found_walk = time_call(lambda: data.discover(folders))
+        seconds, found_walk = time_call(lambda: discovery.discover(folders))
         walks.append(seconds)
-        seconds, found_csv = time_call(lambda: data.discover(manifest))
+        seconds, found_csv = time_call(lambda: discovery.discover(manifest))
         reads.append(seconds)
     assert len(found_walk.files) == len(found_csv.files) == count
     result = {"files": count, "discover_folders_s": round(statistics.median(walks), 3),

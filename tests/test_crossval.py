@@ -10,6 +10,7 @@ import pytest
 import vggtune
 from vggtune.results import crossval
 from vggtune.data import dataset as data
+from vggtune.data import discovery
 from vggtune.cli import main
 from vggtune.features.cache import FeatureCache
 from vggtune.training.config import TrainConfig
@@ -23,7 +24,7 @@ TINY = dict(epochs=2, finetune_epochs=1, size=32, batch_size=8, views=2, hidden=
 
 def test_folds_partition_the_images_and_keep_classes_balanced(tmp_path):
     root = make_dataset(tmp_path / "data", n_per_class=11)
-    found = data.discover(root)
+    found = discovery.discover(root)
     items, _ = data.scan(found)
     tested = []
     for k in range(1, 4):

@@ -23,7 +23,7 @@ from vggtune.features.extract import decode_clean
 
 from conftest import make_dataset, quick_config, synthetic_image, tiny_weights_for_module
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+EXPORT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "export.md"     # the snippets users copy
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_each_format_refuses_what_it_cannot_write(run, tmp_path, capsys):
 
 
 def snippet(name: str) -> str:
-    return re.search(rf"<!-- {name} example -->\s*```python\n(.*?)```", README.read_text(), re.S).group(1)
+    return re.search(rf"<!-- {name} example -->\s*```python\n(.*?)```", EXPORT_PAGE.read_text(), re.S).group(1)
 
 
 def check_snippet(code: str, predictor, tmp_path, python: str = sys.executable) -> None:

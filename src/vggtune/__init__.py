@@ -2,17 +2,38 @@
 
 The API's names are imported on first use, so `vggtune --help` does not wait for torch.
 """
+
 from vggtune.version import __version__
 
-__all__ = ["train", "tune", "cv", "audit", "runs", "evaluate", "report", "explain", "export", "serve", "load", "Predictor",
-           "check_data", "verify_weights", "TrainConfig", "AugmentConfig", "UserError", "__version__"]
+__all__ = [
+    "train",
+    "tune",
+    "cv",
+    "audit",
+    "runs",
+    "evaluate",
+    "report",
+    "explain",
+    "export",
+    "serve",
+    "load",
+    "Predictor",
+    "check_data",
+    "verify_weights",
+    "TrainConfig",
+    "AugmentConfig",
+    "UserError",
+    "__version__",
+]
 
 
 def __getattr__(name: str):
     if name == "UserError":
         from vggtune.errors import UserError
+
         return UserError
     if name in __all__:
         from vggtune import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'vggtune' has no attribute {name!r}")

@@ -4,6 +4,7 @@ The command line (cli/) calls these and nothing else.
 Importing this module imports no torch: each verb imports what it runs, so the command line
 answers `--help` at once. `Predictor`, `load` and `expand_paths` are imported on first use.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,6 @@ from pathlib import Path
 from vggtune.errors import UserError
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
-from vggtune.launcher import check as check_processes, refused   # no torch: the command line's first checks
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
@@ -22,19 +22,32 @@ from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES,
 from vggtune.version import __version__
 
 # The values each option of `train` allows, from the registries that define them.
-CHOICES = {"recipe": tuple(RECIPES), "arch": tuple(ARCHS), "head": tuple(HEADS), "precision": PRECISIONS,
-           "device": DEVICES, "engine": ENGINES, "feature_storage": STORAGES, "class_weights": CLASS_WEIGHTS,
-           "schedule": SCHEDULES}
+CHOICES = {
+    "recipe": tuple(RECIPES),
+    "arch": tuple(ARCHS),
+    "head": tuple(HEADS),
+    "precision": PRECISIONS,
+    "device": DEVICES,
+    "engine": ENGINES,
+    "feature_storage": STORAGES,
+    "class_weights": CLASS_WEIGHTS,
+    "schedule": SCHEDULES,
+}
 HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
 EXPORT_PRECISIONS = ("fp32", "int8")
 EXPORT_FORMATS = ("onnx", "openvino", "tflite")
-_LAZY = {"Predictor": "vggtune.deploy.predict", "load": "vggtune.deploy.predict",
-         "expand_paths": "vggtune.deploy.inputs", "ExportCheckFailed": "vggtune.deploy.exporting"}
+_LAZY = {
+    "Predictor": "vggtune.deploy.predict",
+    "load": "vggtune.deploy.predict",
+    "expand_paths": "vggtune.deploy.inputs",
+    "ExportCheckFailed": "vggtune.deploy.exporting",
+}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vggtune.api' has no attribute {name!r}")
 
@@ -59,15 +72,17 @@ def train_with(config: TrainConfig, resume: bool = False) -> dict:
     from vggtune.distributed import alone, is_main, join
     from vggtune.results.evaluation import write_documents_or_warn
     from vggtune.training.schedule import train_run
-    join(config.device)                 # under torchrun: this process is one rank of the job
+
+    join(config.device)  # under torchrun: this process is one rank of the job
     trained = train_run(config, resume=resume)
     if not is_main():
         return trained.results
-    with alone():                       # rank 0 alone from here: the others wait at the job's last barrier
+    with alone():  # rank 0 alone from here: the others wait at the job's last barrier
         if not config.no_report:
             write_documents_or_warn(config.out, trained.engine)
         if config.mlflow:
             from vggtune.results.mlflowlog import log_run
+
             log_run(config.out, config.mlflow)
     return trained.results
 
@@ -75,51 +90,76 @@ def train_with(config: TrainConfig, resume: bool = False) -> dict:
 def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
     """The checks `train` makes before it reads any image (its options, the --out folder): what a launcher
     runs before it starts processes."""
-    from vggtune.data import dataset
+    from vggtune.data import discovery
     from vggtune.training.rundir import RunDir
+
     config = _train_config(data, out, resume, options)
     config.check_out()
     RunDir(config.out).prepare(resume)
     if not resume:
-        dataset.discover(config.data)            # a listing, no image read: the class folders are there
+        discovery.discover(config.data)  # a listing, no image read: the class folders are there
 
 
 def check_run(run: str, data: str | None = None) -> None:
     """What `predict` and `evaluate` check before they read an image: RUN is a trained run, and DATA
     (where given) a folder or manifest of labelled images."""
-    from vggtune.data import dataset
+    from vggtune.data import discovery
     from vggtune.model.spec import ModelSpec
+
     ModelSpec.load(Path(run))
     if data is not None:
-        dataset.discover(data, min_classes=1)
+        discovery.discover(data, min_classes=1)
 
 
 def _train_config(data: str | None, out: str, resume: bool, options: dict) -> TrainConfig:
     if resume:
         from vggtune.training.rundir import RunDir
-        config = RunDir.existing(out).config()       # the folder as it is now, wherever it was made
+
+        config = RunDir.existing(out).config()  # the folder as it is now, wherever it was made
         # What the saved config already says may be repeated; anything else would be silently ignored.
-        changed = [f"--{name.replace('_', '-')} {value}" for name, value in options.items()
-                   if name != "quiet" and getattr(config, name, None) != value]
+        changed = [
+            f"--{name.replace('_', '-')} {value}"
+            for name, value in options.items()
+            if name != "quiet" and getattr(config, name, None) != value
+        ]
         if data and os.path.abspath(os.fspath(data)) != config.data:
             changed.insert(0, f"DATA {data}")
         if changed:
-            raise UserError(f"--resume: continues the run with the config saved in {display_path(out)}; received "
-                            f"{', '.join(changed)}, which it cannot change; allowed: --resume --out RUN [--quiet], "
-                            "or a new run in another --out")
+            raise UserError(
+                f"--resume: continues the run with the config saved in {display_path(out)}; received "
+                f"{', '.join(changed)}, which it cannot change; allowed: --resume --out RUN [--quiet], "
+                "or a new run in another --out"
+            )
         return dataclasses.replace(config, out=str(out), quiet=options.get("quiet", config.quiet))
     if not data:
         raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
     if options.get("mlflow"):
         from vggtune.results.mlflowlog import require
-        require()                   # before any image is read
+
+        require()  # before any image is read
     return TrainConfig.from_recipe(data=str(data), out=str(out), **options)
+
+
+def check_processes(processes: int) -> None:
+    """`--nproc N`'s checks, before any process starts: a count of 1 or more, and not under torchrun already."""
+    from vggtune import launcher
+
+    launcher.check(processes)
+
+
+def refused(message: str) -> bool:
+    """In a rank that `--nproc` started: the one-line error left for the launcher to print once (True);
+    False elsewhere, where the caller prints it."""
+    from vggtune import launcher
+
+    return launcher.refused(message)
 
 
 def launch(arguments: list[str], processes: int) -> tuple[int, list[str]]:
     """Runs `vggtune ARGUMENTS` as `processes` processes on this host, as torchrun would start them:
     (exit status, lines to print once: the ranks' one-line refusal, or which process failed)."""
     from vggtune.launcher import launch as launch_ranks
+
     return launch_ranks(arguments, processes)
 
 
@@ -129,6 +169,7 @@ def as_rank(device: str = "auto"):
     otherwise), and only rank 0 speaks. Yields the world."""
     from vggtune import distributed
     from vggtune.progress import verbosity
+
     with distributed.joined(device) as world:
         if world.main:
             yield world
@@ -143,9 +184,12 @@ def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
     Folds share the feature cache; finished folds are kept, so a stopped run continues."""
     from vggtune.launcher import launched_size
     from vggtune.results.crossval import cross_validate
+
     if launched_size() > 1:
-        raise UserError("cv: runs as one process (its folds are written by every rank otherwise); "
-                        "allowed: vggtune cv without torchrun, or vggtune train under torchrun")
+        raise UserError(
+            "cv: runs as one process (its folds are written by every rank otherwise); "
+            "allowed: vggtune cv without torchrun, or vggtune train under torchrun"
+        )
     if not data:
         raise UserError("cv: no DATA folder given; allowed: vggtune cv FOLDER [--folds 5] [--out RUN]")
     return cross_validate(TrainConfig.from_recipe(data=str(data), out=str(out), **options), folds)
@@ -158,6 +202,7 @@ def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | N
     trained into out/best. Returns what out/tune.json holds."""
     from vggtune.launcher import launched_size
     from vggtune.results.tuning import tune as _tune
+
     if launched_size() > 1:
         raise UserError("tune: runs as one process; allowed: vggtune tune without torchrun")
     if not data:
@@ -165,16 +210,26 @@ def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | N
     return _tune(TrainConfig.from_recipe(data=str(data), out=str(out), **options), trials, timeout)
 
 
-def audit(data: str, out: str = "runs/audit", folds: int = 5, cv: str | None = None,
-          write_manifest: str | None = None, relabel: bool = False, **options) -> dict:
+def audit(
+    data: str,
+    out: str = "runs/audit",
+    folds: int = 5,
+    cv: str | None = None,
+    write_manifest: str | None = None,
+    relabel: bool = False,
+    **options,
+) -> dict:
     """The images whose label is probably wrong: `cv` (default out/cv; kept when its options match) scores
     every image with a model that never saw it, cleanlab ranks the label issues; images unlike all others and
     near-duplicates under two classes are flagged too. Writes out/issues.csv, out/audit.html, out/audit.json
     and, given `write_manifest`, a manifest without the flagged images (`relabel`: label issues relabelled
     instead). Options are `train`'s; returns audit.json's content."""
     from vggtune.results.audit import audit as _audit
+
     if not data:
-        raise UserError("data audit: no DATA folder given; allowed: vggtune data audit FOLDER [--folds 5] [--out AUDIT]")
+        raise UserError(
+            "data audit: no DATA folder given; allowed: vggtune data audit FOLDER [--folds 5] [--out AUDIT]"
+        )
     cv_folder = cv or os.path.join(out, "cv")
     config = TrainConfig.from_recipe(data=str(data), out=str(cv_folder), **options)
     return _audit(config, folds, Path(out), Path(write_manifest) if write_manifest else None, relabel)
@@ -184,6 +239,7 @@ def runs(folder: str = "runs", sort: str = "run") -> list[dict]:
     """A row per finished run under `folder` (data, head, epochs, precision, test accuracy with its 95 %
     interval, log loss, wall time), sorted by the column `sort` (accuracy and images: best first)."""
     from vggtune.results.runs import table
+
     return table(folder, sort)
 
 
@@ -191,6 +247,7 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
     """Metrics of a trained run on its test split, or on a labelled folder `data`."""
     from vggtune.distributed import join
     from vggtune.results.evaluation import evaluate as _evaluate
+
     join(options.get("device", "auto"))
     return _evaluate(run, data, output, **options)
 
@@ -202,10 +259,13 @@ def predict(run: str, paths: list[str], kaggle: bool = False, engine: str = "aut
     the one model.json holds."""
     from vggtune.deploy.inputs import expand_paths
     from vggtune.deploy.predict import load
+
     predictor = load(run, engine=engine, threshold=threshold)
     if kaggle and len(predictor.classes) != 2:
-        raise UserError(f"--kaggle writes the second class's probability of a two-class model; this model has "
-                        f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle")
+        raise UserError(
+            f"--kaggle writes the second class's probability of a two-class model; this model has "
+            f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle"
+        )
     files, missing = expand_paths([str(path) for path in paths])
     predictions, unreadable = predictor.predict(files)
     return predictor.classes, predictions, missing + unreadable
@@ -215,6 +275,7 @@ def report(run: str, data: str | None = None, out: str | None = None, engine: st
     """Writes report.html (of the run's test split, or of the labelled folder `data`) and, for the run's
     own split, the model card README.md; returns their paths."""
     from vggtune.results.evaluation import write_documents
+
     return write_documents(run, data, out, engine)
 
 
@@ -224,6 +285,7 @@ def explain(run: str, images: list, target: str | None = None, out: str | None =
     from vggtune.deploy.gradcam import write_overlays
     from vggtune.deploy.inputs import expand_paths
     from vggtune.deploy.predict import load
+
     predictor = load(run, engine=engine)
     files, missing = expand_paths([str(image) for image in images])
     explanations, unreadable = predictor.explain(files, target)
@@ -236,6 +298,7 @@ def export(run: str, out: str | None = None, precision: str = "fp32", format: st
     (RUN/model.tflite; fp32), int8 files named model-int8.*, with the metadata beside it (model.onnx.json, ...);
     checked against PyTorch on the run's test images before it is kept; returns the check's figures."""
     from vggtune.deploy.exporting import export as _export
+
     return _export(run, out, precision, format)
 
 
@@ -244,6 +307,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> Non
     token, no_auth, engine (see `vggtune serve --help`)."""
     from vggtune.deploy.service import ServeConfig
     from vggtune.deploy.webapp import serve as _serve
+
     _serve(ServeConfig(str(run), host, port, **options))
 
 
@@ -251,6 +315,7 @@ def check_data(folder: str, val_data: str | None = None, test_data: str | None =
     """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows,
     near-duplicates under two classes); `output`: the unusable files written there as CSV (path, reason, kind)."""
     from vggtune.data import dataset, similar
+
     splits = dataset.prepare_splits(folder, val_data, test_data, 0.1, 0.1, seed=0)
     if output:
         dataset.write_rejected(Path(output), splits.rejected)
@@ -260,8 +325,11 @@ def check_data(folder: str, val_data: str | None = None, test_data: str | None =
 def checked_folders(splits, folder: str, val_data: str | None, test_data: str | None) -> list[tuple[str, list, str]]:
     """(folder, its usable items, its name in a rejected row's `where`) of each folder `check_data` read:
     DATA, and each folder given apart, each counted under its own name."""
-    held = [(path, items, where) for path, items, where in ((val_data, splits.val, "val"), (test_data, splits.test, "test"))
-            if path]
+    held = [
+        (path, items, where)
+        for path, items, where in ((val_data, splits.val, "val"), (test_data, splits.test, "test"))
+        if path
+    ]
     taken = {where for _, _, where in held}
     data = splits.train + (splits.val if "val" not in taken else []) + (splits.test if "test" not in taken else [])
     return [(folder, data, "data"), *held]
@@ -270,30 +338,35 @@ def checked_folders(splits, folder: str, val_data: str | None, test_data: str | 
 def folder_of(row) -> str:
     """Where a rejected file was: "data", or "val"/"test" for a folder given apart."""
     from vggtune.data.items import Rejected
+
     return Rejected.of(row).where
 
 
 def per_class(items, classes: list[str]) -> dict[str, int]:
     """Images per class of scanned items (data/balance.py)."""
     from vggtune.data.balance import per_class as counted
+
     return counted(items, classes)
 
 
 def counts_line(counts: dict[str, int], where: str) -> str:
-    """"classes in WHERE: a 10, b 29 (1 : 2.9)" (data/balance.py)."""
+    """ "classes in WHERE: a 10, b 29 (1 : 2.9)" (data/balance.py)."""
     from vggtune.data.balance import counts_line as line
+
     return line(counts, where)
 
 
 def class_warnings(counts: dict[str, int]) -> list[str]:
     """The warnings images per class call for: imbalance, tiny classes, names alike (data/balance.py)."""
     from vggtune.data.balance import class_warnings as warnings
+
     return warnings(counts)
 
 
 def describe_interval(bound) -> str:
     """A 95 % interval as the report and the command line write it (results/analysis.py)."""
     from vggtune.results.analysis import describe_interval as describe
+
     return describe(bound)
 
 
@@ -301,36 +374,42 @@ def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> 
     """The sentence the command line, the report and the model card say when test accuracy falls below the
     validation accuracy's 95 % interval, or None (results/analysis.py)."""
     from vggtune.results.analysis import disagreement as said
+
     return said(validation, test, tested_on)
 
 
 def per_class_rows(result: dict) -> tuple[str, list[tuple]]:
     """(title, rows of class, precision, recall, F1, images) of a metrics dict (results/analysis.py)."""
     from vggtune.results.analysis import per_class_rows as rows
+
     return rows(result)
 
 
 def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[str, str, int]]:
     """(true class, predicted class, count) of the largest off-diagonal cells of a confusion matrix."""
     from vggtune.results.analysis import most_confused as largest
+
     return largest(confusion, classes, limit)
 
 
 def weights_sources() -> list[tuple[str, str]]:
     """Where the ImageNet weights come from, in order, and what each holds now."""
     from vggtune.model import weights
+
     return weights.describe_sources()
 
 
 def verify_weights(file: str | None = None):
     """The weights as a run would load them (from `file`, else the first source that answers)."""
     from vggtune.model import weights
+
     return weights.resolve(user_file=file, flag="--file")
 
 
 def convert_weights(file: str | None = None) -> tuple[str, Path]:
     """Converts weights (from `file`, else the first source) into the cache: (origin, cached path)."""
     from vggtune.model import weights
+
     loaded = weights.resolve(user_file=file, flag="--file")
     return loaded.source, weights.write_cache(loaded.record, loaded.state_dict, loaded.source)
 
@@ -339,6 +418,7 @@ def cache_summary() -> tuple[Path, list[dict]]:
     """The feature cache's folder and, per key folder, its cut, views stored and bytes."""
     from vggtune.features import cache
     from vggtune.model import weights
+
     root = weights.home() / "features"
     return root, cache.summary(root)
 
@@ -347,12 +427,52 @@ def clear_cache() -> tuple[Path, int]:
     """Deletes every cached feature (runs and converted weights stay); returns the folder and bytes freed."""
     from vggtune.features import cache
     from vggtune.model import weights
+
     root = weights.home() / "features"
     return root, cache.clear(root)
 
 
-__all__ = ["train", "train_with", "check_train", "launch", "as_rank", "cv", "audit", "runs", "RUN_COLUMNS", "evaluate", "predict", "report", "explain", "export",
-           "serve", "load", "Predictor", "TrainConfig", "AugmentConfig", "UserError", "expand_paths", "check_data",
-           "weights_sources", "verify_weights", "disagreement", "per_class_rows", "checked_folders",
-           "folder_of", "per_class", "counts_line", "class_warnings", "convert_weights", "cache_summary", "clear_cache", "CHOICES",
-           "HEAD_HELP", "EXPORT_PRECISIONS", "EXPORT_FORMATS", "ExportCheckFailed", "display_path", "atomic_write_text", "__version__"]
+__all__ = [
+    "train",
+    "train_with",
+    "check_train",
+    "launch",
+    "as_rank",
+    "cv",
+    "audit",
+    "runs",
+    "RUN_COLUMNS",
+    "evaluate",
+    "predict",
+    "report",
+    "explain",
+    "export",
+    "serve",
+    "load",
+    "Predictor",
+    "TrainConfig",
+    "AugmentConfig",
+    "UserError",
+    "expand_paths",
+    "check_data",
+    "weights_sources",
+    "verify_weights",
+    "disagreement",
+    "per_class_rows",
+    "checked_folders",
+    "folder_of",
+    "per_class",
+    "counts_line",
+    "class_warnings",
+    "convert_weights",
+    "cache_summary",
+    "clear_cache",
+    "CHOICES",
+    "HEAD_HELP",
+    "EXPORT_PRECISIONS",
+    "EXPORT_FORMATS",
+    "ExportCheckFailed",
+    "display_path",
+    "atomic_write_text",
+    "__version__",
+]

@@ -16,6 +16,7 @@ What is shared, and how:
 Every collective has a timeout (VGGTUNE_DIST_TIMEOUT seconds, default 1800), so a rank that
 dies or hangs ends the job with an error instead of a wait without end.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -112,7 +113,7 @@ def alone():
 def share(items):
     """This rank's part of `items`: every size-th one from its rank on (interleaved, so work that
     is partly done already, such as a cache filled up to some point, stays evenly divided)."""
-    return items[_world.rank::_world.size]
+    return items[_world.rank :: _world.size]
 
 
 def gather(values: list) -> list:
@@ -159,6 +160,7 @@ def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if _world.size == 1:
         return module
     from torch.nn.parallel import DistributedDataParallel
+
     device_ids = [device.index if device.index is not None else _world.local_rank] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids)
 

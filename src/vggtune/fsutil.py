@@ -1,5 +1,6 @@
 """Files: writes that never leave a half-written file under its final name, safetensors, hashing,
 paths as text."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with atomic_file(path) as handle:
             handle.write(data)
     except OSError as exc:
-        raise UserError(f"cannot write {display_path(path)}: {exc.strerror}; "
-                        "allowed: a writable folder with free space") from None
+        raise UserError(
+            f"cannot write {display_path(path)}: {exc.strerror}; allowed: a writable folder with free space"
+        ) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -66,19 +68,25 @@ def save_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> Non
     """safetensors, complete or absent."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file  # here, not above: `vggtune --help` should not wait for torch
+
     try:
-        with atomic_path(path) as tmp:          # by name: serialising to bytes first costs a copy per write
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
-    except (OSError, SafetensorError) as exc:   # safetensors reports a failed write (a full disk) as its own error
+        with atomic_path(path) as tmp:  # by name: serialising to bytes first costs a copy per write
+            save_file(
+                {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+                str(tmp),
+                metadata={k: json.dumps(v) for k, v in (metadata or {}).items()},
+            )
+    except (OSError, SafetensorError) as exc:  # safetensors reports a failed write (a full disk) as its own error
         reason = exc.strerror if isinstance(exc, OSError) else str(exc).split(" at path")[0]
-        raise UserError(f"cannot write {display_path(path)}: {reason}; "
-                        "allowed: a writable folder with free space") from None
+        raise UserError(
+            f"cannot write {display_path(path)}: {reason}; allowed: a writable folder with free space"
+        ) from None
 
 
 def load_tensors(path: Path) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as handle:

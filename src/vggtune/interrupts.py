@@ -7,6 +7,7 @@ cannot pass it on; once, a Ctrl-C during the first run's engine measurement ende
 SIGABRT and no line. Inside `held()` a signal is noted, not acted on, and delivered again as soon
 as the section ends, where the usual handlers turn it into exit 130 or 143 with one line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,4 +36,4 @@ def held():
             if handler is not None:
                 signal.signal(number, handler)
         if received:
-            signal.raise_signal(received[0])      # now, to its own handler: KeyboardInterrupt, Terminated
+            signal.raise_signal(received[0])  # now, to its own handler: KeyboardInterrupt, Terminated

@@ -8,6 +8,7 @@ launcher's instead of printing it); `predict`'s exit 1 for skipped inputs is not
 and a process that fails stops the others after a short grace, as torchrun's agent stops them.
 `torchrun -m vggtune ...` still works, for several hosts.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,8 @@ from pathlib import Path
 
 from vggtune.errors import UserError
 
-ERRORS_VARIABLE = "VGGTUNE_LAUNCH_ERRORS"      # where a launched rank leaves its one-line error
-GRACE_S = 10                                    # how long the others may finish after one process failed
+ERRORS_VARIABLE = "VGGTUNE_LAUNCH_ERRORS"  # where a launched rank leaves its one-line error
+GRACE_S = 10  # how long the others may finish after one process failed
 
 
 def launched_size() -> int:
@@ -38,7 +39,7 @@ def launch(arguments: list[str], processes: int) -> tuple[int, list[str]]:
         ranks = _start(arguments, processes, Path(errors))
         try:
             statuses, first = _wait(ranks)
-        except KeyboardInterrupt:         # Ctrl-C reached the ranks too: they save what they computed first
+        except KeyboardInterrupt:  # Ctrl-C reached the ranks too: they save what they computed first
             _wait(ranks, grace_s=60)
             raise
         refusals = [(Path(errors) / f"rank-{rank}.txt") for rank in range(processes)]
@@ -64,8 +65,15 @@ def _start(arguments: list[str], processes: int, errors: Path) -> list[subproces
     threads = str(max(1, (os.cpu_count() or 1) // processes))
     ranks = []
     for rank in range(processes):
-        environment = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
-                           LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        environment = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(processes),
+            LOCAL_WORLD_SIZE=str(processes),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         environment.setdefault("OMP_NUM_THREADS", threads)
         environment[ERRORS_VARIABLE] = str(errors)
         ranks.append(subprocess.Popen([sys.executable, "-m", "vggtune", *arguments], env=environment))
@@ -77,7 +85,7 @@ def _wait(ranks: list[subprocess.Popen], grace_s: float | None = None) -> tuple[
     `grace_s` (GRACE_S) to end, then are stopped."""
     grace_s = GRACE_S if grace_s is None else grace_s
     first, failed_at = None, None
-    while any([rank.poll() is None for rank in ranks]):        # a list: every rank polled, each time
+    while any([rank.poll() is None for rank in ranks]):  # a list: every rank polled, each time
         if first is None:
             first = next((i for i, rank in enumerate(ranks) if rank.returncode), None)
             failed_at = time.monotonic() if first is not None else None

@@ -6,6 +6,7 @@ no function below needs a `quiet` argument. Messages go to the standard error st
 the moment (tests capture it); a program embedding vggtune can set the logger's level or
 handlers as with any other library.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -2,6 +2,7 @@
 
 The API imports torch only when a command runs, so `vggtune`, `--version` and every `--help`
 answer at once."""
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,11 @@ def run_command(args) -> int:
                 raise
             # A collective that fails means another rank died, or hung past VGGTUNE_DIST_TIMEOUT.
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"vggtune {args.command}: error: {world.describe()} stopped: another process ended or a "
-                  f"collective timed out ({reason})", file=sys.stderr)
+            print(
+                f"vggtune {args.command}: error: {world.describe()} stopped: another process ended or a "
+                f"collective timed out ({reason})",
+                file=sys.stderr,
+            )
             return 1
 
 
@@ -82,8 +86,12 @@ def _sigterm_as_interrupt():
     """Inside, SIGTERM ends the command as Ctrl-C does. Not under torchrun, which stops its ranks itself,
     nor where the process already handles it (or outside the main thread, where no handler can be set)."""
     import threading
-    mine = ("LOCAL_RANK" not in os.environ and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+
+    mine = (
+        "LOCAL_RANK" not in os.environ
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    )
     if mine:
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -107,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(args)
     except UserError as exc:
         message = f"vggtune {args.command}: error: {exc}"
-        if not api.refused(message):           # a rank of `--nproc N` leaves it to the launcher, said once
+        if not api.refused(message):  # a rank of `--nproc N` leaves it to the launcher, said once
             print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         if os.environ.get("RANK", "0") == "0":
             print(interrupted_line(args), file=sys.stderr)
-        if argv is None:                       # the program itself, not a caller's main([...])
+        if argv is None:  # the program itself, not a caller's main([...])
             _ignore_further_signals()
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
@@ -122,6 +130,7 @@ def _ignore_further_signals() -> None:
     """What was computed is saved and the line said: a second Ctrl-C while the interpreter shuts down
     would land in torch's or a runtime's clean-up (a native abort, seen here), not stop anything sooner."""
     import threading
+
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(number, signal.SIG_IGN)
@@ -130,6 +139,7 @@ def _ignore_further_signals() -> None:
 def interrupted_line(args) -> str:
     """What an interrupt kept, and the command that continues from it, with the run's real folder."""
     import shlex
+
     if args.command == "train":
         out = shlex.quote(getattr(args, "out", None) or "runs/latest")
         return f"vggtune train: interrupted; `vggtune train --resume --out {out}` continues this run"

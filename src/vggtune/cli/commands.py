@@ -1,4 +1,5 @@
 """The `vggtune` sub-commands: each takes the parsed flags, calls the API and prints what it returned."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ def cmd_train(args) -> int:
     options = train_options(args)
     out = options.pop("out", "runs/latest")
     if args.resume:
-        if options["augment"] == api.AugmentConfig():        # no augmentation flag given
+        if options["augment"] == api.AugmentConfig():  # no augmentation flag given
             options.pop("augment")
         results = api.train(args.data, out=out, resume=True, **options)
     else:
@@ -41,8 +42,10 @@ def cmd_tune(args) -> int:
     print(f"trials ({display_path(out)}/trials.csv):")
     print("\n".join("  " + line for line in text.trials_table(result["trials"]).splitlines()))
     best = result["best"]
-    print(f"best: trial {best['number']}, validation balanced log loss {best['score']:.4f}; trained into "
-          f"{display_path(result['best_run'])}")
+    print(
+        f"best: trial {best['number']}, validation balanced log loss {best['score']:.4f}; trained into "
+        f"{display_path(result['best_run'])}"
+    )
     _print_results({"test": result["test"]}, result["best_run"])
     return 0
 
@@ -64,8 +67,9 @@ def _print_results(results: dict, out: str, tested_on: str = "the test split") -
             print(f"{split} metrics ({out}):")
             lines = text.metrics_lines(results[split]) + text.confusion_table(results[split]).splitlines()
             print("\n".join("  " + line for line in lines))
-            gap = results[split].get("validation_gap") or api.disagreement(results.get("val"), results.get("test"),
-                                                                           tested_on)
+            gap = results[split].get("validation_gap") or api.disagreement(
+                results.get("val"), results.get("test"), tested_on
+            )
             if gap:
                 print(f"warning: {gap}")
             return
@@ -73,8 +77,9 @@ def _print_results(results: dict, out: str, tested_on: str = "the test split") -
 
 
 def cmd_evaluate(args) -> int:
-    result = api.evaluate(args.run, args.data, args.output, report=not args.no_report, engine=args.engine,
-                          threshold=args.threshold)
+    result = api.evaluate(
+        args.run, args.data, args.output, report=not args.no_report, engine=args.engine, threshold=args.threshold
+    )
     _print_results({"test": result}, args.run if args.data is None else f"{args.run} on {display_path(args.data)}")
     return 0
 
@@ -94,11 +99,13 @@ def cmd_export(args) -> int:
     except api.ExportCheckFailed as exc:
         print(f"vggtune export: parity check failed: {exc}", file=sys.stderr)
         return 1
-    files = [result.path] + [result.path.with_suffix(".bin")] * (args.format == "openvino")     # the IR's weights
+    files = [result.path] + [result.path.with_suffix(".bin")] * (args.format == "openvino")  # the IR's weights
     size = sum(path.stat().st_size for path in files)
-    line = (f"exported {' + '.join(display_path(path) for path in files)} ({size / 1e6:.1f} MB, {args.format} "
-            f"{result.precision}); parity on {result.images_checked} test images: largest probability difference "
-            f"{result.max_difference:.2e}, same label on {result.label_agreement:.1%}")
+    line = (
+        f"exported {' + '.join(display_path(path) for path in files)} ({size / 1e6:.1f} MB, {args.format} "
+        f"{result.precision}); parity on {result.images_checked} test images: largest probability difference "
+        f"{result.max_difference:.2e}, same label on {result.label_agreement:.1%}"
+    )
     if result.accuracy_exported is not None:
         line += f"; test accuracy {result.accuracy_exported:.4f} (the run: {result.accuracy_run:.4f})"
     print(line)
@@ -106,8 +113,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    api.serve(args.run, args.host, args.port, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
-              wait_ms=args.wait_ms, token=args.token, no_auth=args.no_auth, engine=args.engine)
+    api.serve(
+        args.run,
+        args.host,
+        args.port,
+        max_upload_mb=args.max_upload_mb,
+        max_batch=args.max_batch,
+        wait_ms=args.wait_ms,
+        token=args.token,
+        no_auth=args.no_auth,
+        engine=args.engine,
+    )
     return 0
 
 
@@ -117,18 +133,23 @@ def cmd_explain(args) -> int:
     for path, reason in rejected:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
     for explanation, png in zip(explanations, written):
-        print(f"{display_path(explanation.name)}: predicted {explanation.label} "
-              f"({explanation.probabilities[explanation.label]:.3f}), map for {explanation.target} -> {display_path(png)}")
+        print(
+            f"{display_path(explanation.name)}: predicted {explanation.label} "
+            f"({explanation.probabilities[explanation.label]:.3f}), map for {explanation.target} -> {display_path(png)}"
+        )
     return 1 if rejected else 0
 
 
 def cmd_predict(args) -> int:
     """Writes every prediction it can; exit status 1 when some input could not be predicted."""
     if args.kaggle and args.format == "json":
-        raise UserError("--kaggle writes Kaggle's CSV (id,label); received --format json; "
-                        "allowed: --kaggle alone, or --format json without it")
-    classes, predictions, rejected = api.predict(args.run, args.paths, kaggle=args.kaggle, engine=args.engine,
-                                                threshold=args.threshold)
+        raise UserError(
+            "--kaggle writes Kaggle's CSV (id,label); received --format json; "
+            "allowed: --kaggle alone, or --format json without it"
+        )
+    classes, predictions, rejected = api.predict(
+        args.run, args.paths, kaggle=args.kaggle, engine=args.engine, threshold=args.threshold
+    )
     for path, reason in rejected:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
     written = text.predictions_text(predictions, classes, args.format, args.kaggle)
@@ -160,20 +181,33 @@ def cmd_data_audit(args) -> int:
     """Exit status 0 whatever was flagged: the findings are the audit's result, not a failure."""
     options = train_options(args)
     out = options.pop("out", "runs/audit")
-    summary = api.audit(args.data, out=out, folds=args.folds, cv=args.cv, write_manifest=args.write_manifest,
-                        relabel=args.relabel, **options)
+    summary = api.audit(
+        args.data,
+        out=out,
+        folds=args.folds,
+        cv=args.cv,
+        write_manifest=args.write_manifest,
+        relabel=args.relabel,
+        **options,
+    )
     counts = summary["by_issue"]
-    print(f"audit of {display_path(args.data)}: {summary['flagged']} of {summary['images']} images flagged "
-          f"({counts['label']} label issues, {counts['out-of-distribution']} out of distribution, "
-          f"{counts['cross-class-duplicate']} near-duplicates under two classes)")
-    print(f"  out-of-fold accuracy {summary['accuracy_out_of_fold']:.3f} against {summary['majority_share']:.3f} "
-          f"for always answering {summary['majority_class']} (binomial p = {summary['beats_majority_p']:.2g})"
-          + ("" if summary["label_issues_trusted"] else ": not beyond noise, so no label issues are flagged"))
+    print(
+        f"audit of {display_path(args.data)}: {summary['flagged']} of {summary['images']} images flagged "
+        f"({counts['label']} label issues, {counts['out-of-distribution']} out of distribution, "
+        f"{counts['cross-class-duplicate']} near-duplicates under two classes)"
+    )
+    print(
+        f"  out-of-fold accuracy {summary['accuracy_out_of_fold']:.3f} against {summary['majority_share']:.3f} "
+        f"for always answering {summary['majority_class']} (binomial p = {summary['beats_majority_p']:.2g})"
+        + ("" if summary["label_issues_trusted"] else ": not beyond noise, so no label issues are flagged")
+    )
     print(f"  {display_path(Path(out) / 'audit.html')}, {display_path(Path(out) / 'issues.csv')}")
     if "manifest" in summary:
         manifest = summary["manifest"]
-        print(f"  manifest {display_path(manifest['path'])}: {manifest['images']} images, {manifest['relabelled']} "
-              f"relabelled, {manifest['left_out']} left out")
+        print(
+            f"  manifest {display_path(manifest['path'])}: {manifest['images']} images, {manifest['relabelled']} "
+            f"relabelled, {manifest['left_out']} left out"
+        )
     return 0
 
 
@@ -183,8 +217,10 @@ def cmd_data_check(args) -> int:
     splits, near_duplicates, conflicts = api.check_data(args.folder, args.val_data, args.test_data, args.output)
     for folder, items, where in api.checked_folders(splits, args.folder, args.val_data, args.test_data):
         rejected = [row for row in splits.rejected if api.folder_of(row) == where]
-        print(f"{display_path(folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
-              f"{len(rejected)} rejected")
+        print(
+            f"{display_path(folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
+            f"{len(rejected)} rejected"
+        )
         counts = api.per_class(items, splits.classes)
         for name, count in counts.items():
             print(f"  {name:30} {count}")
@@ -196,8 +232,10 @@ def cmd_data_check(args) -> int:
     for a, _, b, _, distance in near_duplicates:
         print(f"warning: near-duplicates (perceptual hash distance {distance}): {display_path(a)} ~ {display_path(b)}")
     for a, class_a, b, class_b, distance in conflicts:
-        print(f"label conflict? near-duplicates under two classes (distance {distance}): "
-              f"{display_path(a)} ({class_a}) ~ {display_path(b)} ({class_b})")
+        print(
+            f"label conflict? near-duplicates under two classes (distance {distance}): "
+            f"{display_path(a)} ({class_a}) ~ {display_path(b)} ({class_b})"
+        )
     return 1 if splits.rejected or conflicts else 0
 
 
@@ -207,14 +245,27 @@ def cmd_cache(args) -> int:
         print(f"removed {freed / 1e6:.1f} MB of cached features from {display_path(folder)}")
         return 0
     folder, rows = api.cache_summary()
-    print(f"{display_path(folder)}: {sum(r['bytes'] for r in rows) / 1e6:.1f} MB in {len(rows)} folders "
-          "(set VGGTUNE_HOME to move it; `vggtune cache clear` empties it)")
+    print(
+        f"{display_path(folder)}: {sum(r['bytes'] for r in rows) / 1e6:.1f} MB in {len(rows)} folders "
+        "(set VGGTUNE_HOME to move it; `vggtune cache clear` empties it)"
+    )
     for row in rows:
         print(f"  {row['cut']:7} {row['entries']:>8} views {row['bytes'] / 1e6:>10.1f} MB  {row['folder']}")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "cv": cmd_cv, "tune": cmd_tune, "runs": cmd_runs, "evaluate": cmd_evaluate, "report": cmd_report, "explain": cmd_explain,
-            "export": cmd_export, "serve": cmd_serve,
-            "predict": cmd_predict, "weights": cmd_weights,
-            "data": cmd_data, "cache": cmd_cache}
+COMMANDS = {
+    "train": cmd_train,
+    "cv": cmd_cv,
+    "tune": cmd_tune,
+    "runs": cmd_runs,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "explain": cmd_explain,
+    "export": cmd_export,
+    "serve": cmd_serve,
+    "predict": cmd_predict,
+    "weights": cmd_weights,
+    "data": cmd_data,
+    "cache": cmd_cache,
+}

@@ -1,4 +1,5 @@
 """What the command line prints: metrics, cross-validation tables and predictions as text."""
+
 from __future__ import annotations
 
 import csv
@@ -8,8 +9,7 @@ from pathlib import Path
 
 from vggtune.api import describe_interval, display_path, most_confused, per_class_rows
 
-
-MATRIX_CLASSES = 10           # beyond this many classes a terminal shows the most confused pairs instead
+MATRIX_CLASSES = 10  # beyond this many classes a terminal shows the most confused pairs instead
 
 
 def confusion_table(result: dict) -> str:
@@ -29,16 +29,18 @@ def confusion_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-SMALL_INTERVAL = 0.1          # a 95 % interval wider than this gets a warning
+SMALL_INTERVAL = 0.1  # a 95 % interval wider than this gets a warning
 
 
 def metrics_lines(result: dict) -> list[str]:
     low, high = result["accuracy_95"]
-    lines = [f"images             {result['n']}",
-             f"accuracy           {_number(result['accuracy'])}  (95% interval {low:.3f}-{high:.3f})",
-             f"balanced accuracy  {_number(result.get('balanced_accuracy', result['recall_macro']))}  "
-             "(the mean of the classes' recalls)",
-             f"F1 (macro)         {result['f1_macro']:.4f}"]
+    lines = [
+        f"images             {result['n']}",
+        f"accuracy           {_number(result['accuracy'])}  (95% interval {low:.3f}-{high:.3f})",
+        f"balanced accuracy  {_number(result.get('balanced_accuracy', result['recall_macro']))}  "
+        "(the mean of the classes' recalls)",
+        f"F1 (macro)         {result['f1_macro']:.4f}",
+    ]
     if "positive_class" in result:
         negative, positive = result["classes"]
         if "sensitivity" in result:
@@ -49,8 +51,11 @@ def metrics_lines(result: dict) -> list[str]:
     lines.append(f"log loss           {_number(result['log_loss'])}")
     lines += per_class_lines(result)
     if high - low > SMALL_INTERVAL:
-        lines.insert(0, f"warning: only {result['n']} images: the accuracy could be anywhere from {low:.2f} "
-                        f"to {high:.2f} (95% interval); more test images narrow it")
+        lines.insert(
+            0,
+            f"warning: only {result['n']} images: the accuracy could be anywhere from {low:.2f} "
+            f"to {high:.2f} (95% interval); more test images narrow it",
+        )
     return lines
 
 
@@ -70,8 +75,10 @@ def cv_lines(result: dict) -> list[str]:
     for row in result["per_fold"]:
         f1 = row.get("f1", row["f1_macro"])
         seconds = "" if row["seconds"] is None else f"{row['seconds']:.1f}"
-        lines.append(f"{row['fold']:>6}  {row['n']:>6}  {row['accuracy']:>8.4f}  {row['log_loss']:>8.4f}  "
-                     f"{f1:>6.4f}  {seconds:>7}")
+        lines.append(
+            f"{row['fold']:>6}  {row['n']:>6}  {row['accuracy']:>8.4f}  {row['log_loss']:>8.4f}  "
+            f"{f1:>6.4f}  {seconds:>7}"
+        )
     pooled, ranges = result["pooled"], result["pooled"]["intervals_95"]
     f1_key = "f1" if "f1" in pooled else "f1_macro"
     lines.append(f"pooled over {pooled['n']} images (95 % intervals):")
@@ -84,8 +91,16 @@ def cv_lines(result: dict) -> list[str]:
 def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:
     """Predictions as JSON, as CSV (path, label, each class's probability) or as Kaggle's id,label."""
     if fmt == "json" and not kaggle:
-        return json.dumps([{"path": display_path(p.path), "label": p.label, "probabilities": p.probabilities}
-                           for p in predictions], indent=2) + "\n"
+        return (
+            json.dumps(
+                [
+                    {"path": display_path(p.path), "label": p.label, "probabilities": p.probabilities}
+                    for p in predictions
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if kaggle:
@@ -111,9 +126,16 @@ def trials_table(trials: list[dict]) -> str:
     lines = [header]
     for t in trials:
         settings = [t["settings"].get(name) for name in names]
-        lines.append((str(t["number"]), t["state"], _number(t["score"]) if t["score"] is not None else "-",
-                      _number(t["balanced_accuracy"]) if t["balanced_accuracy"] is not None else "-",
-                      f"{t['seconds']:.0f}", *(f"{v:.3g}" if isinstance(v, float) else str(v) for v in settings)))
+        lines.append(
+            (
+                str(t["number"]),
+                t["state"],
+                _number(t["score"]) if t["score"] is not None else "-",
+                _number(t["balanced_accuracy"]) if t["balanced_accuracy"] is not None else "-",
+                f"{t['seconds']:.0f}",
+                *(f"{v:.3g}" if isinstance(v, float) else str(v) for v in settings),
+            )
+        )
     return _aligned(lines)
 
 
@@ -124,15 +146,34 @@ def _aligned(lines: list[tuple]) -> str:
 
 def runs_table(rows: list[dict]) -> str:
     """The rows as an aligned table, accuracy with its 95 % interval."""
-    header = ("run", "data", "head", "epochs", "precision", "tested on", "accuracy (95 % interval)", "balanced",
-              "log loss", "wall s")
+    header = (
+        "run",
+        "data",
+        "head",
+        "epochs",
+        "precision",
+        "tested on",
+        "accuracy (95 % interval)",
+        "balanced",
+        "log loss",
+        "wall s",
+    )
     lines = [header]
     for r in rows:
         interval = f" ({r['accuracy_95'][0]:.3f}-{r['accuracy_95'][1]:.3f})" if r["accuracy_95"] else ""
         accuracy = f"{r['accuracy']:.4f}{interval}" if r["accuracy"] is not None else "-"
-        lines.append((r["run"], r["data"], r["head"], str(r["epochs"]), r["precision"],
-                      f"{r['split']} {r['images']}" if r["split"] else "-", accuracy,
-                      f"{r['balanced_accuracy']:.4f}" if r.get("balanced_accuracy") is not None else "-",
-                      f"{r['log_loss']:.4f}" if r["log_loss"] is not None else "-",
-                      f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"))
+        lines.append(
+            (
+                r["run"],
+                r["data"],
+                r["head"],
+                str(r["epochs"]),
+                r["precision"],
+                f"{r['split']} {r['images']}" if r["split"] else "-",
+                accuracy,
+                f"{r['balanced_accuracy']:.4f}" if r.get("balanced_accuracy") is not None else "-",
+                f"{r['log_loss']:.4f}" if r["log_loss"] is not None else "-",
+                f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-",
+            )
+        )
     return _aligned(lines)

@@ -5,6 +5,7 @@ With 1 normal X-ray to 2.9 of pneumonia, a model that recognises half the normal
 Where the largest class outnumbers the smallest beyond IMBALANCE_RATIO, the command line, the report
 and the model card say so in words and point to balanced accuracy and per-class recall.
 """
+
 from __future__ import annotations
 
 
@@ -14,36 +15,45 @@ def per_class(items, classes: list[str]) -> dict[str, int]:
 
 
 def counts_line(counts: dict[str, int], where: str) -> str:
-    """"classes in training: a 1,073, b 3,100 (1 : 2.9)"."""
+    """ "classes in training: a 1,073, b 3,100 (1 : 2.9)"."""
     listed = ", ".join(f"{name} {count:,}" for name, count in counts.items())
     ratio = class_ratio(counts)
-    return f"classes in {where}: {listed}" + (f" (1 : {ratio:.1f})" if len(counts) > 1 and ratio != float("inf") else "")
+    return f"classes in {where}: {listed}" + (
+        f" (1 : {ratio:.1f})" if len(counts) > 1 and ratio != float("inf") else ""
+    )
 
 
-IMBALANCE_RATIO = 1.5          # beyond this ratio of the largest class to the smallest, accuracy misleads
+IMBALANCE_RATIO = 1.5  # beyond this ratio of the largest class to the smallest, accuracy misleads
 
 
 def class_ratio(counts: dict[str, int]) -> float:
     """The largest class's images over the smallest's (inf where a class has none)."""
     values = list(counts.values())
-    return max(values) / min(values) if values and min(values) else float("inf")
+    smallest = min(values, default=0)
+    return max(values) / smallest if smallest else float("inf")
+
+
+def _count_of(counts: dict[str, int]):
+    return lambda name: counts[name]
 
 
 def imbalance(counts: dict[str, int]) -> str | None:
     """One sentence where the classes are imbalanced beyond IMBALANCE_RATIO: what it does to accuracy and
     what to read instead. `counts`: images per class."""
-    counts = {name: count for name, count in counts.items() if count}      # an empty class is warned of apart
+    counts = {name: count for name, count in counts.items() if count}  # an empty class is warned of apart
     if len(counts) < 2 or class_ratio(counts) <= IMBALANCE_RATIO:
         return None
-    largest = max(counts, key=counts.get)
+    largest = max(counts, key=_count_of(counts))
     share = counts[largest] / sum(counts.values())
-    smallest = min(counts, key=counts.get)
-    return (f"the classes are imbalanced, 1 : {class_ratio(counts):.1f} ({smallest} {counts[smallest]:,}, "
-            f"{largest} {counts[largest]:,}): always answering {largest} would score {share:.3f} accuracy, so "
-            "read the balanced accuracy and each class's recall, which accuracy hides")
+    smallest = min(counts, key=_count_of(counts))
+    return (
+        f"the classes are imbalanced, 1 : {class_ratio(counts):.1f} ({smallest} {counts[smallest]:,}, "
+        f"{largest} {counts[largest]:,}): always answering {largest} would score {share:.3f} accuracy, so "
+        "read the balanced accuracy and each class's recall, which accuracy hides"
+    )
 
 
-FEW_IMAGES = 5                 # a class with fewer images than this can hardly be learned or judged
+FEW_IMAGES = 5  # a class with fewer images than this can hardly be learned or judged
 
 
 def class_warnings(counts: dict[str, int]) -> list[str]:
@@ -52,13 +62,17 @@ def class_warnings(counts: dict[str, int]) -> list[str]:
     warnings = [imbalance(counts)]
     few = [f"{name} ({count})" for name, count in counts.items() if count < FEW_IMAGES]
     if few:
-        warnings.append(f"{len(few)} class(es) with fewer than {FEW_IMAGES} images: {', '.join(few)}; a model can "
-                        "hardly learn them, nor a split judge them")
+        warnings.append(
+            f"{len(few)} class(es) with fewer than {FEW_IMAGES} images: {', '.join(few)}; a model can "
+            "hardly learn them, nor a split judge them"
+        )
     alike: dict[str, list[str]] = {}
     for name in counts:
         alike.setdefault("".join(name.casefold().split()).replace("_", "").replace("-", ""), []).append(name)
     for names in alike.values():
         if len(names) > 1:
-            warnings.append(f"classes {', '.join(repr(n) for n in names)} differ only in case or spacing: one "
-                            "class under two names? rename the folders or labels to one")
+            warnings.append(
+                f"classes {', '.join(repr(n) for n in names)} differ only in case or spacing: one "
+                "class under two names? rename the folders or labels to one"
+            )
     return [warning for warning in warnings if warning]

@@ -1,146 +1,33 @@
-"""Finding labelled images, checking every one, and splitting them without leakage."""
+"""Checking every labelled image that discovery found, and splitting them without leakage."""
+
 from __future__ import annotations
 
 import csv
 import functools
 import hashlib
 import io
-import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from vggtune import distributed
+from vggtune.data.discovery import discover
+from vggtune.data.images import VANISHED, ImageRejected, open_rgb
+from vggtune.data.items import DUPLICATE, IN_DATA, LABEL_CONFLICT, Found, Item, Rejected, Splits
+from vggtune.data.similar import MAX_DISTANCE, copy_groups, without_near_copies
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_text, display_path
-from vggtune.data.images import VANISHED, ImageRejected, open_rgb
-from vggtune.data.items import DUPLICATE, IN_DATA, LABEL_CONFLICT, LAYOUT, Found, Item, Rejected, Splits
-from vggtune.data.manifest import read_manifest
-from vggtune.data.similar import MAX_DISTANCE, copy_groups, without_near_copies
 from vggtune.progress import progress
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-KAGGLE_NAME = re.compile(r"^([A-Za-z][\w-]*?)[._]\d+\.[A-Za-z]+$")
-SCAN_SIDE = 32        # decoding at about this size still reads every byte, so breakage shows
-
-
-def discover(root: str | Path, min_classes: int = 2) -> Found:
-    """Class folders (root/<class>/...), else Kaggle flat names (cat.123.jpg -> cat), or a CSV manifest
-    (manifest.py). Training needs two classes at least; evaluating a trained model can take one."""
-    root = Path(root)
-    if root.is_file() and root.suffix.lower() == ".csv":
-        found = read_manifest(root)
-    elif not root.is_dir():
-        what = "is a file" if root.exists() else "does not exist"
-        raise UserError(f"data: {display_path(root)} {what}; allowed: a folder with one sub-folder of images "
-                        "per class, or a CSV manifest (path,label[,split])")
-    else:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-        runs = [e for e in entries if _is_dir(e) and holds_runs(Path(e.path))]
-        entries = [e for e in entries if e not in runs]
-        folders = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
-        found = _from_folders(root, folders, entries) if folders else _from_kaggle_names(root, entries)
-        found.rejected += [Rejected(e.path, "a vggtune run folder, not a class of images", LAYOUT) for e in runs]
-    counts = found.counts()
-    if len(found.classes) < min_classes:
-        raise UserError(f"data: {display_path(root)} has {len(found.classes)} class(es) {found.classes}; "
-                        f"allowed: at least {min_classes} class folder{'s' if min_classes > 1 else ''}, "
-                        "or Kaggle names like cat.1.jpg")
-    empty = [c for c, n in counts.items() if n == 0]
-    if empty:
-        raise UserError(f"data: class folder(s) {empty} in {display_path(root)} hold no image files; "
-                        f"allowed: each class with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return found
-
-
-def holds_runs(folder: Path) -> bool:
-    """A vggtune run folder (its config.yaml beside its model or checkpoints), or a folder of them
-    (runs/latest): what `vggtune train` wrote, never a class of images."""
-    def is_run(path: Path) -> bool:
-        return (path / "config.yaml").is_file() and any((path / name).exists()
-                                                        for name in ("model.json", "state", "metrics.jsonl"))
-    if is_run(folder):
-        return True
-    try:                                # scandir: a class of many images costs no stat per file
-        with os.scandir(folder) as entries:
-            return any(_is_dir(entry) and is_run(Path(entry.path)) for entry in entries)
-    except OSError:
-        return False
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _from_folders(root: Path, folders, entries) -> Found:
-    found = Found(classes=[f.name for f in folders], files=[])
-    for entry in entries:
-        if entry not in folders and not entry.name.startswith("."):
-            found.rejected.append(Rejected(entry.path, "not inside a class folder", LAYOUT))
-    for folder in folders:
-        for path, reason in walk_files(Path(folder.path)):
-            if reason:
-                found.rejected.append(Rejected(path, reason))
-            else:
-                found.files.append((path, folder.name))
-    return found
-
-
-def _from_kaggle_names(root: Path, entries) -> Found:
-    found = Found(classes=[], files=[])
-    for entry in entries:
-        match = KAGGLE_NAME.match(entry.name)
-        if entry.name.startswith("."):
-            continue
-        if match:
-            found.files.append((entry.path, match.group(1).lower()))
-        else:
-            found.rejected.append(Rejected(entry.path, "name gives no class; allowed: <class>.<number>.<ext>", LAYOUT))
-    found.classes = sorted({name for _, name in found.files})
-    return found
-
-
-def walk_files(folder: Path):
-    """(path, None) for each candidate file below folder, (path, reason) for what is skipped."""
-    seen_dirs = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:
-            dirnames[:] = []
-            yield dirpath, "symlink loop: folder already visited"
-            continue
-        seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = os.path.join(dirpath, name)
-            if not os.path.exists(path):
-                yield path, "broken or looping symlink"
-            elif Path(name).suffix.lower() not in IMAGE_SUFFIXES and not _looks_like_image(path):
-                yield path, f"not an image file (suffix {Path(name).suffix or 'none'})"
-            else:
-                yield path, None
-
-
-def _looks_like_image(path: str) -> bool:
-    """A file with an unusual suffix still counts when its first bytes say image."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError:
-        return False
-    return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF"))
+SCAN_SIDE = 32  # decoding at about this size still reads every byte, so breakage shows
 
 
 def check_file(path: str) -> tuple[str | None, str | None, int]:
-    """(sha256, None, perceptual hash) for a usable image, (None, reason, 0) otherwise: what the scan asks of each file."""
+    """(sha256, None, perceptual hash) for a usable image, (None, reason, 0) otherwise: what the scan asks of
+    each file."""
     try:
         with open(path, "rb") as handle:
             content = handle.read()
@@ -175,28 +62,35 @@ def scan(found: Found, workers: int = 2, whole: bool = False) -> tuple[list[Item
     with ThreadPoolExecutor(max(1, workers)) as pool:
         checks = pool.map(check_file, mine)
         bar = progress(total=len(mine), desc="checking images", unit="file")
-        results = []
+        results: list[tuple[Any, Any, int]] = []  # (sha256 or None, reason or None, dhash)
         for result in checks:
             results.append(result)
             bar.update()
         bar.close()
     results = distributed.gather(results)
     if found.manifest:
-        results = [(None, "no such file (named in the manifest)", 0) if reason == VANISHED else (sha, reason, dhash)
-                   for sha, reason, dhash in results]
+        results = [
+            (None, "no such file (named in the manifest)", 0) if reason == VANISHED else (sha, reason, dhash)
+            for sha, reason, dhash in results
+        ]
     classes_of: dict[str, set[str]] = {}
     for (_, name), (sha, _, _) in zip(found.files, results):
         if sha:
             classes_of.setdefault(sha, set()).add(name)
-    items, rejected, first_path = [], list(found.rejected), {}
+    items: list[Item] = []
+    rejected = list(found.rejected)
+    first_path: dict[str, str] = {}
     for (path, name), (sha, reason, dhash) in zip(found.files, results):
         if reason:
             rejected.append(Rejected(path, reason))
         elif whole:
             items.append(Item(path, index[name], sha, dhash))
         elif len(classes_of[sha]) > 1:
-            rejected.append(Rejected(path, f"label conflict: the same content is filed under {sorted(classes_of[sha])}",
-                                     LABEL_CONFLICT))
+            rejected.append(
+                Rejected(
+                    path, f"label conflict: the same content is filed under {sorted(classes_of[sha])}", LABEL_CONFLICT
+                )
+            )
         elif sha in first_path:
             rejected.append(Rejected(path, f"duplicate content of {display_path(first_path[sha])}", DUPLICATE))
         else:
@@ -218,22 +112,24 @@ def with_near_duplicates(split_function):
     leader): a re-saved or resized copy never lands in another split. The images are dealt as they
     always were, so a dataset without near-duplicates is split as before, and one with a few of them
     differs only by those."""
+
     @functools.wraps(split_function)
     def split(items: list[Item], *args, max_distance: int = MAX_DISTANCE, **kwargs):
         _, leader = copy_groups([item.dhash for item in items], max_distance)
         dealt = split_function(items, *args, **kwargs)
         where = {item.path: part for part, members in enumerate(dealt) for item in members}
-        parts = tuple([] for _ in dealt)
+        parts: tuple[list[Item], ...] = tuple([] for _ in dealt)
         for item, lead in zip(items, leader):
             parts[where[items[lead].path]].append(item)
         return tuple(sorted(part, key=lambda item: item.path) for part in parts)
+
     return split
 
 
 @with_near_duplicates
 def stratified_split(items: list[Item], fractions: tuple[float, float], seed: int):
     """(train, val, test) with each class split in the same proportions; content is already unique."""
-    splits = ([], [], [])
+    splits: tuple[list[Item], list[Item], list[Item]] = ([], [], [])
     for members in shuffled_classes(items, seed):
         n_val = int(round(len(members) * fractions[0]))
         n_test = int(round(len(members) * fractions[1]))
@@ -248,11 +144,12 @@ def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, se
     """(train, val, test): test is fold k of n stratified folds (k counts from 1), val is drawn from the
     rest. The folds depend on the seed alone, so the n runs of one cross-validation test each image once."""
     k, n = fold
-    test, rest = [], []
+    test: list[Item] = []
+    rest: list[Item] = []
     for members in shuffled_classes(items, seed):
         for rank, item in enumerate(members):
             (test if rank % n == k - 1 else rest).append(item)
-    train, val, _ = stratified_split.__wrapped__(rest, (val_fraction, 0.0), seed)   # the groups: moved once, above
+    train, val, _ = stratified_split.__wrapped__(rest, (val_fraction, 0.0), seed)  # the groups: moved once, above
     return train, val, test
 
 
@@ -267,24 +164,36 @@ def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def prepare_splits(data_dir, val_dir, test_dir, val_split: float, test_split: float, seed: int,
-                   workers: int = 2, fold: tuple[int, int] | None = None) -> Splits:
+def prepare_splits(
+    data_dir,
+    val_dir,
+    test_dir,
+    val_split: float,
+    test_split: float,
+    seed: int,
+    workers: int = 2,
+    fold: tuple[int, int] | None = None,
+) -> Splits:
     """Scan every image, then split; a content hash never appears in two splits. With `fold` (k, n)
     the test split is the k-th of n cross-validation folds and `test_split` is not used."""
     found = discover(data_dir)
     items, rejected = scan(found, workers)
     held: dict[str, list[Item]] = {}
-    taken: dict[str, tuple[str, str]] = {}             # sha256 -> (split, path) of held-out files
+    taken: dict[str, tuple[str, str]] = {}  # sha256 -> (split, path) of held-out files
     for name, folder in (("test", test_dir), ("val", val_dir)):
         listed = [item for item in items if found.split_of.get(item.path) == name]
         if folder and listed:
-            raise UserError(f"--{name}-data: received {display_path(folder)}, but the manifest {display_path(data_dir)} "
-                            f"already names {len(listed)} {name} rows; allowed: one of the two")
+            raise UserError(
+                f"--{name}-data: received {display_path(folder)}, but the manifest {display_path(data_dir)} "
+                f"already names {len(listed)} {name} rows; allowed: one of the two"
+            )
         if folder:
             listed = _scan_held(folder, name, found.classes, workers, rejected)
         if fold and name == "test" and listed:
-            raise UserError(f"data: the manifest {display_path(data_dir)} names {len(listed)} test rows; allowed: "
-                            "no test rows for cross-validation, where each fold is the test split in turn")
+            raise UserError(
+                f"data: the manifest {display_path(data_dir)} names {len(listed)} test rows; allowed: "
+                "no test rows for cross-validation, where each fold is the test split in turn"
+            )
         if folder or listed:
             held[name] = _without_content(listed, taken, rejected, name if folder else IN_DATA)
             taken.update({item.sha256: (name, item.path) for item in held[name]})
@@ -302,8 +211,9 @@ def _scan_held(folder, name: str, classes: list[str], workers: int, rejected: li
     """The items of a --val-data or --test-data folder, which must hold the training classes."""
     other = discover(folder)
     if other.classes != classes:
-        raise UserError(f"--{name}-data: classes {other.classes} in {display_path(folder)}; "
-                        f"allowed: the training classes {classes}")
+        raise UserError(
+            f"--{name}-data: classes {other.classes} in {display_path(folder)}; allowed: the training classes {classes}"
+        )
     held_items, held_rejected = scan(other, workers, whole=True)
     rejected += [Rejected.of(row).found_in(name) for row in held_rejected]
     return held_items
@@ -311,20 +221,29 @@ def _scan_held(folder, name: str, classes: list[str], workers: int, rejected: li
 
 def require_training_images(splits: Splits, data_dir) -> Splits:
     if not splits.train:
-        raise UserError(f"data: no usable training images in {display_path(data_dir)} "
-                        f"({len(splits.rejected)} rejected; `vggtune data check` lists why); "
-                        "allowed: folders of readable images, not all of them in --val-data or --test-data")
+        raise UserError(
+            f"data: no usable training images in {display_path(data_dir)} "
+            f"({len(splits.rejected)} rejected; `vggtune data check` lists why); "
+            "allowed: folders of readable images, not all of them in --val-data or --test-data"
+        )
     return splits
 
 
-def _without_content(items: list[Item], taken: dict[str, tuple[str, str]], rejected: list,
-                     where: str = IN_DATA) -> list[Item]:
+def _without_content(
+    items: list[Item], taken: dict[str, tuple[str, str]], rejected: list, where: str = IN_DATA
+) -> list[Item]:
     kept = []
     for item in items:
         if item.sha256 in taken:
             split, path = taken[item.sha256]
-            rejected.append(Rejected(item.path, f"same content as {split} file {display_path(path)} (kept out of two splits)",
-                                     DUPLICATE, where))
+            rejected.append(
+                Rejected(
+                    item.path,
+                    f"same content as {split} file {display_path(path)} (kept out of two splits)",
+                    DUPLICATE,
+                    where,
+                )
+            )
         else:
             kept.append(item)
     return kept

@@ -1,4 +1,5 @@
 """Opening one image safely: every way a file can be unusable becomes an `ImageRejected` reason."""
+
 from __future__ import annotations
 
 import io
@@ -11,7 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 VANISHED = "file vanished before it could be read"
 MIN_SIDE = 16
-MAX_PIXELS = 89_478_485          # Pillow's own decompression-bomb threshold
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 
 
 class ImageRejected(Exception):
@@ -26,7 +27,7 @@ def open_rgb(path, short_side: int | None = None) -> Image.Image:
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)     # "Corrupt EXIF data": the pixels decide
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data": the pixels decide
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 _check_size(image)
@@ -48,8 +49,18 @@ def open_rgb(path, short_side: int | None = None) -> Image.Image:
         raise ImageRejected(f"decompression bomb: {exc}".split(" could be")[0].rstrip(", ")) from None
     except UnidentifiedImageError:
         raise ImageRejected(_unidentified_reason(path)) from None
-    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
-            MemoryError, RuntimeError, Image.UnidentifiedImageError) as exc:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        TypeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        RuntimeError,
+        Image.UnidentifiedImageError,
+    ) as exc:
         raise ImageRejected(_broken_reason(exc)) from None
 
 
@@ -63,18 +74,25 @@ def open_any(source, short_side: int | None = None) -> Image.Image:
     if hasattr(source, "read"):
         return open_rgb(io.BytesIO(source.read()), short_side)
     if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
-            raise ImageRejected(f"numpy array of {source.dtype} {source.shape}; "
-                                "allowed: uint8, H x W or H x W x 3 (RGB) or 4 (RGBA)")
+        if (
+            source.dtype != np.uint8
+            or source.ndim not in (2, 3)
+            or (source.ndim == 3 and source.shape[2] not in (3, 4))
+        ):
+            raise ImageRejected(
+                f"numpy array of {source.dtype} {source.shape}; allowed: uint8, H x W or H x W x 3 (RGB) or 4 (RGBA)"
+            )
         source = Image.fromarray(source)
     if isinstance(source, Image.Image):
         _check_size(source)
         try:
             return to_rgb(ImageOps.exif_transpose(source))
-        except (OSError, ValueError, SyntaxError) as exc:        # a lazily loaded image that is broken
+        except (OSError, ValueError, SyntaxError) as exc:  # a lazily loaded image that is broken
             raise ImageRejected(_broken_reason(exc)) from None
-    raise ImageRejected(f"cannot read a {type(source).__name__}; allowed: a path, bytes, a binary file object, "
-                        "a PIL image or a uint8 numpy array")
+    raise ImageRejected(
+        f"cannot read a {type(source).__name__}; allowed: a path, bytes, a binary file object, "
+        "a PIL image or a uint8 numpy array"
+    )
 
 
 def shorter_sides(paths: list[str], limit: int = 500, seed: int = 0) -> list[int]:

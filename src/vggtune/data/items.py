@@ -1,5 +1,6 @@
 """What discovery and the scan hand on: the items (usable images), what a folder or manifest holds
 (`Found`), the splits, and each file that could not be used with its reason and kind (`Rejected`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,11 +8,11 @@ from dataclasses import dataclass, field
 SPLIT_NAMES = ("train", "val", "test")
 
 # The kinds of rejected file, written in rejected.csv beside the reason a person reads.
-UNREADABLE = "unreadable"            # not an image we can decode: missing, empty, broken, too small, a bomb ...
-LAYOUT = "layout"                    # not where a class can be read from (outside the class folders, a Kaggle-less name)
-MANIFEST_ROW = "manifest-row"        # a manifest row without a path or label, or with another split
-DUPLICATE = "duplicate"              # the same content again (in its class, or in another split)
-LABEL_CONFLICT = "label-conflict"    # the same content filed under two classes: every copy kept out
+UNREADABLE = "unreadable"  # not an image we can decode: missing, empty, broken, too small, a bomb ...
+LAYOUT = "layout"  # not where a class can be read from (outside the class folders, a Kaggle-less name)
+MANIFEST_ROW = "manifest-row"  # a manifest row without a path or label, or with another split
+DUPLICATE = "duplicate"  # the same content again (in its class, or in another split)
+LABEL_CONFLICT = "label-conflict"  # the same content filed under two classes: every copy kept out
 KINDS = (UNREADABLE, LAYOUT, MANIFEST_ROW, DUPLICATE, LABEL_CONFLICT)
 
 
@@ -25,6 +26,9 @@ class Rejected(tuple):
     DATA, or a given --val-data or --test-data folder) beside. A plain (path, reason) pair everywhere a
     pair is expected; a bare pair is of kind "unreadable", in DATA."""
 
+    kind: str
+    where: str
+
     def __new__(cls, path: str, reason: str, kind: str = UNREADABLE, where: str = IN_DATA):
         if kind not in KINDS:
             raise ValueError(f"rejection kind {kind!r}; allowed: {', '.join(KINDS)}")
@@ -34,14 +38,14 @@ class Rejected(tuple):
         row.kind, row.where = kind, where
         return row
 
-    def __getnewargs__(self):                 # pickled (torchrun gathers them) with its kind and folder
+    def __getnewargs__(self):  # pickled (torchrun gathers them) with its kind and folder
         return (self[0], self[1], self.kind, self.where)
 
-    def found_in(self, where: str) -> "Rejected":
+    def found_in(self, where: str) -> Rejected:
         return Rejected(self[0], self[1], self.kind, where)
 
     @classmethod
-    def of(cls, row) -> "Rejected":
+    def of(cls, row) -> Rejected:
         return row if isinstance(row, Rejected) else cls(row[0], row[1])
 
     @property
@@ -58,16 +62,17 @@ class Item:
     path: str
     label: int
     sha256: str
-    dhash: int = 0          # perceptual hash, for near-duplicate warnings
+    dhash: int = 0  # perceptual hash, for near-duplicate warnings
 
 
 @dataclass
 class Found:
     """What discovery saw: candidate files per class and files it could not take."""
+
     classes: list[str]
-    files: list[tuple[str, str]]                 # (path, class name)
+    files: list[tuple[str, str]]  # (path, class name)
     rejected: list[tuple[str, str]] = field(default_factory=list)
-    split_of: dict[str, str] = field(default_factory=dict)      # path -> split a manifest assigns
+    split_of: dict[str, str] = field(default_factory=dict)  # path -> split a manifest assigns
     manifest: bool = False
 
     def counts(self) -> dict[str, int]:
@@ -89,5 +94,6 @@ class Splits:
     def class_lines(self) -> list[str]:
         """The training images per class, and the warnings their names and sizes call for (balance.py)."""
         from vggtune.data import balance
+
         counts = balance.per_class(self.train, self.classes)
         return [balance.counts_line(counts, "training"), *(f"warning: {w}" for w in balance.class_warnings(counts))]

@@ -5,6 +5,7 @@ Paths are absolute or relative to the CSV's folder. Other columns are ignored. A
 be used (no path, no label, a split other than train/val/test) is rejected with its row number,
 like an unreadable image; the files themselves are checked by the scan, as for folders.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,11 +31,14 @@ def read_manifest(path: Path) -> Found:
                 if any(cell.strip() for cell in row):
                     _add_row(found, columns, row, reader.line_num, base)
     except OSError as exc:
-        raise UserError(f"data: cannot read the manifest {display_path(path)} ({exc.strerror}); "
-                        "allowed: a readable CSV file") from None
+        raise UserError(
+            f"data: cannot read the manifest {display_path(path)} ({exc.strerror}); allowed: a readable CSV file"
+        ) from None
     except csv.Error as exc:
-        raise UserError(f"data: the manifest {display_path(path)} is not valid CSV ({exc}); "
-                        "allowed: comma-separated rows path,label[,split]") from None
+        raise UserError(
+            f"data: the manifest {display_path(path)} is not valid CSV ({exc}); "
+            "allowed: comma-separated rows path,label[,split]"
+        ) from None
     found.classes = sorted({label for _, label in found.files})
     return found
 
@@ -43,8 +47,10 @@ def _columns(header: list[str] | None, path: Path) -> dict[str, int]:
     names = [cell.strip().lower() for cell in header or []]
     absent = [name for name in REQUIRED if name not in names]
     if absent:
-        raise UserError(f"data: the manifest {display_path(path)} has columns {names} and lacks {absent}; "
-                        "allowed: a header row with path and label, and optionally split")
+        raise UserError(
+            f"data: the manifest {display_path(path)} has columns {names} and lacks {absent}; "
+            "allowed: a header row with path and label, and optionally split"
+        )
     return {name: names.index(name) for name in (*REQUIRED, "split") if name in names}
 
 
@@ -59,8 +65,11 @@ def _add_row(found: Found, columns: dict[str, int], row: list[str], line: int, b
     if not cell["label"]:
         found.rejected.append(Rejected(path, f"{where}: empty label", MANIFEST_ROW))
     elif split and split not in SPLIT_NAMES:
-        found.rejected.append(Rejected(path, f"{where}: split {cell['split']!r}; allowed: {', '.join(SPLIT_NAMES)} or empty",
-                                      MANIFEST_ROW))
+        found.rejected.append(
+            Rejected(
+                path, f"{where}: split {cell['split']!r}; allowed: {', '.join(SPLIT_NAMES)} or empty", MANIFEST_ROW
+            )
+        )
     else:
         found.files.append((path, cell["label"]))
         if split:

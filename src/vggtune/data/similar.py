@@ -9,6 +9,7 @@ and about 4 * 10^6 comparisons (benchmarks/scale.py), where every pair was 5 * 1
 Copies with the very same hash are linked to the first of them, not to each other: a group of m
 copies is m - 1 pairs, not m(m - 1)/2.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,9 +22,9 @@ import numpy as np
 from vggtune.data.items import DUPLICATE, Item, Rejected, Splits
 from vggtune.fsutil import atomic_write_text, display_path
 
-MAX_DISTANCE = 4           # bits: a re-saved, resized or recompressed copy stays within it (tests/test_leakage.py)
-CHUNK_PAIRS = 4_000_000    # candidate pairs compared at a time: bounds the memory of a large bucket
-MAX_GROUP = 5              # an image and a few copies of it; more alike than this is a look, not copies
+MAX_DISTANCE = 4  # bits: a re-saved, resized or recompressed copy stays within it (tests/test_leakage.py)
+CHUNK_PAIRS = 4_000_000  # candidate pairs compared at a time: bounds the memory of a large bucket
+MAX_GROUP = 5  # an image and a few copies of it; more alike than this is a look, not copies
 
 
 def close_pairs(hashes, max_distance: int = MAX_DISTANCE) -> list[tuple[int, int, int]]:
@@ -55,7 +56,7 @@ def _close_unique(unique: np.ndarray, max_distance: int) -> tuple[np.ndarray, np
     if not found_a:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
     a, b = np.concatenate(found_a), np.concatenate(found_b)
-    code = np.unique(a.astype(np.int64) * len(unique) + b)          # a pair found by two indexes, once
+    code = np.unique(a.astype(np.int64) * len(unique) + b)  # a pair found by two indexes, once
     a, b = code // len(unique), code % len(unique)
     return a, b, _bit_count(unique[a] ^ unique[b]).astype(np.int64)
 
@@ -89,7 +90,7 @@ def _same_key_pairs(keys: np.ndarray):
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[starts[1:], len(keys)]
     bucket_end = np.repeat(ends, ends - starts)
-    partners = bucket_end - np.arange(len(keys)) - 1          # each position pairs with those after it
+    partners = bucket_end - np.arange(len(keys)) - 1  # each position pairs with those after it
     cumulative = np.cumsum(partners)
     begin = 0
     while begin < len(keys):
@@ -115,6 +116,7 @@ def groups(count: int, pairs, max_group: int | None = None) -> np.ndarray:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
+
     for i, j, *_ in pairs:
         a, b = root(i), root(j)
         if a != b:
@@ -138,6 +140,7 @@ def copy_groups(hashes, max_distance: int = MAX_DISTANCE) -> tuple[list[tuple[in
 
 # ---- near-duplicates among a dataset's items --------------------------------------------------------
 
+
 def near_duplicates(items: list[Item], max_distance: int = MAX_DISTANCE) -> list[tuple[Item, Item, int]]:
     """Pairs of different files in one copy group (`copy_groups`: dHashes within `max_distance` bits;
     copies with the same hash each paired with the first of them)."""
@@ -153,15 +156,20 @@ def without_near_copies(items: list[Item], held: dict[str, list[Item]], rejected
         return items
     pool = items + [item for item, _ in outside]
     _, group = copy_groups([item.dhash for item in pool])
-    held_in = {}
+    held_in: dict[int, tuple] = {}
     for position in range(len(items), len(pool)):
         held_in.setdefault(int(group[position]), outside[position - len(items)])
     kept = []
-    for item, group_id in zip(items, group[:len(items)]):
+    for item, group_id in zip(items, group[: len(items)]):
         if int(group_id) in held_in:
             other, name = held_in[int(group_id)]
-            rejected.append(Rejected(item.path, f"near-duplicate of {name} file {display_path(other.path)} "
-                                                "(kept out of two splits)", DUPLICATE))
+            rejected.append(
+                Rejected(
+                    item.path,
+                    f"near-duplicate of {name} file {display_path(other.path)} (kept out of two splits)",
+                    DUPLICATE,
+                )
+            )
         else:
             kept.append(item)
     return kept
@@ -174,10 +182,13 @@ def report(splits: Splits, max_distance: int = MAX_DISTANCE):
     tagged = [(item, name) for name in ("train", "val", "test") for item in getattr(splits, name)]
     split_of = {item.path: name for item, name in tagged}
     pairs = near_duplicates([item for item, _ in tagged], max_distance)
-    rows = sorted(((a.path, split_of[a.path], b.path, split_of[b.path], d) for a, b, d in pairs),
-                  key=lambda row: (row[1] == row[3], row[4]))
-    conflicts = [(a.path, splits.classes[a.label], b.path, splits.classes[b.label], d)
-                 for a, b, d in pairs if a.label != b.label]
+    rows = sorted(
+        ((a.path, split_of[a.path], b.path, split_of[b.path], d) for a, b, d in pairs),
+        key=lambda row: (row[1] == row[3], row[4]),
+    )
+    conflicts = [
+        (a.path, splits.classes[a.label], b.path, splits.classes[b.label], d) for a, b, d in pairs if a.label != b.label
+    ]
     return rows, conflicts
 
 

@@ -16,6 +16,7 @@ The parity check runs the format's own runtime and PyTorch (fp32) on up to 64 of
 test images: fp32 must agree to 1e-4 in every probability; int8 must give the same label on at
 least 99 % of them and the run's test accuracy within half a point. A failed check keeps no file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggtune.version import __version__
-from vggtune.errors import UserError
 from vggtune.deploy.inputs import labelled_files
+from vggtune.errors import UserError
 from vggtune.features.extract import decode_clean
 from vggtune.fsutil import atomic_write_json, display_path
-from vggtune.training.rundir import RunDir
 from vggtune.model.spec import ModelSpec, load_classifier
+from vggtune.training.rundir import RunDir
+from vggtune.version import __version__
 
 PARITY_IMAGES = 64
 FP32_TOLERANCE = 1e-4
@@ -43,13 +44,19 @@ INT8_AGREEMENT = 0.99
 INT8_ACCURACY_POINTS = 0.5
 PRECISIONS = ("fp32", "int8")
 # format -> (module that writes and runs it, file name in the run, precisions, the package its runtime needs)
-FORMATS = {"onnx": ("vggtune.deploy.onnxexport", "model{}.onnx", PRECISIONS, "onnxruntime"),
-           "openvino": ("vggtune.deploy.openvinoexport", "model{}.xml", PRECISIONS, "openvino"),
-           "tflite": ("vggtune.deploy.tfliteexport", "model{}.tflite", ("fp32",), "litert_torch")}
+FORMATS = {
+    "onnx": ("vggtune.deploy.onnxexport", "model{}.onnx", PRECISIONS, "onnxruntime"),
+    "openvino": ("vggtune.deploy.openvinoexport", "model{}.xml", PRECISIONS, "openvino"),
+    "tflite": ("vggtune.deploy.tfliteexport", "model{}.tflite", ("fp32",), "litert_torch"),
+}
 
 
 class ExportGraph(nn.Module):
     """uint8 NHWC RGB in, class probabilities out: the weights' normalisation inside."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, spec: ModelSpec):
         super().__init__()
         prep = spec.preprocessing
@@ -71,26 +78,39 @@ class Exported:
     path: Path
     precision: str
     images_checked: int
-    max_difference: float           # largest |exported - PyTorch| probability
-    label_agreement: float          # share of images with the same label
+    max_difference: float  # largest |exported - PyTorch| probability
+    label_agreement: float  # share of images with the same label
     accuracy_exported: float | None  # on the run's test split (int8 only)
     accuracy_run: float | None
 
 
 def metadata(spec: ModelSpec, precision: str, file_format: str = "onnx") -> dict:
     prep = spec.preprocessing
-    return {"format": f"vggtune-{file_format}/1", "vggtune": __version__, "classes": list(spec.classes),
-            "weights": spec.weights, "precision": precision, "head": spec.head.kind,
-            "temperature": spec.scoring.temperature, "tta": spec.scoring.tta,
-            # two classes: the label is the second class where its probability exceeds this (not the larger one)
-            "threshold": spec.scoring.threshold,
-            "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
-                      "shape": ["batch", prep.size, prep.size, 3],
-                      "resize": prep.resize, "crop": prep.size,
-                      "how": f"resize the shorter side to {prep.resize} px (bilinear, antialiased), "
-                             f"centre-crop {prep.size} x {prep.size}; normalisation is inside the graph"},
-            "normalisation": {"mean": list(prep.mean), "std": list(prep.std), "channel_order": prep.channel_order},
-            "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)]}}
+    return {
+        "format": f"vggtune-{file_format}/1",
+        "vggtune": __version__,
+        "classes": list(spec.classes),
+        "weights": spec.weights,
+        "precision": precision,
+        "head": spec.head.kind,
+        "temperature": spec.scoring.temperature,
+        "tta": spec.scoring.tta,
+        # two classes: the label is the second class where its probability exceeds this (not the larger one)
+        "threshold": spec.scoring.threshold,
+        "input": {
+            "name": "images",
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "channels": "RGB",
+            "shape": ["batch", prep.size, prep.size, 3],
+            "resize": prep.resize,
+            "crop": prep.size,
+            "how": f"resize the shorter side to {prep.resize} px (bilinear, antialiased), "
+            f"centre-crop {prep.size} x {prep.size}; normalisation is inside the graph",
+        },
+        "normalisation": {"mean": list(prep.mean), "std": list(prep.std), "channel_order": prep.channel_order},
+        "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)]},
+    }
 
 
 def float_model(run: Path, spec: ModelSpec) -> ExportGraph:
@@ -99,7 +119,9 @@ def float_model(run: Path, spec: ModelSpec) -> ExportGraph:
     return ExportGraph(model.eval().to(memory_format=torch.contiguous_format), spec).eval()
 
 
-def export(run: str | Path, out: str | Path | None = None, precision: str = "fp32", file_format: str = "onnx") -> Exported:
+def export(
+    run: str | Path, out: str | Path | None = None, precision: str = "fp32", file_format: str = "onnx"
+) -> Exported:
     if file_format not in FORMATS:
         raise UserError(f"--format: received {file_format!r}; allowed: {', '.join(FORMATS)}")
     module_name, file_name, precisions, package = FORMATS[file_format]
@@ -110,14 +132,18 @@ def export(run: str | Path, out: str | Path | None = None, precision: str = "fp3
     spec = ModelSpec.load(run)
     target = Path(out) if out else run / file_name.format("" if precision == "fp32" else "-int8")
     if target.suffix != Path(file_name).suffix:
-        raise UserError(f"--out: received {display_path(target)} for --format {file_format}; allowed: a file name "
-                        f"ending in {Path(file_name).suffix}")
+        raise UserError(
+            f"--out: received {display_path(target)} for --format {file_format}; allowed: a file name "
+            f"ending in {Path(file_name).suffix}"
+        )
     graph = float_model(run, spec)
     paths, labels, _ = labelled_files(run, list(spec.classes), None)
     images, kept = views_of(paths[:PARITY_IMAGES], spec)
     if not len(images):
-        raise UserError(f"export: none of the run's test images could be read; allowed: a run whose "
-                        f"test images are in place ({display_path(run)}/splits.json lists them)")
+        raise UserError(
+            f"export: none of the run's test images could be read; allowed: a run whose "
+            f"test images are in place ({display_path(run)}/splits.json lists them)"
+        )
     values = metadata(spec, precision, file_format)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written and checked in a folder beside the target, then renamed into place: complete files or none.
@@ -125,9 +151,9 @@ def export(run: str | Path, out: str | Path | None = None, precision: str = "fp3
         written = Path(folder) / target.name
         writer.write(graph, spec, images, written, run, precision, values)
         result = check(writer.runner(written), graph, images, precision, run, spec, paths, labels)
-        for path in sorted(Path(folder).iterdir()):       # OpenVINO's .bin beside its .xml
+        for path in sorted(Path(folder).iterdir()):  # OpenVINO's .bin beside its .xml
             os.replace(path, target.parent / (target.name if path == written else target.stem + path.suffix))
-    atomic_write_json(target.with_name(target.name + ".json"), values)       # model.onnx.json
+    atomic_write_json(target.with_name(target.name + ".json"), values)  # model.onnx.json
     return dataclasses.replace(result, path=target)
 
 
@@ -137,8 +163,10 @@ def _writer(module_name: str, package: str, file_format: str):
     except ImportError as exc:
         missing = isinstance(exc, ModuleNotFoundError) and exc.name == package
         why = "is not installed" if missing else f"does not import here ({exc})"
-        raise UserError(f"--format {file_format}: needs the {package.replace('_', '-')} package, which {why}; "
-                        f"allowed: pip install 'vggtune[{file_format}]' in an environment of its own") from None
+        raise UserError(
+            f"--format {file_format}: needs the {package.replace('_', '-')} package, which {why}; "
+            f"allowed: pip install 'vggtune[{file_format}]' in an environment of its own"
+        ) from None
     return importlib.import_module(module_name)
 
 
@@ -157,27 +185,40 @@ def views_of(paths: list[str], spec: ModelSpec) -> tuple[np.ndarray, list[int]]:
     return (np.stack(views) if views else np.zeros((0, 0, 0, 3), np.uint8)), kept
 
 
-def check(runner, graph: ExportGraph, images: np.ndarray, precision: str, run: Path, spec: ModelSpec,
-          paths: list[str], labels: list[int]) -> Exported:
+def check(
+    runner,
+    graph: ExportGraph,
+    images: np.ndarray,
+    precision: str,
+    run: Path,
+    spec: ModelSpec,
+    paths: list[str],
+    labels: list[int],
+) -> Exported:
     """The format's runtime (`runner`: uint8 NHWC images -> probabilities) against PyTorch fp32 on the
     run's test images; raises ExportCheckFailed."""
     exported_probabilities = runner(images)
     with torch.inference_mode():
-        torch_probabilities = np.concatenate([graph(torch.from_numpy(images[i:i + 16])).numpy()
-                                              for i in range(0, len(images), 16)])
+        torch_probabilities = np.concatenate(
+            [graph(torch.from_numpy(images[i : i + 16])).numpy() for i in range(0, len(images), 16)]
+        )
     difference = float(np.abs(exported_probabilities - torch_probabilities).max())
     agreement = float((spec.scoring.decide(exported_probabilities) == spec.scoring.decide(torch_probabilities)).mean())
     if precision == "fp32":
         if difference > FP32_TOLERANCE or agreement < 1:
-            raise ExportCheckFailed(f"the exported model and PyTorch differ by {difference:.2e} (allowed "
-                                    f"{FP32_TOLERANCE:.0e}) and agree on {agreement:.1%} of labels; the file was not kept")
+            raise ExportCheckFailed(
+                f"the exported model and PyTorch differ by {difference:.2e} (allowed "
+                f"{FP32_TOLERANCE:.0e}) and agree on {agreement:.1%} of labels; the file was not kept"
+            )
         return Exported(Path(), precision, len(images), difference, agreement, None, None)
-    accuracy_run = float(RunDir(run).metrics().test["accuracy"])
+    accuracy_run = float((RunDir(run).finished_metrics().test or {})["accuracy"])
     all_images, kept = views_of(paths, spec)
     predicted = spec.scoring.decide(runner(all_images))
     accuracy_exported = float((predicted == np.asarray(labels)[kept]).mean())
     if agreement < INT8_AGREEMENT or abs(accuracy_exported - accuracy_run) * 100 > INT8_ACCURACY_POINTS:
-        raise ExportCheckFailed(f"int8 agrees with PyTorch on {agreement:.1%} of labels (allowed: "
-                                f"{INT8_AGREEMENT:.0%}) and scores {accuracy_exported:.4f} against the run's "
-                                f"{accuracy_run:.4f} (allowed: {INT8_ACCURACY_POINTS} points); the file was not kept")
+        raise ExportCheckFailed(
+            f"int8 agrees with PyTorch on {agreement:.1%} of labels (allowed: "
+            f"{INT8_AGREEMENT:.0%}) and scores {accuracy_exported:.4f} against the run's "
+            f"{accuracy_run:.4f} (allowed: {INT8_ACCURACY_POINTS} points); the file was not kept"
+        )
     return Exported(Path(), precision, len(images), difference, agreement, accuracy_exported, accuracy_run)

@@ -1,11 +1,14 @@
 """The images a finished run is applied to: the files and folders a user names (`expand_paths`), and
 labelled ones to judge it on (`labelled_files`: its own test split, or class folders mapped to its classes)."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from vggtune import runfiles
 from vggtune.data import dataset as data
+from vggtune.data import discovery
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.training.rundir import RunDir
@@ -16,7 +19,7 @@ def expand_paths(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     files, rejected = [], []
     for path in paths:
         if os.path.isdir(path):
-            for found, reason in data.walk_files(Path(path)):
+            for found, reason in discovery.walk_files(Path(path)):
                 (rejected.append((found, reason)) if reason else files.append(found))
         elif os.path.isfile(path):
             files.append(path)
@@ -31,21 +34,25 @@ def labelled_files(run: Path, classes: list[str], data_dir: str | None) -> tuple
         try:
             splits = RunDir(run).splits()
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"{display_path(Path(run) / 'splits.json')}: unreadable ({exc}); allowed: --data DIR") from None
+            raise UserError(
+                f"{display_path(Path(run) / runfiles.SPLITS)}: unreadable ({exc}); allowed: --data DIR"
+            ) from None
         if splits is None:
-            raise UserError(f"{display_path(Path(run) / 'splits.json')}: no such file; allowed: --data DIR") from None
+            raise UserError(f"{display_path(Path(run) / runfiles.SPLITS)}: no such file; allowed: --data DIR") from None
         if not splits.test:
             raise UserError(f"run {display_path(run)} kept no test images; allowed: --data DIR with class folders")
         paths = [item.path for item in splits.test]
         if not any(os.path.exists(path) for path in paths):
             folder = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
-            raise UserError(f"the run's {len(paths)} test images were under {display_path(folder)}, which holds none "
-                            "of them now; allowed: that folder back in place, or --data FOLDER with class folders")
+            raise UserError(
+                f"the run's {len(paths)} test images were under {display_path(folder)}, which holds none "
+                "of them now; allowed: that folder back in place, or --data FOLDER with class folders"
+            )
         return paths, [item.label for item in splits.test], []
-    found = data.discover(data_dir, min_classes=1)
+    found = discovery.discover(data_dir, min_classes=1)
     unknown = sorted(set(found.classes) - set(classes))
     if unknown:
         raise UserError(f"--data: classes {unknown} in {display_path(data_dir)} are not the run's; allowed: {classes}")
-    items, rejected = data.scan(found, whole=True)          # scored whole: copies within it too
+    items, rejected = data.scan(found, whole=True)  # scored whole: copies within it too
     index = {name: classes.index(name) for name in found.classes}
     return [i.path for i in items], [index[found.classes[i.label]] for i in items], rejected

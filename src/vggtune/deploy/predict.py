@@ -1,4 +1,5 @@
 """Predictor: a run directory in, labels and class probabilities out, no training data needed."""
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,11 @@ from vggtune.deploy.gradcam import Explanation, explain
 from vggtune.deploy.inputs import expand_paths
 from vggtune.features.choice import resolve
 from vggtune.features.extract import decode_clean, normalise, prefetch
-from vggtune.progress import progress
 from vggtune.model.runtime import runtime_for
 from vggtune.model.spec import ModelSpec, load_classifier
+from vggtune.progress import progress
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
 
 
@@ -32,11 +33,18 @@ class Predictor:
     """Loads model.json + model.safetensors and classifies image files: the blocks on `engine` (compiled
     once, on first use), the head in PyTorch."""
 
-    def __init__(self, run: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 32,
-                 engine: str | Engine = "auto", threshold: float | None = None):
+    def __init__(
+        self,
+        run: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 32,
+        engine: str | Engine = "auto",
+        threshold: float | None = None,
+    ):
         self.run = Path(run)
         self.spec = ModelSpec.load(self.run)
-        if threshold is not None:        # the caller's decision threshold instead of model.json's
+        if threshold is not None:  # the caller's decision threshold instead of model.json's
             self.spec = self.spec.deciding_at(threshold)
         self.classes, self.preprocessing = list(self.spec.classes), self.spec.preprocessing
         self.runtime = runtime_for(self.spec.int8 is not None, device, precision, self.run)
@@ -103,8 +111,10 @@ class Predictor:
     def _classify(self, paths, views) -> list[Prediction]:
         probs = self.probabilities(torch.stack(views))
         decided = self.spec.scoring.decide(probs)
-        return [Prediction(path, self.classes[int(label)], {c: float(v) for c, v in zip(self.classes, row)})
-                for path, label, row in zip(paths, decided, probs)]
+        return [
+            Prediction(path, self.classes[int(label)], {c: float(v) for c, v in zip(self.classes, row)})
+            for path, label, row in zip(paths, decided, probs)
+        ]
 
 
 def walk_folders(inputs: list) -> tuple[list, list[tuple[str, str]]]:
@@ -125,18 +135,30 @@ def name_of(source, index: int) -> str:
     """The name a prediction or explanation of an input carries: its path, or <kind N>."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
-    kind = {bytes: "bytes", bytearray: "bytes", memoryview: "bytes"}.get(type(source))
-    kind = kind or ("file object" if hasattr(source, "read") else "PIL image" if hasattr(source, "getbands")
-                    else "numpy array" if hasattr(source, "dtype") else type(source).__name__)
+    kinds: dict[type, str] = {bytes: "bytes", bytearray: "bytes", memoryview: "bytes"}
+    kind = kinds.get(type(source))
+    kind = kind or (
+        "file object"
+        if hasattr(source, "read")
+        else "PIL image"
+        if hasattr(source, "getbands")
+        else "numpy array"
+        if hasattr(source, "dtype")
+        else type(source).__name__
+    )
     return f"<{kind} {index}>"
 
 
-def load(run: str | Path, device: str = "auto", precision: str = "auto", engine: str | Engine = "auto",
-         threshold: float | None = None) -> Predictor:
+def load(
+    run: str | Path,
+    device: str = "auto",
+    precision: str = "auto",
+    engine: str | Engine = "auto",
+    threshold: float | None = None,
+) -> Predictor:
     """A Predictor for a finished run directory (`threshold`: a two-class decision threshold instead of
     the one model.json holds)."""
     return Predictor(run, device=device, precision=precision, engine=engine, threshold=threshold)
-
 
 
 __all__ = ["Explanation", "Prediction", "Predictor", "load"]

@@ -8,6 +8,7 @@ own reason beside the others' predictions. Off the loopback interface a token is
 (`Authorization: Bearer TOKEN`, or `?token=`), unless `--no-auth` says otherwise; `/health` (for a
 load balancer's probe) and the page (which asks for the token) answer without it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from vggtune.version import __version__
+from vggtune import runfiles
+from vggtune.deploy.predict import Predictor
 from vggtune.errors import UserError
 from vggtune.features.extract import decode_clean
 from vggtune.fsutil import display_path, file_digest
-from vggtune.deploy.predict import Predictor
+from vggtune.version import __version__
 
 TOKEN_VARIABLE = "VGGTUNE_TOKEN"
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -36,19 +38,23 @@ class ServeConfig:
     port: int = 8000
     max_upload_mb: float = 10.0
     max_batch: int = 16
-    wait_ms: float = 5.0                  # how long an image waits for others to share its batch
+    wait_ms: float = 5.0  # how long an image waits for others to share its batch
     token: str | None = None
     no_auth: bool = False
-    engine: str = "auto"                  # what runs the frozen blocks of each batch (features/engine.py)
+    engine: str = "auto"  # what runs the frozen blocks of each batch (features/engine.py)
 
     def __post_init__(self):
         if self.max_upload_mb <= 0 or self.max_batch < 1 or self.wait_ms < 0:
-            raise UserError(f"serve: --max-upload-mb {self.max_upload_mb}, --max-batch {self.max_batch}, "
-                            f"--wait-ms {self.wait_ms}; allowed: > 0, >= 1, >= 0")
+            raise UserError(
+                f"serve: --max-upload-mb {self.max_upload_mb}, --max-batch {self.max_batch}, "
+                f"--wait-ms {self.wait_ms}; allowed: > 0, >= 1, >= 0"
+            )
         if not loopback(self.host) and not self.token and not self.no_auth:
-            raise UserError(f"serve: --host {self.host} is reachable from other machines and no token is set; "
-                            f"allowed: --token TOKEN (or {TOKEN_VARIABLE}), --no-auth to serve without one, "
-                            "or --host 127.0.0.1")
+            raise UserError(
+                f"serve: --host {self.host} is reachable from other machines and no token is set; "
+                f"allowed: --token TOKEN (or {TOKEN_VARIABLE}), --no-auth to serve without one, "
+                "or --host 127.0.0.1"
+            )
 
 
 def loopback(host: str) -> bool:
@@ -66,7 +72,7 @@ class Batcher:
     def __init__(self, classify, max_batch: int, wait_s: float):
         self.classify, self.max_batch, self.wait_s = classify, max_batch, wait_s
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.batches = 0                     # how many model calls, for /info and the load test
+        self.batches = 0  # how many model calls, for /info and the load test
 
     async def submit(self, view: torch.Tensor) -> torch.Tensor:
         future = asyncio.get_running_loop().create_future()
@@ -88,7 +94,7 @@ class Batcher:
                 for (_, future), row in zip(batch, probabilities):
                     if not future.done():
                         future.set_result(row)
-            except Exception as exc:          # noqa: BLE001 - every waiting request hears of it
+            except Exception as exc:  # noqa: BLE001 - every waiting request hears of it
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
@@ -101,15 +107,20 @@ class Model:
     def __init__(self, run: str, engine: str = "auto"):
         self.predictor = Predictor(run, engine=engine)
         self.run = Path(run)
-        digest = file_digest(self.run / "model.safetensors")[:12]
+        digest = file_digest(self.run / runfiles.WEIGHTS)[:12]
         self.id = f"{self.run.resolve().name}@{digest}"
 
     def info(self) -> dict:
         spec = self.predictor.spec
-        return {"model": self.id, "classes": list(spec.classes), "weights": spec.weights,
-                "preprocessing": spec.preprocessing.to_dict(), "precision": self.predictor.runtime.precision,
-                "engine": self.predictor.engine.describe(),
-                "vggtune": __version__}
+        return {
+            "model": self.id,
+            "classes": list(spec.classes),
+            "weights": spec.weights,
+            "preprocessing": spec.preprocessing.to_dict(),
+            "precision": self.predictor.runtime.precision,
+            "engine": self.predictor.engine.describe(),
+            "vggtune": __version__,
+        }
 
     def decode(self, name: str, data: bytes) -> tuple[torch.Tensor | None, str | None]:
         """(the clean view, None), or (None, "name: why it cannot be read")."""
@@ -118,13 +129,18 @@ class Model:
 
     def answer(self, name: str, row: torch.Tensor) -> dict:
         classes = self.predictor.classes
-        return {"file": name, "label": classes[int(self.predictor.spec.scoring.decide(row[None])[0])],
-                "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)}, "model": self.id}
+        return {
+            "file": name,
+            "label": classes[int(self.predictor.spec.scoring.decide(row[None])[0])],
+            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row)},
+            "model": self.id,
+        }
 
     def explain(self, name: str, data: bytes) -> dict:
         """The answer for one upload with its Grad-CAM overlay (a PNG data URL): one decode, one network pass."""
         import base64
         import io
+
         explanations, rejected = self.predictor.explain([data])
         if rejected:
             raise BadUpload(422, f"{name}: {rejected[0][1]}")
@@ -132,7 +148,10 @@ class Model:
         buffer = io.BytesIO()
         explanation.overlay().save(buffer, format="PNG")
         row = torch.tensor([explanation.probabilities[c] for c in self.predictor.classes])
-        return {**self.answer(name, row), "overlay": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
+        return {
+            **self.answer(name, row),
+            "overlay": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
+        }
 
 
 class BadUpload(Exception):
@@ -161,11 +180,14 @@ def describe(config: ServeConfig) -> str:
 def check_port(host: str, port: int) -> None:
     """A port that is taken or not ours to bind is a one-line mistake, before the model loads."""
     import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise UserError(f"serve: cannot listen on {host}:{port} ({exc.strerror}); "
-                            "allowed: a free port (--port) on an address of this machine (--host)") from None
+            raise UserError(
+                f"serve: cannot listen on {host}:{port} ({exc.strerror}); "
+                "allowed: a free port (--port) on an address of this machine (--host)"
+            ) from None

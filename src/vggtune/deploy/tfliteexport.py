@@ -6,6 +6,7 @@ an app resizes the input tensor, or calls once per image, as phones do). The met
 file beside it. The optional extra `vggtune[tflite]`: litert-torch pins typing-extensions below
 4.13, which Selenium and Jupyter refuse, so it lives in an environment of its own (README).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,14 +18,17 @@ from vggtune.deploy.exporting import ExportGraph
 from vggtune.model.spec import ModelSpec
 
 
-def write(graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: Path, precision: str,
-          values: dict) -> None:
+def write(
+    graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: Path, precision: str, values: dict
+) -> None:
     import litert_torch
+
     litert_torch.convert(graph, (torch.from_numpy(images[:1]),)).export(str(target))
 
 
 def runner(path: Path):
     from ai_edge_litert.interpreter import Interpreter
+
     interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
     given, returned = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
@@ -36,4 +40,5 @@ def runner(path: Path):
             interpreter.invoke()
             rows.append(interpreter.get_tensor(returned)[0].copy())
         return np.stack(rows)
+
     return run

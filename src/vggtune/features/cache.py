@@ -1,8 +1,8 @@
 """The frozen-feature cache: outputs of the frozen blocks, computed once and stored.
 
 One folder per key (weights id, preprocessing, cut point, architecture, int8 calibration,
-the engine where it is not PyTorch, storage), one entry per (image content, view). Storage is float16, or uint8 for very large
-datasets: each view's values mapped onto 0..255 between its own minimum and maximum (the two
+the engine where it is not PyTorch, storage), one entry per (image content, view). Storage is float16, or
+uint8 for very large datasets: each view's values mapped onto 0..255 between its own minimum and maximum (the two
 numbers kept in the shard's manifest), half the bytes. The whole key is built here and
 nowhere else: `FeatureKey` for the folder, `entry_name` for the entry. Inside, shards:
 `shard-<id>.npy` (rows of features) and `shard-<id>.json` (entry names, shape, checksum).
@@ -11,6 +11,7 @@ crash never leaves a half-written shard that looks complete; each writer names i
 shards, so runs sharing a cache never write the same file. A shard whose checksum no
 longer matches is deleted and its entries are computed again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,18 +20,22 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from vggtune.errors import UserError
 from vggtune.features.settings import RESAMPLING, STORAGES, AugmentConfig
+from vggtune.fsutil import atomic_file, atomic_write_json, display_path, file_digest, remove_stale_temporaries
 from vggtune.model.arch import Arch
 from vggtune.model.policy import CLEAN, MIRROR, TEN_CROP
-from vggtune.errors import UserError
-from vggtune.fsutil import atomic_file, atomic_write_json, display_path, file_digest, remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from vggtune.features.engine import Engine
 
 STORAGE_TORCH_DTYPE = torch.float16
-STORAGE_DTYPE = torch.empty(0, dtype=STORAGE_TORCH_DTYPE).numpy().dtype     # the same type, as numpy names it
+STORAGE_DTYPE = torch.empty(0, dtype=STORAGE_TORCH_DTYPE).numpy().dtype  # the same type, as numpy names it
 SHARD_ROWS = 256
 
 
@@ -45,18 +50,24 @@ def _short_digest(value) -> str:
 @dataclass(frozen=True)
 class FeatureKey:
     """What decides a stored tensor besides the image and its view: a change in any is another folder."""
-    weights: str                       # the weights' id
-    preprocessing: dict                # Preprocessing.to_dict()
-    arch: Arch                         # the backbone's layout: its blocks' widths, batch norms
-    int8: dict | None = None           # the int8 calibration of the frozen blocks, if any
-    engine: object = None              # engine.Engine: what computed the features, beyond PyTorch
+
+    weights: str  # the weights' id
+    preprocessing: dict  # Preprocessing.to_dict()
+    arch: Arch  # the backbone's layout: its blocks' widths, batch norms
+    int8: dict | None = None  # the int8 calibration of the frozen blocks, if any
+    engine: Engine | None = None  # what computed the features, beyond PyTorch
 
     def at(self, cut: str) -> dict:
-        layout = {name: list(widths) for name, widths in self.arch.blocks}
-        if self.arch.batch_norm:           # added only here, so that the keys of plain VGGs stay as they were
+        layout: dict[str, Any] = {name: list(widths) for name, widths in self.arch.blocks}
+        if self.arch.batch_norm:  # added only here, so that the keys of plain VGGs stay as they were
             layout["batch_norm"] = True
-        key = {"weights": self.weights, "preprocessing": self.preprocessing, "cut": cut,
-               "arch": _short_digest(layout)[:12], "resampling": RESAMPLING}
+        key = {
+            "weights": self.weights,
+            "preprocessing": self.preprocessing,
+            "cut": cut,
+            "arch": _short_digest(layout)[:12],
+            "resampling": RESAMPLING,
+        }
         if self.int8 is not None:
             key["int8"] = _short_digest(self.int8)[:16]
         if self.engine is not None and self.engine.name != "torch":
@@ -87,18 +98,20 @@ class FeatureCache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"feature cache: cannot create {display_path(self.dir)} ({exc.strerror}); "
-                            "allowed: VGGTUNE_HOME in a writable place") from None
+            raise UserError(
+                f"feature cache: cannot create {display_path(self.dir)} ({exc.strerror}); "
+                "allowed: VGGTUNE_HOME in a writable place"
+            ) from None
         if not (self.dir / "key.json").exists():
             atomic_write_json(self.dir / "key.json", self.key)
         remove_stale_temporaries(self.dir, ".shard-*.tmp")
         self._index: dict[str, tuple[str, int]] | None = None
-        self._scales: dict[str, np.ndarray] = {}           # uint8 shards: each row's (minimum, step)
+        self._scales: dict[str, np.ndarray] = {}  # uint8 shards: each row's (minimum, step)
         self._verified: set[str] = set()
         self.damaged: list[str] = []
 
     @classmethod
-    def existing(cls, folder: Path) -> "FeatureCache":
+    def existing(cls, folder: Path) -> FeatureCache:
         """The cache in a folder as it is on disk, by the key it recorded."""
         key = json.loads((Path(folder) / "key.json").read_text())
         cache = cls(Path(folder).parent, key, key.get("storage", STORAGES[0]))
@@ -147,14 +160,16 @@ class FeatureCache:
         """A one-line error when some entries are absent (`why` says whose they were)."""
         absent = self.missing(entries)
         if absent:
-            raise UserError(f"feature cache {display_path(self.dir)}: {len(absent)} views {why}; "
-                            "allowed: VGGTUNE_HOME on a filesystem every process shares")
+            raise UserError(
+                f"feature cache {display_path(self.dir)}: {len(absent)} views {why}; "
+                "allowed: VGGTUNE_HOME on a filesystem every process shares"
+            )
 
-    def writer(self) -> "ShardWriter":
-        self.refresh()              # new shards will appear
+    def writer(self) -> ShardWriter:
+        self.refresh()  # new shards will appear
         return ShardWriter(self.dir, storage=self.storage)
 
-    def open(self, entries: list[str]) -> "FeatureSet":
+    def open(self, entries: list[str]) -> FeatureSet:
         index = self.index()
         absent = [e for e in entries if e not in index]
         if absent:
@@ -187,8 +202,11 @@ class ShardWriter:
             # One pass to float16 in row-major order: np.save of a channels-last (strided) array
             # goes element by element and cost 40x more than the write itself. A copy always, so
             # a caller reusing its output buffer cannot change rows waiting to be written.
-            rows = features.detach().to("cpu", STORAGE_TORCH_DTYPE, copy=True,
-                                        memory_format=torch.contiguous_format).numpy()
+            rows = (
+                features.detach()
+                .to("cpu", STORAGE_TORCH_DTYPE, copy=True, memory_format=torch.contiguous_format)
+                .numpy()
+            )
         self.entries.extend(entries)
         self.batches.append(rows)
         if len(self.entries) >= self.rows_per_shard:
@@ -202,30 +220,36 @@ class ShardWriter:
         try:
             with atomic_file(data_path) as handle:
                 np.save(handle, np.concatenate(self.batches))
-            atomic_write_json(self.folder / f"{shard}.json", {
-                "entries": self.entries, "checksum": _digest_file(data_path),
-                **({"scales": self.scales} if self.storage == "uint8" else {})})
+            atomic_write_json(
+                self.folder / f"{shard}.json",
+                {
+                    "entries": self.entries,
+                    "checksum": _digest_file(data_path),
+                    **({"scales": self.scales} if self.storage == "uint8" else {}),
+                },
+            )
         except (OSError, UserError) as exc:
             data_path.unlink(missing_ok=True)
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-            raise UserError(f"feature cache {display_path(self.folder)}: cannot write a shard ({reason}); every "
-                            "view written before is kept; allowed: free some space (or VGGTUNE_HOME on a writable "
-                            "disk with room), then the same command again, or `vggtune train --resume --out RUN`"
-                            ) from None
+            raise UserError(
+                f"feature cache {display_path(self.folder)}: cannot write a shard ({reason}); every "
+                "view written before is kept; allowed: free some space (or VGGTUNE_HOME on a writable "
+                "disk with room), then the same command again, or `vggtune train --resume --out RUN`"
+            ) from None
         self.entries, self.batches, self.scales = [], [], []
 
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
         self.close()
 
 
-ROOM_MARGIN = 1.05          # shard manifests and the file system's own blocks, over the features' bytes
-ENTRY_BYTES = 120           # an entry's name (and, in uint8, its two scales) in its shard's manifest
+ROOM_MARGIN = 1.05  # shard manifests and the file system's own blocks, over the features' bytes
+ENTRY_BYTES = 120  # an entry's name (and, in uint8, its two scales) in its shard's manifest
 
 
 def view_bytes(arch, cut: str, size: int, storage: str) -> int:
@@ -241,8 +265,10 @@ def require_room(views: int, needed: int, free: int, home: Path, storage: str) -
         return
     ways = ["--feature-storage uint8 (half the bytes)"] if storage != "uint8" else []
     ways += ["VGGTUNE_HOME on a disk with room", "--no-cache (features computed every epoch, none stored)"]
-    raise UserError(f"feature cache: {views:,} views to compute need about {_size(needed * ROOM_MARGIN)}, and "
-                    f"{display_path(home)} has {_size(free)} free; allowed: {', or '.join(ways)}")
+    raise UserError(
+        f"feature cache: {views:,} views to compute need about {_size(needed * ROOM_MARGIN)}, and "
+        f"{display_path(home)} has {_size(free)} free; allowed: {', or '.join(ways)}"
+    )
 
 
 def _size(n: float) -> str:
@@ -268,8 +294,12 @@ def quantize_rows(features: torch.Tensor) -> tuple[np.ndarray, list[list[float]]
 class FeatureSet:
     """Rows of one or more memory-mapped shards, gathered into float16 batches by position."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], locations: list[tuple[str, int]],
-                 scales: dict[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        locations: list[tuple[str, int]],
+        scales: dict[str, np.ndarray] | None = None,
+    ):
         self.arrays = arrays
         self.locations = locations
         self.scales = scales or {}
@@ -300,8 +330,9 @@ def summary(root: Path) -> list[dict]:
     for folder in sorted(Path(root).glob("*/key.json")):
         folder = folder.parent
         entries = sum(len(json.loads(m.read_text()).get("entries", [])) for m in folder.glob("shard-*.json"))
-        rows.append({"folder": str(folder), "cut": folder.name.split("-")[0], "entries": entries,
-                     "bytes": _bytes_in(folder)})
+        rows.append(
+            {"folder": str(folder), "cut": folder.name.split("-")[0], "entries": entries, "bytes": _bytes_in(folder)}
+        )
     return rows
 
 

@@ -6,6 +6,7 @@ Under torchrun the ranks choose together, once, where a run starts: rank 0 measu
 takes its answer. What then runs on one rank alone (the report) is handed the chosen `Engine`, so that
 no collective waits there for ranks that never come (issue #38).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,11 +27,11 @@ from vggtune.model import quantize, weights
 from vggtune.model.runtime import cpuinfo_fields
 from vggtune.progress import say
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.model.classifier import Classifier
     from vggtune.model.runtime import Runtime
 
-ENGINE_VARIABLE = "VGGTUNE_ENGINE"      # what `auto` means, where a user (or the test suite) pins it
+ENGINE_VARIABLE = "VGGTUNE_ENGINE"  # what `auto` means, where a user (or the test suite) pins it
 
 
 def resolve(name: str | Engine, runtime: Runtime, model: Classifier) -> Engine:
@@ -46,19 +47,25 @@ def resolve(name: str | Engine, runtime: Runtime, model: Classifier) -> Engine:
         return torch_engine
     if runtime.device.type != "cpu":
         if name != "auto":
-            raise UserError(f"--engine: received {name!r} on {runtime.describe()}; allowed: auto or torch "
-                            "(the inference runtimes run the frozen blocks on the CPU)")
+            raise UserError(
+                f"--engine: received {name!r} on {runtime.describe()}; allowed: auto or torch "
+                "(the inference runtimes run the frozen blocks on the CPU)"
+            )
         return torch_engine
     if runtime.int8 and name == "onnxruntime":
-        raise UserError(f"--engine: received 'onnxruntime' on {runtime.describe()}; allowed: auto, torch, openvino "
-                        "(int8 blocks run on PyTorch or OpenVINO)")
+        raise UserError(
+            f"--engine: received 'onnxruntime' on {runtime.describe()}; allowed: auto, torch, openvino "
+            "(int8 blocks run on PyTorch or OpenVINO)"
+        )
     if name == "auto" and os.environ.get(ENGINE_VARIABLE, "auto") != "auto":
         return resolve(_pinned(), runtime, model)
     if name == "auto":
         return choose(runtime, model)
     if not installed(name):
-        raise UserError(f"--engine: received {name!r} but the package {RUNTIMES[name]!r} is not installed; "
-                        f"allowed: auto, torch, or `pip install {RUNTIMES[name]}`")
+        raise UserError(
+            f"--engine: received {name!r} but the package {RUNTIMES[name]!r} is not installed; "
+            f"allowed: auto, torch, or `pip install {RUNTIMES[name]}`"
+        )
     return Engine(name, "fp32" if name == "onnxruntime" else runtime.precision)
 
 
@@ -71,8 +78,11 @@ def _pinned() -> str:
 
 def candidates(runtime: Runtime, model: Classifier) -> list[Engine]:
     """The engines `auto` compares on a CPU: each installed one at the precision it would run."""
-    return [resolve(name, runtime, model) for name in ENGINES[1:]
-            if installed(name) and not (runtime.int8 and name == "onnxruntime")]
+    return [
+        resolve(name, runtime, model)
+        for name in ENGINES[1:]
+        if installed(name) and not (runtime.int8 and name == "onnxruntime")
+    ]
 
 
 MEASURE_BATCH, MEASURE_SIDE, MEASURE_BLOCKS = 4, 224, 4
@@ -105,7 +115,7 @@ def machine_key(precision: str, model: Classifier) -> str:
     """What decides which engine is fastest: the processor and its flags (a hypervisor can hide AMX from the
     same model), the cores, the packages' versions, the precision, the backbone's layout."""
     fields = cpuinfo_fields()
-    versions = {"torch": torch.__version__}
+    versions = {"torch": str(torch.__version__)}
     for package in RUNTIMES.values():
         if importlib.util.find_spec(package) is not None:
             versions[package] = importlib.metadata.version(package)
@@ -128,14 +138,16 @@ def measure(runtime: Runtime, model: Classifier) -> dict:
             run = frozen(model, runtime, engine, upto=cut)
             run(x)
             seconds = min(_timed(run, x) for _ in range(3))
-        except Exception as exc:         # noqa: BLE001 -- a runtime that cannot run here is left out, not fatal
+        except Exception as exc:  # noqa: BLE001 -- a runtime that cannot run here is left out, not fatal
             say(f"engine {engine.describe()}: cannot run here ({type(exc).__name__}: {str(exc)[:120]}); left out")
             continue
         rates[engine.describe()] = round(MEASURE_BATCH / seconds, 2)
         if rates[engine.describe()] > rates.get(best.describe(), 0):
             best = engine
-    say(f"engines measured on this machine ({model.arch.name} blocks up to {cut}, images/s): {rates}; "
-        f"auto uses {best.describe()}")
+    say(
+        f"engines measured on this machine ({model.arch.name} blocks up to {cut}, images/s): {rates}; "
+        f"auto uses {best.describe()}"
+    )
     return {"best": best.to_dict(), "images_per_s": rates, "processor": cpuinfo_fields().get("model name")}
 
 

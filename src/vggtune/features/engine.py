@@ -14,6 +14,7 @@ saved calibration serve either.
 Which engine a name means (`--engine auto` from a measurement kept per machine) is choice.py's.
 Gradients (training, Grad-CAM) always run in PyTorch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,16 +35,17 @@ from vggtune import interrupts
 from vggtune.errors import choice_error
 from vggtune.features.settings import ENGINES
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.model.classifier import Classifier
     from vggtune.model.runtime import Runtime
 
-RUNTIMES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}      # engine -> the package it needs
+RUNTIMES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}  # engine -> the package it needs
 
 
 @dataclass(frozen=True)
 class Engine:
     """An engine and the precision its convolutions run in (fp32, bf16, int8)."""
+
     name: str
     precision: str
 
@@ -71,13 +73,16 @@ def check(name: str) -> str:
 
 # ---- the frozen range, compiled ------------------------------------------------------------------
 
+
 class _Range(nn.Module):
     """Blocks (after, upto] of a model as one module: what an inference runtime converts. From the image
     it is what the model's features are, through its int8 blocks where it has them."""
 
     def __init__(self, model: Classifier, after: str | None, upto: str):
         super().__init__()
-        self.backbone, self.after, self.upto = model.backbone, after, upto
+        self.backbone = model.backbone
+        self.after: str | None = after
+        self.upto: str = upto
         self.int8 = model.int8_frozen if after is None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,15 +115,16 @@ class OpenVinoFrozen:
 
     def __init__(self, model: Classifier, runtime: Runtime, after: str | None, upto: str, precision: str):
         import openvino
+
         module, example = _module_and_example(model, after, upto)
         with _quiet(), _evaluating(module):
-            converted = openvino.convert_model(module, example_input=example,
-                                               input=[openvino.PartialShape([-1, example.shape[1], -1, -1])])
+            converted = openvino.convert_model(
+                module, example_input=example, input=[openvino.PartialShape([-1, example.shape[1], -1, -1])]
+            )
         floats = "bf16" if precision == "bf16" or (precision == "int8" and runtime.bf16) else "f32"
-        config = {"INFERENCE_PRECISION_HINT": floats,
-                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads()}
+        config = {"INFERENCE_PRECISION_HINT": floats, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads()}
         self.request = openvino.Core().compile_model(converted, "CPU", config).create_infer_request()
-        self.lock = threading.Lock()           # one infer request: a server's threads take turns
+        self.lock = threading.Lock()  # one infer request: a server's threads take turns
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with self.lock:
@@ -131,11 +137,20 @@ class OnnxRuntimeFrozen:
 
     def __init__(self, model: Classifier, runtime: Runtime, after: str | None, upto: str, precision: str):
         import onnxruntime
+
         module, example = _module_and_example(model, after, upto)
         buffer = io.BytesIO()
         with _quiet(), _evaluating(module):
-            torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["x"], output_names=["features"],
-                              dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}})
+            # torch's annotation names paths only; the exporter writes any binary file object
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,  # type: ignore[arg-type]
+                dynamo=False,
+                input_names=["x"],
+                output_names=["features"],
+                dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}},
+            )
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads()
@@ -184,23 +199,23 @@ def _quiet():
 
 # Compiled ranges, per model: a runtime holds a copy of the weights, so a range is compiled again
 # when any of its parameters changed in place since (each tensor's version counter says so).
-_COMPILED: "weakref.WeakKeyDictionary[Classifier, dict]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[Classifier, dict] = weakref.WeakKeyDictionary()
 
 
 def frozen(model: Classifier, runtime: Runtime, engine: Engine, after: str | None = None, upto: str | None = None):
     """The blocks (after, upto] of `model` on `engine`: a callable from (N, C, H, W) float inputs to
     float32 features on the CPU (on the runtime's device for torch)."""
     upto = upto or model.arch.last_block
-    if engine.name == "torch":                 # nothing to compile: PyTorch runs the module itself
+    if engine.name == "torch":  # nothing to compile: PyTorch runs the module itself
         return TorchFrozen(model, runtime, after, upto, engine.precision)
     blocks = model.arch.between(after, upto)
     versions = tuple(p._version for name in blocks for p in getattr(model.backbone, name).parameters())
-    if after is None and model.int8_frozen is not None:       # a new calibration is a new network
+    if after is None and model.int8_frozen is not None:  # a new calibration is a new network
         versions += (json.dumps(model.int8_frozen.calibration, sort_keys=True),)
     key = (engine, after, upto)
     compiled = _COMPILED.setdefault(model, {})
     if key not in compiled or compiled[key][0] != versions:
-        with interrupts.held():          # a converter's callbacks cannot pass a KeyboardInterrupt on: SIGABRT
+        with interrupts.held():  # a converter's callbacks cannot pass a KeyboardInterrupt on: SIGABRT
             compiled[key] = (versions, BUILDERS[engine.name](model, runtime, after, upto, engine.precision))
     return compiled[key][1]
 

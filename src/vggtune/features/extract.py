@@ -1,4 +1,5 @@
 """From image files to the views the network takes: decoded in background threads, batched."""
+
 from __future__ import annotations
 
 import collections
@@ -8,17 +9,18 @@ from dataclasses import dataclass
 
 import torch
 
+from vggtune.data.images import ImageRejected, open_any, open_rgb
 from vggtune.features.cache import entry_name
 from vggtune.features.settings import AugmentConfig
-from vggtune.data.images import ImageRejected, open_any, open_rgb
-from vggtune.model.runtime import Runtime
 from vggtune.features.transforms import make_view, normalise
+from vggtune.model.runtime import Runtime
 from vggtune.model.weights import Preprocessing
 
 
 @dataclass(frozen=True)
 class ImageJob:
     """One image and the views of it that are wanted."""
+
     path: str
     sha256: str
     views: tuple[int, ...]
@@ -44,7 +46,7 @@ def decode_clean(source, prep: Preprocessing) -> tuple[torch.Tensor | None, str 
 def prefetch(function, jobs, workers: int, ahead: int):
     """function(job) for each job, in order, run by `workers` threads at most `ahead` jobs early."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending = collections.deque()
+        pending: collections.deque = collections.deque()
         for job in jobs:
             pending.append(pool.submit(function, job))
             if len(pending) >= ahead:

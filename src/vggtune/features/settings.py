@@ -1,6 +1,7 @@
 """The feature settings a run's config names: how training views are augmented, how features are stored,
 which engine computes them.
 Plain values without torch, so the command line can offer them before torch is imported."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,18 +10,19 @@ from dataclasses import dataclass
 
 from vggtune.errors import UserError
 
-STORAGES = ("float16", "uint8")         # cached features: 2 bytes a value, or 1 with each view's own scale
-ENGINES = ("auto", "torch", "openvino", "onnxruntime")      # what runs the frozen blocks (features/engine.py)
+STORAGES = ("float16", "uint8")  # cached features: 2 bytes a value, or 1 with each view's own scale
+ENGINES = ("auto", "torch", "openvino", "onnxruntime")  # what runs the frozen blocks (features/engine.py)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Random changes applied to training views; each value is its strength (0 turns it off)."""
+
     flip: bool = True
-    rotation: float = 10.0       # degrees, either way
-    zoom: float = 0.2            # crop keeps between 1-zoom and 1 of the image area
-    shift: float = 0.1           # fraction of width/height, either way
-    colour: float = 0.2          # brightness/contrast/saturation jitter
+    rotation: float = 10.0  # degrees, either way
+    zoom: float = 0.2  # crop keeps between 1-zoom and 1 of the image area
+    shift: float = 0.1  # fraction of width/height, either way
+    colour: float = 0.2  # brightness/contrast/saturation jitter
 
     def __post_init__(self):
         for name in ("rotation", "zoom", "shift", "colour"):
@@ -34,4 +36,7 @@ class AugmentConfig:
         """Names these settings in view seeds and cache entries."""
         return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
 
-RESAMPLING = "pillow-bilinear"     # how views are resized (transforms.resized): in the cache key, as it changes the features
+
+RESAMPLING = (
+    "pillow-bilinear"  # how views are resized (transforms.resized): in the cache key, as it changes the features
+)

@@ -3,6 +3,7 @@
 Training views are drawn from a generator seeded by (image, view), so the same view is
 the same tensor on every run, in any thread, and can be cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,9 @@ def train_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, seed
     angle = uniform(-aug.rotation, aug.rotation)
     shift = [round(uniform(-aug.shift, aug.shift) * width), round(uniform(-aug.shift, aug.shift) * height)]
     zoom = math.exp(uniform(math.log(1 - aug.zoom), -math.log(1 - aug.zoom))) if aug.zoom else 1.0
-    x = F.affine(x, angle=angle, translate=shift, scale=zoom, shear=[0.0, 0.0],
-                 interpolation=v2.InterpolationMode.BILINEAR)
+    x = F.affine(
+        x, angle=angle, translate=shift, scale=zoom, shear=[0.0, 0.0], interpolation=v2.InterpolationMode.BILINEAR
+    )
     x = F.center_crop(x, [prep.size, prep.size])
     if aug.flip and uniform(0, 1) < 0.5:
         x = F.horizontal_flip(x)
@@ -86,7 +88,9 @@ def view_seed(sha256: str, view: int, aug: AugmentConfig) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def make_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, sha256: str, view: int) -> torch.Tensor:
+def make_view(
+    image: Image.Image, prep: Preprocessing, aug: AugmentConfig | None, sha256: str, view: int
+) -> torch.Tensor:
     """View 0 (CLEAN) is the clean view, MIRROR its mirror image; views 1.. are augmented.
 
     The affine warp computes in floating point, which a caller's bf16 autocast region would
@@ -98,4 +102,6 @@ def make_view(image: Image.Image, prep: Preprocessing, aug: AugmentConfig, sha25
             return F.horizontal_flip(eval_view(image, prep))
         if view in TEN_CROP:
             return corner_view(image, prep, view)
+        if aug is None:
+            raise ValueError(f"view {view} is an augmented view: it needs an AugmentConfig")
         return train_view(image, prep, aug, view_seed(sha256, view, aug))

@@ -8,6 +8,7 @@ numbers its layers (so its state dicts convert to our names). Nothing else names
 `ARCHS` is the registry; `model.json`'s `arch` picks one. A layout with other widths (a tiny
 random-init one in tests) is the same record `with_widths` those widths.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,8 @@ from vggtune.errors import choice_error
 @dataclass(frozen=True)
 class Arch:
     name: str
-    blocks: tuple[tuple[str, tuple[int, ...]], ...]    # (block name, conv widths) in order
-    batch_norm: bool = False                            # conv -> BatchNorm -> ReLU in every block
+    blocks: tuple[tuple[str, tuple[int, ...]], ...]  # (block name, conv widths) in order
+    batch_norm: bool = False  # conv -> BatchNorm -> ReLU in every block
 
     @property
     def block_names(self) -> tuple[str, ...]:
@@ -34,7 +35,7 @@ class Arch:
     def last_block(self) -> str:
         return self.block_names[-1]
 
-    def with_widths(self, widths: dict[str, tuple[int, ...]]) -> "Arch":
+    def with_widths(self, widths: dict[str, tuple[int, ...]]) -> Arch:
         """The same architecture with other conv widths (the same block names in the same order)."""
         if tuple(widths) != self.block_names:
             raise ValueError(f"blocks {list(widths)}; allowed: {list(self.block_names)} for {self.name}")
@@ -49,13 +50,13 @@ class Arch:
         """Blocks strictly after `after` (None: from the image) up to and including `upto` (None: the last)."""
         names = self.block_names
         start = 0 if after is None else names.index(self.check_block(after)) + 1
-        return names[start:names.index(self.check_block(upto or self.last_block)) + 1]
+        return names[start : names.index(self.check_block(upto or self.last_block)) + 1]
 
     def last(self, count: int) -> tuple[str, ...]:
         """The last `count` blocks: those fine-tuning trains."""
         if not 0 <= count < len(self.blocks):
             raise choice_error("--finetune-blocks", count, range(len(self.blocks)))
-        return self.block_names[len(self.blocks) - count:]
+        return self.block_names[len(self.blocks) - count :]
 
     def cut_before(self, trainable: tuple[str, ...]) -> str:
         """The last frozen block: where cached features stop when `trainable` blocks learn."""
@@ -85,7 +86,7 @@ class Arch:
         """The layers int8 fuses into one quantized convolution: conv (+ bn) + relu."""
         layers = self.layer_names(block)[:-1]
         step = 3 if self.batch_norm else 2
-        return [layers[i:i + step] for i in range(0, len(layers), step)]
+        return [layers[i : i + step] for i in range(0, len(layers), step)]
 
     def conv_names(self) -> list[str]:
         return [f"{block}.conv{i + 1}" for block, widths in self.blocks for i in range(len(widths))]
@@ -100,14 +101,15 @@ class Arch:
         names, index = {}, 0
         for block in self.block_names:
             for layer in self.layer_names(block):
-                if layer.startswith(("conv", "bn")):        # the layers with tensors; ReLUs and pools count places
+                if layer.startswith(("conv", "bn")):  # the layers with tensors; ReLUs and pools count places
                     names[f"{block}.{layer}"] = f"features.{index}"
                 index += 1
         return names
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor the backbone's state dict holds, with its shape."""
-        shapes, in_channels = {}, 3
+        shapes: dict[str, tuple[int, ...]] = {}
+        in_channels = 3
         for block, widths in self.blocks:
             for i, out in enumerate(widths):
                 shapes[f"{block}.conv{i + 1}.weight"] = (out, in_channels, 3, 3)
@@ -123,8 +125,11 @@ class Arch:
 def _vgg(name: str, convs: tuple[int, ...], batch_norm: bool = False) -> Arch:
     """torchvision's `_vgg` configurations: convs per block, widths 64, 128, 256, 512, 512."""
     widths = (64, 128, 256, 512, 512)
-    return Arch(name, tuple((f"block{i + 1}", (width,) * count) for i, (width, count) in enumerate(zip(widths, convs))),
-                batch_norm)
+    return Arch(
+        name,
+        tuple((f"block{i + 1}", (width,) * count) for i, (width, count) in enumerate(zip(widths, convs))),
+        batch_norm,
+    )
 
 
 VGG16 = _vgg("vgg16", (2, 2, 3, 3, 3))
@@ -143,6 +148,9 @@ def from_state_dict(arch: Arch, state_dict: dict) -> Arch:
     """`arch` with the conv widths the weights describe (the real ones, or a tiny layout in tests)."""
     widths = {}
     for block, convs in arch.blocks:
-        widths[block] = tuple(int(state_dict[f"{block}.conv{i + 1}.weight"].shape[0])
-                              for i in range(len(convs)) if f"{block}.conv{i + 1}.weight" in state_dict)
+        widths[block] = tuple(
+            int(state_dict[f"{block}.conv{i + 1}.weight"].shape[0])
+            for i in range(len(convs))
+            if f"{block}.conv{i + 1}.weight" in state_dict
+        )
     return arch.with_widths(widths)

@@ -4,15 +4,20 @@
 trains are the same modules cut at a block; `Classifier` adds the head and continues from
 features cached at a cut (`from_features`).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from vggtune.model.arch import VGG16, Arch
 from vggtune.model.heads import HeadSpec
+
+if TYPE_CHECKING:
+    from vggtune.model.quantize import Int8Frozen
 
 
 class Backbone(nn.Module):
@@ -23,7 +28,7 @@ class Backbone(nn.Module):
         self.arch = arch
         in_channels = 3
         for name, widths in arch.blocks:
-            layers = OrderedDict()
+            layers: OrderedDict[str, nn.Module] = OrderedDict()
             for i, out_channels in enumerate(widths):
                 layers[f"conv{i + 1}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1)
                 if arch.batch_norm:
@@ -81,10 +86,10 @@ class Classifier(nn.Module):
             parameter.requires_grad_(True)
 
     @property
-    def int8_frozen(self) -> nn.Module | None:
+    def int8_frozen(self) -> Int8Frozen | None:
         return self.__dict__.get("_int8_frozen")
 
-    def use_int8_frozen(self, frozen: nn.Module | None) -> None:
+    def use_int8_frozen(self, frozen: Int8Frozen | None) -> None:
         """Run the first blocks through `frozen` (quantize.Int8Frozen). Kept out of the module tree
         on purpose: state_dict and model.safetensors hold the float weights it is rebuilt from."""
         self.__dict__["_int8_frozen"] = frozen

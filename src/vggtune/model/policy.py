@@ -8,6 +8,7 @@ threshold: the second class's probability above which an image is given the seco
 logits and the policy; a different policy (the clean view alone while epochs are chosen, a
 candidate temperature) is a new value, never a flipped attribute.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,8 @@ import torch
 
 from vggtune.model.heads import HeadSpec
 
-CLEAN, MIRROR = 0, -1          # view ids of the clean view and its mirror image; 1.. are augmented training views
-TTA_VIEWS = (CLEAN, MIRROR)    # what test-time augmentation averages
+CLEAN, MIRROR = 0, -1  # view ids of the clean view and its mirror image; 1.. are augmented training views
+TTA_VIEWS = (CLEAN, MIRROR)  # what test-time augmentation averages
 # The ten crops of AlexNet and VGG (torchvision's TenCrop): the centre and the four corner crops of the
 # resized image, and their mirror images. Corners -2..-5 in FiveCrop's order (top left, top right,
 # bottom left, bottom right); -6..-9 the same, mirrored.
@@ -32,7 +33,7 @@ TEN_CROP = TTA_VIEWS + CORNERS + tuple(view - len(CORNERS) for view in CORNERS)
 class ScoringPolicy:
     temperature: float = 1.0
     views: tuple[int, ...] = (CLEAN,)
-    threshold: float = 0.5       # two classes: the second is decided where its probability exceeds this
+    threshold: float = 0.5  # two classes: the second is decided where its probability exceeds this
 
     def __post_init__(self):
         if not 0 < self.temperature < float("inf"):
@@ -43,21 +44,21 @@ class ScoringPolicy:
             raise ValueError(f"threshold {self.threshold}; allowed: 0 < x < 1")
 
     @classmethod
-    def of(cls, tta: bool, temperature: float = 1.0) -> "ScoringPolicy":
+    def of(cls, tta: bool, temperature: float = 1.0) -> ScoringPolicy:
         return cls(temperature, TTA_VIEWS if tta else (CLEAN,))
 
     @property
     def tta(self) -> bool:
         return self.views == TTA_VIEWS
 
-    def clean(self) -> "ScoringPolicy":
+    def clean(self) -> ScoringPolicy:
         """The clean view alone, at the same temperature: how epochs are chosen."""
         return dataclasses.replace(self, views=(CLEAN,))
 
-    def at(self, temperature: float) -> "ScoringPolicy":
+    def at(self, temperature: float) -> ScoringPolicy:
         return dataclasses.replace(self, temperature=temperature)
 
-    def deciding_at(self, threshold: float | None) -> "ScoringPolicy":
+    def deciding_at(self, threshold: float | None) -> ScoringPolicy:
         """The same scoring with another decision threshold (None: this one)."""
         return self if threshold is None else dataclasses.replace(self, threshold=float(threshold))
 
@@ -87,8 +88,9 @@ class ScoringPolicy:
 
     def classify(self, logits_of, images: torch.Tensor, head: HeadSpec, dtype=torch.float64) -> torch.Tensor:
         """Class probabilities of clean inputs, `logits_of` being the network from image to logits."""
-        return self.probabilities(head, torch.stack([logits_of(view).float() for view in self.view_inputs(images)]),
-                                  dtype)
+        return self.probabilities(
+            head, torch.stack([logits_of(view).float() for view in self.view_inputs(images)]), dtype
+        )
 
 
 def decide(probabilities, threshold: float = 0.5) -> np.ndarray:

@@ -7,20 +7,22 @@ activations' scales come from a calibration pass over a few clean training views
 saved with the run (`model.json`), so prediction rebuilds exactly the network that filled
 the cache. The blocks that train stay in bf16 or fp32.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import warnings
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
 
 try:
     import torch.ao.quantization as tq
-except ImportError:          # torch deprecates it (its warning says for removal); check_available() reports it
-    tq = None
+except ImportError:  # torch deprecates it (its warning says for removal); check_available() reports it
+    tq = None  # type: ignore[assignment]
 
 from vggtune.errors import UserError
 from vggtune.model.classifier import Backbone, Classifier
@@ -33,8 +35,10 @@ def check_available() -> None:
     """Eager int8 needs torch's quantized tensors and the oneDNN engine (both in torch 2.14)."""
     engines = torch.backends.quantized.supported_engines
     if tq is None or ENGINE not in engines or not hasattr(torch, "quantize_per_channel"):
-        raise UserError(f"--precision int8: this torch ({torch.__version__}, quantized engines {engines}) "
-                        f"cannot run eager int8 with {ENGINE!r}; allowed: auto, bf16, fp32")
+        raise UserError(
+            f"--precision int8: this torch ({torch.__version__}, quantized engines {engines}) "
+            f"cannot run eager int8 with {ENGINE!r}; allowed: auto, bf16, fp32"
+        )
 
 
 class Int8Frozen(nn.Module):
@@ -43,8 +47,8 @@ class Int8Frozen(nn.Module):
     def __init__(self, backbone: Backbone, upto: str):
         super().__init__()
         self.upto = upto
-        self.calibration: dict = {}       # {"upto", "scales": {layer: [scale, zero_point]}}, set by calibration
-        layers = OrderedDict(quant=tq.QuantStub())
+        self.calibration: dict = {}  # {"upto", "scales": {layer: [scale, zero_point]}}, set by calibration
+        layers: OrderedDict[str, nn.Module] = OrderedDict(quant=tq.QuantStub())
         for name in backbone.arch.between(upto=upto):
             block = copy.deepcopy(getattr(backbone, name)).eval()
             layers[name] = tq.fuse_modules(block, backbone.arch.fusion_groups(name))
@@ -70,14 +74,14 @@ def _convert(prepared: Int8Frozen) -> Int8Frozen:
         return tq.convert(prepared)
 
 
-class _MemoryOrderMinMax(tq.MinMaxObserver if tq else object):
+class _MemoryOrderMinMax(tq.MinMaxObserver if tq else object):  # type: ignore[misc]
     """MinMaxObserver reading activations in memory order: its own forward copies a channels-last
     bf16 activation twice (to float32, then to contiguous), which took 3/4 of calibration's time."""
 
     def forward(self, x_orig):
         x = x_orig.detach()
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            x = x.permute(0, 2, 3, 1)          # the same elements, now contiguous
+            x = x.permute(0, 2, 3, 1)  # the same elements, now contiguous
         if x.numel():
             low, high = torch.aminmax(x.reshape(-1))
             self.min_val.copy_(torch.min(low.float(), self.min_val))
@@ -88,17 +92,22 @@ class _MemoryOrderMinMax(tq.MinMaxObserver if tq else object):
 def _prepared(backbone: Backbone, upto: str) -> Int8Frozen:
     torch.backends.quantized.engine = ENGINE
     frozen = Int8Frozen(backbone, upto).eval().to(memory_format=torch.channels_last)
-    frozen.qconfig = tq.QConfig(activation=_MemoryOrderMinMax.with_args(reduce_range=False),
-                                weight=tq.PerChannelMinMaxObserver.with_args(
-                                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric))
+    # nn.Module types its attributes as tensors or modules; a qconfig is neither, and quantization reads it here
+    frozen.qconfig = tq.QConfig(
+        activation=_MemoryOrderMinMax.with_args(reduce_range=False),  # type: ignore[assignment]
+        weight=tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric),
+    )
     with _without_deprecation_warnings():
         return tq.prepare(frozen)
 
 
-def _activation_layers(frozen: Int8Frozen) -> dict[str, nn.Module]:
+def _activation_layers(frozen: Int8Frozen) -> dict[str, Any]:  # quantized layers: scale, zero_point
     """The quantizing input and every convolution: the layers whose output scale calibration sets."""
-    return {name: module for name, module in frozen.net.named_modules()
-            if hasattr(module, "scale") and hasattr(module, "zero_point")}
+    return {
+        name: module
+        for name, module in frozen.net.named_modules()
+        if hasattr(module, "scale") and hasattr(module, "zero_point")
+    }
 
 
 def calibrate(backbone: Backbone, upto: str, images: torch.Tensor, autocast) -> Int8Frozen:
@@ -107,8 +116,9 @@ def calibrate(backbone: Backbone, upto: str, images: torch.Tensor, autocast) -> 
     with torch.inference_mode(), autocast():
         prepared(images.contiguous(memory_format=torch.channels_last))
     frozen = _convert(prepared)
-    scales = {name: [float(module.scale), int(module.zero_point)]
-              for name, module in _activation_layers(frozen).items()}
+    scales = {
+        name: [float(module.scale), int(module.zero_point)] for name, module in _activation_layers(frozen).items()
+    }
     frozen.calibration = {"upto": upto, "scales": scales}
     return frozen
 
@@ -116,7 +126,7 @@ def calibrate(backbone: Backbone, upto: str, images: torch.Tensor, autocast) -> 
 def rebuild(backbone: Backbone, calibration: dict) -> Int8Frozen:
     """The int8 blocks a run used, from the float weights and its saved activation scales."""
     prepared = _prepared(backbone, calibration["upto"])
-    with torch.inference_mode():        # observers need one pass before convert; its scales are replaced
+    with torch.inference_mode():  # observers need one pass before convert; its scales are replaced
         prepared(torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last))
     frozen = _convert(prepared)
     layers = _activation_layers(frozen)
@@ -137,8 +147,10 @@ def calibrate_model(model: Classifier, upto: str, images: torch.Tensor, autocast
     """Runs `model`'s blocks up to `upto` in int8 from now on, calibrated on `images` (normalised
     clean views); returns the calibration to save with the run."""
     if not len(images):
-        raise UserError("--precision int8: no readable training image to calibrate on; "
-                        "allowed: int8 with a training split, or bf16/fp32")
+        raise UserError(
+            "--precision int8: no readable training image to calibrate on; "
+            "allowed: int8 with a training split, or bf16/fp32"
+        )
     frozen = calibrate(model.backbone, upto, images, autocast)
     model.use_int8_frozen(frozen)
     return frozen.calibration

@@ -1,5 +1,6 @@
 """Where and in what precision the network runs: CUDA or CPU, bf16 autocast where it is faster,
 int8 frozen blocks on request."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ from vggtune.model.quantize import check_available
 class Runtime:
     device: torch.device
     bf16: bool
-    int8: bool = False          # frozen blocks quantized (quantize.py); the rest as `bf16` says
+    int8: bool = False  # frozen blocks quantized (quantize.py); the rest as `bf16` says
 
     def to_input(self, batch: torch.Tensor) -> torch.Tensor:
         """A batch on the device as the convolutions take it: float32 (autocast lowers it), channels-last.
@@ -46,6 +47,7 @@ class Runtime:
         name = cpuinfo_fields().get("model name")
         if name is None:
             import platform
+
             return platform.processor() or platform.machine()
         return f"{name} ({os.cpu_count()} cores)"
 
@@ -73,7 +75,7 @@ def cpuinfo_fields() -> dict[str, str]:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return {}
-    fields = {}
+    fields: dict[str, str] = {}
     for line in lines:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
@@ -81,7 +83,8 @@ def cpuinfo_fields() -> dict[str, str]:
 
 
 def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """auto: CUDA if present; bf16 where it is faster than fp32 (CUDA GPUs that have it, `cpu_bf16_pays`), fp32 otherwise."""
+    """auto: CUDA if present; bf16 where it is faster than fp32 (CUDA GPUs that have it, `cpu_bf16_pays`), fp32
+    otherwise."""
     if precision == "int8":
         return _int8_runtime(device)
     if device == "cuda" and not torch.cuda.is_available():
@@ -99,8 +102,10 @@ def choose_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 def _int8_runtime(device: str) -> Runtime:
     """int8 frozen blocks use the CPU's quantized engine; the trainable part runs in bf16 where that pays."""
     if device == "cuda":
-        raise UserError("--precision int8: runs on the CPU only, received --device cuda; "
-                        "allowed: --device auto or cpu with int8, or bf16/fp32 on cuda")
+        raise UserError(
+            "--precision int8: runs on the CPU only, received --device cuda; "
+            "allowed: --device auto or cpu with int8, or bf16/fp32 on cuda"
+        )
     check_available()
     return Runtime(torch.device("cpu"), bf16=cpu_bf16_pays(), int8=True)
 
@@ -109,11 +114,14 @@ def runtime_for(int8_trained: bool, device: str, precision: str, run: Path) -> R
     """Where a trained model predicts: one trained on int8 features through the same int8 blocks, on the CPU."""
     origin = display_path(run)
     if int8_trained and device == "cuda":
-        raise UserError(f"{origin}: this model's frozen blocks run in int8 on the CPU, "
-                        "received --device cuda; allowed: auto, cpu")
+        raise UserError(
+            f"{origin}: this model's frozen blocks run in int8 on the CPU, received --device cuda; allowed: auto, cpu"
+        )
     if not int8_trained and precision == "int8":
-        raise UserError(f"{origin}: --precision int8, but this model was trained without it; "
-                        "allowed: auto, bf16, fp32 (int8 is chosen when training)")
+        raise UserError(
+            f"{origin}: --precision int8, but this model was trained without it; "
+            "allowed: auto, bf16, fp32 (int8 is chosen when training)"
+        )
     if int8_trained:
         return choose_runtime("cpu", "int8" if precision == "auto" else precision)
     return choose_runtime(device, precision)

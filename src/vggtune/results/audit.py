@@ -10,6 +10,7 @@
 cleanlab ranks by self-confidence, the probability the out-of-fold model gives the image's own label:
 the images it is surest are mislabelled come first.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,12 +26,21 @@ import numpy as np
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_bytes, atomic_write_json, display_path
 from vggtune.progress import say, verbosity
-from vggtune.results.auditscores import OOD_FENCE, OOD_NEIGHBOURS, FoldModels, Strength, cross_class_duplicates, \
-    far_below, label_issues, off_topic_scores, strength
+from vggtune.results.auditscores import (
+    OOD_FENCE,
+    OOD_NEIGHBOURS,
+    FoldModels,
+    Strength,
+    cross_class_duplicates,
+    far_below,
+    label_issues,
+    off_topic_scores,
+    strength,
+)
 from vggtune.results.crossval import cross_validate
 from vggtune.training.rundir import PredictionRow, read_predictions
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.training.config import TrainConfig
 
 LABEL, OFF_TOPIC, CONFLICT = "label", "out-of-distribution", "cross-class-duplicate"
@@ -39,19 +49,21 @@ LABEL, OFF_TOPIC, CONFLICT = "label", "out-of-distribution", "cross-class-duplic
 @dataclass(frozen=True)
 class Finding:
     """One flagged image: what it is labelled, what its out-of-fold model says, and why it is flagged."""
+
     path: str
     given: str
-    suggested: str                   # the out-of-fold model's class
-    given_probability: float         # self-confidence: the out-of-fold probability of the given label
+    suggested: str  # the out-of-fold model's class
+    given_probability: float  # self-confidence: the out-of-fold probability of the given label
     issues: tuple[str, ...]
-    ood_score: float                 # cleanlab's, in [0, 1]: low is unlike every other image
+    ood_score: float  # cleanlab's, in [0, 1]: low is unlike every other image
     fold: str
-    note: str = ""                   # the other image of a cross-class near-duplicate
+    note: str = ""  # the other image of a cross-class near-duplicate
 
 
 @dataclass(frozen=True)
 class Scored:
     """The out-of-fold scores of every usable image, in cv_predictions.csv's order."""
+
     classes: list[str]
     rows: list[PredictionRow]
     labels: np.ndarray
@@ -62,11 +74,15 @@ def audit(config: TrainConfig, folds: int, out: Path, manifest: Path | None = No
     """Cross-validates `config` (its `out` is the cv folder), ranks the issues and writes the audit to `out`;
     returns what audit.json holds."""
     if relabel and manifest is None:
-        raise UserError("--relabel: changes the labels written by --write-manifest; received no --write-manifest; "
-                        "allowed: --write-manifest clean.csv --relabel")
+        raise UserError(
+            "--relabel: changes the labels written by --write-manifest; received no --write-manifest; "
+            "allowed: --write-manifest clean.csv --relabel"
+        )
     if manifest is not None and not manifest.absolute().parent.is_dir():
-        raise UserError(f"--write-manifest: the folder of {display_path(manifest)} does not exist; allowed: a CSV "
-                        "file in an existing folder")
+        raise UserError(
+            f"--write-manifest: the folder of {display_path(manifest)} does not exist; allowed: a CSV "
+            "file in an existing folder"
+        )
     with verbosity(config.quiet):
         cross_validate(config, folds)
         scored = read_scored(Path(config.out))
@@ -76,9 +92,11 @@ def audit(config: TrainConfig, folds: int, out: Path, manifest: Path | None = No
             say(f"audit: ranking label issues of {len(scored.rows)} images with cleanlab")
             ranked = label_issues(scored)
         else:
-            say("warning: audit: the fold models do not beat always answering the largest class beyond noise, "
+            say(
+                "warning: audit: the fold models do not beat always answering the largest class beyond noise, "
                 "so their disagreements with a label say nothing about it: no label issues flagged (more "
-                "epochs, or data the frozen features can tell apart, first)")
+                "epochs, or data the frozen features can tell apart, first)"
+            )
             ranked = np.zeros(0, dtype=np.int64)
         models = FoldModels(Path(config.out))
         ood_scores = off_topic_scores(scored, models)
@@ -99,8 +117,9 @@ def read_scored(cv_folder: Path) -> Scored:
     return Scored(classes, rows, labels, probabilities)
 
 
-def collect(scored: Scored, ranked: np.ndarray, ood_scores: np.ndarray,
-            conflicts: list[tuple[str, str, int]]) -> list[Finding]:
+def collect(
+    scored: Scored, ranked: np.ndarray, ood_scores: np.ndarray, conflicts: list[tuple[str, str, int]]
+) -> list[Finding]:
     """Every flagged image once: label issues in cleanlab's order, then the others by self-confidence."""
     issues: dict[int, list[str]] = {int(i): [LABEL] for i in ranked}
     for i in far_below(ood_scores):
@@ -113,35 +132,74 @@ def collect(scored: Scored, ranked: np.ndarray, ood_scores: np.ndarray,
             notes[position[path]] = f"near-duplicate (hash distance {distance}) of {display_path(other)}"
     self_confidence = scored.probabilities[np.arange(len(scored.labels)), scored.labels]
     order = list(dict.fromkeys([int(i) for i in ranked] + sorted(issues, key=lambda i: self_confidence[i])))
-    return [Finding(scored.rows[i].path, scored.rows[i].label,
-                    scored.classes[int(scored.probabilities[i].argmax())], float(self_confidence[i]),
-                    tuple(dict.fromkeys(issues[i])), float(ood_scores[i]), scored.rows[i].split, notes.get(i, ""))
-            for i in order]
+    return [
+        Finding(
+            scored.rows[i].path,
+            scored.rows[i].label,
+            scored.classes[int(scored.probabilities[i].argmax())],
+            float(self_confidence[i]),
+            tuple(dict.fromkeys(issues[i])),
+            float(ood_scores[i]),
+            scored.rows[i].split,
+            notes.get(i, ""),
+        )
+        for i in order
+    ]
 
 
-def write_audit(out: Path, scored: Scored, findings: list[Finding], config: TrainConfig, folds: int,
-                models: FoldModels, weak_or_strong: Strength) -> dict:
+def write_audit(
+    out: Path,
+    scored: Scored,
+    findings: list[Finding],
+    config: TrainConfig,
+    folds: int,
+    models: FoldModels,
+    weak_or_strong: Strength,
+) -> dict:
     from vggtune.results.auditpage import write_page
+
     out.mkdir(parents=True, exist_ok=True)
     write_issues_csv(out / "issues.csv", findings)
     counts = {kind: sum(kind in f.issues for f in findings) for kind in (LABEL, OFF_TOPIC, CONFLICT)}
-    summary = {"data": config.data, "images": len(scored.rows), "classes": scored.classes, "folds": folds,
-               "cv": config.out, "flagged": len(findings), "by_issue": counts,
-               "accuracy_out_of_fold": weak_or_strong.accuracy if len(scored.rows) else None,
-               "majority_class": weak_or_strong.majority_class, "majority_share": weak_or_strong.majority_share,
-               "beats_majority_p": weak_or_strong.p, "label_issues_trusted": weak_or_strong.trusted,
-               "method": {"label": "cleanlab.filter.find_label_issues, ranked by self_confidence",
-                          "out_of_distribution": f"cleanlab.outlier.OutOfDistribution on the fold model's pooled "
-                                                 f"features, k={OOD_NEIGHBOURS}, -log(score) beyond Q3 + {OOD_FENCE} IQR",
-                          "cross_class_duplicate": "perceptual-hash near-duplicates under two classes"}}
+    summary = {
+        "data": config.data,
+        "images": len(scored.rows),
+        "classes": scored.classes,
+        "folds": folds,
+        "cv": config.out,
+        "flagged": len(findings),
+        "by_issue": counts,
+        "accuracy_out_of_fold": weak_or_strong.accuracy if len(scored.rows) else None,
+        "majority_class": weak_or_strong.majority_class,
+        "majority_share": weak_or_strong.majority_share,
+        "beats_majority_p": weak_or_strong.p,
+        "label_issues_trusted": weak_or_strong.trusted,
+        "method": {
+            "label": "cleanlab.filter.find_label_issues, ranked by self_confidence",
+            "out_of_distribution": f"cleanlab.outlier.OutOfDistribution on the fold model's pooled "
+            f"features, k={OOD_NEIGHBOURS}, -log(score) beyond Q3 + {OOD_FENCE} IQR",
+            "cross_class_duplicate": "perceptual-hash near-duplicates under two classes",
+        },
+    }
     write_page(out / "audit.html", summary, findings, models)
-    say(f"audit: {len(findings)} of {len(scored.rows)} images flagged ({counts[LABEL]} label, {counts[OFF_TOPIC]} "
-        f"out of distribution, {counts[CONFLICT]} cross-class duplicates) -> {display_path(out)}")
+    say(
+        f"audit: {len(findings)} of {len(scored.rows)} images flagged ({counts[LABEL]} label, {counts[OFF_TOPIC]} "
+        f"out of distribution, {counts[CONFLICT]} cross-class duplicates) -> {display_path(out)}"
+    )
     return summary
 
 
-ISSUE_COLUMNS = ("rank", "path", "given_label", "suggested_label", "given_label_probability", "issues",
-                 "ood_score", "fold", "note")
+ISSUE_COLUMNS = (
+    "rank",
+    "path",
+    "given_label",
+    "suggested_label",
+    "given_label_probability",
+    "issues",
+    "ood_score",
+    "fold",
+    "note",
+)
 
 
 def write_csv(path: Path, header, rows) -> None:
@@ -154,9 +212,24 @@ def write_csv(path: Path, header, rows) -> None:
 
 
 def write_issues_csv(path: Path, findings: list[Finding]) -> None:
-    write_csv(path, ISSUE_COLUMNS, ([rank, f.path, f.given, f.suggested, f"{f.given_probability:.6f}",
-                                     "+".join(f.issues), "" if np.isnan(f.ood_score) else f"{f.ood_score:.6f}",
-                                     f.fold, f.note] for rank, f in enumerate(findings, 1)))
+    write_csv(
+        path,
+        ISSUE_COLUMNS,
+        (
+            [
+                rank,
+                f.path,
+                f.given,
+                f.suggested,
+                f"{f.given_probability:.6f}",
+                "+".join(f.issues),
+                "" if np.isnan(f.ood_score) else f"{f.ood_score:.6f}",
+                f.fold,
+                f.note,
+            ]
+            for rank, f in enumerate(findings, 1)
+        ),
+    )
 
 
 def write_manifest(path: Path, scored: Scored, findings: list[Finding], relabel: bool) -> dict:
@@ -173,6 +246,8 @@ def write_manifest(path: Path, scored: Scored, findings: list[Finding], relabel:
             relabelled += 1
     write_csv(path, ["path", "label"], rows)
     kept = len(rows)
-    say(f"audit: manifest {display_path(path)}: {kept} images ({relabelled} relabelled, "
-        f"{len(scored.rows) - kept} left out); `vggtune train {display_path(path)}` trains on it")
+    say(
+        f"audit: manifest {display_path(path)}: {kept} images ({relabelled} relabelled, "
+        f"{len(scored.rows) - kept} left out); `vggtune train {display_path(path)}` trains on it"
+    )
     return {"path": str(path), "images": kept, "relabelled": relabelled, "left_out": len(scored.rows) - kept}

@@ -9,6 +9,7 @@ extracted by the first fold that needs it and read from the cache by the others.
 that finished earlier is kept, and one that was interrupted is resumed, so a stopped
 cross-validation continues where it stopped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,29 +20,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vggtune.results.analysis import intervals
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path
-from vggtune.training.metrics import classification_metrics
 from vggtune.progress import say, verbosity
-from vggtune.training.rundir import PredictionRow, RunDir, read_predictions, write_predictions
+from vggtune.results.analysis import intervals
+from vggtune.training.metrics import classification_metrics
+from vggtune.training.rundir import PredictionRow, RunDir, write_predictions
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.training.config import TrainConfig
 
 SUMMARY_KEYS = ("n", "accuracy", "balanced_accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
 
 
 def fold_config(config: TrainConfig, fold: int, folds: int) -> TrainConfig:
-    return dataclasses.replace(config, out=str(Path(config.out) / f"fold-{fold}"), cv_folds=folds, cv_fold=fold,
-                               no_report=True)
+    return dataclasses.replace(
+        config, out=str(Path(config.out) / f"fold-{fold}"), cv_folds=folds, cv_fold=fold, no_report=True
+    )
 
 
 def cross_validate(config: TrainConfig, folds: int) -> dict:
     """Trains `config` on each of `folds` folds in config.out; returns what cv.json holds."""
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise UserError(f"--folds: received {folds!r}; allowed: a whole number >= 2")
-    configs = [fold_config(config, k, folds) for k in range(1, folds + 1)]     # checks the options first
+    configs = [fold_config(config, k, folds) for k in range(1, folds + 1)]  # checks the options first
     config.check_out()
     _check_folds(config.data, folds)
     earlier = {row["fold"]: row["seconds"] for row in (_read_cv(Path(config.out)) or {}).get("per_fold", [])}
@@ -51,41 +53,51 @@ def cross_validate(config: TrainConfig, folds: int) -> dict:
             started = time.perf_counter()
             trained = _fit_fold(fold_config_k)
             # A kept fold's time is the one the earlier call measured: in cv.json, else in the fold's metrics.
-            seconds.append(round(time.perf_counter() - started, 1) if trained
-                           else earlier.get(fold_config_k.cv_fold) or _fold_seconds(fold_config_k))
+            seconds.append(
+                round(time.perf_counter() - started, 1)
+                if trained
+                else earlier.get(fold_config_k.cv_fold) or _fold_seconds(fold_config_k)
+            )
     return pool(Path(config.out), configs, seconds)
 
 
 def _fold_seconds(config: TrainConfig) -> float | None:
     """The seconds the finished fold's last training call took, from its metrics.json."""
     try:
-        return json.loads((Path(config.out) / "metrics.json").read_text())["timing"].get("this_call_s")
-    except (OSError, ValueError, KeyError):
+        metrics = RunDir(config.out).metrics()
+    except (OSError, ValueError):
         return None
+    return metrics.timing.get("this_call_s") if metrics else None
 
 
 def _check_folds(data: str, folds: int) -> None:
     """Each fold must test every class: no class may have fewer images than there are folds (counted
     from the files found, before any is read, so that nothing trains first)."""
-    from vggtune.data.dataset import discover
+    from vggtune.data.discovery import discover
+
     counts = discover(data).counts()
-    smallest = min(counts, key=counts.get)
+    smallest = min(counts, key=lambda name: counts[name])
     if folds > counts[smallest]:
-        raise UserError(f"--folds: received {folds}, but class {smallest!r} has {counts[smallest]} images; "
-                        f"allowed: at most {counts[smallest]} folds, so that each fold tests every class")
+        raise UserError(
+            f"--folds: received {folds}, but class {smallest!r} has {counts[smallest]} images; "
+            f"allowed: at most {counts[smallest]} folds, so that each fold tests every class"
+        )
 
 
 def _fit_fold(config: TrainConfig) -> bool:
     """Trains one fold, or resumes it, or keeps it when it finished earlier with the same config (False)."""
     from vggtune.training.schedule import fit
+
     folder = RunDir(config.out)
     label = f"fold {config.cv_fold}/{config.cv_folds}"
-    if (folder.path / "config.yaml").is_file():
+    if folder.is_started():
         saved = folder.config()
-        if dataclasses.replace(saved, quiet=config.quiet) != config:       # quiet changes no result
-            raise UserError(f"cv: {display_path(folder.path)} was trained with other options; "
-                            "allowed: the same options as before, or a new --out")
-        if (folder.path / "metrics.json").is_file() and (folder.path / "model.json").is_file():
+        if dataclasses.replace(saved, quiet=config.quiet) != config:  # quiet changes no result
+            raise UserError(
+                f"cv: {display_path(folder.path)} was trained with other options; "
+                "allowed: the same options as before, or a new --out"
+            )
+        if folder.is_finished():
             say(f"{label}: finished earlier, kept")
             return False
         say(f"{label}: resuming")
@@ -96,19 +108,19 @@ def _fit_fold(config: TrainConfig) -> bool:
     return True
 
 
-def pool(root: Path, configs: list[TrainConfig], seconds: list[float]) -> dict:
+def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) -> dict:
     """Per-fold and pooled metrics (with 95 % intervals) of the folds' test predictions."""
-    classes = RunDir(configs[0].out).splits().classes
+    classes = RunDir(configs[0].out).saved_splits().classes
     rows, labels, probabilities, per_fold, thresholds = [], [], [], [], []
     for config, fold_seconds in zip(configs, seconds):
-        tested = [row for row in read_predictions(Path(config.out) / "predictions.csv", classes)
-                  if row.split == "test"]
+        tested = [row for row in RunDir(config.out).predictions(classes) or [] if row.split == "test"]
         fold_labels = [classes.index(row.label) for row in tested]
         fold_probabilities = [row.probabilities for row in tested]
-        threshold = RunDir(config.out).model_spec().scoring.threshold      # each fold decides at its own
+        threshold = RunDir(config.out).model_spec().scoring.threshold  # each fold decides at its own
         thresholds += [threshold] * len(tested)
-        metrics = classification_metrics(fold_labels, np.asarray(fold_probabilities).reshape(-1, len(classes)),
-                                         classes, threshold)
+        metrics = classification_metrics(
+            fold_labels, np.asarray(fold_probabilities).reshape(-1, len(classes)), classes, threshold
+        )
         per_fold.append({"fold": config.cv_fold, **_summary(metrics), "seconds": fold_seconds})
         rows += [PredictionRow(f"fold-{config.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
         labels += fold_labels
@@ -117,11 +129,18 @@ def pool(root: Path, configs: list[TrainConfig], seconds: list[float]) -> dict:
     # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median.
     threshold = float(np.median(thresholds)) if thresholds else 0.5
     pooled = _summary(classification_metrics(labels, pooled_probabilities, classes, threshold))
-    pooled["intervals_95"] = {key: list(low_high) for key, low_high in intervals(labels, pooled_probabilities, classes,
-                                                                                  threshold=threshold).items()}
+    pooled["intervals_95"] = {
+        key: list(low_high)
+        for key, low_high in intervals(labels, pooled_probabilities, classes, threshold=threshold).items()
+    }
     base = dataclasses.replace(configs[0], out=str(root), cv_folds=0, cv_fold=0, no_report=False)
-    result = {"folds": len(configs), "classes": classes, "pooled": pooled, "per_fold": per_fold,
-              "config": base.to_dict()}
+    result = {
+        "folds": len(configs),
+        "classes": classes,
+        "pooled": pooled,
+        "per_fold": per_fold,
+        "config": base.to_dict(),
+    }
     write_predictions(root / "cv_predictions.csv", classes, rows)
     atomic_write_json(root / "cv.json", result)
     return result

@@ -1,5 +1,6 @@
 """`Evaluated`: the images a model was judged on, each one's true class and probabilities, and how
 to get them: by scoring a run's model (`score`) or from what training scored (`from_training`)."""
+
 from __future__ import annotations
 
 import functools
@@ -15,7 +16,7 @@ from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.results import analysis
 from vggtune.training.metrics import classification_metrics
-from vggtune.training.rundir import PredictionRow, RunDir, read_predictions
+from vggtune.training.rundir import PredictionRow, RunDir
 
 TEST_SPLIT = "test split of the run"
 VAL_SPLIT = "validation split of the run (it kept no test split)"
@@ -25,12 +26,13 @@ VAL_SPLIT = "validation split of the run (it kept no test split)"
 class Evaluated:
     """Images a model was judged on: what they were, each one's true class and probabilities, and
     the files that could not be read."""
-    data: str                                   # "test split of the run", "the test folder X", or the folder's name
+
+    data: str  # "test split of the run", "the test folder X", or the folder's name
     classes: list[str]
     rows: list[PredictionRow]
     rejected: list[tuple[str, str]]
-    own: bool = False                           # the run's own test (or validation) split, given folder or not
-    threshold: float = 0.5                      # two classes: the decision threshold the labels are decided at
+    own: bool = False  # the run's own test (or validation) split, given folder or not
+    threshold: float = 0.5  # two classes: the decision threshold the labels are decided at
 
     @property
     def labels(self) -> np.ndarray:
@@ -52,8 +54,11 @@ class Evaluated:
         """What a reader must be told beside the totals, as sentences: sensitivity and specificity by class,
         an imbalance among the classes, an accuracy below the validation split's interval."""
         metrics = self.metrics()
-        said = [analysis.two_class_rates(metrics), balance.imbalance(self.counts()),
-                validation_gap(run, metrics, self.data) if self.data != VAL_SPLIT else None]
+        said = [
+            analysis.two_class_rates(metrics),
+            balance.imbalance(self.counts()),
+            validation_gap(run, metrics, self.data) if self.data != VAL_SPLIT else None,
+        ]
         return [sentence[0].upper() + sentence[1:] for sentence in said if sentence]
 
     @functools.cached_property
@@ -70,11 +75,20 @@ def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evalu
     rejected += unreadable
     if not predictions:
         first = f" (first: {display_path(rejected[0][0])}: {rejected[0][1]})" if rejected else ""
-        raise UserError(f"evaluate: none of {len(rejected)} images could be read{first}; "
-                        "allowed: a folder with readable images in class folders")
+        raise UserError(
+            f"evaluate: none of {len(rejected)} images could be read{first}; "
+            "allowed: a folder with readable images in class folders"
+        )
     label_of = dict(zip(paths, labels))
-    rows = [PredictionRow("evaluation" if data_dir else "test", p.path, predictor.classes[label_of[p.path]],
-                          [p.probabilities[c] for c in predictor.classes]) for p in predictions]
+    rows = [
+        PredictionRow(
+            "evaluation" if data_dir else "test",
+            p.path,
+            predictor.classes[label_of[p.path]],
+            [p.probabilities[c] for c in predictor.classes],
+        )
+        for p in predictions
+    ]
     threshold = predictor.spec.scoring.threshold
     if data_dir:
         return Evaluated(display_path(data_dir), predictor.classes, rows, rejected, threshold=threshold)
@@ -84,17 +98,21 @@ def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evalu
 def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
     """The test split as training scored it (predictions.csv), else the validation split; None when the
     run held out neither. A run made before predictions.csv existed is scored again on its test split."""
-    path, classes = Path(run) / "predictions.csv", predictor.classes
-    if not path.is_file():
+    rows = RunDir(run).predictions(predictor.classes)
+    if rows is None:
         splits = RunDir(run).splits()
         return score(predictor, Path(run)) if splits and splits.test else None
-    rows = read_predictions(path, classes)
     for split in ("test", "val"):
         chosen = [row for row in rows if row.split == split]
-        if chosen:      # what a folder given as this split lost (a split of DATA has its rejects with DATA's)
-            return Evaluated(split_name(Path(run), split), classes, chosen,
-                             [row for row in RunDir(run).rejected() if row.where == split], own=True,
-                             threshold=predictor.spec.scoring.threshold)
+        if chosen:  # what a folder given as this split lost (a split of DATA has its rejects with DATA's)
+            return Evaluated(
+                split_name(Path(run), split),
+                predictor.classes,
+                chosen,
+                [row for row in RunDir(run).rejected() if row.where == split],
+                own=True,
+                threshold=predictor.spec.scoring.threshold,
+            )
     return None
 
 

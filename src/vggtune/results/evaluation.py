@@ -1,5 +1,6 @@
 """The verbs that judge a finished run and write what they find: `evaluate` (metrics as JSON, each
 image's probabilities as CSV, the report) and `write_documents` (report.html and the model card)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,15 +13,22 @@ from vggtune.progress import say
 from vggtune.results.evaluated import from_training, score, validation_gap
 from vggtune.results.modelcard import write_model_card
 from vggtune.results.reportpage import write_report
-from vggtune.training.rundir import write_predictions
+from vggtune.training.rundir import RunDir, write_predictions
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
 
 
-def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = None,
-             device: str = "auto", precision: str = "auto", report: bool = True, engine: str | Engine = "auto",
-             threshold: float | None = None) -> dict:
+def evaluate(
+    run: str | Path,
+    data_dir: str | None = None,
+    output: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    report: bool = True,
+    engine: str | Engine = "auto",
+    threshold: float | None = None,
+) -> dict:
     """Metrics of a run's model on labelled images, written as JSON (default RUN/evaluation.json), with
     each image's probabilities (*.predictions.csv) and the report (*.html) beside it. Under torchrun each
     rank scores its share of the images. `threshold`: a two-class decision threshold instead of model.json's."""
@@ -30,10 +38,10 @@ def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = 
     result["rejected"] = [{"path": display_path(p), "reason": r} for p, r in evaluated.rejected]
     result["data"] = evaluated.data
     result["validation_gap"] = validation_gap(Path(run), result, evaluated.data)
-    if not distributed.is_main():          # under torchrun, rank 0 writes
+    if not distributed.is_main():  # under torchrun, rank 0 writes
         return result
-    target = Path(output) if output else Path(run) / "evaluation.json"
-    with distributed.alone():               # the other ranks wait at the job's last barrier
+    target = Path(output) if output else RunDir(run).evaluation_file()
+    with distributed.alone():  # the other ranks wait at the job's last barrier
         atomic_write_json(target, result)
         write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows)
         if report:
@@ -41,8 +49,9 @@ def evaluate(run: str | Path, data_dir: str | None = None, output: str | None = 
     return result
 
 
-def write_documents(run: str | Path, data: str | None = None, out: str | Path | None = None,
-                    engine: str | Engine = "auto") -> tuple[Path, Path | None]:
+def write_documents(
+    run: str | Path, data: str | None = None, out: str | Path | None = None, engine: str | Engine = "auto"
+) -> tuple[Path, Path | None]:
     """The report (of the run's own test split, or of a labelled folder `data`) and, for the run's own
     split, the model card README.md. Returns their paths (no card for another folder)."""
     predictor = Predictor(run, engine=engine)
@@ -56,5 +65,5 @@ def write_documents_or_warn(run: str | Path, engine: str | Engine = "auto") -> N
     """report.html and README.md at the end of training; a failure here leaves the trained run intact."""
     try:
         write_documents(run, engine=engine)
-    except Exception as exc:        # noqa: BLE001 - the model and metrics are saved; say what went wrong
+    except Exception as exc:  # noqa: BLE001 - the model and metrics are saved; say what went wrong
         say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")

@@ -1,5 +1,6 @@
 """The HTML both pages (report.html, audit.html) are made of: one style sheet and the few escaped pieces,
 so that a file name, a class or a reason is never read as markup."""
+
 from __future__ import annotations
 
 import base64
@@ -22,17 +23,19 @@ figure img{display:block;margin:0 auto;max-height:240px;width:auto}figcaption{fo
 
 
 def count(n: int, noun: str) -> str:
-    """"1 epoch", "2 epochs"."""
+    """ "1 epoch", "2 epochs"."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-TABLE_ROWS = 200               # longer lists are cut here; the CSV files in the run hold them all
+TABLE_ROWS = 200  # longer lists are cut here; the CSV files in the run hold them all
 
 
 def table(header: list[str] | None, rows) -> str:
     rows = list(rows)
     head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{escape(value)}</td>" for value in row) + "</tr>" for row in rows[:TABLE_ROWS])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(value)}</td>" for value in row) + "</tr>" for row in rows[:TABLE_ROWS]
+    )
     more = f"<p class='muted'>... and {len(rows) - TABLE_ROWS} more.</p>" if len(rows) > TABLE_ROWS else ""
     return f"<table>{head}{body}</table>{more}"
 

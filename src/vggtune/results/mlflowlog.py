@@ -7,6 +7,7 @@ It is sent when the run has ended, from the run folder, so a server that is down
 one line and nothing else: the run folder is the record. The experiment is $MLFLOW_EXPERIMENT_NAME,
 else "vggtune".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+from vggtune import runfiles
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.progress import say
@@ -21,8 +23,8 @@ from vggtune.training.tracking import flat_config
 
 EXPERIMENT = "vggtune"
 FINAL = ("accuracy", "log_loss", "f1_macro", "roc_auc", "precision_macro", "recall_macro")
-MODEL_FILES = ("model.json", "model.safetensors", "config.yaml")
-DOCUMENTS = ("report.html", "README.md", "metrics.json", "metrics.jsonl")
+MODEL_FILES = (runfiles.MODEL, runfiles.WEIGHTS, runfiles.CONFIG)
+DOCUMENTS = (runfiles.REPORT, runfiles.MODEL_CARD, runfiles.METRICS, runfiles.HISTORY)
 # A server that is down answers at once with a refused connection; one that hangs must not hold the run.
 QUICK_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
@@ -32,8 +34,10 @@ def require() -> None:
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        raise UserError("--mlflow: needs the mlflow package, which is not installed; allowed: "
-                        "pip install 'vggtune[mlflow]', or no --mlflow") from None
+        raise UserError(
+            "--mlflow: needs the mlflow package, which is not installed; allowed: "
+            "pip install 'vggtune[mlflow]', or no --mlflow"
+        ) from None
 
 
 def log_run(run: str | Path, uri: str) -> str | None:
@@ -43,10 +47,9 @@ def log_run(run: str | Path, uri: str) -> str | None:
     try:
         with _environment(QUICK_FAILURE):
             run_id = _send(run, uri)
-    except Exception as exc:             # noqa: BLE001 - the run is saved; the server is someone else's
+    except Exception as exc:  # noqa: BLE001 - the run is saved; the server is someone else's
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        say(f"mlflow: {uri} did not take the run ({type(exc).__name__}: {reason}); it is saved in "
-            f"{display_path(run)}")
+        say(f"mlflow: {uri} did not take the run ({type(exc).__name__}: {reason}); it is saved in {display_path(run)}")
         return None
     say(f"mlflow: logged to {uri} as run {run_id}")
     return run_id
@@ -55,27 +58,43 @@ def log_run(run: str | Path, uri: str) -> str | None:
 def _send(run: Path, uri: str) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
+
     from vggtune.training.rundir import RunDir
+
     folder = RunDir(run)
     config = folder.config()
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
-    created = client.create_run(experiment_id, run_name=run.resolve().name,
-                                tags={"vggtune.run_folder": str(run.resolve())})
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
+    )
+    created = client.create_run(
+        experiment_id, run_name=run.resolve().name, tags={"vggtune.run_folder": str(run.resolve())}
+    )
     run_id = created.info.run_id
     now = int(time.time() * 1000)
     params = [Param(key, str(value)[:6000]) for key, value in flat_config(config.to_dict()).items()]
-    metrics = [Metric(f"{row['stage']}.{key}", float(value), now, int(row["epoch"]))
-               for row in folder.history() for key, value in row.items() if key not in ("stage", "epoch")]
+    metrics = [
+        Metric(f"{row['stage']}.{key}", float(value), now, int(row["epoch"]))
+        for row in folder.history()
+        for key, value in row.items()
+        if key not in ("stage", "epoch")
+    ]
     final = folder.metrics()
     for split in ("val", "test"):
         scores = getattr(final, split) or {}
-        metrics += [Metric(f"{split}_{key}", float(scores[key]), now, 0) for key in FINAL if scores.get(key) is not None]
-    for start in range(0, max(len(params), len(metrics)), 100):          # the server's batch limits
-        client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
-                         tags=[RunTag("vggtune.head", config.head)] if start == 0 else [])
+        metrics += [
+            Metric(f"{split}_{key}", float(scores[key]), now, 0) for key in FINAL if scores.get(key) is not None
+        ]
+    for start in range(0, max(len(params), len(metrics)), 100):  # the server's batch limits
+        client.log_batch(
+            run_id,
+            metrics=metrics[start : start + 100],
+            params=params[start : start + 100],
+            tags=[RunTag("vggtune.head", config.head)] if start == 0 else [],
+        )
     for name in DOCUMENTS:
         if (run / name).is_file():
             client.log_artifact(run_id, str(run / name))

@@ -1,6 +1,7 @@
 """report.html: one self-contained page of a run (figures inline, nothing fetched), in the order
 a reader asks: the verdict, training curves, confusions, calibration, the worst mistakes with
 where the network looked, the data's own problems, and how the run was made."""
+
 from __future__ import annotations
 
 import datetime
@@ -11,64 +12,91 @@ import numpy as np
 
 from vggtune.version import __version__
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.deploy.predict import Predictor
     from vggtune.model.spec import ModelSpec
 
-from vggtune.results import analysis
-from vggtune.results.datasection import data_section, shift
-from vggtune.results.html import STYLE, count as _count, escape as _e, img as _img, jpeg as _jpeg, table as _table
-
-from vggtune.results import plots
-from vggtune.results.evaluated import Evaluated
 from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.results import analysis, plots
+from vggtune.results.datasection import data_section, shift
+from vggtune.results.evaluated import Evaluated
+from vggtune.results.html import STYLE
+from vggtune.results.html import count as _count
+from vggtune.results.html import escape as _e
+from vggtune.results.html import img as _img
+from vggtune.results.html import jpeg as _jpeg
+from vggtune.results.html import table as _table
 from vggtune.training.rundir import RunDir
 
-TOP_LOSSES = 12                 # the most confidently wrong images shown
-LEAST_CERTAIN = 6               # and the correct ones the model was least sure of
+TOP_LOSSES = 12  # the most confidently wrong images shown
+LEAST_CERTAIN = 6  # and the correct ones the model was least sure of
 
 
-def write_report(run: str | Path, evaluated: Evaluated | None, predictor: Predictor,
-                 out: str | Path | None = None) -> Path:
+def write_report(
+    run: str | Path, evaluated: Evaluated | None, predictor: Predictor, out: str | Path | None = None
+) -> Path:
     """Writes the report of `evaluated` (None: a run that held no images out) to `out` (default RUN/report.html)."""
     folder = RunDir(run)
     spec = predictor.spec
-    target = Path(out) if out else folder.path / "report.html"
-    judged = [verdict(evaluated, folder) + shift(evaluated, folder, predictor), curves(folder), confusions(evaluated), calibration(evaluated),
-              examples(evaluated, predictor)] if evaluated else [
-        "<section id='verdict'><h2>Verdict</h2><p>This run held out no images to judge it on: "
-        "run <code>vggtune report RUN --data FOLDER</code> with a labelled folder.</p></section>", curves(folder)]
+    target = Path(out) if out else folder.report_file()
+    judged = (
+        [
+            verdict(evaluated, folder) + shift(evaluated, folder, predictor),
+            curves(folder),
+            confusions(evaluated),
+            calibration(evaluated),
+            examples(evaluated, predictor),
+        ]
+        if evaluated
+        else [
+            "<section id='verdict'><h2>Verdict</h2><p>This run held out no images to judge it on: "
+            "run <code>vggtune report RUN --data FOLDER</code> with a labelled folder.</p></section>",
+            curves(folder),
+        ]
+    )
     sections = judged + [data_section(folder, evaluated), run_section(folder, spec)]
     title = f"vggtune report: {display_path(folder.path)}"
     judged_on = f"judged on {_e(evaluated.data)}" if evaluated else "no held-out images"
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
-            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'\">"
-            f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
-            f"<p class='muted'>{len(spec.classes)} classes, {spec.head.kind} head on {_e(spec.weights)}, "
-            f"{judged_on}; written {datetime.datetime.now():%Y-%m-%d %H:%M} by vggtune "
-            f"{__version__}</p>{''.join(sections)}</body></html>\n")
+    page = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">"
+        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
+        f"<p class='muted'>{len(spec.classes)} classes, {spec.head.kind} head on {_e(spec.weights)}, "
+        f"{judged_on}; written {datetime.datetime.now():%Y-%m-%d %H:%M} by vggtune "
+        f"{__version__}</p>{''.join(sections)}</body></html>\n"
+    )
     atomic_write_text(target, page)
     return target
 
 
 def verdict(evaluated: Evaluated, folder: RunDir) -> str:
     rows = evaluated.headline
-    body = "".join(f"<tr><td>{_e(name)}</td><td class='n'>{_number(value)}</td><td>{_interval(bound)}</td></tr>"
-                   for _, name, value, bound in rows)
-    n, (low, high) = len(evaluated.rows), rows[0][3]
-    warning = (f"<p class='warn'>Only {n} images: the accuracy could be anywhere from {low:.3f} to "
-               f"{high:.3f}. More test images narrow it.</p>" if high - low > 0.1 else "")
+    body = "".join(
+        f"<tr><td>{_e(name)}</td><td class='n'>{_number(value)}</td><td>{_interval(bound)}</td></tr>"
+        for _, name, value, bound in rows
+    )
+    n, accuracy_bound = len(evaluated.rows), rows[0][3]
+    low, high = accuracy_bound or (rows[0][2], rows[0][2])  # a Wilson interval: never missing in practice
+    warning = (
+        f"<p class='warn'>Only {n} images: the accuracy could be anywhere from {low:.3f} to "
+        f"{high:.3f}. More test images narrow it.</p>"
+        if high - low > 0.1
+        else ""
+    )
     findings = "".join(f"<p class='warn'>{_e(sentence)}.</p>" for sentence in evaluated.findings(folder.path))
     title, classes = analysis.per_class_rows(evaluated.metrics())
     per_class = f"<h3>{_e(title[0].upper() + title[1:])}</h3>" + _table(
         ["class", "precision", "recall", "F1", "images"],
-        [(name, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", support) for name, p, r, f, support in classes])
-    return (f"<section id='verdict'><h2>Verdict</h2><p><b>{n}</b> images of {_e(evaluated.data)}, "
-            f"{len(evaluated.rejected)} left out.</p>{warning}{findings}<table><tr><th>metric</th><th>value</th>"
-            f"<th>95% interval</th></tr>{body}</table>{per_class}<p class='muted'>Intervals: Wilson for accuracy; "
-            f"percentile bootstrap over the images, resampled within each class ({analysis.BOOTSTRAP_DRAWS} draws), "
-            f"for the others. Balanced accuracy is the mean of the classes' recalls.</p></section>")
+        [(name, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", support) for name, p, r, f, support in classes],
+    )
+    return (
+        f"<section id='verdict'><h2>Verdict</h2><p><b>{n}</b> images of {_e(evaluated.data)}, "
+        f"{len(evaluated.rejected)} left out.</p>{warning}{findings}<table><tr><th>metric</th><th>value</th>"
+        f"<th>95% interval</th></tr>{body}</table>{per_class}<p class='muted'>Intervals: Wilson for accuracy; "
+        f"percentile bootstrap over the images, resampled within each class ({analysis.BOOTSTRAP_DRAWS} draws), "
+        f"for the others. Balanced accuracy is the mean of the classes' recalls.</p></section>"
+    )
 
 
 def curves(folder: RunDir) -> str:
@@ -80,10 +108,16 @@ def curves(folder: RunDir) -> str:
     for stage in stages:
         rows = [row for row in history if row["stage"] == stage]
         kept = kept_epochs.get(stage)
-        last = ("<p class='warn'>The stage kept its last epoch: its validation loss was still falling, so the "
-                "epochs may be too few.</p>" if kept and len(rows) > 1 and kept == len(rows) else "")
-        parts.append(f"<h3>{_e(stage)}</h3>{_img(plots.training_curves(rows, stage, kept), f'{stage} curves')}"
-                     f"<p>{_count(len(rows), 'epoch')}; kept epoch {kept if kept else 'not recorded'}.</p>{last}")
+        last = (
+            "<p class='warn'>The stage kept its last epoch: its validation loss was still falling, so the "
+            "epochs may be too few.</p>"
+            if kept and len(rows) > 1 and kept == len(rows)
+            else ""
+        )
+        parts.append(
+            f"<h3>{_e(stage)}</h3>{_img(plots.training_curves(rows, stage, kept), f'{stage} curves')}"
+            f"<p>{_count(len(rows), 'epoch')}; kept epoch {kept if kept else 'not recorded'}.</p>{last}"
+        )
     return f"<section id='curves'><h2>Training curves</h2>{''.join(parts) or '<p>No epochs recorded.</p>'}</section>"
 
 
@@ -91,9 +125,17 @@ def confusions(evaluated: Evaluated) -> str:
     matrix = evaluated.metrics()["confusion_matrix"]
     pairs = analysis.most_confused(matrix, evaluated.classes)
     table = "".join(f"<tr><td>{_e(a)}</td><td>{_e(b)}</td><td class='n'>{n}</td></tr>" for a, b, n in pairs)
-    return (f"<section id='confusion'><h2>Confusion matrix</h2>{_img(plots.confusion(matrix, evaluated.classes), 'confusion matrix')}"
-            f"<h3>Most confused pairs</h3>" + (f"<table><tr><th>true</th><th>predicted as</th><th>images</th></tr>"
-                                               f"{table}</table>" if pairs else "<p>No confusions.</p>") + "</section>")
+    return (
+        "<section id='confusion'><h2>Confusion matrix</h2>"
+        f"{_img(plots.confusion(matrix, evaluated.classes), 'confusion matrix')}"
+        f"<h3>Most confused pairs</h3>"
+        + (
+            f"<table><tr><th>true</th><th>predicted as</th><th>images</th></tr>{table}</table>"
+            if pairs
+            else "<p>No confusions.</p>"
+        )
+        + "</section>"
+    )
 
 
 def calibration(evaluated: Evaluated) -> str:
@@ -101,11 +143,15 @@ def calibration(evaluated: Evaluated) -> str:
     parts = []
     if len(evaluated.classes) == 2 and len(set(labels.tolist())) == 2:
         auc = evaluated.metrics()["roc_auc"]
-        parts.append(_img(plots.roc_and_pr(labels, probabilities[:, 1], evaluated.classes[1], auc), "ROC and PR curves"))
+        parts.append(
+            _img(plots.roc_and_pr(labels, probabilities[:, 1], evaluated.classes[1], auc), "ROC and PR curves")
+        )
     reliability = analysis.reliability(labels, probabilities)
     parts.append(_img(plots.reliability(reliability), "reliability diagram"))
-    parts.append(f"<p>Expected calibration error: <b>{reliability['ece']:.4f}</b> (10 bins of the largest "
-                 "probability; 0 is perfectly calibrated).</p>")
+    parts.append(
+        f"<p>Expected calibration error: <b>{reliability['ece']:.4f}</b> (10 bins of the largest "
+        "probability; 0 is perfectly calibrated).</p>"
+    )
     return f"<section id='calibration'><h2>ROC, precision-recall and calibration</h2>{''.join(parts)}</section>"
 
 
@@ -118,12 +164,17 @@ def examples(evaluated: Evaluated, predictor: Predictor) -> str:
     right = np.nonzero(decided == labels)[0]
     worst = wrong[np.argsort(-losses[wrong], kind="stable")][:TOP_LOSSES]
     unsure = right[np.argsort(probabilities[right].max(1), kind="stable")][:LEAST_CERTAIN]
-    shown = (f"The {_count(len(worst), 'most confidently wrong image')} of {_count(len(wrong), 'mistake')}"
-             if len(wrong) else f"No mistakes on the {len(labels)} test images")
-    return (f"<section id='top-losses'><h2>Top losses</h2><p>{shown}, with where the network looked for its "
-            "prediction (Grad-CAM on the last convolution; dimmed: outside the centre crop the network sees).</p>"
-            f"{_tiles(evaluated, predictor, worst, 'wrong', losses) if len(wrong) else ''}"
-            f"<h3>Least certain correct</h3>{_tiles(evaluated, predictor, unsure, 'unsure', losses)}</section>")
+    shown = (
+        f"The {_count(len(worst), 'most confidently wrong image')} of {_count(len(wrong), 'mistake')}"
+        if len(wrong)
+        else f"No mistakes on the {len(labels)} test images"
+    )
+    return (
+        f"<section id='top-losses'><h2>Top losses</h2><p>{shown}, with where the network looked for its "
+        "prediction (Grad-CAM on the last convolution; dimmed: outside the centre crop the network sees).</p>"
+        f"{_tiles(evaluated, predictor, worst, 'wrong', losses) if len(wrong) else ''}"
+        f"<h3>Least certain correct</h3>{_tiles(evaluated, predictor, unsure, 'unsure', losses)}</section>"
+    )
 
 
 def _tiles(evaluated: Evaluated, predictor: Predictor, indices, kind: str, losses) -> str:
@@ -136,11 +187,16 @@ def _tiles(evaluated: Evaluated, predictor: Predictor, indices, kind: str, losse
     for row, i in zip(rows, indices):
         predicted = evaluated.classes[int(analysis.predicted([row.probabilities], evaluated.threshold)[0])]
         shown = by_path.get(row.path)
-        picture = (_img(_jpeg(shown.overlay()), f"Grad-CAM of {Path(row.path).name}", "image/jpeg") if shown
-                   else "<p class='muted'>(image no longer readable)</p>")
-        tiles.append(f"<figure class='tile {kind}' data-path='{_e(row.path)}'>{picture}<figcaption>"
-                     f"<b>{_e(Path(row.path).name)}</b><br>true {_e(row.label)}, predicted {_e(predicted)} "
-                     f"({max(row.probabilities):.3f})<br>loss {losses[i]:.3f}</figcaption></figure>")
+        picture = (
+            _img(_jpeg(shown.overlay()), f"Grad-CAM of {Path(row.path).name}", "image/jpeg")
+            if shown
+            else "<p class='muted'>(image no longer readable)</p>"
+        )
+        tiles.append(
+            f"<figure class='tile {kind}' data-path='{_e(row.path)}'>{picture}<figcaption>"
+            f"<b>{_e(Path(row.path).name)}</b><br>true {_e(row.label)}, predicted {_e(predicted)} "
+            f"({max(row.probabilities):.3f})<br>loss {losses[i]:.3f}</figcaption></figure>"
+        )
     return f"<div class='grid'>{''.join(tiles)}</div>"
 
 
@@ -150,27 +206,44 @@ def run_section(folder: RunDir, spec: ModelSpec) -> str:
     environment = metrics.environment if metrics else {}
     timing = metrics.timing if metrics else {}
     cache = environment.get("feature_cache") or {}
-    reuse = (f"{cache['views_wanted'] - cache['views_computed']} of {cache['views_wanted']} views came from the "
-             f"feature cache, {cache['views_computed']} were computed." if cache.get("views_wanted")
-             else "Not recorded (a run made without the cache, or by an earlier vggtune).")
+    reuse = (
+        f"{cache['views_wanted'] - cache['views_computed']} of {cache['views_wanted']} views came from the "
+        f"feature cache, {cache['views_computed']} were computed."
+        if cache.get("views_wanted")
+        else "Not recorded (a run made without the cache, or by an earlier vggtune)."
+    )
     facts = [("weights", spec.weights), ("precision", spec.precision), ("image size", spec.preprocessing.size)]
-    facts += [(key, value) for key, value in environment.items()
-              if key != "feature_cache" and key not in {name for name, _ in facts}]
+    facts += [
+        (key, value)
+        for key, value in environment.items()
+        if key != "feature_cache" and key not in {name for name, _ in facts}
+    ]
     config_rows = [(key, value) for key, value in config.items() if key != "augment"]
     config_rows += [(f"augment.{key}", value) for key, value in (config.get("augment") or {}).items()]
-    return ("<section id='run'><h2>The run</h2><h3>Model and machine</h3>" + _table(["", ""], facts)
-            + "<h3>Timings (seconds)</h3>" + _table(["step", "seconds"], [(TIMING_NAMES.get(key, key), value)
-                                                                         for key, value in timing.items()])
-            + f"<h3>Feature cache</h3><p>{_e(reuse)}</p><h3>Configuration</h3>" + _table(["option", "value"], config_rows)
-            + "</section>")
+    return (
+        "<section id='run'><h2>The run</h2><h3>Model and machine</h3>"
+        + _table(["", ""], facts)
+        + "<h3>Timings (seconds)</h3>"
+        + _table(["step", "seconds"], [(TIMING_NAMES.get(key, key), value) for key, value in timing.items()])
+        + f"<h3>Feature cache</h3><p>{_e(reuse)}</p><h3>Configuration</h3>"
+        + _table(["option", "value"], config_rows)
+        + "</section>"
+    )
 
 
 # metrics.json's timing keys, as a reader names the steps
-TIMING_NAMES = {"features_s": "features, all splits", "features_train_s": "features of the training views",
-                "features_val_s": "features of the validation views", "features_test_s": "features of the test views",
-                "head_s": "head stage", "finetune_s": "fine-tune stage", "score_val_s": "scoring the validation split",
-                "score_test_s": "scoring the test split", "this_call_s": "the whole call (start to scores)",
-                "damaged_cache_shards": "damaged cache shards computed again (a count)"}
+TIMING_NAMES = {
+    "features_s": "features, all splits",
+    "features_train_s": "features of the training views",
+    "features_val_s": "features of the validation views",
+    "features_test_s": "features of the test views",
+    "head_s": "head stage",
+    "finetune_s": "fine-tune stage",
+    "score_val_s": "scoring the validation split",
+    "score_test_s": "scoring the test split",
+    "this_call_s": "the whole call (start to scores)",
+    "damaged_cache_shards": "damaged cache shards computed again (a count)",
+}
 
 
 def _number(value) -> str:
@@ -179,4 +252,3 @@ def _number(value) -> str:
 
 def _interval(bound) -> str:
     return _e(analysis.describe_interval(bound))
-

@@ -1,5 +1,6 @@
 """`vggtune runs`: the finished runs under a folder, one row each, from their own files (config.yaml,
 metrics.json): what they trained on and with, and how they scored on their test split (else validation)."""
+
 from __future__ import annotations
 
 import os
@@ -7,39 +8,62 @@ from pathlib import Path
 
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
+from vggtune.runfiles import is_finished
 
-COLUMNS = ("run", "data", "head", "epochs", "precision", "split", "images", "accuracy", "accuracy_95",
-           "balanced_accuracy", "log_loss", "wall_s")
+COLUMNS = (
+    "run",
+    "data",
+    "head",
+    "epochs",
+    "precision",
+    "split",
+    "images",
+    "accuracy",
+    "accuracy_95",
+    "balanced_accuracy",
+    "log_loss",
+    "wall_s",
+)
 SORT_COLUMNS = tuple(column for column in COLUMNS if column != "accuracy_95")
-DESCENDING = {"accuracy", "balanced_accuracy", "images"}          # sorted best first; every other column ascending
+DESCENDING = {"accuracy", "balanced_accuracy", "images"}  # sorted best first; every other column ascending
 
 
 def find(folder: str | Path) -> list[Path]:
-    """Each folder under `folder` (or itself) holding a finished run: config.yaml beside metrics.json."""
+    """Each folder under `folder` (or itself) holding a finished run."""
     root = Path(folder)
     if not root.is_dir():
         what = "is a file" if root.exists() else "does not exist"
         raise UserError(f"runs: {display_path(root)} {what}; allowed: a folder of run directories (default runs)")
     found = []
-    for current, subfolders, files in os.walk(root):
+    for current, subfolders, _files in os.walk(root):
         subfolders[:] = sorted(name for name in subfolders if name not in ("state", "tensorboard"))
-        if "config.yaml" in files and "metrics.json" in files:
+        if is_finished(Path(current)):
             found.append(Path(current))
     return found
 
 
 def row(run: Path, root: Path) -> dict:
-    from vggtune.training.rundir import RunDir       # torch: not imported for the command line's --help
+    from vggtune.training.rundir import RunDir  # torch: not imported for the command line's --help
+
     folder = RunDir(run)
-    config, metrics = folder.config(), folder.metrics()
+    config, metrics = folder.config(), folder.finished_metrics()
     split = "test" if metrics.test else "val" if metrics.val else None
     scores = (metrics.test or metrics.val or {}) if split else {}
     epochs = config.epochs + config.finetune_epochs
-    return {"run": display_path(run.relative_to(root)) if run != root else display_path(run.name),
-            "data": display_path(Path(config.data).name), "head": config.head, "epochs": epochs,
-            "precision": metrics.environment.get("precision", config.precision), "split": split,
-            "images": scores.get("n"), "accuracy": scores.get("accuracy"), "accuracy_95": scores.get("accuracy_95"),
-            "balanced_accuracy": scores.get("balanced_accuracy"), "log_loss": scores.get("log_loss"), "wall_s": metrics.timing.get("this_call_s")}
+    return {
+        "run": display_path(run.relative_to(root)) if run != root else display_path(run.name),
+        "data": display_path(Path(config.data).name),
+        "head": config.head,
+        "epochs": epochs,
+        "precision": metrics.environment.get("precision", config.precision),
+        "split": split,
+        "images": scores.get("n"),
+        "accuracy": scores.get("accuracy"),
+        "accuracy_95": scores.get("accuracy_95"),
+        "balanced_accuracy": scores.get("balanced_accuracy"),
+        "log_loss": scores.get("log_loss"),
+        "wall_s": metrics.timing.get("this_call_s"),
+    }
 
 
 def table(folder: str | Path, sort: str = "run") -> list[dict]:

@@ -13,6 +13,7 @@ that fine-tunes costs what its stage costs. The score is the validation split's 
 (each class's mean log loss, averaged), which respects an imbalance and, unlike accuracy, still
 ranks settings that make no validation error.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,26 +21,27 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path
 from vggtune.progress import say
 from vggtune.training.config import TrainConfig
 from vggtune.training.metrics import balanced_log_loss
-from vggtune.training.rundir import RunDir, read_predictions
+from vggtune.training.rundir import RunDir
 
-STUDY = "vggtune"                        # the study's name inside study.db
+STUDY = "vggtune"  # the study's name inside study.db
 SETTINGS_FILE = "tune.json"
 
 
 @dataclass(frozen=True)
 class Lever:
     """One option the search sets: its TrainConfig field and how a trial draws it."""
+
     name: str
-    draw: Callable        # (optuna trial, the base config) -> value
+    draw: Callable  # (optuna trial, the base config) -> value
 
 
 def _log_range(low: float, high: float):
@@ -75,9 +77,9 @@ LEVERS = (
 @dataclass(frozen=True)
 class TrialResult:
     number: int
-    state: str                           # complete, pruned or failed
+    state: str  # complete, pruned or failed
     settings: dict
-    score: float | None                  # the validation split's balanced log loss (lower is better)
+    score: float | None  # the validation split's balanced log loss (lower is better)
     balanced_accuracy: float | None
     seconds: float
 
@@ -97,17 +99,26 @@ def tune(base: TrainConfig, trials: int, timeout: float | None = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / SETTINGS_FILE, {"base": base.to_dict()})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=STUDY, storage=f"sqlite:///{folder / 'study.db'}", load_if_exists=True,
-                                direction="minimize", sampler=optuna.samplers.TPESampler(seed=base.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=f"sqlite:///{folder / 'study.db'}",
+        load_if_exists=True,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=base.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+    )
     _close_interrupted(study, optuna)
-    if not study.trials:                 # the defaults first: the search starts from what users get
+    if not study.trials:  # the defaults first: the search starts from what users get
         study.enqueue_trial({lever.name: getattr(base, lever.name) for lever in LEVERS})
     remaining = trials - len(_ended(study, optuna))
     if remaining > 0:
         say(f"tune: {remaining} trial(s) to run ({trials} in all), each scored on the validation split")
-        study.optimize(lambda trial: _objective(trial, base, trials, optuna), n_trials=remaining, timeout=timeout,
-                       catch=(RuntimeError, ValueError))
+        study.optimize(
+            lambda trial: _objective(trial, base, trials, optuna),
+            n_trials=remaining,
+            timeout=timeout,
+            catch=(RuntimeError, ValueError),
+        )
     return _finish(study, base, optuna)
 
 
@@ -124,43 +135,52 @@ def _objective(trial, base: TrainConfig, total: int, optuna) -> float:
             raise optuna.TrialPruned()
 
     from vggtune.training.schedule import train_run
+
     try:
         train_run(config, observer=observe)
         score, balanced = _scored(Path(config.out))
     except optuna.TrialPruned:
-        say(f"trial {trial.number + 1}/{total}: {describe(settings)}: pruned after {epochs['step']} epoch(s) "
-            f"({time.perf_counter() - started:.0f} s)")
+        say(
+            f"trial {trial.number + 1}/{total}: {describe(settings)}: pruned after {epochs['step']} epoch(s) "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
         raise
     finally:
         shutil.rmtree(config.out, ignore_errors=True)
     trial.set_user_attr("balanced_accuracy", balanced)
     trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
-    say(f"trial {trial.number + 1}/{total}: {describe(settings)}: validation balanced log loss {score:.4f}, "
-        f"balanced accuracy {balanced:.4f} ({time.perf_counter() - started:.0f} s)")
+    say(
+        f"trial {trial.number + 1}/{total}: {describe(settings)}: validation balanced log loss {score:.4f}, "
+        f"balanced accuracy {balanced:.4f} ({time.perf_counter() - started:.0f} s)"
+    )
     return score
 
 
 def trial_config(base: TrainConfig, settings: dict) -> TrainConfig:
     """A trial's run: the base config with the trial's settings, in TUNE/trial, no report, quiet."""
-    return dataclasses.replace(base, **settings, out=str(Path(base.out) / "trial"), no_report=True, quiet=True,
-                               mlflow=None)
+    return dataclasses.replace(
+        base, **settings, out=str(Path(base.out) / "trial"), no_report=True, quiet=True, mlflow=None
+    )
 
 
 def _scored(run: Path) -> tuple[float, float]:
     """(balanced log loss, balanced accuracy) of a trial run on its validation split."""
     metrics = RunDir(run).metrics()
     if metrics is None or not metrics.val:
-        raise UserError("tune: the trial run scored no validation images; allowed: data with a validation split "
-                        "(--val-split above 0, or --val-data)")
+        raise UserError(
+            "tune: the trial run scored no validation images; allowed: data with a validation split "
+            "(--val-split above 0, or --val-data)"
+        )
     classes = list(metrics.val["classes"])
-    rows = [row for row in read_predictions(run / "predictions.csv", classes) if row.split == "val"]
+    rows = [row for row in RunDir(run).predictions(classes) or [] if row.split == "val"]
     labels = [classes.index(row.label) for row in rows]
     return balanced_log_loss(labels, [row.probabilities for row in rows]), float(metrics.val["balanced_accuracy"])
 
 
 def describe(settings: dict) -> str:
-    return ", ".join(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
-                     for name, value in settings.items())
+    return ", ".join(
+        f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}" for name, value in settings.items()
+    )
 
 
 def _ended(study, optuna) -> list:
@@ -179,23 +199,36 @@ def _check_same_search(folder: Path, base: TrainConfig) -> None:
     path = folder / SETTINGS_FILE
     if not path.is_file():
         if folder.is_dir() and any(folder.iterdir()):
-            raise UserError(f"tune: {display_path(folder)} is not empty and holds no search; allowed: an empty or "
-                            "new --out, or the folder of an earlier `vggtune tune` to continue it")
+            raise UserError(
+                f"tune: {display_path(folder)} is not empty and holds no search; allowed: an empty or "
+                "new --out, or the folder of an earlier `vggtune tune` to continue it"
+            )
         return
     earlier = TrainConfig.from_dict(json.loads(path.read_text())["base"])
     changed = [name for name, value in base.to_dict().items() if name != "quiet" and earlier.to_dict()[name] != value]
     if changed:
-        raise UserError(f"tune: {display_path(folder)} holds a search with other options ({', '.join(changed)}); "
-                        "allowed: the same DATA and options to continue it, or a new --out")
+        raise UserError(
+            f"tune: {display_path(folder)} holds a search with other options ({', '.join(changed)}); "
+            "allowed: the same DATA and options to continue it, or a new --out"
+        )
 
 
 def results(study, optuna) -> list[TrialResult]:
     rows = []
     for trial in study.trials:
         state = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned"}.get(
-            trial.state, "failed")
-        rows.append(TrialResult(trial.number + 1, state, dict(trial.params), trial.value,
-                                trial.user_attrs.get("balanced_accuracy"), float(trial.user_attrs.get("seconds", 0))))
+            trial.state, "failed"
+        )
+        rows.append(
+            TrialResult(
+                trial.number + 1,
+                state,
+                dict(trial.params),
+                trial.value,
+                trial.user_attrs.get("balanced_accuracy"),
+                float(trial.user_attrs.get("seconds", 0)),
+            )
+        )
     return rows
 
 
@@ -203,13 +236,14 @@ def _finish(study, base: TrainConfig, optuna) -> dict:
     """trials.csv, tune.json, and the best setting trained into TUNE/best (with its report)."""
     from vggtune.results.evaluation import write_documents_or_warn
     from vggtune.training.schedule import train_run
+
     folder = Path(base.out)
     rows = results(study, optuna)
     _write_trials(folder / "trials.csv", rows)
     complete = [row for row in rows if row.state == "complete"]
     if not complete:
         raise UserError("tune: no trial finished; allowed: more --trials or a longer --timeout")
-    best = min(complete, key=lambda row: row.score)
+    best = min(complete, key=lambda row: row.score if row.score is not None else float("inf"))
     best_config = dataclasses.replace(base, **best.settings, out=str(folder / "best"))
     if RunDir(best_config.out).metrics() is None:
         shutil.rmtree(best_config.out, ignore_errors=True)
@@ -217,10 +251,14 @@ def _finish(study, base: TrainConfig, optuna) -> dict:
         trained = train_run(best_config)
         if not best_config.no_report:
             write_documents_or_warn(best_config.out, trained.engine)
-    result = {"base": base.to_dict(), "trials": [dataclasses.asdict(row) for row in rows],
-              "best": dataclasses.asdict(best), "best_run": str(best_config.out),
-              "default_trial": dataclasses.asdict(rows[0]) if rows else None,
-              "test": RunDir(best_config.out).metrics().test}
+    result = {
+        "base": base.to_dict(),
+        "trials": [dataclasses.asdict(row) for row in rows],
+        "best": dataclasses.asdict(best),
+        "best_run": str(best_config.out),
+        "default_trial": dataclasses.asdict(rows[0]) if rows else None,
+        "test": RunDir(best_config.out).finished_metrics().test,
+    }
     atomic_write_json(folder / SETTINGS_FILE, result)
     return result
 
@@ -231,8 +269,16 @@ def _write_trials(path: Path, rows: list[TrialResult]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["trial", "state", "val_balanced_log_loss", "val_balanced_accuracy", "seconds", *names])
         for row in rows:
-            writer.writerow([row.number, row.state, row.score, row.balanced_accuracy, row.seconds,
-                             *(row.settings.get(name) for name in names)])
+            writer.writerow(
+                [
+                    row.number,
+                    row.state,
+                    row.score,
+                    row.balanced_accuracy,
+                    row.seconds,
+                    *(row.settings.get(name) for name in names),
+                ]
+            )
 
 
 def _optuna():

@@ -1,6 +1,7 @@
 """A stage's state files: the parameters, their average, the optimiser's moments and the progress after
 each epoch (STAGE-last), and the parameters of the best epoch (STAGE-best), so that `--resume`
 continues from the last finished epoch. Written by a background thread while the next epoch trains."""
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,9 @@ class Checkpoints:
             self.writer.shutdown()
 
 
-def save_state(path: Path, parameters: dict, optimizer, state: dict, checkpoints: Checkpoints,
-               average: Average | None) -> None:
+def save_state(
+    path: Path, parameters: dict, optimizer, state: dict, checkpoints: Checkpoints, average: Average | None
+) -> None:
     """Parameters, their average, optimiser moments and progress in one file, so they can never disagree."""
     saved = optimizer.state_dict()
     tensors = {f"param.{name}": p for name, p in parameters.items()}
@@ -50,8 +52,7 @@ def save_state(path: Path, parameters: dict, optimizer, state: dict, checkpoints
     for index, moments in saved["state"].items():
         for key, value in moments.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-    checkpoints.save(path, tensors,
-                     {"progress": state, "param_groups": saved["param_groups"]})
+    checkpoints.save(path, tensors, {"progress": state, "param_groups": saved["param_groups"]})
 
 
 def resume_state(last: Path, best: Path, parameters: dict, optimizer, average: Average | None) -> dict:

@@ -1,4 +1,5 @@
 """Typed run configuration: frozen dataclasses, validated on creation, YAML in and out."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ CLASS_WEIGHTS = ("off", "balanced", "auto")
 IMBALANCED = 1.5
 # The rate over a stage's epochs: constant, or cosine (from the stage's rate down towards 0 at its end)
 SCHEDULES = ("constant", "cosine")
-CHOSEN_ON_VALIDATION = "val"            # --threshold val: chosen on the validation split
+CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 # --size auto: the weights' own input side, or, for training images whose median shorter side lies in
 # SMALL_IMAGES, the multiple of 32 nearest to it. Enlarging a small image blurs it in a way ImageNet's were not;
 # on the panel (BENCHMARKS.md section 22) 128 px flowers gained at 128 and 180 px pet photos at 192. Below the
@@ -36,65 +37,76 @@ DEVICES = ("auto", "cpu", "cuda")
 # by cross-validation (BENCHMARKS.md sections 14 and 19); "classic" is the recipe as the seed document
 # writes it and vggtune ran it until 2026-11-30: Flatten -> Dense(256) -> sigmoid, block5 fine-tuned,
 # one clean view scored, the logits as trained.
-RECIPES = {"vggtune": {}, "classic": {"head": "flatten", "lr": 3e-4, "tta": False, "calibrate": False,
-                                     "class_weights": "off", "finetune_lr": 1e-5, "dropout": 0.5,
-                                     "size": 224}}
+RECIPES = {
+    "vggtune": {},
+    "classic": {
+        "head": "flatten",
+        "lr": 3e-4,
+        "tta": False,
+        "calibrate": False,
+        "class_weights": "off",
+        "finetune_lr": 1e-5,
+        "dropout": 0.5,
+        "size": 224,
+    },
+}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; saved as config.yaml in the run directory."""
+
     data: str
     out: str = "runs/latest"
-    recipe: str = "vggtune"               # the set of defaults the other options started from (RECIPES)
-    arch: str = "vgg16"                   # the backbone (model/arch.py ARCHS); its ImageNet weights come with it
+    recipe: str = "vggtune"  # the set of defaults the other options started from (RECIPES)
+    arch: str = "vgg16"  # the backbone (model/arch.py ARCHS); its ImageNet weights come with it
     val_data: str | None = None
     test_data: str | None = None
-    weights: str | None = None            # a file to load instead of the default sources
+    weights: str | None = None  # a file to load instead of the default sources
     epochs: int = 10
     finetune_epochs: int = 5
     finetune_blocks: int = 1
-    lr: float = 1e-3                      # the GAP head's, chosen by cross-validation (BENCHMARKS.md section 19)
-    finetune_lr: float = 3e-5             # chosen on the panel of domains (BENCHMARKS.md section 22); 1e-5 before
+    lr: float = 1e-3  # the GAP head's, chosen by cross-validation (BENCHMARKS.md section 19)
+    finetune_lr: float = 3e-5  # chosen on the panel of domains (BENCHMARKS.md section 22); 1e-5 before
     batch_size: int = 32
-    size: int | str = SIZE_FROM_IMAGES    # input side; auto: input_size() picks it from the training images
-    crop: float | None = None             # the centre crop's share of the resized shorter side; None: the weights'
-    head: str = "gap"                     # BENCHMARKS.md section 19; the classic recipe's is flatten
+    size: int | str = SIZE_FROM_IMAGES  # input side; auto: input_size() picks it from the training images
+    crop: float | None = None  # the centre crop's share of the resized shorter side; None: the weights'
+    head: str = "gap"  # BENCHMARKS.md section 19; the classic recipe's is flatten
     hidden: int = 256
-    dropout: float = 0.2                  # the head's, chosen on the panel (BENCHMARKS.md section 22); 0.5 before
+    dropout: float = 0.2  # the head's, chosen on the panel (BENCHMARKS.md section 22); 0.5 before
     views: int = 2
-    label_smoothing: float = 0.0          # off: it raised the log loss in cross-validation (BENCHMARKS.md section 19)
-    mixup: float = 0.0                    # alpha of mixup on the cached features; off for the same reason
-    block_lr_ratio: float = 1.0           # with --finetune-blocks 2+: each earlier block learns this much slower
-    swa: bool = False                     # the last stage keeps the average of its epochs' parameters
-    tta: bool = True                      # test-time augmentation: average the image and its mirror image
-    calibrate: bool = False               # fit a temperature on the validation split for the log loss
+    label_smoothing: float = 0.0  # off: it raised the log loss in cross-validation (BENCHMARKS.md section 19)
+    mixup: float = 0.0  # alpha of mixup on the cached features; off for the same reason
+    block_lr_ratio: float = 1.0  # with --finetune-blocks 2+: each earlier block learns this much slower
+    swa: bool = False  # the last stage keeps the average of its epochs' parameters
+    tta: bool = True  # test-time augmentation: average the image and its mirror image
+    calibrate: bool = False  # fit a temperature on the validation split for the log loss
     val_split: float = 0.1
     test_split: float = 0.1
     seed: int = 1337
-    cv_folds: int = 0                     # cross-validation: the images fall into this many folds (0: no folds)
-    cv_fold: int = 0                      # ... and this one (1..cv_folds) is the test split
+    cv_folds: int = 0  # cross-validation: the images fall into this many folds (0: no folds)
+    cv_fold: int = 0  # ... and this one (1..cv_folds) is the test split
     patience: int = 3
     precision: str = "auto"
     device: str = "auto"
-    engine: str = "auto"                  # what runs the frozen blocks (ENGINES); auto: the fastest measured here
+    engine: str = "auto"  # what runs the frozen blocks (ENGINES); auto: the fastest measured here
     no_cache: bool = False
-    feature_storage: str = "float16"      # STORAGES; uint8 halves the cache, for very large datasets
-    keep_state: bool = False              # state/ is only needed to resume; removed when the run ends
-    no_report: bool = False               # report.html and README.md (the model card) are written by default
-    mlflow: str | None = None             # an MLflow tracking URI the finished run is sent to (results/mlflowlog.py)
+    feature_storage: str = "float16"  # STORAGES; uint8 halves the cache, for very large datasets
+    keep_state: bool = False  # state/ is only needed to resume; removed when the run ends
+    no_report: bool = False  # report.html and README.md (the model card) are written by default
+    mlflow: str | None = None  # an MLflow tracking URI the finished run is sent to (results/mlflowlog.py)
     quiet: bool = False
-    class_weights: str = "auto"           # CLASS_WEIGHTS; auto chosen on the panel (BENCHMARKS.md section 22)
-    schedule: str = "constant"            # SCHEDULES
+    class_weights: str = "auto"  # CLASS_WEIGHTS; auto chosen on the panel (BENCHMARKS.md section 22)
+    schedule: str = "constant"  # SCHEDULES
     # two classes: the second class's probability above which an image gets it; "val": the threshold that
     # maximises balanced accuracy on the validation split
     threshold: float | str = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
-        if isinstance(self.augment, dict):          # from YAML or the Python API's keyword
+        if isinstance(self.augment, dict):  # from YAML or the Python API's keyword
             object.__setattr__(self, "augment", AugmentConfig(**self.augment))
-        for name in PATHS:                          # absolute: a run folder works from any working directory
+        for name in PATHS:  # absolute: a run folder works from any working directory
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
         if self.recipe not in RECIPES:
@@ -149,8 +161,10 @@ class TrainConfig:
         for name in ("data", "val_data", "test_data"):
             folder = getattr(self, name)
             if folder and Path(folder).is_dir() and out.is_relative_to(Path(folder).resolve()):
-                raise UserError(f"--out: received {display_path(out)}, inside the {name.replace('_', ' ')} folder "
-                                f"{display_path(folder)}; allowed: a folder outside it (for example --out ../runs/NAME)")
+                raise UserError(
+                    f"--out: received {display_path(out)}, inside the {name.replace('_', ' ')} folder "
+                    f"{display_path(folder)}; allowed: a folder outside it (for example --out ../runs/NAME)"
+                )
 
     def _check_size(self) -> None:
         if self.size == SIZE_FROM_IMAGES:
@@ -160,8 +174,10 @@ class TrainConfig:
         except (TypeError, ValueError):
             value = 0
         if isinstance(self.size, (bool, float)) or value < 32 or value % 32:
-            raise UserError(f"--size: received {self.size}; allowed: a multiple of 32, at least 32, or "
-                            f"{SIZE_FROM_IMAGES} (from the training images)")
+            raise UserError(
+                f"--size: received {self.size}; allowed: a multiple of 32, at least 32, or "
+                f"{SIZE_FROM_IMAGES} (from the training images)"
+            )
         object.__setattr__(self, "size", value)
 
     def _check_threshold(self) -> None:
@@ -172,8 +188,10 @@ class TrainConfig:
         except (TypeError, ValueError):
             value = float("nan")
         if isinstance(self.threshold, bool) or not 0 < value < 1:
-            raise UserError(f"--threshold: received {self.threshold}; allowed: 0 < x < 1, or "
-                            f"{CHOSEN_ON_VALIDATION} (chosen on the validation split)")
+            raise UserError(
+                f"--threshold: received {self.threshold}; allowed: 0 < x < 1, or "
+                f"{CHOSEN_ON_VALIDATION} (chosen on the validation split)"
+            )
         object.__setattr__(self, "threshold", value)
 
     def _check_fold(self) -> None:
@@ -183,8 +201,10 @@ class TrainConfig:
         if not isinstance(self.cv_fold, int) or not 1 <= self.cv_fold <= self.cv_folds:
             raise choice_error("cv_fold", self.cv_fold, range(1, self.cv_folds + 1))
         if self.test_data is not None:
-            raise UserError(f"--test-data: received {self.test_data} with {self.cv_folds} folds; "
-                            "allowed: no --test-data, since each fold is a test split in turn")
+            raise UserError(
+                f"--test-data: received {self.test_data} with {self.cv_folds} folds; "
+                "allowed: no --test-data, since each fold is a test split in turn"
+            )
 
     @property
     def architecture(self) -> archs.Arch:
@@ -197,7 +217,8 @@ class TrainConfig:
 
     def input_size(self, native: int, training_images: list[str]) -> tuple[int, int | None]:
         """(the input side this run uses, the training images' median shorter side where --size auto read it)."""
-        from vggtune.data.images import shorter_sides      # PIL: not for the command line's start
+        from vggtune.data.images import shorter_sides  # PIL: not for the command line's start
+
         if not self.size_from_images:
             return int(self.size), None
         sides = sorted(shorter_sides(training_images, seed=self.seed))
@@ -205,7 +226,7 @@ class TrainConfig:
         return input_size(self.size, native, median), median
 
     @classmethod
-    def from_recipe(cls, recipe: str = "vggtune", **options) -> "TrainConfig":
+    def from_recipe(cls, recipe: str = "vggtune", **options) -> TrainConfig:
         """The recipe's defaults, then the options given."""
         if recipe not in RECIPES:
             raise choice_error("--recipe", recipe, RECIPES)
@@ -215,7 +236,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

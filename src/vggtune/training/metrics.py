@@ -8,14 +8,16 @@ specificity (recall of the first), each named by its class. The log loss is not 
 probabilities come from the logits in log space (model/policy.py), so it is exact for any probability
 float64 holds, and a confidently wrong image counts in full.
 """
+
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from vggtune.model.policy import decide
 
-SMALLEST = np.finfo(np.float64).tiny       # a probability below it (a logit gap over 708) is counted as it
+SMALLEST = np.finfo(np.float64).tiny  # a probability below it (a logit gap over 708) is counted as it
 
 
 def classification_metrics(labels, probabilities, classes: list[str], threshold: float = 0.5) -> dict:
@@ -27,10 +29,18 @@ def classification_metrics(labels, probabilities, classes: list[str], threshold:
     predicted = decide(probabilities, threshold)
     everyone = list(range(len(classes)))
     confusion = confusion_matrix(labels, predicted, labels=everyone)
-    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=everyone,
-                                                                     zero_division=0)
-    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                        "support": int(support[i])} for i, name in enumerate(classes)}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=everyone, zero_division=0
+    )
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
     present = support > 0
     correct = int((predicted == labels).sum())
     result = {
@@ -50,7 +60,7 @@ def classification_metrics(labels, probabilities, classes: list[str], threshold:
     }
     if len(classes) == 2:
         result["roc_auc"] = roc_auc(labels, probabilities[:, 1])
-        result["positive_class"] = classes[1]           # what "f1" (and P in ROC AUC) is of
+        result["positive_class"] = classes[1]  # what "f1" (and P in ROC AUC) is of
         result["threshold"] = float(threshold)
         result["f1"] = per_class[classes[1]]["f1"]
         result["sensitivity"] = per_class[classes[1]]["recall"] if support[1] else float("nan")
@@ -81,7 +91,7 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(-np.log(np.maximum(picked, SMALLEST)).mean())
 
 
-def balanced_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+def balanced_log_loss(labels: ArrayLike, probabilities: ArrayLike) -> float:
     """The mean over the classes present of each class's log loss: the log loss as if the classes were
     equally common, which class-weighted training minimises and its epochs are chosen by."""
     labels = np.asarray(labels)

@@ -4,6 +4,7 @@ average of a stage's parameters over its epochs (SWA).
 
 Each is off by default and was measured by five-fold cross-validation (BENCHMARKS.md section 19).
 """
+
 from __future__ import annotations
 
 import math
@@ -18,10 +19,11 @@ from vggtune.model.heads import HeadSpec
 @dataclass(frozen=True)
 class Objective:
     """The training loss of one head."""
+
     head: HeadSpec
-    smoothing: float = 0.0      # label smoothing: the targets move this far toward uniform (Szegedy et al., 2016)
-    mixup: float = 0.0          # alpha of the Beta(alpha, alpha) mixing weight (Zhang et al., 2018); 0: off
-    class_weights: torch.Tensor | None = None     # a weight per class (`class_weights`); None: every image weighs 1
+    smoothing: float = 0.0  # label smoothing: the targets move this far toward uniform (Szegedy et al., 2016)
+    mixup: float = 0.0  # alpha of the Beta(alpha, alpha) mixing weight (Zhang et al., 2018); 0: off
+    class_weights: torch.Tensor | None = None  # a weight per class (`class_weights`); None: every image weighs 1
 
     def mix(self, features: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
         """The batch's features, each blended with the next one's (the batch is already shuffled), and the
@@ -37,8 +39,9 @@ class Objective:
         """The head's loss on smoothed targets; after `mix`, the weighted loss of both images' labels."""
         loss = self.head.loss(logits, labels, self.smoothing, self.class_weights)
         if weight < 1:
-            loss = weight * loss + (1 - weight) * self.head.loss(logits, labels.roll(1, 0), self.smoothing,
-                                                                 self.class_weights)
+            loss = weight * loss + (1 - weight) * self.head.loss(
+                logits, labels.roll(1, 0), self.smoothing, self.class_weights
+            )
         return loss
 
 
@@ -65,11 +68,12 @@ def rate_factor(schedule: str, epoch: int, epochs: int) -> float:
 def set_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
     """Every group at its own starting rate (parameter_groups' "initial_lr") times `factor`."""
     for group in optimizer.param_groups:
-        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor      # a state saved before initial_lr
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor  # a state saved before initial_lr
 
 
-def parameter_groups(parameters: dict[str, torch.nn.Parameter], blocks: tuple[str, ...], lr: float,
-                     ratio: float) -> list[dict]:
+def parameter_groups(
+    parameters: dict[str, torch.nn.Parameter], blocks: tuple[str, ...], lr: float, ratio: float
+) -> list[dict]:
     """Optimiser groups in the parameters' order: the head and the last block at `lr`, each block before
     it at the rate of the one after it divided by `ratio` (fastai's discriminative rates)."""
     groups: list[dict] = []

@@ -6,6 +6,7 @@
 and `state/` (per-stage checkpoints and the int8 calibration) while a run can be resumed.
 Every file is written under a temporary name and renamed (fsutil.atomic_file).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,17 +19,27 @@ from pathlib import Path
 
 import torch
 
-from vggtune.data import dataset as data, similar
+from vggtune import runfiles
+from vggtune.data import dataset as data
+from vggtune.data import similar
 from vggtune.data.items import IN_DATA, KINDS, UNREADABLE, WHERE, Rejected
-from vggtune.training.config import TrainConfig, load_config, save_config
 from vggtune.errors import UserError
-from vggtune.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, display_path, remove_stale_temporaries, save_tensors
+from vggtune.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    display_path,
+    remove_stale_temporaries,
+    save_tensors,
+)
 from vggtune.model.spec import ModelSpec
+from vggtune.training.config import TrainConfig, load_config, save_config
 
 
 @dataclass(frozen=True)
 class PredictionRow:
     """One scored image: its split, path, true class and the probability of each class."""
+
     split: str
     path: str
     label: str
@@ -48,20 +59,23 @@ def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow])
 
 def read_predictions(path: Path, classes: list[str]) -> list[PredictionRow]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        return [PredictionRow(row["split"], row["path"], row["label"], [float(row[c]) for c in classes])
-                for row in csv.DictReader(handle)]
+        return [
+            PredictionRow(row["split"], row["path"], row["label"], [float(row[c]) for c in classes])
+            for row in csv.DictReader(handle)
+        ]
 
 
 @dataclass(frozen=True)
 class SplitItem:
     path: str
-    label: int                        # the index of its class in RunSplits.classes
+    label: int  # the index of its class in RunSplits.classes
     sha256: str
 
 
 @dataclass(frozen=True)
 class RunSplits:
     """splits.json: the classes, and the images each split kept (those that gave features)."""
+
     classes: list[str]
     train: list[SplitItem]
     val: list[SplitItem]
@@ -90,11 +104,17 @@ class NearDuplicate:
 @dataclass(frozen=True)
 class RunMetrics:
     """metrics.json: the final scores, what each part took, the machine, and the epoch each stage kept."""
+
     val: dict | None
     test: dict | None
     timing: dict
     environment: dict
-    kept_epochs: dict[str, int]       # stage -> the epoch whose parameters it kept (lowest validation loss)
+    kept_epochs: dict[str, int]  # stage -> the epoch whose parameters it kept (lowest validation loss)
+
+
+def _known(value: str | None, allowed: tuple[str, ...], otherwise: str) -> str:
+    """A CSV cell that names one of `allowed`, else `otherwise` (a file written before the column was)."""
+    return value if value is not None and value in allowed else otherwise
 
 
 class RunDir:
@@ -102,47 +122,71 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def existing(cls, path: str | Path) -> "RunDir":
+    def existing(cls, path: str | Path) -> RunDir:
         """A folder a run started in (it holds config.yaml): the one check for "is this a run"."""
         run = cls(path)
-        if not (run.path / "config.yaml").is_file():
-            raise UserError(f"--resume: {display_path(run.path)} is not a vggtune run (no config.yaml); "
-                            "allowed: the --out folder of an earlier run")
+        if not run.is_started():
+            raise UserError(
+                f"--resume: {display_path(run.path)} is not a vggtune run (no config.yaml); "
+                "allowed: the --out folder of an earlier run"
+            )
         return run
 
+    def is_started(self) -> bool:
+        return runfiles.is_started(self.path)
+
+    def is_finished(self) -> bool:
+        return runfiles.is_finished(self.path)
+
+    # The files whose writers own their formats (the report page, the model card, evaluate's result) are
+    # written there; the run folder says where.
+    def report_file(self) -> Path:
+        return self.path / runfiles.REPORT
+
+    def model_card_file(self) -> Path:
+        return self.path / runfiles.MODEL_CARD
+
+    def evaluation_file(self) -> Path:
+        return self.path / runfiles.EVALUATION
+
     def config(self) -> TrainConfig:
-        return load_config(self.path / "config.yaml")
+        return load_config(self.path / runfiles.CONFIG)
 
     def prepare(self, resume: bool) -> None:
         """A new run needs an unused folder; --resume needs a folder a run started in."""
         if resume:
             RunDir.existing(self.path)
-            if (self.path / "model.json").is_file() and not (self.path / "state").is_dir():
-                raise UserError(f"--resume: {display_path(self.path)} is a finished run; allowed: vggtune evaluate "
-                                "or predict with it, or train into a new --out (--keep-state keeps a run resumable)")
+            if (self.path / runfiles.MODEL).is_file() and not (self.path / runfiles.STATE).is_dir():
+                raise UserError(
+                    f"--resume: {display_path(self.path)} is a finished run; allowed: vggtune evaluate "
+                    "or predict with it, or train into a new --out (--keep-state keeps a run resumable)"
+                )
         elif self.path.exists() and any(self.path.iterdir()):
-            raise UserError(f"--out: {display_path(self.path)} already holds files; allowed: a new or empty folder, "
-                            "or --resume to continue the run in it")
+            raise UserError(
+                f"--out: {display_path(self.path)} already holds files; allowed: a new or empty folder, "
+                "or --resume to continue the run in it"
+            )
 
     def make(self) -> None:
         try:
-            (self.path / "state").mkdir(parents=True, exist_ok=True)
+            (self.path / runfiles.STATE).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"--out: cannot create {display_path(self.path)}: {exc.strerror}; "
-                            "allowed: a writable folder") from None
+            raise UserError(
+                f"--out: cannot create {display_path(self.path)}: {exc.strerror}; allowed: a writable folder"
+            ) from None
         if not os.access(self.path, os.W_OK):
             raise UserError(f"--out: {display_path(self.path)} is not writable; allowed: a writable folder")
-        for folder in (self.path, self.path / "state"):          # checkpoints cut short by a kill -9
+        for folder in (self.path, self.path / runfiles.STATE):  # checkpoints cut short by a kill -9
             remove_stale_temporaries(folder)
 
     def write_config(self, config: TrainConfig) -> None:
-        save_config(config, self.path / "config.yaml")
+        save_config(config, self.path / runfiles.CONFIG)
 
     def write_rejected(self, rejected: list[tuple[str, str]]) -> None:
-        data.write_rejected(self.path / "rejected.csv", rejected)
+        data.write_rejected(self.path / runfiles.REJECTED, rejected)
 
     def write_near_duplicates(self, rows: list) -> None:
-        similar.write_near_duplicates(self.path / "near_duplicates.csv", rows)
+        similar.write_near_duplicates(self.path / runfiles.NEAR_DUPLICATES, rows)
 
     def write_data_reports(self, splits, rejected: list) -> tuple[int, int]:
         """rejected.csv and near_duplicates.csv: (near-duplicate pairs that fall in two splits, pairs filed
@@ -153,52 +197,103 @@ class RunDir:
         return sum(1 for row in rows if row[1] != row[3]), len(conflicts)
 
     def write_splits(self, classes: list[str], splits: dict) -> None:
-        atomic_write_json(self.path / "splits.json", {"classes": classes, **{
-            # The path as Python holds it: JSON escapes undecodable bytes, so it opens again.
-            name: [{"path": i.path, "label": i.label, "sha256": i.sha256} for i in items]
-            for name, items in splits.items()}})
+        atomic_write_json(
+            self.path / runfiles.SPLITS,
+            {
+                "classes": classes,
+                **{
+                    # The path as Python holds it: JSON escapes undecodable bytes, so it opens again.
+                    name: [{"path": i.path, "label": i.label, "sha256": i.sha256} for i in items]
+                    for name, items in splits.items()
+                },
+            },
+        )
 
     def write_history(self, rows: list[dict]) -> None:
-        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(self.path / runfiles.HISTORY, "".join(json.dumps(row) + "\n" for row in rows))
 
-    def write_metrics(self, results: dict, timing: dict, environment: dict | None = None,
-                      kept_epochs: dict[str, int] | None = None) -> None:
-        atomic_write_json(self.path / "metrics.json", {**results, "timing": timing, "kept_epochs": kept_epochs or {},
-                                                      **({"environment": environment} if environment else {})})
+    def write_metrics(
+        self, results: dict, timing: dict, environment: dict | None = None, kept_epochs: dict[str, int] | None = None
+    ) -> None:
+        atomic_write_json(
+            self.path / runfiles.METRICS,
+            {
+                **results,
+                "timing": timing,
+                "kept_epochs": kept_epochs or {},
+                **({"environment": environment} if environment else {}),
+            },
+        )
 
     def write_predictions(self, classes: list[str], rows: list[tuple]) -> None:
         """rows: (split, path, true class, probabilities) of each scored image."""
-        write_predictions(self.path / "predictions.csv", classes, [PredictionRow(*row) for row in rows])
+        write_predictions(self.path / runfiles.PREDICTIONS, classes, [PredictionRow(*row) for row in rows])
+
+    def predictions(self, classes: list[str]) -> list[PredictionRow] | None:
+        """predictions.csv: each validation and test image's row; None for a run made before it was written."""
+        path = self.path / runfiles.PREDICTIONS
+        return read_predictions(path, classes) if path.is_file() else None
 
     def splits(self) -> RunSplits | None:
-        values = self._json("splits.json")
+        values = self._json(runfiles.SPLITS)
         if values is None:
             return None
-        items = {name: [SplitItem(row["path"], int(row["label"]), row["sha256"]) for row in values.get(name, [])]
-                 for name in ("train", "val", "test")}
+        items = {
+            name: [SplitItem(row["path"], int(row["label"]), row["sha256"]) for row in values.get(name, [])]
+            for name in ("train", "val", "test")
+        }
         return RunSplits(list(values["classes"]), **items)
+
+    def saved_splits(self) -> RunSplits:
+        """splits.json, which every run that got past its data check has."""
+        splits = self.splits()
+        if splits is None:
+            raise UserError(f"{display_path(self.path)} has no splits.json; allowed: a run folder vggtune train wrote")
+        return splits
 
     def rejected(self) -> list[Rejected]:
         """rejected.csv's files with reason, kind and folder (a run from before kinds or folders were written:
         "unreadable", in DATA)."""
-        return [Rejected(row["path"], row["reason"], row.get("kind") if row.get("kind") in KINDS else UNREADABLE,
-                         row.get("folder") if row.get("folder") in WHERE else IN_DATA)
-                for row in self._csv("rejected.csv")]
+        return [
+            Rejected(
+                row["path"],
+                row["reason"],
+                _known(row.get("kind"), KINDS, UNREADABLE),
+                _known(row.get("folder"), WHERE, IN_DATA),
+            )
+            for row in self._csv(runfiles.REJECTED)
+        ]
 
     def near_duplicates(self) -> list[NearDuplicate]:
-        return [NearDuplicate(row["path"], row["split"], row["near_duplicate_of"], row["its_split"],
-                              int(row["dhash_distance"])) for row in self._csv("near_duplicates.csv")]
+        return [
+            NearDuplicate(
+                row["path"], row["split"], row["near_duplicate_of"], row["its_split"], int(row["dhash_distance"])
+            )
+            for row in self._csv(runfiles.NEAR_DUPLICATES)
+        ]
 
     def metrics(self) -> RunMetrics | None:
-        values = self._json("metrics.json")
+        values = self._json(runfiles.METRICS)
         if values is None:
             return None
-        return RunMetrics(values.get("val"), values.get("test"), values.get("timing") or {},
-                          values.get("environment") or {}, {k: int(v) for k, v in (values.get("kept_epochs") or {}).items()})
+        return RunMetrics(
+            values.get("val"),
+            values.get("test"),
+            values.get("timing") or {},
+            values.get("environment") or {},
+            {k: int(v) for k, v in (values.get("kept_epochs") or {}).items()},
+        )
+
+    def finished_metrics(self) -> RunMetrics:
+        """metrics.json of a finished run."""
+        metrics = self.metrics()
+        if metrics is None:
+            raise UserError(f"{display_path(self.path)} has no metrics.json; allowed: a finished run's folder")
+        return metrics
 
     def history(self) -> list[dict]:
         """metrics.jsonl: one row per epoch (stage, epoch, train_loss, train_accuracy, val_loss, val_accuracy)."""
-        path = self.path / "metrics.jsonl"
+        path = self.path / runfiles.HISTORY
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
     def _json(self, name: str):
@@ -213,7 +308,7 @@ class RunDir:
             return list(csv.DictReader(handle))
 
     def save_model(self, model: torch.nn.Module, spec: ModelSpec) -> None:
-        save_tensors(self.path / "model.safetensors", model.state_dict())
+        save_tensors(self.path / runfiles.WEIGHTS, model.state_dict())
         spec.save(self.path)
 
     def model_spec(self) -> ModelSpec:
@@ -222,18 +317,18 @@ class RunDir:
 
     def state(self, stage: str, which: str) -> Path:
         """A stage's checkpoint: "last" (to resume) or "best" (what the stage keeps)."""
-        return self.path / "state" / f"{stage}-{which}.safetensors"
+        return self.path / runfiles.STATE / f"{stage}-{which}.safetensors"
 
     def remove_state(self) -> None:
         """The checkpoints only a resume needs: a finished run keeps model, metrics and data reports."""
-        shutil.rmtree(self.path / "state", ignore_errors=True)
+        shutil.rmtree(self.path / runfiles.STATE, ignore_errors=True)
 
     def save_calibration(self, calibration: dict) -> None:
-        atomic_write_json(self.path / "state" / "int8.json", calibration)
+        atomic_write_json(self.path / runfiles.STATE / "int8.json", calibration)
 
     def calibration(self) -> dict | None:
         """The int8 calibration an interrupted run made, so that its resume uses the same scales."""
-        path = self.path / "state" / "int8.json"
+        path = self.path / runfiles.STATE / "int8.json"
         try:
             return json.loads(path.read_text()) if path.is_file() else None
         except (OSError, ValueError) as exc:

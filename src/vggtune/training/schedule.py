@@ -16,13 +16,15 @@ Under torchrun (distributed.py) every rank runs this same schedule: each takes i
 every batch, DistributedDataParallel averages the gradients, validation is scored in shares and
 gathered, so every rank makes the same choices; rank 0 alone writes the run folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,23 +32,23 @@ import torch
 from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
 from vggtune.training.checkpoints import Checkpoints, load_params, resume_state, save_state
-from vggtune.training.tracking import Log
 from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
-from vggtune.training.validation import calibrated, decision_threshold, scorer, validate, weights_of
 from vggtune.training.session import Run, open_run
+from vggtune.training.tracking import Log
+from vggtune.training.validation import calibrated, decision_threshold, scorer, validate, weights_of
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    trainable: tuple[str, ...]       # backbone blocks that learn besides the head
-    cut: str                         # features come from the cache at this block
+    trainable: tuple[str, ...]  # backbone blocks that learn besides the head
+    cut: str  # features come from the cache at this block
     epochs: int
     lr: float
-    average: bool = False            # validate and keep the average of the epochs' parameters (--swa)
+    average: bool = False  # validate and keep the average of the epochs' parameters (--swa)
 
 
 def plan(config) -> list[Stage]:
@@ -68,7 +70,8 @@ Observer = Callable[[str, int, dict], None]
 class Trained:
     """A finished run: its metrics, and the engine every rank agreed on for the frozen blocks, which
     whatever runs after training on one rank (the report) reuses instead of choosing again."""
-    results: dict                    # {'val': metrics, 'test': metrics}
+
+    results: dict  # {'val': metrics, 'test': metrics}
     engine: Engine
 
 
@@ -94,7 +97,7 @@ def train_run(config, resume: bool = False, observer: Observer | None = None) ->
                 run_stage(run, stage, log, observer)
             return Trained(finish(run, stages[-1].cut, log), run.engine)
         finally:
-            log.close()                 # an interrupted run's event files too, with what they have
+            log.close()  # an interrupted run's event files too, with what they have
 
 
 def finish(run: Run, cut: str, log: Log) -> dict:
@@ -110,8 +113,10 @@ def finish(run: Run, cut: str, log: Log) -> dict:
             positions, labels, probabilities = final.scored(run.sources.by_cut[cut][split], run.labels[split], cut)
             results[split] = final.summary(labels, probabilities)
             items = run.sources.kept[split]
-            predictions += [(split, items[p].path, classes[label], row.tolist())
-                            for p, label, row in zip(positions, labels, probabilities)]
+            predictions += [
+                (split, items[p].path, classes[label], row.tolist())
+                for p, label, row in zip(positions, labels, probabilities)
+            ]
             log.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
     if run.sources.damaged_shards:
         log.timing["damaged_cache_shards"] = run.sources.damaged_shards
@@ -139,13 +144,26 @@ def save(run: Run, spec, results: dict, predictions: list, rejected: list, log: 
 def environment(run: Run) -> dict:
     """What a reader of the results needs to reproduce them: versions, device, precision, cache use."""
     import platform
+
     import torchvision
+
     from vggtune.version import __version__
-    return {"vggtune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "device": run.runtime.describe(),
-            "processor": run.runtime.processor(), "weights": run.spec.weights, "weights_source": run.weights_source,
-            "precision": run.runtime.precision, "engine": run.engine.describe(), "processes": distributed.world().size,
-            "feature_cache": run.sources.reuse}
+
+    return {
+        "vggtune": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": run.runtime.describe(),
+        "processor": run.runtime.processor(),
+        "weights": run.spec.weights,
+        "weights_source": run.weights_source,
+        "precision": run.runtime.precision,
+        "engine": run.engine.describe(),
+        "processes": distributed.world().size,
+        "feature_cache": run.sources.reuse,
+    }
 
 
 class StageNet(torch.nn.Module):
@@ -156,7 +174,7 @@ class StageNet(torch.nn.Module):
         super().__init__()
         self.blocks = torch.nn.ModuleList(getattr(model.backbone, name) for name in model.arch.between(after=cut))
         self.head = model.head
-        self.__dict__["classifier"], self.cut = model, cut          # not a submodule
+        self.__dict__["classifier"], self.cut = model, cut  # not a submodule
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.__dict__["classifier"].from_features(features, self.cut)
@@ -182,18 +200,30 @@ def run_stage(run: Run, stage: Stage, log: Log, observer: Observer | None = None
     try:
         _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints, average, observer)
     finally:
-        checkpoints.close()                 # also when interrupted: the last finished epoch is saved
+        checkpoints.close()  # also when interrupted: the last finished epoch is saved
     log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
     log.kept_epochs[stage.name] = state["best_epoch"]
     if stage.epochs > 1 and state["best_epoch"] == stage.epochs and not stage.average:
-        say(f"warning: {stage.name}: kept its last epoch ({stage.epochs}), its validation loss still falling: "
-            f"the epochs may be too few (--{'epochs' if stage.name == 'head' else 'finetune-epochs'} more)")
-    distributed.barrier()                   # rank 0 has written the best parameters
+        say(
+            f"warning: {stage.name}: kept its last epoch ({stage.epochs}), its validation loss still falling: "
+            f"the epochs may be too few (--{'epochs' if stage.name == 'head' else 'finetune-epochs'} more)"
+        )
+    distributed.barrier()  # rank 0 has written the best parameters
     load_params(best, parameters)
 
 
-def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, state: dict,
-            checkpoints: Checkpoints, average: Average | None, observer: Observer | None = None) -> None:
+def _epochs(
+    run: Run,
+    stage: Stage,
+    log: Log,
+    net,
+    parameters: dict,
+    optimizer,
+    state: dict,
+    checkpoints: Checkpoints,
+    average: Average | None,
+    observer: Observer | None = None,
+) -> None:
     """The stage's epochs from `state` on: each trained, validated, recorded and saved (rank 0). With
     `average`, what is validated and kept is the average of the parameters after each epoch so far."""
     config = run.config
@@ -205,12 +235,17 @@ def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, 
         train_loss, train_accuracy = train_epoch(run, stage, net, optimizer, rng)
         if average:
             average.add(parameters)
-            average.swap(parameters)        # the average is validated and, if best, kept
+            average.swap(parameters)  # the average is validated and, if best, kept
         val = validate(run, stage.cut)
         score = val["loss"] if val else train_loss
-        checkpoints.wait()                  # the previous epoch's files, written while this one trained
-        row = {"stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
-               "train_accuracy": train_accuracy, **({f"val_{k}": val[k] for k in ("loss", "accuracy")} if val else {})}
+        checkpoints.wait()  # the previous epoch's files, written while this one trained
+        row = {
+            "stage": stage.name,
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            **({f"val_{k}": val[k] for k in ("loss", "accuracy")} if val else {}),
+        }
         state["history"].append(row)
         if score < state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
@@ -219,7 +254,7 @@ def _epochs(run: Run, stage: Stage, log: Log, net, parameters: dict, optimizer, 
         else:
             state["bad_epochs"] += 1
         if average:
-            average.swap(parameters)        # back to the parameters that train
+            average.swap(parameters)  # back to the parameters that train
             state["averaged"] = average.count
         state["epoch"] = epoch + 1
         stop = bool(config.patience) and state["bad_epochs"] >= config.patience and state["epoch"] < stage.epochs
@@ -254,12 +289,12 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
     source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]
     order = rng.permutation(len(labels))
     views = rng.integers(config.views, size=len(labels))
-    model.eval()                # the frozen blocks (batch norms too) as they were pretrained ...
-    net.train()                 # ... and the blocks after the cut and the head learning
+    model.eval()  # the frozen blocks (batch norms too) as they were pretrained ...
+    net.train()  # ... and the blocks after the cut and the head learning
     total_loss, correct, seen = 0.0, 0, 0
     bar = progress(total=len(order), desc=f"{stage.name} epoch", unit="image")
     for start in range(0, len(order), config.batch_size):
-        positions = distributed.share(order[start:start + config.batch_size])
+        positions = distributed.share(order[start : start + config.batch_size])
         x, kept = source.batch(positions, views[positions])
         batch_images = distributed.total(len(kept))[0]
         if not batch_images:
@@ -279,8 +314,8 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
         seen += len(kept)
         bar.update(len(positions))
     bar.close()
-    total_loss, correct, seen = distributed.total(total_loss, correct, seen)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    summed_loss, summed_correct, summed_seen = distributed.total(total_loss, correct, seen)
+    return summed_loss / max(summed_seen, 1), summed_correct / max(summed_seen, 1)
 
 
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
@@ -289,9 +324,9 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
 
 
 def _epoch_line(row: dict, stage: Stage) -> str:
-    text = f"{stage.name} {row['epoch']:>2}/{stage.epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}"
+    text = (
+        f"{stage.name} {row['epoch']:>2}/{stage.epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}"
+    )
     if "val_loss" in row:
         text += f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
     return text
-
-

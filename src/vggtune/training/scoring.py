@@ -1,5 +1,6 @@
 """Scoring a model: its loss, its predicted labels, each view's logits and the class probabilities
 its `ScoringPolicy` makes of them, metrics over a split."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,13 +18,14 @@ from vggtune.training.metrics import classification_metrics
 @dataclass(frozen=True)
 class Scorer:
     """A model scored under one policy; another policy is another Scorer (`with_policy`)."""
+
     model: Classifier
     runtime: Runtime
     classes: list[str]
     batch_size: int
     policy: ScoringPolicy = ScoringPolicy()
 
-    def with_policy(self, policy: ScoringPolicy) -> "Scorer":
+    def with_policy(self, policy: ScoringPolicy) -> Scorer:
         return Scorer(self.model, self.runtime, self.classes, self.batch_size, policy)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ class Scorer:
         mine = distributed.share(range(n_items))
         with torch.inference_mode():
             for start in range(0, len(mine), self.batch_size):
-                positions = list(mine[start:start + self.batch_size])
+                positions = list(mine[start : start + self.batch_size])
                 views = []
                 for slot in slots:
                     x, kept = source.batch(positions, [slot] * len(positions))
@@ -85,7 +87,7 @@ class Scorer:
             return float(-logs[rows, labels].mean())
 
         low, high, ratio = 0.0, float(np.log(20)), (np.sqrt(5) - 1) / 2
-        for _ in range(60):                       # the bracket shrinks to 1e-12 of its width
+        for _ in range(60):  # the bracket shrinks to 1e-12 of its width
             a, b = high - ratio * (high - low), low + ratio * (high - low)
             if loss(a) < loss(b):
                 high = b

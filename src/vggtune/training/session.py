@@ -1,5 +1,6 @@
 """Assembling one training run: check everything that can be wrong, then gather the data, the
 weights, the model and its feature sources into a `Run`. Training (schedule.py) runs it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,7 @@ from vggtune.model.spec import ModelSpec, build_classifier
 from vggtune.progress import say
 from vggtune.training.rundir import RunDir
 
-if TYPE_CHECKING:                      # annotations only
+if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
     from vggtune.model.classifier import Classifier
     from vggtune.training.config import TrainConfig
@@ -28,23 +29,30 @@ if TYPE_CHECKING:                      # annotations only
 class Run:
     """What a training run starts from. Training changes the model's parameters and writes the folder;
     it never reassigns these fields: what it decides (epochs, temperature) it returns."""
+
     config: TrainConfig
     folder: RunDir
     model: Classifier
     runtime: Runtime
-    engine: Engine                                 # what runs the frozen blocks
-    spec: ModelSpec                                # what model.json will say, before calibration
+    engine: Engine  # what runs the frozen blocks
+    spec: ModelSpec  # what model.json will say, before calibration
     sources: Sources
-    labels: dict[str, torch.Tensor]                # split -> labels of the kept items
-    rejected: list[tuple[str, str]]                # files the scan could not use (the sources add theirs)
-    weights_source: str                            # where the pretrained weights were loaded from
-    setup_seconds: dict                            # the feature extraction's time, per split
+    labels: dict[str, torch.Tensor]  # split -> labels of the kept items
+    rejected: list[tuple[str, str]]  # files the scan could not use (the sources add theirs)
+    weights_source: str  # where the pretrained weights were loaded from
+    setup_seconds: dict  # the feature extraction's time, per split
 
 
 def gather_data(config: TrainConfig) -> data.Splits:
-    splits = data.prepare_splits(config.data, config.val_data, config.test_data,
-                                 config.val_split, config.test_split, config.seed,
-                                 fold=(config.cv_fold, config.cv_folds) if config.cv_folds else None)
+    splits = data.prepare_splits(
+        config.data,
+        config.val_data,
+        config.test_data,
+        config.val_split,
+        config.test_split,
+        config.seed,
+        fold=(config.cv_fold, config.cv_folds) if config.cv_folds else None,
+    )
     return data.require_training_images(splits, config.data)
 
 
@@ -57,44 +65,73 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     runtime = choose_runtime(config.device, config.precision)
     splits = gather_data(config)
     loaded = weights.resolve(weights.for_arch(config.arch), user_file=config.weights)
-    distributed.barrier()                    # every rank has checked the folder before rank 0 fills it
+    distributed.barrier()  # every rank has checked the folder before rank 0 fills it
     if main:
         folder.make()
     if main and not resume:
         folder.write_config(config)
-    say(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images in "
-        f"{len(splits.classes)} classes; {len(splits.rejected)} files skipped (rejected.csv)")
-    for line in splits.class_lines():          # the classes' sizes, and any warning they call for
+    say(
+        f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images in "
+        f"{len(splits.classes)} classes; {len(splits.rejected)} files skipped (rejected.csv)"
+    )
+    for line in splits.class_lines():  # the classes' sizes, and any warning they call for
         say(line)
     say(f"weights: {loaded.source}; running on {runtime.describe()}")
-    spec = ModelSpec.for_training(config, splits.classes, loaded, runtime.precision, _input_size(config, splits, loaded))
-    torch.manual_seed(config.seed)          # the head's initial weights
+    spec = ModelSpec.for_training(
+        config, splits.classes, loaded, runtime.precision, _input_size(config, splits, loaded)
+    )
+    torch.manual_seed(config.seed)  # the head's initial weights
     model = build_classifier(spec, loaded.state_dict, runtime)
-    pipeline = FeaturePipeline(model, spec.preprocessing, config.augment, runtime, config.batch_size,
-                               loaded.id, weights.home() / "features", config.feature_storage, config.engine)
-    say(f"frozen blocks on {pipeline.engine.describe()}")
+    pipeline = FeaturePipeline(
+        model,
+        spec.preprocessing,
+        config.augment,
+        runtime,
+        config.batch_size,
+        loaded.id,
+        weights.home() / "features",
+        config.feature_storage,
+        config.engine,
+    )
+    say(f"frozen blocks on {pipeline.chosen_engine.describe()}")
     if runtime.int8:
         spec = dataclasses.replace(spec, int8=_int8_blocks(pipeline, folder, splits, spec.arch.earliest(cuts)))
     started = time.perf_counter()
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
     fill = pipeline.live if config.no_cache else pipeline.cached
     sources = fill(by_split, cuts, config.views, spec.scoring.views)
-    seconds = {"features_s": round(time.perf_counter() - started, 2),
-               **{f"features_{split}_s": value for split, value in sources.seconds.items()}}
+    seconds = {
+        "features_s": round(time.perf_counter() - started, 2),
+        **{f"features_{split}_s": value for split, value in sources.seconds.items()},
+    }
     if main:
         _write_data_reports(folder, splits, splits.rejected + sources.rejected)
         folder.write_splits(splits.classes, sources.kept)
     labels = {name: torch.tensor([i.label for i in items], dtype=torch.long) for name, items in sources.kept.items()}
-    return Run(config, folder, model, runtime, pipeline.engine, spec, sources, labels, splits.rejected, loaded.source, seconds)
+    return Run(
+        config,
+        folder,
+        model,
+        runtime,
+        pipeline.chosen_engine,
+        spec,
+        sources,
+        labels,
+        splits.rejected,
+        loaded.source,
+        seconds,
+    )
 
 
 def _input_size(config: TrainConfig, splits: data.Splits, loaded: weights.LoadedWeights) -> int:
     """config.size, or what --size auto picks from the training images (said when it is not the weights' side)."""
     native = loaded.record.preprocessing.size
     size, median = config.input_size(native, [item.path for item in splits.train])
-    if median is not None and size != native:          # auto read the images and chose another side
-        say(f"input size: {size} px, near the training images' median shorter side of {median} px "
-            f"(--size auto; --size {native} enlarges them to the weights' own)")
+    if median is not None and size != native:  # auto read the images and chose another side
+        say(
+            f"input size: {size} px, near the training images' median shorter side of {median} px "
+            f"(--size auto; --size {native} enlarges them to the weights' own)"
+        )
     return size
 
 
@@ -112,9 +149,13 @@ def _int8_blocks(pipeline: FeaturePipeline, folder: RunDir, splits: data.Splits,
 
 def _write_data_reports(folder: RunDir, splits: data.Splits, rejected: list[tuple[str, str]]) -> None:
     across, conflicts = folder.write_data_reports(splits, rejected)
-    if across:        # only where a given --val-data, --test-data or manifest split holds both
-        say(f"warning: {across} near-duplicate image pairs fall in different splits "
-            "(perceptual hash; see near_duplicates.csv)")
+    if across:  # only where a given --val-data, --test-data or manifest split holds both
+        say(
+            f"warning: {across} near-duplicate image pairs fall in different splits "
+            "(perceptual hash; see near_duplicates.csv)"
+        )
     if conflicts:
-        say(f"warning: {conflicts} near-duplicate image pairs are filed under two classes, likely one image "
-            "with two labels (`vggtune data check` lists them)")
+        say(
+            f"warning: {conflicts} near-duplicate image pairs are filed under two classes, likely one image "
+            "with two labels (`vggtune data check` lists them)"
+        )

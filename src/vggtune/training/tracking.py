@@ -9,6 +9,7 @@ runs` shows all runs side by side.
 tensorboardX writes them: a light writer, no TensorFlow. A writer that fails (a full disk) costs one
 line and the run goes on: the event files are a view of metrics.jsonl and metrics.json, not the record.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,12 @@ class Log:
     run took (metrics.json)."""
 
     def __init__(self, folder: RunDir, started: float | None = None):
-        self.folder, self.histories, self.timing, self.kept_epochs = folder, {}, {}, {}
+        self.folder = folder
+        self.histories: dict[str, list[dict]] = {}
+        self.timing: dict[str, float] = {}
+        self.kept_epochs: dict[str, int] = {}
         self.started = time.perf_counter() if started is None else started
-        self.events = EventLog(folder.path) if distributed.is_main() else None      # rank 0 alone writes
+        self.events = EventLog(folder.path) if distributed.is_main() else None  # rank 0 alone writes
 
     def epochs(self, stage: str, history: list[dict], learning_rate: float | None = None) -> None:
         """The stage's epochs so far, written to metrics.jsonl with the stages before it; with the
@@ -60,26 +64,34 @@ class EventLog:
         self.writer = None
         try:
             from tensorboardX import SummaryWriter
+
             # Named by the second it opens in: a resumed run's writer could take over (and empty) the file of
             # the call it continues, without a suffix of its own.
-            self.writer = SummaryWriter(logdir=str(Path(run_folder) / FOLDER), flush_secs=10,
-                                        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
-        except Exception as exc:            # noqa: BLE001 - a view of the run's records must never stop it
+            self.writer = SummaryWriter(
+                logdir=str(Path(run_folder) / FOLDER), flush_secs=10, filename_suffix=f".{os.getpid()}.{time.time_ns()}"
+            )
+        except Exception as exc:  # noqa: BLE001 - a view of the run's records must never stop it
             say(f"tensorboard: not written ({type(exc).__name__}: {exc})")
 
     def epoch(self, row: dict, learning_rate: float) -> None:
         stage = row["stage"]
         values = {key: row[key] for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy") if key in row}
         values["learning_rate"] = learning_rate
+
         def write(writer):
             for key, value in values.items():
                 writer.add_scalar(f"{stage}/{key}", float(value), row["epoch"])
+
         self._write(write)
 
     def finish(self, config: dict, results: dict) -> None:
         """The hyperparameters and the final metrics, then the files closed."""
-        metrics = {f"final/{split}_{name}": float(values[name]) for split, values in results.items()
-                   for name in FINAL_METRICS if values.get(name) is not None}
+        metrics = {
+            f"final/{split}_{name}": float(values[name])
+            for split, values in results.items()
+            for name in FINAL_METRICS
+            if values.get(name) is not None
+        }
         self._write(lambda writer: _hparams(writer, hyperparameters(config), metrics))
         self.close()
 
@@ -93,7 +105,7 @@ class EventLog:
             return
         try:
             action(self.writer)
-        except Exception as exc:            # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
             say(f"tensorboard: writing stopped ({type(exc).__name__}: {exc}); the run goes on")
             self.writer = None
 
@@ -116,6 +128,7 @@ def hyperparameters(config: dict) -> dict:
 
 def _hparams(writer, hparams: dict, metrics: dict) -> None:
     from tensorboardX.summary import hparams as summaries
+
     for summary in summaries(hparams, metrics):
         writer.file_writer.add_summary(summary)
     for tag, value in metrics.items():

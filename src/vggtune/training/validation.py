@@ -1,6 +1,7 @@
 """What a run's validation split decides: the score each epoch is chosen by, the temperature
 (--calibrate) and the two-class decision threshold (--threshold val); and the loss's class weights,
 which that score must respect."""
+
 from __future__ import annotations
 
 from vggtune.progress import say
@@ -46,8 +47,10 @@ def decision_threshold(run: Run, cut: str, policy) -> float:
     if threshold is None:
         say("threshold: the validation split holds one class, left at 0.5")
         return 0.5
-    say(f"threshold: {threshold:.4f} on the probability of {run.spec.classes[1]}, chosen on "
-        f"{len(labels)} validation images (the best balanced accuracy there)")
+    say(
+        f"threshold: {threshold:.4f} on the probability of {run.spec.classes[1]}, chosen on "
+        f"{len(labels)} validation images (the best balanced accuracy there)"
+    )
     return threshold
 
 
@@ -62,5 +65,9 @@ def validate(run: Run, cut: str) -> dict | None:
     result = clean.summary(labels, probabilities)
     balanced = balanced_log_loss(labels, probabilities)
     loss = result["log_loss"] if weights_of(run) is None else balanced
-    return {"loss": loss, "accuracy": result["accuracy"], "balanced_loss": balanced,
-            "balanced_accuracy": result["balanced_accuracy"]}
+    return {
+        "loss": loss,
+        "accuracy": result["accuracy"],
+        "balanced_loss": balanced,
+        "balanced_accuracy": result["balanced_accuracy"],
+    }

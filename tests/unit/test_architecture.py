@@ -3,11 +3,12 @@ import statement (function-level ones too; those under `if TYPE_CHECKING:` are a
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "vggtune"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "vggtune"
 # Packages in the order data flows; a module may import only from its own package and those before it.
 # "" is the foundation (errors, fsutil, progress, distributed, version), importing nothing after it.
 ORDER = ["", "data", "model", "features", "training", "deploy", "results", "api", "cli"]
@@ -107,3 +108,72 @@ def test_every_package_says_what_it_holds():
     for package in sorted(path.parent for path in SOURCE.rglob("__init__.py")):
         docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert docstring and len(docstring.split()) >= 15, f"{package.name}/__init__.py needs its paragraph"
+
+
+ARCHITECTURE = (SOURCE.parents[1] / "ARCHITECTURE.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(n for n, path in MODULES.items() if path.stem not in ("__init__", "__main__")))
+def test_every_module_is_on_the_map(name):
+    file = MODULES[name].name              # in a table as `similar.py`, or `cli/text.py`
+    assert re.search(rf"[`/]{re.escape(file)}`", ARCHITECTURE), f"{file} is missing from ARCHITECTURE.md"
+
+
+def private_imports(source: str) -> list[str]:
+    """`from vggtune.x import _name`: another module's private name, wherever the statement stands."""
+    return [f"{node.module}.{alias.name}" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vggtune")
+            for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+
+
+def test_private_imports_are_seen():
+    assert private_imports("from vggtune.results.html import _style, table") == ["vggtune.results.html._style"]
+    assert private_imports("from vggtune.results.tuning import tune as _tune") == []     # a public name, renamed
+    assert private_imports("from vggtune.version import __version__") == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_imports_a_private_name(name):
+    found = private_imports(MODULES[name].read_text())
+    assert not found, f"{name} imports {found}"
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def long_functions(source: str) -> list[str]:
+    return [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def test_long_functions_are_seen():
+    assert long_functions("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES) == ["f (101 lines)"]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_function_is_over_a_hundred_lines(name):
+    found = long_functions(MODULES[name].read_text())
+    assert not found, f"{name}: {found}"
+
+
+def run_file_names_spelled(source: str) -> set[str]:
+    from vggtune import runfiles
+
+    constants = {node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant)}
+    return constants & set(runfiles.NAMES)
+
+
+def test_the_model_files_have_one_name():
+    from vggtune import runfiles
+    from vggtune.model import spec
+
+    assert (spec.MODEL_FILE, spec.WEIGHTS_FILE) == (runfiles.MODEL, runfiles.WEIGHTS)
+    assert run_file_names_spelled('path = run / "metrics.json"') == {"metrics.json"}
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - {"vggtune.runfiles"}))
+def test_run_folder_file_names_are_spelled_by_their_owners_alone(name):
+    owned = {"model.json", "model.safetensors"} if name == "vggtune.model.spec" else set()
+    spelled = run_file_names_spelled(MODULES[name].read_text()) - owned
+    assert not spelled, f"{name} spells {sorted(spelled)}: name them through vggtune.runfiles or RunDir"

@@ -198,16 +198,6 @@ def test_uint8_storage_restores_each_view_within_half_a_step_in_half_the_bytes(t
     assert FeatureCache.existing(stored["uint8"][0].dir).storage == "uint8"
 
 
-def test_a_run_trains_on_uint8_features(tmp_path, tiny_weights, isolated_home):
-    from conftest import quick_config
-    from vggtune.training import schedule as training
-    first = training.fit(quick_config(make_dataset(tmp_path / "d", n_per_class=15), tmp_path / "f16"))
-    second = training.fit(quick_config(tmp_path / "d", tmp_path / "u8", feature_storage="uint8"))
-    storages = sorted(json.loads(p.read_text())["storage"] for p in (isolated_home / "features").glob("*/key.json"))
-    assert storages == ["float16", "float16", "uint8", "uint8"]          # block4 and block5 each
-    assert second["test"]["log_loss"] == pytest.approx(first["test"]["log_loss"], abs=0.05)
-
-
 def test_views_computed_before_ctrl_c_are_in_the_cache(tmp_path, monkeypatch):
     """A shard holds 256 rows; an extraction interrupted before the first is full keeps what it computed."""
     model = tiny_model()

@@ -8,6 +8,7 @@ import pytest
 from vggtune import cli
 
 from vggtune.data import dataset as data
+from vggtune.data import discovery
 
 from vggtune.training import schedule as training
 from vggtune.errors import UserError
@@ -32,7 +33,7 @@ def rows_of(images, split=lambda name, i: ""):
 def test_rows_become_files_relative_to_the_csv_or_absolute(tmp_path, images):
     rows = rows_of(images)[:3] + [(str(images / "dog" / "dog.0.jpg"), "dog", "")]
     write_manifest(tmp_path / "m.csv", rows)
-    found = data.discover(tmp_path / "m.csv")
+    found = discovery.discover(tmp_path / "m.csv")
     assert found.classes == ["cat", "dog"] and found.manifest
     assert [path for path, _ in found.files] == [str(images / "cat" / f"cat.{i}.jpg") for i in range(3)] + [
         str(images / "dog" / "dog.0.jpg")]
@@ -76,14 +77,3 @@ def test_the_split_column_decides_val_and_test(tmp_path, images):
         data.prepare_splits(tmp_path / "m.csv", images, None, 0.1, 0.1, seed=0)
     with pytest.raises(UserError, match="no test rows for cross-validation"):
         data.prepare_splits(tmp_path / "m.csv", None, None, 0.1, 0.1, seed=0, fold=(1, 5))
-
-
-def test_a_run_trains_from_a_manifest_and_evaluates_on_another(tmp_path, images, tiny_weights):
-    write_manifest(tmp_path / "m.csv", rows_of(images, lambda name, i: "test" if i < 5 else ""))
-    results = training.fit(quick_config(tmp_path / "m.csv", tmp_path / "run", test_split=0.0))
-    saved = json.loads((tmp_path / "run" / "splits.json").read_text())
-    assert results["test"]["n"] == 10 and len(saved["test"]) == 10
-    assert all(row["path"].rsplit(".", 2)[-2] in "01234" for row in saved["test"])
-    write_manifest(tmp_path / "other.csv", rows_of(images)[15:25])
-    assert cli.main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "other.csv"), "--no-report"]) == 0
-    assert json.loads((tmp_path / "run" / "evaluation.json").read_text())["n"] == 10

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from vggtune.data import dataset as data
+from vggtune.data import discovery
 from vggtune.errors import UserError
 from vggtune.data.images import ImageRejected, open_rgb
 
@@ -66,7 +67,7 @@ def test_vanished_file_is_a_reason_not_a_crash(tmp_path):
 
 def test_discover_class_folders_and_kaggle_names(tmp_path):
     root = make_dataset(tmp_path / "folders", n_per_class=3)
-    found = data.discover(root)
+    found = discovery.discover(root)
     assert found.classes == ["cat", "dog"] and len(found.files) == 6
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -74,7 +75,7 @@ def test_discover_class_folders_and_kaggle_names(tmp_path):
         for i in range(3):
             synthetic_image(0, i).save(flat / f"{name}.{i}.jpg")
     (flat / "readme.txt").write_text("hello")
-    found = data.discover(flat)
+    found = discovery.discover(flat)
     assert found.classes == ["cat", "dog"]
     assert [os.path.basename(p) for p, _ in found.rejected] == ["readme.txt"]
 
@@ -86,8 +87,8 @@ def test_kaggle_names_map_each_file_to_its_class(tmp_path):
         for i in range(3):
             synthetic_image(label, i).save(flat / f"{name}.{i + 10 * label}.jpg")
     synthetic_image(0, 9).save(flat / "cat_7.png")
-    items, rejected = data.scan(data.discover(flat))
-    found = data.discover(flat)
+    items, rejected = data.scan(discovery.discover(flat))
+    found = discovery.discover(flat)
     assert found.classes == ["bird", "cat", "dog"] and not rejected
     by_name = {os.path.basename(item.path): found.classes[item.label] for item in items}
     assert by_name == {**{f"Dog.{i}.jpg": "dog" for i in range(3)}, **{f"cat.{i + 10}.jpg": "cat" for i in range(3)},
@@ -109,7 +110,7 @@ def test_bad_dataset_layouts_are_user_errors(tmp_path, layout, message):
     if layout == "empty-class":
         (root / "dog").mkdir()
     with pytest.raises(UserError, match=message):
-        data.discover(root)
+        discovery.discover(root)
 
 
 def test_split_is_stratified_and_content_never_in_two_splits(tmp_path):

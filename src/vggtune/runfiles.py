@@ -1,0 +1,53 @@
+"""The names of a run folder's files, and the questions asked of a folder before it is opened: is it a
+run, and is it finished. `RunDir` (training/rundir.py) reads and writes the files and `ModelSpec`
+(model/spec.py) the model's two; this module sits in the foundation so that discovery (data/), which
+comes before them, can tell a run folder from a class of images. No other module spells these names
+(tests/test_architecture.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = "config.yaml"  # the resolved TrainConfig: a run started here
+MODEL = "model.json"  # what the model is (ModelSpec)
+WEIGHTS = "model.safetensors"  # its tensors
+METRICS = "metrics.json"  # validation and test metrics, timings, environment: written when a run finishes
+HISTORY = "metrics.jsonl"  # one line an epoch
+SPLITS = "splits.json"  # which file went where
+REJECTED = "rejected.csv"  # every file left out, why, its kind and folder
+NEAR_DUPLICATES = "near_duplicates.csv"
+PREDICTIONS = "predictions.csv"  # each validation and test image's probabilities
+EVALUATION = "evaluation.json"  # `vggtune evaluate`'s result (its CSV and page beside it)
+REPORT = "report.html"
+MODEL_CARD = "README.md"
+STATE = "state"  # the checkpoints of an unfinished run
+
+NAMES = (
+    CONFIG,
+    MODEL,
+    WEIGHTS,
+    METRICS,
+    HISTORY,
+    SPLITS,
+    REJECTED,
+    NEAR_DUPLICATES,
+    PREDICTIONS,
+    EVALUATION,
+    REPORT,
+    MODEL_CARD,
+)
+
+
+def is_started(path: Path) -> bool:
+    """A run began in `path`: its config is saved (what --resume and cv's kept folds need)."""
+    return (path / CONFIG).is_file()
+
+
+def is_run(path: Path) -> bool:
+    """What `vggtune train` wrote, started or finished: its config beside a model, checkpoints or epochs."""
+    return is_started(path) and any((path / name).exists() for name in (MODEL, STATE, HISTORY))
+
+
+def is_finished(path: Path) -> bool:
+    """A run that ended: its config, model and final metrics are there."""
+    return is_started(path) and (path / METRICS).is_file() and (path / MODEL).is_file()
