@@ -2,6 +2,7 @@
 and reused, `auto` chosen by a measurement kept per machine, and the choices refused with one line."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def test_the_runtimes_are_installed_where_pip_install_puts_them():
 @pytest.mark.parametrize("after,upto", [(None, "block4"), ("block4", "block5"), (None, "block5")])
 def test_each_engine_computes_pytorchs_features(name, after, upto):
     model = tiny_model()
-    assert set(engines.BUILDERS) == set(engines.ENGINES) - {"auto"}
+    assert set(engines.KINDS) == set(engines.ENGINES) - {"auto"}
+    assert all(key == kind.name for key, kind in engines.KINDS.items())
     channels = 3 if after is None else model.arch.channels(after)
     for batch, side in ((1, 64), (5, 96)):           # the batch and the image size are free
         side = side if after is None else side // model.arch.reduction(after)
@@ -181,8 +183,8 @@ def test_auto_measures_once_per_machine_and_keeps_the_answer(unpinned, isolated_
 def test_auto_leaves_out_an_engine_that_fails_and_says_so(unpinned, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("no kernels for this processor")
-    monkeypatch.setitem(engines.BUILDERS, "openvino", broken)
-    monkeypatch.setitem(engines.BUILDERS, "onnxruntime", broken)
+    for name in ("openvino", "onnxruntime"):
+        monkeypatch.setitem(engines.KINDS, name, dataclasses.replace(engines.KINDS[name], build=broken))
     with caplog.at_level("INFO", logger="vggtune"):
         chosen = resolve("auto", CPU_FP32, tiny_model())
     assert chosen == Engine("torch", "fp32")

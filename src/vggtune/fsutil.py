@@ -4,7 +4,9 @@ paths as text."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -58,6 +60,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(path: Path, header, rows) -> None:
+    """A CSV file written whole (the one CSV writer): a file name that is not UTF-8 is written as its bytes,
+    so that it reads back as the same path."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: Path, value) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import io
@@ -19,7 +18,7 @@ from vggtune.data.images import VANISHED, ImageRejected, open_rgb
 from vggtune.data.items import DUPLICATE, IN_DATA, LABEL_CONFLICT, Found, Item, Rejected, Splits
 from vggtune.data.similar import MAX_DISTANCE, copy_groups, without_near_copies
 from vggtune.errors import UserError
-from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.fsutil import display_path, write_csv
 from vggtune.progress import progress
 
 SCAN_SIDE = 32  # decoding at about this size still reads every byte, so breakage shows
@@ -156,12 +155,8 @@ def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, se
 def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
     """rejected.csv: path, the reason a person reads, its kind (items.KINDS) for programs, and the folder it
     was in (DATA, or a given val or test folder)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "reason", "kind", "folder"])
-    for row in map(Rejected.of, rejected):
-        writer.writerow([display_path(row[0]), row[1], row.kind, row.where])
-    atomic_write_text(path, buffer.getvalue())
+    rows = map(Rejected.of, rejected)
+    write_csv(path, ["path", "reason", "kind", "folder"], ([display_path(r[0]), r[1], r.kind, r.where] for r in rows))
 
 
 def prepare_splits(

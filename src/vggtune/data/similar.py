@@ -12,15 +12,13 @@ copies is m - 1 pairs, not m(m - 1)/2.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 from pathlib import Path
 
 import numpy as np
 
 from vggtune.data.items import DUPLICATE, Item, Rejected, Splits
-from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.fsutil import display_path, write_csv
 
 MAX_DISTANCE = 4  # bits: a re-saved, resized or recompressed copy stays within it (tests/test_leakage.py)
 CHUNK_PAIRS = 4_000_000  # candidate pairs compared at a time: bounds the memory of a large bucket
@@ -193,9 +191,8 @@ def report(splits: Splits, max_distance: int = MAX_DISTANCE):
 
 
 def write_near_duplicates(path: Path, rows) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "split", "near_duplicate_of", "its_split", "dhash_distance"])
-    for a, split_a, b, split_b, distance in rows:
-        writer.writerow([display_path(a), split_a, display_path(b), split_b, distance])
-    atomic_write_text(path, buffer.getvalue())
+    write_csv(
+        path,
+        ["path", "split", "near_duplicate_of", "its_split", "dhash_distance"],
+        ([display_path(a), split_a, display_path(b), split_b, distance] for a, split_a, b, split_b, distance in rows),
+    )

@@ -23,8 +23,10 @@ import dataclasses
 import importlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -43,11 +45,46 @@ FP32_TOLERANCE = 1e-4
 INT8_AGREEMENT = 0.99
 INT8_ACCURACY_POINTS = 0.5
 PRECISIONS = ("fp32", "int8")
-# format -> (module that writes and runs it, file name in the run, precisions, the package its runtime needs)
+
+
+class FormatWriter(Protocol):
+    """What a format's module offers (onnxexport, openvinoexport, tfliteexport): `write` the graph with its
+    metadata `values` to `target`, and a `runner` of the written file (uint8 NHWC images in, probabilities out)."""
+
+    def write(
+        self,
+        graph: ExportGraph,
+        spec: ModelSpec,
+        images: np.ndarray,
+        target: Path,
+        run: Path,
+        precision: str,
+        values: dict,
+    ) -> None: ...
+
+    def runner(self, path: Path) -> Callable[[np.ndarray], np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: the module that writes and runs it (a FormatWriter), its file in the run
+    (`{}` is "" or "-int8"), the precisions it takes and the package its runtime needs."""
+
+    name: str
+    module: str
+    file_name: str
+    precisions: tuple[str, ...]
+    package: str
+
+
+# The registry: one line a format, named as api.EXPORT_FORMATS names them.
 FORMATS = {
-    "onnx": ("vggtune.deploy.onnxexport", "model{}.onnx", PRECISIONS, "onnxruntime"),
-    "openvino": ("vggtune.deploy.openvinoexport", "model{}.xml", PRECISIONS, "openvino"),
-    "tflite": ("vggtune.deploy.tfliteexport", "model{}.tflite", ("fp32",), "litert_torch"),
+    kind.name: kind
+    for kind in (
+        ExportFormat("onnx", "vggtune.deploy.onnxexport", "model{}.onnx", PRECISIONS, "onnxruntime"),
+        ExportFormat("openvino", "vggtune.deploy.openvinoexport", "model{}.xml", PRECISIONS, "openvino"),
+        ExportFormat("tflite", "vggtune.deploy.tfliteexport", "model{}.tflite", ("fp32",), "litert_torch"),
+    )
 }
 
 
@@ -124,10 +161,11 @@ def export(
 ) -> Exported:
     if file_format not in FORMATS:
         raise UserError(f"--format: received {file_format!r}; allowed: {', '.join(FORMATS)}")
-    module_name, file_name, precisions, package = FORMATS[file_format]
-    if precision not in precisions:
-        raise UserError(f"--precision: received {precision!r} for {file_format}; allowed: {', '.join(precisions)}")
-    writer = _writer(module_name, package, file_format)
+    kind = FORMATS[file_format]
+    if precision not in kind.precisions:
+        raise UserError(f"--precision: received {precision!r} for {file_format}; allowed: {', '.join(kind.precisions)}")
+    writer = _writer(kind)
+    file_name = kind.file_name
     run = Path(run)
     spec = ModelSpec.load(run)
     target = Path(out) if out else run / file_name.format("" if precision == "fp32" else "-int8")
@@ -157,7 +195,8 @@ def export(
     return dataclasses.replace(result, path=target)
 
 
-def _writer(module_name: str, package: str, file_format: str):
+def _writer(kind: ExportFormat) -> FormatWriter:
+    package, file_format = kind.package, kind.name
     try:
         importlib.import_module(package)
     except ImportError as exc:
@@ -167,7 +206,8 @@ def _writer(module_name: str, package: str, file_format: str):
             f"--format {file_format}: needs the {package.replace('_', '-')} package, which {why}; "
             f"allowed: pip install 'vggtune[{file_format}]' in an environment of its own"
         ) from None
-    return importlib.import_module(module_name)
+    writer: FormatWriter = importlib.import_module(kind.module)
+    return writer
 
 
 class ExportCheckFailed(Exception):

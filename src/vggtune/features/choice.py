@@ -21,7 +21,7 @@ import torch
 
 from vggtune import distributed
 from vggtune.errors import UserError
-from vggtune.features.engine import ENGINES, RUNTIMES, Engine, check, frozen, installed, threads
+from vggtune.features.engine import ENGINES, KINDS, Engine, check, frozen, installed, threads
 from vggtune.fsutil import atomic_write_json
 from vggtune.model import quantize, weights
 from vggtune.model.runtime import cpuinfo_fields
@@ -63,8 +63,8 @@ def resolve(name: str | Engine, runtime: Runtime, model: Classifier) -> Engine:
         return choose(runtime, model)
     if not installed(name):
         raise UserError(
-            f"--engine: received {name!r} but the package {RUNTIMES[name]!r} is not installed; "
-            f"allowed: auto, torch, or `pip install {RUNTIMES[name]}`"
+            f"--engine: received {name!r} but the package {KINDS[name].package!r} is not installed; "
+            f"allowed: auto, torch, or `pip install {KINDS[name].package}`"
         )
     return Engine(name, "fp32" if name == "onnxruntime" else runtime.precision)
 
@@ -116,7 +116,7 @@ def machine_key(precision: str, model: Classifier) -> str:
     same model), the cores, the packages' versions, the precision, the backbone's layout."""
     fields = cpuinfo_fields()
     versions = {"torch": str(torch.__version__)}
-    for package in RUNTIMES.values():
+    for package in (kind.package for kind in KINDS.values() if kind.package):
         if importlib.util.find_spec(package) is not None:
             versions[package] = importlib.metadata.version(package)
     layout = [model.arch.batch_norm, *model.arch.blocks]

@@ -25,8 +25,9 @@ import os
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -38,8 +39,6 @@ from vggtune.features.settings import ENGINES
 if TYPE_CHECKING:  # annotations only
     from vggtune.model.classifier import Classifier
     from vggtune.model.runtime import Runtime
-
-RUNTIMES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}  # engine -> the package it needs
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class Engine:
 
 
 def installed(name: str) -> bool:
-    package = RUNTIMES.get(name)
+    package = KINDS[name].package if name in KINDS else None
     return package is None or importlib.util.find_spec(package) is not None
 
 
@@ -90,6 +89,13 @@ class _Range(nn.Module):
             x = self.int8(x)
             return x if self.int8.upto == self.upto else self.backbone.run(x, after=self.int8.upto, upto=self.upto)
         return self.backbone.run(x, after=self.after, upto=self.upto)
+
+
+class FrozenBlocks(Protocol):
+    """What an engine builds for a range of frozen blocks: normalised (N, C, H, W) inputs in, float32
+    features out (on the CPU; on the runtime's device for torch)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class TorchFrozen:
@@ -216,9 +222,26 @@ def frozen(model: Classifier, runtime: Runtime, engine: Engine, after: str | Non
     compiled = _COMPILED.setdefault(model, {})
     if key not in compiled or compiled[key][0] != versions:
         with interrupts.held():  # a converter's callbacks cannot pass a KeyboardInterrupt on: SIGABRT
-            compiled[key] = (versions, BUILDERS[engine.name](model, runtime, after, upto, engine.precision))
+            compiled[key] = (versions, KINDS[engine.name].build(model, runtime, after, upto, engine.precision))
     return compiled[key][1]
 
 
-# One line per engine: its class, built as (model, runtime, after, upto, precision).
-BUILDERS = {"torch": TorchFrozen, "openvino": OpenVinoFrozen, "onnxruntime": OnnxRuntimeFrozen}
+@dataclass(frozen=True)
+class EngineKind:
+    """One engine: the package its runtime comes in (None: PyTorch itself) and what builds a range of
+    blocks on it, called as (model, runtime, after, upto, precision)."""
+
+    name: str
+    package: str | None
+    build: Callable[[Classifier, Runtime, str | None, str, str], FrozenBlocks]
+
+
+# The registry: one line an engine, named as settings.ENGINES names them (after "auto").
+KINDS = {
+    kind.name: kind
+    for kind in (
+        EngineKind("torch", None, TorchFrozen),
+        EngineKind("openvino", "openvino", OpenVinoFrozen),
+        EngineKind("onnxruntime", "onnxruntime", OnnxRuntimeFrozen),
+    )
+}

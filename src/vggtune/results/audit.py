@@ -13,8 +13,6 @@ the images it is surest are mislabelled come first.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vggtune.errors import UserError
-from vggtune.fsutil import atomic_write_bytes, atomic_write_json, display_path
+from vggtune.fsutil import atomic_write_json, display_path, write_csv
 from vggtune.progress import say, verbosity
 from vggtune.results.auditscores import (
     OOD_FENCE,
@@ -200,15 +198,6 @@ ISSUE_COLUMNS = (
     "fold",
     "note",
 )
-
-
-def write_csv(path: Path, header, rows) -> None:
-    """A CSV file written whole; a file name that is not UTF-8 is written as its bytes (as predictions.csv)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def write_issues_csv(path: Path, findings: list[Finding]) -> None:

@@ -16,7 +16,6 @@ ranks settings that make no validation error.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import shutil
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vggtune.errors import UserError
-from vggtune.fsutil import atomic_write_json, display_path
+from vggtune.fsutil import atomic_write_json, display_path, write_csv
 from vggtune.progress import say
 from vggtune.training.config import TrainConfig
 from vggtune.training.metrics import balanced_log_loss
@@ -265,20 +264,21 @@ def _finish(study, base: TrainConfig, optuna) -> dict:
 
 def _write_trials(path: Path, rows: list[TrialResult]) -> None:
     names = [lever.name for lever in LEVERS]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["trial", "state", "val_balanced_log_loss", "val_balanced_accuracy", "seconds", *names])
-        for row in rows:
-            writer.writerow(
-                [
-                    row.number,
-                    row.state,
-                    row.score,
-                    row.balanced_accuracy,
-                    row.seconds,
-                    *(row.settings.get(name) for name in names),
-                ]
-            )
+    write_csv(
+        path,
+        ["trial", "state", "val_balanced_log_loss", "val_balanced_accuracy", "seconds", *names],
+        (
+            [
+                row.number,
+                row.state,
+                row.score,
+                row.balanced_accuracy,
+                row.seconds,
+                *(row.settings.get(n) for n in names),
+            ]
+            for row in rows
+        ),
+    )
 
 
 def _optuna():

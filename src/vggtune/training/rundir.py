@@ -10,7 +10,6 @@ Every file is written under a temporary name and renamed (fsutil.atomic_file).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -25,12 +24,12 @@ from vggtune.data import similar
 from vggtune.data.items import IN_DATA, KINDS, UNREADABLE, WHERE, Rejected
 from vggtune.errors import UserError
 from vggtune.fsutil import (
-    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     display_path,
     remove_stale_temporaries,
     save_tensors,
+    write_csv,
 )
 from vggtune.model.spec import ModelSpec
 from vggtune.training.config import TrainConfig, load_config, save_config
@@ -47,14 +46,14 @@ class PredictionRow:
 
 
 def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["split", "path", "label", "predicted", *classes])
-    for row in rows:
-        predicted = classes[max(range(len(classes)), key=row.probabilities.__getitem__)]
-        writer.writerow([row.split, row.path, row.label, predicted, *(f"{p:.9g}" for p in row.probabilities)])
-    # A file name that is not UTF-8 is written as its bytes, so that it reads back as the same path.
-    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))
+    def predicted(row: PredictionRow) -> str:
+        return classes[max(range(len(classes)), key=row.probabilities.__getitem__)]
+
+    write_csv(
+        path,
+        ["split", "path", "label", "predicted", *classes],
+        ([row.split, row.path, row.label, predicted(row), *(f"{p:.9g}" for p in row.probabilities)] for row in rows),
+    )
 
 
 def read_predictions(path: Path, classes: list[str]) -> list[PredictionRow]:
