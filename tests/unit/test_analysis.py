@@ -102,3 +102,36 @@ def test_mcnemar_counts_only_the_discordant_images():
     assert (result["only_a"], result["only_b"]) == (10, 2)
     assert result["p"] == pytest.approx(0.03857, abs=1e-4)        # 2 * P(X <= 2), X ~ Binomial(12, 1/2)
     assert mcnemar(a, a)["p"] == 1.0
+
+
+def _hand_written_curves(labels, scores):
+    """The curves as analysis.py computed them by hand before scikit-learn's replaced them (2026-12-06)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    positive, ordered = labels[order] == 1, scores[order]
+    last_of_ties = np.r_[np.nonzero(np.diff(ordered))[0], len(ordered) - 1]
+    tps = np.r_[0, np.cumsum(positive)[last_of_ties]].astype(np.float64)
+    fps = np.r_[0, np.cumsum(~positive)[last_of_ties]].astype(np.float64)
+    precision = tps[1:] / np.maximum(tps[1:] + fps[1:], 1)
+    recall = tps[1:] / max(tps[-1], 1)
+    return fps / fps[-1], tps / tps[-1], recall, precision, float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_library_curves_and_mcnemar_give_the_figures_the_hand_written_ones_gave(seed):
+    from math import comb
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(labels * 0.4 + rng.random(200), 2)           # ties among the scores
+    fpr, tpr, recall, precision, average = _hand_written_curves(labels, scores)
+    assert np.allclose(analysis.roc_curve(labels, scores), (fpr, tpr))
+    new_recall, new_precision, new_average = analysis.pr_curve(labels, scores)
+    assert np.allclose(new_recall, recall) and np.allclose(new_precision, precision)
+    assert new_average == pytest.approx(average, abs=1e-12)
+    only_a, only_b = rng.integers(0, 30, 2)
+    a = [True] * only_a + [False] * only_b
+    b = [False] * only_a + [True] * only_b
+    n, k = only_a + only_b, min(only_a, only_b)
+    hand = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    assert analysis.mcnemar(a, b)["p"] == pytest.approx(hand, rel=1e-9)

@@ -61,30 +61,21 @@ def describe_interval(bound) -> str:
 
 
 def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate) at every distinct score, from (0, 0) to (1, 1)."""
-    tps, fps, _ = _cumulative_counts(labels, scores)
-    return fps / max(fps[-1], 1), tps / max(tps[-1], 1)
+    """(false positive rate, true positive rate) at every distinct score, from (0, 0) to (1, 1): scikit-learn's."""
+    from sklearn.metrics import roc_curve as sklearn_roc_curve
+
+    fpr, tpr, _ = sklearn_roc_curve(np.asarray(labels) == 1, np.asarray(scores, np.float64), drop_intermediate=False)
+    return fpr, tpr
 
 
 def pr_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, float]:
-    """(recall, precision, average precision) of the positive class (label 1)."""
-    tps, fps, _ = _cumulative_counts(labels, scores)
-    tps, fps = tps[1:], fps[1:]
-    precision = tps / np.maximum(tps + fps, 1)
-    recall = tps / max(tps[-1], 1)
-    average = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
-    return recall, precision, average
+    """(recall, precision, average precision) of the positive class (label 1), highest threshold first:
+    scikit-learn's curve, without the (0, 1) point it appends, and its average precision."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
 
-
-def _cumulative_counts(labels, scores):
-    """True and false positives above each distinct threshold, highest score first."""
-    labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
-    order = np.argsort(-scores, kind="mergesort")
-    labels, scores = labels[order] == 1, scores[order]
-    last_of_ties = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
-    tps = np.r_[0, np.cumsum(labels)[last_of_ties]]
-    fps = np.r_[0, np.cumsum(~labels)[last_of_ties]]
-    return tps.astype(np.float64), fps.astype(np.float64), scores[last_of_ties]
+    positive, scores = np.asarray(labels) == 1, np.asarray(scores, np.float64)
+    precision, recall, _ = precision_recall_curve(positive, scores, drop_intermediate=False)
+    return recall[-2::-1], precision[-2::-1], float(average_precision_score(positive, scores))
 
 
 def reliability(labels, probabilities, bins: int = 10) -> dict:
@@ -199,11 +190,12 @@ def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> 
 
 def mcnemar(correct_a, correct_b) -> dict:
     """Exact McNemar test of two classifiers scored on the same images: only the images one of them gets
-    right and the other wrong count; p is two-sided, from the binomial distribution with p = 1/2."""
-    from math import comb
+    right and the other wrong count; p is two-sided, from the binomial distribution with p = 1/2 (SciPy's
+    binomtest)."""
+    from scipy.stats import binomtest
 
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    n, k = only_a + only_b, min(only_a, only_b)
-    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    n = only_a + only_b
+    p = min(1.0, float(binomtest(min(only_a, only_b), n, 0.5).pvalue)) if n else 1.0
     return {"only_a": only_a, "only_b": only_b, "p": p}
