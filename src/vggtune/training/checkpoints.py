@@ -5,7 +5,9 @@ continues from the last finished epoch. Written by a background thread while the
 from __future__ import annotations
 
 import copy
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,7 +16,27 @@ from vggtune.errors import UserError
 from vggtune.fsutil import load_tensors, save_tensors
 from vggtune.training.objective import Average
 
-FRESH = {"epoch": 0, "best_score": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
+
+@dataclass(frozen=True)
+class StageProgress:
+    """Where a stage stands after its last finished epoch: saved in STAGE-last with the tensors, read back by
+    --resume. `history` holds each epoch's row (stage, epoch, train and validation loss and accuracy)."""
+
+    epoch: int = 0  # epochs finished
+    best_score: float = float("inf")  # the lowest validation loss so far (the training loss without validation)
+    best_epoch: int = 0  # the epoch that scored it, whose parameters STAGE-best holds
+    bad_epochs: int = 0  # epochs since it, for early stopping
+    history: tuple[dict, ...] = ()
+    done: bool = False
+    averaged: int = 0  # epochs in the parameters' running average (SWA); 0 without one
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "history": list(self.history)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> StageProgress:
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in values.items() if k in known}, "history": tuple(values.get("history", ()))})
 
 
 class Checkpoints:
@@ -43,7 +65,7 @@ class Checkpoints:
 
 
 def save_state(
-    path: Path, parameters: dict, optimizer, state: dict, checkpoints: Checkpoints, average: Average | None
+    path: Path, parameters: dict, optimizer, state: StageProgress, checkpoints: Checkpoints, average: Average | None
 ) -> None:
     """Parameters, their average, optimiser moments and progress in one file, so they can never disagree."""
     saved = optimizer.state_dict()
@@ -52,24 +74,24 @@ def save_state(
     for index, moments in saved["state"].items():
         for key, value in moments.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-    checkpoints.save(path, tensors, {"progress": state, "param_groups": saved["param_groups"]})
+    checkpoints.save(path, tensors, {"progress": state.to_dict(), "param_groups": saved["param_groups"]})
 
 
-def resume_state(last: Path, best: Path, parameters: dict, optimizer, average: Average | None) -> dict:
+def resume_state(last: Path, best: Path, parameters: dict, optimizer, average: Average | None) -> StageProgress:
     """The progress saved in `last`, with the parameters, their average and the moments put back (the best
     epoch's parameters if the stage had finished); a fresh start where there is no such file."""
     if not last.is_file():
-        return copy.deepcopy(FRESH)
+        return StageProgress()
     tensors, metadata = load_tensors(last)
     if not isinstance(metadata.get("progress"), dict) or "param_groups" not in metadata:
         raise UserError(f"{last}: no training progress recorded; allowed: a state file written by vggtune train")
-    state = metadata["progress"]
-    if state["done"]:
+    state = StageProgress.from_dict(metadata["progress"])
+    if state.done:
         load_params(best, parameters)
         return state
     assign(parameters, tensors, "param.")
-    if average and state.get("averaged"):
-        average.load({name: tensors[f"average.{name}"] for name in parameters}, state["averaged"])
+    if average and state.averaged:
+        average.load({name: tensors[f"average.{name}"] for name in parameters}, state.averaged)
     moments: dict[int, dict] = {}
     ordered = list(parameters.values())
     for key, value in tensors.items():

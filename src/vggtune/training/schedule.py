@@ -31,7 +31,7 @@ import torch
 
 from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
-from vggtune.training.checkpoints import Checkpoints, load_params, resume_state, save_state
+from vggtune.training.checkpoints import Checkpoints, StageProgress, load_params, resume_state, save_state
 from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
 from vggtune.training.session import Run, open_run
 from vggtune.training.tracking import Log
@@ -188,22 +188,22 @@ def run_stage(run: Run, stage: Stage, log: Log, observer: Observer | None = None
     average = Average(parameters) if stage.average else None
     last, best = run.folder.state(stage.name, "last"), run.folder.state(stage.name, "best")
     state = resume_state(last, best, parameters, optimizer, average)
-    if state["history"]:
-        log.epochs(stage.name, state["history"])
-        if not state["done"]:
-            say(f"{stage.name}: resuming after epoch {state['epoch']}")
-    if state["done"]:
-        log.kept_epochs[stage.name] = state["best_epoch"]
+    if state.history:
+        log.epochs(stage.name, list(state.history))
+        if not state.done:
+            say(f"{stage.name}: resuming after epoch {state.epoch}")
+    if state.done:
+        log.kept_epochs[stage.name] = state.best_epoch
         return
     checkpoints = Checkpoints()
     started = time.perf_counter()
     try:
-        _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints, average, observer)
+        state = _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints, average, observer)
     finally:
         checkpoints.close()  # also when interrupted: the last finished epoch is saved
     log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
-    log.kept_epochs[stage.name] = state["best_epoch"]
-    if stage.epochs > 1 and state["best_epoch"] == stage.epochs and not stage.average:
+    log.kept_epochs[stage.name] = state.best_epoch
+    if stage.epochs > 1 and state.best_epoch == stage.epochs and not stage.average:
         say(
             f"warning: {stage.name}: kept its last epoch ({stage.epochs}), its validation loss still falling: "
             f"the epochs may be too few (--{'epochs' if stage.name == 'head' else 'finetune-epochs'} more)"
@@ -219,15 +219,15 @@ def _epochs(
     net,
     parameters: dict,
     optimizer,
-    state: dict,
+    state: StageProgress,
     checkpoints: Checkpoints,
     average: Average | None,
     observer: Observer | None = None,
-) -> None:
+) -> StageProgress:
     """The stage's epochs from `state` on: each trained, validated, recorded and saved (rank 0). With
     `average`, what is validated and kept is the average of the parameters after each epoch so far."""
     config = run.config
-    for epoch in range(state["epoch"], stage.epochs):
+    for epoch in range(state.epoch, stage.epochs):
         set_rates(optimizer, rate_factor(config.schedule, epoch, stage.epochs))
         seed = epoch_seed(config.seed, stage.name, epoch)
         torch.manual_seed(seed)
@@ -246,28 +246,28 @@ def _epochs(
             "train_accuracy": train_accuracy,
             **({f"val_{k}": val[k] for k in ("loss", "accuracy")} if val else {}),
         }
-        state["history"].append(row)
-        if score < state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+        state = dataclasses.replace(state, history=(*state.history, row), epoch=epoch + 1)
+        if score < state.best_score:
+            state = dataclasses.replace(state, best_score=score, best_epoch=epoch + 1, bad_epochs=0)
             if distributed.is_main():
                 checkpoints.save(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
         else:
-            state["bad_epochs"] += 1
+            state = dataclasses.replace(state, bad_epochs=state.bad_epochs + 1)
         if average:
             average.swap(parameters)  # back to the parameters that train
-            state["averaged"] = average.count
-        state["epoch"] = epoch + 1
-        stop = bool(config.patience) and state["bad_epochs"] >= config.patience and state["epoch"] < stage.epochs
-        state["done"] = bool(stop) or state["epoch"] == stage.epochs
+            state = dataclasses.replace(state, averaged=average.count)
+        stop = bool(config.patience) and state.bad_epochs >= config.patience and state.epoch < stage.epochs
+        state = dataclasses.replace(state, done=bool(stop) or state.epoch == stage.epochs)
         if distributed.is_main():
             save_state(run.folder.state(stage.name, "last"), parameters, optimizer, state, checkpoints, average)
-        log.epochs(stage.name, state["history"], max(group["lr"] for group in optimizer.param_groups))
+        log.epochs(stage.name, list(state.history), max(group["lr"] for group in optimizer.param_groups))
         say(_epoch_line(row, stage))
         if observer and val:
             observer(stage.name, epoch + 1, val)
         if stop:
             say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs")
             break
+    return state
 
 
 def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:

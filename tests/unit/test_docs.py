@@ -1,0 +1,31 @@
+"""The pages outside the documentation site (which `make docs` checks, strict): the README's and the
+changelog's links lead to files that exist, and the README stays a page."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def relative_links(text: str) -> list[str]:
+    return [target.split("#")[0] for target in re.findall(r"\]\(([^)\s]+)\)", text)
+            if not re.match(r"[a-z]+:", target) and not target.startswith("#")]
+
+
+@pytest.mark.parametrize("page", ["README.md", "CHANGELOG.md", "ARCHITECTURE.md", "BENCHMARKS.md"])
+def test_every_relative_link_leads_to_a_file(page):
+    links = relative_links((ROOT / page).read_text())
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, f"{page} links to {missing}"
+
+
+def test_links_are_found():
+    assert relative_links("[a](docs/x.md#y) [b](https://e.org) [c](#z)") == ["docs/x.md"]
+
+
+def test_the_readme_is_a_page_and_every_docs_page_is_in_the_site():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 150
+    navigation = (ROOT / "mkdocs.yml").read_text()
+    assert all(page.name in navigation for page in (ROOT / "docs").glob("*.md"))
