@@ -57,7 +57,7 @@ def score(setting: str, fold: Path, held: Path, out: Path) -> dict:
         return {"accuracy": peer["accuracy"], "log_loss": None}
     result = vggtune.train(str(fold), out=str(out), test_data=str(held), val_split=0.2, test_split=0.0,
                            epochs=10, patience=0, quiet=True, **{"finetune_epochs": 10, **SETTINGS[setting]})
-    return {"accuracy": result["test"]["accuracy"], "log_loss": result["test"]["log_loss"]}
+    return {"accuracy": result.test.accuracy, "log_loss": result.test.log_loss}
 
 
 def mean(values: list) -> float | None:

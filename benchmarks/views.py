@@ -28,8 +28,8 @@ def main():
         started = time.perf_counter()
         results = vggtune.train(str(train), out=str(work / f"run-{views}"), val_data=str(val), test_split=0.0,
                                 views=views, finetune_epochs=args.finetune_epochs, quiet=True)
-        rows.append({"views": views, "val_accuracy": results["val"]["accuracy"],
-                     "val_log_loss": results["val"]["log_loss"], "wall_s": round(time.perf_counter() - started, 1)})
+        rows.append({"views": views, "val_accuracy": results.val.accuracy,
+                     "val_log_loss": results.val.log_loss, "wall_s": round(time.perf_counter() - started, 1)})
         print(rows[-1], flush=True)
     rows.sort(key=lambda r: r["views"])
     print(table(rows, ["views", "val_accuracy", "val_log_loss", "wall_s"]))

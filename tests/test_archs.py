@@ -42,8 +42,8 @@ def test_vgg16_bn_from_a_weights_file_trains_and_predicts_what_training_scored(t
     for ours, theirs in ((predictor.model.backbone.block1.bn1, features[1]), (predictor.model.backbone.block4.bn3, features[31])):
         assert torch.equal(ours.running_mean, theirs.running_mean) and torch.equal(ours.running_var, theirs.running_var)
     evaluated = vggtune.evaluate(str(tmp_path / "run"), report=False)
-    assert evaluated["confusion_matrix"] == results["test"]["confusion_matrix"]
-    assert evaluated["log_loss"] == pytest.approx(results["test"]["log_loss"], abs=1e-3)
+    assert evaluated.metrics.confusion_matrix == results.test.confusion_matrix
+    assert evaluated.metrics.log_loss == pytest.approx(results.test.log_loss, abs=1e-3)
 
 
 def test_vgg19_comes_from_its_download_and_fine_tunes_its_four_convolution_block(tmp_path, monkeypatch):

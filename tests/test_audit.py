@@ -87,7 +87,7 @@ def test_manifest_drops_or_relabels_and_trains(tmp_path, tiny_weights):
     import vggtune.api
     results = vggtune.api.train_with(quick_config(tmp_path / "clean.csv", tmp_path / "run", epochs=1,
                                                   finetune_epochs=0))
-    assert results["test"]["n"] + results["val"]["n"] < len(kept)
+    assert results.test.n + results.val.n < len(kept)
 
 
 def test_far_below_is_tukeys_far_out_fence():

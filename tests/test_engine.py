@@ -210,7 +210,7 @@ def test_a_run_on_another_engine_says_so_and_keeps_its_own_cache(tiny_weights, d
     keys = [json.loads(p.read_text()) for p in (isolated_home / "features").glob("*/key.json")]
     assert {key.get("engine") for key in keys} == {None, f"{name} fp32"}
     # the same images and weights: the features differ in the last bits, the model as good
-    assert other_run["test"]["accuracy"] == pytest.approx(torch_run["test"]["accuracy"], abs=0.1)
+    assert other_run.test.accuracy == pytest.approx(torch_run.test.accuracy, abs=0.1)
 
 
 @pytest.mark.skipif(not INSTALLED, reason="no inference runtime installed")

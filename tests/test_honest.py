@@ -14,7 +14,7 @@ from PIL import Image
 
 from vggtune import cli
 from vggtune.data import balance
-from vggtune.training.metrics import classification_metrics
+from vggtune.training.metrics import ClassScores, classification_metrics
 
 from conftest import make_dataset, require_real_weights, shared_data, synthetic_image
 
@@ -33,11 +33,11 @@ def test_two_class_metrics_name_sensitivity_and_specificity_by_class():
     labels = [0] * 4 + [1] * 8
     p = np.array([[0.9, 0.1]] * 2 + [[0.2, 0.8]] * 2 + [[0.1, 0.9]] * 8)      # half the normals missed
     result = classification_metrics(labels, p, ["NORMAL", "PNEUMONIA"])
-    assert result["accuracy"] == pytest.approx(10 / 12)
-    assert result["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
-    assert result["sensitivity"] == 1.0 and result["specificity"] == 0.5
-    assert result["majority_share"] == pytest.approx(8 / 12)
-    assert result["per_class"]["NORMAL"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 4}
+    assert result.accuracy == pytest.approx(10 / 12)
+    assert result.balanced_accuracy == pytest.approx((0.5 + 1.0) / 2)
+    assert result.sensitivity == 1.0 and result.specificity == 0.5
+    assert result.majority_share == pytest.approx(8 / 12)
+    assert result.per_class["NORMAL"] == ClassScores(precision=1.0, recall=0.5, f1=pytest.approx(2 / 3), support=4)
 
 
 def test_class_warnings_say_imbalance_tiny_classes_and_names_alike():

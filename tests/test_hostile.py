@@ -85,9 +85,9 @@ def test_train_evaluate_predict_survive_the_corpus(corpus, tiny_weights, files_m
     assert page.endswith("</html>\n") and "Left out of the training data (" in page
 
     result = vggtune.evaluate(str(out), data=str(corpus.root))
-    assert result["n"] == len(corpus.usable)
+    assert result.metrics.n == len(corpus.usable)
     assert "Unreadable in " in (out / "evaluation.html").read_text()
-    assert {r["path"] for r in result["rejected"]} >= {p for p in corpus.unusable if "horse" not in p} - set()
+    assert {r["path"] for r in result.to_dict()["rejected"]} >= {p for p in corpus.unusable if "horse" not in p} - set()
 
     assert cli.main(["predict", str(out), str(corpus.root / "cat"), str(corpus.root / "dog"), "--format", "json"]) == 1   # the rest written, then 1
     captured = capsys.readouterr()

@@ -66,8 +66,8 @@ def short_run(tmp_path_factory, cats_vs_dogs_split, shared_home):
 
 def test_short_run_on_cats_vs_dogs_generalises(short_run, shared_home):
     out, results = short_run
-    assert results["test"]["n"] == 200
-    assert results["test"]["accuracy"] >= 0.95
+    assert results.test.n == 200
+    assert results.test.accuracy >= 0.95
     chosen = json.loads((out / "metrics.json").read_text())["environment"]["engine"]
     measured = json.loads((shared_home / "engines.json").read_text())
     entry, = [e for e in measured.values() if f"{e['best']['name']} {e['best']['precision']}" == chosen]
@@ -112,7 +112,7 @@ def test_short_run_report_shows_where_the_network_looked_on_real_photos(short_ru
     out, results = short_run
     page = (out / "report.html").read_text()
     assert sections(page) == list(SECTIONS) and len(inline_images(page)) >= 5
-    wrong = round((1 - results["test"]["accuracy"]) * results["test"]["n"])
+    wrong = round((1 - results.test.accuracy) * results.test.n)
     assert page.count("<figure class='tile wrong'") == min(wrong, 12)
     cat = str(next((shared_data("cats-vs-dogs-2k") / "cat").glob("cat.1*.jpg")))
     explanation = vggtune.load(out).explain([cat])[0][0]
@@ -126,16 +126,16 @@ def test_oxford_pets_37_classes_beat_chance_many_times(tmp_path):
     data = shared_data("oxford-pets-370")
     results = vggtune.train(str(data), out=str(tmp_path / "run"), epochs=10, finetune_epochs=0, views=1,
                             val_split=0.1, test_split=0.2, quiet=True)
-    test = results["test"]
-    assert len(test["classes"]) == 37 and "roc_auc" not in test and test["n"] == 74
-    assert len(test["confusion_matrix"]) == 37 and all(len(row) == 37 for row in test["confusion_matrix"])
+    test = results.test
+    assert len(test.classes) == 37 and test.roc_auc is None and not test.two_classes and test.n == 74
+    assert len(test.confusion_matrix) == 37 and all(len(row) == 37 for row in test.confusion_matrix)
     # Measured 0.66 (49 of 74, 95 % interval 0.55-0.76) on 2026-11-29; chance is 1/37.
-    assert test["accuracy"] >= 0.45
+    assert test.accuracy >= 0.45
     predictions, _ = vggtune.load(tmp_path / "run").predict([str(next((data / "Bengal").glob("*.jpg")))])
     assert len(predictions[0].probabilities) == 37
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Most confused pairs" in page and "alt='ROC and PR curves'" not in page
-    assert page.count("<figure class='tile wrong'") == min(74 - round(test["accuracy"] * 74), 12)
+    assert page.count("<figure class='tile wrong'") == min(74 - round(test.accuracy * 74), 12)
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -37,8 +37,8 @@ def test_the_best_threshold_maximises_balanced_accuracy_and_prefers_the_middle_a
     threshold = best_threshold(labels, scores)
     assert 0.7 < threshold < 0.8                              # all normals below, all pneumonias above
     metrics = classification_metrics(labels, np.stack([1 - scores, scores], 1), ["n", "p"], threshold)
-    assert metrics["balanced_accuracy"] == 1.0 and metrics["threshold"] == threshold
-    assert classification_metrics(labels, np.stack([1 - scores, scores], 1), ["n", "p"])["specificity"] == 0.5
+    assert metrics.balanced_accuracy == 1.0 and metrics.threshold == threshold
+    assert classification_metrics(labels, np.stack([1 - scores, scores], 1), ["n", "p"]).specificity == 0.5
     separable = best_threshold(np.array([0, 1]), np.array([0.2, 0.9]))
     assert separable == pytest.approx(0.55)                    # halfway between the scores it falls between
     assert best_threshold(np.array([1, 1]), np.array([0.2, 0.9])) is None
@@ -140,7 +140,7 @@ def test_a_threshold_chosen_on_validation_is_kept_in_model_json_and_decides_ever
     said = caplog.text
     assert "class weights: cat 2.000, dog 0.667" in said and "threshold: " in said
     threshold = json.loads((out / "model.json").read_text())["threshold"]
-    assert 0 < threshold < 1 and results["test"]["threshold"] == threshold
+    assert 0 < threshold < 1 and results.test.threshold == threshold
     assert api.load(str(out)).spec.scoring.threshold == threshold
     files = sorted(str(p) for p in (lopsided / "dog").iterdir())[:6]
     # predict's --threshold overrides model.json's: near 1 nothing is a dog, near 0 everything is
@@ -150,7 +150,7 @@ def test_a_threshold_chosen_on_validation_is_kept_in_model_json_and_decides_ever
     assert cli.main(["predict", str(out), files[0], "--threshold", "2"]) == 2
     assert "--threshold: received 2.0; allowed: 0 < x < 1" in capsys.readouterr().err
     low = api.evaluate(str(out), str(lopsided), str(tmp_path / "low.json"), report=False, threshold=1e-6)
-    assert low["threshold"] == 1e-6 and low["specificity"] == 0.0 and low["sensitivity"] == 1.0
+    assert low.metrics.threshold == 1e-6 and low.metrics.specificity == 0.0 and low.metrics.sensitivity == 1.0
 
 
 def test_the_threshold_is_refused_for_more_than_two_classes(tiny_weights, tmp_path, capsys):

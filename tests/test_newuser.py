@@ -227,7 +227,7 @@ def test_confusion_table_columns_line_up():
     ends = {len(line) for line in lines}
     assert len(ends) == 1, lines                                        # every row as wide as the header
     header = lines[0]
-    for name in result["classes"]:                                     # each count right-aligned under its class
+    for name in result.classes:                                     # each count right-aligned under its class
         column_end = header.index(name) + len(name)
         assert all(line[column_end - 1] != " " for line in lines[1:])
 

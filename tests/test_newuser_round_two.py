@@ -13,6 +13,7 @@ from vggtune import cli
 from vggtune.cli import text
 from vggtune.data.images import ImageRejected, open_rgb
 from vggtune.deploy.predict import Prediction
+from vggtune.training.metrics import classification_metrics
 
 from conftest import make_dataset, quick_config
 
@@ -22,7 +23,8 @@ def test_many_classes_print_the_most_confused_pairs_not_a_wide_matrix():
     confusion = np.eye(37, dtype=int) * 3
     confusion[4, 7] = 2
     confusion[9, 1] = 1
-    lines = text.confusion_table({"classes": classes, "confusion_matrix": confusion.tolist()}).splitlines()
+    labels, predicted = np.repeat(np.arange(37), confusion.sum(1)), np.concatenate([np.repeat(np.arange(37), row) for row in confusion])
+    lines = text.confusion_table(classification_metrics(labels, np.eye(37)[predicted], classes)).splitlines()
     assert max(len(line) for line in lines) < 100                      # it printed 1,066-character lines
     assert "2  breed_04_with_a_long_name taken for breed_07_with_a_long_name" in lines[1]
     assert len(lines) == 3 and "37 classes" in lines[0]
@@ -106,7 +108,7 @@ def test_the_report_of_a_one_epoch_run_reads_as_written(tmp_path, tiny_weights):
     result = train_reported(data, tmp_path / "run", epochs=1, finetune_epochs=0, patience=0)
     page = (tmp_path / "run" / "report.html").read_text()
     assert "1 epoch;" in page and "1 epochs" not in page
-    wrong = round((1 - result["test"]["accuracy"]) * result["test"]["n"])
+    wrong = round((1 - result.test.accuracy) * result.test.n)
     if wrong:
         assert f"of {wrong} mistake" in page
     else:

@@ -136,9 +136,9 @@ def test_crop_one_keeps_the_whole_shorter_side_and_the_predictor_follows_model_j
     out = tmp_path / "run"
     results = train_module.fit(quick_config(dataset, out, crop=1.0))
     assert json.loads((out / "model.json").read_text())["preprocessing"]["resize"] == 32
-    assert vggtune.evaluate(str(out))["log_loss"] == pytest.approx(results["test"]["log_loss"], abs=1e-3)
+    assert vggtune.evaluate(str(out)).metrics.log_loss == pytest.approx(results.test.log_loss, abs=1e-3)
     default = train_module.fit(quick_config(dataset, tmp_path / "default"))
     assert json.loads((tmp_path / "default" / "model.json").read_text())["preprocessing"]["resize"] == round(32 * 256 / 224)
-    assert default["test"]["log_loss"] != results["test"]["log_loss"]
+    assert default.test.log_loss != results.test.log_loss
     with pytest.raises(UserError, match=r"^--crop: received 0.3; allowed"):
         quick_config(dataset, out, crop=0.3)

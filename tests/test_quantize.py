@@ -85,8 +85,8 @@ def test_an_int8_run_keys_its_cache_and_predicts_through_the_same_blocks(tmp_pat
     train_module.fit(quick_config(dataset, tmp_path / "fp32", precision="fp32"))
     assert len(list((isolated_home / "features").iterdir())) == 4     # float features are other entries
     evaluated = vggtune.evaluate(str(out))
-    assert evaluated["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1 / evaluated["n"] + 1e-9)
-    assert evaluated["log_loss"] == pytest.approx(results["test"]["log_loss"], rel=0.05, abs=1e-3)
+    assert evaluated.metrics.accuracy == pytest.approx(results.test.accuracy, abs=1 / evaluated.metrics.n + 1e-9)
+    assert evaluated.metrics.log_loss == pytest.approx(results.test.log_loss, rel=0.05, abs=1e-3)
     assert vggtune.load(out).runtime.int8
 
 
@@ -107,4 +107,4 @@ def test_int8_without_the_cache_runs_the_same_blocks_every_epoch(tmp_path, datas
     results = train_module.fit(quick_config(dataset, out, precision="int8", no_cache=True))
     assert not (isolated_home / "features").exists()
     assert json.loads((out / "model.json").read_text())["int8"]["upto"] == "block4"
-    assert results["test"]["accuracy"] >= 0.8
+    assert results.test.accuracy >= 0.8

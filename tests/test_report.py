@@ -72,7 +72,7 @@ def test_report_has_every_section_in_order_and_its_images_decode(runs, which):
     run = RunDir(runs[which])
     metrics = run.metrics()
     for key, name in (("accuracy", "accuracy"), ("log_loss", "log loss")):
-        assert f"<tr><td>{name}</td><td class='n'>{metrics.test[key]:.4f}</td>" in page, key
+        assert f"<tr><td>{name}</td><td class='n'>{getattr(metrics.test, key):.4f}</td>" in page, key
     for stage, epoch in metrics.kept_epochs.items():
         assert f"kept epoch {epoch}." in page, stage
     assert set(metrics.kept_epochs) == {"head", "finetune"} and all(epoch >= 1 for epoch in metrics.kept_epochs.values())
@@ -85,7 +85,7 @@ def test_top_losses_name_the_files_the_metrics_call_wrong(runs):
     rows = [row for row in read_predictions(run / "predictions.csv", ["cat", "dog"]) if row.split == "test"]
     wrong = {row.path for row in rows if ["cat", "dog"][int(np.argmax(row.probabilities))] != row.label}
     metrics = RunDir(run).metrics().test
-    assert len(wrong) == metrics["n"] - round(metrics["accuracy"] * metrics["n"]) and 0 < len(wrong) <= 12
+    assert len(wrong) == metrics.n - round(metrics.accuracy * metrics.n) and 0 < len(wrong) <= 12
     page = (run / "report.html").read_text()
     shown = set(re.findall(r"<figure class='tile wrong' data-path='([^']+)'", page))
     assert shown == wrong
@@ -99,8 +99,8 @@ def test_model_card_has_the_hugging_face_layout(runs):
     assert front["library_name"] == "vggtune" and front["pipeline_tag"] == "image-classification"
     test = RunDir(runs["three"]).metrics().test
     reported = {row["type"]: row["value"] for row in front["model-index"][0]["results"][0]["metrics"]}
-    assert list(reported)[0] == "accuracy" and reported["accuracy"] == round(test["accuracy"], 4)
-    assert reported["log_loss"] == round(test["log_loss"], 4) and reported["f1"] == round(test["f1_macro"], 4)
+    assert list(reported)[0] == "accuracy" and reported["accuracy"] == round(test.accuracy, 4)
+    assert reported["log_loss"] == round(test.log_loss, 4) and reported["f1"] == round(test.f1_macro, 4)
     for heading in ("## Model description", "## Intended uses and limitations", "## Training data",
                     "## Training procedure", "## Evaluation results", "## How to use"):
         assert heading in card

@@ -37,7 +37,7 @@ def test_every_run_writes_tensorboard_scalars_per_stage_and_final_metrics(tmp_pa
         assert [value for _, value in scalars[f"{stage}/val_loss"]] == pytest.approx([row["val_loss"] for row in rows])
     assert scalars["head/learning_rate"][0][1] == pytest.approx(1e-2)
     assert scalars["finetune/learning_rate"][0][1] == pytest.approx(1e-3)
-    assert scalars["final/test_accuracy"][0][1] == pytest.approx(results["test"]["accuracy"])
+    assert scalars["final/test_accuracy"][0][1] == pytest.approx(results.test.accuracy)
     hparams = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert hparams and b"_hparams_/session_start_info" in b"".join(path.read_bytes() for path in hparams)
 
@@ -123,7 +123,7 @@ def test_mlflow_gets_params_epochs_metrics_report_and_model(tmp_path, dataset, t
     [run] = client.search_runs([client.get_experiment_by_name("vggtune").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["head"] == "flatten"
     assert run.data.params["epochs"] == "3" and run.data.params["augment.flip"] == "True"
-    assert run.data.metrics["test_accuracy"] == pytest.approx(results["test"]["accuracy"])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(results.test.accuracy)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "head.val_loss")]
     assert steps == [1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -28,8 +28,8 @@ def test_end_to_end_run_directory_is_self_describing(tmp_path, dataset, tiny_wei
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pt"))
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["stage"] for r in rows] == ["head"] * 3 + ["finetune"] * 2
-    assert results["test"]["accuracy"] >= 0.8
-    assert set(results["test"]) >= {"accuracy", "precision_macro", "recall_macro", "f1", "roc_auc", "log_loss",
+    assert results.test.accuracy >= 0.8
+    assert set(results.test.to_dict()) >= {"accuracy", "precision_macro", "recall_macro", "f1", "roc_auc", "log_loss",
                                     "confusion_matrix"}
     description = json.loads((out / "model.json").read_text())
     assert description["classes"] == ["cat", "dog"] and description["weights"] == "tiny-test"
@@ -44,11 +44,11 @@ def test_loaded_predictor_agrees_with_training_evaluation(tmp_path, dataset, tin
     assert len(predictions) == len(paths) and rejected[0][1] == "file vanished before it could be read"
     assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in predictions)
     evaluated = vggtune.evaluate(str(out))
-    assert evaluated["n"] == results["test"]["n"]
+    assert evaluated.metrics.n == results.test.n
     # Training scores cached float16 features, the predictor the images: the same labels, the
     # same log loss to the third decimal.
-    assert evaluated["confusion_matrix"] == results["test"]["confusion_matrix"]
-    assert evaluated["log_loss"] == pytest.approx(results["test"]["log_loss"], abs=1e-3)
+    assert evaluated.metrics.confusion_matrix == results.test.confusion_matrix
+    assert evaluated.metrics.log_loss == pytest.approx(results.test.log_loss, abs=1e-3)
     assert (out / "evaluation.json").is_file()
 
 
@@ -116,16 +116,16 @@ def test_early_stopping_stops_at_the_right_epoch_and_keeps_the_best(tmp_path, da
 def test_no_cache_recomputes_and_still_learns(tmp_path, dataset, tiny_weights, isolated_home):
     results = train_module.fit(quick_config(dataset, tmp_path / "run", no_cache=True))
     assert not (isolated_home / "features").exists()
-    assert results["test"]["accuracy"] >= 0.8
+    assert results.test.accuracy >= 0.8
 
 
 def test_three_classes_use_softmax(tmp_path, tiny_weights):
     from conftest import make_dataset
     data = make_dataset(tmp_path / "d", n_per_class=20, classes=("a", "b", "c"))
     results = train_module.fit(quick_config(data, tmp_path / "run", head="gap", epochs=8, lr=1e-2))
-    assert "roc_auc" not in results["test"]
-    assert len(results["test"]["confusion_matrix"]) == 3 and results["test"]["n"] == 12
-    assert results["test"]["accuracy"] >= 10 / 12 and results["val"]["accuracy"] >= 10 / 12
+    assert results.test.roc_auc is None and "roc_auc" not in results.test.to_dict()
+    assert len(results.test.confusion_matrix) == 3 and results.test.n == 12
+    assert results.test.accuracy >= 10 / 12 and results.val.accuracy >= 10 / 12
     predictor = vggtune.load(tmp_path / "run")
     import torch as t
     assert predictor.model(t.zeros(2, 3, 32, 32)).shape == (2, 3)        # one softmax unit per class
@@ -142,7 +142,7 @@ def test_config_errors_name_what_is_allowed():
 
 def test_no_test_split_still_trains_and_reports_validation(tmp_path, dataset, tiny_weights):
     results = train_module.fit(quick_config(dataset, tmp_path / "run", test_split=0.0, finetune_epochs=1))
-    assert "test" not in results and results["val"]["n"] == 12
+    assert results.test is None and results.val.n == 12
 
 
 def test_finetuning_two_blocks_trains_from_the_block3_cache(tmp_path, dataset, tiny_weights, isolated_home):

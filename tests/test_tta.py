@@ -62,8 +62,8 @@ def test_training_with_tta_and_calibration_agrees_with_the_loaded_predictor(tmp_
     assert spec["tta"] is True and spec["temperature"] > 1.0
     # Training scored the cached clean and mirrored views; the predictor flips the decoded image.
     evaluated = vggtune.evaluate(str(out), report=False)
-    assert evaluated["confusion_matrix"] == results["test"]["confusion_matrix"]
-    assert evaluated["log_loss"] == pytest.approx(results["test"]["log_loss"], abs=1e-3)
+    assert evaluated.metrics.confusion_matrix == results.test.confusion_matrix
+    assert evaluated.metrics.log_loss == pytest.approx(results.test.log_loss, abs=1e-3)
 
 
 def test_calibration_lowers_the_validation_log_loss(tmp_path, dataset, tiny_weights):
@@ -71,8 +71,8 @@ def test_calibration_lowers_the_validation_log_loss(tmp_path, dataset, tiny_weig
     calibrated = train_module.fit(quick_config(dataset, tmp_path / "cal", epochs=2, finetune_epochs=0,
                                                calibrate=True))
     # At T = 1 (the fit's lower bound) the two differ only by float32 rounding of the logits' scale.
-    assert calibrated["val"]["log_loss"] <= plain["val"]["log_loss"] + 1e-6
-    assert calibrated["val"]["confusion_matrix"] == plain["val"]["confusion_matrix"]   # a scale moves no label
+    assert calibrated.val.log_loss <= plain.val.log_loss + 1e-6
+    assert calibrated.val.confusion_matrix == plain.val.confusion_matrix   # a scale moves no label
 
 
 def test_calibrate_without_validation_images_keeps_temperature_one(tmp_path, dataset, tiny_weights):
@@ -83,7 +83,7 @@ def test_calibrate_without_validation_images_keeps_temperature_one(tmp_path, dat
 def test_no_cache_run_with_tta_matches_the_cached_run(tmp_path, dataset, tiny_weights):
     cached = train_module.fit(quick_config(dataset, tmp_path / "a", tta=True, finetune_epochs=0))
     live = train_module.fit(quick_config(dataset, tmp_path / "b", tta=True, finetune_epochs=0, no_cache=True))
-    assert live["test"]["confusion_matrix"] == cached["test"]["confusion_matrix"]
+    assert live.test.confusion_matrix == cached.test.confusion_matrix
 
 
 def test_the_classic_recipe_is_one_flag_away_and_given_options_win():
@@ -124,7 +124,7 @@ def test_tta_changes_only_the_final_scores_not_the_training(tmp_path, dataset, t
     without = train_module.fit(quick_config(dataset, tmp_path / "b", tta=False))
     history = [(tmp_path / name / "metrics.jsonl").read_text() for name in ("a", "b")]
     assert history[0] == history[1]                         # the same epochs, chosen on the clean view
-    assert with_tta["test"]["log_loss"] != without["test"]["log_loss"]
+    assert with_tta.test.log_loss != without.test.log_loss
 
 
 def test_exported_graph_averages_the_mirror_image_too(tmp_path, dataset, tiny_weights):
@@ -171,7 +171,7 @@ def test_log_loss_counts_a_confidently_wrong_image_in_full():
     head = HeadSpec("gap", 2)
     logits = torch.tensor([[[40.0], [-3.0]], [[38.0], [-3.0]]])          # (view, image, output): image 0 is a cat
     one = ScoringPolicy.of(tta=False).probabilities(head, logits[:1]).numpy()
-    assert classification_metrics([0, 0], one, ["cat", "dog"])["log_loss"] == pytest.approx(
+    assert classification_metrics([0, 0], one, ["cat", "dog"]).log_loss == pytest.approx(
         (40 + math.log1p(math.exp(-40)) + math.log1p(math.exp(-3))) / 2, rel=1e-9)
     both = ScoringPolicy.of(tta=True).log_probabilities(head, logits)[0, 0]
     assert float(both) == pytest.approx(math.log((math.exp(-40) + math.exp(-38)) / 2), rel=1e-9)

@@ -35,7 +35,7 @@ def test_a_search_scores_trials_on_validation_and_trains_the_best_into_a_run_fol
     best = summary["best"]
     assert best["score"] == min(float(r["val_balanced_log_loss"]) for r in rows if r["state"] == "complete")
     run = RunDir(out / "best")
-    assert run.metrics().test["n"] > 0 and (out / "best" / "model.json").is_file()
+    assert run.metrics().test.n > 0 and (out / "best" / "model.json").is_file()
     assert all(getattr(run.config(), name) == value for name, value in best["settings"].items())
     assert "trial" in printed and f"best: trial {best['number']}" in printed and "test metrics" in printed
     assert not (out / "trial").exists()                 # each trial's folder goes once it is scored
@@ -83,5 +83,5 @@ def test_a_tiny_search_on_real_photos_with_the_defaults_users_get(tmp_path, caps
     printed = capsys.readouterr().out
     assert len(trials_of(out)) == 3
     assert (out / "best" / "report.html").is_file() and (out / "best" / "README.md").is_file()
-    assert RunDir(out / "best").metrics().test["accuracy"] >= 0.75
+    assert RunDir(out / "best").metrics().test.accuracy >= 0.75
     assert "best: trial" in printed

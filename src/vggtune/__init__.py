@@ -1,6 +1,7 @@
 """vggtune: transfer learning with VGG16, from a folder of labelled images to a trained classifier.
 
-The API's names are imported on first use, so `vggtune --help` does not wait for torch.
+The API's names are imported on first use, so `vggtune --help` does not wait for torch. These are the
+names for users; `vggtune.api.__all__` adds the helpers the command line prints with.
 """
 
 from vggtune.version import __version__
@@ -22,6 +23,9 @@ __all__ = [
     "verify_weights",
     "TrainConfig",
     "AugmentConfig",
+    "TrainResult",
+    "Evaluation",
+    "Metrics",
     "UserError",
     "__version__",
 ]

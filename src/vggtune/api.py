@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vggtune.errors import UserError
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
@@ -20,6 +21,11 @@ from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
 from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
 from vggtune.version import __version__
+
+if TYPE_CHECKING:  # annotations only: importing the API imports no torch
+    from vggtune.results.evaluation import Evaluation
+    from vggtune.training.metrics import Metrics
+    from vggtune.training.schedule import TrainResult
 
 # The values each option of `train` allows, from the registries that define them.
 CHOICES = {
@@ -41,6 +47,11 @@ _LAZY = {
     "load": "vggtune.deploy.predict",
     "expand_paths": "vggtune.deploy.inputs",
     "ExportCheckFailed": "vggtune.deploy.exporting",
+    # the records the verbs return
+    "Metrics": "vggtune.training.metrics",
+    "ClassScores": "vggtune.training.metrics",
+    "TrainResult": "vggtune.training.schedule",
+    "Evaluation": "vggtune.results.evaluation",
 }
 
 
@@ -52,8 +63,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'vggtune.api' has no attribute {name!r}")
 
 
-def train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> dict:
-    """Train on a folder of labelled images; returns {'val': metrics, 'test': metrics}.
+def train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> TrainResult:
+    """Train on a folder of labelled images; returns the run's validation and test Metrics (`.val`, `.test`;
+    `.to_dict()` for JSON).
 
     Options are the `vggtune train` flags with underscores: recipe ("vggtune", or "classic"
     for the textbook recipe; the options given beside it win), arch, epochs, finetune_epochs,
@@ -67,7 +79,7 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     return train_with(_train_config(data, out, resume, options), resume)
 
 
-def train_with(config: TrainConfig, resume: bool = False) -> dict:
+def train_with(config: TrainConfig, resume: bool = False) -> TrainResult:
     """`train` from a TrainConfig: the run, then its report and model card (unless config.no_report)."""
     from vggtune.distributed import alone, is_main, join
     from vggtune.results.evaluation import write_documents_or_warn
@@ -243,8 +255,9 @@ def runs(folder: str = "runs", sort: str = "run") -> list[dict]:
     return table(folder, sort)
 
 
-def evaluate(run: str, data: str | None = None, output: str | None = None, **options) -> dict:
-    """Metrics of a trained run on its test split, or on a labelled folder `data`."""
+def evaluate(run: str, data: str | None = None, output: str | None = None, **options) -> Evaluation:
+    """Metrics of a trained run on its test split, or on a labelled folder `data`: an Evaluation (`.metrics`,
+    `.rejected`, `.data`, `.validation_gap`; `.to_dict()` is evaluation.json)."""
     from vggtune.distributed import join
     from vggtune.results.evaluation import evaluate as _evaluate
 
@@ -315,10 +328,11 @@ def check_data(folder: str, val_data: str | None = None, test_data: str | None =
     """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows,
     near-duplicates under two classes); `output`: the unusable files written there as CSV (path, reason, kind)."""
     from vggtune.data import dataset, similar
+    from vggtune.training.rundir import write_rejected_csv
 
     splits = dataset.prepare_splits(folder, val_data, test_data, 0.1, 0.1, seed=0)
     if output:
-        dataset.write_rejected(Path(output), splits.rejected)
+        write_rejected_csv(Path(output), splits.rejected)
     return (splits, *similar.report(splits))
 
 
@@ -370,7 +384,7 @@ def describe_interval(bound) -> str:
     return describe(bound)
 
 
-def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> str | None:
+def disagreement(validation: Metrics | None, test: Metrics | None, tested_on: str) -> str | None:
     """The sentence the command line, the report and the model card say when test accuracy falls below the
     validation accuracy's 95 % interval, or None (results/analysis.py)."""
     from vggtune.results.analysis import disagreement as said
@@ -378,8 +392,8 @@ def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> 
     return said(validation, test, tested_on)
 
 
-def per_class_rows(result: dict) -> tuple[str, list[tuple]]:
-    """(title, rows of class, precision, recall, F1, images) of a metrics dict (results/analysis.py)."""
+def per_class_rows(result: Metrics) -> tuple[str, list[tuple]]:
+    """(title, rows of class, precision, recall, F1, images) of a set's metrics (results/analysis.py)."""
     from vggtune.results.analysis import per_class_rows as rows
 
     return rows(result)
@@ -434,6 +448,13 @@ def clear_cache() -> tuple[Path, int]:
 
 __all__ = [
     "train",
+    "tune",
+    "TrainResult",
+    "Evaluation",
+    "Metrics",
+    "ClassScores",
+    "check_processes",
+    "refused",
     "train_with",
     "check_train",
     "launch",

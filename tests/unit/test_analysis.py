@@ -16,7 +16,7 @@ def test_intervals_hold_the_estimate_and_narrow_with_more_images():
     small_bounds, large_bounds = analysis.intervals(*small, ["a", "b"]), analysis.intervals(*large, ["a", "b"])
     estimate = classification_metrics(*large, ["a", "b"])
     for key in ("accuracy", "f1", "roc_auc", "log_loss"):
-        assert large_bounds[key][0] <= estimate[key] <= large_bounds[key][1], key
+        assert large_bounds[key][0] <= getattr(estimate, key) <= large_bounds[key][1], key
         width = lambda bounds: bounds[key][1] - bounds[key][0]  # noqa: E731
         assert 0 < width(large_bounds) < width(small_bounds), key
 
@@ -42,7 +42,7 @@ def test_every_interval_holds_its_estimate_with_many_classes_and_few_images():
     probabilities = np.full((len(labels), 37), 0.2 / 36)
     probabilities[np.arange(len(labels)), predicted] = 0.8
     estimate = independent_macro_f1(labels.tolist(), predicted.tolist(), 37)
-    assert estimate == pytest.approx(classification_metrics(labels, probabilities, classes)["f1_macro"])
+    assert estimate == pytest.approx(classification_metrics(labels, probabilities, classes).f1_macro)
     bounds = analysis.intervals(labels, probabilities, classes)
     assert bounds["f1_macro"][0] <= estimate <= bounds["f1_macro"][1]
     assert bounds["f1_macro"][1] - bounds["f1_macro"][0] > 0.05

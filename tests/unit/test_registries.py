@@ -23,3 +23,12 @@ def test_every_export_format_names_a_module_that_writes_and_runs_it():
         for verb in ("write", "runner"):
             wanted = [p for p in inspect.signature(getattr(FormatWriter, verb)).parameters if p != "self"]
             assert list(inspect.signature(getattr(module, verb)).parameters) == wanted, (kind.module, verb)
+
+
+def test_the_packages_names_are_the_apis_and_every_one_resolves():
+    import vggtune
+    from vggtune import api
+
+    assert set(vggtune.__all__) <= set(api.__all__)
+    assert all(getattr(api, name) is not None for name in api.__all__)
+    assert vggtune.TrainResult is api.TrainResult and vggtune.Metrics.__name__ == "Metrics"

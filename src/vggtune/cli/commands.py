@@ -22,7 +22,8 @@ def cmd_train(args) -> int:
     else:
         results = api.train(args.data, out=out, **options)
     test_data = options.get("test_data")
-    _print_results(results, out, f"the test folder {display_path(test_data)}" if test_data else "the test split")
+    tested_on = f"the test folder {display_path(test_data)}" if test_data else "the test split"
+    _print_results({"val": results.val, "test": results.test}, out, tested_on)
     return 0
 
 
@@ -46,7 +47,7 @@ def cmd_tune(args) -> int:
         f"best: trial {best['number']}, validation balanced log loss {best['score']:.4f}; trained into "
         f"{display_path(result['best_run'])}"
     )
-    _print_results({"test": result["test"]}, result["best_run"])
+    _print_results({"test": api.Metrics.from_dict(result["test"]) if result["test"] else None}, result["best_run"])
     return 0
 
 
@@ -61,15 +62,15 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def _print_results(results: dict, out: str, tested_on: str = "the test split") -> None:
+def _print_results(scores: dict, out: str, tested_on: str = "the test split", gap: str | None = None) -> None:
+    """The test split's metrics (else the validation split's) of `scores` (split -> Metrics or None), and
+    the warning where the test accuracy falls below validation's interval (`gap`, or worked out here)."""
     for split in ("test", "val"):
-        if split in results:
+        if scores.get(split) is not None:
             print(f"{split} metrics ({out}):")
-            lines = text.metrics_lines(results[split]) + text.confusion_table(results[split]).splitlines()
+            lines = text.metrics_lines(scores[split]) + text.confusion_table(scores[split]).splitlines()
             print("\n".join("  " + line for line in lines))
-            gap = results[split].get("validation_gap") or api.disagreement(
-                results.get("val"), results.get("test"), tested_on
-            )
+            gap = gap or api.disagreement(scores.get("val"), scores.get("test"), tested_on)
             if gap:
                 print(f"warning: {gap}")
             return
@@ -80,7 +81,8 @@ def cmd_evaluate(args) -> int:
     result = api.evaluate(
         args.run, args.data, args.output, report=not args.no_report, engine=args.engine, threshold=args.threshold
     )
-    _print_results({"test": result}, args.run if args.data is None else f"{args.run} on {display_path(args.data)}")
+    judged = args.run if args.data is None else f"{args.run} on {display_path(args.data)}"
+    _print_results({"test": result.metrics}, judged, gap=result.validation_gap)
     return 0
 
 

@@ -6,25 +6,29 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vggtune.api import describe_interval, display_path, most_confused, per_class_rows
+
+if TYPE_CHECKING:  # annotations only
+    from vggtune.api import Metrics
 
 MATRIX_CLASSES = 10  # beyond this many classes a terminal shows the most confused pairs instead
 
 
-def confusion_table(result: dict) -> str:
+def confusion_table(result: Metrics) -> str:
     """The confusion matrix as aligned text (rows are true classes, columns predicted); with more than
     MATRIX_CLASSES classes, the most confused pairs (report.html has the whole matrix)."""
-    classes, corner = result["classes"], "true \\ predicted"
+    classes, corner = result.classes, "true \\ predicted"
     if len(classes) > MATRIX_CLASSES:
-        pairs = most_confused(result["confusion_matrix"], classes, limit=MATRIX_CLASSES)
+        pairs = most_confused(result.confusion_matrix, classes, limit=MATRIX_CLASSES)
         lines = [f"most confused ({len(classes)} classes; the whole matrix is in report.html):"]
         lines += [f"{count:>5}  {true} taken for {predicted}" for true, predicted, count in pairs] or ["    none"]
         return "\n".join(lines)
     first = max(len(corner), *(len(c) for c in classes)) + 2
-    width = max(6, *(len(c) for c in classes), *(len(str(v)) for row in result["confusion_matrix"] for v in row)) + 2
+    width = max(6, *(len(c) for c in classes), *(len(str(v)) for row in result.confusion_matrix for v in row)) + 2
     lines = [corner.ljust(first) + "".join(c.rjust(width) for c in classes)]
-    for name, row in zip(classes, result["confusion_matrix"]):
+    for name, row in zip(classes, result.confusion_matrix):
         lines.append(name.ljust(first) + "".join(str(v).rjust(width) for v in row))
     return "\n".join(lines)
 
@@ -32,34 +36,32 @@ def confusion_table(result: dict) -> str:
 SMALL_INTERVAL = 0.1  # a 95 % interval wider than this gets a warning
 
 
-def metrics_lines(result: dict) -> list[str]:
-    low, high = result["accuracy_95"]
+def metrics_lines(result: Metrics) -> list[str]:
+    low, high = result.accuracy_95
     lines = [
-        f"images             {result['n']}",
-        f"accuracy           {_number(result['accuracy'])}  (95% interval {low:.3f}-{high:.3f})",
-        f"balanced accuracy  {_number(result.get('balanced_accuracy', result['recall_macro']))}  "
-        "(the mean of the classes' recalls)",
-        f"F1 (macro)         {result['f1_macro']:.4f}",
+        f"images             {result.n}",
+        f"accuracy           {_number(result.accuracy)}  (95% interval {low:.3f}-{high:.3f})",
+        f"balanced accuracy  {_number(result.balanced_accuracy)}  (the mean of the classes' recalls)",
+        f"F1 (macro)         {result.f1_macro:.4f}",
     ]
-    if "positive_class" in result:
-        negative, positive = result["classes"]
-        if "sensitivity" in result:
-            lines.append(f"sensitivity        {_number(result['sensitivity'])}  (recall of {positive})")
-            lines.append(f"specificity        {_number(result['specificity'])}  (recall of {negative})")
-        lines.append(f"F1 ({positive})".ljust(19) + f"{result['f1']:.4f}  (positive class: {positive})")
-        lines.append(f"ROC AUC            {_number(result['roc_auc'])}")
-    lines.append(f"log loss           {_number(result['log_loss'])}")
+    if result.two_classes:
+        negative, positive = result.classes
+        lines.append(f"sensitivity        {_number(result.sensitivity)}  (recall of {positive})")
+        lines.append(f"specificity        {_number(result.specificity)}  (recall of {negative})")
+        lines.append(f"F1 ({positive})".ljust(19) + f"{_number(result.f1)}  (positive class: {positive})")
+        lines.append(f"ROC AUC            {_number(result.roc_auc)}")
+    lines.append(f"log loss           {_number(result.log_loss)}")
     lines += per_class_lines(result)
     if high - low > SMALL_INTERVAL:
         lines.insert(
             0,
-            f"warning: only {result['n']} images: the accuracy could be anywhere from {low:.2f} "
+            f"warning: only {result.n} images: the accuracy could be anywhere from {low:.2f} "
             f"to {high:.2f} (95% interval); more test images narrow it",
         )
     return lines
 
 
-def per_class_lines(result: dict) -> list[str]:
+def per_class_lines(result: Metrics) -> list[str]:
     """Precision, recall, F1 and images of each class (beyond 12 classes, the worst by recall)."""
     title, rows = per_class_rows(result)
     width = max(5, *(len(row[0]) for row in rows)) + 2

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from vggtune.data.images import VANISHED, ImageRejected, open_rgb
 from vggtune.data.items import DUPLICATE, IN_DATA, LABEL_CONFLICT, Found, Item, Rejected, Splits
 from vggtune.data.similar import MAX_DISTANCE, copy_groups, without_near_copies
 from vggtune.errors import UserError
-from vggtune.fsutil import display_path, write_csv
+from vggtune.fsutil import display_path
 from vggtune.progress import progress
 
 SCAN_SIDE = 32  # decoding at about this size still reads every byte, so breakage shows
@@ -150,13 +149,6 @@ def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, se
             (test if rank % n == k - 1 else rest).append(item)
     train, val, _ = stratified_split.__wrapped__(rest, (val_fraction, 0.0), seed)  # the groups: moved once, above
     return train, val, test
-
-
-def write_rejected(path: Path, rejected: list[tuple[str, str]]) -> None:
-    """rejected.csv: path, the reason a person reads, its kind (items.KINDS) for programs, and the folder it
-    was in (DATA, or a given val or test folder)."""
-    rows = map(Rejected.of, rejected)
-    write_csv(path, ["path", "reason", "kind", "folder"], ([display_path(r[0]), r[1], r.kind, r.where] for r in rows))
 
 
 def prepare_splits(

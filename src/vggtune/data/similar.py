@@ -13,12 +13,11 @@ copies is m - 1 pairs, not m(m - 1)/2.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 
 from vggtune.data.items import DUPLICATE, Item, Rejected, Splits
-from vggtune.fsutil import display_path, write_csv
+from vggtune.fsutil import display_path
 
 MAX_DISTANCE = 4  # bits: a re-saved, resized or recompressed copy stays within it (tests/test_leakage.py)
 CHUNK_PAIRS = 4_000_000  # candidate pairs compared at a time: bounds the memory of a large bucket
@@ -188,11 +187,3 @@ def report(splits: Splits, max_distance: int = MAX_DISTANCE):
         (a.path, splits.classes[a.label], b.path, splits.classes[b.label], d) for a, b, d in pairs if a.label != b.label
     ]
     return rows, conflicts
-
-
-def write_near_duplicates(path: Path, rows) -> None:
-    write_csv(
-        path,
-        ["path", "split", "near_duplicate_of", "its_split", "dhash_distance"],
-        ([display_path(a), split_a, display_path(b), split_b, distance] for a, split_a, b, split_b, distance in rows),
-    )

@@ -251,7 +251,8 @@ def check(
                 f"{FP32_TOLERANCE:.0e}) and agree on {agreement:.1%} of labels; the file was not kept"
             )
         return Exported(Path(), precision, len(images), difference, agreement, None, None)
-    accuracy_run = float((RunDir(run).finished_metrics().test or {})["accuracy"])
+    tested = RunDir(run).finished_metrics().test
+    accuracy_run = float(tested.accuracy) if tested and tested.accuracy is not None else float("nan")
     all_images, kept = views_of(paths, spec)
     predicted = spec.scoring.decide(runner(all_images))
     accuracy_exported = float((predicted == np.asarray(labels)[kept]).mean())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from vggtune.model.policy import decide
-from vggtune.training.metrics import SMALLEST, classification_metrics, wilson_interval
+from vggtune.training.metrics import SMALLEST, Metrics, classification_metrics, wilson_interval
 
 BOOTSTRAP_DRAWS = 1000
 
@@ -36,12 +36,13 @@ def intervals(
         pick = np.concatenate([rows[rng.integers(len(rows), size=len(rows))] for rows in members])
         drawn = classification_metrics(labels[pick], probabilities[pick], classes, threshold)
         for key in keys:
-            if drawn.get(key) is not None:
-                samples[key].append(drawn[key])
+            if getattr(drawn, key) is not None:
+                samples[key].append(getattr(drawn, key))
     for key, values in samples.items():
-        if values and estimate.get(key) is not None:
+        centre = getattr(estimate, key)
+        if values and centre is not None:
             low, high = np.percentile(values, [2.5, 97.5])
-            result[key] = (round(float(min(low, estimate[key])), 4), round(float(max(high, estimate[key])), 4))
+            result[key] = (round(float(min(low, centre)), 4), round(float(max(high, centre)), 4))
     return result
 
 
@@ -124,23 +125,23 @@ def image_losses(labels, probabilities) -> np.ndarray:
 
 def headline(
     labels, probabilities, classes: list[str], threshold: float = 0.5
-) -> list[tuple[str, str, float, tuple | None]]:
+) -> list[tuple[str, str, float | None, tuple | None]]:
     """(key, name, value, 95 % interval) of the figures a reader asks for first: accuracy, F1 (of the
     positive class for two classes, macro otherwise), ROC AUC (two classes), log loss."""
     result = classification_metrics(labels, probabilities, classes, threshold)
     bounds = intervals(labels, probabilities, classes, threshold=threshold)
-    binary = "positive_class" in result
+    binary = result.two_classes
     rows = [
-        ("accuracy", "accuracy", result["accuracy"], bounds.get("accuracy")),
-        ("balanced_accuracy", "balanced accuracy", result["balanced_accuracy"], bounds.get("balanced_accuracy")),
+        ("accuracy", "accuracy", result.accuracy, bounds.get("accuracy")),
+        ("balanced_accuracy", "balanced accuracy", result.balanced_accuracy, bounds.get("balanced_accuracy")),
         (
             "f1",
-            f"F1 ({result['positive_class']} positive)" if binary else "F1 (macro)",
-            result["f1"] if binary else result["f1_macro"],
+            f"F1 ({result.positive_class} positive)" if binary else "F1 (macro)",
+            result.f1 if binary else result.f1_macro,
             bounds.get("f1" if binary else "f1_macro"),
         ),
-        ("roc_auc", "ROC AUC", result.get("roc_auc"), bounds.get("roc_auc")),
-        ("log_loss", "log loss", result["log_loss"], bounds.get("log_loss")),
+        ("roc_auc", "ROC AUC", result.roc_auc, bounds.get("roc_auc")),
+        ("log_loss", "log loss", result.log_loss, bounds.get("log_loss")),
     ]
     return [row for row in rows if row[2] is not None]
 
@@ -148,42 +149,40 @@ def headline(
 PER_CLASS_ROWS = 12  # beyond this many classes, the ones with the lowest recall
 
 
-def per_class_rows(result: dict, limit: int = PER_CLASS_ROWS) -> tuple[str, list[tuple[str, float, float, float, int]]]:
+def per_class_rows(result: Metrics, limit: int = PER_CLASS_ROWS) -> tuple[str, list[tuple]]:
     """(a title, rows of class, precision, recall, F1, images) of metrics: every class, or beyond `limit`
     classes the `limit` with the lowest recall."""
-    rows = [
-        (name, row["precision"], row["recall"], row["f1"], row["support"]) for name, row in result["per_class"].items()
-    ]
+    rows = [(name, row.precision, row.recall, row.f1, row.support) for name, row in result.per_class.items()]
     if len(rows) <= limit:
         return "per class", rows
     worst = sorted(rows, key=lambda row: (row[2], row[0]))[:limit]
     return f"the {limit} classes of {len(rows)} with the lowest recall", worst
 
 
-def two_class_rates(result: dict) -> str | None:
+def two_class_rates(result: Metrics) -> str | None:
     """Sensitivity and specificity named by class, for two classes."""
-    if result.get("sensitivity") is None or result.get("specificity") is None:
+    if result.sensitivity is None or result.specificity is None:
         return None
-    negative, positive = result["classes"]
+    negative, positive = result.classes
     return (
-        f"sensitivity {result['sensitivity']:.3f} (recall of {positive}), specificity "
-        f"{result['specificity']:.3f} (recall of {negative})"
+        f"sensitivity {result.sensitivity:.3f} (recall of {positive}), specificity "
+        f"{result.specificity:.3f} (recall of {negative})"
     )
 
 
-def disagreement(validation: dict | None, test: dict | None, tested_on: str) -> str | None:
+def disagreement(validation: Metrics | None, test: Metrics | None, tested_on: str) -> str | None:
     """One sentence where the test accuracy falls below the validation accuracy's 95 % interval: the
     most common cause is test images from another source than the training images (another hospital,
     camera, season), which no figure on the training folder can show."""
-    if not validation or not test or not validation.get("n") or not test.get("n"):
+    if not validation or not test or not validation.n or not test.n:
         return None
-    low, high = validation["accuracy_95"]
-    if test["accuracy"] >= low:
+    low, high = validation.accuracy_95
+    if test.accuracy is None or validation.accuracy is None or test.accuracy >= low:
         return None
     return (
-        f"accuracy on {tested_on} ({test['accuracy']:.3f}, {test['n']} images) is below the "
-        f"validation split's 95 % interval ({low:.3f} to {high:.3f}; accuracy {validation['accuracy']:.3f} on "
-        f"{validation['n']} images): these images likely differ from the training images (another source, "
+        f"accuracy on {tested_on} ({test.accuracy:.3f}, {test.n} images) is below the "
+        f"validation split's 95 % interval ({low:.3f} to {high:.3f}; accuracy {validation.accuracy:.3f} on "
+        f"{validation.n} images): these images likely differ from the training images (another source, "
         "another kind of image); look at the top losses in the report"
     )
 

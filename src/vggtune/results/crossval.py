@@ -24,7 +24,7 @@ from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path
 from vggtune.progress import say, verbosity
 from vggtune.results.analysis import intervals
-from vggtune.training.metrics import classification_metrics
+from vggtune.training.metrics import Metrics, classification_metrics
 from vggtune.training.rundir import PredictionRow, RunDir, write_predictions
 
 if TYPE_CHECKING:  # annotations only
@@ -146,8 +146,9 @@ def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) ->
     return result
 
 
-def _summary(metrics: dict) -> dict:
-    return {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
+def _summary(metrics: Metrics) -> dict:
+    values = metrics.to_dict()
+    return {key: values[key] for key in SUMMARY_KEYS if key in values}
 
 
 def _read_cv(root: Path) -> dict | None:

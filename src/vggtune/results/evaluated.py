@@ -15,7 +15,7 @@ from vggtune.deploy.predict import Predictor
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.results import analysis
-from vggtune.training.metrics import classification_metrics
+from vggtune.training.metrics import Metrics, classification_metrics
 from vggtune.training.rundir import PredictionRow, RunDir
 
 TEST_SPLIT = "test split of the run"
@@ -43,7 +43,7 @@ class Evaluated:
     def probabilities(self) -> np.ndarray:
         return np.asarray([row.probabilities for row in self.rows], dtype=np.float64).reshape(-1, len(self.classes))
 
-    def metrics(self) -> dict:
+    def metrics(self) -> Metrics:
         return classification_metrics(self.labels, self.probabilities, self.classes, self.threshold)
 
     def counts(self) -> dict[str, int]:
@@ -62,7 +62,7 @@ class Evaluated:
         return [sentence[0].upper() + sentence[1:] for sentence in said if sentence]
 
     @functools.cached_property
-    def headline(self) -> list[tuple[str, str, float, tuple | None]]:
+    def headline(self) -> list[tuple[str, str, float | None, tuple | None]]:
         """(key, name, value, 95 % interval) of the headline metrics: computed once (its bootstrap draws
         1,000 resamples), shared by the report and the model card."""
         return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold)
@@ -126,7 +126,7 @@ def split_name(run: Path, split: str) -> str:
     return TEST_SPLIT if split == "test" else VAL_SPLIT
 
 
-def validation_gap(run: Path, metrics: dict, tested_on: str) -> str | None:
+def validation_gap(run: Path, metrics: Metrics, tested_on: str) -> str | None:
     """analysis.disagreement of `metrics` (on `tested_on`) with the run's own validation split."""
     trained = RunDir(run).metrics()
     return analysis.disagreement(trained.val if trained else None, metrics, tested_on)

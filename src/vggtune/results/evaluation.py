@@ -3,6 +3,7 @@ image's probabilities as CSV, the report) and `write_documents` (report.html and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,27 @@ from vggtune.training.rundir import RunDir, write_predictions
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
+    from vggtune.training.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` found on a set of labelled images: its metrics, the files it could not read, which
+    set it was (the run's test split, or a folder), and the sentence said where its accuracy falls below
+    the validation split's interval. `to_dict()` is evaluation.json."""
+
+    metrics: Metrics
+    rejected: list[tuple[str, str]]
+    data: str
+    validation_gap: str | None
+
+    def to_dict(self) -> dict:
+        return {
+            **self.metrics.to_dict(),
+            "rejected": [{"path": display_path(path), "reason": reason} for path, reason in self.rejected],
+            "data": self.data,
+            "validation_gap": self.validation_gap,
+        }
 
 
 def evaluate(
@@ -28,21 +50,20 @@ def evaluate(
     report: bool = True,
     engine: str | Engine = "auto",
     threshold: float | None = None,
-) -> dict:
+) -> Evaluation:
     """Metrics of a run's model on labelled images, written as JSON (default RUN/evaluation.json), with
     each image's probabilities (*.predictions.csv) and the report (*.html) beside it. Under torchrun each
     rank scores its share of the images. `threshold`: a two-class decision threshold instead of model.json's."""
     predictor = Predictor(run, device=device, precision=precision, engine=engine, threshold=threshold)
     evaluated = score(predictor, Path(run), data_dir)
-    result = evaluated.metrics()
-    result["rejected"] = [{"path": display_path(p), "reason": r} for p, r in evaluated.rejected]
-    result["data"] = evaluated.data
-    result["validation_gap"] = validation_gap(Path(run), result, evaluated.data)
+    metrics = evaluated.metrics()
+    gap = validation_gap(Path(run), metrics, evaluated.data)
+    result = Evaluation(metrics, list(evaluated.rejected), evaluated.data, gap)
     if not distributed.is_main():  # under torchrun, rank 0 writes
         return result
     target = Path(output) if output else RunDir(run).evaluation_file()
     with distributed.alone():  # the other ranks wait at the job's last barrier
-        atomic_write_json(target, result)
+        atomic_write_json(target, result.to_dict())
         write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows)
         if report:
             write_report(run, evaluated, predictor, target.with_suffix(".html"))

@@ -82,11 +82,11 @@ def _send(run: Path, uri: str) -> str:
         for key, value in row.items()
         if key not in ("stage", "epoch")
     ]
-    final = folder.metrics()
-    for split in ("val", "test"):
-        scores = getattr(final, split) or {}
+    final = folder.finished_metrics()
+    for split, scores in (("val", final.val), ("test", final.test)):
+        values = scores.to_dict() if scores else {}
         metrics += [
-            Metric(f"{split}_{key}", float(scores[key]), now, 0) for key in FINAL if scores.get(key) is not None
+            Metric(f"{split}_{key}", float(values[key]), now, 0) for key in FINAL if values.get(key) is not None
         ]
     for start in range(0, max(len(params), len(metrics)), 100):  # the server's batch limits
         client.log_batch(

@@ -39,7 +39,9 @@ def write_model_card(run: str | Path, evaluated: Evaluated | None) -> Path:
                             "type": "imagefolder",
                             "split": "test",
                         },
-                        "metrics": [{"type": key, "value": round(value, 4)} for key, _, value, _ in scores],
+                        "metrics": [
+                            {"type": key, "value": round(value, 4)} for key, _, value, _ in scores if value is not None
+                        ],
                     }
                 ],
             }

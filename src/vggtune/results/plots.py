@@ -85,14 +85,16 @@ def confusion(matrix, classes: list[str]) -> bytes:
     return _png(figure)
 
 
-def roc_and_pr(labels, scores, positive: str, auc: float) -> bytes:
+def roc_and_pr(labels, scores, positive: str, auc: float | None) -> bytes:
     figure = _figure(9, 3.6)
     roc_axes, pr_axes = figure.subplots(1, 2)
     fpr, tpr = analysis.roc_curve(labels, scores)
     roc_axes.plot(fpr, tpr, drawstyle="steps-post")
     roc_axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
     roc_axes.set(
-        xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({positive} positive), AUC {auc:.4f}"
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"ROC ({positive} positive), AUC {auc:.4f}" if auc is not None else f"ROC ({positive} positive)",
     )
     recall, precision, average = analysis.pr_curve(labels, scores)
     pr_axes.plot(recall, precision, drawstyle="steps-post")

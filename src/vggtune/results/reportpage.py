@@ -122,7 +122,7 @@ def curves(folder: RunDir) -> str:
 
 
 def confusions(evaluated: Evaluated) -> str:
-    matrix = evaluated.metrics()["confusion_matrix"]
+    matrix = evaluated.metrics().confusion_matrix
     pairs = analysis.most_confused(matrix, evaluated.classes)
     table = "".join(f"<tr><td>{_e(a)}</td><td>{_e(b)}</td><td class='n'>{n}</td></tr>" for a, b, n in pairs)
     return (
@@ -142,7 +142,7 @@ def calibration(evaluated: Evaluated) -> str:
     labels, probabilities = evaluated.labels, evaluated.probabilities
     parts = []
     if len(evaluated.classes) == 2 and len(set(labels.tolist())) == 2:
-        auc = evaluated.metrics()["roc_auc"]
+        auc = evaluated.metrics().roc_auc
         parts.append(
             _img(plots.roc_and_pr(labels, probabilities[:, 1], evaluated.classes[1], auc), "ROC and PR curves")
         )

@@ -48,7 +48,7 @@ def row(run: Path, root: Path) -> dict:
     folder = RunDir(run)
     config, metrics = folder.config(), folder.finished_metrics()
     split = "test" if metrics.test else "val" if metrics.val else None
-    scores = (metrics.test or metrics.val or {}) if split else {}
+    scores = metrics.test or metrics.val
     epochs = config.epochs + config.finetune_epochs
     return {
         "run": display_path(run.relative_to(root)) if run != root else display_path(run.name),
@@ -57,11 +57,11 @@ def row(run: Path, root: Path) -> dict:
         "epochs": epochs,
         "precision": metrics.environment.get("precision", config.precision),
         "split": split,
-        "images": scores.get("n"),
-        "accuracy": scores.get("accuracy"),
-        "accuracy_95": scores.get("accuracy_95"),
-        "balanced_accuracy": scores.get("balanced_accuracy"),
-        "log_loss": scores.get("log_loss"),
+        "images": scores.n if scores else None,
+        "accuracy": scores.accuracy if scores else None,
+        "accuracy_95": list(scores.accuracy_95) if scores else None,
+        "balanced_accuracy": scores.balanced_accuracy if scores else None,
+        "log_loss": scores.log_loss if scores else None,
         "wall_s": metrics.timing.get("this_call_s"),
     }
 

@@ -170,10 +170,20 @@ def _scored(run: Path) -> tuple[float, float]:
             "tune: the trial run scored no validation images; allowed: data with a validation split "
             "(--val-split above 0, or --val-data)"
         )
-    classes = list(metrics.val["classes"])
+    classes = list(metrics.val.classes)
     rows = [row for row in RunDir(run).predictions(classes) or [] if row.split == "val"]
     labels = [classes.index(row.label) for row in rows]
-    return balanced_log_loss(labels, [row.probabilities for row in rows]), float(metrics.val["balanced_accuracy"])
+    return balanced_log_loss(labels, [row.probabilities for row in rows]), _number(metrics.val.balanced_accuracy)
+
+
+def _tested(run: str) -> dict | None:
+    """The best run's test metrics, as tune.json holds them."""
+    test = RunDir(run).finished_metrics().test
+    return test.to_dict() if test else None
+
+
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def describe(settings: dict) -> str:
@@ -256,7 +266,7 @@ def _finish(study, base: TrainConfig, optuna) -> dict:
         "best": dataclasses.asdict(best),
         "best_run": str(best_config.out),
         "default_trial": dataclasses.asdict(rows[0]) if rows else None,
-        "test": RunDir(best_config.out).finished_metrics().test,
+        "test": _tested(best_config.out),
     }
     atomic_write_json(folder / SETTINGS_FILE, result)
     return result

@@ -11,6 +11,9 @@ float64 holds, and a confidently wrong image counts in full.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
@@ -20,7 +23,68 @@ from vggtune.model.policy import decide
 SMALLEST = np.finfo(np.float64).tiny  # a probability below it (a logit gap over 708) is counted as it
 
 
-def classification_metrics(labels, probabilities, classes: list[str], threshold: float = 0.5) -> dict:
+@dataclass(frozen=True)
+class ClassScores:
+    """One class's figures: precision, recall, F1 and its images in the set (support)."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The figures of one set of images, as metrics.json, evaluation.json and every page hold them. An
+    undefined figure (ROC AUC with one class present, anything of an empty set) is None. The last six are
+    for two classes only: `positive_class` is the second class, what `f1` and ROC AUC are of; sensitivity
+    and specificity are the recalls of the second and first class."""
+
+    n: int
+    accuracy: float | None
+    balanced_accuracy: float | None  # the mean recall of the classes this set holds
+    precision_macro: float
+    recall_macro: float
+    f1_macro: float
+    log_loss: float | None
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted, in the classes' order
+    classes: list[str]
+    accuracy_95: tuple[float, float]  # Wilson's interval
+    majority_share: float | None  # what always answering the largest class would score
+    roc_auc: float | None = None
+    positive_class: str | None = None
+    threshold: float | None = None
+    f1: float | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+
+    @property
+    def two_classes(self) -> bool:
+        return self.positive_class is not None
+
+    def to_dict(self) -> dict:
+        """The JSON form: the two-class figures only where there are two classes."""
+        values = dataclasses.asdict(self)
+        values["accuracy_95"] = list(self.accuracy_95)
+        if not self.two_classes:
+            values = {key: value for key, value in values.items() if key not in TWO_CLASS_FIELDS}
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Metrics:
+        """The record a to_dict() (or metrics.json) holds; keys it does not know (evaluate's extras) are left."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        fields = {key: value for key, value in values.items() if key in known}
+        fields["per_class"] = {name: ClassScores(**row) for name, row in values["per_class"].items()}
+        fields["accuracy_95"] = tuple(values["accuracy_95"])
+        return cls(**fields)
+
+
+TWO_CLASS_FIELDS = ("roc_auc", "positive_class", "threshold", "f1", "sensitivity", "specificity")
+
+
+def classification_metrics(labels, probabilities, classes: list[str], threshold: float = 0.5) -> Metrics:
     """accuracy and balanced accuracy, per-class and macro precision/recall/F1, log loss, confusion matrix;
     for two classes ROC AUC, sensitivity and specificity. Labels are decided at the two-class `threshold`
     (model/policy.py); the log loss and ROC AUC do not depend on it."""
@@ -33,39 +97,38 @@ def classification_metrics(labels, probabilities, classes: list[str], threshold:
         labels, predicted, labels=everyone, zero_division=0
     )
     per_class = {
-        name: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
+        name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
         for i, name in enumerate(classes)
     }
     present = support > 0
     correct = int((predicted == labels).sum())
-    result = {
-        "n": int(len(labels)),
-        "accuracy": correct / len(labels) if len(labels) else float("nan"),
-        # the classes this set holds: a class absent from it has no recall to average
-        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
-        "log_loss": log_loss(labels, probabilities),
-        "per_class": per_class,
-        "confusion_matrix": confusion.tolist(),
-        "classes": list(classes),
-        "accuracy_95": list(wilson_interval(correct, len(labels))),
-        "majority_share": float(support.max() / len(labels)) if len(labels) else float("nan"),
-    }
+    n = len(labels)
+    two = {}
     if len(classes) == 2:
-        result["roc_auc"] = roc_auc(labels, probabilities[:, 1])
-        result["positive_class"] = classes[1]  # what "f1" (and P in ROC AUC) is of
-        result["threshold"] = float(threshold)
-        result["f1"] = per_class[classes[1]]["f1"]
-        result["sensitivity"] = per_class[classes[1]]["recall"] if support[1] else float("nan")
-        result["specificity"] = per_class[classes[0]]["recall"] if support[0] else float("nan")
-    return {key: _none_for_nan(value) for key, value in result.items()}
+        two = {
+            "roc_auc": _none_for_nan(roc_auc(labels, probabilities[:, 1])),
+            "positive_class": classes[1],
+            "threshold": float(threshold),
+            "f1": per_class[classes[1]].f1,
+            "sensitivity": per_class[classes[1]].recall if support[1] else None,
+            "specificity": per_class[classes[0]].recall if support[0] else None,
+        }
+    return Metrics(
+        n=int(n),
+        accuracy=correct / n if n else None,
+        # the classes this set holds: a class absent from it has no recall to average
+        balanced_accuracy=float(recall[present].mean()) if present.any() else None,
+        precision_macro=float(precision.mean()),
+        recall_macro=float(recall.mean()),
+        f1_macro=float(f1.mean()),
+        log_loss=_none_for_nan(log_loss(labels, probabilities)),
+        per_class=per_class,
+        confusion_matrix=confusion.tolist(),
+        classes=list(classes),
+        accuracy_95=wilson_interval(correct, n),
+        majority_share=float(support.max() / n) if n else None,
+        **two,
+    )
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from vggtune import runfiles
-from vggtune.data import dataset as data
 from vggtune.data import similar
 from vggtune.data.items import IN_DATA, KINDS, UNREADABLE, WHERE, Rejected
 from vggtune.errors import UserError
@@ -33,6 +32,7 @@ from vggtune.fsutil import (
 )
 from vggtune.model.spec import ModelSpec
 from vggtune.training.config import TrainConfig, load_config, save_config
+from vggtune.training.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,13 @@ def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow])
         ["split", "path", "label", "predicted", *classes],
         ([row.split, row.path, row.label, predicted(row), *(f"{p:.9g}" for p in row.probabilities)] for row in rows),
     )
+
+
+def write_rejected_csv(path: Path, rejected: list[tuple[str, str]]) -> None:
+    """rejected.csv (and `data check --output`): path, the reason a person reads, its kind (items.KINDS) for
+    programs, and the folder it was in (DATA, or a given val or test folder)."""
+    rows = map(Rejected.of, rejected)
+    write_csv(path, ["path", "reason", "kind", "folder"], ([display_path(r[0]), r[1], r.kind, r.where] for r in rows))
 
 
 def read_predictions(path: Path, classes: list[str]) -> list[PredictionRow]:
@@ -104,8 +111,8 @@ class NearDuplicate:
 class RunMetrics:
     """metrics.json: the final scores, what each part took, the machine, and the epoch each stage kept."""
 
-    val: dict | None
-    test: dict | None
+    val: Metrics | None
+    test: Metrics | None
     timing: dict
     environment: dict
     kept_epochs: dict[str, int]  # stage -> the epoch whose parameters it kept (lowest validation loss)
@@ -182,10 +189,14 @@ class RunDir:
         save_config(config, self.path / runfiles.CONFIG)
 
     def write_rejected(self, rejected: list[tuple[str, str]]) -> None:
-        data.write_rejected(self.path / runfiles.REJECTED, rejected)
+        write_rejected_csv(self.path / runfiles.REJECTED, rejected)
 
     def write_near_duplicates(self, rows: list) -> None:
-        similar.write_near_duplicates(self.path / runfiles.NEAR_DUPLICATES, rows)
+        write_csv(
+            self.path / runfiles.NEAR_DUPLICATES,
+            ["path", "split", "near_duplicate_of", "its_split", "dhash_distance"],
+            ([display_path(a), split_a, display_path(b), split_b, d] for a, split_a, b, split_b, d in rows),
+        )
 
     def write_data_reports(self, splits, rejected: list) -> tuple[int, int]:
         """rejected.csv and near_duplicates.csv: (near-duplicate pairs that fall in two splits, pairs filed
@@ -276,8 +287,8 @@ class RunDir:
         if values is None:
             return None
         return RunMetrics(
-            values.get("val"),
-            values.get("test"),
+            Metrics.from_dict(values["val"]) if values.get("val") else None,
+            Metrics.from_dict(values["test"]) if values.get("test") else None,
             values.get("timing") or {},
             values.get("environment") or {},
             {k: int(v) for k, v in (values.get("kept_epochs") or {}).items()},

@@ -39,6 +39,7 @@ from vggtune.training.validation import calibrated, decision_threshold, scorer, 
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
+    from vggtune.training.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,29 @@ Observer = Callable[[str, int, dict], None]
 
 
 @dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns: the run folder and the metrics of its validation and test splits (None where a
+    split held no images). `to_dict()` is what metrics.json holds of them."""
+
+    run: str
+    val: Metrics | None
+    test: Metrics | None
+
+    def to_dict(self) -> dict:
+        return {name: scores.to_dict() for name, scores in (("val", self.val), ("test", self.test)) if scores}
+
+
+@dataclass(frozen=True)
 class Trained:
     """A finished run: its metrics, and the engine every rank agreed on for the frozen blocks, which
     whatever runs after training on one rank (the report) reuses instead of choosing again."""
 
-    results: dict  # {'val': metrics, 'test': metrics}
+    results: TrainResult
     engine: Engine
 
 
-def fit(config, resume: bool = False) -> dict:
-    """Train as `config` says, in config.out; returns {'val': metrics, 'test': metrics}."""
+def fit(config, resume: bool = False) -> TrainResult:
+    """Train as `config` says, in config.out."""
     return train_run(config, resume).results
 
 
@@ -100,10 +114,11 @@ def train_run(config, resume: bool = False, observer: Observer | None = None) ->
             log.close()  # an interrupted run's event files too, with what they have
 
 
-def finish(run: Run, cut: str, log: Log) -> dict:
+def finish(run: Run, cut: str, log: Log) -> TrainResult:
     """Calibrates the final model, scores it on the validation and test splits, then saves it with its
     metrics, each image's probabilities (predictions.csv), the report and the model card."""
-    results, predictions = {}, []
+    results: dict[str, Metrics] = {}
+    predictions: list[tuple] = []
     spec = dataclasses.replace(run.spec, scoring=calibrated(run, cut)) if run.config.calibrate else run.spec
     spec = dataclasses.replace(spec, scoring=spec.scoring.deciding_at(decision_threshold(run, cut, spec.scoring)))
     classes, final = list(spec.classes), scorer(run, spec.scoring)
@@ -124,19 +139,20 @@ def finish(run: Run, cut: str, log: Log) -> dict:
     log.timing["this_call_s"] = round(time.perf_counter() - log.started, 1)
     # --no-cache: files lost mid-run, on any rank (the cache's sources already share theirs)
     lost = list(dict.fromkeys(distributed.concat(run.sources.rejected)))
+    result = TrainResult(str(run.config.out), results.get("val"), results.get("test"))
     if distributed.is_main():
-        save(run, spec, results, predictions, run.rejected + lost, log)
-    log.finish(run.config.to_dict(), results)
-    return results
+        save(run, spec, result, predictions, run.rejected + lost, log)
+    log.finish(run.config.to_dict(), result.to_dict())
+    return result
 
 
-def save(run: Run, spec, results: dict, predictions: list, rejected: list, log: Log) -> None:
+def save(run: Run, spec, result: TrainResult, predictions: list, rejected: list, log: Log) -> None:
     """The finished run's files: the model, each image's probabilities, metrics (the report and model card
     are the API's next step: vggtune.api.train_with)."""
     run.folder.write_rejected(rejected)
     run.folder.save_model(run.model, spec)
     run.folder.write_predictions(list(spec.classes), predictions)
-    run.folder.write_metrics(results, log.timing, environment(run), log.kept_epochs)
+    run.folder.write_metrics(result.to_dict(), log.timing, environment(run), log.kept_epochs)
     if not run.config.keep_state:
         run.folder.remove_state()
 

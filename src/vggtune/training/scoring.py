@@ -12,7 +12,7 @@ from vggtune import distributed
 from vggtune.model.classifier import Classifier
 from vggtune.model.policy import ScoringPolicy
 from vggtune.model.runtime import Runtime
-from vggtune.training.metrics import classification_metrics
+from vggtune.training.metrics import Metrics, classification_metrics
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,11 @@ class Scorer:
                 low = a
         return round(float(np.exp((low + high) / 2)), 6)
 
-    def metrics(self, source, labels: torch.Tensor, cut: str) -> dict:
+    def metrics(self, source, labels: torch.Tensor, cut: str) -> Metrics:
         _, kept_labels, probabilities = self.scored(source, labels, cut)
         return self.summary(kept_labels, probabilities)
 
-    def summary(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    def summary(self, labels: np.ndarray, probabilities: np.ndarray) -> Metrics:
         return classification_metrics(labels, probabilities, self.classes, self.policy.threshold)
 
 

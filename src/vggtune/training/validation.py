@@ -64,10 +64,10 @@ def validate(run: Run, cut: str) -> dict | None:
     _, labels, probabilities = clean.scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
     result = clean.summary(labels, probabilities)
     balanced = balanced_log_loss(labels, probabilities)
-    loss = result["log_loss"] if weights_of(run) is None else balanced
+    loss = result.log_loss if weights_of(run) is None else balanced
     return {
         "loss": loss,
-        "accuracy": result["accuracy"],
+        "accuracy": result.accuracy,
         "balanced_loss": balanced,
-        "balanced_accuracy": result["balanced_accuracy"],
+        "balanced_accuracy": result.balanced_accuracy,
     }
