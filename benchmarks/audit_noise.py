@@ -86,13 +86,13 @@ def main():
         issues = list(csv.DictReader(handle))
     label_ranked = [row["path"] for row in issues if "label" in row["issues"].split("+")]
     result = {"data": args.data, "share": args.share, "seed": args.seed, "folds": args.folds, "seconds": round(seconds),
-              "images": summary["images"], "by_issue": summary["by_issue"],
-              "accuracy_out_of_fold": summary["accuracy_out_of_fold"],
-              "label_issues": scores(label_ranked, flipped, Path(summary["cv"])) if flipped else None,
+              "images": summary.images, "by_issue": summary.by_issue,
+              "accuracy_out_of_fold": summary.accuracy_out_of_fold,
+              "label_issues": scores(label_ranked, flipped, Path(summary.cv)) if flipped else None,
               "flagged": [{key: row[key] for key in ("rank", "path", "given_label", "suggested_label",
                                                     "given_label_probability", "issues", "note")} | {
                            "planted": row["path"] in flipped} for row in issues]}
-    print(table([{"issue": kind, "images": count} for kind, count in summary["by_issue"].items()], ["issue", "images"]))
+    print(table([{"issue": kind, "images": count} for kind, count in summary.by_issue.items()], ["issue", "images"]))
     if flipped:
         print(json.dumps(result["label_issues"], indent=1))
     for row in result["flagged"]:

@@ -175,7 +175,7 @@ def main() -> None:
         cv_dir = Path(args.work) / setting.replace(" ", "-")
         started = time.perf_counter()
         result = vggtune.cv(args.data, out=str(cv_dir), folds=args.folds, quiet=True, **configs[setting])
-        train_s = sum(row["seconds"] for row in result["per_fold"])
+        train_s = sum(row.seconds or 0.0 for row in result.per_fold)
         folds = [cv_dir / f"fold-{k}" for k in range(1, args.folds + 1)]
         begun = time.perf_counter()
         cache.update({run: run_logits(run, run_items(run), max((views for views, _ in scorings.values()), key=len)) for run in folds})
@@ -187,17 +187,17 @@ def main() -> None:
             if suffix == NEW_DEFAULT:
                 new_default = new_default or probabilities
                 with_tta[setting] = probabilities
-            add_row(setting + suffix, probabilities, labels, result["classes"], train_s=round(train_s, 1),
+            add_row(setting + suffix, probabilities, labels, result.classes, train_s=round(train_s, 1),
                     views_s=views_s, score_s=round(time.perf_counter() - begun, 1))
             if suffix == NEW_DEFAULT:
-                add_row(f"{setting} + tta + clip {CLIP}", clipped(probabilities), labels, result["classes"],
+                add_row(f"{setting} + tta + clip {CLIP}", clipped(probabilities), labels, result.classes,
                         train_s=round(train_s, 1))
         print(f"{setting}: {time.perf_counter() - started:.0f} s", flush=True)
     if args.ensemble:
         members = [with_tta[setting] for setting in args.ensemble]
         averaged = {key: np.mean([member[key] for member in members], axis=0) for key in members[0]}
         train_s = sum(row["train_s"] for row in rows if row["setting"] in [s + NEW_DEFAULT for s in args.ensemble])
-        add_row("ensemble of " + ", ".join(args.ensemble) + " + tta", averaged, labels, result["classes"],
+        add_row("ensemble of " + ", ".join(args.ensemble) + " + tta", averaged, labels, result.classes,
                 train_s=round(train_s, 1))
     print(table([{key: row[key] for key in SHOWN if key in row} for row in rows], SHOWN))
     save(args.name, {"machine": machine(), "data": args.data, "folds": args.folds, "configs": configs, "rows": rows})

@@ -131,3 +131,14 @@ def tiny_weights_for_module(home: Path):
         patch.setenv(ENGINE_VARIABLE, "torch")          # as engine_pin does for one test, and for its reason
         patch.setattr(weights, "resolve", lambda record=None, user_file=None: loaded)
         yield
+
+
+def jobs_for(root, views=(0, 1, 2)):
+    """Extraction jobs for every JPEG under `root`, each with `views` (the cache tests' and the integration
+    tests' input)."""
+    import hashlib
+
+    from vggtune.features.extract import ImageJob
+
+    paths = sorted(root.rglob("*.jpg"))
+    return [ImageJob(str(p), hashlib.sha256(p.read_bytes()).hexdigest(), views) for p in paths]

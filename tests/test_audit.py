@@ -59,8 +59,8 @@ def test_audit_flags_the_planted_mistakes_and_writes_page_csv_and_summary(tmp_pa
     assert OFF_TOPIC in rows["grey.jpg"]["issues"].split("+")
     ranks = [int(row["rank"]) for row in read_issues(out)]
     assert ranks == list(range(1, len(ranks) + 1))
-    assert summary["images"] == 43 and summary["flagged"] == len(ranks)
-    assert json.loads((out / "audit.json").read_text())["by_issue"][LABEL] == summary["by_issue"][LABEL] >= 2
+    assert summary.images == 43 and summary.flagged == len(ranks)
+    assert json.loads((out / "audit.json").read_text())["by_issue"][LABEL] == summary.by_issue[LABEL] >= 2
     page = (out / "audit.html").read_text()
     assert page.count("<figure class='tile'") == len(ranks)
     assert page.count("data:image/jpeg;base64,") == len(ranks)           # a Grad-CAM thumbnail per tile
@@ -75,14 +75,14 @@ def test_manifest_drops_or_relabels_and_trains(tmp_path, tiny_weights):
     dropped = audit_module.audit(config, 3, out, tmp_path / "clean.csv")
     kept = {row["path"].rsplit("/", 1)[-1]: row["label"] for row in csv.DictReader(open(tmp_path / "clean.csv"))}
     assert not set(MOVED) & set(kept) and "grey.jpg" not in kept
-    assert dropped["manifest"]["images"] == len(kept) == 43 - dropped["flagged"]
+    assert dropped.manifest.images == len(kept) == 43 - dropped.flagged
     # The second call reuses the cross-validation (same options): only the ranking and the files again.
     relabelled = audit_module.audit(config, 3, out, tmp_path / "relabelled.csv", relabel=True)
     labels = {row["path"].rsplit("/", 1)[-1]: row["label"] for row in csv.DictReader(open(tmp_path / "relabelled.csv"))}
     only_label = [row["path"].rsplit("/", 1)[-1] for row in read_issues(out) if row["issues"] == LABEL]
     assert set(MOVED) <= set(only_label)
     assert all(labels[name] == "cat" for name in MOVED)
-    assert relabelled["manifest"]["relabelled"] == len(only_label)
+    assert relabelled.manifest.relabelled == len(only_label)
     assert "grey.jpg" not in labels
     import vggtune.api
     results = vggtune.api.train_with(quick_config(tmp_path / "clean.csv", tmp_path / "run", epochs=1,
@@ -136,6 +136,6 @@ def test_audit_on_real_photos_finds_flipped_labels(tmp_path):
     summary = vggtune.api.audit(str(manifest), out=str(tmp_path / "audit"), folds=4, epochs=30, finetune_epochs=0,
                                 views=1, tta=False, quiet=True)
     label_issues = {row["path"] for row in read_issues(tmp_path / "audit") if LABEL in row["issues"]}
-    assert summary["images"] == 80
+    assert summary.images == 80
     assert len(flipped & label_issues) >= 3, (flipped, label_issues)
     assert len(label_issues) <= 8

@@ -40,14 +40,14 @@ def test_folds_partition_the_images_and_keep_classes_balanced(tmp_path):
 def test_cv_pools_out_of_fold_predictions_and_extracts_each_view_once(tmp_path, tiny_weights, isolated_home):
     root = make_dataset(tmp_path / "data", n_per_class=10)
     result = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=3, **TINY)
-    assert [row["fold"] for row in result["per_fold"]] == [1, 2, 3]
-    assert result["pooled"]["n"] == 20 == sum(row["n"] for row in result["per_fold"])
-    low, high = result["pooled"]["intervals_95"]["accuracy"]
-    assert low <= result["pooled"]["accuracy"] <= high
+    assert [row.fold for row in result.per_fold] == [1, 2, 3]
+    assert result.pooled.n == 20 == sum(row.metrics.n for row in result.per_fold)
+    low, high = result.intervals_95["accuracy"]
+    assert low <= result.pooled.accuracy <= high
     with open(tmp_path / "cv" / "cv_predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["path"] for row in rows) == sorted(str(p) for p in root.rglob("*.jpg"))
-    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["pooled"] == result["pooled"]
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text()) == result.to_dict()
     # Each image's clean view and its two augmented views were extracted once, by whichever fold came first.
     reuse = [json.loads((tmp_path / "cv" / f"fold-{k}" / "metrics.json").read_text())["environment"]["feature_cache"]
              for k in (1, 2, 3)]
@@ -64,8 +64,8 @@ def test_cv_keeps_finished_folds_and_refuses_other_options_in_the_same_folder(tm
     trained = []
     monkeypatch.setattr("vggtune.training.schedule.fit", lambda config, resume=False: trained.append(config))
     again = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **TINY)
-    assert trained == [] and again["pooled"] == first["pooled"]
-    assert [row["seconds"] for row in again["per_fold"]] == [row["seconds"] for row in first["per_fold"]]
+    assert trained == [] and again.pooled == first.pooled
+    assert [row.seconds for row in again.per_fold] == [row.seconds for row in first.per_fold]
     with pytest.raises(UserError, match="other options"):
         vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **dict(TINY, epochs=3))
 
@@ -77,7 +77,7 @@ def test_cv_resumes_an_interrupted_fold(tmp_path, tiny_weights):
     from vggtune.training.config import save_config
     save_config(config, Path(config.out) / "config.yaml")            # started, stopped before the first epoch
     result = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **TINY)
-    assert result["pooled"]["n"] == 16
+    assert result.pooled.n == 16
 
 
 def test_cv_command_prints_folds_and_pooled_figures(tmp_path, tiny_weights, capsys):

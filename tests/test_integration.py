@@ -79,7 +79,7 @@ def test_short_run_on_cats_vs_dogs_generalises(short_run, shared_home):
 def test_each_engine_computes_the_real_networks_features(name, cats_vs_dogs_split):
     """Real weights and photos: fp32 runtimes within 1e-4 of PyTorch fp32 (relative to the largest
     feature); OpenVINO's bf16 as close as bf16 rounding allows, the same labels through the head."""
-    from test_cache import jobs_for
+    from conftest import jobs_for
     from vggtune.data.images import open_rgb
     from vggtune.features.transforms import eval_view, normalise
     from vggtune.model.runtime import Runtime
@@ -141,7 +141,7 @@ def test_oxford_pets_37_classes_beat_chance_many_times(tmp_path):
 @pytest.mark.parametrize("bf16", [False, True])
 def test_logits_through_cache_equal_whole_model_with_real_weights(tmp_path, short_run, cats_vs_dogs_split, bf16):
     """fp32: equal to float16 storage precision. bf16: the same predictions, probabilities within 0.01."""
-    from test_cache import jobs_for
+    from conftest import jobs_for
     from vggtune.features.cache import entry_name
     from vggtune.training.config import AugmentConfig
     from vggtune.features.pipeline import FeaturePipeline
@@ -172,7 +172,7 @@ def test_int8_frozen_blocks_keep_real_features_and_predictions(short_run, cats_v
     """int8 (calibrated on 16 training images) against fp32 on 32 test images: features and labels."""
     from contextlib import nullcontext
 
-    from test_cache import jobs_for
+    from conftest import jobs_for
     from vggtune.model import quantize
     from vggtune.data.images import open_rgb
     from vggtune.features.transforms import eval_view, normalise

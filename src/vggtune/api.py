@@ -23,6 +23,8 @@ from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES,
 from vggtune.version import __version__
 
 if TYPE_CHECKING:  # annotations only: importing the API imports no torch
+    from vggtune.results.audit import AuditResult
+    from vggtune.results.crossval import CrossValidation
     from vggtune.results.evaluation import Evaluation
     from vggtune.training.metrics import Metrics
     from vggtune.training.schedule import TrainResult
@@ -52,6 +54,9 @@ _LAZY = {
     "ClassScores": "vggtune.training.metrics",
     "TrainResult": "vggtune.training.schedule",
     "Evaluation": "vggtune.results.evaluation",
+    "CrossValidation": "vggtune.results.crossval",
+    "FoldResult": "vggtune.results.crossval",
+    "AuditResult": "vggtune.results.audit",
 }
 
 
@@ -190,9 +195,10 @@ def as_rank(device: str = "auto"):
             yield world
 
 
-def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> dict:
+def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> CrossValidation:
     """Cross-validation: the recipe (`train`'s options) trained on each of `folds` folds in out/fold-K, scored
-    on the images each left out; returns cv.json's content (per fold, and pooled with 95 % intervals).
+    on the images each left out; returns a CrossValidation (per fold, and pooled with 95 % intervals; `.to_dict()`
+    is cv.json).
     Folds share the feature cache; finished folds are kept, so a stopped run continues."""
     from vggtune.launcher import launched_size
     from vggtune.results.crossval import cross_validate
@@ -230,12 +236,12 @@ def audit(
     write_manifest: str | None = None,
     relabel: bool = False,
     **options,
-) -> dict:
+) -> AuditResult:
     """The images whose label is probably wrong: `cv` (default out/cv; kept when its options match) scores
     every image with a model that never saw it, cleanlab ranks the label issues; images unlike all others and
     near-duplicates under two classes are flagged too. Writes out/issues.csv, out/audit.html, out/audit.json
     and, given `write_manifest`, a manifest without the flagged images (`relabel`: label issues relabelled
-    instead). Options are `train`'s; returns audit.json's content."""
+    instead). Options are `train`'s; returns an AuditResult (`.to_dict()` is audit.json)."""
     from vggtune.results.audit import audit as _audit
 
     if not data:
@@ -451,6 +457,9 @@ __all__ = [
     "tune",
     "TrainResult",
     "Evaluation",
+    "CrossValidation",
+    "FoldResult",
+    "AuditResult",
     "Metrics",
     "ClassScores",
     "check_processes",

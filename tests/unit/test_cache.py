@@ -13,7 +13,7 @@ from vggtune.model.runtime import Runtime
 from vggtune.features.transforms import make_view, normalise
 from vggtune.model.weights import VGG16_IMAGENET1K_V1
 
-from conftest import TINY, make_dataset, tiny_state_dict
+from conftest import TINY, jobs_for, make_dataset, tiny_state_dict
 
 PREP = VGG16_IMAGENET1K_V1.preprocessing.at_size(32)
 AUG = AugmentConfig()
@@ -24,12 +24,6 @@ def tiny_model():
     model = Classifier(HeadSpec("flatten", 2, hidden=8), size=32, arch=TINY)
     model.backbone.load_state_dict(tiny_state_dict())
     return model.eval()
-
-
-def jobs_for(root, views=(0, 1, 2)):
-    import hashlib
-    paths = sorted(root.rglob("*.jpg"))
-    return [ImageJob(str(p), hashlib.sha256(p.read_bytes()).hexdigest(), views) for p in paths]
 
 
 def cache_key(weights_id, prep, cut, model):

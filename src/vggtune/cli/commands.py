@@ -31,7 +31,7 @@ def cmd_cv(args) -> int:
     options = train_options(args)
     out = options.pop("out", "runs/cv")
     result = api.cv(args.data, out=out, folds=args.folds, **options)
-    print(f"cross-validation, {result['folds']} folds ({out}):")
+    print(f"cross-validation, {result.folds} folds ({out}):")
     print("\n".join("  " + line for line in text.cv_lines(result)))
     return 0
 
@@ -192,23 +192,23 @@ def cmd_data_audit(args) -> int:
         relabel=args.relabel,
         **options,
     )
-    counts = summary["by_issue"]
+    counts = summary.by_issue
     print(
-        f"audit of {display_path(args.data)}: {summary['flagged']} of {summary['images']} images flagged "
+        f"audit of {display_path(args.data)}: {summary.flagged} of {summary.images} images flagged "
         f"({counts['label']} label issues, {counts['out-of-distribution']} out of distribution, "
         f"{counts['cross-class-duplicate']} near-duplicates under two classes)"
     )
     print(
-        f"  out-of-fold accuracy {summary['accuracy_out_of_fold']:.3f} against {summary['majority_share']:.3f} "
-        f"for always answering {summary['majority_class']} (binomial p = {summary['beats_majority_p']:.2g})"
-        + ("" if summary["label_issues_trusted"] else ": not beyond noise, so no label issues are flagged")
+        f"  out-of-fold accuracy {summary.accuracy_out_of_fold:.3f} against {summary.majority_share:.3f} "
+        f"for always answering {summary.majority_class} (binomial p = {summary.beats_majority_p:.2g})"
+        + ("" if summary.label_issues_trusted else ": not beyond noise, so no label issues are flagged")
     )
     print(f"  {display_path(Path(out) / 'audit.html')}, {display_path(Path(out) / 'issues.csv')}")
-    if "manifest" in summary:
-        manifest = summary["manifest"]
+    if summary.manifest is not None:
+        manifest = summary.manifest
         print(
-            f"  manifest {display_path(manifest['path'])}: {manifest['images']} images, {manifest['relabelled']} "
-            f"relabelled, {manifest['left_out']} left out"
+            f"  manifest {display_path(manifest.path)}: {manifest.images} images, {manifest.relabelled} "
+            f"relabelled, {manifest.left_out} left out"
         )
     return 0
 

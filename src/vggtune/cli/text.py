@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from vggtune.api import describe_interval, display_path, most_confused, per_class_rows
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.api import Metrics
+    from vggtune.api import CrossValidation, Metrics
 
 MATRIX_CLASSES = 10  # beyond this many classes a terminal shows the most confused pairs instead
 
@@ -71,22 +71,23 @@ def per_class_lines(result: Metrics) -> list[str]:
     return lines
 
 
-def cv_lines(result: dict) -> list[str]:
+def cv_lines(result: CrossValidation) -> list[str]:
     """The table `vggtune cv` prints: one line per fold, then the pooled figures with intervals."""
     lines = [f"{'fold':>6}  {'images':>6}  {'accuracy':>8}  {'log loss':>8}  {'F1':>6}  {'seconds':>7}"]
-    for row in result["per_fold"]:
-        f1 = row.get("f1", row["f1_macro"])
-        seconds = "" if row["seconds"] is None else f"{row['seconds']:.1f}"
+    for row in result.per_fold:
+        scores = row.metrics
+        f1 = scores.f1 if scores.two_classes else scores.f1_macro
+        seconds = "" if row.seconds is None else f"{row.seconds:.1f}"
         lines.append(
-            f"{row['fold']:>6}  {row['n']:>6}  {row['accuracy']:>8.4f}  {row['log_loss']:>8.4f}  "
-            f"{f1:>6.4f}  {seconds:>7}"
+            f"{row.fold:>6}  {scores.n:>6}  {_number(scores.accuracy):>8}  {_number(scores.log_loss):>8}  "
+            f"{_number(f1):>6}  {seconds:>7}"
         )
-    pooled, ranges = result["pooled"], result["pooled"]["intervals_95"]
-    f1_key = "f1" if "f1" in pooled else "f1_macro"
-    lines.append(f"pooled over {pooled['n']} images (95 % intervals):")
+    pooled, ranges = result.pooled, result.intervals_95
+    f1_key = "f1" if pooled.two_classes else "f1_macro"
+    lines.append(f"pooled over {pooled.n} images (95 % intervals):")
     for key, name in (("accuracy", "accuracy"), ("log_loss", "log loss"), (f1_key, "F1")):
         bound = ranges.get(key)
-        lines.append(f"  {name:<9} {pooled[key]:.4f}  ({describe_interval(bound) or 'no interval'})")
+        lines.append(f"  {name:<9} {_number(getattr(pooled, key))}  ({describe_interval(bound) or 'no interval'})")
     return lines
 
 

@@ -13,7 +13,7 @@ the images it is surest are mislabelled come first.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +35,8 @@ from vggtune.results.auditscores import (
     off_topic_scores,
     strength,
 )
-from vggtune.results.crossval import cross_validate
-from vggtune.training.rundir import PredictionRow, read_predictions
+from vggtune.results.crossval import cross_validate, out_of_fold
+from vggtune.training.rundir import PredictionRow
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.training.config import TrainConfig
@@ -59,6 +59,54 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class CleanedManifest:
+    """The manifest `--write-manifest` wrote: where, how many images it kept, relabelled and left out."""
+
+    path: str
+    images: int
+    relabelled: int
+    left_out: int
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What `vggtune data audit` returns: how many images were flagged for each issue, and whether the
+    out-of-fold models beat always answering the largest class (else no label issue is flagged).
+    `to_dict()` is audit.json."""
+
+    data: str
+    images: int
+    classes: list[str]
+    folds: int
+    cv: str  # the cross-validation folder the scores come from
+    flagged: int
+    by_issue: dict[str, int]  # LABEL, OFF_TOPIC, CONFLICT -> images
+    accuracy_out_of_fold: float | None
+    majority_class: str
+    majority_share: float
+    beats_majority_p: float
+    label_issues_trusted: bool
+    manifest: CleanedManifest | None = None
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values.pop("manifest")
+        return {
+            **values,
+            "method": METHOD,
+            **({"manifest": dataclasses.asdict(self.manifest)} if self.manifest else {}),
+        }
+
+
+METHOD = {
+    "label": "cleanlab.filter.find_label_issues, ranked by self_confidence",
+    "out_of_distribution": f"cleanlab.outlier.OutOfDistribution on the fold model's pooled "
+    f"features, k={OOD_NEIGHBOURS}, -log(score) beyond Q3 + {OOD_FENCE} IQR",
+    "cross_class_duplicate": "perceptual-hash near-duplicates under two classes",
+}
+
+
+@dataclass(frozen=True)
 class Scored:
     """The out-of-fold scores of every usable image, in cv_predictions.csv's order."""
 
@@ -68,9 +116,11 @@ class Scored:
     probabilities: np.ndarray
 
 
-def audit(config: TrainConfig, folds: int, out: Path, manifest: Path | None = None, relabel: bool = False) -> dict:
+def audit(
+    config: TrainConfig, folds: int, out: Path, manifest: Path | None = None, relabel: bool = False
+) -> AuditResult:
     """Cross-validates `config` (its `out` is the cv folder), ranks the issues and writes the audit to `out`;
-    returns what audit.json holds."""
+    returns an AuditResult, which audit.json holds."""
     if relabel and manifest is None:
         raise UserError(
             "--relabel: changes the labels written by --write-manifest; received no --write-manifest; "
@@ -102,14 +152,13 @@ def audit(config: TrainConfig, folds: int, out: Path, manifest: Path | None = No
         findings = collect(scored, ranked, ood_scores, conflicts)
         summary = write_audit(out, scored, findings, config, folds, models, weak_or_strong)
         if manifest is not None:
-            summary["manifest"] = write_manifest(manifest, scored, findings, relabel)
-        atomic_write_json(out / "audit.json", summary)
+            summary = dataclasses.replace(summary, manifest=write_manifest(manifest, scored, findings, relabel))
+        atomic_write_json(out / "audit.json", summary.to_dict())
     return summary
 
 
 def read_scored(cv_folder: Path) -> Scored:
-    classes = json.loads((cv_folder / "cv.json").read_text())["classes"]
-    rows = read_predictions(cv_folder / "cv_predictions.csv", classes)
+    classes, rows = out_of_fold(cv_folder)
     labels = np.array([classes.index(row.label) for row in rows], dtype=np.int64)
     probabilities = np.asarray([row.probabilities for row in rows], dtype=np.float64).reshape(-1, len(classes))
     return Scored(classes, rows, labels, probabilities)
@@ -153,32 +202,26 @@ def write_audit(
     folds: int,
     models: FoldModels,
     weak_or_strong: Strength,
-) -> dict:
+) -> AuditResult:
     from vggtune.results.auditpage import write_page
 
     out.mkdir(parents=True, exist_ok=True)
     write_issues_csv(out / "issues.csv", findings)
     counts = {kind: sum(kind in f.issues for f in findings) for kind in (LABEL, OFF_TOPIC, CONFLICT)}
-    summary = {
-        "data": config.data,
-        "images": len(scored.rows),
-        "classes": scored.classes,
-        "folds": folds,
-        "cv": config.out,
-        "flagged": len(findings),
-        "by_issue": counts,
-        "accuracy_out_of_fold": weak_or_strong.accuracy if len(scored.rows) else None,
-        "majority_class": weak_or_strong.majority_class,
-        "majority_share": weak_or_strong.majority_share,
-        "beats_majority_p": weak_or_strong.p,
-        "label_issues_trusted": weak_or_strong.trusted,
-        "method": {
-            "label": "cleanlab.filter.find_label_issues, ranked by self_confidence",
-            "out_of_distribution": f"cleanlab.outlier.OutOfDistribution on the fold model's pooled "
-            f"features, k={OOD_NEIGHBOURS}, -log(score) beyond Q3 + {OOD_FENCE} IQR",
-            "cross_class_duplicate": "perceptual-hash near-duplicates under two classes",
-        },
-    }
+    summary = AuditResult(
+        data=config.data,
+        images=len(scored.rows),
+        classes=scored.classes,
+        folds=folds,
+        cv=config.out,
+        flagged=len(findings),
+        by_issue=counts,
+        accuracy_out_of_fold=weak_or_strong.accuracy if len(scored.rows) else None,
+        majority_class=weak_or_strong.majority_class,
+        majority_share=weak_or_strong.majority_share,
+        beats_majority_p=weak_or_strong.p,
+        label_issues_trusted=weak_or_strong.trusted,
+    )
     write_page(out / "audit.html", summary, findings, models)
     say(
         f"audit: {len(findings)} of {len(scored.rows)} images flagged ({counts[LABEL]} label, {counts[OFF_TOPIC]} "
@@ -221,7 +264,7 @@ def write_issues_csv(path: Path, findings: list[Finding]) -> None:
     )
 
 
-def write_manifest(path: Path, scored: Scored, findings: list[Finding], relabel: bool) -> dict:
+def write_manifest(path: Path, scored: Scored, findings: list[Finding], relabel: bool) -> CleanedManifest:
     """A manifest (path,label) of the audited images without the flagged ones; with `relabel`, an image
     flagged only for its label stays, with the suggested label."""
     flagged = {f.path: f for f in findings}
@@ -239,4 +282,4 @@ def write_manifest(path: Path, scored: Scored, findings: list[Finding], relabel:
         f"audit: manifest {display_path(path)}: {kept} images ({relabelled} relabelled, "
         f"{len(scored.rows) - kept} left out); `vggtune train {display_path(path)}` trains on it"
     )
-    return {"path": str(path), "images": kept, "relabelled": relabelled, "left_out": len(scored.rows) - kept}
+    return CleanedManifest(str(path), kept, relabelled, len(scored.rows) - kept)

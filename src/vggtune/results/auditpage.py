@@ -4,27 +4,25 @@ model that never saw it."""
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vggtune.fsutil import atomic_write_text, display_path
-from vggtune.results.html import STYLE
 from vggtune.results.html import escape as _e
 from vggtune.results.html import img as _img
 from vggtune.results.html import jpeg as _jpeg
+from vggtune.results.html import page
 from vggtune.results.html import table as _table
-from vggtune.version import __version__
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.results.audit import Finding
+    from vggtune.results.audit import AuditResult, Finding
     from vggtune.results.auditscores import FoldModels
 
 SHOWN = 120  # tiles on the page at most; issues.csv lists every finding
 THUMBNAIL = 256  # pixels, the longer side
 
 
-def write_page(path: Path, summary: dict, findings: list[Finding], models: FoldModels) -> Path:
+def write_page(path: Path, summary: AuditResult, findings: list[Finding], models: FoldModels) -> Path:
     overlays = grad_cam_thumbnails(findings[:SHOWN], models)
     tiles = "".join(
         _tile(rank, finding, overlays.get(finding.path)) for rank, finding in enumerate(findings[:SHOWN], 1)
@@ -34,16 +32,16 @@ def write_page(path: Path, summary: dict, findings: list[Finding], models: FoldM
         if len(findings) > SHOWN
         else ""
     )
-    counts = summary["by_issue"]
-    title = f"vggtune audit: {display_path(summary['data'])}"
+    counts, methods = summary.by_issue, summary.to_dict()["method"]
+    title = f"vggtune audit: {display_path(summary.data)}"
     body = (
-        f"<p><b>{summary['flagged']}</b> of {summary['images']} images flagged, each judged by the model of "
-        f"the {summary['folds']}-fold cross-validation that did not train on it (out-of-fold accuracy "
-        f"{summary['accuracy_out_of_fold']:.4f}, against {summary['majority_share']:.4f} for always answering "
-        f"{_e(summary['majority_class'])}; binomial p = {summary['beats_majority_p']:.2g}).</p>"
+        f"<p><b>{summary.flagged}</b> of {summary.images} images flagged, each judged by the model of "
+        f"the {summary.folds}-fold cross-validation that did not train on it (out-of-fold accuracy "
+        f"{summary.accuracy_out_of_fold:.4f}, against {summary.majority_share:.4f} for always answering "
+        f"{_e(summary.majority_class)}; binomial p = {summary.beats_majority_p:.2g}).</p>"
         + (
             ""
-            if summary["label_issues_trusted"]
+            if summary.label_issues_trusted
             else "<p class='warn'>The fold models do not beat always "
             "answering the largest class beyond noise, so no label issues are flagged: their disagreements "
             "with a label say nothing about it.</p>"
@@ -51,7 +49,7 @@ def write_page(path: Path, summary: dict, findings: list[Finding], models: FoldM
         + _table(
             ["issue", "images", "found by"],
             [
-                (kind, counts[kind], summary["method"][key])
+                (kind, counts[kind], methods[key])
                 for kind, key in (
                     ("label", "label"),
                     ("out-of-distribution", "out_of_distribution"),
@@ -64,15 +62,8 @@ def write_page(path: Path, summary: dict, findings: list[Finding], models: FoldM
         "The overlay is Grad-CAM for the suggested class.</p>"
         + (f"<div class='grid'>{tiles}</div>{more}" if findings else "<p>Nothing flagged.</p>")
     )
-    page = (
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">"
-        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
-        f"<p class='muted'>{len(summary['classes'])} classes; written {datetime.datetime.now():%Y-%m-%d %H:%M} "
-        f"by vggtune {__version__}</p><section id='flagged'><h2>Flagged images</h2>{body}</section></body></html>\n"
-    )
-    atomic_write_text(path, page)
+    flagged = f"<section id='flagged'><h2>Flagged images</h2>{body}</section>"
+    atomic_write_text(path, page(title, f"{len(summary.classes)} classes", flagged))
     return path
 
 

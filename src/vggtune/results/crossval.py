@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,12 +26,50 @@ from vggtune.fsutil import atomic_write_json, display_path
 from vggtune.progress import say, verbosity
 from vggtune.results.analysis import intervals
 from vggtune.training.metrics import Metrics, classification_metrics
-from vggtune.training.rundir import PredictionRow, RunDir, write_predictions
+from vggtune.training.rundir import PredictionRow, RunDir, read_predictions, write_predictions
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.training.config import TrainConfig
 
 SUMMARY_KEYS = ("n", "accuracy", "balanced_accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold: its number, the metrics of the images it left out, the seconds it took (None: unknown)."""
+
+    fold: int
+    metrics: Metrics
+    seconds: float | None
+
+    def to_dict(self) -> dict:
+        return {"fold": self.fold, **_summary(self.metrics), "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """What `vggtune cv` returns: each fold's figures, and the pooled out-of-fold figures with their 95 %
+    intervals (Wilson for accuracy, a stratified bootstrap for the others). `to_dict()` is cv.json."""
+
+    classes: list[str]
+    pooled: Metrics
+    intervals_95: dict[str, tuple[float, float]]
+    per_fold: tuple[FoldResult, ...]
+    config: dict  # the resolved TrainConfig every fold was trained with (its out: the cv folder)
+
+    @property
+    def folds(self) -> int:
+        return len(self.per_fold)
+
+    def to_dict(self) -> dict:
+        bounds = {key: list(low_high) for key, low_high in self.intervals_95.items()}
+        return {
+            "folds": self.folds,
+            "classes": self.classes,
+            "pooled": {**_summary(self.pooled), "intervals_95": bounds},
+            "per_fold": [fold.to_dict() for fold in self.per_fold],
+            "config": self.config,
+        }
 
 
 def fold_config(config: TrainConfig, fold: int, folds: int) -> TrainConfig:
@@ -39,8 +78,8 @@ def fold_config(config: TrainConfig, fold: int, folds: int) -> TrainConfig:
     )
 
 
-def cross_validate(config: TrainConfig, folds: int) -> dict:
-    """Trains `config` on each of `folds` folds in config.out; returns what cv.json holds."""
+def cross_validate(config: TrainConfig, folds: int) -> CrossValidation:
+    """Trains `config` on each of `folds` folds in config.out; writes cv.json and cv_predictions.csv."""
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise UserError(f"--folds: received {folds!r}; allowed: a whole number >= 2")
     configs = [fold_config(config, k, folds) for k in range(1, folds + 1)]  # checks the options first
@@ -108,10 +147,14 @@ def _fit_fold(config: TrainConfig) -> bool:
     return True
 
 
-def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) -> dict:
+def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) -> CrossValidation:
     """Per-fold and pooled metrics (with 95 % intervals) of the folds' test predictions."""
     classes = RunDir(configs[0].out).saved_splits().classes
-    rows, labels, probabilities, per_fold, thresholds = [], [], [], [], []
+    rows: list[PredictionRow] = []
+    labels: list[int] = []
+    probabilities: list[list[float]] = []
+    per_fold: list[FoldResult] = []
+    thresholds: list[float] = []
     for config, fold_seconds in zip(configs, seconds):
         tested = [row for row in RunDir(config.out).predictions(classes) or [] if row.split == "test"]
         fold_labels = [classes.index(row.label) for row in tested]
@@ -121,34 +164,39 @@ def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) ->
         metrics = classification_metrics(
             fold_labels, np.asarray(fold_probabilities).reshape(-1, len(classes)), classes, threshold
         )
-        per_fold.append({"fold": config.cv_fold, **_summary(metrics), "seconds": fold_seconds})
+        per_fold.append(FoldResult(config.cv_fold, metrics, fold_seconds))
         rows += [PredictionRow(f"fold-{config.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
         labels += fold_labels
         probabilities += fold_probabilities
     pooled_probabilities = np.asarray(probabilities).reshape(-1, len(classes))
     # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median.
     threshold = float(np.median(thresholds)) if thresholds else 0.5
-    pooled = _summary(classification_metrics(labels, pooled_probabilities, classes, threshold))
-    pooled["intervals_95"] = {
-        key: list(low_high)
-        for key, low_high in intervals(labels, pooled_probabilities, classes, threshold=threshold).items()
-    }
     base = dataclasses.replace(configs[0], out=str(root), cv_folds=0, cv_fold=0, no_report=False)
-    result = {
-        "folds": len(configs),
-        "classes": classes,
-        "pooled": pooled,
-        "per_fold": per_fold,
-        "config": base.to_dict(),
-    }
+    result = CrossValidation(
+        classes,
+        classification_metrics(labels, pooled_probabilities, classes, threshold),
+        intervals(labels, pooled_probabilities, classes, threshold=threshold),
+        tuple(per_fold),
+        base.to_dict(),
+    )
     write_predictions(root / "cv_predictions.csv", classes, rows)
-    atomic_write_json(root / "cv.json", result)
+    atomic_write_json(root / "cv.json", result.to_dict())
     return result
 
 
 def _summary(metrics: Metrics) -> dict:
     values = metrics.to_dict()
     return {key: values[key] for key in SUMMARY_KEYS if key in values}
+
+
+def out_of_fold(root: Path) -> tuple[list[str], list[PredictionRow]]:
+    """The classes and every image's out-of-fold row (cv_predictions.csv) of a finished `vggtune cv` in `root`:
+    what the audit ranks. The cv folder's files are written and read here alone."""
+    summary = _read_cv(root)
+    if summary is None:
+        raise UserError(f"{display_path(root)} holds no cv.json; allowed: a folder `vggtune cv` finished in")
+    classes = list(summary["classes"])
+    return classes, read_predictions(root / "cv_predictions.csv", classes)
 
 
 def _read_cv(root: Path) -> dict | None:

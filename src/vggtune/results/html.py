@@ -1,13 +1,15 @@
-"""The HTML both pages (report.html, audit.html) are made of: one style sheet and the few escaped pieces,
-so that a file name, a class or a reason is never read as markup."""
+"""The HTML both pages (report.html, audit.html) are made of: one skeleton (`page`), one style sheet and
+the few escaped pieces, so that a file name, a class or a reason is never read as markup."""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
 
 from vggtune.fsutil import display_path
+from vggtune.version import __version__
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1em 2em;color:#222}
@@ -20,6 +22,19 @@ figure img{display:block;margin:0 auto;max-height:240px;width:auto}figcaption{fo
 .wrong figcaption b{color:#b00}.warn{background:#fff4d6;padding:.5em;border-left:4px solid #e0a800}
 .muted{color:#666}details{margin:.5em 0}
 """
+
+
+def page(title: str, about: str, body: str) -> str:
+    """A whole page: the title, a line of what it is about (HTML, already escaped) with when and by which
+    version it was written, then `body`. Self-contained: nothing is fetched (the policy forbids it)."""
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">"
+        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"
+        f"<p class='muted'>{about}; written {datetime.datetime.now():%Y-%m-%d %H:%M} by vggtune "
+        f"{__version__}</p>{body}</body></html>\n"
+    )
 
 
 def count(n: int, noun: str) -> str:

@@ -4,13 +4,10 @@ where the network looked, the data's own problems, and how the run was made."""
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from vggtune.version import __version__
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.deploy.predict import Predictor
@@ -20,11 +17,11 @@ from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.results import analysis, plots
 from vggtune.results.datasection import data_section, shift
 from vggtune.results.evaluated import Evaluated
-from vggtune.results.html import STYLE
 from vggtune.results.html import count as _count
 from vggtune.results.html import escape as _e
 from vggtune.results.html import img as _img
 from vggtune.results.html import jpeg as _jpeg
+from vggtune.results.html import page
 from vggtune.results.html import table as _table
 from vggtune.training.rundir import RunDir
 
@@ -57,16 +54,8 @@ def write_report(
     sections = judged + [data_section(folder, evaluated), run_section(folder, spec)]
     title = f"vggtune report: {display_path(folder.path)}"
     judged_on = f"judged on {_e(evaluated.data)}" if evaluated else "no held-out images"
-    page = (
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">"
-        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
-        f"<p class='muted'>{len(spec.classes)} classes, {spec.head.kind} head on {_e(spec.weights)}, "
-        f"{judged_on}; written {datetime.datetime.now():%Y-%m-%d %H:%M} by vggtune "
-        f"{__version__}</p>{''.join(sections)}</body></html>\n"
-    )
-    atomic_write_text(target, page)
+    about = f"{len(spec.classes)} classes, {spec.head.kind} head on {_e(spec.weights)}, {judged_on}"
+    atomic_write_text(target, page(title, about, "".join(sections)))
     return target
 
 
