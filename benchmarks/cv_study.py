@@ -111,9 +111,10 @@ def row_of(name: str, probabilities: dict, labels: dict, base: dict, classes: li
     """One table row: pooled metrics, and the paired comparison with `base` on the same images."""
     keys = sorted(labels)
     metrics = classification_metrics([labels[k] for k in keys], [probabilities[k] for k in keys], classes)
-    return {"setting": name, "accuracy": round(metrics["accuracy"], 4),
-            "errors": int(round((1 - metrics["accuracy"]) * metrics["n"])), "n": metrics["n"],
-            "log_loss": round(metrics["log_loss"], 4), "f1": round(metrics.get("f1", metrics["f1_macro"]), 4), **extra,
+    f1 = metrics.f1 if metrics.two_classes else metrics.f1_macro
+    return {"setting": name, "accuracy": round(metrics.accuracy, 4),
+            "errors": int(round((1 - metrics.accuracy) * metrics.n)), "n": metrics.n,
+            "log_loss": round(metrics.log_loss, 4), "f1": round(f1, 4), **extra,
             **compare(probabilities, base, labels)}
 
 

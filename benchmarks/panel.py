@@ -239,9 +239,9 @@ def figures(classes: list[str], labels: np.ndarray, probabilities: np.ndarray, t
                       for _ in range(300)])
     low, high = np.percentile(drawn, [2.5, 97.5], axis=0)
     accuracy, balanced, f1 = decisions(np.arange(len(labels)))
-    log_loss = classification_metrics(labels, probabilities, classes)["log_loss"]
+    log_loss = classification_metrics(labels, probabilities, classes).log_loss
     return {"n": int(len(labels)), "accuracy": accuracy, "balanced_accuracy": balanced, "f1_macro": f1,
-            "log_loss": log_loss, "log_loss_95": intervals(labels, probabilities, classes, draws=300).get("log_loss"),
+            "log_loss": log_loss, "log_loss_95": intervals(labels, probabilities, classes, draws=300).log_loss,
             "accuracy_95": [low[0], high[0]], "balanced_accuracy_95": [low[1], high[1]], "f1_macro_95": [low[2], high[2]],
             "recall": {classes[c]: float(correct[labels == c].mean()) for c in present}, "correct": correct.tolist(),
             "nll": (-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-15, 1))).tolist()}

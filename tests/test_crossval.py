@@ -42,7 +42,7 @@ def test_cv_pools_out_of_fold_predictions_and_extracts_each_view_once(tmp_path, 
     result = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=3, **TINY)
     assert [row.fold for row in result.per_fold] == [1, 2, 3]
     assert result.pooled.n == 20 == sum(row.metrics.n for row in result.per_fold)
-    low, high = result.intervals_95["accuracy"]
+    low, high = result.intervals_95.accuracy
     assert low <= result.pooled.accuracy <= high
     with open(tmp_path / "cv" / "cv_predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+import vggtune
 from vggtune import cli
 from vggtune.training.rundir import RunDir
 
@@ -45,7 +46,11 @@ def test_a_stopped_search_continues_from_its_study_and_refuses_other_options(tin
     import optuna
     data = make_dataset(tmp_path / "data", n_per_class=12)
     out = tmp_path / "tune"
-    assert cli.main(["tune", str(data), "--trials", "2", "--out", str(out), *TINY]) == 0
+    result = vggtune.tune(str(data), out=str(out), trials=2, size=32, epochs=2, batch_size=8, hidden=8,
+                          val_split=0.25, test_split=0.2, quiet=True)
+    assert [row.number for row in result.trials] == [1, 2] and result.default_trial is result.trials[0]
+    assert result.best.state == "complete" and result.test is not None and result.test.n > 0
+    assert json.loads((out / "tune.json").read_text()) == result.to_dict()
     study = optuna.load_study(study_name="vggtune", storage=f"sqlite:///{out / 'study.db'}")
     study.ask()                     # a trial an interrupted call left running
     assert cli.main(["tune", str(data), "--trials", "4", "--out", str(out), *TINY]) == 0

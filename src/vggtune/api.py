@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # annotations only: importing the API imports no torch
     from vggtune.results.audit import AuditResult
     from vggtune.results.crossval import CrossValidation
     from vggtune.results.evaluation import Evaluation
+    from vggtune.results.tuning import TuneResult
     from vggtune.training.metrics import Metrics
     from vggtune.training.schedule import TrainResult
 
@@ -52,6 +53,10 @@ _LAZY = {
     # the records the verbs return
     "Metrics": "vggtune.training.metrics",
     "ClassScores": "vggtune.training.metrics",
+    "Interval": "vggtune.training.metrics",
+    "Intervals": "vggtune.results.analysis",
+    "TuneResult": "vggtune.results.tuning",
+    "TrialResult": "vggtune.results.tuning",
     "TrainResult": "vggtune.training.schedule",
     "Evaluation": "vggtune.results.evaluation",
     "CrossValidation": "vggtune.results.crossval",
@@ -213,11 +218,12 @@ def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> CrossValid
     return cross_validate(TrainConfig.from_recipe(data=str(data), out=str(out), **options), folds)
 
 
-def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | None = None, **options) -> dict:
+def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | None = None, **options) -> TuneResult:
     """A search over the recipe's levers (head, rates, dropout, class weights, fine-tune depth and epochs,
     views) with Optuna around `train`'s options: each trial trained and scored on the validation split,
     hopeless ones pruned, the study kept in out/study.db so an interrupted search resumes; the best setting
-    trained into out/best. Returns what out/tune.json holds."""
+    trained into out/best. Returns a TuneResult (every trial, the best, its run's test Metrics; `.to_dict()` is
+    out/tune.json)."""
     from vggtune.launcher import launched_size
     from vggtune.results.tuning import tune as _tune
 
@@ -462,6 +468,10 @@ __all__ = [
     "AuditResult",
     "Metrics",
     "ClassScores",
+    "Interval",
+    "Intervals",
+    "TuneResult",
+    "TrialResult",
     "check_processes",
     "refused",
     "train_with",

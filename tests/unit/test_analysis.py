@@ -16,8 +16,8 @@ def test_intervals_hold_the_estimate_and_narrow_with_more_images():
     small_bounds, large_bounds = analysis.intervals(*small, ["a", "b"]), analysis.intervals(*large, ["a", "b"])
     estimate = classification_metrics(*large, ["a", "b"])
     for key in ("accuracy", "f1", "roc_auc", "log_loss"):
-        assert large_bounds[key][0] <= getattr(estimate, key) <= large_bounds[key][1], key
-        width = lambda bounds: bounds[key][1] - bounds[key][0]  # noqa: E731
+        assert large_bounds.of(key).low <= getattr(estimate, key) <= large_bounds.of(key).high, key
+        width = lambda bounds: bounds.of(key).high - bounds.of(key).low  # noqa: E731
         assert 0 < width(large_bounds) < width(small_bounds), key
 
 
@@ -44,10 +44,11 @@ def test_every_interval_holds_its_estimate_with_many_classes_and_few_images():
     estimate = independent_macro_f1(labels.tolist(), predicted.tolist(), 37)
     assert estimate == pytest.approx(classification_metrics(labels, probabilities, classes).f1_macro)
     bounds = analysis.intervals(labels, probabilities, classes)
-    assert bounds["f1_macro"][0] <= estimate <= bounds["f1_macro"][1]
-    assert bounds["f1_macro"][1] - bounds["f1_macro"][0] > 0.05
+    assert bounds.f1_macro.low <= estimate <= bounds.f1_macro.high
+    assert bounds.f1_macro.high - bounds.f1_macro.low > 0.05
     loss = float(np.mean(-np.log(probabilities[np.arange(len(labels)), labels])))
-    assert bounds["log_loss"][0] <= loss <= bounds["log_loss"][1]
+    assert bounds.log_loss.low <= loss <= bounds.log_loss.high
+    assert bounds.f1 is None and bounds.roc_auc is None                          # two-class figures only
 
 
 def test_a_degenerate_interval_says_so():
@@ -55,10 +56,20 @@ def test_a_degenerate_interval_says_so():
     labels = np.array([0, 0, 0, 1, 1, 1])
     probabilities = np.array([[0.9, 0.1]] * 3 + [[0.2, 0.8]] * 3)
     bounds = analysis.intervals(labels, probabilities, ["cat", "dog"])
-    assert bounds["f1"] == bounds["roc_auc"] == (1.0, 1.0)
-    assert analysis.describe_interval(bounds["f1"]) == "none: every resample gives 1.0000 (too few test images to vary)"
-    assert analysis.describe_interval(bounds["accuracy"]).startswith("0.")          # Wilson's is never one value
+    assert bounds.f1 == bounds.roc_auc == (1.0, 1.0) and bounds.f1.constant
+    assert analysis.describe_interval(bounds.f1) == "none: every resample gives 1.0000 (too few test images to vary)"
+    assert not bounds.accuracy.constant                                       # Wilson's is never one value
     assert analysis.describe_interval((0.25, 0.5)) == "0.2500 to 0.5000"
+
+
+def test_intervals_to_dict_is_the_json_form_in_figure_order():
+    labels = np.array([0, 1] * 20)
+    probabilities = np.array([[0.7, 0.3], [0.4, 0.6]] * 20)
+    bounds = analysis.intervals(labels, probabilities, ["cat", "dog"], draws=50)
+    values = bounds.to_dict()
+    assert list(values) == ["accuracy", "balanced_accuracy", "f1_macro", "log_loss", "f1", "roc_auc"]
+    assert values["accuracy"] == list(bounds.accuracy) and all(len(pair) == 2 for pair in values.values())
+    assert list(analysis.intervals([], np.zeros((0, 2)), ["cat", "dog"]).to_dict()) == ["accuracy"]
 
 
 def test_roc_curve_area_is_roc_auc_and_pr_curve_ends_at_full_recall():

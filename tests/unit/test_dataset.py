@@ -8,6 +8,7 @@ from vggtune.data import dataset as data
 from vggtune.data import discovery
 from vggtune.errors import UserError
 from vggtune.data.images import ImageRejected, open_rgb
+from vggtune.data.items import DUPLICATE
 
 from badfiles import write_convertible, write_unusable
 from conftest import make_dataset, synthetic_image
@@ -120,7 +121,7 @@ def test_split_is_stratified_and_content_never_in_two_splits(tmp_path):
     splits = data.prepare_splits(root, None, None, 0.2, 0.2, seed=3)
     shas = [{i.sha256 for i in s} for s in (splits.train, splits.val, splits.test)]
     assert not (shas[0] & shas[1]) and not (shas[0] & shas[2]) and not (shas[1] & shas[2])
-    assert sum(1 for _, reason in splits.rejected if "duplicate content" in reason) == 5
+    assert sum(1 for row in splits.rejected if row.kind == DUPLICATE) == 5
     for split, n in ((splits.val, 4), (splits.test, 4)):
         assert [sum(1 for i in split if i.label == c) for c in (0, 1)] == [n, n]
     again = data.prepare_splits(root, None, None, 0.2, 0.2, seed=3)

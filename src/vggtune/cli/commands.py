@@ -41,13 +41,13 @@ def cmd_tune(args) -> int:
     out = options.pop("out", "runs/tune")
     result = api.tune(args.data, out=out, trials=args.trials, timeout=args.timeout, **options)
     print(f"trials ({display_path(out)}/trials.csv):")
-    print("\n".join("  " + line for line in text.trials_table(result["trials"]).splitlines()))
-    best = result["best"]
+    print("\n".join("  " + line for line in text.trials_table(result.trials).splitlines()))
+    best = result.best
     print(
-        f"best: trial {best['number']}, validation balanced log loss {best['score']:.4f}; trained into "
-        f"{display_path(result['best_run'])}"
+        f"best: trial {best.number}, validation balanced log loss {best.score:.4f}; trained into "
+        f"{display_path(result.best_run)}"
     )
-    _print_results({"test": api.Metrics.from_dict(result["test"]) if result["test"] else None}, result["best_run"])
+    _print_results({"test": result.test}, result.best_run)
     return 0
 
 

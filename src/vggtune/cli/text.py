@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vggtune.api import describe_interval, display_path, most_confused, per_class_rows
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.api import CrossValidation, Metrics
+    from vggtune.api import CrossValidation, Metrics, TrialResult
 
 MATRIX_CLASSES = 10  # beyond this many classes a terminal shows the most confused pairs instead
 
@@ -86,7 +87,7 @@ def cv_lines(result: CrossValidation) -> list[str]:
     f1_key = "f1" if pooled.two_classes else "f1_macro"
     lines.append(f"pooled over {pooled.n} images (95 % intervals):")
     for key, name in (("accuracy", "accuracy"), ("log_loss", "log loss"), (f1_key, "F1")):
-        bound = ranges.get(key)
+        bound = ranges.of(key)
         lines.append(f"  {name:<9} {_number(getattr(pooled, key))}  ({describe_interval(bound) or 'no interval'})")
     return lines
 
@@ -122,20 +123,20 @@ def _number(value) -> str:
     return "undefined" if value is None else f"{value:.4f}"
 
 
-def trials_table(trials: list[dict]) -> str:
+def trials_table(trials: Sequence[TrialResult]) -> str:
     """A line per trial of `vggtune tune`: its state, score and settings."""
-    names = list(dict.fromkeys(name for trial in trials for name in trial["settings"]))
+    names = list(dict.fromkeys(name for trial in trials for name in trial.settings))
     header = ("trial", "state", "val bal. log loss", "val bal. acc.", "s", *names)
     lines = [header]
     for t in trials:
-        settings = [t["settings"].get(name) for name in names]
+        settings = [t.settings.get(name) for name in names]
         lines.append(
             (
-                str(t["number"]),
-                t["state"],
-                _number(t["score"]) if t["score"] is not None else "-",
-                _number(t["balanced_accuracy"]) if t["balanced_accuracy"] is not None else "-",
-                f"{t['seconds']:.0f}",
+                str(t.number),
+                t.state,
+                _number(t.score) if t.score is not None else "-",
+                _number(t.balanced_accuracy) if t.balanced_accuracy is not None else "-",
+                f"{t.seconds:.0f}",
                 *(f"{v:.3g}" if isinstance(v, float) else str(v) for v in settings),
             )
         )

@@ -4,17 +4,41 @@ confused pairs. numpy only."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
 import numpy as np
 
 from vggtune.model.policy import decide
-from vggtune.training.metrics import SMALLEST, Metrics, classification_metrics, wilson_interval
+from vggtune.training.metrics import SMALLEST, Interval, Metrics, classification_metrics, wilson_interval
 
 BOOTSTRAP_DRAWS = 1000
 
 
+@dataclass(frozen=True)
+class Intervals:
+    """The 95 % intervals of one set's figures, named as `Metrics` names them: accuracy's always, the
+    others where the set has images and the figure is defined (F1 of the positive class and ROC AUC for
+    two classes only). `to_dict()` is the JSON form, {figure: [low, high]}."""
+
+    accuracy: Interval
+    balanced_accuracy: Interval | None = None
+    f1_macro: Interval | None = None
+    log_loss: Interval | None = None
+    f1: Interval | None = None
+    roc_auc: Interval | None = None
+
+    def of(self, figure: str) -> Interval | None:
+        """The interval of `figure` (a Metrics field name), None where it has none."""
+        return getattr(self, figure, None)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {field.name: list(getattr(self, field.name)) for field in fields(self) if getattr(self, field.name)}
+
+
 def intervals(
     labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0, threshold: float = 0.5
-) -> dict:
+) -> Intervals:
     """95 % intervals: Wilson for accuracy; for F1, ROC AUC and log loss a percentile bootstrap that
     resamples the images within each true class, so every resample has every class as often as the
     test set has it (a plain resample of a 37-class test set misses some classes and scores them 0,
@@ -24,9 +48,9 @@ def intervals(
     says so)."""
     labels, probabilities = np.asarray(labels, np.int64), np.asarray(probabilities, np.float64)
     n = len(labels)
-    result = {"accuracy": wilson_interval(int((decide(probabilities, threshold) == labels).sum()), n)}
+    accuracy = wilson_interval(int((decide(probabilities, threshold) == labels).sum()), n)
     if n == 0:
-        return result
+        return Intervals(accuracy)
     estimate = classification_metrics(labels, probabilities, classes, threshold)
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
@@ -38,12 +62,13 @@ def intervals(
         for key in keys:
             if getattr(drawn, key) is not None:
                 samples[key].append(getattr(drawn, key))
+    bootstrapped = {}
     for key, values in samples.items():
         centre = getattr(estimate, key)
         if values and centre is not None:
             low, high = np.percentile(values, [2.5, 97.5])
-            result[key] = (round(float(min(low, centre)), 4), round(float(max(high, centre)), 4))
-    return result
+            bootstrapped[key] = Interval(round(float(min(low, centre)), 4), round(float(max(high, centre)), 4))
+    return Intervals(accuracy, **bootstrapped)
 
 
 def predicted(probabilities, threshold: float = 0.5) -> np.ndarray:
@@ -51,14 +76,14 @@ def predicted(probabilities, threshold: float = 0.5) -> np.ndarray:
     return decide(probabilities, threshold)
 
 
-def describe_interval(bound) -> str:
+def describe_interval(bound: Interval | None) -> str:
     """A 95 % interval as text: "low to high", or what it means when every resample gave one value."""
     if not bound:
         return ""
-    low, high = bound
-    if low == high:
-        return f"none: every resample gives {low:.4f} (too few test images to vary)"
-    return f"{low:.4f} to {high:.4f}"
+    bound = Interval(*bound)
+    if bound.constant:
+        return f"none: every resample gives {bound.low:.4f} (too few test images to vary)"
+    return f"{bound.low:.4f} to {bound.high:.4f}"
 
 
 def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -123,27 +148,34 @@ def image_losses(labels, probabilities) -> np.ndarray:
     return -np.log(np.maximum(probabilities[np.arange(len(labels)), labels], SMALLEST))
 
 
-def headline(
-    labels, probabilities, classes: list[str], threshold: float = 0.5
-) -> list[tuple[str, str, float | None, tuple | None]]:
-    """(key, name, value, 95 % interval) of the figures a reader asks for first: accuracy, F1 (of the
-    positive class for two classes, macro otherwise), ROC AUC (two classes), log loss."""
+class Figure(NamedTuple):
+    """One headline figure: its Metrics field, the name a reader sees, its value and 95 % interval."""
+
+    key: str
+    name: str
+    value: float | None
+    interval: Interval | None
+
+
+def headline(labels, probabilities, classes: list[str], threshold: float = 0.5) -> list[Figure]:
+    """The figures a reader asks for first, each with its 95 % interval: accuracy, balanced accuracy, F1 (of
+    the positive class for two classes, macro otherwise), ROC AUC (two classes), log loss."""
     result = classification_metrics(labels, probabilities, classes, threshold)
     bounds = intervals(labels, probabilities, classes, threshold=threshold)
     binary = result.two_classes
     rows = [
-        ("accuracy", "accuracy", result.accuracy, bounds.get("accuracy")),
-        ("balanced_accuracy", "balanced accuracy", result.balanced_accuracy, bounds.get("balanced_accuracy")),
-        (
+        Figure("accuracy", "accuracy", result.accuracy, bounds.accuracy),
+        Figure("balanced_accuracy", "balanced accuracy", result.balanced_accuracy, bounds.balanced_accuracy),
+        Figure(
             "f1",
             f"F1 ({result.positive_class} positive)" if binary else "F1 (macro)",
             result.f1 if binary else result.f1_macro,
-            bounds.get("f1" if binary else "f1_macro"),
+            bounds.f1 if binary else bounds.f1_macro,
         ),
-        ("roc_auc", "ROC AUC", result.roc_auc, bounds.get("roc_auc")),
-        ("log_loss", "log loss", result.log_loss, bounds.get("log_loss")),
+        Figure("roc_auc", "ROC AUC", result.roc_auc, bounds.roc_auc),
+        Figure("log_loss", "log loss", result.log_loss, bounds.log_loss),
     ]
-    return [row for row in rows if row[2] is not None]
+    return [row for row in rows if row.value is not None]
 
 
 PER_CLASS_ROWS = 12  # beyond this many classes, the ones with the lowest recall

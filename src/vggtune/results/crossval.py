@@ -24,7 +24,7 @@ import numpy as np
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path
 from vggtune.progress import say, verbosity
-from vggtune.results.analysis import intervals
+from vggtune.results.analysis import Intervals, intervals
 from vggtune.training.metrics import Metrics, classification_metrics
 from vggtune.training.rundir import PredictionRow, RunDir, read_predictions, write_predictions
 
@@ -53,7 +53,7 @@ class CrossValidation:
 
     classes: list[str]
     pooled: Metrics
-    intervals_95: dict[str, tuple[float, float]]
+    intervals_95: Intervals
     per_fold: tuple[FoldResult, ...]
     config: dict  # the resolved TrainConfig every fold was trained with (its out: the cv folder)
 
@@ -62,11 +62,10 @@ class CrossValidation:
         return len(self.per_fold)
 
     def to_dict(self) -> dict:
-        bounds = {key: list(low_high) for key, low_high in self.intervals_95.items()}
         return {
             "folds": self.folds,
             "classes": self.classes,
-            "pooled": {**_summary(self.pooled), "intervals_95": bounds},
+            "pooled": {**_summary(self.pooled), "intervals_95": self.intervals_95.to_dict()},
             "per_fold": [fold.to_dict() for fold in self.per_fold],
             "config": self.config,
         }

@@ -27,7 +27,7 @@ SHIFT_SAMPLE = 400  # images of each set embedded to compare them: seconds, not 
 def shift(evaluated: Evaluated, folder: RunDir, predictor: Predictor) -> str:
     """Where the evaluated images disagree with validation: how many of them look unlike every training
     image (their embeddings far out from the training images', by the audit's out-of-distribution score)."""
-    metrics = evaluated.metrics()
+    metrics = evaluated.metrics
     splits = folder.splits()
     if evaluated.data == VAL_SPLIT or not splits or not validation_gap(folder.path, metrics, evaluated.data):
         return ""

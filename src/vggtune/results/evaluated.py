@@ -43,7 +43,9 @@ class Evaluated:
     def probabilities(self) -> np.ndarray:
         return np.asarray([row.probabilities for row in self.rows], dtype=np.float64).reshape(-1, len(self.classes))
 
+    @functools.cached_property
     def metrics(self) -> Metrics:
+        """The figures of these images: computed once, shared by every section of the report and the card."""
         return classification_metrics(self.labels, self.probabilities, self.classes, self.threshold)
 
     def counts(self) -> dict[str, int]:
@@ -53,7 +55,7 @@ class Evaluated:
     def findings(self, run: Path) -> list[str]:
         """What a reader must be told beside the totals, as sentences: sensitivity and specificity by class,
         an imbalance among the classes, an accuracy below the validation split's interval."""
-        metrics = self.metrics()
+        metrics = self.metrics
         said = [
             analysis.two_class_rates(metrics),
             balance.imbalance(self.counts()),
@@ -62,8 +64,8 @@ class Evaluated:
         return [sentence[0].upper() + sentence[1:] for sentence in said if sentence]
 
     @functools.cached_property
-    def headline(self) -> list[tuple[str, str, float | None, tuple | None]]:
-        """(key, name, value, 95 % interval) of the headline metrics: computed once (its bootstrap draws
+    def headline(self) -> list[analysis.Figure]:
+        """The headline figures with their 95 % intervals: computed once (its bootstrap draws
         1,000 resamples), shared by the report and the model card."""
         return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold)
 

@@ -56,7 +56,7 @@ def evaluate(
     rank scores its share of the images. `threshold`: a two-class decision threshold instead of model.json's."""
     predictor = Predictor(run, device=device, precision=precision, engine=engine, threshold=threshold)
     evaluated = score(predictor, Path(run), data_dir)
-    metrics = evaluated.metrics()
+    metrics = evaluated.metrics
     gap = validation_gap(Path(run), metrics, evaluated.data)
     result = Evaluation(metrics, list(evaluated.rejected), evaluated.data, gap)
     if not distributed.is_main():  # under torchrun, rank 0 writes

@@ -40,7 +40,7 @@ def write_model_card(run: str | Path, evaluated: Evaluated | None) -> Path:
                             "split": "test",
                         },
                         "metrics": [
-                            {"type": key, "value": round(value, 4)} for key, _, value, _ in scores if value is not None
+                            {"type": row.key, "value": round(row.value, 4)} for row in scores if row.value is not None
                         ],
                     }
                 ],
@@ -167,9 +167,9 @@ def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:
     if evaluated is None:
         return "## Evaluation results\n\nThis run kept no test images.\n"
     rows = "".join(
-        f"| {label} | {value:.4f} | {describe_interval(bound)} |\n" for _, label, value, bound in scores if bound
+        f"| {row.name} | {row.value:.4f} | {describe_interval(row.interval)} |\n" for row in scores if row.interval
     )
-    title, classes = per_class_rows(evaluated.metrics())
+    title, classes = per_class_rows(evaluated.metrics)
     per_class = "".join(f"| {name} | {p:.3f} | {r:.3f} | {f:.3f} | {n} |\n" for name, p, r, f, n in classes)
     findings = "".join(f"- {sentence}.\n" for sentence in evaluated.findings(folder.path))
     return (

@@ -60,13 +60,11 @@ def write_report(
 
 
 def verdict(evaluated: Evaluated, folder: RunDir) -> str:
-    rows = evaluated.headline
     body = "".join(
-        f"<tr><td>{_e(name)}</td><td class='n'>{_number(value)}</td><td>{_interval(bound)}</td></tr>"
-        for _, name, value, bound in rows
+        f"<tr><td>{_e(row.name)}</td><td class='n'>{_number(row.value)}</td><td>{_interval(row.interval)}</td></tr>"
+        for row in evaluated.headline
     )
-    n, accuracy_bound = len(evaluated.rows), rows[0][3]
-    low, high = accuracy_bound or (rows[0][2], rows[0][2])  # a Wilson interval: never missing in practice
+    n, (low, high) = len(evaluated.rows), evaluated.metrics.accuracy_95  # Wilson's, as the headline's
     warning = (
         f"<p class='warn'>Only {n} images: the accuracy could be anywhere from {low:.3f} to "
         f"{high:.3f}. More test images narrow it.</p>"
@@ -74,7 +72,7 @@ def verdict(evaluated: Evaluated, folder: RunDir) -> str:
         else ""
     )
     findings = "".join(f"<p class='warn'>{_e(sentence)}.</p>" for sentence in evaluated.findings(folder.path))
-    title, classes = analysis.per_class_rows(evaluated.metrics())
+    title, classes = analysis.per_class_rows(evaluated.metrics)
     per_class = f"<h3>{_e(title[0].upper() + title[1:])}</h3>" + _table(
         ["class", "precision", "recall", "F1", "images"],
         [(name, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", support) for name, p, r, f, support in classes],
@@ -111,7 +109,7 @@ def curves(folder: RunDir) -> str:
 
 
 def confusions(evaluated: Evaluated) -> str:
-    matrix = evaluated.metrics().confusion_matrix
+    matrix = evaluated.metrics.confusion_matrix
     pairs = analysis.most_confused(matrix, evaluated.classes)
     table = "".join(f"<tr><td>{_e(a)}</td><td>{_e(b)}</td><td class='n'>{n}</td></tr>" for a, b, n in pairs)
     return (
@@ -131,7 +129,7 @@ def calibration(evaluated: Evaluated) -> str:
     labels, probabilities = evaluated.labels, evaluated.probabilities
     parts = []
     if len(evaluated.classes) == 2 and len(set(labels.tolist())) == 2:
-        auc = evaluated.metrics().roc_auc
+        auc = evaluated.metrics.roc_auc
         parts.append(
             _img(plots.roc_and_pr(labels, probabilities[:, 1], evaluated.classes[1], auc), "ROC and PR curves")
         )

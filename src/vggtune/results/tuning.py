@@ -28,7 +28,7 @@ from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path, write_csv
 from vggtune.progress import say
 from vggtune.training.config import TrainConfig
-from vggtune.training.metrics import balanced_log_loss
+from vggtune.training.metrics import Metrics, balanced_log_loss
 from vggtune.training.rundir import RunDir
 
 STUDY = "vggtune"  # the study's name inside study.db
@@ -75,6 +75,8 @@ LEVERS = (
 
 @dataclass(frozen=True)
 class TrialResult:
+    """One trial: its number (from 1), how it ended, the levers' values it tried and its figures."""
+
     number: int
     state: str  # complete, pruned or failed
     settings: dict
@@ -82,11 +84,41 @@ class TrialResult:
     balanced_accuracy: float | None
     seconds: float
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
-def tune(base: TrainConfig, trials: int, timeout: float | None = None) -> dict:
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What `vggtune tune` returns: the base config the search varied, every trial (the first is the
+    defaults), the best complete one, the run it was trained into and that run's test Metrics (None where
+    it kept no test images). `to_dict()` is tune.json."""
+
+    base: TrainConfig
+    trials: tuple[TrialResult, ...]
+    best: TrialResult
+    best_run: str
+    test: Metrics | None
+
+    @property
+    def default_trial(self) -> TrialResult:
+        return self.trials[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "base": self.base.to_dict(),
+            "trials": [row.to_dict() for row in self.trials],
+            "best": self.best.to_dict(),
+            "best_run": self.best_run,
+            "default_trial": self.default_trial.to_dict(),
+            "test": self.test.to_dict() if self.test else None,
+        }
+
+
+def tune(base: TrainConfig, trials: int, timeout: float | None = None) -> TuneResult:
     """Searches the levers around `base` (its out is the TUNE folder) until `trials` trials have ended
     (counting those of an earlier, interrupted call) or `timeout` seconds pass; trains the best setting
-    into TUNE/best. Returns what tune.json holds."""
+    into TUNE/best. Returns the TuneResult tune.json holds."""
     optuna = _optuna()
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise UserError(f"--trials: received {trials!r}; allowed: a whole number >= 1")
@@ -176,12 +208,6 @@ def _scored(run: Path) -> tuple[float, float]:
     return balanced_log_loss(labels, [row.probabilities for row in rows]), _number(metrics.val.balanced_accuracy)
 
 
-def _tested(run: str) -> dict | None:
-    """The best run's test metrics, as tune.json holds them."""
-    test = RunDir(run).finished_metrics().test
-    return test.to_dict() if test else None
-
-
 def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -241,7 +267,7 @@ def results(study, optuna) -> list[TrialResult]:
     return rows
 
 
-def _finish(study, base: TrainConfig, optuna) -> dict:
+def _finish(study, base: TrainConfig, optuna) -> TuneResult:
     """trials.csv, tune.json, and the best setting trained into TUNE/best (with its report)."""
     from vggtune.results.evaluation import write_documents_or_warn
     from vggtune.training.schedule import train_run
@@ -260,15 +286,8 @@ def _finish(study, base: TrainConfig, optuna) -> dict:
         trained = train_run(best_config)
         if not best_config.no_report:
             write_documents_or_warn(best_config.out, trained.engine)
-    result = {
-        "base": base.to_dict(),
-        "trials": [dataclasses.asdict(row) for row in rows],
-        "best": dataclasses.asdict(best),
-        "best_run": str(best_config.out),
-        "default_trial": dataclasses.asdict(rows[0]) if rows else None,
-        "test": _tested(best_config.out),
-    }
-    atomic_write_json(folder / SETTINGS_FILE, result)
+    result = TuneResult(base, tuple(rows), best, str(best_config.out), RunDir(best_config.out).finished_metrics().test)
+    atomic_write_json(folder / SETTINGS_FILE, result.to_dict())
     return result
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -21,6 +22,18 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 from vggtune.model.policy import decide
 
 SMALLEST = np.finfo(np.float64).tiny  # a probability below it (a logit gap over 708) is counted as it
+
+
+class Interval(NamedTuple):
+    """A 95 % interval of one figure; a pair, so `low, high = interval` and JSON's [low, high] hold."""
+
+    low: float
+    high: float
+
+    @property
+    def constant(self) -> bool:
+        """Every resample gave one value (too few images for the figure to vary)."""
+        return self.low == self.high
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ class Metrics:
     per_class: dict[str, ClassScores]
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted, in the classes' order
     classes: list[str]
-    accuracy_95: tuple[float, float]  # Wilson's interval
+    accuracy_95: Interval  # Wilson's interval
     majority_share: float | None  # what always answering the largest class would score
     roc_auc: float | None = None
     positive_class: str | None = None
@@ -77,7 +90,7 @@ class Metrics:
         known = {field.name for field in dataclasses.fields(cls)}
         fields = {key: value for key, value in values.items() if key in known}
         fields["per_class"] = {name: ClassScores(**row) for name, row in values["per_class"].items()}
-        fields["accuracy_95"] = tuple(values["accuracy_95"])
+        fields["accuracy_95"] = Interval(*values["accuracy_95"])
         return cls(**fields)
 
 
@@ -131,14 +144,14 @@ def classification_metrics(labels, probabilities, classes: list[str], threshold:
     )
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> Interval:
     """95 % interval of a proportion (Wilson score): honest for small n and for 0 or n correct."""
     if n == 0:
-        return (0.0, 1.0)
+        return Interval(0.0, 1.0)
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4))
+    return Interval(round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4))
 
 
 def _none_for_nan(value):
