@@ -23,6 +23,7 @@ from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES,
 from vggtune.version import __version__
 
 if TYPE_CHECKING:  # annotations only: importing the API imports no torch
+    from vggtune.data.check import DataCheck
     from vggtune.results.audit import AuditResult
     from vggtune.results.crossval import CrossValidation
     from vggtune.results.evaluation import Evaluation
@@ -62,6 +63,8 @@ _LAZY = {
     "CrossValidation": "vggtune.results.crossval",
     "FoldResult": "vggtune.results.crossval",
     "AuditResult": "vggtune.results.audit",
+    "DataCheck": "vggtune.data.check",
+    "FolderCheck": "vggtune.data.check",
 }
 
 
@@ -336,57 +339,19 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> Non
     _serve(ServeConfig(str(run), host, port, **options))
 
 
-def check_data(folder: str, val_data: str | None = None, test_data: str | None = None, output: str | None = None):
-    """Scan a dataset as training would: (splits with every unusable file and why, near-duplicate rows,
-    near-duplicates under two classes); `output`: the unusable files written there as CSV (path, reason, kind)."""
-    from vggtune.data import dataset, similar
+def check_data(
+    folder: str, val_data: str | None = None, test_data: str | None = None, output: str | None = None
+) -> DataCheck:
+    """Scan a dataset as training would: a DataCheck (`.folders`, each with its images per class and rejected
+    files; `.rejected`, every unusable file and why; `.near_duplicates`; `.conflicts`, near-duplicates under
+    two classes); `output`: the unusable files written there as CSV (path, reason, kind)."""
+    from vggtune.data.check import check
     from vggtune.training.rundir import write_rejected_csv
 
-    splits = dataset.prepare_splits(folder, val_data, test_data, 0.1, 0.1, seed=0)
+    result = check(folder, val_data, test_data)
     if output:
-        write_rejected_csv(Path(output), splits.rejected)
-    return (splits, *similar.report(splits))
-
-
-def checked_folders(splits, folder: str, val_data: str | None, test_data: str | None) -> list[tuple[str, list, str]]:
-    """(folder, its usable items, its name in a rejected row's `where`) of each folder `check_data` read:
-    DATA, and each folder given apart, each counted under its own name."""
-    held = [
-        (path, items, where)
-        for path, items, where in ((val_data, splits.val, "val"), (test_data, splits.test, "test"))
-        if path
-    ]
-    taken = {where for _, _, where in held}
-    data = splits.train + (splits.val if "val" not in taken else []) + (splits.test if "test" not in taken else [])
-    return [(folder, data, "data"), *held]
-
-
-def folder_of(row) -> str:
-    """Where a rejected file was: "data", or "val"/"test" for a folder given apart."""
-    from vggtune.data.items import Rejected
-
-    return Rejected.of(row).where
-
-
-def per_class(items, classes: list[str]) -> dict[str, int]:
-    """Images per class of scanned items (data/balance.py)."""
-    from vggtune.data.balance import per_class as counted
-
-    return counted(items, classes)
-
-
-def counts_line(counts: dict[str, int], where: str) -> str:
-    """ "classes in WHERE: a 10, b 29 (1 : 2.9)" (data/balance.py)."""
-    from vggtune.data.balance import counts_line as line
-
-    return line(counts, where)
-
-
-def class_warnings(counts: dict[str, int]) -> list[str]:
-    """The warnings images per class call for: imbalance, tiny classes, names alike (data/balance.py)."""
-    from vggtune.data.balance import class_warnings as warnings
-
-    return warnings(counts)
+        write_rejected_csv(Path(output), result.rejected)
+    return result
 
 
 def describe_interval(bound) -> str:
@@ -466,6 +431,8 @@ __all__ = [
     "CrossValidation",
     "FoldResult",
     "AuditResult",
+    "DataCheck",
+    "FolderCheck",
     "Metrics",
     "ClassScores",
     "Interval",
@@ -499,11 +466,6 @@ __all__ = [
     "verify_weights",
     "disagreement",
     "per_class_rows",
-    "checked_folders",
-    "folder_of",
-    "per_class",
-    "counts_line",
-    "class_warnings",
     "convert_weights",
     "cache_summary",
     "clear_cache",

@@ -138,3 +138,20 @@ def test_separate_test_folder_keeps_its_content_out_of_training(tmp_path):
     make_dataset(other, n_per_class=2, classes=("cat", "cow"))
     with pytest.raises(UserError, match="allowed: the training classes"):
         data.prepare_splits(root, None, other, 0.0, 0.1, seed=0)
+
+
+def test_data_check_is_a_record_of_each_folder_read(tmp_path):
+    from vggtune.data.check import check
+    from vggtune.data.items import IN_DATA, IN_TEST, LABEL_CONFLICT
+
+    root = make_dataset(tmp_path / "train", n_per_class=6)
+    (root / "dog" / "same.jpg").write_bytes((root / "cat" / "cat.5.jpg").read_bytes())  # one image, two classes
+    test = make_dataset(tmp_path / "test", n_per_class=2, classes=("cat", "dog"))
+    result = check(str(root), None, str(test))
+    assert [(folder.where, folder.folder) for folder in result.folders] == [(IN_DATA, str(root)), (IN_TEST, str(test))]
+    data_folder, test_folder = result.folders
+    assert test_folder.counts == {"cat": 2, "dog": 2} and test_folder.images == 4
+    assert data_folder.images + test_folder.images + len(result.rejected) == 12 + 1 + 4
+    assert sum(1 for row in result.rejected if row.kind == LABEL_CONFLICT) == 2 and not result.clean
+    assert all(row in data_folder.rejected + test_folder.rejected for row in result.rejected)
+    assert data_folder.summary("DATA").startswith("classes in DATA:")

@@ -216,29 +216,27 @@ def cmd_data_audit(args) -> int:
 def cmd_data_check(args) -> int:
     """Exit status 0: every file usable; 1: some rejected (the list says why) or near-duplicates filed under
     two classes (likely label mistakes); 2: a mistake in the command."""
-    splits, near_duplicates, conflicts = api.check_data(args.folder, args.val_data, args.test_data, args.output)
-    for folder, items, where in api.checked_folders(splits, args.folder, args.val_data, args.test_data):
-        rejected = [row for row in splits.rejected if api.folder_of(row) == where]
+    result = api.check_data(args.folder, args.val_data, args.test_data, args.output)
+    for folder in result.folders:
         print(
-            f"{display_path(folder)}: {len(items)} usable images in {len(splits.classes)} classes, "
-            f"{len(rejected)} rejected"
+            f"{display_path(folder.folder)}: {folder.images} usable images in {len(result.classes)} classes, "
+            f"{len(folder.rejected)} rejected"
         )
-        counts = api.per_class(items, splits.classes)
-        for name, count in counts.items():
+        for name, count in folder.counts.items():
             print(f"  {name:30} {count}")
-        print(f"  {api.counts_line(counts, display_path(folder))}")
-        for warning in api.class_warnings(counts):
+        print(f"  {folder.summary(display_path(folder.folder))}")
+        for warning in folder.warnings():
             print(f"warning: {warning}")
-    for path, reason in splits.rejected:
-        print(f"rejected {display_path(path)}: {reason}")
-    for a, _, b, _, distance in near_duplicates:
+    for row in result.rejected:
+        print(f"rejected {display_path(row.path)}: {row.reason}")
+    for a, _, b, _, distance in result.near_duplicates:
         print(f"warning: near-duplicates (perceptual hash distance {distance}): {display_path(a)} ~ {display_path(b)}")
-    for a, class_a, b, class_b, distance in conflicts:
+    for a, class_a, b, class_b, distance in result.conflicts:
         print(
             f"label conflict? near-duplicates under two classes (distance {distance}): "
             f"{display_path(a)} ({class_a}) ~ {display_path(b)} ({class_b})"
         )
-    return 1 if splits.rejected or conflicts else 0
+    return 0 if result.clean else 1
 
 
 def cmd_cache(args) -> int:

@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow])
     )
 
 
-def write_rejected_csv(path: Path, rejected: list[tuple[str, str]]) -> None:
+def write_rejected_csv(path: Path, rejected: Sequence[tuple[str, str]]) -> None:
     """rejected.csv (and `data check --output`): path, the reason a person reads, its kind (items.KINDS) for
     programs, and the folder it was in (DATA, or a given val or test folder)."""
     rows = map(Rejected.of, rejected)
