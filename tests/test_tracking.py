@@ -69,11 +69,12 @@ def test_runs_table_sorts_and_prints_json(tmp_path, dataset, tiny_weights, capsy
     vggtune.api.train_with(quick_config(dataset, tmp_path / "runs" / "b", epochs=3, finetune_epochs=1))
     (tmp_path / "runs" / "unfinished").mkdir()
     rows = vggtune.api.runs(str(tmp_path / "runs"), sort="epochs")
-    assert [row["run"] for row in rows] == ["a", "b"] and [row["epochs"] for row in rows] == [1, 4]
-    assert all(row["split"] == "test" and row["images"] > 0 and len(row["accuracy_95"]) == 2 for row in rows)
+    assert [row.run for row in rows] == ["a", "b"] and [row.epochs for row in rows] == [1, 4]
+    assert all(row.split == "test" and row.images > 0 and row.accuracy_95.low <= row.accuracy for row in rows)
     assert main(["runs", str(tmp_path / "runs"), "--format", "json", "--sort", "accuracy"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert [row["accuracy"] for row in printed] == sorted((row["accuracy"] for row in rows), reverse=True)
+    assert [row["accuracy"] for row in printed] == sorted((row.accuracy for row in rows), reverse=True)
+    assert sorted(printed, key=lambda row: row["run"]) == [row.to_dict() for row in rows]
     assert main(["runs", str(tmp_path / "runs")]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["run", "data", "head"] and len(table) == 3

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # annotations only: importing the API imports no torch
     from vggtune.results.audit import AuditResult
     from vggtune.results.crossval import CrossValidation
     from vggtune.results.evaluation import Evaluation
+    from vggtune.results.runs import RunRow
     from vggtune.results.tuning import TuneResult
     from vggtune.training.metrics import Metrics
     from vggtune.training.schedule import TrainResult
@@ -64,6 +65,7 @@ _LAZY = {
     "FoldResult": "vggtune.results.crossval",
     "AuditResult": "vggtune.results.audit",
     "DataCheck": "vggtune.data.check",
+    "RunRow": "vggtune.results.runs",
     "FolderCheck": "vggtune.data.check",
 }
 
@@ -262,7 +264,7 @@ def audit(
     return _audit(config, folds, Path(out), Path(write_manifest) if write_manifest else None, relabel)
 
 
-def runs(folder: str = "runs", sort: str = "run") -> list[dict]:
+def runs(folder: str = "runs", sort: str = "run") -> list[RunRow]:
     """A row per finished run under `folder` (data, head, epochs, precision, test accuracy with its 95 %
     interval, log loss, wall time), sorted by the column `sort` (accuracy and images: best first)."""
     from vggtune.results.runs import table
@@ -433,6 +435,7 @@ __all__ = [
     "AuditResult",
     "DataCheck",
     "FolderCheck",
+    "RunRow",
     "Metrics",
     "ClassScores",
     "Interval",

@@ -54,7 +54,7 @@ def cmd_tune(args) -> int:
 def cmd_runs(args) -> int:
     rows = api.runs(args.folder, args.sort)
     if args.format == "json":
-        print(json.dumps(rows, indent=1))
+        print(json.dumps([row.to_dict() for row in rows], indent=1))
     elif rows:
         print(text.runs_table(rows))
     else:

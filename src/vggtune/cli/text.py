@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from vggtune.api import describe_interval, display_path, most_confused, per_class_rows
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.api import CrossValidation, Metrics, TrialResult
+    from vggtune.api import CrossValidation, Metrics, RunRow, TrialResult
 
 MATRIX_CLASSES = 10  # beyond this many classes a terminal shows the most confused pairs instead
 
@@ -148,7 +148,7 @@ def _aligned(lines: list[tuple]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
 
-def runs_table(rows: list[dict]) -> str:
+def runs_table(rows: Sequence[RunRow]) -> str:
     """The rows as an aligned table, accuracy with its 95 % interval."""
     header = (
         "run",
@@ -164,20 +164,20 @@ def runs_table(rows: list[dict]) -> str:
     )
     lines = [header]
     for r in rows:
-        interval = f" ({r['accuracy_95'][0]:.3f}-{r['accuracy_95'][1]:.3f})" if r["accuracy_95"] else ""
-        accuracy = f"{r['accuracy']:.4f}{interval}" if r["accuracy"] is not None else "-"
+        interval = f" ({r.accuracy_95.low:.3f}-{r.accuracy_95.high:.3f})" if r.accuracy_95 else ""
+        accuracy = f"{r.accuracy:.4f}{interval}" if r.accuracy is not None else "-"
         lines.append(
             (
-                r["run"],
-                r["data"],
-                r["head"],
-                str(r["epochs"]),
-                r["precision"],
-                f"{r['split']} {r['images']}" if r["split"] else "-",
+                r.run,
+                r.data,
+                r.head,
+                str(r.epochs),
+                r.precision,
+                f"{r.split} {r.images}" if r.split else "-",
                 accuracy,
-                f"{r['balanced_accuracy']:.4f}" if r.get("balanced_accuracy") is not None else "-",
-                f"{r['log_loss']:.4f}" if r["log_loss"] is not None else "-",
-                f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-",
+                f"{r.balanced_accuracy:.4f}" if r.balanced_accuracy is not None else "-",
+                f"{r.log_loss:.4f}" if r.log_loss is not None else "-",
+                f"{r.wall_s:.0f}" if r.wall_s is not None else "-",
             )
         )
     return _aligned(lines)

@@ -3,27 +3,45 @@ metrics.json): what they trained on and with, and how they scored on their test 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.runfiles import is_finished
 
-COLUMNS = (
-    "run",
-    "data",
-    "head",
-    "epochs",
-    "precision",
-    "split",
-    "images",
-    "accuracy",
-    "accuracy_95",
-    "balanced_accuracy",
-    "log_loss",
-    "wall_s",
-)
+if TYPE_CHECKING:  # annotations only: `vggtune runs --help` imports no torch or scikit-learn
+    from vggtune.training.metrics import Interval
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One finished run: where it is (relative to the folder listed), what it trained on and with, and how
+    it scored on its test split (else validation; `split` None: neither). `to_dict()` is `--format json`'s row."""
+
+    run: str
+    data: str
+    head: str
+    epochs: int
+    precision: str
+    split: str | None
+    images: int | None
+    accuracy: float | None
+    accuracy_95: Interval | None
+    balanced_accuracy: float | None
+    log_loss: float | None
+    wall_s: float | None
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["accuracy_95"] = list(self.accuracy_95) if self.accuracy_95 else None
+        return values
+
+
+COLUMNS = tuple(field.name for field in dataclasses.fields(RunRow))
 SORT_COLUMNS = tuple(column for column in COLUMNS if column != "accuracy_95")
 DESCENDING = {"accuracy", "balanced_accuracy", "images"}  # sorted best first; every other column ascending
 
@@ -42,7 +60,7 @@ def find(folder: str | Path) -> list[Path]:
     return found
 
 
-def row(run: Path, root: Path) -> dict:
+def row(run: Path, root: Path) -> RunRow:
     from vggtune.training.rundir import RunDir  # torch: not imported for the command line's --help
 
     folder = RunDir(run)
@@ -50,28 +68,28 @@ def row(run: Path, root: Path) -> dict:
     split = "test" if metrics.test else "val" if metrics.val else None
     scores = metrics.test or metrics.val
     epochs = config.epochs + config.finetune_epochs
-    return {
-        "run": display_path(run.relative_to(root)) if run != root else display_path(run.name),
-        "data": display_path(Path(config.data).name),
-        "head": config.head,
-        "epochs": epochs,
-        "precision": metrics.environment.get("precision", config.precision),
-        "split": split,
-        "images": scores.n if scores else None,
-        "accuracy": scores.accuracy if scores else None,
-        "accuracy_95": list(scores.accuracy_95) if scores else None,
-        "balanced_accuracy": scores.balanced_accuracy if scores else None,
-        "log_loss": scores.log_loss if scores else None,
-        "wall_s": metrics.timing.get("this_call_s"),
-    }
+    return RunRow(
+        run=display_path(run.relative_to(root)) if run != root else display_path(run.name),
+        data=display_path(Path(config.data).name),
+        head=config.head,
+        epochs=epochs,
+        precision=metrics.environment.get("precision", config.precision),
+        split=split,
+        images=scores.n if scores else None,
+        accuracy=scores.accuracy if scores else None,
+        accuracy_95=scores.accuracy_95 if scores else None,
+        balanced_accuracy=scores.balanced_accuracy if scores else None,
+        log_loss=scores.log_loss if scores else None,
+        wall_s=metrics.timing.get("this_call_s"),
+    )
 
 
-def table(folder: str | Path, sort: str = "run") -> list[dict]:
+def table(folder: str | Path, sort: str = "run") -> list[RunRow]:
     """A row per finished run under `folder`, sorted by the column `sort` (missing values last)."""
     if sort not in SORT_COLUMNS:
         raise UserError(f"--sort: received {sort!r}; allowed: {', '.join(SORT_COLUMNS)}")
     root = Path(folder)
     rows = [row(run, root) for run in find(root)]
-    present = [r for r in rows if r[sort] is not None]
-    present.sort(key=lambda r: r[sort], reverse=sort in DESCENDING)
-    return present + [r for r in rows if r[sort] is None]
+    present = [r for r in rows if getattr(r, sort) is not None]
+    present.sort(key=lambda r: getattr(r, sort), reverse=sort in DESCENDING)
+    return present + [r for r in rows if getattr(r, sort) is None]
