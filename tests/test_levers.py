@@ -145,8 +145,8 @@ def test_a_threshold_chosen_on_validation_is_kept_in_model_json_and_decides_ever
     files = sorted(str(p) for p in (lopsided / "dog").iterdir())[:6]
     # predict's --threshold overrides model.json's: near 1 nothing is a dog, near 0 everything is
     for given, label in ((0.999999, "cat"), (1e-6, "dog")):
-        classes, predictions, _ = api.predict(str(out), files, engine="torch", threshold=given)
-        assert {p.label for p in predictions} == {label}
+        result = api.predict(str(out), files, engine="torch", threshold=given)
+        assert {p.label for p in result.predictions} == {label} and not result.rejected
     assert cli.main(["predict", str(out), files[0], "--threshold", "2"]) == 2
     assert "--threshold: received 2.0; allowed: 0 < x < 1" in capsys.readouterr().err
     low = api.evaluate(str(out), str(lopsided), str(tmp_path / "low.json"), report=False, threshold=1e-6)

@@ -24,6 +24,7 @@ from vggtune.version import __version__
 
 if TYPE_CHECKING:  # annotations only: importing the API imports no torch
     from vggtune.data.check import DataCheck
+    from vggtune.deploy.predict import Explained, Predictions
     from vggtune.results.audit import AuditResult
     from vggtune.results.crossval import CrossValidation
     from vggtune.results.evaluation import Evaluation
@@ -66,6 +67,8 @@ _LAZY = {
     "AuditResult": "vggtune.results.audit",
     "DataCheck": "vggtune.data.check",
     "RunRow": "vggtune.results.runs",
+    "Predictions": "vggtune.deploy.predict",
+    "Explained": "vggtune.deploy.predict",
     "FolderCheck": "vggtune.data.check",
 }
 
@@ -282,13 +285,15 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
     return _evaluate(run, data, output, **options)
 
 
-def predict(run: str, paths: list[str], kaggle: bool = False, engine: str = "auto", threshold: float | None = None):
-    """Predictions for image files and folders: (the model's classes, predictions, [(input, reason)] for the
-    inputs that could not be read). `kaggle`: the model must have two classes (Kaggle's id,label
+def predict(
+    run: str, paths: list[str], kaggle: bool = False, engine: str = "auto", threshold: float | None = None
+) -> Predictions:
+    """Predictions for image files and folders: a Predictions record (`.classes`, `.predictions`, `.rejected`:
+    (input, reason) for the inputs that could not be read). `kaggle`: the model must have two classes (Kaggle's id,label
     submission is the second class's probability). `threshold`: a two-class decision threshold instead of
     the one model.json holds."""
     from vggtune.deploy.inputs import expand_paths
-    from vggtune.deploy.predict import load
+    from vggtune.deploy.predict import Predictions, load
 
     predictor = load(run, engine=engine, threshold=threshold)
     if kaggle and len(predictor.classes) != 2:
@@ -298,7 +303,7 @@ def predict(run: str, paths: list[str], kaggle: bool = False, engine: str = "aut
         )
     files, missing = expand_paths([str(path) for path in paths])
     predictions, unreadable = predictor.predict(files)
-    return predictor.classes, predictions, missing + unreadable
+    return Predictions(predictor.classes, predictions, missing + unreadable)
 
 
 def report(run: str, data: str | None = None, out: str | None = None, engine: str = "auto") -> tuple[Path, Path | None]:
@@ -309,18 +314,20 @@ def report(run: str, data: str | None = None, out: str | None = None, engine: st
     return write_documents(run, data, out, engine)
 
 
-def explain(run: str, images: list, target: str | None = None, out: str | None = None, engine: str = "auto"):
-    """Grad-CAM overlays of image files or folders, as PNG files in `out` (default RUN/explain):
-    (explanations, the files written, [(input, reason)] for inputs that could not be read)."""
+def explain(
+    run: str, images: list, target: str | None = None, out: str | None = None, engine: str = "auto"
+) -> Explained:
+    """Grad-CAM overlays of image files or folders, as PNG files in `out` (default RUN/explain): an Explained
+    record (`.explanations`, `.files` written, `.rejected`: (input, reason) for inputs that could not be read)."""
     from vggtune.deploy.gradcam import write_overlays
     from vggtune.deploy.inputs import expand_paths
-    from vggtune.deploy.predict import load
+    from vggtune.deploy.predict import Explained, load
 
     predictor = load(run, engine=engine)
     files, missing = expand_paths([str(image) for image in images])
     explanations, unreadable = predictor.explain(files, target)
     written = write_overlays(explanations, Path(out) if out else Path(run) / "explain")
-    return explanations, written, missing + unreadable
+    return Explained(explanations, written, missing + unreadable)
 
 
 def export(run: str, out: str | None = None, precision: str = "fp32", format: str = "onnx"):
@@ -436,6 +443,8 @@ __all__ = [
     "DataCheck",
     "FolderCheck",
     "RunRow",
+    "Predictions",
+    "Explained",
     "Metrics",
     "ClassScores",
     "Interval",

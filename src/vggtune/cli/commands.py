@@ -131,15 +131,15 @@ def cmd_serve(args) -> int:
 
 def cmd_explain(args) -> int:
     """Exit status 1 when some input could not be explained (each one is named on stderr)."""
-    explanations, written, rejected = api.explain(args.run, args.paths, args.target, args.out, args.engine)
-    for path, reason in rejected:
+    result = api.explain(args.run, args.paths, args.target, args.out, args.engine)
+    for path, reason in result.rejected:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
-    for explanation, png in zip(explanations, written):
+    for explanation, png in zip(result.explanations, result.files):
         print(
             f"{display_path(explanation.name)}: predicted {explanation.label} "
             f"({explanation.probabilities[explanation.label]:.3f}), map for {explanation.target} -> {display_path(png)}"
         )
-    return 1 if rejected else 0
+    return 1 if result.rejected else 0
 
 
 def cmd_predict(args) -> int:
@@ -149,17 +149,15 @@ def cmd_predict(args) -> int:
             "--kaggle writes Kaggle's CSV (id,label); received --format json; "
             "allowed: --kaggle alone, or --format json without it"
         )
-    classes, predictions, rejected = api.predict(
-        args.run, args.paths, kaggle=args.kaggle, engine=args.engine, threshold=args.threshold
-    )
-    for path, reason in rejected:
+    result = api.predict(args.run, args.paths, kaggle=args.kaggle, engine=args.engine, threshold=args.threshold)
+    for path, reason in result.rejected:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
-    written = text.predictions_text(predictions, classes, args.format, args.kaggle)
+    written = text.predictions_text(result.predictions, result.classes, args.format, args.kaggle)
     if args.output:
         api.atomic_write_text(Path(args.output), written)
     else:
         sys.stdout.write(written)
-    return 1 if rejected else 0
+    return 1 if result.rejected else 0
 
 
 def cmd_weights(args) -> int:

@@ -24,9 +24,32 @@ if TYPE_CHECKING:  # annotations only
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's answer: the path as given (or a name like "<PIL image 3>"), the decided class and every
+    class's probability."""
+
     path: str
     label: str
     probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What `vggtune.predict` returns: the model's classes, a Prediction per readable input in the order
+    given, and (input, reason) for each input that could not be read."""
+
+    classes: list[str]
+    predictions: list[Prediction]
+    rejected: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Explained:
+    """What `vggtune.explain` returns: an Explanation per readable input, the overlay PNG written for
+    each (in the same order), and (input, reason) for each input that could not be read."""
+
+    explanations: list[Explanation]
+    files: list[Path]
+    rejected: list[tuple[str, str]]
 
 
 class Predictor:
