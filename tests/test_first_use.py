@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import vggtune
+from vggtune.data.items import DUPLICATE
 from vggtune.training.rundir import RunDir
 import vggtune.training.schedule as training
 from vggtune import cli, progress
@@ -177,10 +178,12 @@ def test_data_check_exit_codes_and_an_overlapping_test_folder(tmp_path, capsys):
     one_line_error(code, err, "does not exist")
     code, out, err = run_cli(capsys, "data", "check", clean, "--test-data", clean)
     assert code == 1 and "Traceback" not in err and "error" not in err
-    assert out.count("same content as test file") == 8
-    # each folder under its own name: all 8 images are the test folder's, none left to train on
-    assert f"{clean}: 0 usable images in 2 classes, 9 rejected" in out            # 8 copies of test files, 1 broken
     assert f"{clean}: 8 usable images in 2 classes, 1 rejected" in out
+    # each folder under its own name: all 8 images are the test folder's, none left to train on
+    data_folder, test_folder = vggtune.check_data(str(clean), test_data=str(clean)).folders
+    assert (data_folder.images, len(data_folder.rejected)) == (0, 9)              # 8 copies of test files, 1 broken
+    assert sum(1 for row in data_folder.rejected if row.kind == DUPLICATE) == 8
+    assert (test_folder.where, test_folder.images, len(test_folder.rejected)) == ("test", 8, 1)
 
 
 def test_a_finished_run_keeps_only_what_using_it_needs(tmp_path, capsys, tiny_weights, dataset):

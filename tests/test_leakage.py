@@ -1,9 +1,13 @@
 """Leakage: the same content never in two splits, nor a near-duplicate group; near-duplicates within a
 split reported as warnings, across classes as likely label conflicts."""
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
+import vggtune
 from vggtune import cli
+from vggtune.data.items import DUPLICATE, IN_DATA
 
 from vggtune.data import dataset as data
 import vggtune.training.schedule as training
@@ -29,8 +33,9 @@ def test_exact_copy_in_test_folder_is_reported_and_kept_out_of_training(tmp_path
     (test / "cat" / "copy.jpg").write_bytes((train / "cat" / "cat.3.jpg").read_bytes())
     smooth_photo(99).save(test / "dog" / "own.jpg")
     assert cli.main(["data", "check", str(train), "--test-data", str(test)]) == 1
-    out = capsys.readouterr().out
-    assert "cat.3.jpg: same content as test file" in out and "kept out of two splits" in out
+    assert "cat.3.jpg: same content as test file" in capsys.readouterr().out
+    rejected = vggtune.check_data(str(train), test_data=str(test)).rejected
+    assert [(Path(row.path).name, row.kind, row.where) for row in rejected] == [("cat.3.jpg", DUPLICATE, IN_DATA)]
     splits = data.prepare_splits(train, None, test, 0.0, 0.0, seed=0)
     assert "cat.3.jpg" not in {p.split("/")[-1] for p in (i.path for i in splits.train)}
 
@@ -52,7 +57,10 @@ def test_near_duplicates_are_warned_not_removed(tmp_path, capsys):
     out = capsys.readouterr().out
     warnings = [line for line in out.splitlines() if line.startswith("warning: near-duplicates")]
     assert len(warnings) == 1 and "cat.0.jpg" in warnings[0] and "cat.resized.jpg" in warnings[0]
-    assert "9 usable images" in out                     # a warning, not a rejection
+    result = vggtune.check_data(str(root))
+    assert result.clean and result.folders[0].images == 9      # a warning, not a rejection
+    assert [sorted(Path(pair[i]).name for i in (0, 2)) for pair in result.near_duplicates] == [
+        ["cat.0.jpg", "cat.resized.jpg"]]
 
 
 def test_training_writes_near_duplicates_csv(tmp_path, tiny_weights, dataset):

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from vggtune import cli
+from vggtune import api, cli
+from vggtune.data.items import MANIFEST_ROW, UNREADABLE
 
 from vggtune.data import dataset as data
 from vggtune.data import discovery
@@ -48,12 +50,13 @@ def test_bad_rows_are_rejected_with_their_line_and_the_rest_is_used(tmp_path, im
     ]
     write_manifest(tmp_path / "m.csv", rows)
     assert cli.main(["data", "check", str(tmp_path / "m.csv")]) == 1
-    out = capsys.readouterr().out
-    assert "36 usable images in 2 classes, 4 rejected" in out
-    assert "absent.jpg: no such file (named in the manifest)" in out
-    assert "dog.18.jpg: manifest line 39: empty label" in out
-    assert "dog.19.jpg: manifest line 40: split 'holdout'; allowed: train, val, test or empty" in out
-    assert "manifest line 41: no path" in out
+    assert "36 usable images in 2 classes, 4 rejected" in capsys.readouterr().out
+    result = api.check_data(str(tmp_path / "m.csv"))
+    assert [folder.images for folder in result.folders] == [36] and not result.clean
+    by_path = {Path(row.path).name: row for row in result.rejected}
+    assert by_path["absent.jpg"].kind == UNREADABLE and "named in the manifest" in by_path["absent.jpg"].reason
+    assert {by_path[name].kind for name in ("dog.18.jpg", "dog.19.jpg", "manifest line 41")} == {MANIFEST_ROW}
+    assert "line 39" in by_path["dog.18.jpg"].reason and "line 40" in by_path["dog.19.jpg"].reason
 
 
 @pytest.mark.parametrize("header, received", [(("file", "class"), "['file', 'class']"),
