@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 from pathlib import Path
 
@@ -142,3 +143,36 @@ def jobs_for(root, views=(0, 1, 2)):
 
     paths = sorted(root.rglob("*.jpg"))
     return [ImageJob(str(p), hashlib.sha256(p.read_bytes()).hexdigest(), views) for p in paths]
+
+
+MULTI_LABELS = ("red", "blue", "green")          # synthetic_image's classes 0, 1, 2: reddish, bluish, greenish
+# The label sets of the synthetic multi-label data: a half of each label the image carries, grey noise for the rest.
+SETS = [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
+
+
+def half(label: int | None, index: int) -> Image.Image:
+    if label is None:
+        rng = np.random.default_rng(10_000 + index)
+        return Image.fromarray(rng.integers(90, 130, (40, 40, 3)).astype(np.uint8), "RGB")
+    return synthetic_image(label, index, size=(40, 40))
+
+
+def write_multilabel(root, per_set: int = 10, sets=SETS, start: int = 0) -> str:
+    """Images of two halves, each set of `sets` `per_set` times, and their manifest (path,labels); its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s, labels in enumerate(sets):
+        for i in range(start, start + per_set):
+            left, right = (list(labels) + [None, None])[:2]
+            image = Image.new("RGB", (80, 40))
+            image.paste(half(left, 100 * s + i), (0, 0))
+            image.paste(half(right, 100 * s + i + 50), (40, 0))
+            name = f"set{s}-{i}.jpg"
+            image.save(root / name, quality=92)
+            rows.append((name, ";".join(MULTI_LABELS[label] for label in labels)))
+    manifest = root / "labels.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "labels"])
+        writer.writerows(rows)
+    return str(manifest)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_dataset
+from conftest import make_dataset, write_multilabel
 from vggtune.features.choice import ENGINE_VARIABLE
 
 ENTRY = Path(__file__).with_name("dist_entry.py")
@@ -121,6 +121,23 @@ def test_two_processes_on_the_defaults_end_with_the_report(data, tmp_path):
     measured = json.loads((tmp_path / "home" / "engines.json").read_text())      # auto measured, once
     chosen = json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"]["engine"]
     assert [f"{entry['best']['name']} {entry['best']['precision']}" for entry in measured.values()] == [chosen]
+
+
+def test_two_processes_train_a_multi_label_manifest_as_one_process_does(tmp_path):
+    """Several labels an image (tests/conftest.py's synthetic halves): the same model from two processes."""
+    manifest = write_multilabel(tmp_path / "data", per_set=8)
+    one = launch(["train", manifest, *RECIPE, "--out", str(tmp_path / "one")], tmp_path / "home", nproc=None)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (tmp_path / "home2").mkdir()
+    shutil.copy(tmp_path / "home" / "engines.json", tmp_path / "home2" / "engines.json")
+    two = launch(["train", manifest, *RECIPE, "--out", str(tmp_path / "two")], tmp_path / "home2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert model_difference(tmp_path / "one", tmp_path / "two") < TOLERANCE
+    tested = [json.loads((tmp_path / run / "metrics.json").read_text())["test"] for run in ("one", "two")]
+    assert tested[0]["task"] == "multi-label" and tested[0]["per_label"].keys() == tested[1]["per_label"].keys()
+    thresholds = [json.loads((tmp_path / run / "model.json").read_text())["thresholds"] for run in ("one", "two")]
+    assert thresholds[0].keys() == thresholds[1].keys()
+    assert all(abs(thresholds[0][name] - thresholds[1][name]) < 1e-3 for name in thresholds[0])
 
 
 def predictions(path: Path) -> list[list[str]]:

@@ -57,6 +57,8 @@ _LAZY = {
     "Metrics": "vggtune.training.metrics",
     "ClassScores": "vggtune.training.metrics",
     "Interval": "vggtune.training.metrics",
+    "MultiLabelMetrics": "vggtune.training.multilabel",
+    "LabelScores": "vggtune.training.multilabel",
     "Intervals": "vggtune.results.analysis",
     "TuneResult": "vggtune.results.tuning",
     "TrialResult": "vggtune.results.tuning",
@@ -239,6 +241,7 @@ def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | N
         raise UserError("tune: runs as one process; allowed: vggtune tune without torchrun")
     if not data:
         raise UserError("tune: no DATA folder given; allowed: vggtune tune FOLDER --trials N [--out TUNE]")
+    _refuse_multi_label(data, "tune")
     return _tune(TrainConfig.from_recipe(data=str(data), out=str(out), **options), trials, timeout)
 
 
@@ -262,9 +265,21 @@ def audit(
         raise UserError(
             "data audit: no DATA folder given; allowed: vggtune data audit FOLDER [--folds 5] [--out AUDIT]"
         )
+    _refuse_multi_label(data, "data audit")
     cv_folder = cv or os.path.join(out, "cv")
     config = TrainConfig.from_recipe(data=str(data), out=str(cv_folder), **options)
     return _audit(config, folds, Path(out), Path(write_manifest) if write_manifest else None, relabel)
+
+
+def _refuse_multi_label(data: str, command: str) -> None:
+    """tune and the audit take one label per image: a multi-label manifest is refused before anything runs."""
+    from vggtune.data.manifest import is_multi_label
+
+    if is_multi_label(data):
+        raise UserError(
+            f"{command}: {display_path(data)} gives several labels per image (a labels column); allowed: one label "
+            "per image for this command (train, cv, evaluate, predict, report, explain, serve and export take both)"
+        )
 
 
 def runs(folder: str = "runs", sort: str = "run") -> list[RunRow]:
@@ -296,7 +311,7 @@ def predict(
     from vggtune.deploy.predict import Predictions, load
 
     predictor = load(run, engine=engine, threshold=threshold)
-    if kaggle and len(predictor.classes) != 2:
+    if kaggle and (len(predictor.classes) != 2 or predictor.spec.head.multi_label):
         raise UserError(
             f"--kaggle writes the second class's probability of a two-class model; this model has "
             f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle"
@@ -449,6 +464,8 @@ __all__ = [
     "ClassScores",
     "Interval",
     "Intervals",
+    "MultiLabelMetrics",
+    "LabelScores",
     "TuneResult",
     "TrialResult",
     "check_processes",

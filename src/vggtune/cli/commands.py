@@ -68,7 +68,11 @@ def _print_results(scores: dict, out: str, tested_on: str = "the test split", ga
     for split in ("test", "val"):
         if scores.get(split) is not None:
             print(f"{split} metrics ({out}):")
-            lines = text.metrics_lines(scores[split]) + text.confusion_table(scores[split]).splitlines()
+            figures = scores[split]
+            if isinstance(figures, api.Metrics):
+                lines = text.metrics_lines(figures) + text.confusion_table(figures).splitlines()
+            else:
+                lines = text.multilabel_lines(figures)
             print("\n".join("  " + line for line in lines))
             gap = gap or api.disagreement(scores.get("val"), scores.get("test"), tested_on)
             if gap:
@@ -215,15 +219,20 @@ def cmd_data_check(args) -> int:
     """Exit status 0: every file usable; 1: some rejected (the list says why) or near-duplicates filed under
     two classes (likely label mistakes); 2: a mistake in the command."""
     result = api.check_data(args.folder, args.val_data, args.test_data, args.output)
+    kind = "labels (several per image)" if result.splits.multi_label else "classes"
     for folder in result.folders:
         print(
-            f"{display_path(folder.folder)}: {folder.images} usable images in {len(result.classes)} classes, "
+            f"{display_path(folder.folder)}: {folder.images} usable images in {len(result.classes)} {kind}, "
             f"{len(folder.rejected)} rejected"
         )
         for name, count in folder.counts.items():
             print(f"  {name:30} {count}")
         print(f"  {folder.summary(display_path(folder.folder))}")
-        for warning in folder.warnings():
+        if folder.label_sets is not None:
+            print(f"  {len(folder.label_sets)} label sets (images):")
+            print("\n".join(f"    {name:28} {count}" for name, count in folder.label_sets.items()))
+            print(f"  {folder.without_labels} of {folder.images} images carry none of the labels")
+        for warning in folder.warnings:
             print(f"warning: {warning}")
     for row in result.rejected:
         print(f"rejected {display_path(row.path)}: {row.reason}")

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vggtune import api
 from vggtune.api import describe_interval, display_path, most_confused, per_class_rows
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.api import CrossValidation, Metrics, RunRow, TrialResult
+    from vggtune.api import CrossValidation, Metrics, MultiLabelMetrics, RunRow, TrialResult
 
 MATRIX_CLASSES = 10  # beyond this many classes a terminal shows the most confused pairs instead
 
@@ -62,6 +63,34 @@ def metrics_lines(result: Metrics) -> list[str]:
     return lines
 
 
+def multilabel_lines(result: MultiLabelMetrics) -> list[str]:
+    """A multi-label set's figures: totals with their 95 % intervals, then each label's."""
+
+    def bounded(key: str, value: float | None) -> str:
+        bound = result.intervals_95.get(key)
+        return _number(value) + (f"  (95% interval {bound.low:.3f}-{bound.high:.3f})" if bound else "")
+
+    low, high = result.accuracy_95
+    lines = [
+        f"images             {result.n}",
+        f"mAP                {bounded('map', result.map)}  (mean average precision over the labels)",
+        f"F1 (micro)         {bounded('f1_micro', result.f1_micro)}",
+        f"F1 (macro)         {bounded('f1_macro', result.f1_macro)}",
+        f"subset accuracy    {_number(result.subset_accuracy)}  (95% interval {low:.3f}-{high:.3f}; every label right)",
+        f"Hamming loss       {_number(result.hamming_loss)}  (the share of wrong image-label decisions)",
+        f"log loss           {_number(result.log_loss)}  (binary, per label)",
+        "per label:",
+        "  " + "label".ljust(16) + f"{'precision':>10}{'recall':>8}{'F1':>8}{'AP':>8}{'images':>8}{'threshold':>11}",
+    ]
+    for name, row in result.per_label.items():
+        precision = "-" if row.average_precision is None else f"{row.average_precision:.3f}"
+        lines.append(
+            "  " + name.ljust(16) + f"{row.precision:>10.3f}{row.recall:>8.3f}{row.f1:>8.3f}{precision:>8}"
+            f"{row.support:>8}{row.threshold:>11.3f}"
+        )
+    return lines
+
+
 def per_class_lines(result: Metrics) -> list[str]:
     """Precision, recall, F1 and images of each class (beyond 12 classes, the worst by recall)."""
     title, rows = per_class_rows(result)
@@ -73,23 +102,43 @@ def per_class_lines(result: Metrics) -> list[str]:
 
 
 def cv_lines(result: CrossValidation) -> list[str]:
-    """The table `vggtune cv` prints: one line per fold, then the pooled figures with intervals."""
-    lines = [f"{'fold':>6}  {'images':>6}  {'accuracy':>8}  {'log loss':>8}  {'F1':>6}  {'seconds':>7}"]
+    """The table `vggtune cv` prints: one line per fold, then the pooled figures with intervals (multi-label:
+    subset accuracy, log loss and micro F1 a fold; subset accuracy, mAP and micro F1 pooled)."""
+    pooled = result.pooled
+    accuracy = "accuracy" if isinstance(pooled, api.Metrics) else "subset acc."
+    width = len(accuracy)
+    lines = [f"{'fold':>6}  {'images':>6}  {accuracy:>{width}}  {'log loss':>8}  {'F1':>6}  {'seconds':>7}"]
     for row in result.per_fold:
         scores = row.metrics
-        f1 = scores.f1 if scores.two_classes else scores.f1_macro
         seconds = "" if row.seconds is None else f"{row.seconds:.1f}"
         lines.append(
-            f"{row.fold:>6}  {scores.n:>6}  {_number(scores.accuracy):>8}  {_number(scores.log_loss):>8}  "
-            f"{_number(f1):>6}  {seconds:>7}"
+            f"{row.fold:>6}  {scores.n:>6}  {_number(scores.accuracy):>{width}}  {_number(scores.log_loss):>8}  "
+            f"{_number(_f1(scores)):>6}  {seconds:>7}"
         )
-    pooled, ranges = result.pooled, result.intervals_95
-    f1_key = "f1" if pooled.two_classes else "f1_macro"
     lines.append(f"pooled over {pooled.n} images (95 % intervals):")
-    for key, name in (("accuracy", "accuracy"), ("log_loss", "log loss"), (f1_key, "F1")):
-        bound = ranges.of(key)
-        lines.append(f"  {name:<9} {_number(getattr(pooled, key))}  ({describe_interval(bound) or 'no interval'})")
+    if isinstance(pooled, api.Metrics):
+        ranges = result.intervals_95
+        f1_key = "f1" if pooled.two_classes else "f1_macro"
+        shown = [("accuracy", pooled.accuracy, ranges.accuracy), ("log loss", pooled.log_loss, ranges.log_loss)]
+        shown.append(("F1", getattr(pooled, f1_key), ranges.of(f1_key)))
+    else:
+        bounds = pooled.intervals_95
+        shown = [
+            ("subset accuracy", pooled.subset_accuracy, pooled.accuracy_95),
+            ("mAP", pooled.map, bounds.get("map")),
+            ("F1 (micro)", pooled.f1_micro, bounds.get("f1_micro")),
+        ]
+    names = max(9, *(len(name) for name, _, _ in shown))
+    for name, value, bound in shown:
+        lines.append(f"  {name:<{names}} {_number(value)}  ({describe_interval(bound) or 'no interval'})")
     return lines
+
+
+def _f1(scores: Metrics | MultiLabelMetrics) -> float | None:
+    """The F1 a fold line shows: of the positive class (two classes), macro (more), micro (multi-label)."""
+    if isinstance(scores, api.Metrics):
+        return scores.f1 if scores.two_classes else scores.f1_macro
+    return scores.f1_micro
 
 
 def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:
@@ -98,7 +147,12 @@ def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:
         return (
             json.dumps(
                 [
-                    {"path": display_path(p.path), "label": p.label, "probabilities": p.probabilities}
+                    {
+                        "path": display_path(p.path),
+                        "label": p.label,
+                        **({"labels": p.labels} if p.labels is not None else {}),
+                        "probabilities": p.probabilities,
+                    }
                     for p in predictions
                 ],
                 indent=2,

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 
 def per_class(items, classes: list[str]) -> dict[str, int]:
-    """Images per class of `items` (anything with a `label`: the index of its class)."""
-    return {name: sum(1 for item in items if item.label == i) for i, name in enumerate(classes)}
+    """Images per class of `items` (anything with a `label`: the index of its class); multi-label items
+    (`targets` not None) count under each label they carry."""
+    counts = [0] * len(classes)
+    for item in items:
+        targets = getattr(item, "targets", None)
+        for label in targets if targets is not None else (item.label,):
+            counts[label] += 1
+    return dict(zip(classes, counts))
 
 
 def counts_line(counts: dict[str, int], where: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vggtune.data import balance, dataset, similar
+from vggtune.data import balance, dataset, labelsets, similar
 from vggtune.data.items import IN_DATA, IN_TEST, IN_VAL, Rejected, Splits
 
 # (path, its split, path, its split, perceptual hash distance); with classes instead of splits for conflicts
@@ -16,24 +16,26 @@ Pair = tuple[str, str, str, str, int]
 @dataclass(frozen=True)
 class FolderCheck:
     """One folder read: the folder as given, the name its rejected rows carry (`where`: "data", or "val" /
-    "test" for a folder given apart), its usable images per class and its rejected files."""
+    "test" for a folder given apart), its usable images per class (multi-label: carrying each label), its
+    rejected files, what its classes' sizes call for (`warnings`) and, for multi-label data, the images per
+    label set (labelsets.NONE_SET: carrying none)."""
 
     folder: str
     where: str
     counts: dict[str, int]
     rejected: list[Rejected]
+    warnings: list[str]
+    images: int
+    label_sets: dict[str, int] | None = None
 
     @property
-    def images(self) -> int:
-        return sum(self.counts.values())
+    def without_labels(self) -> int | None:
+        """Multi-label: the images that carry none of the labels."""
+        return None if self.label_sets is None else self.label_sets.get(labelsets.NONE_SET, 0)
 
     def summary(self, name: str) -> str:
         """ "classes in NAME: a 10, b 29 (1 : 2.9)" (balance.counts_line)."""
         return balance.counts_line(self.counts, name)
-
-    def warnings(self) -> list[str]:
-        """Tiny classes, an imbalance, names alike (balance.class_warnings)."""
-        return balance.class_warnings(self.counts)
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,14 @@ def _folders(splits: Splits, folder: str, val_data: str | None, test_data: str |
     own = splits.train + (splits.val if IN_VAL not in taken else []) + (splits.test if IN_TEST not in taken else [])
     rejected = [Rejected.of(row) for row in splits.rejected]
     return [
-        FolderCheck(
-            str(path), where, balance.per_class(items, splits.classes), [r for r in rejected if r.where == where]
-        )
+        _folder_check(str(path), where, items, splits, [row for row in rejected if row.where == where])
         for path, items, where in [(folder, own, IN_DATA), *apart]
     ]
+
+
+def _folder_check(folder: str, where: str, items: list, splits: Splits, rejected: list[Rejected]) -> FolderCheck:
+    counts = balance.per_class(items, splits.classes)
+    if not splits.multi_label:
+        return FolderCheck(folder, where, counts, rejected, balance.class_warnings(counts), len(items))
+    said = labelsets.warnings(items, splits.classes)
+    return FolderCheck(folder, where, counts, rejected, said, len(items), labelsets.label_sets(items, splits.classes))

@@ -14,7 +14,7 @@ from PIL import Image
 from vggtune import distributed
 from vggtune.data.discovery import discover
 from vggtune.data.images import VANISHED, ImageRejected, open_rgb
-from vggtune.data.items import DUPLICATE, IN_DATA, LABEL_CONFLICT, Found, Item, Rejected, Splits
+from vggtune.data.items import DUPLICATE, IN_DATA, LABEL_CONFLICT, Found, Item, Rejected, Splits, stratified
 from vggtune.data.similar import MAX_DISTANCE, copy_groups, without_near_copies
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
@@ -49,13 +49,17 @@ def difference_hash(image) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def scan(found: Found, workers: int = 2, whole: bool = False) -> tuple[list[Item], list[tuple[str, str]]]:
+def scan(
+    found: Found, workers: int = 2, whole: bool = False, classes: list[str] | None = None
+) -> tuple[list[Item], list[tuple[str, str]]]:
     """Check every file once: usable items and rejected files with reasons. To train on, the same content
     twice in one class is kept once, and the same content under two classes is a label conflict whose
     every copy is kept out. A folder to be judged on (`whole`: --test-data, --val-data, evaluate --data)
     keeps every readable file as it is: a copy within a test set leaks nothing, and a published test
-    folder scored less than whole is comparable with nothing. Under torchrun each rank checks its share."""
-    index = {name: i for i, name in enumerate(found.classes)}
+    folder scored less than whole is comparable with nothing. Under torchrun each rank checks its share.
+    `classes`: the indexes labels get (default the found ones; a held-out multi-label manifest's are the
+    training labels)."""
+    index = {name: i for i, name in enumerate(classes or found.classes)}
     mine = distributed.share([path for path, _ in found.files])
     with ThreadPoolExecutor(max(1, workers)) as pool:
         checks = pool.map(check_file, mine)
@@ -82,7 +86,7 @@ def scan(found: Found, workers: int = 2, whole: bool = False) -> tuple[list[Item
         if reason:
             rejected.append(Rejected(path, reason))
         elif whole:
-            items.append(Item(path, index[name], sha, dhash))
+            items.append(found.item(index, path, name, sha, dhash))
         elif len(classes_of[sha]) > 1:
             rejected.append(
                 Rejected(
@@ -93,8 +97,8 @@ def scan(found: Found, workers: int = 2, whole: bool = False) -> tuple[list[Item
             rejected.append(Rejected(path, f"duplicate content of {display_path(first_path[sha])}", DUPLICATE))
         else:
             first_path[sha] = path
-            items.append(Item(path, index[name], sha, dhash))
-    return items, rejected
+            items.append(found.item(index, path, name, sha, dhash))
+    return (stratified(items, len(index)) if found.multi_label else items), rejected
 
 
 def shuffled_classes(items: list[Item], seed: int):
@@ -175,7 +179,7 @@ def prepare_splits(
                 f"already names {len(listed)} {name} rows; allowed: one of the two"
             )
         if folder:
-            listed = _scan_held(folder, name, found.classes, workers, rejected)
+            listed = _scan_held(folder, name, found, workers, rejected)
         if fold and name == "test" and listed:
             raise UserError(
                 f"data: the manifest {display_path(data_dir)} names {len(listed)} test rows; allowed: "
@@ -191,17 +195,26 @@ def prepare_splits(
         train, val, test = fold_split(items, fold, fractions[0], seed)
     else:
         train, val, test = stratified_split(items, fractions, seed)
-    return Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected)
+    return Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected, found.multi_label)
 
 
-def _scan_held(folder, name: str, classes: list[str], workers: int, rejected: list) -> list[Item]:
-    """The items of a --val-data or --test-data folder, which must hold the training classes."""
-    other = discover(folder)
-    if other.classes != classes:
+def _scan_held(folder, name: str, found: Found, workers: int, rejected: list) -> list[Item]:
+    """The items of a --val-data or --test-data folder, which must hold the training classes (multi-label:
+    a manifest whose labels are among the training ones)."""
+    other = discover(folder, min_classes=1 if found.multi_label else 2)
+    if other.multi_label != found.multi_label:
+        kinds = ("one label per image", "several labels per image (a labels column)")
         raise UserError(
-            f"--{name}-data: classes {other.classes} in {display_path(folder)}; allowed: the training classes {classes}"
+            f"--{name}-data: {display_path(folder)} has {kinds[other.multi_label]}; allowed: data like the training "
+            f"data, {kinds[found.multi_label]}"
         )
-    held_items, held_rejected = scan(other, workers, whole=True)
+    unknown = sorted(set(other.classes) - set(found.classes))
+    if (other.classes != found.classes and not found.multi_label) or unknown:
+        raise UserError(
+            f"--{name}-data: classes {other.classes} in {display_path(folder)}; allowed: the training classes "
+            f"{found.classes}"
+        )
+    held_items, held_rejected = scan(other, workers, whole=True, classes=found.classes)
     rejected += [Rejected.of(row).found_in(name) for row in held_rejected]
     return held_items
 

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+
+from vggtune.data import labelsets
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -59,27 +62,48 @@ class Rejected(tuple):
 
 @dataclass(frozen=True)
 class Item:
+    """A usable image. Single-label: `label` is its class's index and `targets` None. Multi-label: `targets`
+    holds the indexes of its labels (empty: none of them) and `label` is its stratum, what splits and folds
+    are stratified by (labelsets.stratum: its rarest label; images with none share one)."""
+
     path: str
     label: int
     sha256: str
     dhash: int = 0  # perceptual hash, for near-duplicate warnings
+    targets: tuple[int, ...] | None = None
+
+    @property
+    def label_key(self) -> tuple[int, ...] | int:
+        """What two copies of one image must share to be one labelling: the class, or the label set."""
+        return self.targets if self.targets is not None else self.label
 
 
 @dataclass
 class Found:
-    """What discovery saw: candidate files per class and files it could not take."""
+    """What discovery saw: candidate files per class and files it could not take. A multi-label manifest's
+    files name their label set as a key ("cat;dog", sorted; "" for none) and `classes` are its labels."""
 
     classes: list[str]
-    files: list[tuple[str, str]]  # (path, class name)
+    files: list[tuple[str, str]]  # (path, class name; multi-label: the label set's key)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     split_of: dict[str, str] = field(default_factory=dict)  # path -> split a manifest assigns
     manifest: bool = False
+    multi_label: bool = False
+
+    def item(self, index: dict[str, int], path: str, name: str, sha256: str, dhash: int) -> Item:
+        """The usable image `path` filed under `name` (a class, or a multi-label key), labels as `index` numbers
+        them. A multi-label item's stratum is set once all are known (`stratified`)."""
+        if not self.multi_label:
+            return Item(path, index[name], sha256, dhash)
+        return Item(path, 0, sha256, dhash, tuple(index[label] for label in labelsets.label_names(name)))
 
     def counts(self) -> dict[str, int]:
-        """Candidate files per class, in the classes' order (before any file is read)."""
+        """Candidate files per class (multi-label: carrying each label), in the classes' order (before any file
+        is read)."""
         counts = dict.fromkeys(self.classes, 0)
         for _, name in self.files:
-            counts[name] += 1
+            for label in labelsets.label_names(name) if self.multi_label else [name]:
+                counts[label] += 1
         return counts
 
 
@@ -90,10 +114,20 @@ class Splits:
     val: list[Item]
     test: list[Item]
     rejected: list[tuple[str, str]]
+    multi_label: bool = False
 
     def class_lines(self) -> list[str]:
-        """The training images per class, and the warnings their names and sizes call for (balance.py)."""
+        """The training images per class, and the warnings their names and sizes call for (balance.py); for
+        multi-label data, the images carrying each label (labelsets.py)."""
         from vggtune.data import balance
 
+        if self.multi_label:
+            return labelsets.training_lines(self.train, self.classes)
         counts = balance.per_class(self.train, self.classes)
         return [balance.counts_line(counts, "training"), *(f"warning: {w}" for w in balance.class_warnings(counts))]
+
+
+def stratified(items: list[Item], n_labels: int) -> list[Item]:
+    """Multi-label items with their stratum as `label` (labelsets.strata): what splits and folds stratify."""
+    keys = labelsets.strata([item.targets or () for item in items], n_labels)
+    return [dataclasses.replace(item, label=key) for item, key in zip(items, keys)]

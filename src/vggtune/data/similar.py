@@ -17,6 +17,7 @@ import itertools
 import numpy as np
 
 from vggtune.data.items import DUPLICATE, Item, Rejected, Splits
+from vggtune.data.labelsets import joined
 from vggtune.fsutil import display_path
 
 MAX_DISTANCE = 4  # bits: a re-saved, resized or recompressed copy stays within it (tests/test_leakage.py)
@@ -184,6 +185,15 @@ def report(splits: Splits, max_distance: int = MAX_DISTANCE):
         key=lambda row: (row[1] == row[3], row[4]),
     )
     conflicts = [
-        (a.path, splits.classes[a.label], b.path, splits.classes[b.label], d) for a, b, d in pairs if a.label != b.label
+        (a.path, _labelled(a, splits.classes), b.path, _labelled(b, splits.classes), d)
+        for a, b, d in pairs
+        if a.label_key != b.label_key
     ]
     return rows, conflicts
+
+
+def _labelled(item: Item, classes: list[str]) -> str:
+    """Its class, or its label set ("cat;dog"; "" for none)."""
+    if item.targets is None:
+        return classes[item.label]
+    return joined([classes[label] for label in item.targets])

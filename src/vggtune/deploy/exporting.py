@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vggtune.data.labelsets import label_names
 from vggtune.deploy.inputs import labelled_files
 from vggtune.errors import UserError
 from vggtune.features.extract import decode_clean
@@ -147,6 +148,16 @@ def metadata(spec: ModelSpec, precision: str, file_format: str = "onnx") -> dict
         },
         "normalisation": {"mean": list(prep.mean), "std": list(prep.std), "channel_order": prep.channel_order},
         "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)]},
+        **(
+            {
+                # multi-label: each output is its label's own probability (a sigmoid); the label is given where
+                # it exceeds the label's threshold
+                "multi_label": True,
+                "thresholds": spec.to_dict()["thresholds"],
+            }
+            if spec.head.multi_label
+            else {}
+        ),
     }
 
 
@@ -175,7 +186,8 @@ def export(
             f"ending in {Path(file_name).suffix}"
         )
     graph = float_model(run, spec)
-    paths, labels, _ = labelled_files(run, list(spec.classes), None)
+    paths, names, _ = labelled_files(run, list(spec.classes), None)
+    labels = _truth(names, spec)
     images, kept = views_of(paths[:PARITY_IMAGES], spec)
     if not len(images):
         raise UserError(
@@ -233,7 +245,7 @@ def check(
     run: Path,
     spec: ModelSpec,
     paths: list[str],
-    labels: list[int],
+    labels: np.ndarray,
 ) -> Exported:
     """The format's runtime (`runner`: uint8 NHWC images -> probabilities) against PyTorch fp32 on the
     run's test images; raises ExportCheckFailed."""
@@ -243,7 +255,7 @@ def check(
             [graph(torch.from_numpy(images[i : i + 16])).numpy() for i in range(0, len(images), 16)]
         )
     difference = float(np.abs(exported_probabilities - torch_probabilities).max())
-    agreement = float((spec.scoring.decide(exported_probabilities) == spec.scoring.decide(torch_probabilities)).mean())
+    agreement = _agreeing(_decided(exported_probabilities, spec), _decided(torch_probabilities, spec))
     if precision == "fp32":
         if difference > FP32_TOLERANCE or agreement < 1:
             raise ExportCheckFailed(
@@ -254,8 +266,7 @@ def check(
     tested = RunDir(run).finished_metrics().test
     accuracy_run = float(tested.accuracy) if tested and tested.accuracy is not None else float("nan")
     all_images, kept = views_of(paths, spec)
-    predicted = spec.scoring.decide(runner(all_images))
-    accuracy_exported = float((predicted == np.asarray(labels)[kept]).mean())
+    accuracy_exported = _agreeing(_decided(runner(all_images), spec), labels[kept])
     if agreement < INT8_AGREEMENT or abs(accuracy_exported - accuracy_run) * 100 > INT8_ACCURACY_POINTS:
         raise ExportCheckFailed(
             f"int8 agrees with PyTorch on {agreement:.1%} of labels (allowed: "
@@ -263,3 +274,20 @@ def check(
             f"{accuracy_run:.4f} (allowed: {INT8_ACCURACY_POINTS} points); the file was not kept"
         )
     return Exported(Path(), precision, len(images), difference, agreement, accuracy_exported, accuracy_run)
+
+
+def _truth(names: list[str], spec: ModelSpec) -> np.ndarray:
+    """The test images' classes as indexes; a multi-label model's as (image, label) 0/1."""
+    if not spec.head.multi_label:
+        return np.asarray([spec.classes.index(name) for name in names], dtype=np.int64)
+    return np.asarray([[label in label_names(name) for label in spec.classes] for name in names], dtype=bool)
+
+
+def _decided(probabilities: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Each image's class, or a multi-label model's (image, label) decisions at its thresholds."""
+    return spec.scoring.labels(probabilities) if spec.head.multi_label else spec.scoring.decide(probabilities)
+
+
+def _agreeing(first: np.ndarray, second: np.ndarray) -> float:
+    """The share of images decided alike (multi-label: every label alike)."""
+    return float((first == second).reshape(len(first), -1).all(axis=1).mean()) if len(first) else 1.0

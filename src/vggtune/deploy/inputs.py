@@ -9,6 +9,7 @@ from pathlib import Path
 from vggtune import runfiles
 from vggtune.data import dataset as data
 from vggtune.data import discovery
+from vggtune.data.labelsets import joined
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.training.rundir import RunDir
@@ -28,8 +29,12 @@ def expand_paths(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return files, rejected
 
 
-def labelled_files(run: Path, classes: list[str], data_dir: str | None) -> tuple[list[str], list[int], list]:
-    """(paths, labels, rejected): a folder's images mapped to the run's classes, else the run's test split."""
+def labelled_files(
+    run: Path, classes: list[str], data_dir: str | None, multi_label: bool = False
+) -> tuple[list[str], list[str], list]:
+    """(paths, labels, rejected): a folder's (or manifest's) images with their class names, else the run's test
+    split's; a multi-label image's label is its labels joined by ";" ("" for none). `multi_label`: the model's
+    (a multi-label model is judged on class folders too, each image carrying its folder's label)."""
     if data_dir is None:
         try:
             splits = RunDir(run).splits()
@@ -48,11 +53,24 @@ def labelled_files(run: Path, classes: list[str], data_dir: str | None) -> tuple
                 f"the run's {len(paths)} test images were under {display_path(folder)}, which holds none "
                 "of them now; allowed: that folder back in place, or --data FOLDER with class folders"
             )
-        return paths, [item.label for item in splits.test], []
+        return paths, [_name(classes, item.label, item.targets) for item in splits.test], []
     found = discovery.discover(data_dir, min_classes=1)
+    if found.multi_label and not multi_label:
+        raise UserError(
+            f"--data: {display_path(data_dir)} gives several labels per image; allowed: one label per image for "
+            "this model (trained on one label per image)"
+        )
     unknown = sorted(set(found.classes) - set(classes))
     if unknown:
         raise UserError(f"--data: classes {unknown} in {display_path(data_dir)} are not the run's; allowed: {classes}")
-    items, rejected = data.scan(found, whole=True)  # scored whole: copies within it too
-    index = {name: classes.index(name) for name in found.classes}
-    return [i.path for i in items], [index[found.classes[i.label]] for i in items], rejected
+    items, rejected = data.scan(found, whole=True, classes=classes)  # scored whole: copies within it too
+    return [i.path for i in items], [_name(classes, i.label, i.targets) for i in items], rejected
+
+
+def joined_labels(names: list[str]) -> str:
+    """A multi-label image's labels as one text ("cat;dog", "" for none): labelsets.joined."""
+    return joined(names)
+
+
+def _name(classes: list[str], label: int, targets: tuple[int, ...] | None) -> str:
+    return classes[label] if targets is None else joined([classes[t] for t in targets])

@@ -11,7 +11,7 @@ import torch
 
 from vggtune import distributed
 from vggtune.deploy.gradcam import Explanation, explain
-from vggtune.deploy.inputs import expand_paths
+from vggtune.deploy.inputs import expand_paths, joined_labels
 from vggtune.features.choice import resolve
 from vggtune.features.extract import decode_clean, normalise, prefetch
 from vggtune.model.runtime import runtime_for
@@ -25,11 +25,13 @@ if TYPE_CHECKING:  # annotations only
 @dataclass(frozen=True)
 class Prediction:
     """One image's answer: the path as given (or a name like "<PIL image 3>"), the decided class and every
-    class's probability."""
+    class's probability. A multi-label model's: `labels`, the labels whose probability passes their threshold
+    (each label's own probability; they need not sum to 1), and `label` those joined by ";" ("" for none)."""
 
     path: str
     label: str
     probabilities: dict[str, float]
+    labels: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,13 @@ class Predictor:
 
     def _classify(self, paths, views) -> list[Prediction]:
         probs = self.probabilities(torch.stack(views))
+        if self.spec.head.multi_label:
+            carried = self.spec.scoring.labels(probs.numpy())
+            given = [[name for name, on in zip(self.classes, row) if on] for row in carried]
+            return [
+                Prediction(path, joined_labels(names), {c: float(v) for c, v in zip(self.classes, row)}, names)
+                for path, names, row in zip(paths, given, probs)
+            ]
         decided = self.spec.scoring.decide(probs)
         return [
             Prediction(path, self.classes[int(label)], {c: float(v) for c, v in zip(self.classes, row)})

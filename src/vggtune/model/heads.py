@@ -3,8 +3,9 @@ the layers each kind builds (`HEADS`, one class and one line per kind).
 
 The two-class rule lives here and nowhere else: two classes get one sigmoid unit (its logit
 favours the second class; binary cross-entropy), more get one softmax unit a class (cross-entropy).
-Everything that turns logits into a loss, a label, probabilities or the score Grad-CAM
-differentiates asks the `HeadSpec`.
+A multi-label head has one sigmoid unit a label, each its own binary cross-entropy: an image can carry
+any set of the labels, none included. Everything that turns logits into a loss, a label, probabilities
+or the score Grad-CAM differentiates asks the `HeadSpec`.
 
 torch is imported where a head computes, not when this module is: the command line reads the
 registry (the --head choices and their help) before it imports torch.
@@ -72,14 +73,15 @@ HEADS: dict[str, type[HeadKind]] = {"flatten": Flatten, "gap": GlobalAveragePool
 @dataclass(frozen=True)
 class HeadSpec:
     kind: str  # a key of HEADS
-    n_classes: int
+    n_classes: int  # multi-label: the labels
     hidden: int = 256
     dropout: float = 0.0
+    multi_label: bool = False  # a sigmoid a label, any set of them an image
 
     @property
     def sigmoid(self) -> bool:
         """Two classes: one sigmoid unit whose logit favours the second class."""
-        return self.n_classes == 2
+        return self.n_classes == 2 and not self.multi_label
 
     @property
     def n_outputs(self) -> int:
@@ -101,9 +103,15 @@ class HeadSpec:
         class_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Cross-entropy against targets moved `smoothing` of the way toward uniform over the classes; with
-        `class_weights`, each image weighs its class's weight (the mean is over the weights, as PyTorch's)."""
+        `class_weights`, each image weighs its class's weight (the mean is over the weights, as PyTorch's).
+        Multi-label: `labels` are (image, label) 0/1 targets, the loss the mean of every label's binary
+        cross-entropy; `class_weights` weigh each label's positives (PyTorch's pos_weight)."""
         from torch import nn
 
+        if self.multi_label:
+            targets = labels.float() * (1 - smoothing) + smoothing / 2
+            positive = None if class_weights is None else class_weights.to(logits.device)
+            return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=positive)
         if self.sigmoid:
             targets = labels.float() * (1 - smoothing) + smoothing / 2
             if class_weights is None:
@@ -115,10 +123,13 @@ class HeadSpec:
         return nn.functional.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
 
     def predicted(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each image's class; multi-label: (image, label) 1 where the label's probability passes 0.5."""
+        if self.multi_label:
+            return (logits > 0).long()
         return (logits[:, 0] > 0).long() if self.sigmoid else logits.argmax(1)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, n_classes) from logits (N, n_outputs)."""
+        """Class probabilities (N, n_classes) from logits (N, n_outputs); multi-label: each label's own."""
         return self.log_probabilities(logits).exp()
 
     def log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -126,6 +137,8 @@ class HeadSpec:
         probability itself rounds to 0 or 1 (1 - sigmoid(20) is 0 in float32)."""
         import torch
 
+        if self.multi_label:
+            return torch.nn.functional.logsigmoid(logits)
         if self.sigmoid:
             z = logits[:, 0]
             return torch.stack([torch.nn.functional.logsigmoid(-z), torch.nn.functional.logsigmoid(z)], dim=1)
@@ -133,8 +146,8 @@ class HeadSpec:
 
     def class_scores(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each row's score for its target class, the quantity Grad-CAM differentiates: the logit for
-        softmax; for the sigmoid unit the logit for the second class and its negative for the first,
-        since log P(second)/P(first) is the logit."""
+        softmax and for a multi-label head's label; for the sigmoid unit the logit for the second class and
+        its negative for the first, since log P(second)/P(first) is the logit."""
         import torch
 
         if self.sigmoid:
@@ -142,4 +155,8 @@ class HeadSpec:
         return logits.gather(1, targets.view(-1, 1))[:, 0]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """model.json's head; `multi_label` only where it is set, so a single-label model.json reads as before."""
+        values = asdict(self)
+        if not self.multi_label:
+            del values["multi_label"]
+        return values

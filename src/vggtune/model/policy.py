@@ -4,7 +4,8 @@ The policy names the views an image is scored on (its clean view, and with test-
 augmentation that view's mirror image), the temperature the logits are divided by
 (1: as trained; fitted on validation data by --calibrate) and, for two classes, the decision
 threshold: the second class's probability above which an image is given the second class
-(0.5: the more probable class; chosen on validation data by --threshold val). Scoring is a pure function of the
+(0.5: the more probable class; chosen on validation data by --threshold val); for a multi-label model, a
+threshold a label (chosen on validation data). Scoring is a pure function of the
 logits and the policy; a different policy (the clean view alone while epochs are chosen, a
 candidate temperature) is a new value, never a flipped attribute.
 """
@@ -34,14 +35,16 @@ class ScoringPolicy:
     temperature: float = 1.0
     views: tuple[int, ...] = (CLEAN,)
     threshold: float = 0.5  # two classes: the second is decided where its probability exceeds this
+    thresholds: tuple[float, ...] = ()  # multi-label: a label is given where its probability exceeds its own
 
     def __post_init__(self):
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"temperature {self.temperature}; allowed: a positive number")
         if self.views not in ((CLEAN,), TTA_VIEWS, TEN_CROP):
             raise ValueError(f"scored views {self.views}; allowed: {(CLEAN,)}, {TTA_VIEWS} or {TEN_CROP}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"threshold {self.threshold}; allowed: 0 < x < 1")
+        for threshold in (self.threshold, *self.thresholds):
+            if not 0 < threshold < 1:
+                raise ValueError(f"threshold {threshold}; allowed: 0 < x < 1")
 
     @classmethod
     def of(cls, tta: bool, temperature: float = 1.0) -> ScoringPolicy:
@@ -62,9 +65,17 @@ class ScoringPolicy:
         """The same scoring with another decision threshold (None: this one)."""
         return self if threshold is None else dataclasses.replace(self, threshold=float(threshold))
 
+    def labelling_at(self, thresholds: tuple[float, ...]) -> ScoringPolicy:
+        """The same scoring with a multi-label model's thresholds, one a label."""
+        return dataclasses.replace(self, thresholds=tuple(float(t) for t in thresholds))
+
     def decide(self, probabilities) -> np.ndarray:
         """Each image's class index from its class probabilities (image, class)."""
         return decide(probabilities, self.threshold)
+
+    def labels(self, probabilities) -> np.ndarray:
+        """Multi-label: (image, label) True where the label's probability exceeds its threshold."""
+        return decide_labels(probabilities, self.thresholds)
 
     def probabilities(self, head: HeadSpec, view_logits: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
         """Class probabilities (image, class), float64, from logits (view, image, output) of this policy's
@@ -101,3 +112,10 @@ def decide(probabilities, threshold: float = 0.5) -> np.ndarray:
     if probabilities.ndim == 2 and probabilities.shape[1] == 2:
         return (probabilities[:, 1] > threshold).astype(np.int64)
     return probabilities.argmax(axis=-1)
+
+
+def decide_labels(probabilities, thresholds: tuple[float, ...] = ()) -> np.ndarray:
+    """The multi-label rule: (image, label) True where the label's probability exceeds its threshold (0.5 for
+    each where none are given)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return probabilities > (np.asarray(thresholds, dtype=np.float64) if thresholds else 0.5)

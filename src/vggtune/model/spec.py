@@ -48,10 +48,18 @@ class ModelSpec:
     scoring: ScoringPolicy = ScoringPolicy()  # temperature, and the views averaged (test-time augmentation)
 
     @classmethod
-    def for_training(cls, config, classes: list[str], loaded: LoadedWeights, precision: str, size: int) -> ModelSpec:
-        """What model.json will say of the classifier a TrainConfig trains on these weights and classes, at the
-        input side `size` (config.size resolved: config.input_size)."""
-        head = HeadSpec(config.head, len(classes), config.hidden, config.dropout)
+    def for_training(
+        cls,
+        config,
+        classes: list[str],
+        loaded: LoadedWeights,
+        precision: str,
+        size: int,
+        multi_label: bool = False,
+    ) -> ModelSpec:
+        """What model.json will say of the classifier a TrainConfig trains on these weights and classes (labels,
+        several an image, where `multi_label`), at the input side `size` (config.size resolved: config.input_size)."""
+        head = HeadSpec(config.head, len(classes), config.hidden, config.dropout, multi_label)
         return cls(
             tuple(classes),
             head,
@@ -76,6 +84,8 @@ class ModelSpec:
             "tta": self.scoring.tta,
             "threshold": self.scoring.threshold,
         }
+        if self.head.multi_label:
+            values["thresholds"] = dict(zip(self.classes, self.scoring.thresholds or [0.5] * len(self.classes)))
         if self.int8 is not None:
             values["int8"] = self.int8
         return dict(values, format=MODEL_FORMAT)
@@ -95,9 +105,7 @@ class ModelSpec:
                 arch=archs.get(str(values.get("arch", "vgg16"))).with_widths(widths),
                 precision=str(values.get("precision", "fp32")),
                 int8=values.get("int8"),
-                scoring=ScoringPolicy.of(
-                    bool(values.get("tta", False)), float(values.get("temperature", 1.0))
-                ).deciding_at(float(values.get("threshold", 0.5))),
+                scoring=_scoring(values),
             )
         except UserError as exc:
             raise UserError(f"{origin}: {exc}") from None
@@ -109,7 +117,15 @@ class ModelSpec:
         return spec
 
     def deciding_at(self, threshold: float) -> ModelSpec:
-        """This model deciding at another two-class threshold (predict's and evaluate's --threshold)."""
+        """This model deciding at another two-class threshold (predict's and evaluate's --threshold); a
+        multi-label model at this threshold for every label."""
+        if self.head.multi_label:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+                raise UserError(
+                    f"--threshold: received {threshold}; allowed: 0 < x < 1 (the probability above which an "
+                    "image is given a label, for every label)"
+                )
+            return dataclasses.replace(self, scoring=self.scoring.labelling_at((float(threshold),) * len(self.classes)))
         if len(self.classes) != 2:
             raise UserError(
                 f"--threshold: received {threshold} for a model of {len(self.classes)} classes; "
@@ -145,6 +161,14 @@ class ModelSpec:
         except (OSError, ValueError) as exc:
             raise UserError(f"{display_path(path)}: not valid JSON ({exc})") from None
         return cls.from_dict(values, display_path(path))
+
+
+def _scoring(values: dict) -> ScoringPolicy:
+    """model.json's scoring policy: views, temperature, the two-class threshold, a multi-label model's thresholds."""
+    policy = ScoringPolicy.of(bool(values.get("tta", False)), float(values.get("temperature", 1.0)))
+    policy = policy.deciding_at(float(values.get("threshold", 0.5)))
+    thresholds = values.get("thresholds")
+    return policy.labelling_at(tuple(float(thresholds[str(c)]) for c in values["classes"])) if thresholds else policy
 
 
 def load_classifier(run: Path, spec: ModelSpec, runtime: Runtime | None = None) -> Classifier:

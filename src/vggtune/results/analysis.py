@@ -5,12 +5,16 @@ confused pairs. numpy only."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from vggtune.model.policy import decide
 from vggtune.training.metrics import SMALLEST, Interval, Metrics, classification_metrics, wilson_interval
+
+if TYPE_CHECKING:  # annotations only
+    from vggtune.training.figures import Figures
+    from vggtune.training.multilabel import MultiLabelMetrics
 
 BOOTSTRAP_DRAWS = 1000
 
@@ -178,6 +182,21 @@ def headline(labels, probabilities, classes: list[str], threshold: float = 0.5) 
     return [row for row in rows if row.value is not None]
 
 
+def multilabel_headline(result: MultiLabelMetrics) -> list[Figure]:
+    """The figures a reader of a multi-label set asks for first, each with its 95 % interval (Wilson for
+    subset accuracy, the bootstrap's for the others; none for the Hamming and log losses)."""
+    bounds = result.intervals_95
+    rows = [
+        Figure("map", "mAP (mean average precision)", result.map, bounds.get("map")),
+        Figure("f1_micro", "F1 (micro)", result.f1_micro, bounds.get("f1_micro")),
+        Figure("f1_macro", "F1 (macro)", result.f1_macro, bounds.get("f1_macro")),
+        Figure("subset_accuracy", "subset accuracy", result.subset_accuracy, result.accuracy_95),
+        Figure("hamming_loss", "Hamming loss", result.hamming_loss, None),
+        Figure("log_loss", "log loss (binary, per label)", result.log_loss, None),
+    ]
+    return [row for row in rows if row.value is not None]
+
+
 PER_CLASS_ROWS = 12  # beyond this many classes, the ones with the lowest recall
 
 
@@ -202,18 +221,19 @@ def two_class_rates(result: Metrics) -> str | None:
     )
 
 
-def disagreement(validation: Metrics | None, test: Metrics | None, tested_on: str) -> str | None:
-    """One sentence where the test accuracy falls below the validation accuracy's 95 % interval: the
-    most common cause is test images from another source than the training images (another hospital,
-    camera, season), which no figure on the training folder can show."""
+def disagreement(validation: Figures | None, test: Figures | None, tested_on: str) -> str | None:
+    """One sentence where the test accuracy (multi-label: subset accuracy) falls below the validation
+    accuracy's 95 % interval: the most common cause is test images from another source than the training
+    images (another hospital, camera, season), which no figure on the training folder can show."""
     if not validation or not test or not validation.n or not test.n:
         return None
     low, high = validation.accuracy_95
     if test.accuracy is None or validation.accuracy is None or test.accuracy >= low:
         return None
+    accuracy = "accuracy" if isinstance(test, Metrics) else "subset accuracy"
     return (
-        f"accuracy on {tested_on} ({test.accuracy:.3f}, {test.n} images) is below the "
-        f"validation split's 95 % interval ({low:.3f} to {high:.3f}; accuracy {validation.accuracy:.3f} on "
+        f"{accuracy} on {tested_on} ({test.accuracy:.3f}, {test.n} images) is below the "
+        f"validation split's 95 % interval ({low:.3f} to {high:.3f}; {accuracy} {validation.accuracy:.3f} on "
         f"{validation.n} images): these images likely differ from the training images (another source, "
         "another kind of image); look at the top losses in the report"
     )

@@ -25,13 +25,14 @@ from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path
 from vggtune.progress import say, verbosity
 from vggtune.results.analysis import Intervals, intervals
-from vggtune.training.metrics import Metrics, classification_metrics
+from vggtune.training import figures
 from vggtune.training.rundir import PredictionRow, RunDir, read_predictions, write_predictions
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.training.config import TrainConfig
 
 SUMMARY_KEYS = ("n", "accuracy", "balanced_accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
+MULTILABEL_SUMMARY_KEYS = ("n", "subset_accuracy", "f1_micro", "f1_macro", "map", "hamming_loss", "log_loss")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class FoldResult:
     """One fold: its number, the metrics of the images it left out, the seconds it took (None: unknown)."""
 
     fold: int
-    metrics: Metrics
+    metrics: figures.Figures
     seconds: float | None
 
     def to_dict(self) -> dict:
@@ -52,7 +53,7 @@ class CrossValidation:
     intervals (Wilson for accuracy, a stratified bootstrap for the others). `to_dict()` is cv.json."""
 
     classes: list[str]
-    pooled: Metrics
+    pooled: figures.Figures  # Metrics, or MultiLabelMetrics for multi-label data
     intervals_95: Intervals
     per_fold: tuple[FoldResult, ...]
     config: dict  # the resolved TrainConfig every fold was trained with (its out: the cv folder)
@@ -62,10 +63,13 @@ class CrossValidation:
         return len(self.per_fold)
 
     def to_dict(self) -> dict:
+        bounds = self.intervals_95.to_dict()
+        if isinstance(self.pooled, figures.MultiLabelMetrics):  # and mAP's and micro F1's
+            bounds.update({key: list(bound) for key, bound in self.pooled.intervals_95.items()})
         return {
             "folds": self.folds,
             "classes": self.classes,
-            "pooled": {**_summary(self.pooled), "intervals_95": self.intervals_95.to_dict()},
+            "pooled": {**_summary(self.pooled), "intervals_95": bounds},
             "per_fold": [fold.to_dict() for fold in self.per_fold],
             "config": self.config,
         }
@@ -149,43 +153,61 @@ def _fit_fold(config: TrainConfig) -> bool:
 def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) -> CrossValidation:
     """Per-fold and pooled metrics (with 95 % intervals) of the folds' test predictions."""
     classes = RunDir(configs[0].out).saved_splits().classes
+    multi_label = RunDir(configs[0].out).model_spec().head.multi_label
     rows: list[PredictionRow] = []
-    labels: list[int] = []
-    probabilities: list[list[float]] = []
     per_fold: list[FoldResult] = []
-    thresholds: list[float] = []
+    thresholds: list = []  # each image's fold threshold; multi-label: each fold's thresholds
     for config, fold_seconds in zip(configs, seconds):
         tested = [row for row in RunDir(config.out).predictions(classes) or [] if row.split == "test"]
-        fold_labels = [classes.index(row.label) for row in tested]
-        fold_probabilities = [row.probabilities for row in tested]
-        threshold = RunDir(config.out).model_spec().scoring.threshold  # each fold decides at its own
-        thresholds += [threshold] * len(tested)
-        metrics = classification_metrics(
-            fold_labels, np.asarray(fold_probabilities).reshape(-1, len(classes)), classes, threshold
-        )
+        scoring = RunDir(config.out).model_spec().scoring  # each fold decides at its own threshold(s)
+        thresholds += [scoring.thresholds] if multi_label else [scoring.threshold] * len(tested)
+        metrics = _scored(tested, classes, scoring.threshold, scoring.thresholds if multi_label else None)
         per_fold.append(FoldResult(config.cv_fold, metrics, fold_seconds))
         rows += [PredictionRow(f"fold-{config.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
-        labels += fold_labels
-        probabilities += fold_probabilities
-    pooled_probabilities = np.asarray(probabilities).reshape(-1, len(classes))
-    # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median.
-    threshold = float(np.median(thresholds)) if thresholds else 0.5
+    # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median;
+    # multi-label: each label's median over the folds.
+    pooled_thresholds = tuple(np.median(thresholds, axis=0).tolist()) if multi_label else None
+    threshold = float(np.median(thresholds)) if thresholds and not multi_label else 0.5
+    pooled = _scored(rows, classes, threshold, pooled_thresholds, intervals=True)
     base = dataclasses.replace(configs[0], out=str(root), cv_folds=0, cv_fold=0, no_report=False)
     result = CrossValidation(
-        classes,
-        classification_metrics(labels, pooled_probabilities, classes, threshold),
-        intervals(labels, pooled_probabilities, classes, threshold=threshold),
-        tuple(per_fold),
-        base.to_dict(),
+        classes, pooled, _intervals(rows, classes, pooled, threshold), tuple(per_fold), base.to_dict()
     )
-    write_predictions(root / "cv_predictions.csv", classes, rows)
+    write_predictions(root / "cv_predictions.csv", classes, rows, pooled_thresholds or ())
     atomic_write_json(root / "cv.json", result.to_dict())
     return result
 
 
-def _summary(metrics: Metrics) -> dict:
+def _scored(
+    rows: list[PredictionRow],
+    classes: list[str],
+    threshold: float,
+    thresholds: tuple[float, ...] | None,
+    intervals: bool = False,
+) -> figures.Figures:
+    """The figures of scored rows: Metrics, or MultiLabelMetrics where `thresholds` (one a label) are given."""
+    probabilities = np.asarray([row.probabilities for row in rows]).reshape(-1, len(classes))
+    if thresholds is None:
+        return figures.figures([classes.index(row.label) for row in rows], probabilities, classes, threshold)
+    truth = figures.targets([row.label for row in rows], classes)
+    return figures.figures(truth, probabilities, classes, thresholds=thresholds, intervals=intervals)
+
+
+def _intervals(rows: list[PredictionRow], classes: list[str], pooled: figures.Figures, threshold: float) -> Intervals:
+    """The pooled figures' 95 % intervals: Wilson for accuracy, a stratified bootstrap for the others;
+    multi-label: subset accuracy's Wilson interval and macro F1's (mAP's and micro F1's are the pooled
+    record's own `intervals_95`)."""
+    if isinstance(pooled, figures.MultiLabelMetrics):
+        return Intervals(pooled.accuracy_95, f1_macro=pooled.intervals_95.get("f1_macro"))
+    labels = [classes.index(row.label) for row in rows]
+    probabilities = np.asarray([row.probabilities for row in rows]).reshape(-1, len(classes))
+    return intervals(labels, probabilities, classes, threshold=threshold)
+
+
+def _summary(metrics: figures.Figures) -> dict:
     values = metrics.to_dict()
-    return {key: values[key] for key in SUMMARY_KEYS if key in values}
+    keys = MULTILABEL_SUMMARY_KEYS if isinstance(metrics, figures.MultiLabelMetrics) else SUMMARY_KEYS
+    return {key: values[key] for key in keys if key in values}
 
 
 def out_of_fold(root: Path) -> tuple[list[str], list[PredictionRow]]:

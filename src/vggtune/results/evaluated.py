@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,8 +16,12 @@ from vggtune.deploy.predict import Predictor
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.results import analysis
-from vggtune.training.metrics import Metrics, classification_metrics
+from vggtune.training import figures as scored
 from vggtune.training.rundir import PredictionRow, RunDir
+
+if TYPE_CHECKING:  # annotations only
+    from vggtune.training.figures import Figures
+    from vggtune.training.metrics import Metrics
 
 TEST_SPLIT = "test split of the run"
 VAL_SPLIT = "validation split of the run (it kept no test split)"
@@ -33,9 +38,17 @@ class Evaluated:
     rejected: list[tuple[str, str]]
     own: bool = False  # the run's own test (or validation) split, given folder or not
     threshold: float = 0.5  # two classes: the decision threshold the labels are decided at
+    thresholds: tuple[float, ...] | None = None  # a multi-label model's, one a label (None: single-label)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
 
     @property
     def labels(self) -> np.ndarray:
+        """Each image's class index; multi-label: (image, label) 0/1."""
+        if self.multi_label:
+            return scored.targets([row.label for row in self.rows], self.classes)
         index = {name: i for i, name in enumerate(self.classes)}
         return np.asarray([index[row.label] for row in self.rows], dtype=np.int64)
 
@@ -45,16 +58,34 @@ class Evaluated:
 
     @functools.cached_property
     def metrics(self) -> Metrics:
-        """The figures of these images: computed once, shared by every section of the report and the card."""
-        return classification_metrics(self.labels, self.probabilities, self.classes, self.threshold)
+        """The figures of these single-label images: computed once, shared by every section of the report and
+        the card."""
+        result = self.figures
+        if not isinstance(result, scored.Metrics):
+            raise TypeError("Evaluated.metrics: a multi-label set's figures are MultiLabelMetrics (`figures`)")
+        return result
+
+    @functools.cached_property
+    def figures(self) -> Figures:
+        """The figures of these images: Metrics, or a multi-label model's MultiLabelMetrics (with bootstrap
+        intervals)."""
+        return scored.figures(
+            self.labels, self.probabilities, self.classes, self.threshold, self.thresholds, intervals=True
+        )
 
     def counts(self) -> dict[str, int]:
-        """Images per class in this set."""
+        """Images per class in this set (multi-label: carrying each label)."""
+        if self.multi_label:
+            return dict(zip(self.classes, self.labels.sum(0).tolist()))
         return dict(zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)).tolist()))
 
     def findings(self, run: Path) -> list[str]:
         """What a reader must be told beside the totals, as sentences: sensitivity and specificity by class,
-        an imbalance among the classes, an accuracy below the validation split's interval."""
+        an imbalance among the classes, an accuracy below the validation split's interval (multi-label: the
+        last alone, of subset accuracy)."""
+        if self.multi_label:
+            gap = validation_gap(run, self.figures, self.data) if self.data != VAL_SPLIT else None
+            return [gap[0].upper() + gap[1:]] if gap else []
         metrics = self.metrics
         said = [
             analysis.two_class_rates(metrics),
@@ -67,12 +98,14 @@ class Evaluated:
     def headline(self) -> list[analysis.Figure]:
         """The headline figures with their 95 % intervals: computed once (its bootstrap draws
         1,000 resamples), shared by the report and the model card."""
+        if isinstance(self.figures, scored.MultiLabelMetrics):
+            return analysis.multilabel_headline(self.figures)
         return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold)
 
 
 def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evaluated:
     """The run's model on its test split, or on a labelled folder."""
-    paths, labels, rejected = labelled_files(Path(run), predictor.classes, data_dir)
+    paths, labels, rejected = labelled_files(Path(run), predictor.classes, data_dir, predictor.spec.head.multi_label)
     predictions, unreadable = predictor.predict(paths)
     rejected += unreadable
     if not predictions:
@@ -86,15 +119,20 @@ def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evalu
         PredictionRow(
             "evaluation" if data_dir else "test",
             p.path,
-            predictor.classes[label_of[p.path]],
+            label_of[p.path],
             [p.probabilities[c] for c in predictor.classes],
         )
         for p in predictions
     ]
-    threshold = predictor.spec.scoring.threshold
-    if data_dir:
-        return Evaluated(display_path(data_dir), predictor.classes, rows, rejected, threshold=threshold)
-    return Evaluated(split_name(Path(run), "test"), predictor.classes, rows, rejected, own=True, threshold=threshold)
+    threshold, thresholds = predictor.spec.scoring.threshold, _thresholds(predictor)
+    name = display_path(data_dir) if data_dir else split_name(Path(run), "test")
+    return Evaluated(name, predictor.classes, rows, rejected, not data_dir, threshold, thresholds)
+
+
+def _thresholds(predictor: Predictor) -> tuple[float, ...] | None:
+    """A multi-label model's threshold a label (0.5 each where model.json names none); None otherwise."""
+    spec = predictor.spec
+    return (spec.scoring.thresholds or (0.5,) * len(spec.classes)) if spec.head.multi_label else None
 
 
 def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
@@ -114,6 +152,7 @@ def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
                 [row for row in RunDir(run).rejected() if row.where == split],
                 own=True,
                 threshold=predictor.spec.scoring.threshold,
+                thresholds=_thresholds(predictor),
             )
     return None
 
@@ -128,7 +167,7 @@ def split_name(run: Path, split: str) -> str:
     return TEST_SPLIT if split == "test" else VAL_SPLIT
 
 
-def validation_gap(run: Path, metrics: Metrics, tested_on: str) -> str | None:
+def validation_gap(run: Path, metrics: Figures, tested_on: str) -> str | None:
     """analysis.disagreement of `metrics` (on `tested_on`) with the run's own validation split."""
     trained = RunDir(run).metrics()
     return analysis.disagreement(trained.val if trained else None, metrics, tested_on)

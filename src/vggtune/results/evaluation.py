@@ -18,7 +18,7 @@ from vggtune.training.rundir import RunDir, write_predictions
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
-    from vggtune.training.metrics import Metrics
+    from vggtune.training.figures import Figures
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Evaluation:
     set it was (the run's test split, or a folder), and the sentence said where its accuracy falls below
     the validation split's interval. `to_dict()` is evaluation.json."""
 
-    metrics: Metrics
+    metrics: Figures  # Metrics, or a multi-label model's MultiLabelMetrics
     rejected: list[tuple[str, str]]
     data: str
     validation_gap: str | None
@@ -56,7 +56,7 @@ def evaluate(
     rank scores its share of the images. `threshold`: a two-class decision threshold instead of model.json's."""
     predictor = Predictor(run, device=device, precision=precision, engine=engine, threshold=threshold)
     evaluated = score(predictor, Path(run), data_dir)
-    metrics = evaluated.metrics
+    metrics = evaluated.figures
     gap = validation_gap(Path(run), metrics, evaluated.data)
     result = Evaluation(metrics, list(evaluated.rejected), evaluated.data, gap)
     if not distributed.is_main():  # under torchrun, rank 0 writes
@@ -64,7 +64,9 @@ def evaluate(
     target = Path(output) if output else RunDir(run).evaluation_file()
     with distributed.alone():  # the other ranks wait at the job's last barrier
         atomic_write_json(target, result.to_dict())
-        write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows)
+        write_predictions(
+            target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows, evaluated.thresholds or ()
+        )
         if report:
             write_report(run, evaluated, predictor, target.with_suffix(".html"))
     return result

@@ -14,6 +14,7 @@ from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.spec import ModelSpec
 from vggtune.results.analysis import describe_interval, per_class_rows
 from vggtune.results.evaluated import TEST_SPLIT, Evaluated
+from vggtune.training.multilabel import MultiLabelMetrics
 from vggtune.training.rundir import RunDir
 
 
@@ -64,9 +65,15 @@ def write_model_card(run: str | Path, evaluated: Evaluated | None) -> Path:
 
 def _description(spec: ModelSpec, config: dict) -> str:
     classes = ", ".join(spec.classes) if len(spec.classes) <= 12 else f"{', '.join(spec.classes[:12])}, ..."
+    what = (
+        f"A multi-label image classifier for {len(spec.classes)} labels ({classes}), any set of them an image "
+        "(one sigmoid a label)"
+        if spec.head.multi_label
+        else f"An image classifier for {len(spec.classes)} classes ({classes})"
+    )
     return (
         "## Model description\n\n"
-        f"An image classifier for {len(spec.classes)} classes ({classes}), made by transfer learning with "
+        f"{what}, made by transfer learning with "
         f"vggtune: {spec.arch.name.upper().replace('_', '-')} pretrained on ImageNet ({spec.weights}) "
         f"with a `{spec.head.kind}` head, the head "
         f"trained on frozen features, then the last {config.get('finetune_blocks', 1)} block(s) fine-tuned. "
@@ -157,9 +164,12 @@ def _scoring(spec: ModelSpec) -> str:
     )
     decision = (
         f"; two classes: {spec.classes[1]} above a probability of {scoring.threshold:.3g}"
-        if len(spec.classes) == 2
+        if len(spec.classes) == 2 and not spec.head.multi_label
         else ""
     )
+    if spec.head.multi_label:
+        given = ", ".join(f"{name} {value:.3g}" for name, value in zip(spec.classes, scoring.thresholds))
+        decision = f"; a label is given above its threshold ({given}; chosen on the validation split)"
     return f"{views}; {scale}{decision}"
 
 
@@ -169,9 +179,11 @@ def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:
     rows = "".join(
         f"| {row.name} | {row.value:.4f} | {describe_interval(row.interval)} |\n" for row in scores if row.interval
     )
+    findings = "".join(f"- {sentence}.\n" for sentence in evaluated.findings(folder.path))
+    if isinstance(evaluated.figures, MultiLabelMetrics):
+        return _multilabel_results(folder, evaluated, evaluated.figures, rows, findings)
     title, classes = per_class_rows(evaluated.metrics)
     per_class = "".join(f"| {name} | {p:.3f} | {r:.3f} | {f:.3f} | {n} |\n" for name, p, r, f, n in classes)
-    findings = "".join(f"- {sentence}.\n" for sentence in evaluated.findings(folder.path))
     return (
         "## Evaluation results\n\n"
         f"On {len(evaluated.rows)} images: {_source(folder, evaluated)}. 95% intervals from their number "
@@ -181,6 +193,26 @@ def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:
         f"| metric | value | 95% interval |\n|---|---|---|\n{rows}\n"
         f"{title[0].upper() + title[1:]}:\n\n| class | precision | recall | F1 | images |\n|---|---|---|---|---|\n"
         f"{per_class}"
+    )
+
+
+def _multilabel_results(
+    folder: RunDir, evaluated: Evaluated, result: MultiLabelMetrics, rows: str, findings: str
+) -> str:
+    per_label = "".join(
+        f"| {name} | {row.precision:.3f} | {row.recall:.3f} | {row.f1:.3f} | "
+        f"{'-' if row.average_precision is None else f'{row.average_precision:.3f}'} | {row.support} | "
+        f"{row.threshold:.3f} |\n"
+        for name, row in result.per_label.items()
+    )
+    return (
+        "## Evaluation results\n\n"
+        f"On {len(evaluated.rows)} images: {_source(folder, evaluated)}. 95% intervals from their number "
+        "(Wilson for subset accuracy, a bootstrap over the images for the others). `report.html` shows each "
+        f"label's worst mistakes.\n\n{findings + chr(10) if findings else ''}"
+        f"| metric | value | 95% interval |\n|---|---|---|\n{rows}\n"
+        "Per label:\n\n| label | precision | recall | F1 | average precision | images | threshold |\n"
+        f"|---|---|---|---|---|---|---|\n{per_label}"
     )
 
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # annotations only
     from vggtune.model.spec import ModelSpec
 
 from vggtune.fsutil import atomic_write_text, display_path
-from vggtune.results import analysis, plots
+from vggtune.results import analysis, multilabelpage, plots
 from vggtune.results.datasection import data_section, shift
 from vggtune.results.evaluated import Evaluated
 from vggtune.results.html import count as _count
@@ -36,27 +36,37 @@ def write_report(
     folder = RunDir(run)
     spec = predictor.spec
     target = Path(out) if out else folder.report_file()
-    judged = (
-        [
-            verdict(evaluated, folder) + shift(evaluated, folder, predictor),
-            curves(folder),
-            confusions(evaluated),
-            calibration(evaluated),
-            examples(evaluated, predictor),
-        ]
-        if evaluated
-        else [
-            "<section id='verdict'><h2>Verdict</h2><p>This run held out no images to judge it on: "
-            "run <code>vggtune report RUN --data FOLDER</code> with a labelled folder.</p></section>",
-            curves(folder),
-        ]
-    )
+    judged = _judged(evaluated, folder, predictor)
     sections = judged + [data_section(folder, evaluated), run_section(folder, spec)]
     title = f"vggtune report: {display_path(folder.path)}"
     judged_on = f"judged on {_e(evaluated.data)}" if evaluated else "no held-out images"
     about = f"{len(spec.classes)} classes, {spec.head.kind} head on {_e(spec.weights)}, {judged_on}"
     atomic_write_text(target, page(title, about, "".join(sections)))
     return target
+
+
+def _judged(evaluated: Evaluated | None, folder: RunDir, predictor: Predictor) -> list[str]:
+    """The sections that judge the model: a multi-label run's own (multilabelpage.py), else the verdict,
+    curves, confusions, calibration and the worst mistakes."""
+    if evaluated is None:
+        return [
+            "<section id='verdict'><h2>Verdict</h2><p>This run held out no images to judge it on: "
+            "run <code>vggtune report RUN --data FOLDER</code> with a labelled folder.</p></section>",
+            curves(folder),
+        ]
+    if evaluated.multi_label:
+        return [
+            multilabelpage.verdict(evaluated, evaluated.findings(folder.path)),
+            curves(folder),
+            multilabelpage.top_losses(evaluated, predictor),
+        ]
+    return [
+        verdict(evaluated, folder) + shift(evaluated, folder, predictor),
+        curves(folder),
+        confusions(evaluated),
+        calibration(evaluated),
+        examples(evaluated, predictor),
+    ]
 
 
 def verdict(evaluated: Evaluated, folder: RunDir) -> str:

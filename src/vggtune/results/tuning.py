@@ -23,13 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path, write_csv
 from vggtune.progress import say
 from vggtune.training.config import TrainConfig
-from vggtune.training.metrics import Metrics, balanced_log_loss
+from vggtune.training.metrics import balanced_log_loss
 from vggtune.training.rundir import RunDir
+
+if TYPE_CHECKING:  # annotations only
+    from vggtune.training.figures import Figures
 
 STUDY = "vggtune"  # the study's name inside study.db
 SETTINGS_FILE = "tune.json"
@@ -98,7 +102,7 @@ class TuneResult:
     trials: tuple[TrialResult, ...]
     best: TrialResult
     best_run: str
-    test: Metrics | None
+    test: Figures | None  # Metrics (tune refuses multi-label data)
 
     @property
     def default_trial(self) -> TrialResult:

@@ -59,6 +59,18 @@ def class_weights(setting: str, labels: torch.Tensor, n_classes: int, imbalanced
     return weights.float()
 
 
+def positive_weights(setting: str, targets: torch.Tensor) -> torch.Tensor | None:
+    """A multi-label run's weight of each label's positives (its negatives over its positives, so both weigh
+    alike: PyTorch's pos_weight) where `setting` is balanced; None for auto and off. Auto leaves them off:
+    the panel that chose auto for classes (BENCHMARKS.md section 22) had no multi-label data, and most labels
+    are rarer than not, so balancing every one would push every probability up."""
+    if setting != "balanced":
+        return None
+    positives = targets.double().sum(0)
+    negatives = len(targets) - positives
+    return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)).float()
+
+
 def rate_factor(schedule: str, epoch: int, epochs: int) -> float:
     """The share of a stage's rate its epoch `epoch` (from 0) learns at: 1, or cosine annealing over the
     stage (1 at its first epoch, above 0 at its last)."""

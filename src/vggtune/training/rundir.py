@@ -32,8 +32,8 @@ from vggtune.fsutil import (
     write_csv,
 )
 from vggtune.model.spec import ModelSpec
+from vggtune.training import figures
 from vggtune.training.config import TrainConfig, load_config, save_config
-from vggtune.training.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,15 @@ class PredictionRow:
     probabilities: list[float]
 
 
-def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow]) -> None:
+def write_predictions(
+    path: Path, classes: list[str], rows: list[PredictionRow], thresholds: tuple[float, ...] = ()
+) -> None:
+    """predictions.csv: each image's split, path, true class, predicted class and every class's probability; for
+    a multi-label model (`thresholds`, one a label) the true and predicted labels joined by ";"."""
+
     def predicted(row: PredictionRow) -> str:
+        if thresholds:
+            return figures.label_text(classes, [p > t for p, t in zip(row.probabilities, thresholds)])
         return classes[max(range(len(classes)), key=row.probabilities.__getitem__)]
 
     write_csv(
@@ -75,8 +82,17 @@ def read_predictions(path: Path, classes: list[str]) -> list[PredictionRow]:
 @dataclass(frozen=True)
 class SplitItem:
     path: str
-    label: int  # the index of its class in RunSplits.classes
+    label: int  # the index of its class in RunSplits.classes (multi-label: its stratum)
     sha256: str
+    targets: tuple[int, ...] | None = None  # multi-label: the indexes of its labels
+
+
+def _split_row(item) -> dict:
+    """splits.json's row of an item: a multi-label item's labels beside its stratum."""
+    row = {"path": item.path, "label": item.label, "sha256": item.sha256}
+    if item.targets is not None:
+        row["labels"] = list(item.targets)
+    return row
 
 
 @dataclass(frozen=True)
@@ -89,9 +105,12 @@ class RunSplits:
     test: list[SplitItem]
 
     def counts(self, split: str) -> list[int]:
-        """Images of each class in `split`."""
-        labels = [item.label for item in getattr(self, split)]
-        return [labels.count(i) for i in range(len(self.classes))]
+        """Images of each class in `split` (multi-label: carrying each label)."""
+        counts = [0] * len(self.classes)
+        for item in getattr(self, split):
+            for label in item.targets if item.targets is not None else (item.label,):
+                counts[label] += 1
+        return counts
 
 
 @dataclass(frozen=True)
@@ -112,11 +131,15 @@ class NearDuplicate:
 class RunMetrics:
     """metrics.json: the final scores, what each part took, the machine, and the epoch each stage kept."""
 
-    val: Metrics | None
-    test: Metrics | None
+    val: figures.Figures | None  # Metrics, or a multi-label run's MultiLabelMetrics
+    test: figures.Figures | None
     timing: dict
     environment: dict
     kept_epochs: dict[str, int]  # stage -> the epoch whose parameters it kept (lowest validation loss)
+
+
+def _targets(row: dict) -> tuple[int, ...] | None:
+    return tuple(int(label) for label in row["labels"]) if "labels" in row else None
 
 
 def _known(value: str | None, allowed: tuple[str, ...], otherwise: str) -> str:
@@ -214,7 +237,7 @@ class RunDir:
                 "classes": classes,
                 **{
                     # The path as Python holds it: JSON escapes undecodable bytes, so it opens again.
-                    name: [{"path": i.path, "label": i.label, "sha256": i.sha256} for i in items]
+                    name: [_split_row(i) for i in items]
                     for name, items in splits.items()
                 },
             },
@@ -236,9 +259,10 @@ class RunDir:
             },
         )
 
-    def write_predictions(self, classes: list[str], rows: list[tuple]) -> None:
-        """rows: (split, path, true class, probabilities) of each scored image."""
-        write_predictions(self.path / runfiles.PREDICTIONS, classes, [PredictionRow(*row) for row in rows])
+    def write_predictions(self, classes: list[str], rows: list[tuple], thresholds: tuple[float, ...] = ()) -> None:
+        """rows: (split, path, true class, probabilities) of each scored image; `thresholds`: a multi-label
+        model's, one a label."""
+        write_predictions(self.path / runfiles.PREDICTIONS, classes, [PredictionRow(*row) for row in rows], thresholds)
 
     def predictions(self, classes: list[str]) -> list[PredictionRow] | None:
         """predictions.csv: each validation and test image's row; None for a run made before it was written."""
@@ -250,7 +274,9 @@ class RunDir:
         if values is None:
             return None
         items = {
-            name: [SplitItem(row["path"], int(row["label"]), row["sha256"]) for row in values.get(name, [])]
+            name: [
+                SplitItem(row["path"], int(row["label"]), row["sha256"], _targets(row)) for row in values.get(name, [])
+            ]
             for name in ("train", "val", "test")
         }
         return RunSplits(list(values["classes"]), **items)
@@ -288,8 +314,8 @@ class RunDir:
         if values is None:
             return None
         return RunMetrics(
-            Metrics.from_dict(values["val"]) if values.get("val") else None,
-            Metrics.from_dict(values["test"]) if values.get("test") else None,
+            figures.from_dict(values.get("val")),
+            figures.from_dict(values.get("test")),
             values.get("timing") or {},
             values.get("environment") or {},
             {k: int(v) for k, v in (values.get("kept_epochs") or {}).items()},

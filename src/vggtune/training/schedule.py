@@ -35,11 +35,18 @@ from vggtune.training.checkpoints import Checkpoints, StageProgress, load_params
 from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
 from vggtune.training.session import Run, open_run
 from vggtune.training.tracking import Log
-from vggtune.training.validation import calibrated, decision_threshold, scorer, validate, weights_of
+from vggtune.training.validation import (
+    calibrated,
+    decision_threshold,
+    label_thresholds,
+    scorer,
+    validate,
+    weights_of,
+)
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
-    from vggtune.training.metrics import Metrics
+    from vggtune.training.figures import Figures
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,8 @@ class TrainResult:
     split held no images). `to_dict()` is what metrics.json holds of them."""
 
     run: str
-    val: Metrics | None
-    test: Metrics | None
+    val: Figures | None  # Metrics, or a multi-label run's MultiLabelMetrics
+    test: Figures | None
 
     def to_dict(self) -> dict:
         return {name: scores.to_dict() for name, scores in (("val", self.val), ("test", self.test)) if scores}
@@ -104,7 +111,8 @@ def train_run(config, resume: bool = False, observer: Observer | None = None) ->
         log.timing.update(run.setup_seconds)
         weights = weights_of(run)
         if weights is not None:
-            say("class weights: " + ", ".join(f"{name} {w:.3f}" for name, w in zip(run.spec.classes, weights.tolist())))
+            kind = "positive weights" if run.spec.head.multi_label else "class weights"
+            say(f"{kind}: " + ", ".join(f"{name} {w:.3f}" for name, w in zip(run.spec.classes, weights.tolist())))
         try:
             for stage in stages:
                 run.model.set_trainable(stage.trainable)
@@ -117,19 +125,22 @@ def train_run(config, resume: bool = False, observer: Observer | None = None) ->
 def finish(run: Run, cut: str, log: Log) -> TrainResult:
     """Calibrates the final model, scores it on the validation and test splits, then saves it with its
     metrics, each image's probabilities (predictions.csv), the report and the model card."""
-    results: dict[str, Metrics] = {}
+    results: dict[str, Figures] = {}
     predictions: list[tuple] = []
     spec = dataclasses.replace(run.spec, scoring=calibrated(run, cut)) if run.config.calibrate else run.spec
-    spec = dataclasses.replace(spec, scoring=spec.scoring.deciding_at(decision_threshold(run, cut, spec.scoring)))
-    classes, final = list(spec.classes), scorer(run, spec.scoring)
+    if spec.head.multi_label:
+        spec = dataclasses.replace(spec, scoring=spec.scoring.labelling_at(label_thresholds(run, cut, spec.scoring)))
+    else:
+        spec = dataclasses.replace(spec, scoring=spec.scoring.deciding_at(decision_threshold(run, cut, spec.scoring)))
+    final = scorer(run, spec.scoring)
     for split in ("val", "test"):
         if len(run.labels[split]):
             started = time.perf_counter()
             positions, labels, probabilities = final.scored(run.sources.by_cut[cut][split], run.labels[split], cut)
-            results[split] = final.summary(labels, probabilities)
+            results[split] = final.summary(labels, probabilities, intervals=True)
             items = run.sources.kept[split]
             predictions += [
-                (split, items[p].path, classes[label], row.tolist())
+                (split, items[p].path, final.label_text(label), row.tolist())
                 for p, label, row in zip(positions, labels, probabilities)
             ]
             log.timing[f"score_{split}_s"] = round(time.perf_counter() - started, 2)
@@ -151,7 +162,7 @@ def save(run: Run, spec, result: TrainResult, predictions: list, rejected: list,
     are the API's next step: vggtune.api.train_with)."""
     run.folder.write_rejected(rejected)
     run.folder.save_model(run.model, spec)
-    run.folder.write_predictions(list(spec.classes), predictions)
+    run.folder.write_predictions(list(spec.classes), predictions, spec.scoring.thresholds)
     run.folder.write_metrics(result.to_dict(), log.timing, environment(run), log.kept_epochs)
     if not run.config.keep_state:
         run.folder.remove_state()
@@ -307,7 +318,7 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
     views = rng.integers(config.views, size=len(labels))
     model.eval()  # the frozen blocks (batch norms too) as they were pretrained ...
     net.train()  # ... and the blocks after the cut and the head learning
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen = 0.0, 0.0, 0
     bar = progress(total=len(order), desc=f"{stage.name} epoch", unit="image")
     for start in range(0, len(order), config.batch_size):
         positions = distributed.share(order[start : start + config.batch_size])
@@ -326,7 +337,8 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
         step_loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(kept)
-        correct += int((model.head_spec.predicted(logits.float()) == y).sum())
+        hits = model.head_spec.predicted(logits.float()) == y
+        correct += float(hits.float().mean(1).sum()) if hits.dim() > 1 else int(hits.sum())  # multi-label: labels
         seen += len(kept)
         bar.update(len(positions))
     bar.close()

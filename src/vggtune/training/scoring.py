@@ -12,7 +12,7 @@ from vggtune import distributed
 from vggtune.model.classifier import Classifier
 from vggtune.model.policy import ScoringPolicy
 from vggtune.model.runtime import Runtime
-from vggtune.training.metrics import Metrics, classification_metrics
+from vggtune.training.figures import Figures, figures, label_text
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ class Scorer:
         def loss(log_t: float) -> float:
             with torch.no_grad():
                 logs = self.policy.at(float(np.exp(log_t))).log_probabilities(head, logits)
+            if head.multi_label:  # each label's binary cross-entropy: log(1 - p) from log p, exactly
+                positive = torch.from_numpy(np.asarray(labels, dtype=bool))
+                return float(-torch.where(positive, logs, torch.log(-torch.expm1(logs))).mean())
             return float(-logs[rows, labels].mean())
 
         low, high, ratio = 0.0, float(np.log(20)), (np.sqrt(5) - 1) / 2
@@ -95,12 +98,21 @@ class Scorer:
                 low = a
         return round(float(np.exp((low + high) / 2)), 6)
 
-    def metrics(self, source, labels: torch.Tensor, cut: str) -> Metrics:
+    def label_text(self, label) -> str:
+        """An image's true class (or a multi-label image's labels) as predictions.csv writes it."""
+        return label_text(self.classes, label)
+
+    def metrics(self, source, labels: torch.Tensor, cut: str) -> Figures:
         _, kept_labels, probabilities = self.scored(source, labels, cut)
         return self.summary(kept_labels, probabilities)
 
-    def summary(self, labels: np.ndarray, probabilities: np.ndarray) -> Metrics:
-        return classification_metrics(labels, probabilities, self.classes, self.policy.threshold)
+    def summary(self, labels: np.ndarray, probabilities: np.ndarray, intervals: bool = False) -> Figures:
+        """The figures of these images: Metrics, or for a multi-label model MultiLabelMetrics (`intervals`: with
+        its bootstrap intervals)."""
+        thresholds = (
+            (self.policy.thresholds or (0.5,) * len(self.classes)) if self.model.head_spec.multi_label else None
+        )
+        return figures(labels, probabilities, self.classes, self.policy.threshold, thresholds, intervals)
 
 
 def _merged(positions: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,13 +7,17 @@ from __future__ import annotations
 from vggtune.progress import say
 from vggtune.training.config import CHOSEN_ON_VALIDATION, IMBALANCED
 from vggtune.training.metrics import balanced_log_loss, best_threshold
-from vggtune.training.objective import class_weights
+from vggtune.training.multilabel import best_thresholds, binary_log_loss
+from vggtune.training.objective import class_weights, positive_weights
 from vggtune.training.scoring import Scorer
 from vggtune.training.session import Run
 
 
 def weights_of(run: Run):
-    """The loss's weight per class (objective.class_weights), from the training split's labels."""
+    """The loss's weight per class (objective.class_weights), from the training split's labels; a multi-label
+    run's weight of each label's positives (objective.positive_weights)."""
+    if run.spec.head.multi_label:
+        return positive_weights(run.config.class_weights, run.labels["train"])
     return class_weights(run.config.class_weights, run.labels["train"], len(run.spec.classes), IMBALANCED)
 
 
@@ -32,6 +36,24 @@ def calibrated(run: Run, cut: str):
     temperature = final.fit_temperature(logits, run.labels["val"][positions].numpy())
     say(f"calibrate: temperature {temperature:.3f}, fitted on {len(positions)} validation images")
     return run.spec.scoring.at(temperature)
+
+
+def label_thresholds(run: Run, cut: str, policy) -> tuple[float, ...]:
+    """A multi-label run's threshold a label: --threshold's number for every label where one is given (other
+    than the default 0.5), else each label's with the best F1 on the validation split under the final
+    scoring `policy` (0.5 for every label without validation images)."""
+    given = run.config.threshold
+    n_labels = len(run.spec.classes)
+    if given != CHOSEN_ON_VALIDATION and float(given) != 0.5:
+        return (float(given),) * n_labels
+    if not len(run.labels["val"]):
+        say("thresholds: no validation images, 0.5 for every label")
+        return (0.5,) * n_labels
+    _, labels, probabilities = scorer(run, policy).scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    thresholds = best_thresholds(labels, probabilities)
+    chosen = ", ".join(f"{name} {value:.3f}" for name, value in zip(run.spec.classes, thresholds))
+    say(f"thresholds: {chosen}; each label's best F1 on {len(labels)} validation images")
+    return thresholds
 
 
 def decision_threshold(run: Run, cut: str, policy) -> float:
@@ -62,6 +84,10 @@ def validate(run: Run, cut: str) -> dict | None:
         return None
     clean = scorer(run, run.spec.scoring.clean())
     _, labels, probabilities = clean.scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    if run.spec.head.multi_label:  # the mean binary cross-entropy, what training minimises; label accuracy
+        entropy = binary_log_loss(labels, probabilities)
+        accuracy = float(((probabilities > 0.5) == (labels == 1)).mean())
+        return {"loss": entropy, "accuracy": accuracy, "balanced_loss": entropy, "balanced_accuracy": accuracy}
     result = clean.summary(labels, probabilities)
     balanced = balanced_log_loss(labels, probabilities)
     loss = result.log_loss if weights_of(run) is None else balanced

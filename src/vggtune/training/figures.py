@@ -1,0 +1,53 @@
+"""A set's figures, single- or multi-label: the one place that tells the two apart. `Figures` is what a
+split's scores are (Metrics, or MultiLabelMetrics for a multi-label model); `figures` computes them,
+`from_dict` reads metrics.json's back; `targets` and `label_text` turn a multi-label image's labels
+between their text ("cat;dog") and 0/1 rows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vggtune.data.labelsets import joined, label_names
+from vggtune.training.metrics import Metrics, classification_metrics
+from vggtune.training.multilabel import MultiLabelMetrics, is_multilabel, multilabel_metrics
+
+Figures = Metrics | MultiLabelMetrics
+
+
+def figures(
+    labels,
+    probabilities,
+    classes: list[str],
+    threshold: float = 0.5,
+    thresholds: tuple[float, ...] | None = None,
+    intervals: bool = False,
+) -> Figures:
+    """Metrics of class indexes `labels` at the two-class `threshold`; or, where `thresholds` are given (a
+    multi-label model's, one a label), MultiLabelMetrics of (image, label) 0/1 `labels`, with its bootstrap
+    intervals where `intervals`."""
+    if thresholds is None:
+        return classification_metrics(labels, probabilities, classes, threshold)
+    return multilabel_metrics(labels, probabilities, classes, thresholds, intervals)
+
+
+def from_dict(values: dict | None) -> Figures | None:
+    """metrics.json's (or evaluation.json's) figures of a set, as their record."""
+    if not values:
+        return None
+    return MultiLabelMetrics.from_dict(values) if is_multilabel(values) else Metrics.from_dict(values)
+
+
+def targets(texts: list[str], classes: list[str]) -> np.ndarray:
+    """(image, label) 0/1 of multi-label images given as text ("cat;dog", "" for none)."""
+    index = {name: i for i, name in enumerate(classes)}
+    rows = np.zeros((len(texts), len(classes)), dtype=np.int64)
+    for row, text in enumerate(texts):
+        rows[row, [index[name] for name in label_names(text)]] = 1
+    return rows
+
+
+def label_text(classes: list[str], label) -> str:
+    """An image's class as text: the class of an index, or the labels of a 0/1 (or True/False) row joined."""
+    if np.ndim(label):
+        return joined([name for name, carried in zip(classes, label) if carried])
+    return classes[int(label)]

@@ -1,0 +1,75 @@
+"""training/multilabel.py and data/labelsets.py: multi-label figures against scikit-learn and definitions,
+the per-label thresholds, the record's JSON form, and the strata splits are stratified by."""
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, hamming_loss
+
+from vggtune.data.labelsets import strata
+from vggtune.training.multilabel import (
+    MultiLabelMetrics,
+    best_thresholds,
+    multilabel_metrics,
+    weighted_average_precision,
+)
+
+
+def draw(n=300, labels=5, seed=0):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, labels)) < 0.3).astype(int)
+    probabilities = np.clip(targets * 0.45 + rng.random((n, labels)) * 0.6, 0.001, 0.999).round(2)   # ties
+    return targets, probabilities
+
+
+def test_figures_are_scikit_learns():
+    targets, probabilities = draw()
+    thresholds = (0.5, 0.4, 0.6, 0.5, 0.45)
+    result = multilabel_metrics(targets, probabilities, list("abcde"), thresholds)
+    decided = (probabilities > np.asarray(thresholds)).astype(int)
+    assert result.f1_micro == pytest.approx(f1_score(targets, decided, average="micro"))
+    assert result.f1_macro == pytest.approx(f1_score(targets, decided, average="macro"))
+    assert result.hamming_loss == pytest.approx(hamming_loss(targets, decided))
+    assert result.subset_accuracy == pytest.approx((decided == targets).all(1).mean())
+    assert result.map == pytest.approx(np.mean([average_precision_score(targets[:, i], probabilities[:, i])
+                                                for i in range(5)]))
+    assert result.per_label["b"].threshold == 0.4 and result.per_label["a"].support == targets[:, 0].sum()
+    assert result.intervals_95 == {}
+
+
+def test_weighted_average_precision_is_scikit_learns_with_sample_weights():
+    targets, probabilities = draw(seed=1)
+    weights = np.random.default_rng(2).integers(0, 3, (4, len(targets))).astype(float)
+    for i in range(3):
+        ours = weighted_average_precision(targets[:, i], probabilities[:, i], weights)
+        theirs = [average_precision_score(targets[:, i], probabilities[:, i], sample_weight=w) for w in weights]
+        assert np.allclose(ours, theirs)
+    assert np.isnan(weighted_average_precision(np.zeros(4, int), np.arange(4) / 4, np.ones((1, 4))))[0]
+
+
+def test_intervals_hold_their_estimates():
+    targets, probabilities = draw(seed=3)
+    result = multilabel_metrics(targets, probabilities, list("abcde"), intervals=True)
+    for key in ("f1_micro", "f1_macro", "map"):
+        low, high = result.intervals_95[key]
+        assert low <= getattr(result, key) <= high and high - low < 0.2, key
+
+
+def test_thresholds_give_each_label_its_best_f1():
+    targets, probabilities = draw(seed=4)
+    chosen = best_thresholds(targets, probabilities)
+    for i, threshold in enumerate(chosen):
+        best = max(f1_score(targets[:, i], probabilities[:, i] > t) for t in np.unique(probabilities[:, i]) - 1e-9)
+        assert f1_score(targets[:, i], probabilities[:, i] > threshold) == pytest.approx(best)
+    assert best_thresholds(np.zeros((3, 1), int), np.full((3, 1), 0.2)) == (0.5,)     # a label nobody carries
+
+
+def test_the_record_reads_back_from_its_json_form():
+    targets, probabilities = draw(seed=5)
+    result = multilabel_metrics(targets, probabilities, list("abcde"), intervals=True)
+    assert MultiLabelMetrics.from_dict(result.to_dict()) == result
+    assert result.to_dict()["task"] == "multi-label" and result.accuracy == result.subset_accuracy
+
+
+def test_an_image_is_stratified_by_its_rarest_label():
+    targets = [(0, 1), (0,), (0,), (1, 2), (), (2,)]
+    # label 0: 3 images, 1: 2, 2: 2; ties go to the lower label; none: its own stratum (3)
+    assert strata(targets, 3) == [1, 0, 0, 1, 3, 2]
