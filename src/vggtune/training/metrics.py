@@ -87,11 +87,16 @@ class Metrics:
     @classmethod
     def from_dict(cls, values: dict) -> Metrics:
         """The record a to_dict() (or metrics.json) holds; keys it does not know (evaluate's extras) are left."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        fields = {key: value for key, value in values.items() if key in known}
+        fields = known_fields(cls, values)
         fields["per_class"] = {name: ClassScores(**row) for name, row in values["per_class"].items()}
         fields["accuracy_95"] = Interval(*values["accuracy_95"])
         return cls(**fields)
+
+
+def known_fields(record: type, values: dict) -> dict:
+    """The items of `values` that are fields of the dataclass `record` (a JSON file's other keys are left)."""
+    names = {field.name for field in dataclasses.fields(record)}
+    return {key: value for key, value in values.items() if key in names}
 
 
 TWO_CLASS_FIELDS = ("roc_auc", "positive_class", "threshold", "f1", "sensitivity", "specificity")

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
 
 from vggtune.model.policy import decide_labels
-from vggtune.training.metrics import SMALLEST, Interval, wilson_interval
+from vggtune.training.metrics import SMALLEST, Interval, known_fields, wilson_interval
 
 TASK = "multi-label"  # metrics.json's "task" of these figures
 BOOTSTRAP_DRAWS = 1000
@@ -73,8 +73,7 @@ class MultiLabelMetrics:
 
     @classmethod
     def from_dict(cls, values: dict) -> MultiLabelMetrics:
-        fields = {field.name for field in dataclasses.fields(cls)}
-        known = {key: value for key, value in values.items() if key in fields}
+        known = known_fields(cls, values)
         known["per_label"] = {name: LabelScores(**row) for name, row in values["per_label"].items()}
         known["accuracy_95"] = Interval(*values["accuracy_95"])
         known["intervals_95"] = {key: Interval(*bound) for key, bound in values.get("intervals_95", {}).items()}
