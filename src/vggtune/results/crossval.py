@@ -156,18 +156,20 @@ def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) ->
     multi_label = RunDir(configs[0].out).model_spec().head.multi_label
     rows: list[PredictionRow] = []
     per_fold: list[FoldResult] = []
-    thresholds: list = []  # each image's fold threshold; multi-label: each fold's thresholds
+    image_thresholds: list[float] = []  # each image's fold's two-class threshold
+    fold_thresholds: list[tuple[float, ...]] = []  # multi-label: each fold's, one a label
     for config, fold_seconds in zip(configs, seconds):
         tested = [row for row in RunDir(config.out).predictions(classes) or [] if row.split == "test"]
         scoring = RunDir(config.out).model_spec().scoring  # each fold decides at its own threshold(s)
-        thresholds += [scoring.thresholds] if multi_label else [scoring.threshold] * len(tested)
+        image_thresholds += [scoring.threshold] * len(tested)
+        fold_thresholds.append(scoring.thresholds)
         metrics = _scored(tested, classes, scoring.threshold, scoring.thresholds if multi_label else None)
         per_fold.append(FoldResult(config.cv_fold, metrics, fold_seconds))
         rows += [PredictionRow(f"fold-{config.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
     # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median;
     # multi-label: each label's median over the folds.
-    pooled_thresholds = tuple(np.median(thresholds, axis=0).tolist()) if multi_label else None
-    threshold = float(np.median(thresholds)) if thresholds and not multi_label else 0.5
+    pooled_thresholds = tuple(np.median(fold_thresholds, axis=0).tolist()) if multi_label else None
+    threshold = float(np.median(image_thresholds)) if image_thresholds else 0.5
     pooled = _scored(rows, classes, threshold, pooled_thresholds, intervals=True)
     base = dataclasses.replace(configs[0], out=str(root), cv_folds=0, cv_fold=0, no_report=False)
     result = CrossValidation(

@@ -14,8 +14,7 @@ from vggtune.results import analysis
 from vggtune.results.html import escape as _e
 from vggtune.results.html import img as _img
 from vggtune.results.html import jpeg as _jpeg
-from vggtune.training.metrics import SMALLEST
-from vggtune.training.multilabel import MultiLabelMetrics
+from vggtune.training.multilabel import MultiLabelMetrics, label_losses
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.deploy.predict import Predictor
@@ -49,12 +48,6 @@ def _label_row(name: str, row) -> str:
     numbers = (f"{row.precision:.3f}", f"{row.recall:.3f}", f"{row.f1:.3f}", precision, row.support)
     cells = "".join(f"<td class='n'>{value}</td>" for value in (*numbers, f"{row.threshold:.3f}"))
     return f"<tr><td>{_e(name)}</td>{cells}</tr>"
-
-
-def label_losses(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Each image's binary cross-entropy for each label (image, label)."""
-    picked = np.where(targets == 1, probabilities, 1 - probabilities)
-    return -np.log(np.maximum(picked, SMALLEST))
 
 
 def top_losses(evaluated: Evaluated, predictor: Predictor) -> str:

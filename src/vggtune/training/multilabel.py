@@ -121,10 +121,15 @@ def multilabel_metrics(
 
 def binary_log_loss(targets, probabilities) -> float:
     """The mean over images and labels of each label's binary cross-entropy."""
+    return float(label_losses(targets, probabilities).mean())
+
+
+def label_losses(targets, probabilities) -> np.ndarray:
+    """Each image's binary cross-entropy for each label (image, label): the report's top losses a label."""
     targets = np.asarray(targets, dtype=np.float64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     picked = np.where(targets == 1, probabilities, 1 - probabilities)
-    return float(-np.log(np.maximum(picked, SMALLEST)).mean())
+    return -np.log(np.maximum(picked, SMALLEST))
 
 
 def best_thresholds(targets, probabilities) -> tuple[float, ...]:

@@ -109,9 +109,7 @@ class Scorer:
     def summary(self, labels: np.ndarray, probabilities: np.ndarray, intervals: bool = False) -> Figures:
         """The figures of these images: Metrics, or for a multi-label model MultiLabelMetrics (`intervals`: with
         its bootstrap intervals)."""
-        thresholds = (
-            (self.policy.thresholds or (0.5,) * len(self.classes)) if self.model.head_spec.multi_label else None
-        )
+        thresholds = self.policy.thresholds if self.model.head_spec.multi_label else None  # (): 0.5 each
         return figures(labels, probabilities, self.classes, self.policy.threshold, thresholds, intervals)
 
 
