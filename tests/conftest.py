@@ -176,3 +176,14 @@ def write_multilabel(root, per_set: int = 10, sets=SETS, start: int = 0) -> str:
         writer.writerow(["path", "labels"])
         writer.writerows(rows)
     return str(manifest)
+
+
+def tflite_python() -> str:
+    """The interpreter of the environment with vggtune[tflite] (litert-torch cannot share one with Selenium
+    and Jupyter: README); CI makes it and names it in VGGTUNE_TFLITE_PYTHON."""
+    python = os.environ.get("VGGTUNE_TFLITE_PYTHON")
+    if not python:
+        if os.environ.get("VGGTUNE_REQUIRE_INTEGRATION"):
+            pytest.fail("VGGTUNE_TFLITE_PYTHON is not set: the TFLite export is checked in CI")
+        pytest.skip("no environment with vggtune[tflite] (VGGTUNE_TFLITE_PYTHON)")
+    return python

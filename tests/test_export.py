@@ -21,7 +21,7 @@ from vggtune.deploy import exporting
 from vggtune.training import schedule as training
 from vggtune.features.extract import decode_clean
 
-from conftest import make_dataset, quick_config, synthetic_image, tiny_weights_for_module
+from conftest import make_dataset, quick_config, synthetic_image, tflite_python, tiny_weights_for_module
 
 EXPORT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "export.md"     # the snippets users copy
 
@@ -182,17 +182,6 @@ def test_the_readmes_openvino_example_gives_vggtunes_probabilities(run, tmp_path
     model = vggtune.export(str(run), out=str(tmp_path / "model.xml"), format="openvino").path
     check_snippet(snippet("openvino").replace("runs/pets/model.xml", str(model)), vggtune.load(run, precision="fp32"),
                   tmp_path)
-
-
-def tflite_python() -> str:
-    """The interpreter of the environment with vggtune[tflite] (litert-torch cannot share one with Selenium
-    and Jupyter: README); CI makes it and names it in VGGTUNE_TFLITE_PYTHON."""
-    python = os.environ.get("VGGTUNE_TFLITE_PYTHON")
-    if not python:
-        if os.environ.get("VGGTUNE_REQUIRE_INTEGRATION"):
-            pytest.fail("VGGTUNE_TFLITE_PYTHON is not set: the TFLite export is checked in CI")
-        pytest.skip("no environment with vggtune[tflite] (VGGTUNE_TFLITE_PYTHON)")
-    return python
 
 
 def test_tflite_export_passes_its_parity_check_and_the_readmes_example_agrees(run, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from conftest import (
     quick_config,
     require_real_weights,
     shared_data,
+    tflite_python,
     tiny_weights_for_module,
     write_multilabel,
 )
@@ -191,6 +193,17 @@ def test_export_carries_the_sigmoids_and_thresholds(trained, file_format, packag
     values = json.loads(result.path.with_name(result.path.name + ".json").read_text())
     assert values["multi_label"] and set(values["thresholds"]) == {"blue", "green", "red"}
     assert result.max_difference < 1e-4 and result.label_agreement == 1.0
+
+
+def test_tflite_export_carries_the_sigmoids_and_thresholds(trained, tmp_path):
+    python = tflite_python()
+    _, out = trained
+    done = subprocess.run([python, "-m", "vggtune", "export", str(out), "--format", "tflite", "--out",
+                           str(tmp_path / "model.tflite")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "same label on 100" in done.stdout
+    values = json.loads((tmp_path / "model.tflite.json").read_text())
+    assert values["multi_label"] and set(values["thresholds"]) == {"blue", "green", "red"}
 
 
 def test_real_photos_side_by_side_with_a_label_pair_never_seen_in_training(tmp_path, capsys):
