@@ -4,8 +4,9 @@ each occurs, labels seen once, images that carry none; and the stratum each imag
 Splits and cross-validation folds stratify one key per image. A multi-label image's key is its rarest
 label (the label fewest images carry), so a rare label is spread over the splits as a class would be;
 the images that carry none share one key. This is the first step of iterative stratification
-(Sechidis et al., 2011), which assigns the rarest label's images first; it keeps every label's
-share in each split within a few images of the whole's, and exactly where labels do not co-occur.
+(Sechidis et al., 2011), which assigns the rarest label's images first. A label is split exactly in
+proportion where it is its images' rarest; its images filed under a rarer label land wherever that
+label's split puts them.
 """
 
 from __future__ import annotations
