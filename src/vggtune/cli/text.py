@@ -83,9 +83,9 @@ def multilabel_lines(result: MultiLabelMetrics) -> list[str]:
         "  " + "label".ljust(16) + f"{'precision':>10}{'recall':>8}{'F1':>8}{'AP':>8}{'images':>8}{'threshold':>11}",
     ]
     for name, row in result.per_label.items():
-        precision = "-" if row.average_precision is None else f"{row.average_precision:.3f}"
+        average = "-" if row.average_precision is None else f"{row.average_precision:.3f}"
         lines.append(
-            "  " + name.ljust(16) + f"{row.precision:>10.3f}{row.recall:>8.3f}{row.f1:>8.3f}{precision:>8}"
+            "  " + name.ljust(16) + f"{row.precision:>10.3f}{row.recall:>8.3f}{row.f1:>8.3f}{average:>8}"
             f"{row.support:>8}{row.threshold:>11.3f}"
         )
     return lines

@@ -44,8 +44,8 @@ def verdict(evaluated: Evaluated, findings: list[str]) -> str:
 
 
 def _label_row(name: str, row) -> str:
-    precision = "-" if row.average_precision is None else f"{row.average_precision:.3f}"
-    numbers = (f"{row.precision:.3f}", f"{row.recall:.3f}", f"{row.f1:.3f}", precision, row.support)
+    average = "-" if row.average_precision is None else f"{row.average_precision:.3f}"
+    numbers = (f"{row.precision:.3f}", f"{row.recall:.3f}", f"{row.f1:.3f}", average, row.support)
     cells = "".join(f"<td class='n'>{value}</td>" for value in (*numbers, f"{row.threshold:.3f}"))
     return f"<tr><td>{_e(name)}</td>{cells}</tr>"
 
