@@ -66,7 +66,8 @@ HELP = {
     "total); auto: balanced where the largest class has 1.5 times the smallest's images or more",
     "schedule": "each stage's rate over its epochs: constant, or cosine (from the stage's rate towards 0)",
     "threshold": "two classes: the second class's probability above which an image is given it, or val: the "
-    "threshold with the best balanced accuracy on the validation split (stored in model.json)",
+    "threshold with the best balanced accuracy on the validation split (stored in model.json); several labels "
+    "an image: every label's threshold (default: each label's best F1 on the validation split)",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
 }
 
@@ -130,7 +131,7 @@ def _add_threshold_flag(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="two-class models: the second class's probability above which an image is given "
-        "that class (default: the threshold model.json holds)",
+        "that class; multi-label models: every label's (default: the threshold(s) model.json holds)",
     )
 
 
