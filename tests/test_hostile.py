@@ -28,8 +28,8 @@ def files_move_after_scan(corpus, monkeypatch):
     """After the scan, some files vanish and others can no longer be read (root ignores chmod)."""
     real_scan = data.scan
 
-    def scan_then_move(found, workers=2, whole=False):
-        result = real_scan(found, workers, whole)
+    def scan_then_move(*args, **kwargs):
+        result = real_scan(*args, **kwargs)
         for path in corpus.vanish_after_scan:
             if os.path.exists(path):
                 os.unlink(path)

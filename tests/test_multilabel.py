@@ -1,18 +1,24 @@
 """Multi-label classification: a manifest's `labels` column (several labels an image, or none) through
 data check, training (one sigmoid a label), per-label thresholds, metrics and predict. The tiny network on
-synthetic images whose halves carry the labels; then the real weights on photos side by side."""
+synthetic images whose halves carry the labels (the real weights on photos side by side are in
+test_multilabel_photos.py, out of reach of this module's tiny-weights fixture)."""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import (
+    half,
+    quick_config,
+    tflite_python,
+    tiny_weights_for_module,
+    write_multilabel,
+)
 
 import vggtune
 from vggtune import cli
@@ -22,15 +28,6 @@ from vggtune.training import schedule as training
 from vggtune.training.multilabel import MultiLabelMetrics
 from vggtune.training.rundir import RunDir
 
-from conftest import (
-    half,
-    quick_config,
-    require_real_weights,
-    shared_data,
-    tflite_python,
-    tiny_weights_for_module,
-    write_multilabel,
-)
 
 def test_data_check_counts_labels_and_label_sets(tmp_path, capsys):
     manifest = write_multilabel(tmp_path / "data", per_set=4)
@@ -204,35 +201,3 @@ def test_tflite_export_carries_the_sigmoids_and_thresholds(trained, tmp_path):
     assert "same label on 100" in done.stdout
     values = json.loads((tmp_path / "model.tflite.json").read_text())
     assert values["multi_label"] and set(values["thresholds"]) == {"blue", "green", "red"}
-
-
-def test_real_photos_side_by_side_with_a_label_pair_never_seen_in_training(tmp_path, capsys):
-    """Two photos a canvas (benchmarks/photo_pairs.py) from cats-vs-dogs-2k and flowers-5, the real weights and
-    every default. Cat and dog are never together in training; a model that made each label set a class could
-    not answer the pair at all. Learned label by label, a cat beside a dog still raises cat's probability well
-    above a dog's alone (the pair's figures, which the confounding of labels never seen together keeps low,
-    are in BENCHMARKS.md section 24)."""
-    require_real_weights()
-    shared_data("cats-vs-dogs-2k"), shared_data("flowers-5")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from photo_pairs import PhotoPool, label_sets, write_set
-
-    labels = ("cat", "daisy", "dog")
-    seen, unseen = label_sets(labels, held_out=[("cat", "dog")])
-    pool = PhotoPool(seed=1, labels=labels)
-    train = write_set(pool, tmp_path / "train", {labels: 24 for labels in seen})
-    together = write_set(pool, tmp_path / "together", {unseen[0]: 16})
-    alone = write_set(pool, tmp_path / "alone", {("dog",): 16})
-    out = tmp_path / "run"
-    assert cli.main(["train", str(train), "--out", str(out)]) == 0
-    assert "mAP" in capsys.readouterr().out
-    tested = RunDir(out).finished_metrics().test
-    assert isinstance(tested, MultiLabelMetrics) and tested.map > 0.85, tested.map
-    result = vggtune.evaluate(str(out), data=str(together), report=False).metrics
-    assert result.n == 16 and result.per_label["dog"].recall >= 0.75 and result.per_label["daisy"].support == 0
-    predictor = vggtune.load(str(out))
-    cat = [
-        np.mean([p.probabilities["cat"] for p in predictor.predict([str(folder.parent)])[0]])
-        for folder in (together, alone)
-    ]
-    assert cat[0] > cat[1] + 0.1, cat
