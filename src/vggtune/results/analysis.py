@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from vggtune.model.policy import decide
+from vggtune.results.resampling import resampled_figures
 from vggtune.training.metrics import SMALLEST, Interval, Metrics, classification_metrics, wilson_interval
 
 if TYPE_CHECKING:  # annotations only
@@ -50,26 +51,18 @@ def intervals(
     one side of the estimate when the resamples are skewed: it is then widened to reach the estimate.
     Where every resample gives the same value the interval is that value twice (`describe_interval`
     says so)."""
-    labels, probabilities = np.asarray(labels, np.int64), np.asarray(probabilities, np.float64)
+    labels = np.asarray(labels, np.int64)
     n = len(labels)
+    probabilities = np.asarray(probabilities, np.float64).reshape(n, len(classes))
     accuracy = wilson_interval(int((decide(probabilities, threshold) == labels).sum()), n)
     if n == 0:
         return Intervals(accuracy)
     estimate = classification_metrics(labels, probabilities, classes, threshold)
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    keys = ["balanced_accuracy", "f1_macro", "log_loss"] + (["f1", "roc_auc"] if len(classes) == 2 else [])
-    samples: dict[str, list[float]] = {key: [] for key in keys}
-    for _ in range(draws):
-        pick = np.concatenate([rows[rng.integers(len(rows), size=len(rows))] for rows in members])
-        drawn = classification_metrics(labels[pick], probabilities[pick], classes, threshold)
-        for key in keys:
-            if getattr(drawn, key) is not None:
-                samples[key].append(getattr(drawn, key))
+    samples = resampled_figures(labels, probabilities, draws, np.random.default_rng(seed), threshold)
     bootstrapped = {}
     for key, values in samples.items():
         centre = getattr(estimate, key)
-        if values and centre is not None:
+        if len(values) and centre is not None:
             low, high = np.percentile(values, [2.5, 97.5])
             bootstrapped[key] = Interval(round(float(min(low, centre)), 4), round(float(max(high, centre)), 4))
     return Intervals(accuracy, **bootstrapped)
