@@ -38,10 +38,11 @@ def resampled_figures(
     losses = -np.log(np.maximum(probabilities[np.arange(len(labels)), labels], SMALLEST))
     chunks: dict[str, list[np.ndarray]] = {}
     for picks in stratified_picks(labels, draws, rng):
-        figures = _class_figures(labels[picks], predicted[picks], n_classes)
+        truth = labels[picks]
+        figures = _class_figures(truth, predicted[picks], n_classes)
         figures["log_loss"] = losses[picks].mean(axis=1)
         if n_classes == 2 and 0 < labels.sum() < len(labels):
-            figures["roc_auc"] = _roc_auc(labels[picks], probabilities[:, 1], picks)
+            figures["roc_auc"] = _roc_auc(truth, probabilities[:, 1], picks)
         for key, values in figures.items():
             chunks.setdefault(key, []).append(values)
     return {key: np.concatenate(values) for key, values in chunks.items()}
