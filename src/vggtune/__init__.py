@@ -4,7 +4,12 @@ The API's names are imported on first use, so `vggtune --help` does not wait for
 names for users; `vggtune.api.__all__` adds the helpers the command line prints with.
 """
 
+from vggtune import openvinoload
 from vggtune.version import __version__
+
+# Before anything imports OpenVINO: its converter's telemetry (a usage event sent from a forked process on
+# import and on every conversion) stays off in every process that uses vggtune (openvinoload.py says why).
+openvinoload.silence_telemetry()
 
 __all__ = [
     "train",

@@ -128,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ignore_further_signals() -> None:
     """What was computed is saved and the line said: a second Ctrl-C while the interpreter shuts down
-    would land in torch's or a runtime's clean-up (a native abort, seen here), not stop anything sooner."""
+    would land in torch's or a runtime's clean-up (a native abort, seen here), so it ends the process at
+    once instead, with the status the first one gave; it is never ignored (a shut-down that hangs must
+    still end on SIGTERM)."""
     import threading
 
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_IGN)
+            signal.signal(number, lambda got, frame: os._exit(128 + got))
 
 
 def interrupted_line(args) -> str:

@@ -35,8 +35,8 @@ def open_rgb(path, short_side: int | None = None) -> Image.Image:
                     scale = short_side / min(image.size)
                     image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                return to_rgb(image)
+                upright = ImageOps.exif_transpose(image)
+                return to_rgb(upright)
     except ImageRejected:
         raise
     except FileNotFoundError:

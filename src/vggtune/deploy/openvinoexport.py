@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggtune import openvinoload
 from vggtune.deploy import onnxexport
 from vggtune.deploy.exporting import ExportGraph
 from vggtune.model.spec import ModelSpec
@@ -24,7 +25,7 @@ CHECKED_AS = {"INFERENCE_PRECISION_HINT": "f32"}
 def write(
     graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: Path, precision: str, values: dict
 ) -> None:
-    import openvino
+    openvino = openvinoload.openvino()
 
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".onnx-") as folder:
         onnx_file = Path(folder) / "model.onnx"
@@ -40,7 +41,7 @@ def _fp32_onnx(graph, spec, images, target, run, precision, values) -> None:
 
 
 def runner(path: Path):
-    import openvino
+    openvino = openvinoload.openvino()
 
     core = openvino.Core()
     compiled = core.compile_model(core.read_model(str(path), str(path.with_suffix(".bin"))), "CPU", CHECKED_AS)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
-from vggtune import interrupts
+from vggtune import interrupts, openvinoload
 from vggtune.errors import choice_error
 from vggtune.features.settings import ENGINES
 
@@ -120,8 +120,7 @@ class OpenVinoFrozen:
     process may use, so a batch's latency is what it optimises."""
 
     def __init__(self, model: Classifier, runtime: Runtime, after: str | None, upto: str, precision: str):
-        import openvino
-
+        openvino = openvinoload.openvino()
         module, example = _module_and_example(model, after, upto)
         with _quiet(), _evaluating(module):
             converted = openvino.convert_model(
