@@ -283,3 +283,18 @@ def test_an_out_inside_data_is_refused_before_torchrun_starts_and_by_cv(tmp_path
         assert cli.main([*command, "--out", str(data / "runs" / "x")]) == 2
         assert "inside the data folder" in capsys.readouterr().err
     assert not (data / "runs").exists()
+
+
+def test_a_torchvision_that_does_not_match_torch_is_one_line_with_the_fix(tmp_path):
+    """PyPI's CUDA torchvision beside a CPU torch fails on import with `operator torchvision::nms does not
+    exist`, in every command. A torchvision package that fails the same way stands first on the path here."""
+    broken = tmp_path / "shadow" / "torchvision"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    data = make_dataset(tmp_path / "photos", n_per_class=4)
+    env = {**os.environ, "PYTHONPATH": str(broken.parent)}
+    done = subprocess.run([sys.executable, "-m", "vggtune", "train", str(data), "--out", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "do not work together" in lines[0] and "pip install --force-reinstall" in lines[0]

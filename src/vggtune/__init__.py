@@ -18,6 +18,7 @@ __all__ = [
     "audit",
     "runs",
     "evaluate",
+    "predict",
     "report",
     "explain",
     "export",

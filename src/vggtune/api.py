@@ -25,7 +25,7 @@ from vggtune.version import __version__
 if TYPE_CHECKING:  # annotations only: importing the API imports no torch
     from vggtune.data.check import DataCheck
     from vggtune.deploy.predict import Explained, Predictions
-    from vggtune.results.audit import AuditResult
+    from vggtune.results.auditrecords import AuditResult
     from vggtune.results.crossval import CrossValidation
     from vggtune.results.evaluation import Evaluation
     from vggtune.results.runs import RunRow
@@ -83,7 +83,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'vggtune.api' has no attribute {name!r}")
 
 
-def train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> TrainResult:
+def train(
+    data: str | None = None,
+    out: str = "runs/latest",
+    resume: bool = False,
+    config: TrainConfig | None = None,
+    **options,
+) -> TrainResult:
     """Train on a folder of labelled images; returns the run's validation and test Metrics (`.val`, `.test`;
     `.to_dict()` for JSON).
 
@@ -94,8 +100,16 @@ def train(data: str | None = None, out: str = "runs/latest", resume: bool = Fals
     val_split, test_split, seed, patience, precision, device, no_cache, quiet, val_data,
     test_data, weights, augment (an AugmentConfig or a dict). With `resume=True` the run in
     `out` continues with the config saved in it (only `quiet` may be given). Under torchrun
-    (`torchrun --nproc-per-node N script.py`) each process is one rank of the job.
+    (`torchrun --nproc-per-node N script.py`) each process is one rank of the job. Or give the whole
+    recipe as `config=TrainConfig(...)` (then nothing else). A misspelt option is a `UserError` that
+    names the closest one.
     """
+    if config is not None:
+        if data is not None or options or resume:
+            raise UserError(
+                "train: received config= with other arguments; allowed: train(config=TrainConfig(...)) alone"
+            )
+        return train_with(config)
     return train_with(_train_config(data, out, resume, options), resume)
 
 
@@ -170,6 +184,31 @@ def _train_config(data: str | None, out: str, resume: bool, options: dict) -> Tr
 
         require()  # before any image is read
     return TrainConfig.from_recipe(data=str(data), out=str(out), **options)
+
+
+def torch_pair_problem() -> str | None:
+    """Why torch and torchvision do not work together here, as one line with the fix; None where they do.
+    A pair from two builds (PyPI's CUDA torchvision beside a CPU torch) or two releases fails on the first
+    `import torchvision` of every command, with 20 lines of traceback."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import torchvision  # noqa: F401  # its import registers the operators every command needs
+    except Exception as exc:  # noqa: BLE001  # whatever the import raised is the problem to name
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    else:
+        return None
+    try:
+        torch_version, vision_version = version("torch"), version("torchvision")
+    except PackageNotFoundError as missing:
+        return f"{missing.name} is not installed ({reason}); allowed: pip install torch torchvision"
+    release = torch_version.split("+")[0]
+    minor = int(release.split(".")[1])
+    return (
+        f"torch {torch_version} and torchvision {vision_version} do not work together ({reason}); allowed: both "
+        f"from one index, of one release: pip install --force-reinstall 'torch=={release}' "
+        f"'torchvision==0.{minor + 15}.*' (with --index-url https://download.pytorch.org/whl/cpu for the CPU build)"
+    )
 
 
 def check_processes(processes: int) -> None:

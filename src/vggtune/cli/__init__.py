@@ -113,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, "nproc", None) is not None:
                 return launch(args, arguments)
             return run_command(args)
+    except (ImportError, RuntimeError, OSError):
+        mismatch = api.torch_pair_problem()  # torch and torchvision that do not work together fail everywhere
+        if mismatch is None:
+            raise
+        print(f"vggtune {args.command}: error: {mismatch}", file=sys.stderr)
+        return 2
     except UserError as exc:
         message = f"vggtune {args.command}: error: {exc}"
         if not api.refused(message):  # a rank of `--nproc N` leaves it to the launcher, said once

@@ -116,6 +116,11 @@ class Splits:
     rejected: list[tuple[str, str]]
     multi_label: bool = False
 
+    @property
+    def noun(self) -> str:
+        """What `classes` holds, in words: "labels" for multi-label data, where an image carries several."""
+        return "labels" if self.multi_label else "classes"
+
     def class_lines(self) -> list[str]:
         """The training images per class, and the warnings their names and sizes call for (balance.py); for
         multi-label data, the images carrying each label (labelsets.py)."""

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from vggtune.data.balance import counts_line, per_class
 
-if TYPE_CHECKING:  # annotations only: items.py imports this module
-    from vggtune.data.items import Item
+
+class Labelled(Protocol):
+    """What the counts here read of an image (items.py's Item): the indices of its labels."""
+
+    @property
+    def targets(self) -> tuple[int, ...] | None: ...
+
 
 LABEL_SEPARATOR = ";"  # between the labels of one image: a manifest's `labels` cell, predictions.csv, `predict`
 NONE_SET = "(none)"  # how an image with no label is named in the label sets' counts
@@ -40,13 +45,13 @@ def strata(targets: Sequence[tuple[int, ...]], n_labels: int) -> list[int]:
     return [min(labels, key=lambda label: (counts[label], label)) if labels else n_labels for labels in targets]
 
 
-def label_sets(items: Sequence[Item], classes: list[str]) -> dict[str, int]:
+def label_sets(items: Sequence[Labelled], classes: list[str]) -> dict[str, int]:
     """Images per label set ("cat;dog", NONE_SET), most common first."""
     counts = Counter(joined([classes[i] for i in item.targets or ()]) or NONE_SET for item in items)
     return dict(sorted(counts.items(), key=lambda pair: (-pair[1], pair[0])))
 
 
-def training_lines(items: Sequence[Item], classes: list[str]) -> list[str]:
+def training_lines(items: Sequence[Labelled], classes: list[str]) -> list[str]:
     """What a multi-label run says of its training split: images per label, label sets, and warnings."""
     return [
         counts_line(per_class(items, classes), "training (images carrying each label)"),
@@ -55,13 +60,13 @@ def training_lines(items: Sequence[Item], classes: list[str]) -> list[str]:
     ]
 
 
-def sets_line(items: Sequence[Item], classes: list[str]) -> str:
+def sets_line(items: Sequence[Labelled], classes: list[str]) -> str:
     """ "5 label sets; 12 of 400 images carry none of the labels"."""
     without = sum(1 for item in items if not item.targets)
     return f"{len(label_sets(items, classes))} label sets; {without} of {len(items)} images carry none of the labels"
 
 
-def warnings(items: Sequence[Item], classes: list[str]) -> list[str]:
+def warnings(items: Sequence[Labelled], classes: list[str]) -> list[str]:
     """Labels that no image, or one image, carries: nothing to learn them from."""
     counts = per_class(items, classes)
     absent = [name for name, count in counts.items() if count == 0]

@@ -82,8 +82,9 @@ class Predictor:
         bytes, a binary file object, a PIL image or a uint8 numpy array; a prediction's `path` is the
         path as given, or a name like "<PIL image 3>" for the others; a folder stands for the image files
         under it, as on the command line. Under torchrun each rank predicts its share of the inputs and every
-        rank gets them all, in the order given."""
-        inputs, skipped = walk_folders(inputs)
+        rank gets them all, in the order given. One input alone (a path, a PIL image...) may be given
+        without a list."""
+        inputs, skipped = walk_folders(_as_list(inputs))
         predictions, rejected = [], []
         batch_names, batch_views = [], []
         all_names = [name_of(source, i) for i, source in enumerate(inputs)]
@@ -194,3 +195,18 @@ def load(
 
 
 __all__ = ["Explanation", "Prediction", "Predictor", "load"]
+
+
+def _as_list(inputs) -> list:
+    """A single input as a list of one; a string is a path, never a sequence of characters."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(inputs, (str, bytes, os.PathLike, Image.Image, np.ndarray)) or hasattr(inputs, "read"):
+        return [inputs]
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs)
+    raise TypeError(
+        f"predict: received {type(inputs).__name__}; allowed: a path, bytes, a file object, a PIL image, "
+        "a uint8 numpy array, or a list of them"
+    )

@@ -8,7 +8,7 @@ features cached at a cut (`from_features`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -16,8 +16,15 @@ from torch import nn
 from vggtune.model.arch import VGG16, Arch
 from vggtune.model.heads import HeadSpec
 
-if TYPE_CHECKING:
-    from vggtune.model.quantize import Int8Frozen
+
+class FrozenPrefix(Protocol):
+    """Blocks from the image up to `upto` run some other way (quantize.py's Int8Frozen: in int8), images
+    in, features out; `calibration` names what it was built from (a new one is a new network)."""
+
+    upto: str
+    calibration: dict
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class Backbone(nn.Module):
@@ -86,10 +93,10 @@ class Classifier(nn.Module):
             parameter.requires_grad_(True)
 
     @property
-    def int8_frozen(self) -> Int8Frozen | None:
+    def int8_frozen(self) -> FrozenPrefix | None:
         return self.__dict__.get("_int8_frozen")
 
-    def use_int8_frozen(self, frozen: Int8Frozen | None) -> None:
+    def use_int8_frozen(self, frozen: FrozenPrefix | None) -> None:
         """Run the first blocks through `frozen` (quantize.Int8Frozen). Kept out of the module tree
         on purpose: state_dict and model.safetensors hold the float weights it is rebuilt from."""
         self.__dict__["_int8_frozen"] = frozen

@@ -15,7 +15,7 @@ from vggtune.results.html import page
 from vggtune.results.html import table as _table
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.results.audit import AuditResult, Finding
+    from vggtune.results.auditrecords import AuditResult, Finding
     from vggtune.results.auditscores import FoldModels
 
 SHOWN = 120  # tiles on the page at most; issues.csv lists every finding

@@ -11,14 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vggtune.progress import progress
+from vggtune.results.auditrecords import OOD_FENCE, OOD_NEIGHBOURS, Scored
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.results.audit import Scored
     from vggtune.training.config import TrainConfig
     from vggtune.training.rundir import PredictionRow
-
-OOD_NEIGHBOURS = 10  # cleanlab's k for the feature-based score (fewer on a small dataset)
-OOD_FENCE = 3.0  # flagged beyond Q3 + 3 IQR of -log(score): Tukey's "far out"
 
 
 def label_issues(scored: Scored) -> np.ndarray:

@@ -230,6 +230,7 @@ class TrainConfig:
         """The recipe's defaults, then the options given."""
         if recipe not in RECIPES:
             raise choice_error("--recipe", recipe, RECIPES)
+        check_option_names(options)
         return cls(**{**RECIPES[recipe], **options, "recipe": recipe})
 
     def to_dict(self) -> dict:
@@ -242,6 +243,18 @@ class TrainConfig:
         if unknown:
             raise UserError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
         return cls(**{**WRITTEN_BEFORE, **values})
+
+
+def check_option_names(options: dict) -> None:
+    """A misspelt option is a user's mistake: one line with the closest name, never a TypeError."""
+    import difflib
+
+    known = sorted(f.name for f in fields(TrainConfig))
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}=?)" if close else ""
+            raise UserError(f"received an unknown option {name}={options[name]!r}{hint}; allowed: {', '.join(known)}")
 
 
 def input_size(size: int | str, native: int, median_side: int | None) -> int:

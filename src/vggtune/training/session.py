@@ -72,7 +72,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
         folder.write_config(config)
     say(
         f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images in "
-        f"{len(splits.classes)} classes; {len(splits.rejected)} files skipped (rejected.csv)"
+        f"{len(splits.classes)} {splits.noun}; {len(splits.rejected)} files skipped (rejected.csv)"
     )
     for line in splits.class_lines():  # the classes' sizes, and any warning they call for
         say(line)
