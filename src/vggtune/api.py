@@ -280,7 +280,7 @@ def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | N
         raise UserError("tune: runs as one process; allowed: vggtune tune without torchrun")
     if not data:
         raise UserError("tune: no DATA folder given; allowed: vggtune tune FOLDER --trials N [--out TUNE]")
-    _refuse_multi_label(data, "tune")
+    _refuse_several_labels(data, "tune")
     return _tune(TrainConfig.from_recipe(data=str(data), out=str(out), **options), trials, timeout)
 
 
@@ -304,17 +304,17 @@ def audit(
         raise UserError(
             "data audit: no DATA folder given; allowed: vggtune data audit FOLDER [--folds 5] [--out AUDIT]"
         )
-    _refuse_multi_label(data, "data audit")
+    _refuse_several_labels(data, "data audit")
     cv_folder = cv or os.path.join(out, "cv")
     config = TrainConfig.from_recipe(data=str(data), out=str(cv_folder), **options)
     return _audit(config, folds, Path(out), Path(write_manifest) if write_manifest else None, relabel)
 
 
-def _refuse_multi_label(data: str, command: str) -> None:
+def _refuse_several_labels(data: str, command: str) -> None:
     """tune and the audit take one label per image: a multi-label manifest is refused before anything runs."""
-    from vggtune.data.manifest import is_multi_label
+    from vggtune.data.manifest import task_of
 
-    if is_multi_label(data):
+    if task_of(data).several:
         raise UserError(
             f"{command}: {display_path(data)} gives several labels per image (a labels column); allowed: one label "
             "per image for this command (train, cv, evaluate, predict, report, explain, serve and export take both)"
@@ -350,7 +350,7 @@ def predict(
     from vggtune.deploy.predict import Predictions, load
 
     predictor = load(run, engine=engine, threshold=threshold)
-    if kaggle and (len(predictor.classes) != 2 or predictor.spec.head.multi_label):
+    if kaggle and (len(predictor.classes) != 2 or predictor.spec.task.several):
         raise UserError(
             f"--kaggle writes the second class's probability of a two-class model; this model has "
             f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle"

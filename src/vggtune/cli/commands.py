@@ -219,7 +219,7 @@ def cmd_data_check(args) -> int:
     """Exit status 0: every file usable; 1: some rejected (the list says why) or near-duplicates filed under
     two classes (likely label mistakes); 2: a mistake in the command."""
     result = api.check_data(args.folder, args.val_data, args.test_data, args.output)
-    kind = "labels (several per image)" if result.splits.multi_label else "classes"
+    kind = "labels (several per image)" if result.splits.task.several else "classes"
     for folder in result.folders:
         print(
             f"{display_path(folder.folder)}: {folder.images} usable images in {len(result.classes)} {kind}, "

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from vggtune import tasks
 from vggtune.data import labelsets
+from vggtune.tasks import Task
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -90,6 +92,11 @@ class Found:
     manifest: bool = False
     multi_label: bool = False
 
+    @property
+    def task(self) -> Task:
+        """The task these files ask for (tasks.py): chosen here, once, from the data."""
+        return tasks.of(self.multi_label)
+
     def item(self, index: dict[str, int], path: str, name: str, sha256: str, dhash: int) -> Item:
         """The usable image `path` filed under `name` (a class, or a multi-label key), labels as `index` numbers
         them. A multi-label item's stratum is set once all are known (`stratified`)."""
@@ -117,9 +124,9 @@ class Splits:
     multi_label: bool = False
 
     @property
-    def noun(self) -> str:
-        """What `classes` holds, in words: "labels" for multi-label data, where an image carries several."""
-        return "labels" if self.multi_label else "classes"
+    def task(self) -> Task:
+        """The task this data asks for (tasks.py): chosen here, once, from whether an image carries several labels."""
+        return tasks.of(self.multi_label)
 
     def class_lines(self) -> list[str]:
         """The training images per class, and the warnings their names and sizes call for (balance.py); for

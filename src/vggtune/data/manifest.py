@@ -15,10 +15,12 @@ import csv
 import os
 from pathlib import Path
 
+from vggtune import tasks
 from vggtune.data.items import MANIFEST_ROW, SPLIT_NAMES, Found, Rejected
 from vggtune.data.labelsets import joined, label_names
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
+from vggtune.tasks import Task
 
 LABEL, LABELS = "label", "labels"  # one label per image; several (multi-label)
 
@@ -91,8 +93,13 @@ def _add_row(found: Found, columns: dict[str, int], row: list[str], line: int, b
             found.split_of[path] = split
 
 
-def is_multi_label(path: str | Path) -> bool:
-    """A CSV manifest with a `labels` column (several labels per image): its header alone is read."""
+def task_of(path: str | Path) -> Task:
+    """The task data asks for, read before any image: multi-label for a CSV manifest with a `labels` column
+    (its header alone is read), else single-label."""
+    return tasks.of(_has_labels_column(path))
+
+
+def _has_labels_column(path: str | Path) -> bool:
     path = Path(path)
     if not (path.is_file() and path.suffix.lower() == ".csv"):
         return False

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from vggtune.data.labelsets import label_names
 from vggtune.deploy.inputs import labelled_files
 from vggtune.errors import UserError
 from vggtune.features.extract import decode_clean
@@ -148,16 +147,7 @@ def metadata(spec: ModelSpec, precision: str, file_format: str = "onnx") -> dict
         },
         "normalisation": {"mean": list(prep.mean), "std": list(prep.std), "channel_order": prep.channel_order},
         "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)]},
-        **(
-            {
-                # multi-label: each output is its label's own probability (a sigmoid); the label is given where
-                # it exceeds the label's threshold
-                "multi_label": True,
-                "thresholds": spec.to_dict()["thresholds"],
-            }
-            if spec.head.multi_label
-            else {}
-        ),
+        **spec.task.metadata(spec.classes, spec.scoring),  # how the outputs are read, where the task adds to it
     }
 
 
@@ -278,14 +268,12 @@ def check(
 
 def _truth(names: list[str], spec: ModelSpec) -> np.ndarray:
     """The test images' classes as indexes; a multi-label model's as (image, label) 0/1."""
-    if not spec.head.multi_label:
-        return np.asarray([spec.classes.index(name) for name in names], dtype=np.int64)
-    return np.asarray([[label in label_names(name) for label in spec.classes] for name in names], dtype=bool)
+    return spec.task.truth(names, spec.classes)
 
 
 def _decided(probabilities: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Each image's class, or a multi-label model's (image, label) decisions at its thresholds."""
-    return spec.scoring.labels(probabilities) if spec.head.multi_label else spec.scoring.decide(probabilities)
+    return spec.decide(probabilities)
 
 
 def _agreeing(first: np.ndarray, second: np.ndarray) -> float:

@@ -12,6 +12,7 @@ from vggtune.data import discovery
 from vggtune.data.labelsets import joined
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
+from vggtune.tasks import SINGLE_LABEL, Task
 from vggtune.training.rundir import RunDir
 
 
@@ -30,11 +31,11 @@ def expand_paths(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def labelled_files(
-    run: Path, classes: list[str], data_dir: str | None, multi_label: bool = False
+    run: Path, classes: list[str], data_dir: str | None, task: Task = SINGLE_LABEL
 ) -> tuple[list[str], list[str], list]:
     """(paths, labels, rejected): a folder's (or manifest's) images with their class names, else the run's test
-    split's; a multi-label image's label is its labels joined by ";" ("" for none). `multi_label`: the model's
-    (a multi-label model is judged on class folders too, each image carrying its folder's label)."""
+    split's; a multi-label image's label is its labels joined by ";" ("" for none). `task`: the model's (a
+    multi-label model is judged on class folders too, each image carrying its folder's label)."""
     if data_dir is None:
         try:
             splits = RunDir(run).splits()
@@ -55,7 +56,7 @@ def labelled_files(
             )
         return paths, [_name(classes, item.label, item.targets) for item in splits.test], []
     found = discovery.discover(data_dir, min_classes=1)
-    if found.multi_label and not multi_label:
+    if found.task.several and not task.several:
         raise UserError(
             f"--data: {display_path(data_dir)} gives several labels per image; allowed: one label per image for "
             "this model (trained on one label per image)"

@@ -11,7 +11,7 @@ import torch
 
 from vggtune import distributed
 from vggtune.deploy.gradcam import Explanation, explain
-from vggtune.deploy.inputs import expand_paths, joined_labels
+from vggtune.deploy.inputs import expand_paths
 from vggtune.features.choice import resolve
 from vggtune.features.extract import decode_clean, normalise, prefetch
 from vggtune.model.runtime import runtime_for
@@ -136,17 +136,10 @@ class Predictor:
 
     def _classify(self, paths, views) -> list[Prediction]:
         probs = self.probabilities(torch.stack(views))
-        if self.spec.head.multi_label:
-            carried = self.spec.scoring.labels(probs.numpy())
-            given = [[name for name, on in zip(self.classes, row) if on] for row in carried]
-            return [
-                Prediction(path, joined_labels(names), {c: float(v) for c, v in zip(self.classes, row)}, names)
-                for path, names, row in zip(paths, given, probs)
-            ]
-        decided = self.spec.scoring.decide(probs)
+        answers = [self.spec.task.answer(self.classes, decided) for decided in self.spec.decide(probs.numpy())]
         return [
-            Prediction(path, self.classes[int(label)], {c: float(v) for c, v in zip(self.classes, row)})
-            for path, label, row in zip(paths, decided, probs)
+            Prediction(path, label, {c: float(v) for c, v in zip(self.classes, row)}, labels)
+            for path, (label, labels), row in zip(paths, answers, probs)
         ]
 
 

@@ -120,7 +120,7 @@ class Model:
             "precision": self.predictor.runtime.precision,
             "engine": self.predictor.engine.describe(),
             "vggtune": __version__,
-            **({"multi_label": True, "thresholds": spec.to_dict()["thresholds"]} if spec.head.multi_label else {}),
+            **spec.task.metadata(spec.classes, spec.scoring),
         }
 
     def decode(self, name: str, data: bytes) -> tuple[torch.Tensor | None, str | None]:
@@ -131,20 +131,13 @@ class Model:
     def answer(self, name: str, row: torch.Tensor) -> dict:
         """One image's answer: its label and every class's probability; a multi-label model's `labels` (those
         past their thresholds) with `label` them joined by ";", as `vggtune predict` answers."""
-        classes, scoring = self.predictor.classes, self.predictor.spec.scoring
+        classes, spec = self.predictor.classes, self.predictor.spec
         probabilities = {c: round(float(p), 6) for c, p in zip(classes, row)}
-        if self.predictor.spec.head.multi_label:
-            labels = [c for c, on in zip(classes, scoring.labels(row[None].numpy())[0]) if on]
-            return {
-                "file": name,
-                "label": ";".join(labels),
-                "labels": labels,
-                "probabilities": probabilities,
-                "model": self.id,
-            }
+        label, labels = spec.task.answer(classes, spec.decide(row[None].numpy())[0])
         return {
             "file": name,
-            "label": classes[int(scoring.decide(row[None])[0])],
+            "label": label,
+            **({"labels": labels} if labels is not None else {}),
             "probabilities": probabilities,
             "model": self.id,
         }

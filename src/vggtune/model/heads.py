@@ -1,11 +1,10 @@
 """The heads put on a backbone, as values: what a head is (`HeadSpec`, written in model.json) and
 the layers each kind builds (`HEADS`, one class and one line per kind).
 
-The two-class rule lives here and nowhere else: two classes get one sigmoid unit (its logit
-favours the second class; binary cross-entropy), more get one softmax unit a class (cross-entropy).
-A multi-label head has one sigmoid unit a label, each its own binary cross-entropy: an image can carry
-any set of the labels, none included. Everything that turns logits into a loss, a label, probabilities
-or the score Grad-CAM differentiates asks the `HeadSpec`.
+The head's task (tasks.py) says how its outputs are read: two classes get one sigmoid unit (its logit
+favours the second class; binary cross-entropy), more get one softmax unit a class (cross-entropy), a
+multi-label head one sigmoid unit a label. Everything that turns logits into a loss, a label,
+probabilities or the score Grad-CAM differentiates asks the `HeadSpec`, which asks its task.
 
 torch is imported where a head computes, not when this module is: the command line reads the
 registry (the --head choices and their help) before it imports torch.
@@ -16,6 +15,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from vggtune import tasks
+from vggtune.tasks import Task
 
 if TYPE_CHECKING:  # annotations only
     import torch
@@ -79,13 +81,18 @@ class HeadSpec:
     multi_label: bool = False  # a sigmoid a label, any set of them an image
 
     @property
+    def task(self) -> Task:
+        """What the head is asked (tasks.py): one class an image, or any set of labels."""
+        return tasks.of(self.multi_label)
+
+    @property
     def sigmoid(self) -> bool:
         """Two classes: one sigmoid unit whose logit favours the second class."""
-        return self.n_classes == 2 and not self.multi_label
+        return self.task.sigmoid(self.n_classes)
 
     @property
     def n_outputs(self) -> int:
-        return 1 if self.sigmoid else self.n_classes
+        return self.task.n_outputs(self.n_classes)
 
     def build(self, channels: int, grid: int) -> nn.Module:
         """The head's layers on features of `channels` x grid x grid."""
@@ -102,31 +109,13 @@ class HeadSpec:
         smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Cross-entropy against targets moved `smoothing` of the way toward uniform over the classes; with
-        `class_weights`, each image weighs its class's weight (the mean is over the weights, as PyTorch's).
-        Multi-label: `labels` are (image, label) 0/1 targets, the loss the mean of every label's binary
-        cross-entropy; `class_weights` weigh each label's positives (PyTorch's pos_weight)."""
-        from torch import nn
-
-        if self.multi_label:
-            targets = labels.float() * (1 - smoothing) + smoothing / 2
-            positive = None if class_weights is None else class_weights.to(logits.device)
-            return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=positive)
-        if self.sigmoid:
-            targets = labels.float() * (1 - smoothing) + smoothing / 2
-            if class_weights is None:
-                return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets)
-            weights = class_weights.to(logits.device)[labels]
-            each = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], targets, reduction="none")
-            return (each * weights).sum() / weights.sum()
-        weight = None if class_weights is None else class_weights.to(logits.device)
-        return nn.functional.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
+        """The task's loss (tasks.py): cross-entropy against targets moved `smoothing` of the way toward
+        uniform, `class_weights` weighing each image's class (multi-label: each label's positives)."""
+        return self.task.loss(logits, labels, smoothing, class_weights, self.n_classes)
 
     def predicted(self, logits: torch.Tensor) -> torch.Tensor:
         """Each image's class; multi-label: (image, label) 1 where the label's probability passes 0.5."""
-        if self.multi_label:
-            return (logits > 0).long()
-        return (logits[:, 0] > 0).long() if self.sigmoid else logits.argmax(1)
+        return self.task.predicted(logits, self.n_classes)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, n_classes) from logits (N, n_outputs); multi-label: each label's own."""
@@ -135,14 +124,7 @@ class HeadSpec:
     def log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Their logarithms, computed from the logits (log-sigmoid, log-softmax): exact and finite where a
         probability itself rounds to 0 or 1 (1 - sigmoid(20) is 0 in float32)."""
-        import torch
-
-        if self.multi_label:
-            return torch.nn.functional.logsigmoid(logits)
-        if self.sigmoid:
-            z = logits[:, 0]
-            return torch.stack([torch.nn.functional.logsigmoid(-z), torch.nn.functional.logsigmoid(z)], dim=1)
-        return torch.log_softmax(logits, dim=1)
+        return self.task.log_probabilities(logits, self.n_classes)
 
     def class_scores(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each row's score for its target class, the quantity Grad-CAM differentiates: the logit for

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from vggtune.errors import UserError
@@ -29,6 +30,7 @@ from vggtune.model.weights import LoadedWeights, Preprocessing
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.model.runtime import Runtime
+    from vggtune.tasks import Task
 
 MODEL_FORMAT = "vggtune-model/1"
 # The model's two files in a run folder, read and written here alone (runfiles.py names them for the rest).
@@ -55,11 +57,12 @@ class ModelSpec:
         loaded: LoadedWeights,
         precision: str,
         size: int,
-        multi_label: bool = False,
+        task: Task | None = None,
     ) -> ModelSpec:
         """What model.json will say of the classifier a TrainConfig trains on these weights and classes (labels,
-        several an image, where `multi_label`), at the input side `size` (config.size resolved: config.input_size)."""
-        head = HeadSpec(config.head, len(classes), config.hidden, config.dropout, multi_label)
+        several an image, for the multi-label task), at the input side `size` (config.size resolved:
+        config.input_size)."""
+        head = HeadSpec(config.head, len(classes), config.hidden, config.dropout, task is not None and task.several)
         return cls(
             tuple(classes),
             head,
@@ -84,8 +87,7 @@ class ModelSpec:
             "tta": self.scoring.tta,
             "threshold": self.scoring.threshold,
         }
-        if self.head.multi_label:
-            values["thresholds"] = dict(zip(self.classes, self.scoring.thresholds or [0.5] * len(self.classes)))
+        values.update(self.task.rule_fields(self.classes, self.scoring))
         if self.int8 is not None:
             values["int8"] = self.int8
         return dict(values, format=MODEL_FORMAT)
@@ -116,27 +118,19 @@ class ModelSpec:
         spec.check(origin)
         return spec
 
+    @property
+    def task(self) -> Task:
+        """What the model is asked (tasks.py): one class an image, or any set of labels."""
+        return self.head.task
+
     def deciding_at(self, threshold: float) -> ModelSpec:
         """This model deciding at another two-class threshold (predict's and evaluate's --threshold); a
         multi-label model at this threshold for every label."""
-        if self.head.multi_label:
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-                raise UserError(
-                    f"--threshold: received {threshold}; allowed: 0 < x < 1 (the probability above which an "
-                    "image is given a label, for every label)"
-                )
-            return dataclasses.replace(self, scoring=self.scoring.labelling_at((float(threshold),) * len(self.classes)))
-        if len(self.classes) != 2:
-            raise UserError(
-                f"--threshold: received {threshold} for a model of {len(self.classes)} classes; "
-                "allowed: a threshold for two-class models only"
-            )
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-            raise UserError(
-                f"--threshold: received {threshold}; allowed: 0 < x < 1 (the probability of "
-                f"{self.classes[1]} above which an image is called {self.classes[1]})"
-            )
-        return dataclasses.replace(self, scoring=self.scoring.deciding_at(threshold))
+        return dataclasses.replace(self, scoring=self.task.rule_at(self.scoring, threshold, self.classes))
+
+    def decide(self, probabilities) -> np.ndarray:
+        """The rule in force: each image's class index, or (image, label) True where a label is given."""
+        return self.task.decide(self.scoring, probabilities)
 
     def check(self, origin: str) -> None:
         head = self.head

@@ -29,6 +29,7 @@ from vggtune.training import figures
 from vggtune.training.rundir import PredictionRow, RunDir, read_predictions, write_predictions
 
 if TYPE_CHECKING:  # annotations only
+    from vggtune.tasks import Task
     from vggtune.training.config import TrainConfig
 
 SUMMARY_KEYS = ("n", "accuracy", "balanced_accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
@@ -153,7 +154,7 @@ def _fit_fold(config: TrainConfig) -> bool:
 def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) -> CrossValidation:
     """Per-fold and pooled metrics (with 95 % intervals) of the folds' test predictions."""
     classes = RunDir(configs[0].out).saved_splits().classes
-    multi_label = RunDir(configs[0].out).model_spec().head.multi_label
+    task = RunDir(configs[0].out).model_spec().task
     rows: list[PredictionRow] = []
     per_fold: list[FoldResult] = []
     image_thresholds: list[float] = []  # each image's fold's two-class threshold
@@ -163,14 +164,14 @@ def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) ->
         scoring = RunDir(config.out).model_spec().scoring  # each fold decides at its own threshold(s)
         image_thresholds += [scoring.threshold] * len(tested)
         fold_thresholds.append(scoring.thresholds)
-        metrics = _scored(tested, classes, scoring.threshold, scoring.thresholds if multi_label else None)
+        metrics = _scored(task, tested, classes, scoring.threshold, scoring.thresholds)
         per_fold.append(FoldResult(config.cv_fold, metrics, fold_seconds))
         rows += [PredictionRow(f"fold-{config.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
     # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median;
     # multi-label: each label's median over the folds.
-    pooled_thresholds = tuple(np.median(fold_thresholds, axis=0).tolist()) if multi_label else None
+    pooled_thresholds = tuple(np.median(fold_thresholds, axis=0).tolist()) if task.several else ()
     threshold = float(np.median(image_thresholds)) if image_thresholds else 0.5
-    pooled = _scored(rows, classes, threshold, pooled_thresholds, intervals=True)
+    pooled = _scored(task, rows, classes, threshold, pooled_thresholds, intervals=True)
     base = dataclasses.replace(configs[0], out=str(root), cv_folds=0, cv_fold=0, no_report=False)
     result = CrossValidation(
         classes, pooled, _intervals(rows, classes, pooled, threshold), tuple(per_fold), base.to_dict()
@@ -181,18 +182,17 @@ def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) ->
 
 
 def _scored(
+    task: Task,
     rows: list[PredictionRow],
     classes: list[str],
     threshold: float,
-    thresholds: tuple[float, ...] | None,
+    thresholds: tuple[float, ...],
     intervals: bool = False,
 ) -> figures.Figures:
-    """The figures of scored rows: Metrics, or MultiLabelMetrics where `thresholds` (one a label) are given."""
+    """The task's figures of scored rows: Metrics, or MultiLabelMetrics at `thresholds` (one a label)."""
     probabilities = np.asarray([row.probabilities for row in rows]).reshape(-1, len(classes))
-    if thresholds is None:
-        return figures.figures([classes.index(row.label) for row in rows], probabilities, classes, threshold)
-    truth = figures.targets([row.label for row in rows], classes)
-    return figures.figures(truth, probabilities, classes, thresholds=thresholds, intervals=intervals)
+    truth = figures.truth(task, [row.label for row in rows], classes)
+    return figures.figures(task, truth, probabilities, classes, threshold, thresholds, intervals)
 
 
 def _intervals(rows: list[PredictionRow], classes: list[str], pooled: figures.Figures, threshold: float) -> Intervals:

@@ -20,6 +20,7 @@ from vggtune.training import figures as scored
 from vggtune.training.rundir import PredictionRow, RunDir
 
 if TYPE_CHECKING:  # annotations only
+    from vggtune.tasks import Task
     from vggtune.training.figures import Figures
     from vggtune.training.metrics import Metrics
 
@@ -36,21 +37,15 @@ class Evaluated:
     classes: list[str]
     rows: list[PredictionRow]
     rejected: list[tuple[str, str]]
+    task: Task  # what the model is asked: its figures, counts and findings follow from it
     own: bool = False  # the run's own test (or validation) split, given folder or not
     threshold: float = 0.5  # two classes: the decision threshold the labels are decided at
-    thresholds: tuple[float, ...] | None = None  # a multi-label model's, one a label (None: single-label)
-
-    @property
-    def multi_label(self) -> bool:
-        return self.thresholds is not None
+    thresholds: tuple[float, ...] = ()  # a multi-label model's, one a label
 
     @property
     def labels(self) -> np.ndarray:
         """Each image's class index; multi-label: (image, label) 0/1."""
-        if self.multi_label:
-            return scored.targets([row.label for row in self.rows], self.classes)
-        index = {name: i for i, name in enumerate(self.classes)}
-        return np.asarray([index[row.label] for row in self.rows], dtype=np.int64)
+        return scored.truth(self.task, [row.label for row in self.rows], self.classes)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -70,12 +65,12 @@ class Evaluated:
         """The figures of these images: Metrics, or a multi-label model's MultiLabelMetrics (with bootstrap
         intervals)."""
         return scored.figures(
-            self.labels, self.probabilities, self.classes, self.threshold, self.thresholds, intervals=True
+            self.task, self.labels, self.probabilities, self.classes, self.threshold, self.thresholds, intervals=True
         )
 
     def counts(self) -> dict[str, int]:
         """Images per class in this set (multi-label: carrying each label)."""
-        if self.multi_label:
+        if self.task.several:
             return dict(zip(self.classes, self.labels.sum(0).tolist()))
         return dict(zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)).tolist()))
 
@@ -83,7 +78,7 @@ class Evaluated:
         """What a reader must be told beside the totals, as sentences: sensitivity and specificity by class,
         an imbalance among the classes, an accuracy below the validation split's interval (multi-label: the
         last alone, of subset accuracy)."""
-        if self.multi_label:
+        if self.task.several:
             gap = validation_gap(run, self.figures, self.data) if self.data != VAL_SPLIT else None
             return [gap[0].upper() + gap[1:]] if gap else []
         metrics = self.metrics
@@ -105,7 +100,7 @@ class Evaluated:
 
 def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evaluated:
     """The run's model on its test split, or on a labelled folder."""
-    paths, labels, rejected = labelled_files(Path(run), predictor.classes, data_dir, predictor.spec.head.multi_label)
+    paths, labels, rejected = labelled_files(Path(run), predictor.classes, data_dir, predictor.spec.task)
     predictions, unreadable = predictor.predict(paths)
     rejected += unreadable
     if not predictions:
@@ -126,13 +121,13 @@ def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evalu
     ]
     threshold, thresholds = predictor.spec.scoring.threshold, _thresholds(predictor)
     name = display_path(data_dir) if data_dir else split_name(Path(run), "test")
-    return Evaluated(name, predictor.classes, rows, rejected, not data_dir, threshold, thresholds)
+    return Evaluated(name, predictor.classes, rows, rejected, predictor.spec.task, not data_dir, threshold, thresholds)
 
 
-def _thresholds(predictor: Predictor) -> tuple[float, ...] | None:
-    """A multi-label model's threshold a label (0.5 each where model.json names none); None otherwise."""
+def _thresholds(predictor: Predictor) -> tuple[float, ...]:
+    """A multi-label model's threshold a label (0.5 each where model.json names none); () otherwise."""
     spec = predictor.spec
-    return (spec.scoring.thresholds or (0.5,) * len(spec.classes)) if spec.head.multi_label else None
+    return (spec.scoring.thresholds or (0.5,) * len(spec.classes)) if spec.task.several else ()
 
 
 def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
@@ -150,6 +145,7 @@ def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
                 predictor.classes,
                 chosen,
                 [row for row in RunDir(run).rejected() if row.where == split],
+                predictor.spec.task,
                 own=True,
                 threshold=predictor.spec.scoring.threshold,
                 thresholds=_thresholds(predictor),

@@ -65,12 +65,7 @@ def write_model_card(run: str | Path, evaluated: Evaluated | None) -> Path:
 
 def _description(spec: ModelSpec, config: dict) -> str:
     classes = ", ".join(spec.classes) if len(spec.classes) <= 12 else f"{', '.join(spec.classes[:12])}, ..."
-    what = (
-        f"A multi-label image classifier for {len(spec.classes)} labels ({classes}), any set of them an image "
-        "(one sigmoid a label)"
-        if spec.head.multi_label
-        else f"An image classifier for {len(spec.classes)} classes ({classes})"
-    )
+    what = spec.task.describe(spec.classes, classes)
     return (
         "## Model description\n\n"
         f"{what}, made by transfer learning with "
@@ -106,8 +101,8 @@ def _training_data(folder: RunDir, spec: ModelSpec) -> str:
     return (
         "## Training data\n\n"
         f"From `{display_path(folder.config().data)}`: {counts['train']} training, {counts['val']} validation and "
-        f"{counts['test']} test images with {len(spec.classes)} {'labels' if spec.head.multi_label else 'classes'} "
-        f"(split by {'rarest label' if spec.head.multi_label else 'class'}, no image content in "
+        f"{counts['test']} test images with {len(spec.classes)} {spec.task.noun} "
+        f"(split by {'rarest label' if spec.task.several else 'class'}, no image content in "
         f"two splits). {len(rejected)} files were left out (`rejected.csv`), {conflicts} of them label "
         f"conflicts (the same image under two classes). {len(pairs)} near-duplicate pairs were found by "
         f"perceptual hash, {across} across splits (`near_duplicates.csv`)."
@@ -163,15 +158,7 @@ def _scoring(spec: ModelSpec) -> str:
         if scoring.temperature != 1.0
         else "logits as trained"
     )
-    decision = (
-        f"; two classes: {spec.classes[1]} above a probability of {scoring.threshold:.3g}"
-        if len(spec.classes) == 2 and not spec.head.multi_label
-        else ""
-    )
-    if spec.head.multi_label:
-        given = ", ".join(f"{name} {value:.3g}" for name, value in zip(spec.classes, scoring.thresholds))
-        decision = f"; a label is given above its threshold ({given}; chosen on the validation split)"
-    return f"{views}; {scale}{decision}"
+    return f"{views}; {scale}{spec.task.describe_rule(spec.classes, scoring)}"
 
 
 def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:

@@ -54,7 +54,7 @@ def _judged(evaluated: Evaluated | None, folder: RunDir, predictor: Predictor) -
             "run <code>vggtune report RUN --data FOLDER</code> with a labelled folder.</p></section>",
             curves(folder),
         ]
-    if evaluated.multi_label:
+    if evaluated.task.several:
         return [
             multilabelpage.verdict(evaluated, evaluated.findings(folder.path)),
             curves(folder),

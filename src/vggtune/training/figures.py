@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from vggtune.data.labelsets import joined, label_names
+from vggtune.tasks import MULTI_LABEL, Task
 from vggtune.training.metrics import Metrics, classification_metrics
 from vggtune.training.multilabel import MultiLabelMetrics, is_multilabel, multilabel_metrics
 
@@ -15,19 +16,29 @@ Figures = Metrics | MultiLabelMetrics
 
 
 def figures(
+    task: Task,
     labels,
     probabilities,
     classes: list[str],
     threshold: float = 0.5,
-    thresholds: tuple[float, ...] | None = None,
+    thresholds: tuple[float, ...] = (),
     intervals: bool = False,
 ) -> Figures:
-    """Metrics of class indexes `labels` at the two-class `threshold`; or, where `thresholds` are given (a
-    multi-label model's, one a label), MultiLabelMetrics of (image, label) 0/1 `labels`, with its bootstrap
-    intervals where `intervals`."""
-    if thresholds is None:
-        return classification_metrics(labels, probabilities, classes, threshold)
-    return multilabel_metrics(labels, probabilities, classes, thresholds, intervals)
+    """The task's metrics record: Metrics of class indexes `labels` at the two-class `threshold`; a
+    multi-label model's MultiLabelMetrics of (image, label) 0/1 `labels` at its `thresholds` (one a label; 0.5
+    each where none are given), with its bootstrap intervals where `intervals`."""
+    if task is MULTI_LABEL:
+        return multilabel_metrics(labels, probabilities, classes, thresholds, intervals)
+    return classification_metrics(labels, probabilities, classes, threshold)
+
+
+def truth(task: Task, names: list[str], classes: list[str]) -> np.ndarray:
+    """Images' true classes, given by name, as `figures` takes them: class indexes, or a multi-label
+    image's labels ("cat;dog") as an (image, label) 0/1 row."""
+    if task is MULTI_LABEL:
+        return targets(names, classes)
+    index = {name: i for i, name in enumerate(classes)}
+    return np.asarray([index[name] for name in names], dtype=np.int64)
 
 
 def from_dict(values: dict | None) -> Figures | None:

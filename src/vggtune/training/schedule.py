@@ -37,8 +37,7 @@ from vggtune.training.session import Run, open_run
 from vggtune.training.tracking import Log
 from vggtune.training.validation import (
     calibrated,
-    decision_threshold,
-    label_thresholds,
+    chosen_rule,
     scorer,
     validate,
     weights_of,
@@ -111,8 +110,10 @@ def train_run(config, resume: bool = False, observer: Observer | None = None) ->
         log.timing.update(run.setup_seconds)
         weights = weights_of(run)
         if weights is not None:
-            kind = "positive weights" if run.spec.head.multi_label else "class weights"
-            say(f"{kind}: " + ", ".join(f"{name} {w:.3f}" for name, w in zip(run.spec.classes, weights.tolist())))
+            say(
+                f"{run.spec.task.weights_name}: "
+                + ", ".join(f"{name} {w:.3f}" for name, w in zip(run.spec.classes, weights.tolist()))
+            )
         try:
             for stage in stages:
                 run.model.set_trainable(stage.trainable)
@@ -128,10 +129,7 @@ def finish(run: Run, cut: str, log: Log) -> TrainResult:
     results: dict[str, Figures] = {}
     predictions: list[tuple] = []
     spec = dataclasses.replace(run.spec, scoring=calibrated(run, cut)) if run.config.calibrate else run.spec
-    if spec.head.multi_label:
-        spec = dataclasses.replace(spec, scoring=spec.scoring.labelling_at(label_thresholds(run, cut, spec.scoring)))
-    else:
-        spec = dataclasses.replace(spec, scoring=spec.scoring.deciding_at(decision_threshold(run, cut, spec.scoring)))
+    spec = dataclasses.replace(spec, scoring=chosen_rule(run, cut, spec.scoring))
     final = scorer(run, spec.scoring)
     for split in ("val", "test"):
         if len(run.labels[split]):

@@ -77,17 +77,12 @@ class Scorer:
         2017, "On calibration of modern neural networks"). Never below 1: the validation split chose the
         epochs, so its loss is optimistic, and where it has no errors the best fit would sharpen the
         probabilities without limit (BENCHMARKS.md section 14)."""
-        rows = np.arange(len(labels))
-
         head, logits = self.model.head_spec, torch.from_numpy(view_logits)
 
         def loss(log_t: float) -> float:
             with torch.no_grad():
                 logs = self.policy.at(float(np.exp(log_t))).log_probabilities(head, logits)
-            if head.multi_label:  # each label's binary cross-entropy: log(1 - p) from log p, exactly
-                positive = torch.from_numpy(np.asarray(labels, dtype=bool))
-                return float(-torch.where(positive, logs, torch.log(-torch.expm1(logs))).mean())
-            return float(-logs[rows, labels].mean())
+            return head.task.negative_log_likelihood(logs, labels)
 
         low, high, ratio = 0.0, float(np.log(20)), (np.sqrt(5) - 1) / 2
         for _ in range(60):  # the bracket shrinks to 1e-12 of its width
@@ -109,8 +104,8 @@ class Scorer:
     def summary(self, labels: np.ndarray, probabilities: np.ndarray, intervals: bool = False) -> Figures:
         """The figures of these images: Metrics, or for a multi-label model MultiLabelMetrics (`intervals`: with
         its bootstrap intervals)."""
-        thresholds = self.policy.thresholds if self.model.head_spec.multi_label else None  # (): 0.5 each
-        return figures(labels, probabilities, self.classes, self.policy.threshold, thresholds, intervals)
+        task, policy = self.model.head_spec.task, self.policy
+        return figures(task, labels, probabilities, self.classes, policy.threshold, policy.thresholds, intervals)
 
 
 def _merged(positions: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

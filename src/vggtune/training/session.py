@@ -72,18 +72,17 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
         folder.write_config(config)
     say(
         f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images in "
-        f"{len(splits.classes)} {splits.noun}; {len(splits.rejected)} files skipped (rejected.csv)"
+        f"{len(splits.classes)} {splits.task.noun}; {len(splits.rejected)} files skipped (rejected.csv)"
     )
     for line in splits.class_lines():  # the classes' sizes, and any warning they call for
         say(line)
     say(f"weights: {loaded.source}; running on {runtime.describe()}")
     spec = ModelSpec.for_training(
-        config, splits.classes, loaded, runtime.precision, _input_size(config, splits, loaded), splits.multi_label
+        config, splits.classes, loaded, runtime.precision, _input_size(config, splits, loaded), splits.task
     )
     torch.manual_seed(config.seed)  # the head's initial weights
     model = build_classifier(spec, loaded.state_dict, runtime)
-    if splits.multi_label:
-        _start_at_label_priors(model, splits)
+    _start_at_priors(model, splits)
     pipeline = FeaturePipeline(
         model,
         spec.preprocessing,
@@ -109,7 +108,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     if main:
         _write_data_reports(folder, splits, splits.rejected + sources.rejected)
         folder.write_splits(splits.classes, sources.kept)
-    labels = {name: _labels(items, len(splits.classes), splits.multi_label) for name, items in sources.kept.items()}
+    labels = {name: splits.task.targets(items, len(splits.classes)) for name, items in sources.kept.items()}
     return Run(
         config,
         folder,
@@ -125,25 +124,15 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     )
 
 
-def _start_at_label_priors(model: Classifier, splits: data.Splits) -> None:
-    """A multi-label head's output biases set to each label's log-odds in the training split, so training
-    starts where always answering each label's share would: from 0 (every probability 0.5) the biases of
-    rare labels must first travel to about -2, which at Adam's steps of about the learning rate takes
-    thousands of steps (Lin et al., 2017, section 4.1, start a rare class's bias the same way)."""
-    carried = _labels(splits.train, len(splits.classes), True).mean(0).clamp(0.001, 0.999)
-    bias = model.head.get_parameter("out.bias")  # every head's last layer is `out` (model/heads.py)
+def _start_at_priors(model: Classifier, splits: data.Splits) -> None:
+    """The head's output biases where the task starts them (tasks.py: a multi-label head's at each label's
+    log-odds in the training split; PyTorch's own initialisation otherwise)."""
+    bias = splits.task.initial_bias(splits.task.targets(splits.train, len(splits.classes)))
+    if bias is None:
+        return
+    out = model.head.get_parameter("out.bias")  # every head's last layer is `out` (model/heads.py)
     with torch.no_grad():
-        bias.copy_(torch.log(carried / (1 - carried)))
-
-
-def _labels(items: list, n_classes: int, multi_label: bool) -> torch.Tensor:
-    """What training compares the outputs with: each image's class index, or multi-label (image, label) 0/1."""
-    if not multi_label:
-        return torch.tensor([item.label for item in items], dtype=torch.long)
-    targets = torch.zeros(len(items), n_classes)
-    for row, item in enumerate(items):
-        targets[row, list(item.targets)] = 1
-    return targets
+        out.copy_(bias)
 
 
 def _input_size(config: TrainConfig, splits: data.Splits, loaded: weights.LoadedWeights) -> int:

@@ -5,6 +5,7 @@ which that score must respect."""
 from __future__ import annotations
 
 from vggtune.progress import say
+from vggtune.tasks import MULTI_LABEL
 from vggtune.training.config import CHOSEN_ON_VALIDATION, IMBALANCED
 from vggtune.training.metrics import balanced_log_loss, best_threshold
 from vggtune.training.multilabel import best_thresholds, binary_log_loss
@@ -16,9 +17,17 @@ from vggtune.training.session import Run
 def weights_of(run: Run):
     """The loss's weight per class (objective.class_weights), from the training split's labels; a multi-label
     run's weight of each label's positives (objective.positive_weights)."""
-    if run.spec.head.multi_label:
+    if run.spec.task is MULTI_LABEL:
         return positive_weights(run.config.class_weights, run.labels["train"])
     return class_weights(run.config.class_weights, run.labels["train"], len(run.spec.classes), IMBALANCED)
+
+
+def chosen_rule(run: Run, cut: str, policy):
+    """The final scoring `policy` with the decision rule its task fits on the validation split: each label's
+    threshold (multi-label), or the two-class threshold."""
+    if run.spec.task is MULTI_LABEL:
+        return policy.labelling_at(label_thresholds(run, cut, policy))
+    return policy.deciding_at(decision_threshold(run, cut, policy))
 
 
 def scorer(run: Run, policy=None) -> Scorer:
@@ -84,7 +93,7 @@ def validate(run: Run, cut: str) -> dict | None:
         return None
     clean = scorer(run, run.spec.scoring.clean())
     _, labels, probabilities = clean.scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
-    if run.spec.head.multi_label:  # the mean binary cross-entropy, what training minimises; label accuracy
+    if run.spec.task is MULTI_LABEL:  # the mean binary cross-entropy, what training minimises; label accuracy
         entropy = binary_log_loss(labels, probabilities)
         accuracy = float(((probabilities > 0.5) == (labels == 1)).mean())
         return {"loss": entropy, "accuracy": accuracy, "balanced_loss": entropy, "balanced_accuracy": accuracy}
