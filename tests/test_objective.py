@@ -103,7 +103,7 @@ def test_mixup_and_smoothing_change_training_and_resume_repeats_it_exactly(tmp_p
     train_module.fit(quick_config(dataset, tmp_path / "plain"))
     train_module.fit(quick_config(dataset, tmp_path / "whole", **levers))
     plain, whole = RunDir(tmp_path / "plain").history(), RunDir(tmp_path / "whole").history()
-    assert plain[0]["train_loss"] != whole[0]["train_loss"]
+    assert plain[0].train_loss != whole[0].train_loss
     real_epoch, calls = train_module.train_epoch, []
 
     def interrupted(run, stage, net, optimizer, rng):

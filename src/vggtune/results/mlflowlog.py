@@ -77,10 +77,9 @@ def _send(run: Path, uri: str) -> str:
     now = int(time.time() * 1000)
     params = [Param(key, str(value)[:6000]) for key, value in flat_config(config.to_dict()).items()]
     metrics = [
-        Metric(f"{row['stage']}.{key}", float(value), now, int(row["epoch"]))
+        Metric(f"{row.stage}.{key}", float(value), now, row.epoch)
         for row in folder.history()
-        for key, value in row.items()
-        if key not in ("stage", "epoch")
+        for key, value in row.figures().items()
     ]
     final = folder.finished_metrics()
     for split, scores in (("val", final.val), ("test", final.test)):

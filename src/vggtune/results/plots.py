@@ -4,10 +4,14 @@ pyplot state) and returned as PNG bytes."""
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vggtune.results import analysis
+
+if TYPE_CHECKING:  # annotations only
+    from vggtune.training.figures import EpochRow
 
 
 def _figure(width: float, height: float):
@@ -22,17 +26,18 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def training_curves(rows: list[dict], stage: str, chosen_epoch: int | None) -> bytes:
+def training_curves(rows: list[EpochRow], stage: str, chosen_epoch: int | None) -> bytes:
     """Loss and accuracy per epoch of one stage, train and validation, the kept epoch marked."""
     from matplotlib.ticker import MaxNLocator
 
     figure = _figure(9, 3.2)
     loss_axes, accuracy_axes = figure.subplots(1, 2)
-    epochs = [row["epoch"] for row in rows]
+    epochs = [row.epoch for row in rows]
+    figures = [row.figures() for row in rows]
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-        axes.plot(epochs, [row[f"train_{metric}"] for row in rows], "o-", label=f"train {metric}")
-        if all(f"val_{metric}" in row for row in rows):
-            axes.plot(epochs, [row[f"val_{metric}"] for row in rows], "s-", label=f"validation {metric}")
+        axes.plot(epochs, [values[f"train_{metric}"] for values in figures], "o-", label=f"train {metric}")
+        if all(f"val_{metric}" in values for values in figures):
+            axes.plot(epochs, [values[f"val_{metric}"] for values in figures], "s-", label=f"validation {metric}")
         if chosen_epoch:
             axes.axvline(chosen_epoch, color="grey", linestyle="--", label=f"kept: epoch {chosen_epoch}")
         axes.set_xlabel("epoch")

@@ -100,10 +100,10 @@ def curves(folder: RunDir) -> str:
     history = folder.history()
     metrics = folder.metrics()
     kept_epochs = metrics.kept_epochs if metrics else {}
-    stages = list(dict.fromkeys(row["stage"] for row in history))
+    stages = list(dict.fromkeys(row.stage for row in history))
     parts = []
     for stage in stages:
-        rows = [row for row in history if row["stage"] == stage]
+        rows = [row for row in history if row.stage == stage]
         kept = kept_epochs.get(stage)
         last = (
             "<p class='warn'>The stage kept its last epoch: its validation loss was still falling, so the "

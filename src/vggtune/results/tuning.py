@@ -33,7 +33,7 @@ from vggtune.training.metrics import balanced_log_loss
 from vggtune.training.rundir import RunDir
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.training.figures import Figures
+    from vggtune.training.figures import Figures, Validation
 
 STUDY = "vggtune"  # the study's name inside study.db
 SETTINGS_FILE = "tune.json"
@@ -163,9 +163,9 @@ def _objective(trial, base: TrainConfig, total: int, optuna) -> float:
     started = time.perf_counter()
     epochs = {"step": 0}
 
-    def observe(stage: str, epoch: int, val: dict) -> None:
+    def observe(stage: str, epoch: int, val: Validation) -> None:
         epochs["step"] += 1
-        trial.report(val["balanced_loss"], epochs["step"])
+        trial.report(val.balanced_loss, epochs["step"])
         if trial.should_prune():
             raise optuna.TrialPruned()
 

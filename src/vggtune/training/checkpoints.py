@@ -14,6 +14,7 @@ import torch
 
 from vggtune.errors import UserError
 from vggtune.fsutil import load_tensors, save_tensors
+from vggtune.training.figures import EpochRow
 from vggtune.training.objective import Average
 
 
@@ -26,17 +27,19 @@ class StageProgress:
     best_score: float = float("inf")  # the lowest validation loss so far (the training loss without validation)
     best_epoch: int = 0  # the epoch that scored it, whose parameters STAGE-best holds
     bad_epochs: int = 0  # epochs since it, for early stopping
-    history: tuple[dict, ...] = ()
+    history: tuple[EpochRow, ...] = ()
     done: bool = False
     averaged: int = 0  # epochs in the parameters' running average (SWA); 0 without one
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "history": list(self.history)}
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {**values, "history": [row.to_dict() for row in self.history]}
 
     @classmethod
     def from_dict(cls, values: dict) -> StageProgress:
         known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in values.items() if k in known}, "history": tuple(values.get("history", ()))})
+        history = tuple(EpochRow.from_dict(row) for row in values.get("history", ()))
+        return cls(**{**{k: v for k, v in values.items() if k in known}, "history": history})
 
 
 class Checkpoints:

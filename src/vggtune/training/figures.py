@@ -1,9 +1,15 @@
 """A set's figures, single- or multi-label: the one place that tells the two apart. `Figures` is what a
 split's scores are (Metrics, or MultiLabelMetrics for a multi-label model); `figures` computes them,
 `from_dict` reads metrics.json's back; `targets` and `label_text` turn a multi-label image's labels
-between their text ("cat;dog") and 0/1 rows."""
+between their text ("cat;dog") and 0/1 rows.
+
+And what one epoch leaves: its validation figures (`Validation`, what epochs are chosen by and what `tune`'s
+pruner is told) and its row in the history (`EpochRow`: metrics.jsonl, the resume state, TensorBoard,
+MLflow and the report's curves read it)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,3 +68,55 @@ def label_text(classes: list[str], label) -> str:
     if np.ndim(label):
         return joined([name for name, carried in zip(classes, label) if carried])
     return classes[int(label)]
+
+
+@dataclass(frozen=True)
+class Validation:
+    """An epoch's validation figures, of the clean view alone. `loss` is what epochs are chosen by: the log
+    loss, or with class weights the balanced log loss (each class's mean, averaged), which those weights
+    minimise; a multi-label run's is the mean binary cross-entropy, its accuracy each label's."""
+
+    loss: float
+    accuracy: float
+    balanced_loss: float
+    balanced_accuracy: float
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch of one stage in the history: its training loss and accuracy, and its validation loss and
+    accuracy where the run has validation images."""
+
+    stage: str
+    epoch: int  # from 1
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+    @classmethod
+    def of(cls, stage: str, epoch: int, train_loss: float, train_accuracy: float, val: Validation | None) -> EpochRow:
+        if val is None:
+            return cls(stage, epoch, train_loss, train_accuracy)
+        return cls(stage, epoch, train_loss, train_accuracy, val.loss, val.accuracy)
+
+    def figures(self) -> dict[str, float]:
+        """The row's figures by name (train_loss, train_accuracy, val_loss, val_accuracy where measured)."""
+        values = {"train_loss": self.train_loss, "train_accuracy": self.train_accuracy}
+        if self.val_loss is not None and self.val_accuracy is not None:
+            values.update(val_loss=self.val_loss, val_accuracy=self.val_accuracy)
+        return values
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "epoch": self.epoch, **self.figures()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EpochRow:
+        return cls(
+            str(values["stage"]),
+            int(values["epoch"]),
+            values["train_loss"],
+            values["train_accuracy"],
+            values.get("val_loss"),
+            values.get("val_accuracy"),
+        )

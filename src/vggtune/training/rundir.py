@@ -243,8 +243,8 @@ class RunDir:
             },
         )
 
-    def write_history(self, rows: list[dict]) -> None:
-        atomic_write_text(self.path / runfiles.HISTORY, "".join(json.dumps(row) + "\n" for row in rows))
+    def write_history(self, rows: list[figures.EpochRow]) -> None:
+        atomic_write_text(self.path / runfiles.HISTORY, "".join(json.dumps(row.to_dict()) + "\n" for row in rows))
 
     def write_metrics(
         self, results: dict, timing: dict, environment: dict | None = None, kept_epochs: dict[str, int] | None = None
@@ -328,10 +328,12 @@ class RunDir:
             raise UserError(f"{display_path(self.path)} has no metrics.json; allowed: a finished run's folder")
         return metrics
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[figures.EpochRow]:
         """metrics.jsonl: one row per epoch (stage, epoch, train_loss, train_accuracy, val_loss, val_accuracy)."""
         path = self.path / runfiles.HISTORY
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        if not path.is_file():
+            return []
+        return [figures.EpochRow.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
     def _json(self, name: str):
         path = self.path / name

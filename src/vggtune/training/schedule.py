@@ -31,7 +31,14 @@ import torch
 
 from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
-from vggtune.training.checkpoints import Checkpoints, StageProgress, load_params, resume_state, save_state
+from vggtune.training.checkpoints import (
+    Checkpoints,
+    EpochRow,
+    StageProgress,
+    load_params,
+    resume_state,
+    save_state,
+)
 from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
 from vggtune.training.session import Run, open_run
 from vggtune.training.tracking import Log
@@ -45,7 +52,7 @@ from vggtune.training.validation import (
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
-    from vggtune.training.figures import Figures
+    from vggtune.training.figures import Figures, Validation
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def plan(config) -> list[Stage]:
 
 
 # Told (stage, epoch, validation figures: loss, accuracy, balanced_loss) after each validated epoch.
-Observer = Callable[[str, int, dict], None]
+Observer = Callable[[str, int, "Validation"], None]
 
 
 @dataclass(frozen=True)
@@ -262,15 +269,9 @@ def _epochs(
             average.add(parameters)
             average.swap(parameters)  # the average is validated and, if best, kept
         val = validate(run, stage.cut)
-        score = val["loss"] if val else train_loss
+        score = val.loss if val else train_loss
         checkpoints.wait()  # the previous epoch's files, written while this one trained
-        row = {
-            "stage": stage.name,
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
-            **({f"val_{k}": val[k] for k in ("loss", "accuracy")} if val else {}),
-        }
+        row = EpochRow.of(stage.name, epoch + 1, train_loss, train_accuracy, val)
         state = dataclasses.replace(state, history=(*state.history, row), epoch=epoch + 1)
         if score < state.best_score:
             state = dataclasses.replace(state, best_score=score, best_epoch=epoch + 1, bad_epochs=0)
@@ -349,10 +350,8 @@ def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return zlib.crc32(f"{seed}:{stage}:{epoch}".encode())
 
 
-def _epoch_line(row: dict, stage: Stage) -> str:
-    text = (
-        f"{stage.name} {row['epoch']:>2}/{stage.epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}"
-    )
-    if "val_loss" in row:
-        text += f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
+def _epoch_line(row: EpochRow, stage: Stage) -> str:
+    text = f"{stage.name} {row.epoch:>2}/{stage.epochs}  loss {row.train_loss:.4f}  acc {row.train_accuracy:.4f}"
+    if row.val_loss is not None and row.val_accuracy is not None:
+        text += f"  val_loss {row.val_loss:.4f}  val_acc {row.val_accuracy:.4f}"
     return text

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vggtune import distributed
 from vggtune.progress import say
+from vggtune.training.figures import EpochRow
 from vggtune.training.rundir import RunDir
 
 FOLDER = "tensorboard"
@@ -32,13 +33,13 @@ class Log:
 
     def __init__(self, folder: RunDir, started: float | None = None):
         self.folder = folder
-        self.histories: dict[str, list[dict]] = {}
+        self.histories: dict[str, list[EpochRow]] = {}
         self.timing: dict[str, float] = {}
         self.kept_epochs: dict[str, int] = {}
         self.started = time.perf_counter() if started is None else started
         self.events = EventLog(folder.path) if distributed.is_main() else None  # rank 0 alone writes
 
-    def epochs(self, stage: str, history: list[dict], learning_rate: float | None = None) -> None:
+    def epochs(self, stage: str, history: list[EpochRow], learning_rate: float | None = None) -> None:
         """The stage's epochs so far, written to metrics.jsonl with the stages before it; with the
         `learning_rate` it trained at, the newest epoch also goes to the event files."""
         self.histories[stage] = list(history)
@@ -73,14 +74,12 @@ class EventLog:
         except Exception as exc:  # noqa: BLE001 - a view of the run's records must never stop it
             say(f"tensorboard: not written ({type(exc).__name__}: {exc})")
 
-    def epoch(self, row: dict, learning_rate: float) -> None:
-        stage = row["stage"]
-        values = {key: row[key] for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy") if key in row}
-        values["learning_rate"] = learning_rate
+    def epoch(self, row: EpochRow, learning_rate: float) -> None:
+        values = {**row.figures(), "learning_rate": learning_rate}
 
         def write(writer):
             for key, value in values.items():
-                writer.add_scalar(f"{stage}/{key}", float(value), row["epoch"])
+                writer.add_scalar(f"{row.stage}/{key}", float(value), row.epoch)
 
         self._write(write)
 

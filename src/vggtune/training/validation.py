@@ -5,8 +5,8 @@ which that score must respect."""
 from __future__ import annotations
 
 from vggtune.progress import say
-from vggtune.tasks import MULTI_LABEL
 from vggtune.training.config import CHOSEN_ON_VALIDATION, IMBALANCED
+from vggtune.training.figures import Validation
 from vggtune.training.metrics import balanced_log_loss, best_threshold
 from vggtune.training.multilabel import best_thresholds, binary_log_loss
 from vggtune.training.objective import class_weights, positive_weights
@@ -17,7 +17,7 @@ from vggtune.training.session import Run
 def weights_of(run: Run):
     """The loss's weight per class (objective.class_weights), from the training split's labels; a multi-label
     run's weight of each label's positives (objective.positive_weights)."""
-    if run.spec.task is MULTI_LABEL:
+    if run.spec.task.several:
         return positive_weights(run.config.class_weights, run.labels["train"])
     return class_weights(run.config.class_weights, run.labels["train"], len(run.spec.classes), IMBALANCED)
 
@@ -25,7 +25,7 @@ def weights_of(run: Run):
 def chosen_rule(run: Run, cut: str, policy):
     """The final scoring `policy` with the decision rule its task fits on the validation split: each label's
     threshold (multi-label), or the two-class threshold."""
-    if run.spec.task is MULTI_LABEL:
+    if run.spec.task.several:
         return policy.labelling_at(label_thresholds(run, cut, policy))
     return policy.deciding_at(decision_threshold(run, cut, policy))
 
@@ -85,7 +85,7 @@ def decision_threshold(run: Run, cut: str, policy) -> float:
     return threshold
 
 
-def validate(run: Run, cut: str) -> dict | None:
+def validate(run: Run, cut: str) -> Validation | None:
     """The epoch's validation loss and accuracy, of the clean view alone: epochs are chosen as the classic
     recipe chooses them, and test-time augmentation changes only the final scores. With class weights the
     loss is the balanced log loss (each class's mean, averaged), which those weights minimise."""
@@ -93,16 +93,16 @@ def validate(run: Run, cut: str) -> dict | None:
         return None
     clean = scorer(run, run.spec.scoring.clean())
     _, labels, probabilities = clean.scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
-    if run.spec.task is MULTI_LABEL:  # the mean binary cross-entropy, what training minimises; label accuracy
+    if run.spec.task.several:  # the mean binary cross-entropy, what training minimises; label accuracy
         entropy = binary_log_loss(labels, probabilities)
         accuracy = float(((probabilities > 0.5) == (labels == 1)).mean())
-        return {"loss": entropy, "accuracy": accuracy, "balanced_loss": entropy, "balanced_accuracy": accuracy}
+        return Validation(float(entropy), accuracy, float(entropy), accuracy)
     result = clean.summary(labels, probabilities)
     balanced = balanced_log_loss(labels, probabilities)
-    loss = result.log_loss if weights_of(run) is None else balanced
-    return {
-        "loss": loss,
-        "accuracy": result.accuracy,
-        "balanced_loss": balanced,
-        "balanced_accuracy": result.balanced_accuracy,
-    }
+    loss = _number(result.log_loss) if weights_of(run) is None else balanced
+    return Validation(loss, _number(result.accuracy), balanced, _number(result.balanced_accuracy))
+
+
+def _number(value: float | None) -> float:
+    """A figure that Metrics leaves None where it is not a number (a set without a class), as NaN."""
+    return float("nan") if value is None else value
