@@ -110,7 +110,7 @@ def _fold_seconds(config: TrainConfig) -> float | None:
         metrics = RunDir(config.out).metrics()
     except (OSError, ValueError):
         return None
-    return metrics.timing.get("this_call_s") if metrics else None
+    return metrics.timing.whole_call_s if metrics else None
 
 
 def _check_folds(data: str, folds: int) -> None:

@@ -23,7 +23,7 @@ from vggtune.results.html import img as _img
 from vggtune.results.html import jpeg as _jpeg
 from vggtune.results.html import page
 from vggtune.results.html import table as _table
-from vggtune.training.rundir import RunDir
+from vggtune.training.rundir import Environment, RunDir
 
 TOP_LOSSES = 12  # the most confidently wrong images shown
 LEAST_CERTAIN = 6  # and the correct ones the model was least sure of
@@ -200,9 +200,9 @@ def _tiles(evaluated: Evaluated, predictor: Predictor, indices, kind: str, losse
 def run_section(folder: RunDir, spec: ModelSpec) -> str:
     config = folder.config().to_dict()
     metrics = folder.metrics()
-    environment = metrics.environment if metrics else {}
-    timing = metrics.timing if metrics else {}
-    cache = environment.get("feature_cache") or {}
+    environment = metrics.environment if metrics else Environment()
+    timing = metrics.timing.steps if metrics else {}
+    cache = environment.feature_cache or {}
     reuse = (
         f"{cache['views_wanted'] - cache['views_computed']} of {cache['views_wanted']} views came from the "
         f"feature cache, {cache['views_computed']} were computed."
@@ -210,11 +210,7 @@ def run_section(folder: RunDir, spec: ModelSpec) -> str:
         else "Not recorded (a run made without the cache, or by an earlier vggtune)."
     )
     facts = [("weights", spec.weights), ("precision", spec.precision), ("image size", spec.preprocessing.size)]
-    facts += [
-        (key, value)
-        for key, value in environment.items()
-        if key != "feature_cache" and key not in {name for name, _ in facts}
-    ]
+    facts += [(key, value) for key, value in environment.facts() if key not in {name for name, _ in facts}]
     config_rows = [(key, value) for key, value in config.items() if key != "augment"]
     config_rows += [(f"augment.{key}", value) for key, value in (config.get("augment") or {}).items()]
     return (

@@ -73,14 +73,14 @@ def row(run: Path, root: Path) -> RunRow:
         data=display_path(Path(config.data).name),
         head=config.head,
         epochs=epochs,
-        precision=metrics.environment.get("precision", config.precision),
+        precision=metrics.environment.precision or config.precision,
         split=split,
         images=scores.n if scores else None,
         accuracy=scores.accuracy if scores else None,
         accuracy_95=scores.accuracy_95 if scores else None,
         balanced_accuracy=scores.balanced_accuracy if scores else None,
         log_loss=scores.log_loss if scores else None,
-        wall_s=metrics.timing.get("this_call_s"),
+        wall_s=metrics.timing.whole_call_s,
     )
 
 

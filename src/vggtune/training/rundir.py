@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -128,13 +128,70 @@ class NearDuplicate:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """The seconds each part of a run took (metrics.json's `timing`), by step name in the order measured:
+    `features_s` and `features_<split>_s`, `<stage>_s`, `score_<split>_s`, `this_call_s` (the whole call),
+    and `damaged_cache_shards` (a count of cache shards computed again)."""
+
+    steps: dict[str, float]
+
+    @property
+    def whole_call_s(self) -> float | None:
+        """The training call from start to scores."""
+        return self.steps.get("this_call_s")
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.steps)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Timing:
+        return cls(dict(values or {}))
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a reader of the results needs to reproduce them (metrics.json's `environment`): versions, the
+    device and processor, the weights and where they came from, the precision, the engine of the frozen
+    blocks, the processes, and the feature cache's use (views wanted and computed). A field an older
+    metrics.json lacks is None."""
+
+    vggtune: str | None = None
+    torch: str | None = None
+    torchvision: str | None = None
+    numpy: str | None = None
+    python: str | None = None
+    device: str | None = None
+    processor: str | None = None
+    weights: str | None = None
+    weights_source: str | None = None
+    precision: str | None = None
+    engine: str | None = None
+    processes: int | None = None
+    feature_cache: dict[str, int] | None = None  # views_wanted, views_computed
+
+    def facts(self) -> list[tuple[str, object]]:
+        """(name, value) of every recorded field but the cache's, for a reader's table."""
+        return [
+            (name, value) for name, value in self.to_dict().items() if name != "feature_cache" and value is not None
+        ]
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Environment:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in (values or {}).items() if key in known})
+
+
+@dataclass(frozen=True)
 class RunMetrics:
     """metrics.json: the final scores, what each part took, the machine, and the epoch each stage kept."""
 
     val: figures.Figures | None  # Metrics, or a multi-label run's MultiLabelMetrics
     test: figures.Figures | None
-    timing: dict
-    environment: dict
+    timing: Timing
+    environment: Environment
     kept_epochs: dict[str, int]  # stage -> the epoch whose parameters it kept (lowest validation loss)
 
 
@@ -247,15 +304,19 @@ class RunDir:
         atomic_write_text(self.path / runfiles.HISTORY, "".join(json.dumps(row.to_dict()) + "\n" for row in rows))
 
     def write_metrics(
-        self, results: dict, timing: dict, environment: dict | None = None, kept_epochs: dict[str, int] | None = None
+        self,
+        results: dict,
+        timing: Timing,
+        environment: Environment | None = None,
+        kept_epochs: dict[str, int] | None = None,
     ) -> None:
         atomic_write_json(
             self.path / runfiles.METRICS,
             {
                 **results,
-                "timing": timing,
+                "timing": timing.to_dict(),
                 "kept_epochs": kept_epochs or {},
-                **({"environment": environment} if environment else {}),
+                **({"environment": environment.to_dict()} if environment else {}),
             },
         )
 
@@ -316,8 +377,8 @@ class RunDir:
         return RunMetrics(
             figures.from_dict(values.get("val")),
             figures.from_dict(values.get("test")),
-            values.get("timing") or {},
-            values.get("environment") or {},
+            Timing.from_dict(values.get("timing")),
+            Environment.from_dict(values.get("environment")),
             {k: int(v) for k, v in (values.get("kept_epochs") or {}).items()},
         )
 

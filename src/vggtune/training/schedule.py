@@ -40,8 +40,9 @@ from vggtune.training.checkpoints import (
     save_state,
 )
 from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
+from vggtune.training.rundir import Timing
 from vggtune.training.session import Run, open_run
-from vggtune.training.tracking import Log
+from vggtune.training.tracking import Log, environment
 from vggtune.training.validation import (
     calibrated,
     chosen_rule,
@@ -168,34 +169,9 @@ def save(run: Run, spec, result: TrainResult, predictions: list, rejected: list,
     run.folder.write_rejected(rejected)
     run.folder.save_model(run.model, spec)
     run.folder.write_predictions(list(spec.classes), predictions, spec.scoring.thresholds)
-    run.folder.write_metrics(result.to_dict(), log.timing, environment(run), log.kept_epochs)
+    run.folder.write_metrics(result.to_dict(), Timing(log.timing), environment(run), log.kept_epochs)
     if not run.config.keep_state:
         run.folder.remove_state()
-
-
-def environment(run: Run) -> dict:
-    """What a reader of the results needs to reproduce them: versions, device, precision, cache use."""
-    import platform
-
-    import torchvision
-
-    from vggtune.version import __version__
-
-    return {
-        "vggtune": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "device": run.runtime.describe(),
-        "processor": run.runtime.processor(),
-        "weights": run.spec.weights,
-        "weights_source": run.weights_source,
-        "precision": run.runtime.precision,
-        "engine": run.engine.describe(),
-        "processes": distributed.world().size,
-        "feature_cache": run.sources.reuse,
-    }
 
 
 class StageNet(torch.nn.Module):

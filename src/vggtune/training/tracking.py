@@ -15,11 +15,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vggtune import distributed
 from vggtune.progress import say
 from vggtune.training.figures import EpochRow
-from vggtune.training.rundir import RunDir
+from vggtune.training.rundir import Environment, RunDir
+
+if TYPE_CHECKING:  # annotations only
+    from vggtune.training.session import Run
 
 FOLDER = "tensorboard"
 FINAL_METRICS = ("accuracy", "log_loss", "f1_macro", "roc_auc")
@@ -132,3 +136,30 @@ def _hparams(writer, hparams: dict, metrics: dict) -> None:
         writer.file_writer.add_summary(summary)
     for tag, value in metrics.items():
         writer.add_scalar(tag, value)
+
+
+def environment(run: Run) -> Environment:
+    """What a reader of the results needs to reproduce them: versions, device, precision, cache use."""
+    import platform
+
+    import numpy as np
+    import torch
+    import torchvision
+
+    from vggtune.version import __version__
+
+    return Environment(
+        vggtune=__version__,
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+        numpy=np.__version__,
+        python=platform.python_version(),
+        device=run.runtime.describe(),
+        processor=run.runtime.processor(),
+        weights=run.spec.weights,
+        weights_source=run.weights_source,
+        precision=run.runtime.precision,
+        engine=run.engine.describe(),
+        processes=distributed.world().size,
+        feature_cache=dict(run.sources.reuse),
+    )
