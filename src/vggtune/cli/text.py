@@ -105,7 +105,7 @@ def cv_lines(result: CrossValidation) -> list[str]:
     """The table `vggtune cv` prints: one line per fold, then the pooled figures with intervals (multi-label:
     subset accuracy, log loss and micro F1 a fold; subset accuracy, mAP and micro F1 pooled)."""
     pooled = result.pooled
-    accuracy = "accuracy" if isinstance(pooled, api.Metrics) else "subset acc."
+    accuracy = pooled.accuracy_name.replace("subset accuracy", "subset acc.")
     width = len(accuracy)
     lines = [f"{'fold':>6}  {'images':>6}  {accuracy:>{width}}  {'log loss':>8}  {'F1':>6}  {'seconds':>7}"]
     for row in result.per_fold:
@@ -113,7 +113,7 @@ def cv_lines(result: CrossValidation) -> list[str]:
         seconds = "" if row.seconds is None else f"{row.seconds:.1f}"
         lines.append(
             f"{row.fold:>6}  {scores.n:>6}  {_number(scores.accuracy):>{width}}  {_number(scores.log_loss):>8}  "
-            f"{_number(_f1(scores)):>6}  {seconds:>7}"
+            f"{_number(scores.headline_f1):>6}  {seconds:>7}"
         )
     lines.append(f"pooled over {pooled.n} images (95 % intervals):")
     if isinstance(pooled, api.Metrics):
@@ -132,13 +132,6 @@ def cv_lines(result: CrossValidation) -> list[str]:
     for name, value, bound in shown:
         lines.append(f"  {name:<{names}} {_number(value)}  ({describe_interval(bound) or 'no interval'})")
     return lines
-
-
-def _f1(scores: Metrics | MultiLabelMetrics) -> float | None:
-    """The F1 a fold line shows: of the positive class (two classes), macro (more), micro (multi-label)."""
-    if isinstance(scores, api.Metrics):
-        return scores.f1 if scores.two_classes else scores.f1_macro
-    return scores.f1_micro
 
 
 def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:

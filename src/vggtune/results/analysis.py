@@ -223,7 +223,7 @@ def disagreement(validation: Figures | None, test: Figures | None, tested_on: st
     low, high = validation.accuracy_95
     if test.accuracy is None or validation.accuracy is None or test.accuracy >= low:
         return None
-    accuracy = "accuracy" if isinstance(test, Metrics) else "subset accuracy"
+    accuracy = test.accuracy_name
     return (
         f"{accuracy} on {tested_on} ({test.accuracy:.3f}, {test.n} images) is below the "
         f"validation split's 95 % interval ({low:.3f} to {high:.3f}; {accuracy} {validation.accuracy:.3f} on "

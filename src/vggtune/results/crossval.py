@@ -32,8 +32,6 @@ if TYPE_CHECKING:  # annotations only
     from vggtune.tasks import Task
     from vggtune.training.config import TrainConfig
 
-SUMMARY_KEYS = ("n", "accuracy", "balanced_accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
-MULTILABEL_SUMMARY_KEYS = ("n", "subset_accuracy", "f1_micro", "f1_macro", "map", "hamming_loss", "log_loss")
 
 
 @dataclass(frozen=True)
@@ -208,8 +206,7 @@ def _intervals(rows: list[PredictionRow], classes: list[str], pooled: figures.Fi
 
 def _summary(metrics: figures.Figures) -> dict:
     values = metrics.to_dict()
-    keys = MULTILABEL_SUMMARY_KEYS if isinstance(metrics, figures.MultiLabelMetrics) else SUMMARY_KEYS
-    return {key: values[key] for key in keys if key in values}
+    return {key: values[key] for key in metrics.summary_keys if key in values}
 
 
 def out_of_fold(root: Path) -> tuple[list[str], list[PredictionRow]]:

@@ -10,6 +10,7 @@ MLflow and the report's curves read it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,7 +19,30 @@ from vggtune.tasks import MULTI_LABEL, Task
 from vggtune.training.metrics import Metrics, classification_metrics
 from vggtune.training.multilabel import MultiLabelMetrics, is_multilabel, multilabel_metrics
 
-Figures = Metrics | MultiLabelMetrics
+Figures = Metrics | MultiLabelMetrics  # both answer FiguresLike; the task's own fields beside
+
+
+class FiguresLike(Protocol):
+    """What every set's figures answer, whatever the task: how many images, the headline accuracy (plain, or a
+    multi-label model's subset accuracy) with its Wilson interval and its name, the log loss, the F1 a line
+    shows, the keys a summary keeps, the task, and the JSON form."""
+
+    n: int
+    accuracy_95: Any
+    task: str
+    accuracy_name: str
+    summary_keys: tuple[str, ...]
+
+    @property
+    def accuracy(self) -> float | None: ...
+
+    @property
+    def log_loss(self) -> float | None: ...
+
+    @property
+    def headline_f1(self) -> float | None: ...
+
+    def to_dict(self) -> dict: ...
 
 
 def figures(

@@ -72,9 +72,19 @@ class Metrics:
     sensitivity: float | None = None
     specificity: float | None = None
 
+    task = "single-label"
+    accuracy_name = "accuracy"
+    # the figures a summary keeps (cv.json's pooled and per-fold rows)
+    summary_keys = ("n", "accuracy", "balanced_accuracy", "log_loss", "f1", "f1_macro", "roc_auc")
+
     @property
     def two_classes(self) -> bool:
         return self.positive_class is not None
+
+    @property
+    def headline_f1(self) -> float | None:
+        """The F1 one line shows: the positive class's (two classes), else the macro average."""
+        return self.f1 if self.two_classes else self.f1_macro
 
     def to_dict(self) -> dict:
         """The JSON form: the two-class figures only where there are two classes."""

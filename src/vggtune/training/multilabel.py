@@ -56,10 +56,18 @@ class MultiLabelMetrics:
 
     two_classes = False
     balanced_accuracy = None
+    accuracy_name = "subset accuracy"  # what `accuracy` is: every label of an image right
+    # the figures a summary keeps (cv.json's pooled and per-fold rows)
+    summary_keys = ("n", "subset_accuracy", "f1_micro", "f1_macro", "map", "hamming_loss", "log_loss")
 
     @property
     def accuracy(self) -> float | None:
         return self.subset_accuracy
+
+    @property
+    def headline_f1(self) -> float | None:
+        """The F1 one line shows: micro, over every (image, label) decision."""
+        return self.f1_micro
 
     @property
     def thresholds(self) -> tuple[float, ...]:
