@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vggtune import runfiles
 from vggtune.errors import UserError
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
@@ -380,7 +381,7 @@ def explain(
     predictor = load(run, engine=engine)
     files, missing = expand_paths([str(image) for image in images])
     explanations, unreadable = predictor.explain(files, target)
-    written = write_overlays(explanations, Path(out) if out else Path(run) / "explain")
+    written = write_overlays(explanations, Path(out) if out else Path(run) / runfiles.EXPLAIN)
     return Explained(explanations, written, missing + unreadable)
 
 

@@ -21,6 +21,16 @@ EVALUATION = "evaluation.json"  # `vggtune evaluate`'s result (its CSV and page 
 REPORT = "report.html"
 MODEL_CARD = "README.md"
 STATE = "state"  # the checkpoints of an unfinished run
+INT8 = "int8.json"  # in STATE: the int8 blocks' calibration while the run trains
+TENSORBOARD = "tensorboard"  # TensorBoard's event files
+EXPLAIN = "explain"  # `vggtune explain`'s overlays, where no --out is given
+# `vggtune export`'s files, by format ("" for fp32, "-int8"): exporting.py's registry names them from here
+EXPORTS = {"onnx": "model{}.onnx", "openvino": "model{}.xml", "tflite": "model{}.tflite"}
+
+# `vggtune data audit`'s folder (not a run folder): the findings, their page and the summary
+AUDIT_ISSUES = "issues.csv"
+AUDIT_PAGE = "audit.html"
+AUDIT_SUMMARY = "audit.json"
 
 NAMES = (
     CONFIG,

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vggtune import runfiles
 from vggtune.deploy.inputs import labelled_files
 from vggtune.errors import UserError
 from vggtune.features.extract import decode_clean
@@ -81,9 +82,9 @@ class ExportFormat:
 FORMATS = {
     kind.name: kind
     for kind in (
-        ExportFormat("onnx", "vggtune.deploy.onnxexport", "model{}.onnx", PRECISIONS, "onnxruntime"),
-        ExportFormat("openvino", "vggtune.deploy.openvinoexport", "model{}.xml", PRECISIONS, "openvino"),
-        ExportFormat("tflite", "vggtune.deploy.tfliteexport", "model{}.tflite", ("fp32",), "litert_torch"),
+        ExportFormat("onnx", "vggtune.deploy.onnxexport", runfiles.EXPORTS["onnx"], PRECISIONS, "onnxruntime"),
+        ExportFormat("openvino", "vggtune.deploy.openvinoexport", runfiles.EXPORTS["openvino"], PRECISIONS, "openvino"),
+        ExportFormat("tflite", "vggtune.deploy.tfliteexport", runfiles.EXPORTS["tflite"], ("fp32",), "litert_torch"),
     )
 }
 

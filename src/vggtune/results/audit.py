@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vggtune import runfiles
 from vggtune.errors import UserError
 from vggtune.fsutil import atomic_write_json, display_path, write_csv
 from vggtune.progress import say, verbosity
@@ -84,7 +85,7 @@ def audit(
         summary = write_audit(out, scored, findings, config, folds, models, weak_or_strong)
         if manifest is not None:
             summary = dataclasses.replace(summary, manifest=write_manifest(manifest, scored, findings, relabel))
-        atomic_write_json(out / "audit.json", summary.to_dict())
+        atomic_write_json(out / runfiles.AUDIT_SUMMARY, summary.to_dict())
     return summary
 
 
@@ -137,7 +138,7 @@ def write_audit(
     from vggtune.results.auditpage import write_page
 
     out.mkdir(parents=True, exist_ok=True)
-    write_issues_csv(out / "issues.csv", findings)
+    write_issues_csv(out / runfiles.AUDIT_ISSUES, findings)
     counts = {kind: sum(kind in f.issues for f in findings) for kind in (LABEL, OFF_TOPIC, CONFLICT)}
     summary = AuditResult(
         data=config.data,
@@ -153,7 +154,7 @@ def write_audit(
         beats_majority_p=weak_or_strong.p,
         label_issues_trusted=weak_or_strong.trusted,
     )
-    write_page(out / "audit.html", summary, findings, models)
+    write_page(out / runfiles.AUDIT_PAGE, summary, findings, models)
     say(
         f"audit: {len(findings)} of {len(scored.rows)} images flagged ({counts[LABEL]} label, {counts[OFF_TOPIC]} "
         f"out of distribution, {counts[CONFLICT]} cross-class duplicates) -> {display_path(out)}"

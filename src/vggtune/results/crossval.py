@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # annotations only
     from vggtune.training.config import TrainConfig
 
 
-
 @dataclass(frozen=True)
 class FoldResult:
     """One fold: its number, the metrics of the images it left out, the seconds it took (None: unknown)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vggtune import runfiles
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.runfiles import is_finished
@@ -54,7 +55,7 @@ def find(folder: str | Path) -> list[Path]:
         raise UserError(f"runs: {display_path(root)} {what}; allowed: a folder of run directories (default runs)")
     found = []
     for current, subfolders, _files in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if name not in ("state", "tensorboard"))
+        subfolders[:] = sorted(name for name in subfolders if name not in (runfiles.STATE, runfiles.TENSORBOARD))
         if is_finished(Path(current)):
             found.append(Path(current))
     return found

@@ -424,11 +424,11 @@ class RunDir:
         shutil.rmtree(self.path / runfiles.STATE, ignore_errors=True)
 
     def save_calibration(self, calibration: dict) -> None:
-        atomic_write_json(self.path / runfiles.STATE / "int8.json", calibration)
+        atomic_write_json(self.path / runfiles.STATE / runfiles.INT8, calibration)
 
     def calibration(self) -> dict | None:
         """The int8 calibration an interrupted run made, so that its resume uses the same scales."""
-        path = self.path / runfiles.STATE / "int8.json"
+        path = self.path / runfiles.STATE / runfiles.INT8
         try:
             return json.loads(path.read_text()) if path.is_file() else None
         except (OSError, ValueError) as exc:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vggtune import distributed
+from vggtune import distributed, runfiles
 from vggtune.progress import say
 from vggtune.training.figures import EpochRow
 from vggtune.training.rundir import Environment, RunDir
@@ -25,7 +25,6 @@ from vggtune.training.rundir import Environment, RunDir
 if TYPE_CHECKING:  # annotations only
     from vggtune.training.session import Run
 
-FOLDER = "tensorboard"
 FINAL_METRICS = ("accuracy", "log_loss", "f1_macro", "roc_auc")
 HPARAM_TYPES = (bool, int, float, str)
 
@@ -73,7 +72,9 @@ class EventLog:
             # Named by the second it opens in: a resumed run's writer could take over (and empty) the file of
             # the call it continues, without a suffix of its own.
             self.writer = SummaryWriter(
-                logdir=str(Path(run_folder) / FOLDER), flush_secs=10, filename_suffix=f".{os.getpid()}.{time.time_ns()}"
+                logdir=str(Path(run_folder) / runfiles.TENSORBOARD),
+                flush_secs=10,
+                filename_suffix=f".{os.getpid()}.{time.time_ns()}",
             )
         except Exception as exc:  # noqa: BLE001 - a view of the run's records must never stop it
             say(f"tensorboard: not written ({type(exc).__name__}: {exc})")
