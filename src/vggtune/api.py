@@ -1,5 +1,5 @@
 """The Python API: the same verbs as the command line, arguments named like its flags.
-The command line (cli/) calls these and nothing else.
+The command line (cli/) calls these, and cliapi.py for what only it needs.
 
 Importing this module imports no torch: each verb imports what it runs, so the command line
 answers `--help` at once. `Predictor`, `load` and `expand_paths` are imported on first use.
@@ -7,7 +7,6 @@ answers `--help` at once. `Predictor`, `load` and `expand_paths` are imported on
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -15,12 +14,9 @@ from typing import TYPE_CHECKING
 
 from vggtune import runfiles
 from vggtune.errors import UserError
-from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
-from vggtune.fsutil import atomic_write_text, display_path
-from vggtune.model.arch import ARCHS
-from vggtune.model.heads import HEADS
-from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
-from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
+from vggtune.features.settings import AugmentConfig
+from vggtune.fsutil import display_path
+from vggtune.training.config import TrainConfig
 from vggtune.version import __version__
 
 if TYPE_CHECKING:  # annotations only: importing the API imports no torch
@@ -34,21 +30,6 @@ if TYPE_CHECKING:  # annotations only: importing the API imports no torch
     from vggtune.training.metrics import Metrics
     from vggtune.training.schedule import TrainResult
 
-# The values each option of `train` allows, from the registries that define them.
-CHOICES = {
-    "recipe": tuple(RECIPES),
-    "arch": tuple(ARCHS),
-    "head": tuple(HEADS),
-    "precision": PRECISIONS,
-    "device": DEVICES,
-    "engine": ENGINES,
-    "feature_storage": STORAGES,
-    "class_weights": CLASS_WEIGHTS,
-    "schedule": SCHEDULES,
-}
-HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
-EXPORT_PRECISIONS = ("fp32", "int8")
-EXPORT_FORMATS = ("onnx", "openvino", "tflite")
 _LAZY = {
     "Predictor": "vggtune.deploy.predict",
     "load": "vggtune.deploy.predict",
@@ -111,7 +92,7 @@ def train(
                 "train: received config= with other arguments; allowed: train(config=TrainConfig(...)) alone"
             )
         return train_with(config)
-    return train_with(_train_config(data, out, resume, options), resume)
+    return train_with(train_config(data, out, resume, options), resume)
 
 
 def train_with(config: TrainConfig, resume: bool = False) -> TrainResult:
@@ -134,31 +115,8 @@ def train_with(config: TrainConfig, resume: bool = False) -> TrainResult:
     return trained.results
 
 
-def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
-    """The checks `train` makes before it reads any image (its options, the --out folder): what a launcher
-    runs before it starts processes."""
-    from vggtune.data import discovery
-    from vggtune.training.rundir import RunDir
-
-    config = _train_config(data, out, resume, options)
-    config.check_out()
-    RunDir(config.out).prepare(resume)
-    if not resume:
-        discovery.discover(config.data)  # a listing, no image read: the class folders are there
-
-
-def check_run(run: str, data: str | None = None) -> None:
-    """What `predict` and `evaluate` check before they read an image: RUN is a trained run, and DATA
-    (where given) a folder or manifest of labelled images."""
-    from vggtune.data import discovery
-    from vggtune.model.spec import ModelSpec
-
-    ModelSpec.load(Path(run))
-    if data is not None:
-        discovery.discover(data, min_classes=1)
-
-
-def _train_config(data: str | None, out: str, resume: bool, options: dict) -> TrainConfig:
+def train_config(data: str | None, out: str, resume: bool, options: dict) -> TrainConfig:
+    """The TrainConfig `train` runs: from DATA, --out and the options, or with `resume` the one saved in --out."""
     if resume:
         from vggtune.training.rundir import RunDir
 
@@ -185,69 +143,6 @@ def _train_config(data: str | None, out: str, resume: bool, options: dict) -> Tr
 
         require()  # before any image is read
     return TrainConfig.from_recipe(data=str(data), out=str(out), **options)
-
-
-def torch_pair_problem() -> str | None:
-    """Why torch and torchvision do not work together here, as one line with the fix; None where they do.
-    A pair from two builds (PyPI's CUDA torchvision beside a CPU torch) or two releases fails on the first
-    `import torchvision` of every command, with 20 lines of traceback."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        import torchvision  # noqa: F401  # its import registers the operators every command needs
-    except Exception as exc:  # noqa: BLE001  # whatever the import raised is the problem to name
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    else:
-        return None
-    try:
-        torch_version, vision_version = version("torch"), version("torchvision")
-    except PackageNotFoundError as missing:
-        return f"{missing.name} is not installed ({reason}); allowed: pip install torch torchvision"
-    release = torch_version.split("+")[0]
-    minor = int(release.split(".")[1])
-    return (
-        f"torch {torch_version} and torchvision {vision_version} do not work together ({reason}); allowed: both "
-        f"from one index, of one release: pip install --force-reinstall 'torch=={release}' "
-        f"'torchvision==0.{minor + 15}.*' (with --index-url https://download.pytorch.org/whl/cpu for the CPU build)"
-    )
-
-
-def check_processes(processes: int) -> None:
-    """`--nproc N`'s checks, before any process starts: a count of 1 or more, and not under torchrun already."""
-    from vggtune import launcher
-
-    launcher.check(processes)
-
-
-def refused(message: str) -> bool:
-    """In a rank that `--nproc` started: the one-line error left for the launcher to print once (True);
-    False elsewhere, where the caller prints it."""
-    from vggtune import launcher
-
-    return launcher.refused(message)
-
-
-def launch(arguments: list[str], processes: int) -> tuple[int, list[str]]:
-    """Runs `vggtune ARGUMENTS` as `processes` processes on this host, as torchrun would start them:
-    (exit status, lines to print once: the ranks' one-line refusal, or which process failed)."""
-    from vggtune.launcher import launch as launch_ranks
-
-    return launch_ranks(arguments, processes)
-
-
-@contextlib.contextmanager
-def as_rank(device: str = "auto"):
-    """Inside: this process is one rank of torchrun's job where torchrun started it (a world of one
-    otherwise), and only rank 0 speaks. Yields the world."""
-    from vggtune import distributed
-    from vggtune.progress import verbosity
-
-    with distributed.joined(device) as world:
-        if world.main:
-            yield world
-            return
-        with verbosity(True):
-            yield world
 
 
 def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> CrossValidation:
@@ -418,35 +313,6 @@ def check_data(
     return result
 
 
-def describe_interval(bound) -> str:
-    """A 95 % interval as the report and the command line write it (results/analysis.py)."""
-    from vggtune.results.analysis import describe_interval as describe
-
-    return describe(bound)
-
-
-def disagreement(validation: Metrics | None, test: Metrics | None, tested_on: str) -> str | None:
-    """The sentence the command line, the report and the model card say when test accuracy falls below the
-    validation accuracy's 95 % interval, or None (results/analysis.py)."""
-    from vggtune.results.analysis import disagreement as said
-
-    return said(validation, test, tested_on)
-
-
-def per_class_rows(result: Metrics) -> tuple[str, list[tuple]]:
-    """(title, rows of class, precision, recall, F1, images) of a set's metrics (results/analysis.py)."""
-    from vggtune.results.analysis import per_class_rows as rows
-
-    return rows(result)
-
-
-def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[str, str, int]]:
-    """(true class, predicted class, count) of the largest off-diagonal cells of a confusion matrix."""
-    from vggtune.results.analysis import most_confused as largest
-
-    return largest(confusion, classes, limit)
-
-
 def weights_sources() -> list[tuple[str, str]]:
     """Where the ImageNet weights come from, in order, and what each holds now."""
     from vggtune.model import weights
@@ -487,9 +353,32 @@ def clear_cache() -> tuple[Path, int]:
     return root, cache.clear(root)
 
 
+# The verbs and records users call and get back; what the command line needs beyond them is cliapi.py's.
 __all__ = [
     "train",
+    "train_with",
+    "cv",
     "tune",
+    "audit",
+    "runs",
+    "evaluate",
+    "predict",
+    "report",
+    "explain",
+    "export",
+    "serve",
+    "load",
+    "Predictor",
+    "check_data",
+    "weights_sources",
+    "verify_weights",
+    "convert_weights",
+    "cache_summary",
+    "clear_cache",
+    "TrainConfig",
+    "AugmentConfig",
+    "UserError",
+    "ExportCheckFailed",
     "TrainResult",
     "Evaluation",
     "CrossValidation",
@@ -508,42 +397,5 @@ __all__ = [
     "LabelScores",
     "TuneResult",
     "TrialResult",
-    "check_processes",
-    "refused",
-    "train_with",
-    "check_train",
-    "launch",
-    "as_rank",
-    "cv",
-    "audit",
-    "runs",
-    "RUN_COLUMNS",
-    "evaluate",
-    "predict",
-    "report",
-    "explain",
-    "export",
-    "serve",
-    "load",
-    "Predictor",
-    "TrainConfig",
-    "AugmentConfig",
-    "UserError",
-    "expand_paths",
-    "check_data",
-    "weights_sources",
-    "verify_weights",
-    "disagreement",
-    "per_class_rows",
-    "convert_weights",
-    "cache_summary",
-    "clear_cache",
-    "CHOICES",
-    "HEAD_HELP",
-    "EXPORT_PRECISIONS",
-    "EXPORT_FORMATS",
-    "ExportCheckFailed",
-    "display_path",
-    "atomic_write_text",
     "__version__",
 ]

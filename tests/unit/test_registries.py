@@ -3,7 +3,7 @@
 import importlib
 import inspect
 
-from vggtune.api import EXPORT_FORMATS
+from vggtune.cliapi import EXPORT_FORMATS
 from vggtune.deploy.exporting import FORMATS, FormatWriter
 from vggtune.features import engine
 from vggtune.features.settings import ENGINES

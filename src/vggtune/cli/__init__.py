@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from vggtune import api
+from vggtune import cliapi
 from vggtune.api import UserError
 from vggtune.cli.commands import COMMANDS
 from vggtune.cli.parser import build_parser, train_options
@@ -19,13 +19,13 @@ from vggtune.cli.parser import build_parser, train_options
 def launch(args, argv: list[str]) -> int:
     """`--nproc N`: this same command as N processes, after the checks that read no image: a mistake found
     there is one line before any process starts; one the processes find is one line after."""
-    api.check_processes(args.nproc)
+    cliapi.check_processes(args.nproc)
     if args.command == "train":
         options = {} if args.resume else train_options(args)
-        api.check_train(args.data, out=options.pop("out", args.out or "runs/latest"), resume=args.resume, **options)
+        cliapi.check_train(args.data, out=options.pop("out", args.out or "runs/latest"), resume=args.resume, **options)
     else:
-        api.check_run(args.run, getattr(args, "data", None))
-    status, lines = api.launch(_without_nproc(argv), args.nproc)
+        cliapi.check_run(args.run, getattr(args, "data", None))
+    status, lines = cliapi.launch(_without_nproc(argv), args.nproc)
     for line in lines:
         print(line if status == 2 else f"vggtune {args.command}: {line}", file=sys.stderr)
     return status
@@ -56,7 +56,7 @@ def _one_voice(world):
 
 def run_command(args) -> int:
     """The command, as one rank of torchrun's job when torchrun started this process."""
-    with api.as_rank(getattr(args, "device", None) or "auto") as world:
+    with cliapi.as_rank(getattr(args, "device", None) or "auto") as world:
         try:
             with _one_voice(world):
                 return COMMANDS[args.command](args)
@@ -114,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
                 return launch(args, arguments)
             return run_command(args)
     except (ImportError, RuntimeError, OSError):
-        mismatch = api.torch_pair_problem()  # torch and torchvision that do not work together fail everywhere
+        mismatch = cliapi.torch_pair_problem()  # torch and torchvision that do not work together fail everywhere
         if mismatch is None:
             raise
         print(f"vggtune {args.command}: error: {mismatch}", file=sys.stderr)
         return 2
     except UserError as exc:
         message = f"vggtune {args.command}: error: {exc}"
-        if not api.refused(message):  # a rank of `--nproc N` leaves it to the launcher, said once
+        if not cliapi.refused(message):  # a rank of `--nproc N` leaves it to the launcher, said once
             print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

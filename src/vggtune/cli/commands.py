@@ -6,10 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from vggtune import api
-from vggtune.api import UserError, display_path
+from vggtune import api, cliapi
+from vggtune.api import UserError
 from vggtune.cli import text
 from vggtune.cli.parser import train_options
+from vggtune.cliapi import display_path
 
 
 def cmd_train(args) -> int:
@@ -74,7 +75,7 @@ def _print_results(scores: dict, out: str, tested_on: str = "the test split", ga
             else:
                 lines = text.multilabel_lines(figures)
             print("\n".join("  " + line for line in lines))
-            gap = gap or api.disagreement(scores.get("val"), scores.get("test"), tested_on)
+            gap = gap or cliapi.disagreement(scores.get("val"), scores.get("test"), tested_on)
             if gap:
                 print(f"warning: {gap}")
             return
@@ -158,7 +159,7 @@ def cmd_predict(args) -> int:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
     written = text.predictions_text(result.predictions, result.classes, args.format, args.kaggle)
     if args.output:
-        api.atomic_write_text(Path(args.output), written)
+        cliapi.atomic_write_text(Path(args.output), written)
     else:
         sys.stdout.write(written)
     return 1 if result.rejected else 0

@@ -6,16 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from vggtune.api import (
-    CHOICES,
-    EXPORT_FORMATS,
-    EXPORT_PRECISIONS,
-    HEAD_HELP,
-    RUN_COLUMNS,
-    AugmentConfig,
-    TrainConfig,
-    __version__,
-)
+from vggtune.api import AugmentConfig, TrainConfig, __version__
+from vggtune.cliapi import CHOICES, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD_HELP, RUN_COLUMNS
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")  # positional, grouped below, or set by `vggtune cv`
 NUMBERS_DEFAULT_NONE = ("crop",)  # their default (None) names no type: these take a number

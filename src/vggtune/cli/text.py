@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vggtune import api
-from vggtune.api import describe_interval, display_path, most_confused, per_class_rows
+from vggtune.cliapi import describe_interval, display_path, most_confused, per_class_rows
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.api import CrossValidation, Metrics, MultiLabelMetrics, RunRow, TrialResult
