@@ -31,16 +31,9 @@ import torch
 
 from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
-from vggtune.training.checkpoints import (
-    Checkpoints,
-    EpochRow,
-    StageProgress,
-    load_params,
-    resume_state,
-    save_state,
-)
+from vggtune.training.callbacks import Callback, Epoch, for_stage
+from vggtune.training.checkpoints import Checkpoints, EpochRow, StageProgress, load_params, resume_state
 from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
-from vggtune.training.rundir import Timing
 from vggtune.training.session import Run, open_run
 from vggtune.training.tracking import Log, environment
 from vggtune.training.validation import (
@@ -169,7 +162,7 @@ def save(run: Run, spec, result: TrainResult, predictions: list, rejected: list,
     run.folder.write_rejected(rejected)
     run.folder.save_model(run.model, spec)
     run.folder.write_predictions(list(spec.classes), predictions, spec.scoring.thresholds)
-    run.folder.write_metrics(result.to_dict(), Timing(log.timing), environment(run), log.kept_epochs)
+    run.folder.write_metrics(result.to_dict(), log.finished_timing(), environment(run), log.kept_epochs)
     if not run.config.keep_state:
         run.folder.remove_state()
 
@@ -203,12 +196,13 @@ def run_stage(run: Run, stage: Stage, log: Log, observer: Observer | None = None
     if state.done:
         log.kept_epochs[stage.name] = state.best_epoch
         return
-    checkpoints = Checkpoints()
+    writer = Checkpoints()
+    callbacks = for_stage(run.folder, writer, log, average, config.patience, observer)
     started = time.perf_counter()
     try:
-        state = _epochs(run, stage, log, net, parameters, optimizer, state, checkpoints, average, observer)
+        state = _epochs(run, stage, net, Epoch(stage, state.epoch, parameters, optimizer, state), callbacks)
     finally:
-        checkpoints.close()  # also when interrupted: the last finished epoch is saved
+        writer.close()  # also when interrupted: the last finished epoch is saved
     log.timing[f"{stage.name}_s"] = round(time.perf_counter() - started, 2)
     log.kept_epochs[stage.name] = state.best_epoch
     if stage.epochs > 1 and state.best_epoch == stage.epochs and not stage.average:
@@ -220,56 +214,38 @@ def run_stage(run: Run, stage: Stage, log: Log, observer: Observer | None = None
     load_params(best, parameters)
 
 
-def _epochs(
-    run: Run,
-    stage: Stage,
-    log: Log,
-    net,
-    parameters: dict,
-    optimizer,
-    state: StageProgress,
-    checkpoints: Checkpoints,
-    average: Average | None,
-    observer: Observer | None = None,
-) -> StageProgress:
-    """The stage's epochs from `state` on: each trained, validated, recorded and saved (rank 0). With
-    `average`, what is validated and kept is the average of the parameters after each epoch so far."""
+def _epochs(run: Run, stage: Stage, net, epoch_state: Epoch, callbacks: list[Callback]) -> StageProgress:
+    """The stage's epochs from `epoch_state.state` on: each trained, validated and its best score kept, the
+    rest (weight averaging, checkpoints, early stopping, records, the observer) done by `callbacks`."""
     config = run.config
-    for epoch in range(state.epoch, stage.epochs):
-        set_rates(optimizer, rate_factor(config.schedule, epoch, stage.epochs))
-        seed = epoch_seed(config.seed, stage.name, epoch)
+    for index in range(epoch_state.state.epoch, stage.epochs):
+        epoch = dataclasses.replace(epoch_state, index=index, val=None, row=None, improved=False, stop=False)
+        set_rates(epoch.optimizer, rate_factor(config.schedule, index, stage.epochs))
+        seed = epoch_seed(config.seed, stage.name, index)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        train_loss, train_accuracy = train_epoch(run, stage, net, optimizer, rng)
-        if average:
-            average.add(parameters)
-            average.swap(parameters)  # the average is validated and, if best, kept
-        val = validate(run, stage.cut)
-        score = val.loss if val else train_loss
-        checkpoints.wait()  # the previous epoch's files, written while this one trained
-        row = EpochRow.of(stage.name, epoch + 1, train_loss, train_accuracy, val)
-        state = dataclasses.replace(state, history=(*state.history, row), epoch=epoch + 1)
-        if score < state.best_score:
-            state = dataclasses.replace(state, best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            if distributed.is_main():
-                checkpoints.save(run.folder.state(stage.name, "best"), {f"param.{n}": p for n, p in parameters.items()})
+        train_loss, train_accuracy = train_epoch(run, stage, net, epoch.optimizer, rng)
+        for callback in callbacks:
+            callback.before_validation(epoch)
+        epoch.val = validate(run, stage.cut)
+        score = epoch.val.loss if epoch.val else train_loss
+        epoch.row = EpochRow.of(stage.name, index + 1, train_loss, train_accuracy, epoch.val)
+        state = dataclasses.replace(epoch.state, history=(*epoch.state.history, epoch.row), epoch=index + 1)
+        epoch.improved = score < state.best_score
+        if epoch.improved:
+            state = dataclasses.replace(state, best_score=score, best_epoch=index + 1, bad_epochs=0)
         else:
             state = dataclasses.replace(state, bad_epochs=state.bad_epochs + 1)
-        if average:
-            average.swap(parameters)  # back to the parameters that train
-            state = dataclasses.replace(state, averaged=average.count)
-        stop = bool(config.patience) and state.bad_epochs >= config.patience and state.epoch < stage.epochs
-        state = dataclasses.replace(state, done=bool(stop) or state.epoch == stage.epochs)
-        if distributed.is_main():
-            save_state(run.folder.state(stage.name, "last"), parameters, optimizer, state, checkpoints, average)
-        log.epochs(stage.name, list(state.history), max(group["lr"] for group in optimizer.param_groups))
-        say(_epoch_line(row, stage))
-        if observer and val:
-            observer(stage.name, epoch + 1, val)
-        if stop:
-            say(f"{stage.name}: early stop, no better validation loss for {config.patience} epochs")
+        epoch.state = state
+        for callback in callbacks:
+            callback.after_validation(epoch)
+        epoch.state = dataclasses.replace(epoch.state, done=epoch.stop or epoch.state.epoch == stage.epochs)
+        for callback in callbacks:
+            callback.after_epoch(epoch)
+        epoch_state = epoch
+        if epoch.stop:
             break
-    return state
+    return epoch_state.state
 
 
 def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
@@ -324,10 +300,3 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     """Stable across processes (unlike hash()), so a resumed epoch repeats exactly."""
     return zlib.crc32(f"{seed}:{stage}:{epoch}".encode())
-
-
-def _epoch_line(row: EpochRow, stage: Stage) -> str:
-    text = f"{stage.name} {row.epoch:>2}/{stage.epochs}  loss {row.train_loss:.4f}  acc {row.train_accuracy:.4f}"
-    if row.val_loss is not None and row.val_accuracy is not None:
-        text += f"  val_loss {row.val_loss:.4f}  val_acc {row.val_accuracy:.4f}"
-    return text

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from vggtune import distributed, runfiles
 from vggtune.progress import say
 from vggtune.training.figures import EpochRow
-from vggtune.training.rundir import Environment, RunDir
+from vggtune.training.rundir import Environment, RunDir, Timing
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.training.session import Run
@@ -41,6 +41,10 @@ class Log:
         self.kept_epochs: dict[str, int] = {}
         self.started = time.perf_counter() if started is None else started
         self.events = EventLog(folder.path) if distributed.is_main() else None  # rank 0 alone writes
+
+    def finished_timing(self) -> Timing:
+        """The seconds each part took, as metrics.json records them."""
+        return Timing(dict(self.timing))
 
     def epochs(self, stage: str, history: list[EpochRow], learning_rate: float | None = None) -> None:
         """The stage's epochs so far, written to metrics.jsonl with the stages before it; with the
