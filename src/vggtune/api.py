@@ -99,6 +99,7 @@ def train_with(config: TrainConfig, resume: bool = False) -> TrainResult:
     """`train` from a TrainConfig: the run, then its report and model card (unless config.no_report)."""
     from vggtune.distributed import alone, is_main, join
     from vggtune.results.evaluation import write_documents_or_warn
+    from vggtune.training.rundir import RunDir
     from vggtune.training.schedule import train_run
 
     join(config.device)  # under torchrun: this process is one rank of the job
@@ -107,11 +108,11 @@ def train_with(config: TrainConfig, resume: bool = False) -> TrainResult:
         return trained.results
     with alone():  # rank 0 alone from here: the others wait at the job's last barrier
         if not config.no_report:
-            write_documents_or_warn(config.out, trained.engine)
+            write_documents_or_warn(RunDir(config.out), trained.engine)
         if config.mlflow:
             from vggtune.results.mlflowlog import log_run
 
-            log_run(config.out, config.mlflow)
+            log_run(RunDir(config.out), config.mlflow)
     return trained.results
 
 
@@ -230,9 +231,10 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
     `.rejected`, `.data`, `.validation_gap`; `.to_dict()` is evaluation.json)."""
     from vggtune.distributed import join
     from vggtune.results.evaluation import evaluate as _evaluate
+    from vggtune.training.rundir import RunDir
 
     join(options.get("device", "auto"))
-    return _evaluate(run, data, output, **options)
+    return _evaluate(RunDir(run), data, output, **options)
 
 
 def predict(
@@ -260,8 +262,9 @@ def report(run: str, data: str | None = None, out: str | None = None, engine: st
     """Writes report.html (of the run's test split, or of the labelled folder `data`) and, for the run's
     own split, the model card README.md; returns their paths."""
     from vggtune.results.evaluation import write_documents
+    from vggtune.training.rundir import RunDir
 
-    return write_documents(run, data, out, engine)
+    return write_documents(RunDir(run), data, out, engine)
 
 
 def explain(
@@ -285,8 +288,9 @@ def export(run: str, out: str | None = None, precision: str = "fp32", format: st
     (RUN/model.tflite; fp32), int8 files named model-int8.*, with the metadata beside it (model.onnx.json, ...);
     checked against PyTorch on the run's test images before it is kept; returns the check's figures."""
     from vggtune.deploy.exporting import export as _export
+    from vggtune.training.rundir import RunDir
 
-    return _export(run, out, precision, format)
+    return _export(RunDir(run), out, precision, format)
 
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> None:

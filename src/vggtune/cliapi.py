@@ -47,7 +47,7 @@ def check_train(data: str | None = None, out: str = "runs/latest", resume: bool 
 
     config = train_config(data, out, resume, options)
     config.check_out()
-    RunDir(config.out).prepare(resume)
+    RunDir.prepared(config.out, resume)
     if not resume:
         discovery.discover(config.data)  # a listing, no image read: the class folders are there
 

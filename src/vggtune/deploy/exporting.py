@@ -58,7 +58,7 @@ class FormatWriter(Protocol):
         spec: ModelSpec,
         images: np.ndarray,
         target: Path,
-        run: Path,
+        run: RunDir,
         precision: str,
         values: dict,
     ) -> None: ...
@@ -159,7 +159,7 @@ def float_model(run: Path, spec: ModelSpec) -> ExportGraph:
 
 
 def export(
-    run: str | Path, out: str | Path | None = None, precision: str = "fp32", file_format: str = "onnx"
+    folder: RunDir, out: str | Path | None = None, precision: str = "fp32", file_format: str = "onnx"
 ) -> Exported:
     if file_format not in FORMATS:
         raise UserError(f"--format: received {file_format!r}; allowed: {', '.join(FORMATS)}")
@@ -168,7 +168,7 @@ def export(
         raise UserError(f"--precision: received {precision!r} for {file_format}; allowed: {', '.join(kind.precisions)}")
     writer = _writer(kind)
     file_name = kind.file_name
-    run = Path(run)
+    run = folder.path
     spec = ModelSpec.load(run)
     target = Path(out) if out else run / file_name.format("" if precision == "fp32" else "-int8")
     if target.suffix != Path(file_name).suffix:
@@ -177,7 +177,7 @@ def export(
             f"ending in {Path(file_name).suffix}"
         )
     graph = float_model(run, spec)
-    paths, names, _ = labelled_files(run, list(spec.classes), None)
+    paths, names, _ = labelled_files(folder, list(spec.classes), None)
     labels = _truth(names, spec)
     images, kept = views_of(paths[:PARITY_IMAGES], spec)
     if not len(images):
@@ -188,11 +188,11 @@ def export(
     values = metadata(spec, precision, file_format)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written and checked in a folder beside the target, then renamed into place: complete files or none.
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as folder:
-        written = Path(folder) / target.name
-        writer.write(graph, spec, images, written, run, precision, values)
-        result = check(writer.runner(written), graph, images, precision, run, spec, paths, labels)
-        for path in sorted(Path(folder).iterdir()):  # OpenVINO's .bin beside its .xml
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+        written = Path(scratch) / target.name
+        writer.write(graph, spec, images, written, folder, precision, values)
+        result = check(writer.runner(written), graph, images, precision, folder, spec, paths, labels)
+        for path in sorted(Path(scratch).iterdir()):  # OpenVINO's .bin beside its .xml
             os.replace(path, target.parent / (target.name if path == written else target.stem + path.suffix))
     atomic_write_json(target.with_name(target.name + ".json"), values)  # model.onnx.json
     return dataclasses.replace(result, path=target)
@@ -233,7 +233,7 @@ def check(
     graph: ExportGraph,
     images: np.ndarray,
     precision: str,
-    run: Path,
+    folder: RunDir,
     spec: ModelSpec,
     paths: list[str],
     labels: np.ndarray,
@@ -254,7 +254,7 @@ def check(
                 f"{FP32_TOLERANCE:.0e}) and agree on {agreement:.1%} of labels; the file was not kept"
             )
         return Exported(Path(), precision, len(images), difference, agreement, None, None)
-    tested = RunDir(run).finished_metrics().test
+    tested = folder.finished_metrics().test
     accuracy_run = float(tested.accuracy) if tested and tested.accuracy is not None else float("nan")
     all_images, kept = views_of(paths, spec)
     accuracy_exported = _agreeing(_decided(runner(all_images), spec), labels[kept])

@@ -31,27 +31,31 @@ def expand_paths(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def labelled_files(
-    run: Path, classes: list[str], data_dir: str | None, task: Task = SINGLE_LABEL
+    folder: RunDir, classes: list[str], data_dir: str | None, task: Task = SINGLE_LABEL
 ) -> tuple[list[str], list[str], list]:
     """(paths, labels, rejected): a folder's (or manifest's) images with their class names, else the run's test
     split's; a multi-label image's label is its labels joined by ";" ("" for none). `task`: the model's (a
     multi-label model is judged on class folders too, each image carrying its folder's label)."""
     if data_dir is None:
         try:
-            splits = RunDir(run).splits()
+            splits = folder.splits()
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(
-                f"{display_path(Path(run) / runfiles.SPLITS)}: unreadable ({exc}); allowed: --data DIR"
+                f"{display_path(folder.path / runfiles.SPLITS)}: unreadable ({exc}); allowed: --data DIR"
             ) from None
         if splits is None:
-            raise UserError(f"{display_path(Path(run) / runfiles.SPLITS)}: no such file; allowed: --data DIR") from None
+            raise UserError(
+                f"{display_path(folder.path / runfiles.SPLITS)}: no such file; allowed: --data DIR"
+            ) from None
         if not splits.test:
-            raise UserError(f"run {display_path(run)} kept no test images; allowed: --data DIR with class folders")
+            raise UserError(
+                f"run {display_path(folder.path)} kept no test images; allowed: --data DIR with class folders"
+            )
         paths = [item.path for item in splits.test]
         if not any(os.path.exists(path) for path in paths):
-            folder = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+            was = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
             raise UserError(
-                f"the run's {len(paths)} test images were under {display_path(folder)}, which holds none "
+                f"the run's {len(paths)} test images were under {display_path(was)}, which holds none "
                 "of them now; allowed: that folder back in place, or --data FOLDER with class folders"
             )
         return paths, [_name(classes, item.label, item.targets) for item in splits.test], []

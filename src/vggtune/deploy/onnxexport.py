@@ -19,7 +19,7 @@ CALIBRATION_IMAGES = 32
 
 
 def write(
-    graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: Path, precision: str, values: dict
+    graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: RunDir, precision: str, values: dict
 ) -> None:
     write_onnx(graph, images, target)
     if precision == "int8":
@@ -63,12 +63,12 @@ def _add_metadata(path: Path, values: dict) -> None:
     onnx.save(model, str(path))
 
 
-def quantize(path: Path, run: Path, spec: ModelSpec) -> None:
+def quantize(path: Path, run: RunDir, spec: ModelSpec) -> None:
     """Static int8 (QDQ, per-channel weights) calibrated on the run's training images."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    train = [item.path for item in RunDir(run).saved_splits().train]
+    train = [item.path for item in run.saved_splits().train]
     step = max(1, len(train) // CALIBRATION_IMAGES)
     images, _ = views_of(train[::step][:CALIBRATION_IMAGES], spec)
 

@@ -18,12 +18,13 @@ from vggtune import openvinoload
 from vggtune.deploy import onnxexport
 from vggtune.deploy.exporting import ExportGraph
 from vggtune.model.spec import ModelSpec
+from vggtune.training.rundir import RunDir
 
 CHECKED_AS = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 def write(
-    graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: Path, precision: str, values: dict
+    graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: RunDir, precision: str, values: dict
 ) -> None:
     openvino = openvinoload.openvino()
 

@@ -16,10 +16,11 @@ import torch
 
 from vggtune.deploy.exporting import ExportGraph
 from vggtune.model.spec import ModelSpec
+from vggtune.training.rundir import RunDir
 
 
 def write(
-    graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: Path, precision: str, values: dict
+    graph: ExportGraph, spec: ModelSpec, images: np.ndarray, target: Path, run: RunDir, precision: str, values: dict
 ) -> None:
     import litert_torch
 

@@ -29,7 +29,7 @@ def shift(evaluated: Evaluated, folder: RunDir, predictor: Predictor) -> str:
     image (their embeddings far out from the training images', by the audit's out-of-distribution score)."""
     metrics = evaluated.metrics
     splits = folder.splits()
-    if evaluated.data == VAL_SPLIT or not splits or not validation_gap(folder.path, metrics, evaluated.data):
+    if evaluated.data == VAL_SPLIT or not splits or not validation_gap(folder, metrics, evaluated.data):
         return ""
     rng = np.random.default_rng(0)
     train = [item.path for item in splits.train]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -74,18 +73,18 @@ class Evaluated:
             return dict(zip(self.classes, self.labels.sum(0).tolist()))
         return dict(zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)).tolist()))
 
-    def findings(self, run: Path) -> list[str]:
+    def findings(self, folder: RunDir) -> list[str]:
         """What a reader must be told beside the totals, as sentences: sensitivity and specificity by class,
         an imbalance among the classes, an accuracy below the validation split's interval (multi-label: the
         last alone, of subset accuracy)."""
         if self.task.several:
-            gap = validation_gap(run, self.figures, self.data) if self.data != VAL_SPLIT else None
+            gap = validation_gap(folder, self.figures, self.data) if self.data != VAL_SPLIT else None
             return [gap[0].upper() + gap[1:]] if gap else []
         metrics = self.metrics
         said = [
             analysis.two_class_rates(metrics),
             balance.imbalance(self.counts()),
-            validation_gap(run, metrics, self.data) if self.data != VAL_SPLIT else None,
+            validation_gap(folder, metrics, self.data) if self.data != VAL_SPLIT else None,
         ]
         return [sentence[0].upper() + sentence[1:] for sentence in said if sentence]
 
@@ -98,9 +97,9 @@ class Evaluated:
         return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold)
 
 
-def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evaluated:
+def score(predictor: Predictor, folder: RunDir, data_dir: str | None = None) -> Evaluated:
     """The run's model on its test split, or on a labelled folder."""
-    paths, labels, rejected = labelled_files(Path(run), predictor.classes, data_dir, predictor.spec.task)
+    paths, labels, rejected = labelled_files(folder, predictor.classes, data_dir, predictor.spec.task)
     predictions, unreadable = predictor.predict(paths)
     rejected += unreadable
     if not predictions:
@@ -120,7 +119,7 @@ def score(predictor: Predictor, run: Path, data_dir: str | None = None) -> Evalu
         for p in predictions
     ]
     threshold, thresholds = predictor.spec.scoring.threshold, _thresholds(predictor)
-    name = display_path(data_dir) if data_dir else split_name(Path(run), "test")
+    name = display_path(data_dir) if data_dir else split_name(folder, "test")
     return Evaluated(name, predictor.classes, rows, rejected, predictor.spec.task, not data_dir, threshold, thresholds)
 
 
@@ -130,21 +129,21 @@ def _thresholds(predictor: Predictor) -> tuple[float, ...]:
     return (spec.scoring.thresholds or (0.5,) * len(spec.classes)) if spec.task.several else ()
 
 
-def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
+def from_training(folder: RunDir, predictor: Predictor) -> Evaluated | None:
     """The test split as training scored it (predictions.csv), else the validation split; None when the
     run held out neither. A run made before predictions.csv existed is scored again on its test split."""
-    rows = RunDir(run).predictions(predictor.classes)
+    rows = folder.predictions(predictor.classes)
     if rows is None:
-        splits = RunDir(run).splits()
-        return score(predictor, Path(run)) if splits and splits.test else None
+        splits = folder.splits()
+        return score(predictor, folder) if splits and splits.test else None
     for split in ("test", "val"):
         chosen = [row for row in rows if row.split == split]
         if chosen:  # what a folder given as this split lost (a split of DATA has its rejects with DATA's)
             return Evaluated(
-                split_name(Path(run), split),
+                split_name(folder, split),
                 predictor.classes,
                 chosen,
-                [row for row in RunDir(run).rejected() if row.where == split],
+                [row for row in folder.rejected() if row.where == split],
                 predictor.spec.task,
                 own=True,
                 threshold=predictor.spec.scoring.threshold,
@@ -153,17 +152,17 @@ def from_training(run: Path, predictor: Predictor) -> Evaluated | None:
     return None
 
 
-def split_name(run: Path, split: str) -> str:
+def split_name(folder: RunDir, split: str) -> str:
     """What a run's own test or validation images are called: the folder given as --test-data (--val-data),
     else the split of DATA."""
-    config = RunDir(run).config()
+    config = folder.config()
     given = config.test_data if split == "test" else config.val_data
     if given:
         return f"the {split} folder {display_path(given)}"
     return TEST_SPLIT if split == "test" else VAL_SPLIT
 
 
-def validation_gap(run: Path, metrics: Figures, tested_on: str) -> str | None:
+def validation_gap(folder: RunDir, metrics: Figures, tested_on: str) -> str | None:
     """analysis.disagreement of `metrics` (on `tested_on`) with the run's own validation split."""
-    trained = RunDir(run).metrics()
+    trained = folder.metrics()
     return analysis.disagreement(trained.val if trained else None, metrics, tested_on)

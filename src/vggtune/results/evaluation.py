@@ -42,7 +42,7 @@ class Evaluation:
 
 
 def evaluate(
-    run: str | Path,
+    folder: RunDir,
     data_dir: str | None = None,
     output: str | None = None,
     device: str = "auto",
@@ -54,39 +54,39 @@ def evaluate(
     """Metrics of a run's model on labelled images, written as JSON (default RUN/evaluation.json), with
     each image's probabilities (*.predictions.csv) and the report (*.html) beside it. Under torchrun each
     rank scores its share of the images. `threshold`: a two-class decision threshold instead of model.json's."""
-    predictor = Predictor(run, device=device, precision=precision, engine=engine, threshold=threshold)
-    evaluated = score(predictor, Path(run), data_dir)
+    predictor = Predictor(folder.path, device=device, precision=precision, engine=engine, threshold=threshold)
+    evaluated = score(predictor, folder, data_dir)
     metrics = evaluated.figures
-    gap = validation_gap(Path(run), metrics, evaluated.data)
+    gap = validation_gap(folder, metrics, evaluated.data)
     result = Evaluation(metrics, list(evaluated.rejected), evaluated.data, gap)
     if not distributed.is_main():  # under torchrun, rank 0 writes
         return result
-    target = Path(output) if output else RunDir(run).evaluation_file()
+    target = Path(output) if output else folder.evaluation_file()
     with distributed.alone():  # the other ranks wait at the job's last barrier
         atomic_write_json(target, result.to_dict())
         write_predictions(
             target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows, evaluated.thresholds or ()
         )
         if report:
-            write_report(run, evaluated, predictor, target.with_suffix(".html"))
+            write_report(folder, evaluated, predictor, target.with_suffix(".html"))
     return result
 
 
 def write_documents(
-    run: str | Path, data: str | None = None, out: str | Path | None = None, engine: str | Engine = "auto"
+    folder: RunDir, data: str | None = None, out: str | Path | None = None, engine: str | Engine = "auto"
 ) -> tuple[Path, Path | None]:
     """The report (of the run's own test split, or of a labelled folder `data`) and, for the run's own
     split, the model card README.md. Returns their paths (no card for another folder)."""
-    predictor = Predictor(run, engine=engine)
+    predictor = Predictor(folder.path, engine=engine)
     if data:
-        return write_report(run, score(predictor, Path(run), data), predictor, out), None
-    evaluated = from_training(Path(run), predictor)
-    return write_report(run, evaluated, predictor, out), write_model_card(run, evaluated)
+        return write_report(folder, score(predictor, folder, data), predictor, out), None
+    evaluated = from_training(folder, predictor)
+    return write_report(folder, evaluated, predictor, out), write_model_card(folder, evaluated)
 
 
-def write_documents_or_warn(run: str | Path, engine: str | Engine = "auto") -> None:
+def write_documents_or_warn(folder: RunDir, engine: str | Engine = "auto") -> None:
     """report.html and README.md at the end of training; a failure here leaves the trained run intact."""
     try:
-        write_documents(run, engine=engine)
+        write_documents(folder, engine=engine)
     except Exception as exc:  # noqa: BLE001 - the model and metrics are saved; say what went wrong
         say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")

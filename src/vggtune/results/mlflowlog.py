@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vggtune import runfiles
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
 from vggtune.progress import say
 from vggtune.training.tracking import flat_config
+
+if TYPE_CHECKING:  # annotations only
+    from vggtune.training.rundir import RunDir
 
 EXPERIMENT = "vggtune"
 FINAL = ("accuracy", "log_loss", "f1_macro", "roc_auc", "precision_macro", "recall_macro")
@@ -40,29 +43,28 @@ def require() -> None:
         ) from None
 
 
-def log_run(run: str | Path, uri: str) -> str | None:
-    """Sends the run in `run` to the tracking server at `uri`; its MLflow run id, or None (said in one
+def log_run(folder: RunDir, uri: str) -> str | None:
+    """Sends the run in `folder` to the tracking server at `uri`; its MLflow run id, or None (said in one
     line) when the server could not take it."""
-    run = Path(run)
     try:
         with _environment(QUICK_FAILURE):
-            run_id = _send(run, uri)
+            run_id = _send(folder, uri)
     except Exception as exc:  # noqa: BLE001 - the run is saved; the server is someone else's
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        say(f"mlflow: {uri} did not take the run ({type(exc).__name__}: {reason}); it is saved in {display_path(run)}")
+        say(
+            f"mlflow: {uri} did not take the run ({type(exc).__name__}: {reason}); "
+            f"it is saved in {display_path(folder.path)}"
+        )
         return None
     say(f"mlflow: logged to {uri} as run {run_id}")
     return run_id
 
 
-def _send(run: Path, uri: str) -> str:
+def _send(folder: RunDir, uri: str) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from vggtune.training.rundir import RunDir
-
-    folder = RunDir(run)
-    config = folder.config()
+    run, config = folder.path, folder.config()
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
     experiment_id = (

@@ -18,8 +18,7 @@ from vggtune.training.multilabel import MultiLabelMetrics
 from vggtune.training.rundir import RunDir
 
 
-def write_model_card(run: str | Path, evaluated: Evaluated | None) -> Path:
-    folder = RunDir(run)
+def write_model_card(folder: RunDir, evaluated: Evaluated | None) -> Path:
     spec = ModelSpec.load(folder.path)
     config = folder.config().to_dict()
     name = folder.path.resolve().name
@@ -167,7 +166,7 @@ def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:
     rows = "".join(
         f"| {row.name} | {row.value:.4f} | {describe_interval(row.interval)} |\n" for row in scores if row.interval
     )
-    findings = "".join(f"- {sentence}.\n" for sentence in evaluated.findings(folder.path))
+    findings = "".join(f"- {sentence}.\n" for sentence in evaluated.findings(folder))
     if isinstance(evaluated.figures, MultiLabelMetrics):
         return _multilabel_results(folder, evaluated, evaluated.figures, rows, findings)
     title, classes = per_class_rows(evaluated.metrics)

@@ -30,10 +30,9 @@ LEAST_CERTAIN = 6  # and the correct ones the model was least sure of
 
 
 def write_report(
-    run: str | Path, evaluated: Evaluated | None, predictor: Predictor, out: str | Path | None = None
+    folder: RunDir, evaluated: Evaluated | None, predictor: Predictor, out: str | Path | None = None
 ) -> Path:
     """Writes the report of `evaluated` (None: a run that held no images out) to `out` (default RUN/report.html)."""
-    folder = RunDir(run)
     spec = predictor.spec
     target = Path(out) if out else folder.report_file()
     judged = _judged(evaluated, folder, predictor)
@@ -56,7 +55,7 @@ def _judged(evaluated: Evaluated | None, folder: RunDir, predictor: Predictor) -
         ]
     if evaluated.task.several:
         return [
-            multilabelpage.verdict(evaluated, evaluated.findings(folder.path)),
+            multilabelpage.verdict(evaluated, evaluated.findings(folder)),
             curves(folder),
             multilabelpage.top_losses(evaluated, predictor),
         ]
@@ -81,7 +80,7 @@ def verdict(evaluated: Evaluated, folder: RunDir) -> str:
         if high - low > 0.1
         else ""
     )
-    findings = "".join(f"<p class='warn'>{_e(sentence)}.</p>" for sentence in evaluated.findings(folder.path))
+    findings = "".join(f"<p class='warn'>{_e(sentence)}.</p>" for sentence in evaluated.findings(folder))
     title, classes = analysis.per_class_rows(evaluated.metrics)
     per_class = f"<h3>{_e(title[0].upper() + title[1:])}</h3>" + _table(
         ["class", "precision", "recall", "F1", "images"],

@@ -4,18 +4,16 @@ metrics.json): what they trained on and with, and how they scored on their test 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vggtune import runfiles
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
-from vggtune.runfiles import is_finished
 
 if TYPE_CHECKING:  # annotations only: `vggtune runs --help` imports no torch or scikit-learn
     from vggtune.training.metrics import Interval
+    from vggtune.training.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -47,24 +45,8 @@ SORT_COLUMNS = tuple(column for column in COLUMNS if column != "accuracy_95")
 DESCENDING = {"accuracy", "balanced_accuracy", "images"}  # sorted best first; every other column ascending
 
 
-def find(folder: str | Path) -> list[Path]:
-    """Each folder under `folder` (or itself) holding a finished run."""
-    root = Path(folder)
-    if not root.is_dir():
-        what = "is a file" if root.exists() else "does not exist"
-        raise UserError(f"runs: {display_path(root)} {what}; allowed: a folder of run directories (default runs)")
-    found = []
-    for current, subfolders, _files in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if name not in (runfiles.STATE, runfiles.TENSORBOARD))
-        if is_finished(Path(current)):
-            found.append(Path(current))
-    return found
-
-
-def row(run: Path, root: Path) -> RunRow:
-    from vggtune.training.rundir import RunDir  # torch: not imported for the command line's --help
-
-    folder = RunDir(run)
+def row(folder: RunDir, root: Path) -> RunRow:
+    run = folder.path
     config, metrics = folder.config(), folder.finished_metrics()
     split = "test" if metrics.test else "val" if metrics.val else None
     scores = metrics.test or metrics.val
@@ -89,8 +71,10 @@ def table(folder: str | Path, sort: str = "run") -> list[RunRow]:
     """A row per finished run under `folder`, sorted by the column `sort` (missing values last)."""
     if sort not in SORT_COLUMNS:
         raise UserError(f"--sort: received {sort!r}; allowed: {', '.join(SORT_COLUMNS)}")
+    from vggtune.training.rundir import RunDir  # torch: not imported for the command line's --help
+
     root = Path(folder)
-    rows = [row(run, root) for run in find(root)]
+    rows = [row(run, root) for run in RunDir.finished_under(root)]
     present = [r for r in rows if getattr(r, sort) is not None]
     present.sort(key=lambda r: getattr(r, sort), reverse=sort in DESCENDING)
     return present + [r for r in rows if getattr(r, sort) is None]

@@ -289,7 +289,7 @@ def _finish(study, base: TrainConfig, optuna) -> TuneResult:
         say(f"tune: training the best setting (trial {best.number}) into {display_path(best_config.out)}")
         trained = train_run(best_config)
         if not best_config.no_report:
-            write_documents_or_warn(best_config.out, trained.engine)
+            write_documents_or_warn(RunDir(best_config.out), trained.engine)
     result = TuneResult(base, tuple(rows), best, str(best_config.out), RunDir(best_config.out).finished_metrics().test)
     atomic_write_json(folder / SETTINGS_FILE, result.to_dict())
     return result

@@ -209,6 +209,27 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
+    def finished_under(cls, root: Path) -> list[RunDir]:
+        """Each folder under `root` (or itself) holding a finished run, in the order of a sorted walk."""
+        if not root.is_dir():
+            what = "is a file" if root.exists() else "does not exist"
+            raise UserError(f"runs: {display_path(root)} {what}; allowed: a folder of run directories (default runs)")
+        found = []
+        for current, subfolders, _files in os.walk(root):
+            subfolders[:] = sorted(name for name in subfolders if name not in (runfiles.STATE, runfiles.TENSORBOARD))
+            if runfiles.is_finished(Path(current)):
+                found.append(cls(current))
+        return found
+
+    @classmethod
+    def prepared(cls, path: str | Path, resume: bool) -> RunDir:
+        """The folder a run is about to use, checked (`prepare`): unused for a new run, a started run's for
+        --resume."""
+        folder = cls(path)
+        folder.prepare(resume)
+        return folder
+
+    @classmethod
     def existing(cls, path: str | Path) -> RunDir:
         """A folder a run started in (it holds config.yaml): the one check for "is this a run"."""
         run = cls(path)
