@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vggtune.fsutil import atomic_write_text, display_path
+from vggtune.results.auditrecords import METHOD
 from vggtune.results.html import escape as _e
 from vggtune.results.html import img as _img
 from vggtune.results.html import jpeg as _jpeg
@@ -32,7 +33,7 @@ def write_page(path: Path, summary: AuditResult, findings: list[Finding], models
         if len(findings) > SHOWN
         else ""
     )
-    counts, methods = summary.by_issue, summary.to_dict()["method"]
+    counts, methods = summary.by_issue, METHOD
     title = f"vggtune audit: {display_path(summary.data)}"
     body = (
         f"<p><b>{summary.flagged}</b> of {summary.images} images flagged, each judged by the model of "

@@ -4,7 +4,9 @@ to load it)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -17,10 +19,13 @@ from vggtune.results.evaluated import TEST_SPLIT, Evaluated
 from vggtune.training.multilabel import MultiLabelMetrics
 from vggtune.training.rundir import RunDir
 
+if TYPE_CHECKING:  # annotations only
+    from vggtune.training.config import TrainConfig
+
 
 def write_model_card(folder: RunDir, evaluated: Evaluated | None) -> Path:
     spec = ModelSpec.load(folder.path)
-    config = folder.config().to_dict()
+    config = folder.config()
     name = folder.path.resolve().name
     scores = evaluated.headline if evaluated else []
     front = {
@@ -35,7 +40,7 @@ def write_model_card(folder: RunDir, evaluated: Evaluated | None) -> Path:
                     {
                         "task": {"type": "image-classification"},
                         "dataset": {
-                            "name": Path(config.get("test_data") or config.get("data") or "data").name,
+                            "name": Path(config.test_data or config.data or "data").name,
                             "type": "imagefolder",
                             "split": "test",
                         },
@@ -62,7 +67,7 @@ def write_model_card(folder: RunDir, evaluated: Evaluated | None) -> Path:
     return target
 
 
-def _description(spec: ModelSpec, config: dict) -> str:
+def _description(spec: ModelSpec, config: TrainConfig) -> str:
     classes = ", ".join(spec.classes) if len(spec.classes) <= 12 else f"{', '.join(spec.classes[:12])}, ..."
     what = spec.task.describe(spec.classes, classes)
     return (
@@ -70,7 +75,7 @@ def _description(spec: ModelSpec, config: dict) -> str:
         f"{what}, made by transfer learning with "
         f"vggtune: {spec.arch.name.upper().replace('_', '-')} pretrained on ImageNet ({spec.weights}) "
         f"with a `{spec.head.kind}` head, the head "
-        f"trained on frozen features, then the last {config.get('finetune_blocks', 1)} block(s) fine-tuned. "
+        f"trained on frozen features, then the last {config.finetune_blocks} block(s) fine-tuned. "
         f"It takes RGB images, resized so the shorter side is {spec.preprocessing.resize} px and centre-cropped "
         f"to {spec.preprocessing.size} px.\n"
     )
@@ -110,7 +115,7 @@ def _training_data(folder: RunDir, spec: ModelSpec) -> str:
     )
 
 
-def _procedure(config: dict, spec: ModelSpec) -> str:
+def _procedure(config: TrainConfig, spec: ModelSpec) -> str:
     keys = (
         "recipe",
         "epochs",
@@ -133,11 +138,11 @@ def _procedure(config: dict, spec: ModelSpec) -> str:
         "seed",
         "precision",
     )
-    shown = dict(config)
-    if config.get("size") == "auto":  # what --size auto chose
+    shown = {key: getattr(config, key) for key in keys}
+    if config.size == "auto":  # what --size auto chose
         shown["size"] = f"auto ({spec.preprocessing.size})"
-    rows = "".join(f"| {key} | {shown.get(key)} |\n" for key in keys if key in config)
-    augment = ", ".join(f"{k} {v}" for k, v in (config.get("augment") or {}).items())
+    rows = "".join(f"| {key} | {value} |\n" for key, value in shown.items())
+    augment = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(config.augment).items())
     return (
         "## Training procedure\n\n"
         "Adam; binary cross-entropy on one sigmoid unit for two classes, cross-entropy otherwise; each stage "

@@ -4,6 +4,7 @@ where the network looked, the data's own problems, and how the run was made."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -197,7 +198,7 @@ def _tiles(evaluated: Evaluated, predictor: Predictor, indices, kind: str, losse
 
 
 def run_section(folder: RunDir, spec: ModelSpec) -> str:
-    config = folder.config().to_dict()
+    config = folder.config()
     metrics = folder.metrics()
     environment = metrics.environment if metrics else Environment()
     timing = metrics.timing.steps if metrics else {}
@@ -210,8 +211,9 @@ def run_section(folder: RunDir, spec: ModelSpec) -> str:
     )
     facts = [("weights", spec.weights), ("precision", spec.precision), ("image size", spec.preprocessing.size)]
     facts += [(key, value) for key, value in environment.facts() if key not in {name for name, _ in facts}]
-    config_rows = [(key, value) for key, value in config.items() if key != "augment"]
-    config_rows += [(f"augment.{key}", value) for key, value in (config.get("augment") or {}).items()]
+    config_rows = [(field.name, getattr(config, field.name)) for field in dataclasses.fields(config)]
+    config_rows = [(key, value) for key, value in config_rows if key != "augment"]
+    config_rows += [(f"augment.{key}", value) for key, value in dataclasses.asdict(config.augment).items()]
     return (
         "<section id='run'><h2>The run</h2><h3>Model and machine</h3>"
         + _table(["", ""], facts)

@@ -244,7 +244,11 @@ def _check_same_search(folder: Path, base: TrainConfig) -> None:
             )
         return
     earlier = TrainConfig.from_dict(json.loads(path.read_text())["base"])
-    changed = [name for name, value in base.to_dict().items() if name != "quiet" and earlier.to_dict()[name] != value]
+    changed = [
+        field.name
+        for field in dataclasses.fields(base)
+        if field.name != "quiet" and getattr(earlier, field.name) != getattr(base, field.name)
+    ]
     if changed:
         raise UserError(
             f"tune: {display_path(folder)} holds a search with other options ({', '.join(changed)}); "

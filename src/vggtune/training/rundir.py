@@ -171,9 +171,8 @@ class Environment:
 
     def facts(self) -> list[tuple[str, object]]:
         """(name, value) of every recorded field but the cache's, for a reader's table."""
-        return [
-            (name, value) for name, value in self.to_dict().items() if name != "feature_cache" and value is not None
-        ]
+        recorded = [(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "feature_cache"]
+        return [(name, value) for name, value in recorded if value is not None]
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
