@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DATA ?= ../shared/data/cats-vs-dogs-2k
+# The demo set committed with the code (examples/pets-LICENSE.md): 245 Oxford-IIIT Pet photos, cats and dogs
+DATA ?= examples/pets
 RUN ?= runs/demo
 # PyTorch's CPU wheels where there is no NVIDIA GPU (scripts/install-torch.sh): about 1 GB instead of 6
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu

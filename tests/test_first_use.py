@@ -298,3 +298,36 @@ def test_a_torchvision_that_does_not_match_torch_is_one_line_with_the_fix(tmp_pa
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "do not work together" in lines[0] and "pip install --force-reinstall" in lines[0]
+
+
+def test_train_takes_a_config_file_and_a_flag_given_wins(tmp_path, capsys, monkeypatch, tiny_weights, dataset):
+    """`--config FILE.yaml`, the flags' names as keys (dashes or underscores, augment nested or not), as
+    Ultralytics takes cfg=; a flag on the command line wins over the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipe.yaml").write_text(
+        f"data: {dataset}\nepochs: 2\nfinetune-epochs: 1\nsize: 32\nbatch_size: 8\nhidden: 16\nviews: 2\n"
+        "lr: 0.01\nseed: 7\naugment:\n  rotation: 3.0\n  flip: false\nquiet: true\n")
+    code, _, err = run_cli(capsys, "train", "--config", "recipe.yaml", "--seed", 11, "--out", "runs/c")
+    assert code == 0, err
+    import yaml
+    saved = yaml.safe_load((tmp_path / "runs" / "c" / "config.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["finetune_epochs"] == 1 and saved["size"] == 32
+    assert saved["seed"] == 11                                           # the flag won
+    assert saved["augment"]["rotation"] == 3.0 and saved["augment"]["flip"] is False
+    # a run's own config.yaml is a config file too (its out given anew)
+    code, _, err = run_cli(capsys, "train", "--config", "runs/c/config.yaml", "--out", "runs/again", "--quiet")
+    assert code == 0, err
+    again = yaml.safe_load((tmp_path / "runs" / "again" / "config.yaml").read_text())
+    assert {k: v for k, v in again.items() if k != "out"} == {k: v for k, v in saved.items() if k != "out"}
+
+
+def test_a_config_file_with_an_unknown_option_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("epochz: 3\n")
+    code, _, err = run_cli(capsys, "train", "photos", "--config", tmp_path / "bad.yaml")
+    one_line_error(code, err, "'epochz'", "did you mean epochs?")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    code, _, err = run_cli(capsys, "train", "photos", "--config", tmp_path / "list.yaml")
+    one_line_error(code, err, "holds a list", "allowed: a mapping")
+    (tmp_path / "cv.yaml").write_text("test_data: elsewhere/\n")
+    code, _, err = run_cli(capsys, "cv", "photos", "--config", tmp_path / "cv.yaml")
+    one_line_error(code, err, "sets test_data, which vggtune cv does not take")

@@ -17,7 +17,7 @@ from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
-from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES
+from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, options_file
 
 if TYPE_CHECKING:  # annotations only: importing this module imports no torch
     from vggtune.training.metrics import Metrics
@@ -157,6 +157,7 @@ def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[
 
 __all__ = [
     "CHOICES",
+    "options_file",
     "HEAD_HELP",
     "EXPORT_PRECISIONS",
     "EXPORT_FORMATS",

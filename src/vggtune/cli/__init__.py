@@ -73,6 +73,19 @@ def run_command(args) -> int:
             return 1
 
 
+def _with_config_file(args) -> None:
+    """`--config FILE`: the file's options where the command line gave none (a flag given wins)."""
+    if not getattr(args, "config", None):
+        return
+    for name, value in cliapi.options_file(args.config).items():
+        if name == "flip":
+            args.no_flip = args.no_flip if args.no_flip is not None else (None if value else True)
+        elif not hasattr(args, name):
+            raise UserError(f"--config: {args.config} sets {name}, which vggtune {args.command} does not take")
+        elif getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, a scheduler's stop), ended like Ctrl-C: what was computed is saved first."""
 
@@ -110,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with _sigterm_as_interrupt():
+            _with_config_file(args)
             if getattr(args, "nproc", None) is not None:
                 return launch(args, arguments)
             return run_command(args)

@@ -80,6 +80,12 @@ DATA_HELP = "folder with one sub-folder per class, Kaggle names (cat.1.jpg), or 
 
 
 def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", leave_out: tuple = ()) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a YAML file of these options by name (epochs: 20, finetune-lr: 1e-5, data: photos/; a run's "
+        "config.yaml too); a flag given here wins over the file",
+    )
     for f in dataclasses.fields(TrainConfig):
         if f.name in NOT_FLAGS or f.name in leave_out:
             continue

@@ -277,6 +277,53 @@ def save_config(config: TrainConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+AUGMENT_KEYS = ("flip", "rotation", "zoom", "shift", "colour")
+SET_BY_CV = ("cv_fold", "cv_folds")  # in a cv fold's config.yaml; not options a user gives
+
+
+def options_file(path: str | Path) -> dict:
+    """`--config FILE.yaml`: a mapping of options by the flags' names (`finetune-lr` or `finetune_lr`; `data`
+    for DATA; the augmentation's strengths at the top or under `augment`), as a dict of TrainConfig fields and
+    augmentation keys. A run's config.yaml is such a file. An unknown name is a one-line error."""
+    import difflib
+
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"--config: cannot read {display_path(path)} ({str(exc).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(
+            f"--config: {display_path(path)} holds a {type(values).__name__}; allowed: a mapping of options"
+        )
+    known = [f.name for f in fields(TrainConfig)] + list(AUGMENT_KEYS)
+    options: dict = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name == "augment" and isinstance(value, dict):
+            options.update(options_file_augment(path, value))
+        elif name in SET_BY_CV:
+            continue
+        elif name in known:
+            options[name] = value
+        else:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0].replace('_', '-')}?)" if close else ""
+            raise UserError(
+                f"--config: {display_path(path)} names an unknown option {key!r}{hint}; allowed: the train flags' "
+                "names without their dashes, data, augment"
+            )
+    return options
+
+
+def options_file_augment(path: str | Path, values: dict) -> dict:
+    unknown = sorted(str(key) for key in values if key not in AUGMENT_KEYS)
+    if unknown:
+        raise UserError(f"--config: {display_path(path)}: augment has {unknown}; allowed: {', '.join(AUGMENT_KEYS)}")
+    return dict(values)
+
+
 def load_config(path: Path) -> TrainConfig:
     try:
         values = yaml.safe_load(Path(path).read_text())
