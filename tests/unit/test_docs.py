@@ -29,3 +29,24 @@ def test_the_readme_is_a_page_and_every_docs_page_is_in_the_site():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 150
     navigation = (ROOT / "mkdocs.yml").read_text()
     assert all(page.name in navigation for page in (ROOT / "docs").glob("*.md"))
+
+
+def test_every_vggtune_name_the_docs_show_exists():
+    """`vggtune.NAME` in the README and the docs is an attribute of the package, or one of its modules (once,
+    docs/api.md showed `vggtune.predict`, which raised AttributeError)."""
+    import importlib
+
+    import vggtune
+
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    names = {name for page in pages for name in re.findall(r"\bvggtune\.([A-Za-z_][A-Za-z_0-9]*)", page.read_text())}
+    assert {"train", "load"} <= names
+    missing = []
+    for name in sorted(names):
+        if hasattr(vggtune, name):
+            continue
+        try:
+            importlib.import_module(f"vggtune.{name}")
+        except ModuleNotFoundError:
+            missing.append(name)
+    assert not missing, f"the docs name vggtune.{missing}, which do not exist"
