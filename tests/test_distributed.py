@@ -244,8 +244,8 @@ def test_nproc_mistakes_found_before_the_processes_start_are_one_line(data, one_
                                                                       monkeypatch):
     """A one-class DATA, a missing --data, a folder that is no run: refused before any process starts
     (each rank printed the line, then torchrun's traceback, exit 1, about 10 s later)."""
-    from vggtune import api, cli
-    monkeypatch.setattr(api, "launch", lambda *a: pytest.fail("processes started"))
+    from vggtune import cli, cliapi
+    monkeypatch.setattr(cliapi, "launch", lambda *a: pytest.fail("processes started"))
     one_class = tmp_path / "one"
     (one_class / "cat").mkdir(parents=True)
     (one_class / "cat" / "a.jpg").write_bytes((data / "cat" / "cat.0.jpg").read_bytes())

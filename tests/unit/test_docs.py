@@ -50,3 +50,16 @@ def test_every_vggtune_name_the_docs_show_exists():
         except ModuleNotFoundError:
             missing.append(name)
     assert not missing, f"the docs name vggtune.{missing}, which do not exist"
+
+
+def test_the_demo_set_is_small_licensed_and_what_make_demo_trains_on():
+    """`make demo` runs on a fresh clone without ../shared: on the committed demo set, with its licence."""
+    demo = ROOT / "examples" / "pets"
+    classes = sorted(p.name for p in demo.iterdir() if p.is_dir())
+    assert classes == ["cat", "dog"] and not [p for p in demo.iterdir() if p.is_file()]   # nothing but classes
+    images = [p for p in demo.rglob("*") if p.is_file()]
+    assert len(images) >= 200 and all(p.suffix == ".jpg" for p in images)
+    assert sum(p.stat().st_size for p in images) <= 5e6
+    licence = (ROOT / "examples" / "pets-LICENSE.md").read_text()
+    assert "CC BY-SA 4.0" in licence and "Parkhi" in licence
+    assert re.search(r"^DATA \?= examples/pets$", (ROOT / "Makefile").read_text(), re.M)
