@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The demo set committed with the code (examples/pets-LICENSE.md): 245 Oxford-IIIT Pet photos, cats and dogs
 DATA ?= examples/pets
 RUN ?= runs/demo
-# PyTorch's CPU wheels where there is no NVIDIA GPU (scripts/install-torch.sh): about 1 GB instead of 6
+# PyTorch's CPU wheels where there is no NVIDIA GPU (scripts/install-torch.sh): about 1 GB instead of 7
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup demo test test-fast test-unit lint docs bench clean

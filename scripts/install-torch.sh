@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs PyTorch into the virtualenv whose python is $1: PyTorch's CPU wheels where there is no NVIDIA
-# GPU (about 1 GB, against about 6 GB for PyPI's CUDA build). Where the CPU index cannot be reached (a
+# GPU (about 1 GB, against about 7 GB for PyPI's CUDA build). Where the CPU index cannot be reached (a
 # machine that reaches PyPI alone) or gives no working torch/torchvision pair, it says so in one line and
 # leaves torch to `pip install .`, which takes PyPI's build.
 set -eu
@@ -14,5 +14,5 @@ if "$python" -m pip install -q --timeout 20 --retries 0 --index-url "$index" tor
     echo "setup: PyTorch's CPU wheels from $index (no NVIDIA GPU here)"
 else
     "$python" -m pip uninstall -q -y torch torchvision >/dev/null 2>&1 || true
-    echo "setup: $index cannot be reached; PyPI's torch comes instead (the CUDA build, about 6 GB)"
+    echo "setup: $index cannot be reached; PyPI's torch comes instead (the CUDA build, about 7 GB)"
 fi
