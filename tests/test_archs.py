@@ -64,7 +64,7 @@ def test_vgg19_comes_from_its_download_and_fine_tunes_its_four_convolution_block
 
 
 def test_an_unknown_arch_or_a_file_for_another_arch_is_one_line(tmp_path):
-    with pytest.raises(UserError, match="--arch: received 'vgg11'; allowed: vgg16, vgg19, vgg16_bn"):
+    with pytest.raises(UserError, match="arch: received 'vgg11'; allowed: vgg16, vgg19, vgg16_bn"):
         vggtune.train(str(tmp_path), arch="vgg11")
     torchvision_file("vgg19", tmp_path / "vgg19.pth")
     with pytest.raises(UserError, match="vgg19.pth: no tensor features.*bn|has shape|allowed: a torchvision vgg16_bn"):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vggtune import runfiles
-from vggtune.errors import UserError
+from vggtune.errors import UserError, python_words
 from vggtune.features.settings import AugmentConfig
 from vggtune.fsutil import display_path
 from vggtune.training.config import TrainConfig
@@ -65,6 +65,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'vggtune.api' has no attribute {name!r}")
 
 
+@python_words
 def train(
     data: str | None = None,
     out: str = "runs/latest",
@@ -95,6 +96,7 @@ def train(
     return train_with(train_config(data, out, resume, options), resume)
 
 
+@python_words
 def train_with(config: TrainConfig, resume: bool = False) -> TrainResult:
     """`train` from a TrainConfig: the run, then its report and model card (unless config.no_report)."""
     from vggtune.distributed import alone, is_main, join
@@ -146,6 +148,7 @@ def train_config(data: str | None, out: str, resume: bool, options: dict) -> Tra
     return TrainConfig.from_recipe(data=str(data), out=str(out), **options)
 
 
+@python_words
 def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> CrossValidation:
     """Cross-validation: the recipe (`train`'s options) trained on each of `folds` folds in out/fold-K, scored
     on the images each left out; returns a CrossValidation (per fold, and pooled with 95 % intervals; `.to_dict()`
@@ -164,6 +167,7 @@ def cv(data: str, out: str = "runs/cv", folds: int = 5, **options) -> CrossValid
     return cross_validate(TrainConfig.from_recipe(data=str(data), out=str(out), **options), folds)
 
 
+@python_words
 def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | None = None, **options) -> TuneResult:
     """A search over the recipe's levers (head, rates, dropout, class weights, fine-tune depth and epochs,
     views) with Optuna around `train`'s options: each trial trained and scored on the validation split,
@@ -181,6 +185,7 @@ def tune(data: str, out: str = "runs/tune", trials: int = 20, timeout: float | N
     return _tune(TrainConfig.from_recipe(data=str(data), out=str(out), **options), trials, timeout)
 
 
+@python_words
 def audit(
     data: str,
     out: str = "runs/audit",
@@ -218,6 +223,7 @@ def _refuse_several_labels(data: str, command: str) -> None:
         )
 
 
+@python_words
 def runs(folder: str = "runs", sort: str = "run") -> list[RunRow]:
     """A row per finished run under `folder` (data, head, epochs, precision, test accuracy with its 95 %
     interval, log loss, wall time), sorted by the column `sort` (accuracy and images: best first)."""
@@ -226,6 +232,7 @@ def runs(folder: str = "runs", sort: str = "run") -> list[RunRow]:
     return table(folder, sort)
 
 
+@python_words
 def evaluate(run: str, data: str | None = None, output: str | None = None, **options) -> Evaluation:
     """Metrics of a trained run on its test split, or on a labelled folder `data`: an Evaluation (`.metrics`,
     `.rejected`, `.data`, `.validation_gap`; `.to_dict()` is evaluation.json)."""
@@ -237,6 +244,7 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
     return _evaluate(RunDir(run), data, output, **options)
 
 
+@python_words
 def predict(
     run: str, paths: list[str], kaggle: bool = False, engine: str = "auto", threshold: float | None = None
 ) -> Predictions:
@@ -258,6 +266,7 @@ def predict(
     return Predictions(predictor.classes, predictions, missing + unreadable)
 
 
+@python_words
 def report(run: str, data: str | None = None, out: str | None = None, engine: str = "auto") -> tuple[Path, Path | None]:
     """Writes report.html (of the run's test split, or of the labelled folder `data`) and, for the run's
     own split, the model card README.md; returns their paths."""
@@ -267,6 +276,7 @@ def report(run: str, data: str | None = None, out: str | None = None, engine: st
     return write_documents(RunDir(run), data, out, engine)
 
 
+@python_words
 def explain(
     run: str, images: list, target: str | None = None, out: str | None = None, engine: str = "auto"
 ) -> Explained:
@@ -283,6 +293,7 @@ def explain(
     return Explained(explanations, written, missing + unreadable)
 
 
+@python_words
 def export(run: str, out: str | None = None, precision: str = "fp32", format: str = "onnx"):
     """The whole classifier as ONNX (default RUN/model.onnx), OpenVINO IR (RUN/model.xml + .bin) or TFLite
     (RUN/model.tflite; fp32), int8 files named model-int8.*, with the metadata beside it (model.onnx.json, ...);
@@ -293,6 +304,7 @@ def export(run: str, out: str | None = None, precision: str = "fp32", format: st
     return _export(RunDir(run), out, precision, format)
 
 
+@python_words
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
     """Serves the run's model over HTTP until interrupted. Options: max_upload_mb, max_batch, wait_ms,
     token, no_auth, engine (see `vggtune serve --help`)."""
@@ -302,6 +314,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> Non
     _serve(ServeConfig(str(run), host, port, **options))
 
 
+@python_words
 def check_data(
     folder: str, val_data: str | None = None, test_data: str | None = None, output: str | None = None
 ) -> DataCheck:
@@ -317,6 +330,7 @@ def check_data(
     return result
 
 
+@python_words
 def weights_sources() -> list[tuple[str, str]]:
     """Where the ImageNet weights come from, in order, and what each holds now."""
     from vggtune.model import weights
@@ -324,6 +338,7 @@ def weights_sources() -> list[tuple[str, str]]:
     return weights.describe_sources()
 
 
+@python_words
 def verify_weights(file: str | None = None):
     """The weights as a run would load them (from `file`, else the first source that answers)."""
     from vggtune.model import weights
@@ -331,6 +346,7 @@ def verify_weights(file: str | None = None):
     return weights.resolve(user_file=file, flag="--file")
 
 
+@python_words
 def convert_weights(file: str | None = None) -> tuple[str, Path]:
     """Converts weights (from `file`, else the first source) into the cache: (origin, cached path)."""
     from vggtune.model import weights
@@ -339,6 +355,7 @@ def convert_weights(file: str | None = None) -> tuple[str, Path]:
     return loaded.source, weights.write_cache(loaded.record, loaded.state_dict, loaded.source)
 
 
+@python_words
 def cache_summary() -> tuple[Path, list[dict]]:
     """The feature cache's folder and, per key folder, its cut, views stored and bytes."""
     from vggtune.features import cache
@@ -348,6 +365,7 @@ def cache_summary() -> tuple[Path, list[dict]]:
     return root, cache.summary(root)
 
 
+@python_words
 def clear_cache() -> tuple[Path, int]:
     """Deletes every cached feature (runs and converted weights stay); returns the folder and bytes freed."""
     from vggtune.features import cache

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vggtune.api import train_config
-from vggtune.errors import UserError
+from vggtune.errors import UserError, command_line
 from vggtune.features.settings import ENGINES, STORAGES
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.arch import ARCHS
@@ -157,6 +157,7 @@ def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[
 
 __all__ = [
     "CHOICES",
+    "command_line",
     "options_file",
     "HEAD_HELP",
     "EXPORT_PRECISIONS",

@@ -31,3 +31,20 @@ def test_one_input_is_a_list_of_one_and_a_string_is_a_path():
     assert len(_as_list(image)) == 1 and _as_list(("a", "b")) == ["a", "b"]
     with pytest.raises(TypeError, match="received int; allowed: a path"):
         _as_list(3)
+
+
+def test_the_api_speaks_its_own_words_and_the_command_line_its_flags(tmp_path, capsys):
+    from vggtune import cli
+    from vggtune.errors import in_python_words
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "file").write_text("x")
+    with pytest.raises(vggtune.UserError) as raised:
+        vggtune.train(str(tmp_path), out=str(taken), finetune_lr=1e-5)
+    assert str(raised.value).startswith("out: ") and "--" not in str(raised.value)
+    assert cli.main(["train", str(tmp_path), "--out", str(taken)]) == 2
+    assert "error: --out: " in capsys.readouterr().err
+    assert in_python_words("--finetune-lr: received -1; allowed: --lr X or --no-report") == (
+        "finetune_lr: received -1; allowed: lr=X or no_report=")
+    assert in_python_words("--weights FILE, or `pip install --no-deps x`") == "weights=FILE, or `pip install --no-deps x`"

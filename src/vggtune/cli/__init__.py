@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), cliapi.command_line():
             _with_config_file(args)
             if getattr(args, "nproc", None) is not None:
                 return launch(args, arguments)
