@@ -208,7 +208,7 @@ def test_bare_command_version_and_help_do_not_import_torch():
     first, rest = result.stdout.split("\n", 1)
     assert first == "[0, 0, 0, 0, 0, 0, 0, 0, 0, 0] False", result.stdout + result.stderr
     assert "usage: vggtune" in rest and "COMMAND" in rest and "vggtune 0.1.0" in rest
-    assert "(default runs/latest)" in " ".join(rest.split())         # the declared default, not this folder
+    assert "(default runs/train (runs/train2, ... where taken))" in " ".join(rest.split())   # declared, not this folder
 
 
 def test_every_flag_has_help_text():
@@ -262,7 +262,7 @@ def test_a_run_inside_the_data_folder_is_refused_and_an_old_one_is_no_class(tiny
     monkeypatch.chdir(data)
     assert cli.main(["train", ".", "--epochs", "1", "--finetune-epochs", "0", "--size", "32"]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "runs/latest, inside the data folder" in error and "--out: received" in error
+    assert error.count("\n") == 1 and "runs/train, inside the data folder" in error and "--out: received" in error
     assert not (data / "runs").exists()
     # a run folder already there (an older vggtune wrote it): listed, not a third class
     old = data / "runs" / "latest"
@@ -331,3 +331,19 @@ def test_a_config_file_with_an_unknown_option_is_one_line(tmp_path, capsys):
     (tmp_path / "cv.yaml").write_text("test_data: elsewhere/\n")
     code, _, err = run_cli(capsys, "cv", "photos", "--config", tmp_path / "cv.yaml")
     one_line_error(code, err, "sets test_data, which vggtune cv does not take")
+
+
+def test_runs_without_out_are_numbered_and_resume_takes_the_last(tmp_path, capsys, monkeypatch, tiny_weights):
+    """As Ultralytics does: runs/train, then runs/train2 (a second `vggtune train photos/` once exited 2
+    because runs/latest held files); --resume without --out continues the last one."""
+    make_dataset(tmp_path / "photos", n_per_class=10)
+    monkeypatch.chdir(tmp_path)
+    quick = ["--epochs", 1, "--finetune-epochs", 1, *TRAIN_FLAGS]
+    assert run_cli(capsys, "train", "photos", *quick)[0] == 0
+    assert run_cli(capsys, "train", "photos", *quick)[0] == 0
+    assert (tmp_path / "runs" / "train" / "model.json").is_file()
+    assert (tmp_path / "runs" / "train2" / "model.json").is_file()
+    code, _, err = run_cli(capsys, "train", "--resume")
+    assert code == 2 and "runs/train2 is a finished run" in err      # the last one, named
+    result = vggtune.train("photos", epochs=1, finetune_epochs=0, size=32, batch_size=8, quiet=True)
+    assert result.run.endswith("train3")

@@ -68,7 +68,7 @@ def __getattr__(name: str):
 @python_words
 def train(
     data: str | None = None,
-    out: str = "runs/latest",
+    out: str | None = None,
     resume: bool = False,
     config: TrainConfig | None = None,
     **options,
@@ -93,7 +93,7 @@ def train(
                 "train: received config= with other arguments; allowed: train(config=TrainConfig(...)) alone"
             )
         return train_with(config)
-    return train_with(train_config(data, out, resume, options), resume)
+    return train_with(train_config(data, out or runfiles.default_run(resume), resume, options), resume)
 
 
 @python_words

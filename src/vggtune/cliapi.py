@@ -17,6 +17,7 @@ from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
+from vggtune.runfiles import default_run
 from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, options_file
 
 if TYPE_CHECKING:  # annotations only: importing this module imports no torch
@@ -39,13 +40,13 @@ EXPORT_PRECISIONS = ("fp32", "int8")
 EXPORT_FORMATS = ("onnx", "openvino", "tflite")
 
 
-def check_train(data: str | None = None, out: str = "runs/latest", resume: bool = False, **options) -> None:
+def check_train(data: str | None = None, out: str | None = None, resume: bool = False, **options) -> None:
     """The checks `train` makes before it reads any image (its options, the --out folder): what a launcher
     runs before it starts processes."""
     from vggtune.data import discovery
     from vggtune.training.rundir import RunDir
 
-    config = train_config(data, out, resume, options)
+    config = train_config(data, out or default_run(resume), resume, options)
     config.check_out()
     RunDir.prepared(config.out, resume)
     if not resume:
@@ -157,6 +158,7 @@ def most_confused(confusion, classes: list[str], limit: int = 10) -> list[tuple[
 
 __all__ = [
     "CHOICES",
+    "default_run",
     "command_line",
     "options_file",
     "HEAD_HELP",

@@ -48,6 +48,36 @@ NAMES = (
 )
 
 
+RUNS = "runs"  # where `vggtune train` writes without --out: runs/train, then runs/train2, runs/train3, ...
+FIRST_RUN = "train"
+
+
+def default_run(resume: bool = False, root: str | Path = RUNS) -> str:
+    """Where `vggtune train` writes when no --out is given, as Ultralytics does: runs/train, or the first of
+    runs/train2, runs/train3, ... that is new or empty; with `resume`, the last of them a run started in."""
+    root = Path(root)
+    candidates = [root / FIRST_RUN] + [root / f"{FIRST_RUN}{n}" for n in range(2, 10_000)]
+    if resume:
+        started = [path for path in candidates[: _numbered(root) + 1] if is_started(path)]
+        return str(started[-1] if started else candidates[0])
+    for path in candidates:
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            return str(path)
+    raise RuntimeError(f"{root}: 10,000 runs; give --out")
+
+
+def _numbered(root: Path) -> int:
+    """The highest n of root/train<n> there is (1 for root/train alone, 0 for none)."""
+    if not root.is_dir():
+        return 0
+    found = [0]
+    for entry in root.iterdir():
+        suffix = entry.name[len(FIRST_RUN) :]
+        if entry.name.startswith(FIRST_RUN) and (suffix == "" or suffix.isdigit()):
+            found.append(int(suffix or 1))
+    return max(found)
+
+
 def is_started(path: Path) -> bool:
     """A run began in `path`: its config is saved (what --resume and cv's kept folds need)."""
     return (path / CONFIG).is_file()

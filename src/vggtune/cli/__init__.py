@@ -22,7 +22,11 @@ def launch(args, argv: list[str]) -> int:
     cliapi.check_processes(args.nproc)
     if args.command == "train":
         options = {} if args.resume else train_options(args)
-        cliapi.check_train(args.data, out=options.pop("out", args.out or "runs/latest"), resume=args.resume, **options)
+        options.pop("out", None)
+        args.out = args.out or cliapi.default_run(args.resume)
+        cliapi.check_train(args.data, out=args.out, resume=args.resume, **options)
+        if "--out" not in argv and not any(arg.startswith("--out=") for arg in argv):
+            argv = [*argv, "--out", args.out]  # every process writes where the check was made
     else:
         cliapi.check_run(args.run, getattr(args, "data", None))
     status, lines = cliapi.launch(_without_nproc(argv), args.nproc)
@@ -163,7 +167,7 @@ def interrupted_line(args) -> str:
     import shlex
 
     if args.command == "train":
-        out = shlex.quote(getattr(args, "out", None) or "runs/latest")
+        out = shlex.quote(getattr(args, "out", None) or cliapi.default_run(resume=True))
         return f"vggtune train: interrupted; `vggtune train --resume --out {out}` continues this run"
     if args.command == "cv" or getattr(args, "data_command", None) == "audit":
         command = "vggtune cv" if args.command == "cv" else "vggtune data audit"

@@ -15,7 +15,8 @@ from vggtune.cliapi import display_path
 
 def cmd_train(args) -> int:
     options = train_options(args)
-    out = options.pop("out", "runs/latest")
+    out = options.pop("out", None) or cliapi.default_run(args.resume)
+    args.out = out  # the folder an interruption names
     if args.resume:
         if options["augment"] == api.AugmentConfig():  # no augmentation flag given
             options.pop("augment")

@@ -79,7 +79,9 @@ class Parser(argparse.ArgumentParser):
 DATA_HELP = "folder with one sub-folder per class, Kaggle names (cat.1.jpg), or a CSV manifest (path,label[,split])"
 
 
-def _add_train_flags(parser: argparse.ArgumentParser, out: str = "runs/latest", leave_out: tuple = ()) -> None:
+def _add_train_flags(
+    parser: argparse.ArgumentParser, out: str = "runs/train (runs/train2, ... where taken)", leave_out: tuple = ()
+) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",

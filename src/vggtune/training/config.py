@@ -57,7 +57,7 @@ class TrainConfig:
     """Everything that decides a training run; saved as config.yaml in the run directory."""
 
     data: str
-    out: str = "runs/latest"
+    out: str = "runs/train"  # vggtune.train and the command line number it when it is taken (runfiles.default_run)
     recipe: str = "vggtune"  # the set of defaults the other options started from (RECIPES)
     arch: str = "vgg16"  # the backbone (model/arch.py ARCHS); its ImageNet weights come with it
     val_data: str | None = None
