@@ -47,4 +47,5 @@ def test_the_api_speaks_its_own_words_and_the_command_line_its_flags(tmp_path, c
     assert "error: --out: " in capsys.readouterr().err
     assert in_python_words("--finetune-lr: received -1; allowed: --lr X or --no-report") == (
         "finetune_lr: received -1; allowed: lr=X or no_report=")
-    assert in_python_words("--weights FILE, or `pip install --no-deps x`") == "weights=FILE, or `pip install --no-deps x`"
+    quoted = "--weights FILE, or `pip install --no-deps x`"
+    assert in_python_words(quoted) == "weights=FILE, or `pip install --no-deps x`"
