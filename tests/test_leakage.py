@@ -67,7 +67,7 @@ def test_training_writes_near_duplicates_csv(tmp_path, tiny_weights, dataset):
     out = tmp_path / "run"
     training.fit(quick_config(dataset, out, finetune_epochs=0))
     lines = (out / "near_duplicates.csv").read_text().splitlines()
-    assert lines[0] == "path,split,near_duplicate_of,its_split,dhash_distance"
+    assert lines[0] == "path,split,near_duplicate_of,its_split,dhash_distance,label_conflict"
 
 
 def test_a_near_copy_of_a_held_out_image_is_kept_out_of_training(tmp_path, tiny_weights):
@@ -124,3 +124,70 @@ def test_a_near_duplicate_under_another_class_is_a_likely_label_conflict(tmp_pat
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("label conflict?")]
     assert len(lines) == 1 and "cat.2.jpg (cat)" in lines[0] and "dog.resaved.jpg (dog)" in lines[0]
+
+
+def alike_at_9x8(seed: int, size=(288, 256)) -> Image.Image:
+    """A strong left-to-right gradient (the same 9x8 dHash for every seed) under blocks of noise that differ
+    by seed: two of these are different photos that a 64-bit hash calls near-duplicates."""
+    rng = np.random.default_rng(seed)
+    ramp = np.tile(np.linspace(10, 245, size[0]), (size[1], 1))
+    blocks = np.kron(rng.integers(-12, 13, (size[1] // 8, size[0] // 8)), np.ones((8, 8)))
+    grey = np.clip(ramp + blocks, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([grey] * 3, axis=-1))
+
+
+def test_only_a_copy_whose_pixels_match_leaves_training_and_it_is_said_by_class(tmp_path, tiny_weights, capsys):
+    """A casting-defect set lost 28 % of a class to a 9x8 hash that called different castings copies of test
+    photos. Now the hash proposes and the pixels decide; what leaves is said by class; a flag keeps it."""
+    from vggtune.data.dataset import difference_hash
+    from vggtune.data.similar import PIXEL_DIFFERENCE, pixel_difference
+
+    train, test = tmp_path / "train", tmp_path / "test"
+    for root, offset in ((train, 0), (test, 300)):
+        for label, name in enumerate(("cat", "dog")):
+            (root / name).mkdir(parents=True)
+            for i in range(6):
+                smooth_photo(offset + 10 * label + i).save(root / name / f"{name}.{offset + i}.jpg", quality=95)
+    alike_at_9x8(1).save(train / "cat" / "look.jpg", quality=95)
+    alike_at_9x8(2).save(test / "cat" / "look-alike.jpg", quality=95)
+    bits = bin(difference_hash(Image.open(train / "cat" / "look.jpg"))
+               ^ difference_hash(Image.open(test / "cat" / "look-alike.jpg"))).count("1")
+    assert bits <= 4                                                     # the hash calls them near-duplicates
+    assert pixel_difference(str(train / "cat" / "look.jpg"), str(test / "cat" / "look-alike.jpg")) > PIXEL_DIFFERENCE
+    Image.open(train / "dog" / "dog.1.jpg").resize((120, 90)).save(test / "dog" / "dog.copy.jpg", quality=70)
+    out = tmp_path / "run"
+    quick = ["--epochs", "1", "--finetune-epochs", "0", "--size", "32", "--batch-size", "8", "--hidden", "16",
+             "--views", "1"]
+    assert cli.main(["train", str(train), "--test-data", str(test), "--out", str(out), *quick]) == 0
+    said = capsys.readouterr().err
+    assert "left out of training: 1 copies of held-out images, their pixels alike (dog 1;" in said
+    rejected = (out / "rejected.csv").read_text()
+    assert "dog.1.jpg,near-duplicate of test file" in rejected and "mean pixel difference" in rejected
+    assert "look.jpg" not in rejected                                    # a look-alike, kept
+    kept = tmp_path / "kept"
+    assert cli.main(["train", str(train), "--test-data", str(test), "--out", str(kept), *quick,
+                     "--keep-near-duplicates"]) == 0
+    assert "dog.1.jpg" not in (kept / "rejected.csv").read_text() and "left out of training" not in capsys.readouterr().err
+
+
+def test_a_look_alike_under_another_class_is_no_label_conflict_and_check_and_report_agree(tmp_path, capsys,
+                                                                                         tiny_weights):
+    """`data check` once said "label conflict?" ten times and exited 1 for photos alike at 9x8 pixels, while the
+    report said "Label conflicts: None". Now a conflict is a pair alike in pixels too, the same in both."""
+    root = four_photos_a_class(tmp_path / "d")
+    alike_at_9x8(1).save(root / "cat" / "look.jpg", quality=95)
+    alike_at_9x8(2).save(root / "dog" / "look-alike.jpg", quality=95)
+    assert cli.main(["data", "check", str(root)]) == 0               # a look-alike: a warning, not a conflict
+    out = capsys.readouterr().out
+    assert "label conflict?" not in out and "warning: near-duplicates" in out
+    Image.open(root / "cat" / "cat.2.jpg").resize((100, 75)).save(root / "dog" / "dog.resaved.jpg", quality=70)
+    assert cli.main(["data", "check", str(root)]) == 1               # a copy under another class: a conflict
+    assert sum(line.startswith("label conflict?") for line in capsys.readouterr().out.splitlines()) == 1
+    out = tmp_path / "run"
+    training.fit(quick_config(root, out, finetune_epochs=0, val_split=0.0, test_split=0.0))
+    import vggtune.api
+    vggtune.api.report(str(out))
+    page = (out / "report.html").read_text()
+    conflicts = page.split("<h3>Label conflicts</h3>")[1].split("<h3>")[0]
+    assert "dog.resaved.jpg" in conflicts or "cat.2.jpg" in conflicts      # the report names the same conflict
+    assert "look.jpg" not in conflicts and "look-alike.jpg" not in conflicts

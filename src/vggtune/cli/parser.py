@@ -61,6 +61,8 @@ HELP = {
     "threshold with the best balanced accuracy on the validation split (stored in model.json); several labels "
     "an image: every label's threshold (default: each label's best F1 on the validation split)",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
+    "keep_near_duplicates": "keep training images whose pixels match a --val-data or --test-data image's (left out, "
+    "and said by class, by default)",
 }
 
 

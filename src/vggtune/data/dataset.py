@@ -164,6 +164,7 @@ def prepare_splits(
     seed: int,
     workers: int = 2,
     fold: tuple[int, int] | None = None,
+    keep_near_duplicates: bool = False,
 ) -> Splits:
     """Scan every image, then split; a content hash never appears in two splits. With `fold` (k, n)
     the test split is the k-th of n cross-validation folds and `test_split` is not used."""
@@ -189,13 +190,23 @@ def prepare_splits(
             held[name] = _without_content(listed, taken, rejected, name if folder else IN_DATA)
             taken.update({item.sha256: (name, item.path) for item in held[name]})
     items = _without_content([item for item in items if found.split_of.get(item.path) not in held], taken, rejected)
-    items = without_near_copies(items, held, rejected)
+    items, left_out = without_near_copies(items, held, rejected, keep_near_duplicates)
     fractions = (0.0 if "val" in held else val_split, 0.0 if "test" in held else test_split)
     if fold:
         train, val, test = fold_split(items, fold, fractions[0], seed)
     else:
         train, val, test = stratified_split(items, fractions, seed)
-    return Splits(found.classes, train, held.get("val", val), held.get("test", test), rejected, found.multi_label)
+    held_val, held_test = held.get("val", val), held.get("test", test)
+    return Splits(found.classes, train, held_val, held_test, rejected, found.multi_label, _by_class(left_out, found))
+
+
+def _by_class(items: list[Item], found: Found) -> dict[str, int]:
+    """Images per class (multi-label: per label they carry), the classes with none left out."""
+    counts: dict[str, int] = {}
+    for item in items:
+        for label in item.targets if item.targets is not None else (item.label,):
+            counts[found.classes[label]] = counts.get(found.classes[label], 0) + 1
+    return counts
 
 
 def _scan_held(folder, name: str, found: Found, workers: int, rejected: list) -> list[Item]:

@@ -122,6 +122,8 @@ class Splits:
     test: list[Item]
     rejected: list[tuple[str, str]]
     multi_label: bool = False
+    # training images left out as copies of a held-out (val or test) image, by class: their pixels match too
+    near_copies_left_out: dict[str, int] = field(default_factory=dict)
 
     @property
     def task(self) -> Task:

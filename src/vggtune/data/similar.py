@@ -23,6 +23,12 @@ from vggtune.fsutil import display_path
 MAX_DISTANCE = 4  # bits: a re-saved, resized or recompressed copy stays within it (tests/test_leakage.py)
 CHUNK_PAIRS = 4_000_000  # candidate pairs compared at a time: bounds the memory of a large bucket
 MAX_GROUP = 5  # an image and a few copies of it; more alike than this is a look, not copies
+# Before a training image is left out as a copy of a held-out one, its pixels must agree: the mean absolute
+# difference of the two as 32 x 32 grey thumbnails, of 255. Measured (BENCHMARKS.md section 26,
+# `python benchmarks/near_duplicates.py`): 200 resized and recompressed copies of chest X-rays at 0.8-2.1;
+# the 154,061 pairs of different X-rays within 4 bits of dHash at 9.9 and more (26 identical files at 0).
+PIXEL_SIDE = 32
+PIXEL_DIFFERENCE = 4.0
 
 
 def close_pairs(hashes, max_distance: int = MAX_DISTANCE) -> list[tuple[int, int, int]]:
@@ -146,37 +152,74 @@ def near_duplicates(items: list[Item], max_distance: int = MAX_DISTANCE) -> list
     return [(items[i], items[j], d) for i, j, d in pairs]
 
 
-def without_near_copies(items: list[Item], held: dict[str, list[Item]], rejected: list) -> list[Item]:
-    """The images left to split, less those in a near-duplicate group with a held-out (val or test) image:
-    a given split cannot move, so its near-copies leave the others, as exact copies do."""
+def without_near_copies(
+    items: list[Item], held: dict[str, list[Item]], rejected: list, keep: bool = False
+) -> tuple[list[Item], list[Item]]:
+    """(the images left to split, those left out): less each one in a near-duplicate group with a held-out
+    (val or test) image whose pixels it matches too (`pixel_difference` at most PIXEL_DIFFERENCE): a given
+    split cannot move, so its copies leave the others, as exact copies do. A hash alone decides nothing: at
+    9 x 8 pixels different photos of one object on one background look alike. `keep`: none left out."""
     outside = [(item, name) for name, part in held.items() for item in part]
-    if not outside:
-        return items
+    if not outside or keep:
+        return items, []
     pool = items + [item for item, _ in outside]
     _, group = copy_groups([item.dhash for item in pool])
-    held_in: dict[int, tuple] = {}
+    held_in: dict[int, list[tuple]] = {}
     for position in range(len(items), len(pool)):
-        held_in.setdefault(int(group[position]), outside[position - len(items)])
-    kept = []
+        held_in.setdefault(int(group[position]), []).append(outside[position - len(items)])
+    kept, left_out = [], []
     for item, group_id in zip(items, group[: len(items)]):
-        if int(group_id) in held_in:
-            other, name = held_in[int(group_id)]
-            rejected.append(
-                Rejected(
-                    item.path,
-                    f"near-duplicate of {name} file {display_path(other.path)} (kept out of two splits)",
-                    DUPLICATE,
-                )
-            )
-        else:
+        match = _pixel_match(item, held_in.get(int(group_id), []))
+        if match is None:
             kept.append(item)
-    return kept
+            continue
+        (other, name), difference = match
+        rejected.append(
+            Rejected(
+                item.path,
+                f"near-duplicate of {name} file {display_path(other.path)} (mean pixel difference "
+                f"{difference:.1f} of 255; kept out of two splits)",
+                DUPLICATE,
+            )
+        )
+        left_out.append(item)
+    return kept, left_out
+
+
+def _pixel_match(item: Item, candidates: list[tuple]) -> tuple[tuple, float] | None:
+    """The first held-out (item, split) whose pixels `item` matches, with the difference; None for none."""
+    for candidate in candidates:
+        difference = pixel_difference(item.path, candidate[0].path)
+        if difference is not None and difference <= PIXEL_DIFFERENCE:
+            return candidate, difference
+    return None
+
+
+def pixel_difference(first: str, second: str) -> float | None:
+    """The mean absolute difference of two images as PIXEL_SIDE-square grey thumbnails (0-255); None where
+    either cannot be read (it was read when scanned: only a file changed since fails here)."""
+    try:
+        a, b = thumbnail(first), thumbnail(second)
+    except (OSError, ValueError):
+        return None
+    return float(np.abs(a - b).mean())
+
+
+def thumbnail(path: str) -> np.ndarray:
+    """An image as the PIXEL_SIDE-square grey thumbnail `pixel_difference` compares (float32, 0-255)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.draft("L", (PIXEL_SIDE * 4, PIXEL_SIDE * 4))  # JPEG: decoded at a fraction of its size
+        grey = ImageOps.exif_transpose(image).convert("L").resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BOX)
+        return np.asarray(grey, dtype=np.float32)
 
 
 def report(splits: Splits, max_distance: int = MAX_DISTANCE):
     """One search over a dataset's splits: (rows, conflicts). rows: (path, its split, path, its split,
     distance) of each near-duplicate pair, cross-split ones first; conflicts: (path, its class, path, its
-    class, distance) of the pairs filed under two classes, likely one image with two labels."""
+    class, distance) of the pairs filed under two classes whose pixels match too (`pixel_difference`): one
+    image with two labels. A pair alike by hash alone is a row, not a conflict."""
     tagged = [(item, name) for name in ("train", "val", "test") for item in getattr(splits, name)]
     split_of = {item.path: name for item, name in tagged}
     pairs = near_duplicates([item for item, _ in tagged], max_distance)
@@ -187,9 +230,14 @@ def report(splits: Splits, max_distance: int = MAX_DISTANCE):
     conflicts = [
         (a.path, _labelled(a, splits.classes), b.path, _labelled(b, splits.classes), d)
         for a, b, d in pairs
-        if a.label_key != b.label_key
+        if a.label_key != b.label_key and _alike(a.path, b.path)
     ]
     return rows, conflicts
+
+
+def _alike(first: str, second: str) -> bool:
+    difference = pixel_difference(first, second)
+    return difference is not None and difference <= PIXEL_DIFFERENCE
 
 
 def _labelled(item: Item, classes: list[str]) -> str:

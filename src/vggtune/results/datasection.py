@@ -95,6 +95,12 @@ def data_section(folder: RunDir, evaluated: Evaluated | None) -> str:
                 )
             )
     conflicts = [(row.path, row.reason) for row in rejected if row.kind == LABEL_CONFLICT]
+    pairs = folder.near_duplicates()
+    conflicts += [
+        (pair.path, f"alike in pixels to {display_path(pair.other)}, filed under another class")
+        for pair in pairs
+        if pair.label_conflict
+    ]
     parts.append(
         "<h3>Label conflicts</h3>"
         + (
@@ -103,7 +109,6 @@ def data_section(folder: RunDir, evaluated: Evaluated | None) -> str:
             else "<p>None: no image content is filed under two classes.</p>"
         )
     )
-    pairs = folder.near_duplicates()
     across = sum(1 for pair in pairs if pair.across)
     parts.append(
         f"<h3>Near-duplicates</h3><p>{len(pairs)} pairs by perceptual hash, {across} of them across "

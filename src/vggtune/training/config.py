@@ -94,6 +94,8 @@ class TrainConfig:
     feature_storage: str = "float16"  # STORAGES; uint8 halves the cache, for very large datasets
     keep_state: bool = False  # state/ is only needed to resume; removed when the run ends
     no_report: bool = False  # report.html and README.md (the model card) are written by default
+    # training images whose pixels match a held-out image's are left out of training (said by class) unless set
+    keep_near_duplicates: bool = False
     mlflow: str | None = None  # an MLflow tracking URI the finished run is sent to (results/mlflowlog.py)
     quiet: bool = False
     class_weights: str = "auto"  # CLASS_WEIGHTS; auto chosen on the panel (BENCHMARKS.md section 22)

@@ -120,6 +120,7 @@ class NearDuplicate:
     other: str
     other_split: str
     distance: int
+    label_conflict: bool = False  # filed under two classes and alike in pixels: one image with two labels
 
     @property
     def across(self) -> bool:
@@ -292,11 +293,17 @@ class RunDir:
     def write_rejected(self, rejected: list[tuple[str, str]]) -> None:
         write_rejected_csv(self.path / runfiles.REJECTED, rejected)
 
-    def write_near_duplicates(self, rows: list) -> None:
+    def write_near_duplicates(self, rows: list, conflicts: Sequence = ()) -> None:
+        """near_duplicates.csv: each pair by perceptual hash, and whether it is a label conflict (`conflicts`:
+        similar.report's, filed under two classes with their pixels alike)."""
+        conflicting = {(a, b) for a, _, b, _, _ in conflicts}
         write_csv(
             self.path / runfiles.NEAR_DUPLICATES,
-            ["path", "split", "near_duplicate_of", "its_split", "dhash_distance"],
-            ([display_path(a), split_a, display_path(b), split_b, d] for a, split_a, b, split_b, d in rows),
+            ["path", "split", "near_duplicate_of", "its_split", "dhash_distance", "label_conflict"],
+            (
+                [display_path(a), split_a, display_path(b), split_b, d, "yes" if (a, b) in conflicting else ""]
+                for a, split_a, b, split_b, d in rows
+            ),
         )
 
     def write_data_reports(self, splits, rejected: list) -> tuple[int, int]:
@@ -304,7 +311,7 @@ class RunDir:
         under two classes)."""
         rows, conflicts = similar.report(splits)
         self.write_rejected(rejected)
-        self.write_near_duplicates(rows)
+        self.write_near_duplicates(rows, conflicts)
         return sum(1 for row in rows if row[1] != row[3]), len(conflicts)
 
     def write_splits(self, classes: list[str], splits: dict) -> None:
@@ -385,7 +392,12 @@ class RunDir:
     def near_duplicates(self) -> list[NearDuplicate]:
         return [
             NearDuplicate(
-                row["path"], row["split"], row["near_duplicate_of"], row["its_split"], int(row["dhash_distance"])
+                row["path"],
+                row["split"],
+                row["near_duplicate_of"],
+                row["its_split"],
+                int(row["dhash_distance"]),
+                row.get("label_conflict") == "yes",
             )
             for row in self._csv(runfiles.NEAR_DUPLICATES)
         ]

@@ -52,6 +52,7 @@ def gather_data(config: TrainConfig) -> data.Splits:
         config.test_split,
         config.seed,
         fold=(config.cv_fold, config.cv_folds) if config.cv_folds else None,
+        keep_near_duplicates=config.keep_near_duplicates,
     )
     return data.require_training_images(splits, config.data)
 
@@ -76,6 +77,12 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     )
     for line in splits.class_lines():  # the classes' sizes, and any warning they call for
         say(line)
+    if splits.near_copies_left_out:
+        counts = ", ".join(f"{name} {count}" for name, count in splits.near_copies_left_out.items())
+        say(
+            f"left out of training: {sum(splits.near_copies_left_out.values())} copies of held-out images, their "
+            f"pixels alike ({counts}; rejected.csv names each; --keep-near-duplicates keeps them)"
+        )
     say(f"weights: {loaded.source}; running on {runtime.describe()}")
     spec = ModelSpec.for_training(
         config, splits.classes, loaded, runtime.precision, _input_size(config, splits, loaded), splits.task
