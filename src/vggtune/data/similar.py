@@ -25,7 +25,7 @@ CHUNK_PAIRS = 4_000_000  # candidate pairs compared at a time: bounds the memory
 MAX_GROUP = 5  # an image and a few copies of it; more alike than this is a look, not copies
 # Before a training image is left out as a copy of a held-out one, its pixels must agree: the mean absolute
 # difference of the two as 32 x 32 grey thumbnails, of 255. Measured (BENCHMARKS.md section 26,
-# `python benchmarks/near_duplicates.py`): 200 resized and recompressed copies of chest X-rays at 0.8-2.1;
+# `python benchmarks/near_duplicates.py`): 200 resized and recompressed copies of chest X-rays at most 2.1 apart;
 # the 154,061 pairs of different X-rays within 4 bits of dHash at 9.9 and more (26 identical files at 0).
 PIXEL_SIDE = 32
 PIXEL_DIFFERENCE = 4.0
