@@ -27,7 +27,7 @@ from vggtune.errors import UserError
 if TYPE_CHECKING:  # annotations only
     pass
 
-SEPARATOR = ";"  # between the labels of one image's answer (data/labelsets.py's LABEL_SEPARATOR)
+SEPARATOR = ";"  # between the labels of one image: a manifest's cell, an answer (data/labelsets.py's too)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from vggtune.data.balance import counts_line, per_class
+from vggtune.tasks import SEPARATOR
 
 
 class Labelled(Protocol):
@@ -25,7 +26,7 @@ class Labelled(Protocol):
     def targets(self) -> tuple[int, ...] | None: ...
 
 
-LABEL_SEPARATOR = ";"  # between the labels of one image: a manifest's `labels` cell, predictions.csv, `predict`
+LABEL_SEPARATOR = SEPARATOR  # between the labels of one image: a manifest's `labels` cell, predictions.csv, `predict`
 NONE_SET = "(none)"  # how an image with no label is named in the label sets' counts
 
 
