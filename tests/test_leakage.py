@@ -70,15 +70,21 @@ def test_training_writes_near_duplicates_csv(tmp_path, tiny_weights, dataset):
     assert lines[0] == "path,split,near_duplicate_of,its_split,dhash_distance,label_conflict"
 
 
-def test_a_near_copy_of_a_held_out_image_is_kept_out_of_training(tmp_path, tiny_weights):
-    """A given test folder cannot move: the training image whose near copy it holds leaves training, as an
-    exact copy does (it was only listed); near copies within training stay, in one split."""
+def training_and_test_folders(tmp_path):
+    """train/ and test/, six distinct smooth photos a class in each, none alike across the two."""
     train, test = tmp_path / "train", tmp_path / "test"
     for root, offset in ((train, 0), (test, 300)):
         for label, name in enumerate(("cat", "dog")):
             (root / name).mkdir(parents=True)
             for i in range(6):
                 smooth_photo(offset + 10 * label + i).save(root / name / f"{name}.{offset + i}.jpg", quality=95)
+    return train, test
+
+
+def test_a_near_copy_of_a_held_out_image_is_kept_out_of_training(tmp_path, tiny_weights):
+    """A given test folder cannot move: the training image whose near copy it holds leaves training, as an
+    exact copy does (it was only listed); near copies within training stay, in one split."""
+    train, test = training_and_test_folders(tmp_path)
     Image.open(train / "cat" / "cat.0.jpg").resize((80, 60)).save(train / "cat" / "cat.small.jpg", quality=60)
     Image.open(train / "dog" / "dog.1.jpg").resize((120, 90)).save(test / "dog" / "dog.copy.jpg", quality=70)
     out = tmp_path / "run"
@@ -142,12 +148,7 @@ def test_only_a_copy_whose_pixels_match_leaves_training_and_it_is_said_by_class(
     from vggtune.data.dataset import difference_hash
     from vggtune.data.similar import PIXEL_DIFFERENCE, pixel_difference
 
-    train, test = tmp_path / "train", tmp_path / "test"
-    for root, offset in ((train, 0), (test, 300)):
-        for label, name in enumerate(("cat", "dog")):
-            (root / name).mkdir(parents=True)
-            for i in range(6):
-                smooth_photo(offset + 10 * label + i).save(root / name / f"{name}.{offset + i}.jpg", quality=95)
+    train, test = training_and_test_folders(tmp_path)
     alike_at_9x8(1).save(train / "cat" / "look.jpg", quality=95)
     alike_at_9x8(2).save(test / "cat" / "look-alike.jpg", quality=95)
     bits = bin(difference_hash(Image.open(train / "cat" / "look.jpg"))

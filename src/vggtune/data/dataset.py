@@ -197,16 +197,7 @@ def prepare_splits(
     else:
         train, val, test = stratified_split(items, fractions, seed)
     held_val, held_test = held.get("val", val), held.get("test", test)
-    return Splits(found.classes, train, held_val, held_test, rejected, found.multi_label, _by_class(left_out, found))
-
-
-def _by_class(items: list[Item], found: Found) -> dict[str, int]:
-    """Images per class (multi-label: per label they carry), the classes with none left out."""
-    counts: dict[str, int] = {}
-    for item in items:
-        for label in item.targets if item.targets is not None else (item.label,):
-            counts[found.classes[label]] = counts.get(found.classes[label], 0) + 1
-    return counts
+    return Splits(found.classes, train, held_val, held_test, rejected, found.multi_label, left_out)
 
 
 def _scan_held(folder, name: str, found: Found, workers: int, rejected: list) -> list[Item]:

@@ -122,13 +122,19 @@ class Splits:
     test: list[Item]
     rejected: list[tuple[str, str]]
     multi_label: bool = False
-    # training images left out as copies of a held-out (val or test) image, by class: their pixels match too
-    near_copies_left_out: dict[str, int] = field(default_factory=dict)
+    # training images left out as copies of a held-out (val or test) image: their pixels match too
+    near_copies: list[Item] = field(default_factory=list)
 
     @property
     def task(self) -> Task:
         """The task this data asks for (tasks.py): chosen here, once, from whether an image carries several labels."""
         return tasks.of(self.multi_label)
+
+    def near_copies_by_class(self) -> dict[str, int]:
+        """The images left out as copies of held-out ones, per class (multi-label: per label they carry)."""
+        from vggtune.data import balance
+
+        return {name: count for name, count in balance.per_class(self.near_copies, self.classes).items() if count}
 
     def class_lines(self) -> list[str]:
         """The training images per class, and the warnings their names and sizes call for (balance.py); for

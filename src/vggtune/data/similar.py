@@ -189,8 +189,8 @@ def without_near_copies(
 def _pixel_match(item: Item, candidates: list[tuple]) -> tuple[tuple, float] | None:
     """The first held-out (item, split) whose pixels `item` matches, with the difference; None for none."""
     for candidate in candidates:
-        difference = pixel_difference(item.path, candidate[0].path)
-        if difference is not None and difference <= PIXEL_DIFFERENCE:
+        difference = _alike(item.path, candidate[0].path)
+        if difference is not None:
             return candidate, difference
     return None
 
@@ -230,14 +230,15 @@ def report(splits: Splits, max_distance: int = MAX_DISTANCE):
     conflicts = [
         (a.path, _labelled(a, splits.classes), b.path, _labelled(b, splits.classes), d)
         for a, b, d in pairs
-        if a.label_key != b.label_key and _alike(a.path, b.path)
+        if a.label_key != b.label_key and _alike(a.path, b.path) is not None
     ]
     return rows, conflicts
 
 
-def _alike(first: str, second: str) -> bool:
+def _alike(first: str, second: str) -> float | None:
+    """Their pixel difference where the two images match (at most PIXEL_DIFFERENCE), else None."""
     difference = pixel_difference(first, second)
-    return difference is not None and difference <= PIXEL_DIFFERENCE
+    return difference if difference is not None and difference <= PIXEL_DIFFERENCE else None
 
 
 def _labelled(item: Item, classes: list[str]) -> str:

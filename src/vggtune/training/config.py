@@ -249,13 +249,11 @@ class TrainConfig:
 
 def check_option_names(options: dict) -> None:
     """A misspelt option is a user's mistake: one line with the closest name, never a TypeError."""
-    import difflib
-
     known = sorted(f.name for f in fields(TrainConfig))
     for name in options:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]}=?)" if close else ""
+            close = _closest(name, known)
+            hint = f" (did you mean {close}=?)" if close else ""
             raise UserError(f"received an unknown option {name}={options[name]!r}{hint}; allowed: {', '.join(known)}")
 
 
@@ -287,8 +285,6 @@ def options_file(path: str | Path) -> dict:
     """`--config FILE.yaml`: a mapping of options by the flags' names (`finetune-lr` or `finetune_lr`; `data`
     for DATA; the augmentation's strengths at the top or under `augment`), as a dict of TrainConfig fields and
     augmentation keys. A run's config.yaml is such a file. An unknown name is a one-line error."""
-    import difflib
-
     try:
         values = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -310,13 +306,21 @@ def options_file(path: str | Path) -> dict:
         elif name in known:
             options[name] = value
         else:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0].replace('_', '-')}?)" if close else ""
+            close = _closest(name, known)
+            hint = f" (did you mean {close.replace('_', '-')}?)" if close else ""
             raise UserError(
                 f"--config: {display_path(path)} names an unknown option {key!r}{hint}; allowed: the train flags' "
                 "names without their dashes, data, augment"
             )
     return options
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    """The known option a misspelt `name` most likely meant (difflib), or None."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return close[0] if close else None
 
 
 def options_file_augment(path: str | Path, values: dict) -> dict:

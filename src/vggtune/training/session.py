@@ -77,10 +77,10 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     )
     for line in splits.class_lines():  # the classes' sizes, and any warning they call for
         say(line)
-    if splits.near_copies_left_out:
-        counts = ", ".join(f"{name} {count}" for name, count in splits.near_copies_left_out.items())
+    if splits.near_copies:
+        counts = ", ".join(f"{name} {count}" for name, count in splits.near_copies_by_class().items())
         say(
-            f"left out of training: {sum(splits.near_copies_left_out.values())} copies of held-out images, their "
+            f"left out of training: {len(splits.near_copies)} copies of held-out images, their "
             f"pixels alike ({counts}; rejected.csv names each; --keep-near-duplicates keeps them)"
         )
     say(f"weights: {loaded.source}; running on {runtime.describe()}")
