@@ -72,7 +72,7 @@ def run_logits(run: Path, items: dict[str, list[Item]], views: tuple[int, ...] =
     run's model from the feature cache (the mirror views are extracted once), and a Scorer of that model."""
     predictor, config = vggtune.load(str(run)), RunDir(run).config()
     pipeline = FeaturePipeline(predictor.model, predictor.preprocessing, config.augment, predictor.runtime,
-                               config.batch_size, predictor.spec.weights, weights.home() / "features", engine=config.engine)
+                               config.batch_size, predictor.spec.weights, weights.home() / "features", engine=config.run.engine)
     arch = config.architecture
     cut = arch.cut_before(arch.last(config.finetune_blocks))
     sources = pipeline.cached(items, [cut], views=1, eval_views=views)

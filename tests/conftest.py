@@ -93,7 +93,7 @@ def quick_config(data: Path, out: Path, **overrides):
                   dropout=0.0, no_report=True,
                   head="flatten")     # the tiny backbone's 8 channels: GAP needs more epochs than these runs have
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_recipe(**values)
 
 
 def train_reported(data: Path, out: Path, **overrides) -> dict:

@@ -72,10 +72,10 @@ def test_cv_keeps_finished_folds_and_refuses_other_options_in_the_same_folder(tm
 
 def test_cv_resumes_an_interrupted_fold(tmp_path, tiny_weights):
     root = make_dataset(tmp_path / "data", n_per_class=8)
-    config = crossval.fold_config(TrainConfig(data=str(root), out=str(tmp_path / "cv"), **TINY), 1, 2)
-    Path(config.out).mkdir(parents=True)
+    config = crossval.fold_config(TrainConfig.from_recipe(data=str(root), out=str(tmp_path / "cv"), **TINY), 1, 2)
+    Path(config.run.out).mkdir(parents=True)
     from vggtune.training.config import save_config
-    save_config(config, Path(config.out) / "config.yaml")            # started, stopped before the first epoch
+    save_config(config, Path(config.run.out) / "config.yaml")            # started, stopped before the first epoch
     result = vggtune.cv(str(root), out=str(tmp_path / "cv"), folds=2, **TINY)
     assert result.pooled.n == 16
 

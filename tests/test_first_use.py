@@ -318,7 +318,8 @@ def test_train_takes_a_config_file_and_a_flag_given_wins(tmp_path, capsys, monke
     code, _, err = run_cli(capsys, "train", "--config", "runs/c/config.yaml", "--out", "runs/again", "--quiet")
     assert code == 0, err
     again = yaml.safe_load((tmp_path / "runs" / "again" / "config.yaml").read_text())
-    assert {k: v for k, v in again.items() if k != "out"} == {k: v for k, v in saved.items() if k != "out"}
+    assert {k: v for k, v in again.items() if k != "run"} == {k: v for k, v in saved.items() if k != "run"}
+    assert again["run"]["out"].endswith("again") and again["run"]["quiet"] is True
 
 
 def test_a_config_file_with_an_unknown_option_is_one_line(tmp_path, capsys):

@@ -160,7 +160,7 @@ def test_resume_continues_a_multi_label_run(tmp_path, tiny_weights, monkeypatch)
         training.fit(config)
     monkeypatch.setattr(training, "train_epoch", real_epoch)
     resumed = training.fit(config, resume=True)
-    whole = training.fit(dataclasses.replace(config, out=str(tmp_path / "whole")))
+    whole = training.fit(config.with_run(out=str(tmp_path / "whole")))
     assert resumed.test.to_dict() == whole.test.to_dict()         # the same result as a run never stopped
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_data",
     "verify_weights",
     "TrainConfig",
+    "RunSettings",
     "AugmentConfig",
     "TrainResult",
     "Evaluation",

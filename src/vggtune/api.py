@@ -7,7 +7,6 @@ answers `--help` at once. `Predictor`, `load` and `expand_paths` are imported on
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from vggtune import runfiles
 from vggtune.errors import UserError, python_words
 from vggtune.features.settings import AugmentConfig
 from vggtune.fsutil import display_path
-from vggtune.training.config import TrainConfig
+from vggtune.training.config import RunSettings, TrainConfig, check_option_names
 from vggtune.version import __version__
 
 if TYPE_CHECKING:  # annotations only: importing the API imports no torch
@@ -98,23 +97,23 @@ def train(
 
 @python_words
 def train_with(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """`train` from a TrainConfig: the run, then its report and model card (unless config.no_report)."""
+    """`train` from a TrainConfig: the run, then its report and model card (unless config.run.no_report)."""
     from vggtune.distributed import alone, is_main, join
     from vggtune.results.evaluation import write_documents_or_warn
     from vggtune.training.rundir import RunDir
     from vggtune.training.schedule import train_run
 
-    join(config.device)  # under torchrun: this process is one rank of the job
+    join(config.run.device)  # under torchrun: this process is one rank of the job
     trained = train_run(config, resume=resume)
     if not is_main():
         return trained.results
     with alone():  # rank 0 alone from here: the others wait at the job's last barrier
-        if not config.no_report:
-            write_documents_or_warn(RunDir(config.out), trained.engine)
-        if config.mlflow:
+        if not config.run.no_report:
+            write_documents_or_warn(RunDir(config.run.out), trained.engine)
+        if config.run.mlflow:
             from vggtune.results.mlflowlog import log_run
 
-            log_run(RunDir(config.out), config.mlflow)
+            log_run(RunDir(config.run.out), config.run.mlflow)
     return trained.results
 
 
@@ -123,12 +122,13 @@ def train_config(data: str | None, out: str, resume: bool, options: dict) -> Tra
     if resume:
         from vggtune.training.rundir import RunDir
 
+        check_option_names(options)
         config = RunDir.existing(out).config()  # the folder as it is now, wherever it was made
         # What the saved config already says may be repeated; anything else would be silently ignored.
         changed = [
             f"--{name.replace('_', '-')} {value}"
             for name, value in options.items()
-            if name != "quiet" and getattr(config, name, None) != value
+            if name != "quiet" and config.option(name) != value
         ]
         if data and os.path.abspath(os.fspath(data)) != config.data:
             changed.insert(0, f"DATA {data}")
@@ -138,7 +138,7 @@ def train_config(data: str | None, out: str, resume: bool, options: dict) -> Tra
                 f"{', '.join(changed)}, which it cannot change; allowed: --resume --out RUN [--quiet], "
                 "or a new run in another --out"
             )
-        return dataclasses.replace(config, out=str(out), quiet=options.get("quiet", config.quiet))
+        return config.with_run(out=str(out), quiet=options.get("quiet", config.run.quiet))
     if not data:
         raise UserError("train: no DATA folder given; allowed: vggtune train FOLDER [--out RUN]")
     if options.get("mlflow"):
@@ -398,6 +398,7 @@ __all__ = [
     "cache_summary",
     "clear_cache",
     "TrainConfig",
+    "RunSettings",
     "AugmentConfig",
     "UserError",
     "ExportCheckFailed",

@@ -18,7 +18,7 @@ from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
 from vggtune.runfiles import default_run
-from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, options_file
+from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, option_fields, options_file
 
 if TYPE_CHECKING:  # annotations only: importing this module imports no torch
     from vggtune.training.metrics import Metrics
@@ -48,7 +48,7 @@ def check_train(data: str | None = None, out: str | None = None, resume: bool = 
 
     config = train_config(data, out or default_run(resume), resume, options)
     config.check_out()
-    RunDir.prepared(config.out, resume)
+    RunDir.prepared(config.run.out, resume)
     if not resume:
         discovery.discover(config.data)  # a listing, no image read: the class folders are there
 
@@ -161,6 +161,7 @@ __all__ = [
     "default_run",
     "command_line",
     "options_file",
+    "option_fields",
     "HEAD_HELP",
     "EXPORT_PRECISIONS",
     "EXPORT_FORMATS",

@@ -181,3 +181,32 @@ def test_run_folder_file_names_are_spelled_by_their_owners_alone(name):
     owned = {"model.json", "model.safetensors"} if name == "vggtune.model.spec" else set()
     spelled = run_file_names_spelled(MODULES[name].read_text()) - owned
     assert not spelled, f"{name} spells {sorted(spelled)}: name them through vggtune.runfiles or RunDir"
+
+
+RECORDS_OF_FIGURES = {"Metrics", "MultiLabelMetrics", "Figures"}
+
+
+def figures_type_checks(source: str) -> list[int]:
+    """Lines that ask which record a set's figures are (`isinstance(x, Metrics)`), instead of asking the task
+    or the record itself."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+            kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+            names = {getattr(kind, "attr", None) or getattr(kind, "id", None) for kind in kinds}
+            if names & RECORDS_OF_FIGURES:
+                found.append(node.lineno)
+    return found
+
+
+def test_figures_type_checks_are_seen():
+    assert figures_type_checks("if isinstance(pooled, api.Metrics):\n    pass") == [1]
+    assert figures_type_checks("isinstance(x, (int, MultiLabelMetrics))") == [1]
+    assert figures_type_checks("isinstance(x, float)") == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_asks_which_record_the_figures_are(name):
+    """The task chooses (its `several`, or a registry by the record's `task`), the protocol answers."""
+    found = figures_type_checks(MODULES[name].read_text())
+    assert not found, f"{name}: isinstance on the figures' record at lines {found}"

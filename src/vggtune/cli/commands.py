@@ -70,12 +70,7 @@ def _print_results(scores: dict, out: str, tested_on: str = "the test split", ga
     for split in ("test", "val"):
         if scores.get(split) is not None:
             print(f"{split} metrics ({out}):")
-            figures = scores[split]
-            if isinstance(figures, api.Metrics):
-                lines = text.metrics_lines(figures) + text.confusion_table(figures).splitlines()
-            else:
-                lines = text.multilabel_lines(figures)
-            print("\n".join("  " + line for line in lines))
+            print("\n".join("  " + line for line in text.figures_lines(scores[split])))
             gap = gap or cliapi.disagreement(scores.get("val"), scores.get("test"), tested_on)
             if gap:
                 print(f"warning: {gap}")

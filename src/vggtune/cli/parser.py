@@ -1,13 +1,13 @@
 """The `vggtune` command line's flags: one parser, its sub-commands, and the train flags derived
-from TrainConfig's fields, so a new option is one field (and its help line here)."""
+from the options' fields (TrainConfig's recipe and its RunSettings), so a new option is one field (and its
+help line here)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-from vggtune.api import AugmentConfig, TrainConfig, __version__
-from vggtune.cliapi import CHOICES, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD_HELP, RUN_COLUMNS
+from vggtune.api import AugmentConfig, __version__
+from vggtune.cliapi import CHOICES, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD_HELP, RUN_COLUMNS, option_fields
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")  # positional, grouped below, or set by `vggtune cv`
 NUMBERS_DEFAULT_NONE = ("crop",)  # their default (None) names no type: these take a number
@@ -90,7 +90,7 @@ def _add_train_flags(
         help="a YAML file of these options by name (epochs: 20, finetune-lr: 1e-5, data: photos/; a run's "
         "config.yaml too); a flag given here wins over the file",
     )
-    for f in dataclasses.fields(TrainConfig):
+    for f in option_fields():
         if f.name in NOT_FLAGS or f.name in leave_out:
             continue
         default, flag = f.default, "--" + f.name.replace("_", "-")  # as declared (paths not yet absolute)
@@ -329,7 +329,7 @@ def train_options(args) -> dict:
     """The flags given, as the API's keyword arguments."""
     options = {
         f.name: getattr(args, f.name, None)
-        for f in dataclasses.fields(TrainConfig)
+        for f in option_fields()
         if f.name not in NOT_FLAGS and getattr(args, f.name, None) is not None
     }
     augment = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from vggtune import api
 from vggtune.cliapi import describe_interval, display_path, most_confused, per_class_rows
 
 if TYPE_CHECKING:  # annotations only
@@ -116,22 +116,51 @@ def cv_lines(result: CrossValidation) -> list[str]:
             f"{_number(scores.headline_f1):>6}  {seconds:>7}"
         )
     lines.append(f"pooled over {pooled.n} images (95 % intervals):")
-    if isinstance(pooled, api.Metrics):
-        ranges = result.intervals_95
-        f1_key = "f1" if pooled.two_classes else "f1_macro"
-        shown = [("accuracy", pooled.accuracy, ranges.accuracy), ("log loss", pooled.log_loss, ranges.log_loss)]
-        shown.append(("F1", getattr(pooled, f1_key), ranges.of(f1_key)))
-    else:
-        bounds = pooled.intervals_95
-        shown = [
-            ("subset accuracy", pooled.subset_accuracy, pooled.accuracy_95),
-            ("mAP", pooled.map, bounds.get("map")),
-            ("F1 (micro)", pooled.f1_micro, bounds.get("f1_micro")),
-        ]
+    shown = TERMINAL[pooled.task].pooled(result)
     names = max(9, *(len(name) for name, _, _ in shown))
     for name, value, bound in shown:
         lines.append(f"  {name:<{names}} {_number(value)}  ({describe_interval(bound) or 'no interval'})")
     return lines
+
+
+def _single_label_pooled(result: CrossValidation) -> list[tuple]:
+    pooled, ranges = result.pooled, result.intervals_95
+    f1_key = "f1" if pooled.two_classes else "f1_macro"
+    return [
+        ("accuracy", pooled.accuracy, ranges.accuracy),
+        ("log loss", pooled.log_loss, ranges.log_loss),
+        ("F1", getattr(pooled, f1_key), ranges.of(f1_key)),
+    ]
+
+
+def _multilabel_pooled(result: CrossValidation) -> list[tuple]:
+    pooled = result.pooled
+    return [
+        ("subset accuracy", pooled.subset_accuracy, pooled.accuracy_95),
+        ("mAP", pooled.map, pooled.intervals_95.get("map")),
+        ("F1 (micro)", pooled.f1_micro, pooled.intervals_95.get("f1_micro")),
+    ]
+
+
+@dataclass(frozen=True)
+class TaskText:
+    """How the terminal shows one task's figures: a set's lines, and the pooled rows of `vggtune cv`
+    (name, value, 95 % interval)."""
+
+    lines: Callable[[Any], list[str]]
+    pooled: Callable[[CrossValidation], list[tuple]]
+
+
+# By the figures' task (their records' `task`): a new task adds its entry here
+TERMINAL = {
+    "single-label": TaskText(lambda m: metrics_lines(m) + confusion_table(m).splitlines(), _single_label_pooled),
+    "multi-label": TaskText(multilabel_lines, _multilabel_pooled),
+}
+
+
+def figures_lines(figures) -> list[str]:
+    """A set's figures as the terminal shows them, whichever task they are of."""
+    return TERMINAL[figures.task].lines(figures)
 
 
 def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:

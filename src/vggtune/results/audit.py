@@ -63,9 +63,9 @@ def audit(
             f"--write-manifest: the folder of {display_path(manifest)} does not exist; allowed: a CSV "
             "file in an existing folder"
         )
-    with verbosity(config.quiet):
+    with verbosity(config.run.quiet):
         cross_validate(config, folds)
-        scored = read_scored(Path(config.out))
+        scored = read_scored(Path(config.run.out))
         weak_or_strong = strength(scored)
         say(f"audit: {weak_or_strong.describe()}")
         if weak_or_strong.trusted:
@@ -78,7 +78,7 @@ def audit(
                 "epochs, or data the frozen features can tell apart, first)"
             )
             ranked = np.zeros(0, dtype=np.int64)
-        models = FoldModels(Path(config.out))
+        models = FoldModels(Path(config.run.out))
         ood_scores = off_topic_scores(scored, models)
         conflicts = cross_class_duplicates(config)
         findings = collect(scored, ranked, ood_scores, conflicts)
@@ -145,7 +145,7 @@ def write_audit(
         images=len(scored.rows),
         classes=scored.classes,
         folds=folds,
-        cv=config.out,
+        cv=config.run.out,
         flagged=len(findings),
         by_issue=counts,
         accuracy_out_of_fold=weak_or_strong.accuracy if len(scored.rows) else None,

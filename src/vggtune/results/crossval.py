@@ -12,7 +12,6 @@ cross-validation continues where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -62,8 +61,7 @@ class CrossValidation:
 
     def to_dict(self) -> dict:
         bounds = self.intervals_95.to_dict()
-        if isinstance(self.pooled, figures.MultiLabelMetrics):  # and mAP's and micro F1's
-            bounds.update({key: list(bound) for key, bound in self.pooled.intervals_95.items()})
+        bounds.update({key: list(bound) for key, bound in self.pooled.own_intervals().items()})  # multi-label: mAP's...
         return {
             "folds": self.folds,
             "classes": self.classes,
@@ -74,21 +72,19 @@ class CrossValidation:
 
 
 def fold_config(config: TrainConfig, fold: int, folds: int) -> TrainConfig:
-    return dataclasses.replace(
-        config, out=str(Path(config.out) / f"fold-{fold}"), cv_folds=folds, cv_fold=fold, no_report=True
-    )
+    return config.with_run(out=str(Path(config.run.out) / f"fold-{fold}"), cv_folds=folds, cv_fold=fold, no_report=True)
 
 
 def cross_validate(config: TrainConfig, folds: int) -> CrossValidation:
-    """Trains `config` on each of `folds` folds in config.out; writes cv.json and cv_predictions.csv."""
+    """Trains `config` on each of `folds` folds in config.run.out; writes cv.json and cv_predictions.csv."""
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise UserError(f"--folds: received {folds!r}; allowed: a whole number >= 2")
     configs = [fold_config(config, k, folds) for k in range(1, folds + 1)]  # checks the options first
     config.check_out()
     _check_folds(config.data, folds)
-    earlier = {row["fold"]: row["seconds"] for row in (_read_cv(Path(config.out)) or {}).get("per_fold", [])}
+    earlier = {row["fold"]: row["seconds"] for row in (_read_cv(Path(config.run.out)) or {}).get("per_fold", [])}
     seconds = []
-    with verbosity(config.quiet):
+    with verbosity(config.run.quiet):
         for fold_config_k in configs:
             started = time.perf_counter()
             trained = _fit_fold(fold_config_k)
@@ -96,15 +92,15 @@ def cross_validate(config: TrainConfig, folds: int) -> CrossValidation:
             seconds.append(
                 round(time.perf_counter() - started, 1)
                 if trained
-                else earlier.get(fold_config_k.cv_fold) or _fold_seconds(fold_config_k)
+                else earlier.get(fold_config_k.run.cv_fold) or _fold_seconds(fold_config_k)
             )
-    return pool(Path(config.out), configs, seconds)
+    return pool(Path(config.run.out), configs, seconds)
 
 
 def _fold_seconds(config: TrainConfig) -> float | None:
     """The seconds the finished fold's last training call took, from its metrics.json."""
     try:
-        metrics = RunDir(config.out).metrics()
+        metrics = RunDir(config.run.out).metrics()
     except (OSError, ValueError):
         return None
     return metrics.timing.whole_call_s if metrics else None
@@ -128,11 +124,11 @@ def _fit_fold(config: TrainConfig) -> bool:
     """Trains one fold, or resumes it, or keeps it when it finished earlier with the same config (False)."""
     from vggtune.training.schedule import fit
 
-    folder = RunDir(config.out)
-    label = f"fold {config.cv_fold}/{config.cv_folds}"
+    folder = RunDir(config.run.out)
+    label = f"fold {config.run.cv_fold}/{config.run.cv_folds}"
     if folder.is_started():
         saved = folder.config()
-        if dataclasses.replace(saved, quiet=config.quiet) != config:  # quiet changes no result
+        if saved.with_run(quiet=config.run.quiet) != config:  # quiet changes no result
             raise UserError(
                 f"cv: {display_path(folder.path)} was trained with other options; "
                 "allowed: the same options as before, or a new --out"
@@ -150,26 +146,26 @@ def _fit_fold(config: TrainConfig) -> bool:
 
 def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) -> CrossValidation:
     """Per-fold and pooled metrics (with 95 % intervals) of the folds' test predictions."""
-    classes = RunDir(configs[0].out).saved_splits().classes
-    task = RunDir(configs[0].out).model_spec().task
+    classes = RunDir(configs[0].run.out).saved_splits().classes
+    task = RunDir(configs[0].run.out).model_spec().task
     rows: list[PredictionRow] = []
     per_fold: list[FoldResult] = []
     image_thresholds: list[float] = []  # each image's fold's two-class threshold
     fold_thresholds: list[tuple[float, ...]] = []  # multi-label: each fold's, one a label
     for config, fold_seconds in zip(configs, seconds):
-        tested = [row for row in RunDir(config.out).predictions(classes) or [] if row.split == "test"]
-        scoring = RunDir(config.out).model_spec().scoring  # each fold decides at its own threshold(s)
+        tested = [row for row in RunDir(config.run.out).predictions(classes) or [] if row.split == "test"]
+        scoring = RunDir(config.run.out).model_spec().scoring  # each fold decides at its own threshold(s)
         image_thresholds += [scoring.threshold] * len(tested)
         fold_thresholds.append(scoring.thresholds)
         metrics = _scored(task, tested, classes, scoring.threshold, scoring.thresholds)
-        per_fold.append(FoldResult(config.cv_fold, metrics, fold_seconds))
-        rows += [PredictionRow(f"fold-{config.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
+        per_fold.append(FoldResult(config.run.cv_fold, metrics, fold_seconds))
+        rows += [PredictionRow(f"fold-{config.run.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
     # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median;
     # multi-label: each label's median over the folds.
     pooled_thresholds = tuple(np.median(fold_thresholds, axis=0).tolist()) if task.several else ()
     threshold = float(np.median(image_thresholds)) if image_thresholds else 0.5
     pooled = _scored(task, rows, classes, threshold, pooled_thresholds, intervals=True)
-    base = dataclasses.replace(configs[0], out=str(root), cv_folds=0, cv_fold=0, no_report=False)
+    base = configs[0].with_run(out=str(root), cv_folds=0, cv_fold=0, no_report=False)
     result = CrossValidation(
         classes, pooled, _intervals(rows, classes, pooled, threshold), tuple(per_fold), base.to_dict()
     )
@@ -196,8 +192,9 @@ def _intervals(rows: list[PredictionRow], classes: list[str], pooled: figures.Fi
     """The pooled figures' 95 % intervals: Wilson for accuracy, a stratified bootstrap for the others;
     multi-label: subset accuracy's Wilson interval and macro F1's (mAP's and micro F1's are the pooled
     record's own `intervals_95`)."""
-    if isinstance(pooled, figures.MultiLabelMetrics):
-        return Intervals(pooled.accuracy_95, f1_macro=pooled.intervals_95.get("f1_macro"))
+    own = pooled.own_intervals()
+    if own:  # a multi-label record's bootstrap intervals: its subset accuracy's Wilson beside them
+        return Intervals(pooled.accuracy_95, f1_macro=own.get("f1_macro"))
     labels = [classes.index(row.label) for row in rows]
     probabilities = np.asarray([row.probabilities for row in rows]).reshape(-1, len(classes))
     return intervals(labels, probabilities, classes, threshold=threshold)

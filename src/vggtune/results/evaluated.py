@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # annotations only
     from vggtune.tasks import Task
     from vggtune.training.figures import Figures
     from vggtune.training.metrics import Metrics
+    from vggtune.training.multilabel import MultiLabelMetrics
 
 TEST_SPLIT = "test split of the run"
 VAL_SPLIT = "validation split of the run (it kept no test split)"
@@ -54,10 +55,16 @@ class Evaluated:
     def metrics(self) -> Metrics:
         """The figures of these single-label images: computed once, shared by every section of the report and
         the card."""
-        result = self.figures
-        if not isinstance(result, scored.Metrics):
+        if self.task.several:
             raise TypeError("Evaluated.metrics: a multi-label set's figures are MultiLabelMetrics (`figures`)")
-        return result
+        return self.figures  # type: ignore[return-value]  # a single-label task's record
+
+    @property
+    def multilabel_figures(self) -> MultiLabelMetrics:
+        """The figures of these multi-label images."""
+        if not self.task.several:
+            raise TypeError("Evaluated.multilabel_figures: a single-label set's figures are Metrics (`metrics`)")
+        return self.figures  # type: ignore[return-value]  # a multi-label task's record
 
     @functools.cached_property
     def figures(self) -> Figures:
@@ -92,8 +99,8 @@ class Evaluated:
     def headline(self) -> list[analysis.Figure]:
         """The headline figures with their 95 % intervals: computed once (its bootstrap draws
         1,000 resamples), shared by the report and the model card."""
-        if isinstance(self.figures, scored.MultiLabelMetrics):
-            return analysis.multilabel_headline(self.figures)
+        if self.task.several:
+            return analysis.multilabel_headline(self.multilabel_figures)
         return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold)
 
 

@@ -16,11 +16,11 @@ from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.spec import ModelSpec
 from vggtune.results.analysis import describe_interval, per_class_rows
 from vggtune.results.evaluated import TEST_SPLIT, Evaluated
-from vggtune.training.multilabel import MultiLabelMetrics
 from vggtune.training.rundir import RunDir
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.training.config import TrainConfig
+    from vggtune.training.multilabel import MultiLabelMetrics
 
 
 def write_model_card(folder: RunDir, evaluated: Evaluated | None) -> Path:
@@ -172,8 +172,8 @@ def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:
         f"| {row.name} | {row.value:.4f} | {describe_interval(row.interval)} |\n" for row in scores if row.interval
     )
     findings = "".join(f"- {sentence}.\n" for sentence in evaluated.findings(folder))
-    if isinstance(evaluated.figures, MultiLabelMetrics):
-        return _multilabel_results(folder, evaluated, evaluated.figures, rows, findings)
+    if evaluated.task.several:
+        return _multilabel_results(folder, evaluated, evaluated.multilabel_figures, rows, findings)
     title, classes = per_class_rows(evaluated.metrics)
     per_class = "".join(f"| {name} | {p:.3f} | {r:.3f} | {f:.3f} | {n} |\n" for name, p, r, f, n in classes)
     return (

@@ -14,7 +14,7 @@ from vggtune.results import analysis
 from vggtune.results.html import escape as _e
 from vggtune.results.html import img as _img
 from vggtune.results.html import jpeg as _jpeg
-from vggtune.training.multilabel import MultiLabelMetrics, label_losses
+from vggtune.training.multilabel import label_losses
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.deploy.predict import Predictor
@@ -24,8 +24,7 @@ TOP_LOSSES_A_LABEL = 4  # the most confidently wrong images shown for each label
 
 
 def verdict(evaluated: Evaluated, findings: list[str]) -> str:
-    result = evaluated.figures
-    assert isinstance(result, MultiLabelMetrics)
+    result = evaluated.multilabel_figures
     body = "".join(
         f"<tr><td>{_e(row.name)}</td><td class='n'>{row.value:.4f}</td>"
         f"<td>{_e(analysis.describe_interval(row.interval))}</td></tr>"

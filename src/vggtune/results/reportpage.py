@@ -211,8 +211,7 @@ def run_section(folder: RunDir, spec: ModelSpec) -> str:
     )
     facts = [("weights", spec.weights), ("precision", spec.precision), ("image size", spec.preprocessing.size)]
     facts += [(key, value) for key, value in environment.facts() if key not in {name for name, _ in facts}]
-    config_rows = [(field.name, getattr(config, field.name)) for field in dataclasses.fields(config)]
-    config_rows = [(key, value) for key, value in config_rows if key != "augment"]
+    config_rows = [(name, value) for name, value in config.options().items() if name != "augment"]
     config_rows += [(f"augment.{key}", value) for key, value in dataclasses.asdict(config.augment).items()]
     return (
         "<section id='run'><h2>The run</h2><h3>Model and machine</h3>"

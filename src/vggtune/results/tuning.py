@@ -128,7 +128,7 @@ def tune(base: TrainConfig, trials: int, timeout: float | None = None) -> TuneRe
         raise UserError(f"--trials: received {trials!r}; allowed: a whole number >= 1")
     if timeout is not None and not timeout > 0:
         raise UserError(f"--timeout: received {timeout}; allowed: seconds > 0")
-    folder = Path(base.out)
+    folder = Path(base.run.out)
     base.check_out()
     _check_same_search(folder, base)
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def _objective(trial, base: TrainConfig, total: int, optuna) -> float:
 
     try:
         train_run(config, observer=observe)
-        score, balanced = _scored(Path(config.out))
+        score, balanced = _scored(Path(config.run.out))
     except optuna.TrialPruned:
         say(
             f"trial {trial.number + 1}/{total}: {describe(settings)}: pruned after {epochs['step']} epoch(s) "
@@ -181,7 +181,7 @@ def _objective(trial, base: TrainConfig, total: int, optuna) -> float:
         )
         raise
     finally:
-        shutil.rmtree(config.out, ignore_errors=True)
+        shutil.rmtree(config.run.out, ignore_errors=True)
     trial.set_user_attr("balanced_accuracy", balanced)
     trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
     say(
@@ -193,9 +193,8 @@ def _objective(trial, base: TrainConfig, total: int, optuna) -> float:
 
 def trial_config(base: TrainConfig, settings: dict) -> TrainConfig:
     """A trial's run: the base config with the trial's settings, in TUNE/trial, no report, quiet."""
-    return dataclasses.replace(
-        base, **settings, out=str(Path(base.out) / "trial"), no_report=True, quiet=True, mlflow=None
-    )
+    trial = dataclasses.replace(base, **settings)
+    return trial.with_run(out=str(Path(base.run.out) / "trial"), no_report=True, quiet=True, mlflow=None)
 
 
 def _scored(run: Path) -> tuple[float, float]:
@@ -244,11 +243,8 @@ def _check_same_search(folder: Path, base: TrainConfig) -> None:
             )
         return
     earlier = TrainConfig.from_dict(json.loads(path.read_text())["base"])
-    changed = [
-        field.name
-        for field in dataclasses.fields(base)
-        if field.name != "quiet" and getattr(earlier, field.name) != getattr(base, field.name)
-    ]
+    before, now = earlier.options(), base.options()
+    changed = [name for name in now if name != "quiet" and before[name] != now[name]]
     if changed:
         raise UserError(
             f"tune: {display_path(folder)} holds a search with other options ({', '.join(changed)}); "
@@ -280,21 +276,22 @@ def _finish(study, base: TrainConfig, optuna) -> TuneResult:
     from vggtune.results.evaluation import write_documents_or_warn
     from vggtune.training.schedule import train_run
 
-    folder = Path(base.out)
+    folder = Path(base.run.out)
     rows = results(study, optuna)
     _write_trials(folder / "trials.csv", rows)
     complete = [row for row in rows if row.state == "complete"]
     if not complete:
         raise UserError("tune: no trial finished; allowed: more --trials or a longer --timeout")
     best = min(complete, key=lambda row: row.score if row.score is not None else float("inf"))
-    best_config = dataclasses.replace(base, **best.settings, out=str(folder / "best"))
-    if RunDir(best_config.out).metrics() is None:
-        shutil.rmtree(best_config.out, ignore_errors=True)
-        say(f"tune: training the best setting (trial {best.number}) into {display_path(best_config.out)}")
+    best_config = dataclasses.replace(base, **best.settings).with_run(out=str(folder / "best"))
+    if RunDir(best_config.run.out).metrics() is None:
+        shutil.rmtree(best_config.run.out, ignore_errors=True)
+        say(f"tune: training the best setting (trial {best.number}) into {display_path(best_config.run.out)}")
         trained = train_run(best_config)
-        if not best_config.no_report:
-            write_documents_or_warn(RunDir(best_config.out), trained.engine)
-    result = TuneResult(base, tuple(rows), best, str(best_config.out), RunDir(best_config.out).finished_metrics().test)
+        if not best_config.run.no_report:
+            write_documents_or_warn(RunDir(best_config.run.out), trained.engine)
+    best_run = RunDir(best_config.run.out)
+    result = TuneResult(base, tuple(rows), best, str(best_run.path), best_run.finished_metrics().test)
     atomic_write_json(folder / SETTINGS_FILE, result.to_dict())
     return result
 

@@ -31,7 +31,7 @@ SIZE_FROM_IMAGES = "auto"
 SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
 WRITTEN_BEFORE = {"class_weights": "off"}
-PATHS = ("data", "out", "val_data", "test_data", "weights")
+PATHS = ("data", "val_data", "test_data", "weights")
 DEVICES = ("auto", "cpu", "cuda")
 # A recipe names a set of defaults; options given beside it win. "vggtune" is the defaults below, chosen
 # by cross-validation (BENCHMARKS.md sections 14 and 19); "classic" is the recipe as the seed document
@@ -53,11 +53,43 @@ RECIPES = {
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """Where a run is written, how loud it is, what runs it and which part of a job it is: what `cv`, `tune`
+    and `--resume` may set without changing the recipe. A seeded recipe trains the same model whatever these
+    say (the engine and the device only as closely as their arithmetic agrees)."""
+
+    out: str = "runs/train"  # vggtune.train and the command line number it when it is taken (runfiles.default_run)
+    quiet: bool = False
+    no_report: bool = False  # report.html and README.md (the model card) are written by default
+    keep_state: bool = False  # state/ is only needed to resume; removed when the run ends
+    mlflow: str | None = None  # an MLflow tracking URI the finished run is sent to (results/mlflowlog.py)
+    device: str = "auto"
+    engine: str = "auto"  # what runs the frozen blocks (ENGINES); auto: the fastest measured here
+    no_cache: bool = False
+    cv_folds: int = 0  # cross-validation: the images fall into this many folds (0: no folds)
+    cv_fold: int = 0  # ... and this one (1..cv_folds) is the test split
+
+    def __post_init__(self):
+        object.__setattr__(self, "out", os.path.abspath(os.fspath(self.out)))  # works from any directory
+        if self.device not in DEVICES:
+            raise choice_error("--device", self.device, DEVICES)
+        if self.engine not in ENGINES:
+            raise choice_error("--engine", self.engine, ENGINES)
+        if self.cv_folds or self.cv_fold:
+            _check_int("--folds", self.cv_folds, 2)
+            if not isinstance(self.cv_fold, int) or not 1 <= self.cv_fold <= self.cv_folds:
+                raise choice_error("cv_fold", self.cv_fold, range(1, self.cv_folds + 1))
+
+
+RUN_SETTINGS = tuple(f.name for f in fields(RunSettings))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run; saved as config.yaml in the run directory."""
+    """The recipe: everything that decides the model a run trains, and the run's settings beside it (`run`);
+    saved as config.yaml in the run directory."""
 
     data: str
-    out: str = "runs/train"  # vggtune.train and the command line number it when it is taken (runfiles.default_run)
     recipe: str = "vggtune"  # the set of defaults the other options started from (RECIPES)
     arch: str = "vgg16"  # the backbone (model/arch.py ARCHS); its ImageNet weights come with it
     val_data: str | None = None
@@ -84,30 +116,24 @@ class TrainConfig:
     val_split: float = 0.1
     test_split: float = 0.1
     seed: int = 1337
-    cv_folds: int = 0  # cross-validation: the images fall into this many folds (0: no folds)
-    cv_fold: int = 0  # ... and this one (1..cv_folds) is the test split
     patience: int = 3
     precision: str = "auto"
-    device: str = "auto"
-    engine: str = "auto"  # what runs the frozen blocks (ENGINES); auto: the fastest measured here
-    no_cache: bool = False
     feature_storage: str = "float16"  # STORAGES; uint8 halves the cache, for very large datasets
-    keep_state: bool = False  # state/ is only needed to resume; removed when the run ends
-    no_report: bool = False  # report.html and README.md (the model card) are written by default
     # training images whose pixels match a held-out image's are left out of training (said by class) unless set
     keep_near_duplicates: bool = False
-    mlflow: str | None = None  # an MLflow tracking URI the finished run is sent to (results/mlflowlog.py)
-    quiet: bool = False
     class_weights: str = "auto"  # CLASS_WEIGHTS; auto chosen on the panel (BENCHMARKS.md section 22)
     schedule: str = "constant"  # SCHEDULES
     # two classes: the second class's probability above which an image gets it; "val": the threshold that
     # maximises balanced accuracy on the validation split
     threshold: float | str = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    run: RunSettings = field(default_factory=lambda: RunSettings())  # where, how loud, which process
 
     def __post_init__(self):
         if isinstance(self.augment, dict):  # from YAML or the Python API's keyword
             object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+        if isinstance(self.run, dict):  # from YAML
+            object.__setattr__(self, "run", RunSettings(**self.run))
         for name in PATHS:  # absolute: a run folder works from any working directory
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
@@ -117,10 +143,6 @@ class TrainConfig:
             raise choice_error("--head", self.head, HEADS)
         if self.precision not in PRECISIONS:
             raise choice_error("--precision", self.precision, PRECISIONS)
-        if self.device not in DEVICES:
-            raise choice_error("--device", self.device, DEVICES)
-        if self.engine not in ENGINES:
-            raise choice_error("--engine", self.engine, ENGINES)
         if self.feature_storage not in STORAGES:
             raise choice_error("--feature-storage", self.feature_storage, STORAGES)
         if self.class_weights not in CLASS_WEIGHTS:
@@ -156,10 +178,22 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout: received {self.dropout}; allowed: 0 <= x < 1")
 
+    def with_run(self, **changes) -> TrainConfig:
+        """The same recipe with other run settings (a cv fold's folder, a trial's quiet)."""
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
+
+    def option(self, name: str):
+        """An option's value by its flag's name, whichever of the recipe and the run settings holds it."""
+        return getattr(self.run if name in RUN_SETTINGS else self, name)
+
+    def options(self) -> dict:
+        """Every option by its flag's name, the recipe's then the run settings' (as the command line lists them)."""
+        return {name: self.option(name) for name in option_names()}
+
     def check_out(self) -> None:
         """A run written inside a data folder would be read back as one of its classes (or its images).
         Checked where a run starts (not on creation: a config is a value, its folders need not exist yet)."""
-        out = Path(self.out).resolve()
+        out = Path(self.run.out).resolve()
         for name in ("data", "val_data", "test_data"):
             folder = getattr(self, name)
             if folder and Path(folder).is_dir() and out.is_relative_to(Path(folder).resolve()):
@@ -197,14 +231,9 @@ class TrainConfig:
         object.__setattr__(self, "threshold", value)
 
     def _check_fold(self) -> None:
-        if not self.cv_folds and not self.cv_fold:
-            return
-        _check_int("--folds", self.cv_folds, 2)
-        if not isinstance(self.cv_fold, int) or not 1 <= self.cv_fold <= self.cv_folds:
-            raise choice_error("cv_fold", self.cv_fold, range(1, self.cv_folds + 1))
-        if self.test_data is not None:
+        if self.run.cv_folds and self.test_data is not None:
             raise UserError(
-                f"--test-data: received {self.test_data} with {self.cv_folds} folds; "
+                f"--test-data: received {self.test_data} with {self.run.cv_folds} folds; "
                 "allowed: no --test-data, since each fold is a test split in turn"
             )
 
@@ -233,23 +262,38 @@ class TrainConfig:
         if recipe not in RECIPES:
             raise choice_error("--recipe", recipe, RECIPES)
         check_option_names(options)
-        return cls(**{**RECIPES[recipe], **options, "recipe": recipe})
+        settings = {name: options.pop(name) for name in RUN_SETTINGS if name in options}
+        return cls(**{**RECIPES[recipe], **options, "recipe": recipe, "run": RunSettings(**settings)})
 
     def to_dict(self) -> dict:
+        """config.yaml: the recipe's fields, then the run's settings under `run`."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """From config.yaml; one written before the run settings had their own section holds them at the top."""
+        values = dict(values)
+        settings = dict(values.pop("run", None) or {})
+        settings.update({name: values.pop(name) for name in RUN_SETTINGS if name in values})
+        known = set(option_names()) | {"recipe", "run"}
+        unknown = sorted(set(values) - known) + sorted(set(settings) - set(RUN_SETTINGS))
         if unknown:
             raise UserError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
-        return cls(**{**WRITTEN_BEFORE, **values})
+        return cls(**{**WRITTEN_BEFORE, **values, "run": RunSettings(**settings)})
+
+
+def option_fields() -> list[dataclasses.Field]:
+    """Every option a user gives, as fields: the recipe's, then the run settings'."""
+    return [f for f in fields(TrainConfig) if f.name != "run"] + list(fields(RunSettings))
+
+
+def option_names() -> list[str]:
+    return [f.name for f in option_fields()]
 
 
 def check_option_names(options: dict) -> None:
     """A misspelt option is a user's mistake: one line with the closest name, never a TypeError."""
-    known = sorted(f.name for f in fields(TrainConfig))
+    known = sorted(option_names())
     for name in options:
         if name not in known:
             close = _closest(name, known)
@@ -295,8 +339,11 @@ def options_file(path: str | Path) -> dict:
         raise UserError(
             f"--config: {display_path(path)} holds a {type(values).__name__}; allowed: a mapping of options"
         )
-    known = [f.name for f in fields(TrainConfig)] + list(AUGMENT_KEYS)
+    known = option_names() + list(AUGMENT_KEYS)
     options: dict = {}
+    settings = values.pop("run", None)
+    if isinstance(settings, dict):  # a run's config.yaml holds its run settings in a section of their own
+        values = {**settings, **values}
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name == "augment" and isinstance(value, dict):

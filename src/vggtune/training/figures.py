@@ -25,7 +25,8 @@ Figures = Metrics | MultiLabelMetrics  # both answer FiguresLike; the task's own
 class FiguresLike(Protocol):
     """What every set's figures answer, whatever the task: how many images, the headline accuracy (plain, or a
     multi-label model's subset accuracy) with its Wilson interval and its name, the log loss, the F1 a line
-    shows, the keys a summary keeps, the task, and the JSON form."""
+    shows, the keys a summary keeps, the intervals the record holds itself (by figure's name; none where they
+    are drawn apart), the task, and the JSON form."""
 
     n: int
     accuracy_95: Any
@@ -41,6 +42,8 @@ class FiguresLike(Protocol):
 
     @property
     def headline_f1(self) -> float | None: ...
+
+    def own_intervals(self) -> dict: ...
 
     def to_dict(self) -> dict: ...
 

@@ -86,6 +86,10 @@ class Metrics:
         """The F1 one line shows: the positive class's (two classes), else the macro average."""
         return self.f1 if self.two_classes else self.f1_macro
 
+    def own_intervals(self) -> dict:
+        """None: a single-label set's intervals are drawn apart (analysis.intervals), from its images."""
+        return {}
+
     def to_dict(self) -> dict:
         """The JSON form: the two-class figures only where there are two classes."""
         values = dataclasses.asdict(self)

@@ -69,6 +69,10 @@ class MultiLabelMetrics:
         """The F1 one line shows: micro, over every (image, label) decision."""
         return self.f1_micro
 
+    def own_intervals(self) -> dict[str, Interval]:
+        """The bootstrap intervals drawn with these figures (f1_micro, f1_macro, map)."""
+        return dict(self.intervals_95)
+
     @property
     def thresholds(self) -> tuple[float, ...]:
         return tuple(self.per_label[name].threshold for name in self.classes)

@@ -97,15 +97,15 @@ class Trained:
 
 
 def fit(config, resume: bool = False) -> TrainResult:
-    """Train as `config` says, in config.out."""
+    """Train as `config` says, in config.run.out."""
     return train_run(config, resume).results
 
 
 def train_run(config, resume: bool = False, observer: Observer | None = None) -> Trained:
-    """Train as `config` says, in config.out. `observer` is told each epoch's validation figures (`vggtune
+    """Train as `config` says, in config.run.out. `observer` is told each epoch's validation figures (`vggtune
     tune` stops a hopeless trial by raising from it)."""
     stages, started = plan(config), time.perf_counter()
-    with verbosity(config.quiet or not distributed.is_main()):
+    with verbosity(config.run.quiet or not distributed.is_main()):
         run = open_run(config, resume, cuts=[stage.cut for stage in stages])
         log = Log(run.folder, started)
         log.timing.update(run.setup_seconds)
@@ -149,7 +149,7 @@ def finish(run: Run, cut: str, log: Log) -> TrainResult:
     log.timing["this_call_s"] = round(time.perf_counter() - log.started, 1)
     # --no-cache: files lost mid-run, on any rank (the cache's sources already share theirs)
     lost = list(dict.fromkeys(distributed.concat(run.sources.rejected)))
-    result = TrainResult(str(run.config.out), results.get("val"), results.get("test"))
+    result = TrainResult(str(run.config.run.out), results.get("val"), results.get("test"))
     if distributed.is_main():
         save(run, spec, result, predictions, run.rejected + lost, log)
     log.finish(run.config.to_dict(), result.to_dict())
@@ -163,7 +163,7 @@ def save(run: Run, spec, result: TrainResult, predictions: list, rejected: list,
     run.folder.save_model(run.model, spec)
     run.folder.write_predictions(list(spec.classes), predictions, spec.scoring.thresholds)
     run.folder.write_metrics(result.to_dict(), log.finished_timing(), environment(run), log.kept_epochs)
-    if not run.config.keep_state:
+    if not run.config.run.keep_state:
         run.folder.remove_state()
 
 

@@ -51,7 +51,7 @@ def gather_data(config: TrainConfig) -> data.Splits:
         config.val_split,
         config.test_split,
         config.seed,
-        fold=(config.cv_fold, config.cv_folds) if config.cv_folds else None,
+        fold=(config.run.cv_fold, config.run.cv_folds) if config.run.cv_folds else None,
         keep_near_duplicates=config.keep_near_duplicates,
     )
     return data.require_training_images(splits, config.data)
@@ -60,10 +60,10 @@ def gather_data(config: TrainConfig) -> data.Splits:
 def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     """Check everything that can be wrong before writing anything, then set up the run. Under torchrun
     every rank does this, and rank 0 alone writes the run folder."""
-    folder, main = RunDir(config.out), distributed.is_main()
+    folder, main = RunDir(config.run.out), distributed.is_main()
     config.check_out()
     folder.prepare(resume)
-    runtime = choose_runtime(config.device, config.precision)
+    runtime = choose_runtime(config.run.device, config.precision)
     splits = gather_data(config)
     loaded = weights.resolve(weights.for_arch(config.arch), user_file=config.weights)
     distributed.barrier()  # every rank has checked the folder before rank 0 fills it
@@ -99,14 +99,14 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
         loaded.id,
         weights.home() / "features",
         config.feature_storage,
-        config.engine,
+        config.run.engine,
     )
     say(f"frozen blocks on {pipeline.chosen_engine.describe()}")
     if runtime.int8:
         spec = dataclasses.replace(spec, int8=_int8_blocks(pipeline, folder, splits, spec.arch.earliest(cuts)))
     started = time.perf_counter()
     by_split = {"train": splits.train, "val": splits.val, "test": splits.test}
-    fill = pipeline.live if config.no_cache else pipeline.cached
+    fill = pipeline.live if config.run.no_cache else pipeline.cached
     sources = fill(by_split, cuts, config.views, spec.scoring.views)
     seconds = {
         "features_s": round(time.perf_counter() - started, 2),
