@@ -162,7 +162,7 @@ def snippet(name: str) -> str:
 def check_snippet(code: str, predictor, tmp_path, python: str = sys.executable) -> None:
     """The README snippet `code`, run in a fresh interpreter that cannot import vggtune, on every kind of
     input users feed it, gives the predictor's probabilities to within 1e-4."""
-    assert len(code.strip().splitlines()) <= 22 and "vggtune" not in code.replace("\"vggtune\"", "")
+    assert len(code.strip().splitlines()) <= 24 and "vggtune" not in code.replace("\"vggtune\"", "")
     blocker = tmp_path / "blocker"
     blocker.mkdir(exist_ok=True)
     (blocker / "vggtune.py").write_text("raise ImportError('the example must not need vggtune')\n")
@@ -175,7 +175,7 @@ def check_snippet(code: str, predictor, tmp_path, python: str = sys.executable) 
         label, printed = done.stdout.strip().splitlines()[-1].split(" ", 1)
         shown = ast.literal_eval(printed)
         assert max(abs(shown[c] - p) for c, p in predictions[0].probabilities.items()) < 1e-4, image.name
-        assert label == max(shown, key=shown.get)
+        assert label == predictions[0].label                      # the run's rule, as vggtune decides
 
 
 def test_the_readmes_openvino_example_gives_vggtunes_probabilities(run, tmp_path):

@@ -138,7 +138,8 @@ def test_a_threshold_chosen_on_validation_is_kept_in_model_json_and_decides_ever
     config = quick_config(lopsided, out, threshold="val", class_weights="balanced", quiet=False)
     results = api.train_with(config)
     said = caplog.text
-    assert "class weights: cat 2.000, dog 0.667" in said and "threshold: " in said
+    assert "class weights: cat 2.000, dog 0.667" in said and "rule: dog where P(dog) > " in said
+    assert "warning: the threshold was set on 2 cat, 8 dog validation images" in said
     threshold = json.loads((out / "model.json").read_text())["threshold"]
     assert 0 < threshold < 1 and results.test.threshold == threshold
     assert api.load(str(out)).spec.scoring.threshold == threshold

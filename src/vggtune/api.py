@@ -246,16 +246,22 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
 
 @python_words
 def predict(
-    run: str, paths: list[str], kaggle: bool = False, engine: str = "auto", threshold: float | None = None
+    run: str,
+    paths: list[str],
+    kaggle: bool = False,
+    engine: str = "auto",
+    threshold: float | None = None,
+    positive_class: str | None = None,
 ) -> Predictions:
     """Predictions for image files and folders: a Predictions record (`.classes`, `.predictions`, `.rejected`:
-    (input, reason) for the inputs that could not be read). `kaggle`: the model must have two classes (Kaggle's id,label
-    submission is the second class's probability). `threshold`: a two-class decision threshold instead of
-    the one model.json holds."""
+    (input, reason) for the inputs that could not be read; `.rule`: the decision rule in force, in words).
+    `kaggle`: the model must have two classes (Kaggle's id,label submission is the second class's
+    probability). `threshold`: a two-class decision threshold on the positive class's probability instead of
+    the one model.json holds; `positive_class`: the class the rule is said and set in terms of."""
     from vggtune.deploy.inputs import expand_paths
     from vggtune.deploy.predict import Predictions, load
 
-    predictor = load(run, engine=engine, threshold=threshold)
+    predictor = load(run, engine=engine, threshold=threshold, positive_class=positive_class)
     if kaggle and (len(predictor.classes) != 2 or predictor.spec.task.several):
         raise UserError(
             f"--kaggle writes the second class's probability of a two-class model; this model has "
@@ -263,7 +269,7 @@ def predict(
         )
     files, missing = expand_paths([str(path) for path in paths])
     predictions, unreadable = predictor.predict(files)
-    return Predictions(predictor.classes, predictions, missing + unreadable)
+    return Predictions(predictor.classes, predictions, missing + unreadable, predictor.spec.rule)
 
 
 @python_words

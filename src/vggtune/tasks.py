@@ -111,8 +111,15 @@ class SingleLabel:
         return policy.deciding_at(threshold)
 
     def rule_fields(self, classes: Sequence[str], policy) -> dict:
-        """The rule's fields in model.json beside the two-class threshold, which every model.json holds."""
-        return {}
+        """The rule's fields in model.json beside the threshold on the second class, which every model.json
+        holds: the positive class, and the rule in words."""
+        if len(classes) != 2:
+            return {"rule": "the most probable class"}
+        return {"positive_class": classes[policy.positive], "rule": policy.rule_words(classes)}
+
+    def words(self, classes: Sequence[str], policy) -> str:
+        """The rule in force, as every output says it."""
+        return policy.rule_words(classes) if len(classes) == 2 else "the most probable class"
 
     def describe(self, classes: Sequence[str], named: str) -> str:
         """What the model is, in the model card's words (`named`: the classes, listed)."""
@@ -122,11 +129,13 @@ class SingleLabel:
         """The decision rule in the model card's words ("" where it is the most probable class)."""
         if len(classes) != 2:
             return ""
-        return f"; two classes: {classes[1]} above a probability of {policy.threshold:.3g}"
+        return f"; the rule: {policy.rule_words(classes)}"
 
     def metadata(self, classes: Sequence[str], policy) -> dict:
-        """What `serve`'s /info and an exported file's metadata add to say how the outputs are read."""
-        return {}
+        """What `serve`'s /info and an exported file's metadata add to say how the outputs are read: the rule
+        (two classes: `threshold` is on the second class's probability, whichever class is positive)."""
+        fields = self.rule_fields(classes, policy)
+        return {**fields, "threshold": policy.threshold} if len(classes) == 2 else fields
 
 
 @dataclass(frozen=True)
@@ -218,8 +227,12 @@ class MultiLabel:
         return f"; a label is given above its threshold ({given}; chosen on the validation split)"
 
     def rule_fields(self, classes: Sequence[str], policy) -> dict:
-        """Each label's threshold, by name."""
-        return {"thresholds": dict(zip(classes, policy.thresholds or [0.5] * len(classes)))}
+        """Each label's threshold, by name, and the rule in words."""
+        thresholds = dict(zip(classes, policy.thresholds or [0.5] * len(classes)))
+        return {"thresholds": thresholds, "rule": self.words(classes, policy)}
+
+    def words(self, classes: Sequence[str], policy) -> str:
+        return "each label where its probability > its threshold"
 
     def metadata(self, classes: Sequence[str], policy) -> dict:
         """Each output is its label's own probability (a sigmoid); a label is given past its threshold."""

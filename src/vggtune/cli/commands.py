@@ -80,7 +80,13 @@ def _print_results(scores: dict, out: str, tested_on: str = "the test split", ga
 
 def cmd_evaluate(args) -> int:
     result = api.evaluate(
-        args.run, args.data, args.output, report=not args.no_report, engine=args.engine, threshold=args.threshold
+        args.run,
+        args.data,
+        args.output,
+        report=not args.no_report,
+        engine=args.engine,
+        threshold=args.threshold,
+        positive_class=args.positive_class,
     )
     judged = args.run if args.data is None else f"{args.run} on {display_path(args.data)}"
     _print_results({"test": result.metrics}, judged, gap=result.validation_gap)
@@ -150,9 +156,18 @@ def cmd_predict(args) -> int:
             "--kaggle writes Kaggle's CSV (id,label); received --format json; "
             "allowed: --kaggle alone, or --format json without it"
         )
-    result = api.predict(args.run, args.paths, kaggle=args.kaggle, engine=args.engine, threshold=args.threshold)
+    result = api.predict(
+        args.run,
+        args.paths,
+        kaggle=args.kaggle,
+        engine=args.engine,
+        threshold=args.threshold,
+        positive_class=args.positive_class,
+    )
     for path, reason in result.rejected:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
+    if not args.kaggle:  # Kaggle's file is a probability; the labels written follow this rule
+        print(f"rule: {result.rule}", file=sys.stderr)
     written = text.predictions_text(result.predictions, result.classes, args.format, args.kaggle)
     if args.output:
         cliapi.atomic_write_text(Path(args.output), written)

@@ -10,7 +10,7 @@ from vggtune.api import AugmentConfig, __version__
 from vggtune.cliapi import CHOICES, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD_HELP, RUN_COLUMNS, option_fields
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")  # positional, grouped below, or set by `vggtune cv`
-NUMBERS_DEFAULT_NONE = ("crop",)  # their default (None) names no type: these take a number
+NUMBERS_DEFAULT_NONE = ("crop", "target_recall")  # their default (None) names no type: these take a number
 NUMBER_OR_WORD = ("threshold", "size")  # a number or a word (TrainConfig checks which)
 HELP = {
     "out": "run directory to create",
@@ -57,7 +57,11 @@ HELP = {
     "class_weights": "weight each class's images in the loss: off; balanced (every class weighs the same in "
     "total); auto: balanced where the largest class has 1.5 times the smallest's images or more",
     "schedule": "each stage's rate over its epochs: constant, or cosine (from the stage's rate towards 0)",
-    "threshold": "two classes: the second class's probability above which an image is given it, or val: the "
+    "positive_class": "two classes: the class the rule is said and --threshold set in terms of, whose recall is the "
+    "sensitivity (default: the second class)",
+    "target_recall": "two classes: the positive class's recall to reach; the threshold is chosen on the validation "
+    "split to reach it, with its 95 %% interval (instead of --threshold)",
+    "threshold": "two classes: the positive class's probability above which an image is given it, or val: the "
     "threshold with the best balanced accuracy on the validation split (stored in model.json); several labels "
     "an image: every label's threshold (default: each label's best F1 on the validation split)",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
@@ -132,8 +136,15 @@ def _add_threshold_flag(parser: argparse.ArgumentParser) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="two-class models: the second class's probability above which an image is given "
+        help="two-class models: the positive class's probability above which an image is given "
         "that class; multi-label models: every label's (default: the threshold(s) model.json holds)",
+    )
+    parser.add_argument(
+        "--positive-class",
+        metavar="NAME",
+        default=None,
+        help="two-class models: the class the rule is said and --threshold is set in terms of, whose recall is "
+        "the sensitivity (default: model.json's, the second class unless training named one)",
     )
 
 

@@ -47,7 +47,11 @@ def metrics_lines(result: Metrics) -> list[str]:
         f"F1 (macro)         {result.f1_macro:.4f}",
     ]
     if result.two_classes:
-        negative, positive = result.classes
+        negative, positive = result.negative_class, result.positive_class
+        sign = ">" if result.classes.index(positive) == 1 else ">="
+        lines.append(
+            f"rule               {positive} where P({positive}) {sign} {result.threshold:.4g}, else {negative}"
+        )
         lines.append(f"sensitivity        {_number(result.sensitivity)}  (recall of {positive})")
         lines.append(f"specificity        {_number(result.specificity)}  (recall of {negative})")
         lines.append(f"F1 ({positive})".ljust(19) + f"{_number(result.f1)}  (positive class: {positive})")

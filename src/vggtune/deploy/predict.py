@@ -37,11 +37,12 @@ class Prediction:
 @dataclass(frozen=True)
 class Predictions:
     """What `vggtune.predict` returns: the model's classes, a Prediction per readable input in the order
-    given, and (input, reason) for each input that could not be read."""
+    given, (input, reason) for each input that could not be read, and the decision rule that gave the labels."""
 
     classes: list[str]
     predictions: list[Prediction]
     rejected: list[tuple[str, str]]
+    rule: str = ""  # in words: "PNEUMONIA where P(PNEUMONIA) > 0.95, else NORMAL"
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,12 @@ class Predictor:
         batch_size: int = 32,
         engine: str | Engine = "auto",
         threshold: float | None = None,
+        positive_class: str | None = None,
     ):
         self.run = Path(run)
         self.spec = ModelSpec.load(self.run)
+        if positive_class is not None:  # the rule said (and a threshold given) in terms of this class
+            self.spec = self.spec.with_positive(positive_class)
         if threshold is not None:  # the caller's decision threshold instead of model.json's
             self.spec = self.spec.deciding_at(threshold)
         self.classes, self.preprocessing = list(self.spec.classes), self.spec.preprocessing
@@ -181,10 +185,13 @@ def load(
     precision: str = "auto",
     engine: str | Engine = "auto",
     threshold: float | None = None,
+    positive_class: str | None = None,
 ) -> Predictor:
-    """A Predictor for a finished run directory (`threshold`: a two-class decision threshold instead of
-    the one model.json holds)."""
-    return Predictor(run, device=device, precision=precision, engine=engine, threshold=threshold)
+    """A Predictor for a finished run directory (`threshold`: a two-class decision threshold on the positive
+    class's probability instead of the one model.json holds; `positive_class`: the class it is on)."""
+    return Predictor(
+        run, device=device, precision=precision, engine=engine, threshold=threshold, positive_class=positive_class
+    )
 
 
 __all__ = ["Explanation", "Prediction", "Predictor", "load"]

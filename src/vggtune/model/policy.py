@@ -36,6 +36,9 @@ class ScoringPolicy:
     views: tuple[int, ...] = (CLEAN,)
     threshold: float = 0.5  # two classes: the second is decided where its probability exceeds this
     thresholds: tuple[float, ...] = ()  # multi-label: a label is given where its probability exceeds its own
+    # two classes: the user's positive class (--positive-class), what the rule is said and set in terms of
+    # (`positive_threshold`); `threshold` stays on the second class's probability, so the one rule computes alike
+    positive: int = 1
 
     def __post_init__(self):
         if not 0 < self.temperature < float("inf"):
@@ -45,6 +48,8 @@ class ScoringPolicy:
         for threshold in (self.threshold, *self.thresholds):
             if not 0 < threshold < 1:
                 raise ValueError(f"threshold {threshold}; allowed: 0 < x < 1")
+        if self.positive not in (0, 1):
+            raise ValueError(f"positive class {self.positive}; allowed: 0 or 1 (two classes)")
 
     @classmethod
     def of(cls, tta: bool, temperature: float = 1.0) -> ScoringPolicy:
@@ -62,8 +67,30 @@ class ScoringPolicy:
         return dataclasses.replace(self, temperature=temperature)
 
     def deciding_at(self, threshold: float | None) -> ScoringPolicy:
-        """The same scoring with another decision threshold (None: this one)."""
-        return self if threshold is None else dataclasses.replace(self, threshold=float(threshold))
+        """The same scoring with another decision threshold on the positive class's probability (None: this one)."""
+        return (
+            self if threshold is None else self.on_second(float(threshold) if self.positive else 1 - float(threshold))
+        )
+
+    def on_second(self, threshold: float) -> ScoringPolicy:
+        """The same scoring at `threshold` on the second class's probability (how it is computed and kept)."""
+        return dataclasses.replace(self, threshold=float(threshold))
+
+    def with_positive(self, positive: int) -> ScoringPolicy:
+        """The same rule, said and set in terms of another positive class."""
+        return dataclasses.replace(self, positive=int(positive))
+
+    @property
+    def positive_threshold(self) -> float:
+        """The threshold on the positive class's probability: the second class's above it, the first's at or
+        above it (the same rule, since the two probabilities add up to 1)."""
+        return self.threshold if self.positive else 1 - self.threshold
+
+    def rule_words(self, classes) -> str:
+        """The two-class rule in force, in the user's words: "PNEUMONIA where P(PNEUMONIA) > 0.95, else NORMAL"."""
+        named, other = classes[self.positive], classes[1 - self.positive]
+        sign = ">" if self.positive else ">="
+        return f"{named} where P({named}) {sign} {self.positive_threshold:.4g}, else {other}"
 
     def labelling_at(self, thresholds: tuple[float, ...]) -> ScoringPolicy:
         """The same scoring with a multi-label model's thresholds, one a label."""

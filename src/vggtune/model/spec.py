@@ -123,10 +123,29 @@ class ModelSpec:
         """What the model is asked (tasks.py): one class an image, or any set of labels."""
         return self.head.task
 
+    @property
+    def rule(self) -> str:
+        """The decision rule in force, in words (every output says it so)."""
+        return self.task.words(self.classes, self.scoring)
+
     def deciding_at(self, threshold: float) -> ModelSpec:
         """This model deciding at another two-class threshold (predict's and evaluate's --threshold); a
         multi-label model at this threshold for every label."""
         return dataclasses.replace(self, scoring=self.task.rule_at(self.scoring, threshold, self.classes))
+
+    def with_positive(self, name: str) -> ModelSpec:
+        """This model's rule said and set in terms of the class `name` (--positive-class)."""
+        if self.task.several or len(self.classes) != 2 or name not in self.classes:
+            allowed = (
+                f"one of its two classes: {', '.join(self.classes)}"
+                if len(self.classes) == 2 and not self.task.several
+                else "a two-class model only"
+            )
+            raise UserError(
+                f"--positive-class: received {name!r} for a model of {len(self.classes)} "
+                f"{self.task.noun}; allowed: {allowed}"
+            )
+        return dataclasses.replace(self, scoring=self.scoring.with_positive(self.classes.index(name)))
 
     def decide(self, probabilities) -> np.ndarray:
         """The rule in force: each image's class index, or (image, label) True where a label is given."""
@@ -160,7 +179,12 @@ class ModelSpec:
 def _scoring(values: dict) -> ScoringPolicy:
     """model.json's scoring policy: views, temperature, the two-class threshold, a multi-label model's thresholds."""
     policy = ScoringPolicy.of(bool(values.get("tta", False)), float(values.get("temperature", 1.0)))
-    policy = policy.deciding_at(float(values.get("threshold", 0.5)))
+    policy = policy.on_second(float(values.get("threshold", 0.5)))  # always the second class's probability
+    classes, positive = [str(c) for c in values["classes"]], values.get("positive_class")
+    if positive is not None and len(classes) == 2:  # the rule's words; the classes' check comes after
+        if str(positive) not in classes:
+            raise UserError(f"positive_class {positive!r} is not one of the classes {', '.join(classes)}")
+        policy = policy.with_positive(classes.index(str(positive)))
     thresholds = values.get("thresholds")
     return policy.labelling_at(tuple(float(thresholds[str(c)]) for c in values["classes"])) if thresholds else policy
 

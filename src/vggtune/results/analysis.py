@@ -42,7 +42,13 @@ class Intervals:
 
 
 def intervals(
-    labels, probabilities, classes: list[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0, threshold: float = 0.5
+    labels,
+    probabilities,
+    classes: list[str],
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+    threshold: float = 0.5,
+    positive: int = 1,
 ) -> Intervals:
     """95 % intervals: Wilson for accuracy; for F1, ROC AUC and log loss a percentile bootstrap that
     resamples the images within each true class, so every resample has every class as often as the
@@ -57,8 +63,8 @@ def intervals(
     accuracy = wilson_interval(int((decide(probabilities, threshold) == labels).sum()), n)
     if n == 0:
         return Intervals(accuracy)
-    estimate = classification_metrics(labels, probabilities, classes, threshold)
-    samples = resampled_figures(labels, probabilities, draws, np.random.default_rng(seed), threshold)
+    estimate = classification_metrics(labels, probabilities, classes, threshold, positive)
+    samples = resampled_figures(labels, probabilities, draws, np.random.default_rng(seed), threshold, positive)
     bootstrapped = {}
     for key, values in samples.items():
         centre = getattr(estimate, key)
@@ -154,11 +160,11 @@ class Figure(NamedTuple):
     interval: Interval | None
 
 
-def headline(labels, probabilities, classes: list[str], threshold: float = 0.5) -> list[Figure]:
+def headline(labels, probabilities, classes: list[str], threshold: float = 0.5, positive: int = 1) -> list[Figure]:
     """The figures a reader asks for first, each with its 95 % interval: accuracy, balanced accuracy, F1 (of
     the positive class for two classes, macro otherwise), ROC AUC (two classes), log loss."""
-    result = classification_metrics(labels, probabilities, classes, threshold)
-    bounds = intervals(labels, probabilities, classes, threshold=threshold)
+    result = classification_metrics(labels, probabilities, classes, threshold, positive)
+    bounds = intervals(labels, probabilities, classes, threshold=threshold, positive=positive)
     binary = result.two_classes
     rows = [
         Figure("accuracy", "accuracy", result.accuracy, bounds.accuracy),
@@ -207,7 +213,7 @@ def two_class_rates(result: Metrics) -> str | None:
     """Sensitivity and specificity named by class, for two classes."""
     if result.sensitivity is None or result.specificity is None:
         return None
-    negative, positive = result.classes
+    negative, positive = result.negative_class, result.positive_class
     return (
         f"sensitivity {result.sensitivity:.3f} (recall of {positive}), specificity "
         f"{result.specificity:.3f} (recall of {negative})"

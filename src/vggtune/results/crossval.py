@@ -147,7 +147,8 @@ def _fit_fold(config: TrainConfig) -> bool:
 def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) -> CrossValidation:
     """Per-fold and pooled metrics (with 95 % intervals) of the folds' test predictions."""
     classes = RunDir(configs[0].run.out).saved_splits().classes
-    task = RunDir(configs[0].run.out).model_spec().task
+    first = RunDir(configs[0].run.out).model_spec()
+    task, positive = first.task, first.scoring.positive  # the same options, so the same task and positive class
     rows: list[PredictionRow] = []
     per_fold: list[FoldResult] = []
     image_thresholds: list[float] = []  # each image's fold's two-class threshold
@@ -157,19 +158,20 @@ def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) ->
         scoring = RunDir(config.run.out).model_spec().scoring  # each fold decides at its own threshold(s)
         image_thresholds += [scoring.threshold] * len(tested)
         fold_thresholds.append(scoring.thresholds)
-        metrics = _scored(task, tested, classes, scoring.threshold, scoring.thresholds)
+        metrics = _scored(task, tested, classes, scoring.threshold, scoring.thresholds, positive=positive)
         per_fold.append(FoldResult(config.run.cv_fold, metrics, fold_seconds))
         rows += [PredictionRow(f"fold-{config.run.cv_fold}", row.path, row.label, row.probabilities) for row in tested]
     # Pooled at one threshold: the folds' own where they agree (0.5 unless --threshold), else their median;
     # multi-label: each label's median over the folds.
     pooled_thresholds = tuple(np.median(fold_thresholds, axis=0).tolist()) if task.several else ()
     threshold = float(np.median(image_thresholds)) if image_thresholds else 0.5
-    pooled = _scored(task, rows, classes, threshold, pooled_thresholds, intervals=True)
+    pooled = _scored(task, rows, classes, threshold, pooled_thresholds, intervals=True, positive=positive)
     base = configs[0].with_run(out=str(root), cv_folds=0, cv_fold=0, no_report=False)
     result = CrossValidation(
-        classes, pooled, _intervals(rows, classes, pooled, threshold), tuple(per_fold), base.to_dict()
+        classes, pooled, _intervals(rows, classes, pooled, threshold, positive), tuple(per_fold), base.to_dict()
     )
-    write_predictions(root / "cv_predictions.csv", classes, rows, pooled_thresholds or ())
+    pooled_rule = first.scoring.on_second(threshold).labelling_at(pooled_thresholds)
+    write_predictions(root / "cv_predictions.csv", classes, rows, pooled_rule)
     atomic_write_json(root / "cv.json", result.to_dict())
     return result
 
@@ -181,14 +183,17 @@ def _scored(
     threshold: float,
     thresholds: tuple[float, ...],
     intervals: bool = False,
+    positive: int = 1,
 ) -> figures.Figures:
     """The task's figures of scored rows: Metrics, or MultiLabelMetrics at `thresholds` (one a label)."""
     probabilities = np.asarray([row.probabilities for row in rows]).reshape(-1, len(classes))
     truth = figures.truth(task, [row.label for row in rows], classes)
-    return figures.figures(task, truth, probabilities, classes, threshold, thresholds, intervals)
+    return figures.figures(task, truth, probabilities, classes, threshold, thresholds, intervals, positive)
 
 
-def _intervals(rows: list[PredictionRow], classes: list[str], pooled: figures.Figures, threshold: float) -> Intervals:
+def _intervals(
+    rows: list[PredictionRow], classes: list[str], pooled: figures.Figures, threshold: float, positive: int
+) -> Intervals:
     """The pooled figures' 95 % intervals: Wilson for accuracy, a stratified bootstrap for the others;
     multi-label: subset accuracy's Wilson interval and macro F1's (mAP's and micro F1's are the pooled
     record's own `intervals_95`)."""
@@ -197,7 +202,7 @@ def _intervals(rows: list[PredictionRow], classes: list[str], pooled: figures.Fi
         return Intervals(pooled.accuracy_95, f1_macro=own.get("f1_macro"))
     labels = [classes.index(row.label) for row in rows]
     probabilities = np.asarray([row.probabilities for row in rows]).reshape(-1, len(classes))
-    return intervals(labels, probabilities, classes, threshold=threshold)
+    return intervals(labels, probabilities, classes, threshold=threshold, positive=positive)
 
 
 def _summary(metrics: figures.Figures) -> dict:

@@ -41,6 +41,7 @@ class Evaluated:
     own: bool = False  # the run's own test (or validation) split, given folder or not
     threshold: float = 0.5  # two classes: the decision threshold the labels are decided at
     thresholds: tuple[float, ...] = ()  # a multi-label model's, one a label
+    positive: int = 1  # two classes: the positive class (sensitivity's, F1's)
 
     @property
     def labels(self) -> np.ndarray:
@@ -71,7 +72,14 @@ class Evaluated:
         """The figures of these images: Metrics, or a multi-label model's MultiLabelMetrics (with bootstrap
         intervals)."""
         return scored.figures(
-            self.task, self.labels, self.probabilities, self.classes, self.threshold, self.thresholds, intervals=True
+            self.task,
+            self.labels,
+            self.probabilities,
+            self.classes,
+            self.threshold,
+            self.thresholds,
+            intervals=True,
+            positive=self.positive,
         )
 
     def counts(self) -> dict[str, int]:
@@ -101,7 +109,7 @@ class Evaluated:
         1,000 resamples), shared by the report and the model card."""
         if self.task.several:
             return analysis.multilabel_headline(self.multilabel_figures)
-        return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold)
+        return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold, self.positive)
 
 
 def score(predictor: Predictor, folder: RunDir, data_dir: str | None = None) -> Evaluated:
@@ -125,9 +133,19 @@ def score(predictor: Predictor, folder: RunDir, data_dir: str | None = None) -> 
         )
         for p in predictions
     ]
-    threshold, thresholds = predictor.spec.scoring.threshold, _thresholds(predictor)
+    scoring = predictor.spec.scoring
     name = display_path(data_dir) if data_dir else split_name(folder, "test")
-    return Evaluated(name, predictor.classes, rows, rejected, predictor.spec.task, not data_dir, threshold, thresholds)
+    return Evaluated(
+        name,
+        predictor.classes,
+        rows,
+        rejected,
+        predictor.spec.task,
+        not data_dir,
+        scoring.threshold,
+        _thresholds(predictor),
+        scoring.positive,
+    )
 
 
 def _thresholds(predictor: Predictor) -> tuple[float, ...]:
@@ -155,6 +173,7 @@ def from_training(folder: RunDir, predictor: Predictor) -> Evaluated | None:
                 own=True,
                 threshold=predictor.spec.scoring.threshold,
                 thresholds=_thresholds(predictor),
+                positive=predictor.spec.scoring.positive,
             )
     return None
 

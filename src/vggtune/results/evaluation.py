@@ -50,11 +50,19 @@ def evaluate(
     report: bool = True,
     engine: str | Engine = "auto",
     threshold: float | None = None,
+    positive_class: str | None = None,
 ) -> Evaluation:
     """Metrics of a run's model on labelled images, written as JSON (default RUN/evaluation.json), with
     each image's probabilities (*.predictions.csv) and the report (*.html) beside it. Under torchrun each
     rank scores its share of the images. `threshold`: a two-class decision threshold instead of model.json's."""
-    predictor = Predictor(folder.path, device=device, precision=precision, engine=engine, threshold=threshold)
+    predictor = Predictor(
+        folder.path,
+        device=device,
+        precision=precision,
+        engine=engine,
+        threshold=threshold,
+        positive_class=positive_class,
+    )
     evaluated = score(predictor, folder, data_dir)
     metrics = evaluated.figures
     gap = validation_gap(folder, metrics, evaluated.data)
@@ -64,9 +72,8 @@ def evaluate(
     target = Path(output) if output else folder.evaluation_file()
     with distributed.alone():  # the other ranks wait at the job's last barrier
         atomic_write_json(target, result.to_dict())
-        write_predictions(
-            target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows, evaluated.thresholds or ()
-        )
+        rule = predictor.spec.scoring.labelling_at(evaluated.thresholds)  # multi-label: 0.5 where none were kept
+        write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows, rule)
         if report:
             write_report(folder, evaluated, predictor, target.with_suffix(".html"))
     return result

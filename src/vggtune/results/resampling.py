@@ -28,7 +28,12 @@ def stratified_picks(labels: np.ndarray, draws: int, rng: np.random.Generator) -
 
 
 def resampled_figures(
-    labels: np.ndarray, probabilities: np.ndarray, draws: int, rng: np.random.Generator, threshold: float = 0.5
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    draws: int,
+    rng: np.random.Generator,
+    threshold: float = 0.5,
+    positive: int = 1,
 ) -> dict[str, np.ndarray]:
     """Each figure's value in every draw (balanced accuracy, macro F1, log loss; F1 of the positive class
     and ROC AUC for two classes): the figures the bootstrap takes percentiles of. A figure undefined on
@@ -39,7 +44,7 @@ def resampled_figures(
     chunks: dict[str, list[np.ndarray]] = {}
     for picks in stratified_picks(labels, draws, rng):
         truth = labels[picks]
-        figures = _class_figures(truth, predicted[picks], n_classes)
+        figures = _class_figures(truth, predicted[picks], n_classes, positive)
         figures["log_loss"] = losses[picks].mean(axis=1)
         if n_classes == 2 and 0 < labels.sum() < len(labels):
             figures["roc_auc"] = _roc_auc(truth, probabilities[:, 1], picks)
@@ -55,7 +60,9 @@ def _per_draw_counts(draw_labels: np.ndarray, n_classes: int, where: np.ndarray 
     return np.bincount(kept, minlength=len(draw_labels) * n_classes).reshape(len(draw_labels), n_classes)
 
 
-def _class_figures(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+def _class_figures(
+    truth: np.ndarray, predicted: np.ndarray, n_classes: int, positive: int = 1
+) -> dict[str, np.ndarray]:
     """Balanced accuracy over the classes present, macro F1 over every class (0 where undefined, as
     scikit-learn's zero_division=0 gives), and the positive class's F1 for two classes."""
     true_positives = _per_draw_counts(truth, n_classes, truth == predicted).astype(np.float64)
@@ -67,7 +74,7 @@ def _class_figures(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> 
     present = support[0] > 0  # the same classes in every draw: the resample is stratified
     figures = {"balanced_accuracy": recall[:, present].mean(axis=1), "f1_macro": f1.mean(axis=1)}
     if n_classes == 2:
-        figures["f1"] = f1[:, 1]
+        figures["f1"] = f1[:, positive]
     return figures
 
 

@@ -126,6 +126,11 @@ class TrainConfig:
     # two classes: the second class's probability above which an image gets it; "val": the threshold that
     # maximises balanced accuracy on the validation split
     threshold: float | str = 0.5
+    # two classes: the class the rule is said and set in terms of (the second class where None); its recall is
+    # the sensitivity; --threshold is its probability
+    positive_class: str | None = None
+    # two classes: the positive class's recall the threshold is chosen on validation to reach (instead of --threshold)
+    target_recall: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunSettings = field(default_factory=lambda: RunSettings())  # where, how loud, which process
 
@@ -150,6 +155,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise choice_error("--schedule", self.schedule, SCHEDULES)
         self._check_threshold()
+        self._check_target_recall()
         _check_int("--epochs", self.epochs, 1)
         _check_int("--finetune-epochs", self.finetune_epochs, 0)
         _check_int("--batch-size", self.batch_size, 1)
@@ -229,6 +235,32 @@ class TrainConfig:
                 f"{CHOSEN_ON_VALIDATION} (chosen on the validation split)"
             )
         object.__setattr__(self, "threshold", value)
+
+    def _check_target_recall(self) -> None:
+        if self.target_recall is None:
+            return
+        if isinstance(self.target_recall, bool) or not isinstance(self.target_recall, (int, float)):
+            raise UserError(f"--target-recall: received {self.target_recall!r}; allowed: 0 < x < 1")
+        if not 0 < self.target_recall < 1:
+            raise UserError(f"--target-recall: received {self.target_recall}; allowed: 0 < x < 1")
+        if self.threshold != 0.5:
+            raise UserError(
+                f"--target-recall {self.target_recall} with --threshold {self.threshold}: both set the rule; "
+                "allowed: one of them"
+            )
+
+    def check_rule(self, classes: list[str], several: bool) -> None:
+        """--positive-class and --target-recall name one of two classes; checked once the classes are known."""
+        if self.positive_class is None and self.target_recall is None:
+            return
+        flag = "--positive-class" if self.positive_class is not None else "--target-recall"
+        if several or len(classes) != 2:
+            kind = "labels, several an image" if several else "classes"
+            raise UserError(f"{flag}: received for data of {len(classes)} {kind}; allowed: two classes only")
+        if self.positive_class is not None and self.positive_class not in classes:
+            raise UserError(
+                f"--positive-class: received {self.positive_class!r}; allowed: one of the classes {', '.join(classes)}"
+            )
 
     def _check_fold(self) -> None:
         if self.run.cv_folds and self.test_data is not None:

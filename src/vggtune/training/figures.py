@@ -56,13 +56,15 @@ def figures(
     threshold: float = 0.5,
     thresholds: tuple[float, ...] = (),
     intervals: bool = False,
+    positive: int = 1,
 ) -> Figures:
     """The task's metrics record: Metrics of class indexes `labels` at the two-class `threshold`; a
     multi-label model's MultiLabelMetrics of (image, label) 0/1 `labels` at its `thresholds` (one a label; 0.5
-    each where none are given), with its bootstrap intervals where `intervals`."""
+    each where none are given), with its bootstrap intervals where `intervals`; two classes: `positive` names
+    the class sensitivity and F1 are of."""
     if task is MULTI_LABEL:
         return multilabel_metrics(labels, probabilities, classes, thresholds, intervals)
-    return classification_metrics(labels, probabilities, classes, threshold)
+    return classification_metrics(labels, probabilities, classes, threshold, positive)
 
 
 def truth(task: Task, names: list[str], classes: list[str]) -> np.ndarray:

@@ -50,8 +50,9 @@ class ClassScores:
 class Metrics:
     """The figures of one set of images, as metrics.json, evaluation.json and every page hold them. An
     undefined figure (ROC AUC with one class present, anything of an empty set) is None. The last six are
-    for two classes only: `positive_class` is the second class, what `f1` and ROC AUC are of; sensitivity
-    and specificity are the recalls of the second and first class."""
+    for two classes only: `positive_class` is the user's positive class (the second unless one was named),
+    what `f1` is of and `threshold` is on; sensitivity and specificity are the recalls of the positive and the
+    other class."""
 
     n: int
     accuracy: float | None
@@ -80,6 +81,11 @@ class Metrics:
     @property
     def two_classes(self) -> bool:
         return self.positive_class is not None
+
+    @property
+    def negative_class(self) -> str | None:
+        """Two classes: the class that is not the positive one."""
+        return next((name for name in self.classes if name != self.positive_class), None) if self.two_classes else None
 
     @property
     def headline_f1(self) -> float | None:
@@ -116,9 +122,12 @@ def known_fields(record: type, values: dict) -> dict:
 TWO_CLASS_FIELDS = ("roc_auc", "positive_class", "threshold", "f1", "sensitivity", "specificity")
 
 
-def classification_metrics(labels, probabilities, classes: list[str], threshold: float = 0.5) -> Metrics:
+def classification_metrics(
+    labels, probabilities, classes: list[str], threshold: float = 0.5, positive: int = 1
+) -> Metrics:
     """accuracy and balanced accuracy, per-class and macro precision/recall/F1, log loss, confusion matrix;
-    for two classes ROC AUC, sensitivity and specificity. Labels are decided at the two-class `threshold`
+    for two classes ROC AUC, sensitivity and specificity of the `positive` class (the second unless the user
+    named the first). Labels are decided at the two-class `threshold` on the second class's probability
     (model/policy.py); the log loss and ROC AUC do not depend on it."""
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(labels), len(classes))
@@ -137,13 +146,14 @@ def classification_metrics(labels, probabilities, classes: list[str], threshold:
     n = len(labels)
     two = {}
     if len(classes) == 2:
+        negative = 1 - positive
         two = {
-            "roc_auc": _none_for_nan(roc_auc(labels, probabilities[:, 1])),
-            "positive_class": classes[1],
-            "threshold": float(threshold),
-            "f1": per_class[classes[1]].f1,
-            "sensitivity": per_class[classes[1]].recall if support[1] else None,
-            "specificity": per_class[classes[0]].recall if support[0] else None,
+            "roc_auc": _none_for_nan(roc_auc(labels, probabilities[:, 1])),  # the same of either class
+            "positive_class": classes[positive],
+            "threshold": float(threshold if positive else 1 - threshold),  # on the positive class's probability
+            "f1": per_class[classes[positive]].f1,
+            "sensitivity": per_class[classes[positive]].recall if support[positive] else None,
+            "specificity": per_class[classes[negative]].recall if support[negative] else None,
         }
     return Metrics(
         n=int(n),
@@ -210,6 +220,24 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:
     best = np.flatnonzero(youden >= youden.max() - 1e-12)
     chosen = candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]]
     return float(np.clip(chosen, 1e-6, 1 - 1e-6))
+
+
+def threshold_for_recall(scores, wanted: float) -> float:
+    """The highest threshold on the positive class's probability that leaves at least `wanted` of these positive
+    images' `scores` above it: halfway between the score of the last image it must keep and the next one's."""
+    ranked = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    kept = min(len(ranked), max(1, int(np.ceil(wanted * len(ranked) - 1e-9))))
+    below = ranked[kept] if kept < len(ranked) else 0.0
+    return float(np.clip((ranked[kept - 1] + below) / 2, 1e-6, 1 - 1e-6))
+
+
+def threshold_interval(scores, wanted: float, draws: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """The 95 % interval of `threshold_for_recall` from a bootstrap of the positive images."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    drawn = [threshold_for_recall(scores[rng.integers(len(scores), size=len(scores))], wanted) for _ in range(draws)]
+    low, high = np.percentile(drawn, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

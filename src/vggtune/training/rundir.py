@@ -16,7 +16,9 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from vggtune import runfiles
@@ -35,6 +37,9 @@ from vggtune.model.spec import ModelSpec
 from vggtune.training import figures
 from vggtune.training.config import TrainConfig, load_config, save_config
 
+if TYPE_CHECKING:  # annotations only
+    from vggtune.model.policy import ScoringPolicy
+
 
 @dataclass(frozen=True)
 class PredictionRow:
@@ -46,21 +51,25 @@ class PredictionRow:
     probabilities: list[float]
 
 
-def write_predictions(
-    path: Path, classes: list[str], rows: list[PredictionRow], thresholds: tuple[float, ...] = ()
-) -> None:
-    """predictions.csv: each image's split, path, true class, predicted class and every class's probability; for
-    a multi-label model (`thresholds`, one a label) the true and predicted labels joined by ";"."""
-
-    def predicted(row: PredictionRow) -> str:
-        if thresholds:
-            return figures.label_text(classes, [p > t for p, t in zip(row.probabilities, thresholds)])
-        return classes[max(range(len(classes)), key=row.probabilities.__getitem__)]
-
+def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow], rule: ScoringPolicy) -> None:
+    """predictions.csv: each image's split, path, true class, the class the `rule` in force gives it (two
+    classes: at its threshold, not the larger probability) and every class's probability; for a multi-label
+    model (the rule's `thresholds`, one a label) the true and predicted labels joined by ";"."""
+    probabilities = np.asarray([row.probabilities for row in rows], dtype=np.float64).reshape(-1, len(classes))
+    decided = rule.labels(probabilities) if rule.thresholds else rule.decide(probabilities)
     write_csv(
         path,
         ["split", "path", "label", "predicted", *classes],
-        ([row.split, row.path, row.label, predicted(row), *(f"{p:.9g}" for p in row.probabilities)] for row in rows),
+        (
+            [
+                row.split,
+                row.path,
+                row.label,
+                figures.label_text(classes, given),
+                *(f"{p:.9g}" for p in row.probabilities),
+            ]
+            for row, given in zip(rows, decided)
+        ),
     )
 
 
@@ -347,10 +356,9 @@ class RunDir:
             },
         )
 
-    def write_predictions(self, classes: list[str], rows: list[tuple], thresholds: tuple[float, ...] = ()) -> None:
-        """rows: (split, path, true class, probabilities) of each scored image; `thresholds`: a multi-label
-        model's, one a label."""
-        write_predictions(self.path / runfiles.PREDICTIONS, classes, [PredictionRow(*row) for row in rows], thresholds)
+    def write_predictions(self, classes: list[str], rows: list[tuple], rule: ScoringPolicy) -> None:
+        """rows: (split, path, true class, probabilities) of each scored image, decided by `rule` (model.json's)."""
+        write_predictions(self.path / runfiles.PREDICTIONS, classes, [PredictionRow(*row) for row in rows], rule)
 
     def predictions(self, classes: list[str]) -> list[PredictionRow] | None:
         """predictions.csv: each validation and test image's row; None for a run made before it was written."""

@@ -105,7 +105,9 @@ class Scorer:
         """The figures of these images: Metrics, or for a multi-label model MultiLabelMetrics (`intervals`: with
         its bootstrap intervals)."""
         task, policy = self.model.head_spec.task, self.policy
-        return figures(task, labels, probabilities, self.classes, policy.threshold, policy.thresholds, intervals)
+        return figures(
+            task, labels, probabilities, self.classes, policy.threshold, policy.thresholds, intervals, policy.positive
+        )
 
 
 def _merged(positions: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

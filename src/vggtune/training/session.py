@@ -65,6 +65,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     folder.prepare(resume)
     runtime = choose_runtime(config.run.device, config.precision)
     splits = gather_data(config)
+    config.check_rule(splits.classes, splits.task.several)
     loaded = weights.resolve(weights.for_arch(config.arch), user_file=config.weights)
     distributed.barrier()  # every rank has checked the folder before rank 0 fills it
     if main:

@@ -4,10 +4,14 @@ which that score must respect."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from vggtune.progress import say
 from vggtune.training.config import CHOSEN_ON_VALIDATION, IMBALANCED
 from vggtune.training.figures import Validation
-from vggtune.training.metrics import balanced_log_loss, best_threshold
+from vggtune.training.metrics import balanced_log_loss, best_threshold, threshold_for_recall, threshold_interval
 from vggtune.training.multilabel import best_thresholds, binary_log_loss
 from vggtune.training.objective import class_weights, positive_weights
 from vggtune.training.scoring import Scorer
@@ -24,10 +28,16 @@ def weights_of(run: Run):
 
 def chosen_rule(run: Run, cut: str, policy):
     """The final scoring `policy` with the decision rule its task fits on the validation split: each label's
-    threshold (multi-label), or the two-class threshold."""
+    threshold (multi-label), or the two-class rule: its positive class, and the threshold given, or chosen for
+    the best balanced accuracy (--threshold val) or to reach a recall of the positive class (--target-recall)."""
     if run.spec.task.several:
         return policy.labelling_at(label_thresholds(run, cut, policy))
-    return policy.deciding_at(decision_threshold(run, cut, policy))
+    classes, config = run.spec.classes, run.config
+    if len(classes) == 2 and config.positive_class is not None:
+        policy = policy.with_positive(classes.index(config.positive_class))
+    if config.target_recall is not None and len(classes) == 2:
+        return recall_rule(run, cut, policy)
+    return policy.on_second(decision_threshold(run, cut, policy))
 
 
 def scorer(run: Run, policy=None) -> Scorer:
@@ -69,7 +79,7 @@ def decision_threshold(run: Run, cut: str, policy) -> float:
     """The two-class threshold the config names, or with --threshold val the one with the best balanced
     accuracy on the validation split under the final scoring `policy` (0.5 where it cannot be chosen)."""
     if run.config.threshold != CHOSEN_ON_VALIDATION:
-        return float(run.config.threshold)
+        return policy.deciding_at(float(run.config.threshold)).threshold
     if len(run.spec.classes) != 2 or not len(run.labels["val"]):
         say("threshold: not chosen (two classes and validation images needed), left at 0.5")
         return 0.5
@@ -78,11 +88,75 @@ def decision_threshold(run: Run, cut: str, policy) -> float:
     if threshold is None:
         say("threshold: the validation split holds one class, left at 0.5")
         return 0.5
+    chosen = policy.on_second(threshold)
     say(
-        f"threshold: {threshold:.4f} on the probability of {run.spec.classes[1]}, chosen on "
-        f"{len(labels)} validation images (the best balanced accuracy there)"
+        f"rule: {chosen.rule_words(run.spec.classes)}, chosen on {len(labels)} validation images "
+        "(the best balanced accuracy there)"
     )
+    warn_if_few(run.spec.classes, labels, RULE_IMAGES, "the threshold", chosen)
     return threshold
+
+
+def recall_rule(run: Run, cut: str, policy):
+    """--target-recall R: the highest threshold on the positive class's probability that gives at least R of the
+    validation split's positive images the positive class; its 95 % interval from a bootstrap of those images."""
+    classes, wanted = run.spec.classes, run.config.target_recall
+    named = classes[policy.positive]
+    if not len(run.labels["val"]):
+        say(
+            "--target-recall: no validation images to choose the threshold on; the rule stays "
+            + policy.rule_words(classes)
+        )
+        return policy
+    _, labels, probabilities = scorer(run, policy).scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    scores = probabilities[:, policy.positive][labels == policy.positive]
+    if not len(scores):
+        say(
+            f"--target-recall: the validation split holds no {named} image; the rule stays {policy.rule_words(classes)}"
+        )
+        return policy
+    chosen = policy.deciding_at(threshold_for_recall(scores, wanted))
+    low, high = threshold_interval(scores, wanted)
+    reached = float((decide_positive(chosen, probabilities) & (labels == policy.positive)).sum() / len(scores))
+    say(
+        f"rule: {chosen.rule_words(classes)}, chosen on {len(scores)} validation images of {named} to reach a "
+        f"recall of {wanted:g} (there {reached:.3f}; the threshold's 95 % interval {low:.3g} to {high:.3g})"
+    )
+    warn_if_few(classes, labels, needed_for_recall(wanted), "the threshold", chosen, only=policy.positive)
+    return chosen
+
+
+# A rule set on a class's validation images is only as steady as the recall measured on them: near 0.9 that
+# recall's 95 % interval is about +-0.06 on 100 images, +-0.12 on 25.
+RULE_IMAGES = 100
+
+
+def needed_for_recall(wanted: float) -> int:
+    """Positive validation images a target recall needs: enough for a miss rate of 1 - R to show at least three
+    misses (the rule of three), and at least RULE_IMAGES."""
+    return max(RULE_IMAGES, math.ceil(3 / (1 - wanted)))
+
+
+def decide_positive(policy, probabilities) -> np.ndarray:
+    """Which images the rule gives the positive class."""
+    return policy.decide(probabilities) == policy.positive
+
+
+def warn_if_few(classes, labels, needed: int, what: str, rule, only: int | None = None) -> None:
+    """One warning line where the validation split holds fewer than `needed` images of a class the rule was set on."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    short = [(classes[i], int(counts[i])) for i in ([only] if only is not None else range(len(classes)))]
+    short = [(name, held) for name, held in short if held < needed]
+    if not short:
+        return
+    fewest = min(held for _, held in short)
+    spread = 1.96 * math.sqrt(0.09 / max(fewest, 1))
+    held = ", ".join(f"{held} {name}" for name, held in short)
+    say(
+        f"warning: {what} was set on {held} validation images; a recall near 0.9 measured on {fewest} images "
+        f"is +-{spread:.2f} (95 %), and about {needed} a class are needed for the rule to hold on new images; "
+        f"the rule in force: {rule.rule_words(classes)}"
+    )
 
 
 def validate(run: Run, cut: str) -> Validation | None:
