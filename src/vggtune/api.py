@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # annotations only: importing the API imports no torch
     from vggtune.data.check import DataCheck
     from vggtune.deploy.predict import Explained, Predictions
     from vggtune.results.auditrecords import AuditResult
+    from vggtune.results.calibration import Calibration
     from vggtune.results.crossval import CrossValidation
     from vggtune.results.evaluation import Evaluation
     from vggtune.results.runs import RunRow
@@ -45,6 +46,7 @@ _LAZY = {
     "TrialResult": "vggtune.results.tuning",
     "TrainResult": "vggtune.training.schedule",
     "Evaluation": "vggtune.results.evaluation",
+    "Calibration": "vggtune.results.calibration",
     "CrossValidation": "vggtune.results.crossval",
     "FoldResult": "vggtune.results.crossval",
     "AuditResult": "vggtune.results.audit",
@@ -99,7 +101,7 @@ def train(
 def train_with(config: TrainConfig, resume: bool = False) -> TrainResult:
     """`train` from a TrainConfig: the run, then its report and model card (unless config.run.no_report)."""
     from vggtune.distributed import alone, is_main, join
-    from vggtune.results.evaluation import write_documents_or_warn
+    from vggtune.results.documents import write_documents_or_warn
     from vggtune.training.rundir import RunDir
     from vggtune.training.schedule import train_run
 
@@ -245,6 +247,31 @@ def evaluate(run: str, data: str | None = None, output: str | None = None, **opt
 
 
 @python_words
+def calibrate(run: str, data: str, name: str | None = None, engine: str = "auto") -> Calibration:
+    """Refits the run's decision rule on `data`, a few labelled images (tens) of the source the model is used on:
+    for one class an image a recalibration of the probabilities (shrunk toward the rule in force), for several
+    labels each label's threshold. Writes it into model.json (predict, evaluate, serve and export use it from
+    then on), keeps the rule it replaced by name, and returns a Calibration: the figures before and after (out of
+    sample), the rules in words, how far the new one could move."""
+    from vggtune.results.calibration import calibrate as _calibrate
+    from vggtune.training.rundir import RunDir
+
+    if not data:
+        raise UserError("calibrate: no DATA given; allowed: calibrate(RUN, DATA)")
+    return _calibrate(RunDir.existing(run), data, name, engine)
+
+
+@python_words
+def restore_rule(run: str, name: str) -> str:
+    """Puts an earlier decision rule of the run back in force ("trained": the one training chose); returns it in
+    words."""
+    from vggtune.results.calibration import restore
+    from vggtune.training.rundir import RunDir
+
+    return restore(RunDir.existing(run), name)
+
+
+@python_words
 def predict(
     run: str,
     paths: list[str],
@@ -267,16 +294,21 @@ def predict(
             f"--kaggle writes the second class's probability of a two-class model; this model has "
             f"{len(predictor.classes)} classes; allowed: --format csv or json without --kaggle"
         )
+    from vggtune.results import shift
+    from vggtune.training.rundir import RunDir
+
     files, missing = expand_paths([str(path) for path in paths])
     predictions, unreadable = predictor.predict(files)
-    return Predictions(predictor.classes, predictions, missing + unreadable, predictor.spec.rule)
+    found = shift.check(RunDir(run), predictor, [p.path for p in predictions], [p.label for p in predictions])
+    warning = found.warning if found else None
+    return Predictions(predictor.classes, predictions, missing + unreadable, predictor.spec.rule, warning)
 
 
 @python_words
 def report(run: str, data: str | None = None, out: str | None = None, engine: str = "auto") -> tuple[Path, Path | None]:
     """Writes report.html (of the run's test split, or of the labelled folder `data`) and, for the run's
     own split, the model card README.md; returns their paths."""
-    from vggtune.results.evaluation import write_documents
+    from vggtune.results.documents import write_documents
     from vggtune.training.rundir import RunDir
 
     return write_documents(RunDir(run), data, out, engine)
@@ -390,6 +422,8 @@ __all__ = [
     "audit",
     "runs",
     "evaluate",
+    "calibrate",
+    "restore_rule",
     "predict",
     "report",
     "explain",
@@ -410,6 +444,7 @@ __all__ = [
     "ExportCheckFailed",
     "TrainResult",
     "Evaluation",
+    "Calibration",
     "CrossValidation",
     "FoldResult",
     "AuditResult",

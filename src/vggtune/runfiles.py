@@ -23,6 +23,9 @@ MODEL_CARD = "README.md"
 STATE = "state"  # the checkpoints of an unfinished run
 INT8 = "int8.json"  # in STATE: the int8 blocks' calibration while the run trains
 TENSORBOARD = "tensorboard"  # TensorBoard's event files
+# embeddings of a sample of the training images: the fence new images are measured against (results/shift.py);
+# written on the first check of a batch, while the training images are at hand
+SHIFT_REFERENCE = "shift_reference.safetensors"
 EXPLAIN = "explain"  # `vggtune explain`'s overlays, where no --out is given
 # `vggtune export`'s files, by format ("" for fp32, "-int8"): exporting.py's registry names them from here
 EXPORTS = {"onnx": "model{}.onnx", "openvino": "model{}.xml", "tflite": "model{}.tflite"}
@@ -45,6 +48,7 @@ NAMES = (
     EVALUATION,
     REPORT,
     MODEL_CARD,
+    SHIFT_REFERENCE,
 )
 
 

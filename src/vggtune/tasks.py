@@ -114,12 +114,16 @@ class SingleLabel:
         """The rule's fields in model.json beside the threshold on the second class, which every model.json
         holds: the positive class, and the rule in words."""
         if len(classes) != 2:
-            return {"rule": "the most probable class"}
+            return {"rule": self.words(classes, policy)}
         return {"positive_class": classes[policy.positive], "rule": policy.rule_words(classes)}
 
     def words(self, classes: Sequence[str], policy) -> str:
         """The rule in force, as every output says it."""
-        return policy.rule_words(classes) if len(classes) == 2 else "the most probable class"
+        if len(classes) == 2:
+            return policy.rule_words(classes)
+        return "the most probable class" + (
+            " (P recalibrated by vggtune calibrate)" if policy.recalibrated_here else ""
+        )
 
     def describe(self, classes: Sequence[str], named: str) -> str:
         """What the model is, in the model card's words (`named`: the classes, listed)."""

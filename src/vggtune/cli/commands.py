@@ -78,6 +78,19 @@ def _print_results(scores: dict, out: str, tested_on: str = "the test split", ga
     print(f"run saved in {out} (no validation or test images to measure)")
 
 
+def cmd_calibrate(args) -> int:
+    if args.restore:
+        if args.data:
+            raise UserError(f"calibrate: received DATA {args.data} with --restore; allowed: one of them")
+        print(f"rule in force: {api.restore_rule(args.run, args.restore)}")
+        return 0
+    if not args.data:
+        raise UserError("calibrate: no DATA given; allowed: vggtune calibrate RUN DATA, or RUN --restore NAME")
+    result = api.calibrate(args.run, args.data, name=args.name, engine=args.engine)
+    print("\n".join(text.calibration_lines(result)))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     result = api.evaluate(
         args.run,
@@ -90,6 +103,8 @@ def cmd_evaluate(args) -> int:
     )
     judged = args.run if args.data is None else f"{args.run} on {display_path(args.data)}"
     _print_results({"test": result.metrics}, judged, gap=result.validation_gap)
+    if result.shift:
+        print(f"warning: {result.shift}")
     return 0
 
 
@@ -168,6 +183,8 @@ def cmd_predict(args) -> int:
         print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
     if not args.kaggle:  # Kaggle's file is a probability; the labels written follow this rule
         print(f"rule: {result.rule}", file=sys.stderr)
+    if result.shift:
+        print(f"warning: {result.shift}", file=sys.stderr)
     written = text.predictions_text(result.predictions, result.classes, args.format, args.kaggle)
     if args.output:
         cliapi.atomic_write_text(Path(args.output), written)
@@ -279,6 +296,7 @@ COMMANDS = {
     "tune": cmd_tune,
     "runs": cmd_runs,
     "evaluate": cmd_evaluate,
+    "calibrate": cmd_calibrate,
     "report": cmd_report,
     "explain": cmd_explain,
     "export": cmd_export,

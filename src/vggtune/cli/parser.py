@@ -209,6 +209,16 @@ def _add_training_commands(commands) -> None:
 
 def _add_run_commands(commands) -> None:
     """evaluate, report, explain, export, serve and predict: the commands that use a finished run."""
+    calibrate = commands.add_parser(
+        "calibrate", help="refit a run's decision rule on a few labelled images of the source it is used on"
+    )
+    calibrate.add_argument("run", help="a run directory (the --out of vggtune train)")
+    calibrate.add_argument(
+        "data", nargs="?", help="labelled images of that source (a class folder each, or a manifest): tens"
+    )
+    calibrate.add_argument("--name", help="what to call the new rule (default: calibrated DATE on DATA)")
+    calibrate.add_argument("--restore", metavar="NAME", help="put an earlier rule back in force (trained: training's)")
+    _add_engine_flag(calibrate)
     evaluate = commands.add_parser("evaluate", help="metrics of a run on its test split or a folder")
     evaluate.add_argument("run", help="a run directory (the --out of vggtune train)")
     evaluate.add_argument("--data", help="labelled folder to evaluate on instead of the run's test split")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from vggtune.cliapi import describe_interval, display_path, most_confused, per_class_rows
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.api import CrossValidation, Metrics, MultiLabelMetrics, RunRow, TrialResult
+    from vggtune.api import Calibration, CrossValidation, Metrics, MultiLabelMetrics, RunRow, TrialResult
 
 MATRIX_CLASSES = 10  # beyond this many classes a terminal shows the most confused pairs instead
 
@@ -165,6 +165,31 @@ TERMINAL = {
 def figures_lines(figures) -> list[str]:
     """A set's figures as the terminal shows them, whichever task they are of."""
     return TERMINAL[figures.task].lines(figures)
+
+
+def calibration_lines(result: Calibration) -> list[str]:
+    """`vggtune calibrate`: the sample, the figures before and after (out of sample) with 95 % intervals, the
+    rules, how far the new one could move, and how to go back."""
+    counts = ", ".join(f"{name} {count}" for name, count in result.per_class.items())
+    lines = [f"calibrated {result.run} on {result.data} ({counts})", ""]
+    width = max(len(row[0]) for row in result.rows())
+    lines.append(f"  {'':<{width}}  {'before (the rule in force)':<28}  after (out of sample, folds of the sample)")
+    for name, before, before_95, after, after_95 in result.rows():
+        shown = [_with_interval(before, before_95), _with_interval(after, after_95)]
+        lines.append(f"  {name:<{width}}  {shown[0]:<28}  {shown[1]}")
+    return lines + [
+        "",
+        f"rule before: {result.rule_before}",
+        f"rule now:    {result.rule_after}",
+        f"how firm: {result.spread}",
+        f'the rule before is kept as "{result.kept_as}": vggtune calibrate {result.run} --restore "{result.kept_as}"',
+    ]
+
+
+def _with_interval(value, bound) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return _number(value) + (f" ({bound[0]:.3f}-{bound[1]:.3f})" if bound else "")
 
 
 def predictions_text(predictions, classes, fmt: str, kaggle: bool) -> str:

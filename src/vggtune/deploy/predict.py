@@ -43,6 +43,7 @@ class Predictions:
     predictions: list[Prediction]
     rejected: list[tuple[str, str]]
     rule: str = ""  # in words: "PNEUMONIA where P(PNEUMONIA) > 0.95, else NORMAL"
+    shift: str | None = None  # the warning where the images differ from the training images (results/shift.py)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ class ScoringPolicy:
     # two classes: the user's positive class (--positive-class), what the rule is said and set in terms of
     # (`positive_threshold`); `threshold` stays on the second class's probability, so the one rule computes alike
     positive: int = 1
+    # `vggtune calibrate`: the views' averaged log-probabilities recalibrated for another source's images, as
+    # log_softmax(scale * log p + offsets), an offset a class (a logistic recalibration of the logit for two
+    # classes: the first class's offset 0); 1 and none as trained
+    scale: float = 1.0
+    offsets: tuple[float, ...] = ()
 
     def __post_init__(self):
         if not 0 < self.temperature < float("inf"):
@@ -50,6 +55,8 @@ class ScoringPolicy:
                 raise ValueError(f"threshold {threshold}; allowed: 0 < x < 1")
         if self.positive not in (0, 1):
             raise ValueError(f"positive class {self.positive}; allowed: 0 or 1 (two classes)")
+        if not 0 < self.scale < float("inf") or not all(math.isfinite(offset) for offset in self.offsets):
+            raise ValueError(f"recalibration scale {self.scale}, offsets {self.offsets}; allowed: finite, scale > 0")
 
     @classmethod
     def of(cls, tta: bool, temperature: float = 1.0) -> ScoringPolicy:
@@ -90,7 +97,12 @@ class ScoringPolicy:
         """The two-class rule in force, in the user's words: "PNEUMONIA where P(PNEUMONIA) > 0.95, else NORMAL"."""
         named, other = classes[self.positive], classes[1 - self.positive]
         sign = ">" if self.positive else ">="
-        return f"{named} where P({named}) {sign} {self.positive_threshold:.4g}, else {other}"
+        said = f"{named} where P({named}) {sign} {self.positive_threshold:.4g}, else {other}"
+        return said + (" (P recalibrated by vggtune calibrate)" if self.recalibrated_here else "")
+
+    @property
+    def recalibrated_here(self) -> bool:
+        return self.scale != 1.0 or bool(self.offsets)
 
     def labelling_at(self, thresholds: tuple[float, ...]) -> ScoringPolicy:
         """The same scoring with a multi-label model's thresholds, one a label."""
@@ -116,7 +128,18 @@ class ScoringPolicy:
         if view_logits.shape[0] != len(self.views):
             raise ValueError(f"logits of {view_logits.shape[0]} views; this policy scores {len(self.views)}")
         per_view = torch.stack([head.log_probabilities(logits.to(dtype) / self.temperature) for logits in view_logits])
-        return torch.logsumexp(per_view, dim=0) - math.log(len(self.views))
+        return self.recalibrated(torch.logsumexp(per_view, dim=0) - math.log(len(self.views)))
+
+    def recalibrated(self, log_probabilities: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (image, class) under this policy's recalibration (`vggtune calibrate`)."""
+        if not self.recalibrated_here:
+            return log_probabilities
+        offsets = torch.tensor(self.offsets or (0.0,), dtype=log_probabilities.dtype, device=log_probabilities.device)
+        return torch.log_softmax(self.scale * log_probabilities + offsets, dim=-1)
+
+    def recalibrating(self, scale: float, offsets: tuple[float, ...]) -> ScoringPolicy:
+        """The same scoring, its averaged log-probabilities recalibrated (`vggtune calibrate`)."""
+        return dataclasses.replace(self, scale=float(scale), offsets=tuple(float(o) for o in offsets))
 
     def view_inputs(self, images: torch.Tensor) -> list[torch.Tensor]:
         """This policy's views of clean (N, C, H, W) inputs, in its order."""

@@ -48,6 +48,10 @@ class ModelSpec:
     precision: str  # fp32, bf16 or int8 (frozen blocks), as trained
     int8: dict | None = None  # quantize calibration: {"upto", "scales"}
     scoring: ScoringPolicy = ScoringPolicy()  # temperature, and the views averaged (test-time augmentation)
+    # `vggtune calibrate`: the rules in force before, by name ("trained": the one training chose), and the sample
+    # the rule in force was fitted on (its folder, images a class, the figures before and after)
+    earlier_rules: tuple[tuple[str, ScoringPolicy], ...] = ()
+    calibration: dict | None = None
 
     @classmethod
     def for_training(
@@ -83,14 +87,24 @@ class ModelSpec:
             "arch": self.arch.name,
             "blocks": {name: list(widths) for name, widths in self.arch.blocks},
             "precision": self.precision,
-            "temperature": self.scoring.temperature,
-            "tta": self.scoring.tta,
-            "threshold": self.scoring.threshold,
+            **self.rule_dict(self.scoring),
         }
-        values.update(self.task.rule_fields(self.classes, self.scoring))
         if self.int8 is not None:
             values["int8"] = self.int8
+        if self.earlier_rules:
+            values["earlier_rules"] = {name: self.rule_dict(policy) for name, policy in self.earlier_rules}
+        if self.calibration is not None:
+            values["calibration"] = self.calibration
         return dict(values, format=MODEL_FORMAT)
+
+    def rule_dict(self, policy: ScoringPolicy) -> dict:
+        """A scoring policy as model.json holds it: temperature, views, the threshold on the second class's
+        probability, the task's rule fields (positive class, thresholds, the rule in words), a recalibration."""
+        values = {"temperature": policy.temperature, "tta": policy.tta, "threshold": policy.threshold}
+        values.update(self.task.rule_fields(self.classes, policy))
+        if policy.scale != 1.0 or policy.offsets:
+            values.update(scale=policy.scale, offsets=dict(zip(self.classes, policy.offsets)))
+        return values
 
     @classmethod
     def from_dict(cls, values: dict, origin: str = MODEL_FILE) -> ModelSpec:
@@ -108,6 +122,11 @@ class ModelSpec:
                 precision=str(values.get("precision", "fp32")),
                 int8=values.get("int8"),
                 scoring=_scoring(values),
+                earlier_rules=tuple(
+                    (str(name), _scoring({**rule, "classes": values["classes"]}))
+                    for name, rule in (values.get("earlier_rules") or {}).items()
+                ),
+                calibration=values.get("calibration"),
             )
         except UserError as exc:
             raise UserError(f"{origin}: {exc}") from None
@@ -132,6 +151,30 @@ class ModelSpec:
         """This model deciding at another two-class threshold (predict's and evaluate's --threshold); a
         multi-label model at this threshold for every label."""
         return dataclasses.replace(self, scoring=self.task.rule_at(self.scoring, threshold, self.classes))
+
+    def ruled_by(self, policy: ScoringPolicy, calibration: dict) -> ModelSpec:
+        """This model under a rule `vggtune calibrate` fitted (`calibration` describes the sample and names the
+        rule); the rule in force until now is kept among the earlier rules, by its name ("trained": training's)."""
+        kept = dict(self.earlier_rules)
+        kept.setdefault(self.rule_name, self.scoring)
+        return dataclasses.replace(self, scoring=policy, earlier_rules=tuple(kept.items()), calibration=calibration)
+
+    @property
+    def rule_name(self) -> str:
+        """The name of the rule in force: its calibration's, or "trained"."""
+        return "trained" if self.calibration is None else str(self.calibration["name"])
+
+    def restoring(self, name: str) -> ModelSpec:
+        """This model under an earlier rule again (`vggtune calibrate --restore NAME`); the one in force is kept."""
+        kept = dict(self.earlier_rules)
+        if name == self.rule_name:
+            return self  # in force already
+        if name not in kept:
+            raise UserError(f"--restore: received {name!r}; allowed: {', '.join(kept) or 'none (no earlier rule)'}")
+        kept.setdefault(self.rule_name, self.scoring)
+        restored = kept.pop(name)
+        calibration = None if name == "trained" else {"name": name, "restored": True}
+        return dataclasses.replace(self, scoring=restored, earlier_rules=tuple(kept.items()), calibration=calibration)
 
     def with_positive(self, name: str) -> ModelSpec:
         """This model's rule said and set in terms of the class `name` (--positive-class)."""
@@ -186,6 +229,9 @@ def _scoring(values: dict) -> ScoringPolicy:
             raise UserError(f"positive_class {positive!r} is not one of the classes {', '.join(classes)}")
         policy = policy.with_positive(classes.index(str(positive)))
     thresholds = values.get("thresholds")
+    if values.get("offsets") is not None:
+        offsets = tuple(float(values["offsets"][str(c)]) for c in values["classes"])
+        policy = policy.recalibrating(float(values.get("scale", 1.0)), offsets)
     return policy.labelling_at(tuple(float(thresholds[str(c)]) for c in values["classes"])) if thresholds else policy
 
 

@@ -1,8 +1,10 @@
-"""The verbs that judge a finished run and write what they find: `evaluate` (metrics as JSON, each
-image's probabilities as CSV, the report) and `write_documents` (report.html and the model card)."""
+"""The verb that judges a finished run on labelled images and writes what it finds: `evaluate` (metrics as
+JSON, each image's probabilities as CSV, the report, and a warning where the images differ from the training
+images). The report and the model card of a run are documents.py's."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,15 +12,15 @@ from typing import TYPE_CHECKING
 from vggtune import distributed
 from vggtune.deploy.predict import Predictor
 from vggtune.fsutil import atomic_write_json, display_path
-from vggtune.progress import say
-from vggtune.results.evaluated import from_training, score, validation_gap
-from vggtune.results.modelcard import write_model_card
+from vggtune.results import shift
+from vggtune.results.evaluated import score, validation_gap
 from vggtune.results.reportpage import write_report
-from vggtune.training.rundir import RunDir, write_predictions
+from vggtune.training.rundir import write_predictions
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.features.engine import Engine
     from vggtune.training.figures import Figures
+    from vggtune.training.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Evaluation:
     rejected: list[tuple[str, str]]
     data: str
     validation_gap: str | None
+    shift: str | None = None  # the warning where the images differ from the training images (results/shift.py)
 
     def to_dict(self) -> dict:
         return {
@@ -38,6 +41,7 @@ class Evaluation:
             "rejected": [{"path": display_path(path), "reason": reason} for path, reason in self.rejected],
             "data": self.data,
             "validation_gap": self.validation_gap,
+            "shift": self.shift,
         }
 
 
@@ -71,29 +75,13 @@ def evaluate(
         return result
     target = Path(output) if output else folder.evaluation_file()
     with distributed.alone():  # the other ranks wait at the job's last barrier
+        decided = predictor.spec.decide(evaluated.probabilities)
+        given = [predictor.spec.task.answer(predictor.classes, row)[0] for row in decided]
+        found = shift.check(folder, predictor, [row.path for row in evaluated.rows], given)
+        result = dataclasses.replace(result, shift=found.warning if found else None)
         atomic_write_json(target, result.to_dict())
         rule = predictor.spec.scoring.labelling_at(evaluated.thresholds)  # multi-label: 0.5 where none were kept
         write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows, rule)
         if report:
             write_report(folder, evaluated, predictor, target.with_suffix(".html"))
     return result
-
-
-def write_documents(
-    folder: RunDir, data: str | None = None, out: str | Path | None = None, engine: str | Engine = "auto"
-) -> tuple[Path, Path | None]:
-    """The report (of the run's own test split, or of a labelled folder `data`) and, for the run's own
-    split, the model card README.md. Returns their paths (no card for another folder)."""
-    predictor = Predictor(folder.path, engine=engine)
-    if data:
-        return write_report(folder, score(predictor, folder, data), predictor, out), None
-    evaluated = from_training(folder, predictor)
-    return write_report(folder, evaluated, predictor, out), write_model_card(folder, evaluated)
-
-
-def write_documents_or_warn(folder: RunDir, engine: str | Engine = "auto") -> None:
-    """report.html and README.md at the end of training; a failure here leaves the trained run intact."""
-    try:
-        write_documents(folder, engine=engine)
-    except Exception as exc:  # noqa: BLE001 - the model and metrics are saved; say what went wrong
-        say(f"warning: report.html not written ({type(exc).__name__}: {exc}); `vggtune report RUN` retries")

@@ -162,7 +162,26 @@ def _scoring(spec: ModelSpec) -> str:
         if scoring.temperature != 1.0
         else "logits as trained"
     )
-    return f"{views}; {scale}{spec.task.describe_rule(spec.classes, scoring)}"
+    return f"{views}; {scale}{spec.task.describe_rule(spec.classes, scoring)}{_calibration(spec)}"
+
+
+def _calibration(spec: ModelSpec) -> str:
+    """The sample the rule in force was refitted on (`vggtune calibrate`), in the card's words."""
+    sample = spec.calibration
+    if sample is None:
+        return ""
+    if sample.get("restored"):
+        return f'. The rule in force is the earlier rule "{sample["name"]}", restored'
+    counts = ", ".join(f"{name} {count}" for name, count in sample["per_class"].items())
+    before, after = sample["before"], sample["after_out_of_sample"]
+    figure = "accuracy" if "accuracy" in before else "subset_accuracy"
+    return (
+        f'. The rule was refitted by `vggtune calibrate` ("{sample["name"]}", {sample["method"]}) on '
+        f"{sum(sample['per_class'].values())} labelled images of `{sample['data']}` ({counts}): "
+        f"{figure.replace('_', ' ')} there {before.get(figure, 0):.3f} under the rule before, "
+        f"{after.get(figure, 0):.3f} out of sample after; {sample['spread']}. The evaluation results below are "
+        "of the training source's test split, as training scored it"
+    )
 
 
 def _results(folder: RunDir, evaluated: Evaluated | None, scores) -> str:

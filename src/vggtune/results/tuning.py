@@ -273,7 +273,7 @@ def results(study, optuna) -> list[TrialResult]:
 
 def _finish(study, base: TrainConfig, optuna) -> TuneResult:
     """trials.csv, tune.json, and the best setting trained into TUNE/best (with its report)."""
-    from vggtune.results.evaluation import write_documents_or_warn
+    from vggtune.results.documents import write_documents_or_warn
     from vggtune.training.schedule import train_run
 
     folder = Path(base.run.out)

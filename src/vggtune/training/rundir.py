@@ -29,6 +29,7 @@ from vggtune.fsutil import (
     atomic_write_json,
     atomic_write_text,
     display_path,
+    load_tensors,
     remove_stale_temporaries,
     save_tensors,
     write_csv,
@@ -364,6 +365,18 @@ class RunDir:
         """predictions.csv: each validation and test image's row; None for a run made before it was written."""
         path = self.path / runfiles.PREDICTIONS
         return read_predictions(path, classes) if path.is_file() else None
+
+    def shift_reference(self) -> np.ndarray | None:
+        """The training images' embeddings the shift check measures new images against; None before the first."""
+        path = self.path / runfiles.SHIFT_REFERENCE
+        return load_tensors(path)[0]["embeddings"].float().numpy() if path.is_file() else None
+
+    def write_shift_reference(self, embeddings: np.ndarray, paths: int) -> None:
+        save_tensors(
+            self.path / runfiles.SHIFT_REFERENCE,
+            {"embeddings": torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))},
+            {"images": str(paths)},
+        )
 
     def splits(self) -> RunSplits | None:
         values = self._json(runfiles.SPLITS)
