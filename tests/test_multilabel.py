@@ -201,3 +201,16 @@ def test_tflite_export_carries_the_sigmoids_and_thresholds(trained, tmp_path):
     assert "same label on 100" in done.stdout
     values = json.loads((tmp_path / "model.tflite.json").read_text())
     assert values["multi_label"] and set(values["thresholds"]) == {"blue", "green", "red"}
+
+
+def test_calibrate_refits_each_labels_threshold_on_a_sample(trained, tmp_path, capsys):
+    manifest, out = trained
+    sample = write_multilabel(tmp_path / "sample", per_set=6)
+    before = json.loads((out / "model.json").read_text())["thresholds"]
+    assert cli.main(["calibrate", str(out), sample, "--name", "site-b"]) == 0
+    said = capsys.readouterr().out
+    assert "subset accuracy" in said and "F1 (micro)" in said and "each label's threshold (95 % of 200" in said
+    model = json.loads((out / "model.json").read_text())
+    assert set(model["thresholds"]) == set(before) and model["earlier_rules"]["trained"]["thresholds"] == before
+    assert cli.main(["calibrate", str(out), "--restore", "trained"]) == 0
+    assert json.loads((out / "model.json").read_text())["thresholds"] == before
