@@ -72,22 +72,29 @@ def main():
              "same source, darkened": darkened(same, Path(args.work) / "darkened")}
     scored = {}
     for name, paths in pools.items():
+        kept_file = Path(args.work) / f"{Path(args.run).parent.name}-{name.replace(' ', '_').replace(',', '')}.npz"
+        if kept_file.is_file():  # embedded before (the same pool of the same run): the statistics alone again
+            kept = np.load(kept_file)
+            scored[name] = (kept["embeddings"], kept["labels"].tolist())
+            continue
         predictions, _ = predictor.predict(paths)
         labels = {p.path: p.label for p in predictions}
         kept = [p for p in paths if p in labels]
         scored[name] = (embed(predictor, kept, f"{name}: embeddings"), [labels[p] for p in kept])
+        np.savez(kept_file, embeddings=scored[name][0], labels=np.array(scored[name][1]))
     rows = []
     for name, (embeddings, labels) in scored.items():
         for size in args.size:
-            warned = far = mix = 0
+            warned = far = farther = mix = 0
             for _ in range(args.batches):
                 pick = rng.choice(len(labels), min(size, len(labels)), replace=False)
                 found = shift.compare(reference, embeddings[pick], [labels[i] for i in pick], splits.classes, counts)
                 warned += found.warning is not None
                 far += found.warning is not None and "fence" in found.warning
+                farther += found.warning is not None and "farther from the training images" in found.warning
                 mix += found.warning is not None and "training mix" in found.warning
             rows.append({"pool": name, "images": len(labels), "batch": size, "warned": f"{warned}/{args.batches}",
-                         "by the fence": far, "by the class mix": mix})
+                         "by the fence": far, "farther as a whole": farther, "by the class mix": mix})
     print(f"run {args.run}: {len(reference)} training images as the reference")
     print(table(rows, list(rows[0])))
     save(args.name, {"machine": machine(), "provenance": provenance(), "run": args.run, "same": args.same,

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import binomtest, chisquare
+from scipy.stats import binomtest, chisquare, mannwhitneyu
 
-from vggtune.results.auditscores import embed, unlike
+from vggtune.results.auditrecords import OOD_NEIGHBOURS
+from vggtune.results.auditscores import embed, far_below
 from vggtune.training.metrics import wilson_interval
 
 if TYPE_CHECKING:  # annotations only
@@ -28,6 +29,9 @@ MIN_BATCH = 20  # fewer images say nothing either way: no check
 SHIFT_SAMPLE = 200  # training images embedded once for the fence, and at most as many of a batch
 P_VALUE = 0.001  # a check that runs on every batch must stay quiet on images like the training images
 FAR_MARGIN = 0.10  # ... and speak only of a difference that matters: ten points more far out
+# or the batch as a whole farther from the training images than they are from each other: the chance that a
+# batch image is farther from its nearest training images than a training image is from its own
+FARTHER = 0.70
 MIX_MARGIN = 0.15  # or a predicted class mix that moved by this much (total variation distance)
 
 
@@ -40,6 +44,8 @@ class Shift:
     far_share: float
     training_far_share: float
     far_p: float
+    farther: float  # the chance a batch image lies farther out than a training image (0.5: alike)
+    farther_p: float
     mix: dict[str, float]
     training_mix: dict[str, float]
     mix_p: float | None
@@ -67,11 +73,15 @@ def check(folder: RunDir, predictor: Predictor, paths: list[str], predicted: lis
 
 def compare(reference: np.ndarray, batch: np.ndarray, predicted: list[str], classes: list[str], counts) -> Shift:
     """The two tests on embeddings and predicted classes (benchmarks/shift_warning.py calls this directly)."""
-    far, own = unlike(reference, batch)
-    checked = int((~np.isnan(batch).any(axis=1)).sum())
+    own_scores, scores = out_of_distribution(reference, batch)
+    checked = len(scores)
+    far, own = len(far_below(scores, own_scores)) / checked, len(far_below(own_scores)) / len(own_scores)
     # the training images' own share, at the top of its 95 % interval: the fence was fitted on few of them
-    expected = max(float(wilson_interval(round(own * len(reference)), len(reference))[1]), 1e-3)
+    expected = max(float(wilson_interval(round(own * len(own_scores)), len(own_scores))[1]), 1e-3)
     far_p = float(binomtest(round(far * checked), checked, expected, alternative="greater").pvalue)
+    # a lower score is farther out: how often a batch image's is below a training image's (ties half)
+    ranked = mannwhitneyu(own_scores, scores, alternative="greater")
+    farther, farther_p = float(ranked.statistic / (len(own_scores) * checked)), float(ranked.pvalue)
     training_mix = counts / counts.sum()
     observed = np.array([predicted.count(name) for name in classes], dtype=np.float64)
     mix = observed / max(observed.sum(), 1)
@@ -81,6 +91,11 @@ def compare(reference: np.ndarray, batch: np.ndarray, predicted: list[str], clas
         reasons.append(
             f"{far:.0%} of {checked} lie beyond the training images' out-of-distribution fence "
             f"({own:.0%} of the training images do)"
+        )
+    elif farther_p < P_VALUE and farther >= FARTHER:
+        reasons.append(
+            f"they lie farther from the training images than those lie from each other ({farther:.0%} of pairs "
+            f"of one of them and a training image, against 50 % for images like them)"
         )
     if mix_p is not None and mix_p < P_VALUE and 0.5 * np.abs(mix - training_mix).sum() >= MIX_MARGIN:
         said = ", ".join(f"{c} {m:.0%}" for c, m in zip(classes, mix))
@@ -98,11 +113,24 @@ def compare(reference: np.ndarray, batch: np.ndarray, predicted: list[str], clas
         float(far),
         float(own),
         far_p,
+        farther,
+        farther_p,
         dict(zip(classes, mix.tolist())),
         dict(zip(classes, training_mix.tolist())),
         mix_p,
         warning,
     )
+
+
+def out_of_distribution(reference: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's out-of-distribution scores (exp of minus the mean distance to the k nearest training images;
+    lower is farther out) of the training sample itself (each against the others) and of the batch."""
+    from cleanlab.outlier import OutOfDistribution
+
+    reference, batch = reference[~np.isnan(reference).any(axis=1)], batch[~np.isnan(batch).any(axis=1)]
+    detector = OutOfDistribution(params={"k": min(OOD_NEIGHBOURS, len(reference) - 1)})
+    own = detector.fit_score(features=reference, verbose=False)
+    return own, detector.score(features=batch)
 
 
 def training_embeddings(folder: RunDir, predictor: Predictor) -> np.ndarray | None:
