@@ -48,7 +48,7 @@ def metrics_lines(result: Metrics) -> list[str]:
     ]
     if result.two_classes:
         negative, positive = result.negative_class, result.positive_class
-        sign = ">" if result.classes.index(positive) == 1 else ">="
+        sign = ">" if result.classes.index(str(positive)) == 1 else ">="
         lines.append(
             f"rule               {positive} where P({positive}) {sign} {result.threshold:.4g}, else {negative}"
         )
@@ -138,7 +138,7 @@ def _single_label_pooled(result: CrossValidation) -> list[tuple]:
 
 
 def _multilabel_pooled(result: CrossValidation) -> list[tuple]:
-    pooled = result.pooled
+    pooled: MultiLabelMetrics = result.pooled  # TERMINAL chose it by its task
     return [
         ("subset accuracy", pooled.subset_accuracy, pooled.accuracy_95),
         ("mAP", pooled.map, pooled.intervals_95.get("map")),

@@ -100,7 +100,7 @@ class ModelSpec:
     def rule_dict(self, policy: ScoringPolicy) -> dict:
         """A scoring policy as model.json holds it: temperature, views, the threshold on the second class's
         probability, the task's rule fields (positive class, thresholds, the rule in words), a recalibration."""
-        values = {"temperature": policy.temperature, "tta": policy.tta, "threshold": policy.threshold}
+        values: dict = {"temperature": policy.temperature, "tta": policy.tta, "threshold": policy.threshold}
         values.update(self.task.rule_fields(self.classes, policy))
         if policy.scale != 1.0 or policy.offsets:
             values.update(scale=policy.scale, offsets=dict(zip(self.classes, policy.offsets)))

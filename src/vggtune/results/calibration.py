@@ -63,6 +63,7 @@ class Calibration:
     def rows(self) -> list[tuple[str, float | None, tuple | None, float | None, tuple | None]]:
         """(figure, before, its 95 % interval, after, its interval): the headline figures, and each class's
         recall (two classes: sensitivity and specificity; several labels: micro F1 and mAP)."""
+        rows: list[tuple[str, float | None, tuple | None, float | None, tuple | None]]
         rows = [("images", self.before.n, None, self.after.n, None)]
         rows.append(
             (
@@ -87,7 +88,7 @@ class Calibration:
         else:
             rows.append(("balanced accuracy", self.before.balanced_accuracy, None, self.after.balanced_accuracy, None))
             for label, count in self.per_class.items():
-                recall = [figures.per_class[label].recall for figures in (self.before, self.after)]
+                recall = [figures.per_class[label].recall for figures in (self.before, self.after)]  # type: ignore[union-attr]
                 bound = [tuple(wilson_interval(round(r * count), count)) for r in recall]
                 rows.append((f"recall of {label}", recall[0], bound[0], recall[1], bound[1]))
         rows.append(("log loss", self.before.log_loss, None, self.after.log_loss, None))

@@ -100,7 +100,7 @@ def decision_threshold(run: Run, cut: str, policy) -> float:
 def recall_rule(run: Run, cut: str, policy):
     """--target-recall R: the highest threshold on the positive class's probability that gives at least R of the
     validation split's positive images the positive class; its 95 % interval from a bootstrap of those images."""
-    classes, wanted = run.spec.classes, run.config.target_recall
+    classes, wanted = run.spec.classes, float(run.config.target_recall or 0)
     named = classes[policy.positive]
     if not len(run.labels["val"]):
         say(
