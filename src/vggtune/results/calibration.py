@@ -192,7 +192,10 @@ def _fit_classes(sample: Evaluated, policy: ScoringPolicy) -> tuple[ScoringPolic
         sample.task, labels, np.exp(out_of_fold), sample.classes, sample.threshold, positive=sample.positive
     )
     total_scale, total_offsets = _composed(policy, scale, offsets, len(sample.classes))
-    spread = f"refitted: {method} (chosen by cross-validation within the sample); {_spread(log_p, labels, sample)}"
+    done = {"keep": "the rule in force kept", "offsets": "the offsets refitted"}.get(
+        method, "the scale and offsets refitted"
+    )
+    spread = f"{done} (chosen by cross-validation within the sample); {_spread(log_p, labels, sample)}"
     if method == "keep":
         return policy, after, spread
     return policy.recalibrating(total_scale, total_offsets), after, spread
