@@ -298,8 +298,10 @@ def predict(
     from vggtune.training.rundir import RunDir
 
     files, missing = expand_paths([str(path) for path in paths])
-    predictions, unreadable = predictor.predict(files)
-    found = shift.check(RunDir(run), predictor, [p.path for p in predictions], [p.label for p in predictions])
+    embedded: list = []
+    predictions, unreadable = predictor.predict(files, embeddings=embedded)
+    paths, labels = [p.path for p in predictions], [p.label for p in predictions]
+    found = shift.check(RunDir(run), predictor, paths, labels, embedded)
     warning = found.warning if found else None
     return Predictions(predictor.classes, predictions, missing + unreadable, predictor.spec.rule, warning)
 

@@ -82,13 +82,14 @@ class Predictor:
         self.batch_size = batch_size
         self.engine = resolve(engine, self.runtime, self.model)
 
-    def predict(self, inputs: list) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    def predict(self, inputs: list, embeddings: list | None = None) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predictions for the readable inputs, and (name, reason) for the others. An input is a path,
         bytes, a binary file object, a PIL image or a uint8 numpy array; a prediction's `path` is the
         path as given, or a name like "<PIL image 3>" for the others; a folder stands for the image files
         under it, as on the command line. Under torchrun each rank predicts its share of the inputs and every
         rank gets them all, in the order given. One input alone (a path, a PIL image...) may be given
-        without a list."""
+        without a list. `embeddings`, a list, receives each prediction's clean-view embedding (what `embeddings`
+        computes) as the prediction is made, in one process (the shift check's, at no extra pass)."""
         inputs, skipped = walk_folders(_as_list(inputs))
         predictions, rejected = [], []
         batch_names, batch_views = [], []
@@ -104,10 +105,10 @@ class Predictor:
             batch_names.append(name)
             batch_views.append(view)
             if len(batch_names) == self.batch_size:
-                predictions += self._classify(batch_names, batch_views)
+                predictions += self._classify(batch_names, batch_views, embeddings)
                 batch_names, batch_views = [], []
         if batch_names:
-            predictions += self._classify(batch_names, batch_views)
+            predictions += self._classify(batch_names, batch_views, embeddings)
         bar.close()
         if distributed.world().size > 1:
             order = {name: position for position, name in enumerate(all_names)}
@@ -117,15 +118,25 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a batch of uint8 RGB clean views (N, 3, size, size)."""
+        return self._scored(images)[0]
+
+    def _scored(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class probabilities, the clean view's embedding) of a batch of uint8 RGB clean views."""
         blocks = self.engine.blocks(self.model, self.runtime)
+        seen: list[torch.Tensor] = []
 
         def logits_of(views: torch.Tensor) -> torch.Tensor:
             features = blocks(views).to(self.runtime.device)
+            if not seen:  # the policy's first view is the clean one
+                seen.append(features.float().mean(dim=(2, 3)).cpu())
             with self.runtime.autocast():
                 return self.model.head(features)
 
         with torch.inference_mode():
-            return self.spec.scoring.classify(logits_of, normalise(images, self.preprocessing), self.spec.head).cpu()
+            probabilities = self.spec.scoring.classify(
+                logits_of, normalise(images, self.preprocessing), self.spec.head
+            ).cpu()
+        return probabilities, seen[0]
 
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """What the head receives, averaged over its grid: one vector per uint8 RGB clean view (N, 3, size,
@@ -139,8 +150,10 @@ class Predictor:
         one's predicted class, and (name, reason) for the inputs that could not be read."""
         return explain(self, inputs, [name_of(source, i) for i, source in enumerate(inputs)], target)
 
-    def _classify(self, paths, views) -> list[Prediction]:
-        probs = self.probabilities(torch.stack(views))
+    def _classify(self, paths, views, embeddings: list | None = None) -> list[Prediction]:
+        probs, embedded = self._scored(torch.stack(views))
+        if embeddings is not None:
+            embeddings.extend(embedded.numpy())
         answers = [self.spec.task.answer(self.classes, decided) for decided in self.spec.decide(probs.numpy())]
         return [
             Prediction(path, label, {c: float(v) for c, v in zip(self.classes, row)}, labels)

@@ -77,7 +77,8 @@ def evaluate(
     with distributed.alone():  # the other ranks wait at the job's last barrier
         decided = predictor.spec.decide(evaluated.probabilities)
         given = [predictor.spec.task.answer(predictor.classes, row)[0] for row in decided]
-        found = shift.check(folder, predictor, [row.path for row in evaluated.rows], given)
+        # the run's own test split is the training source by construction: only another folder is checked
+        found = shift.check(folder, predictor, [row.path for row in evaluated.rows], given) if data_dir else None
         result = dataclasses.replace(result, shift=found.warning if found else None)
         atomic_write_json(target, result.to_dict())
         rule = predictor.spec.scoring.labelling_at(evaluated.thresholds)  # multi-label: 0.5 where none were kept

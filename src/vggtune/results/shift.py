@@ -55,9 +55,12 @@ class Shift:
         return dict(self.__dict__)
 
 
-def check(folder: RunDir, predictor: Predictor, paths: list[str], predicted: list[str]) -> Shift | None:
-    """The batch `paths` (image files, with the class each was given) against the training images; None where
-    the batch is too small, the model is multi-label, or no training image can be read here."""
+def check(
+    folder: RunDir, predictor: Predictor, paths: list[str], predicted: list[str], embedded: list | None = None
+) -> Shift | None:
+    """The batch `paths` (image files, with the class each was given; `embedded`: their embeddings where the
+    prediction kept them) against the training images; None where the batch is too small, the model is
+    multi-label, or no training image can be read here."""
     if len(paths) < MIN_BATCH or predictor.spec.task.several:
         return None
     reference = training_embeddings(folder, predictor)
@@ -65,7 +68,10 @@ def check(folder: RunDir, predictor: Predictor, paths: list[str], predicted: lis
         return None
     rng = np.random.default_rng(0)
     chosen = sorted(rng.choice(len(paths), min(SHIFT_SAMPLE, len(paths)), replace=False))
-    batch = embed(predictor, [paths[i] for i in chosen], "shift check: embeddings")
+    if embedded is not None and len(embedded) == len(paths):
+        batch = np.stack([embedded[i] for i in chosen])
+    else:
+        batch = embed(predictor, [paths[i] for i in chosen], "shift check: embeddings")
     splits = folder.saved_splits()
     counts = np.bincount([item.label for item in splits.train], minlength=len(splits.classes))
     return compare(reference, batch, predicted, splits.classes, counts)
