@@ -72,13 +72,16 @@ def check(
         batch = np.stack([embedded[i] for i in chosen])
     else:
         batch = embed(predictor, [paths[i] for i in chosen], "shift check: embeddings")
+    if int((~np.isnan(batch).any(axis=1)).sum()) < MIN_BATCH:
+        return None
     splits = folder.saved_splits()
     counts = np.bincount([item.label for item in splits.train], minlength=len(splits.classes))
     return compare(reference, batch, predicted, splits.classes, counts)
 
 
 def compare(reference: np.ndarray, batch: np.ndarray, predicted: list[str], classes: list[str], counts) -> Shift:
-    """The two tests on embeddings and predicted classes (benchmarks/shift_warning.py calls this directly)."""
+    """The three tests, two on the embeddings and one on the classes given (benchmarks/shift_warning.py calls
+    this directly)."""
     own_scores, scores = out_of_distribution(reference, batch)
     checked = len(scores)
     far, own = len(far_below(scores, own_scores)) / checked, len(far_below(own_scores)) / len(own_scores)
