@@ -18,6 +18,7 @@ from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
 from vggtune.runfiles import default_run
+from vggtune.tasks import two_class_rule
 from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, option_fields, options_file
 
 if TYPE_CHECKING:  # annotations only: importing this module imports no torch
@@ -180,4 +181,5 @@ __all__ = [
     "disagreement",
     "per_class_rows",
     "most_confused",
+    "two_class_rule",
 ]

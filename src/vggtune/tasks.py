@@ -121,9 +121,7 @@ class SingleLabel:
         """The rule in force, as every output says it."""
         if len(classes) == 2:
             return policy.rule_words(classes)
-        return "the most probable class" + (
-            " (P recalibrated by vggtune calibrate)" if policy.recalibrated_here else ""
-        )
+        return "the most probable class" + policy.recalibration_note
 
     def describe(self, classes: Sequence[str], named: str) -> str:
         """What the model is, in the model card's words (`named`: the classes, listed)."""
@@ -241,6 +239,13 @@ class MultiLabel:
     def metadata(self, classes: Sequence[str], policy) -> dict:
         """Each output is its label's own probability (a sigmoid); a label is given past its threshold."""
         return {"multi_label": True, **self.rule_fields(classes, policy)}
+
+
+def two_class_rule(classes, positive: int, threshold: float) -> str:
+    """A two-class rule in words, `threshold` on the positive class's probability: the second class is given
+    above it, the first at or above it (as model/policy.py's `decide` computes it, on the second's probability)."""
+    named, other = classes[positive], classes[1 - positive]
+    return f"{named} where P({named}) {'>' if positive else '>='} {threshold:.4g}, else {other}"
 
 
 Task = SingleLabel | MultiLabel

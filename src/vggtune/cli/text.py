@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vggtune.cliapi import describe_interval, display_path, most_confused, per_class_rows
+from vggtune.cliapi import describe_interval, display_path, most_confused, per_class_rows, two_class_rule
 
 if TYPE_CHECKING:  # annotations only
     from vggtune.api import Calibration, CrossValidation, Metrics, MultiLabelMetrics, RunRow, TrialResult
@@ -48,10 +48,8 @@ def metrics_lines(result: Metrics) -> list[str]:
     ]
     if result.two_classes:
         negative, positive = result.negative_class, result.positive_class
-        sign = ">" if result.classes.index(str(positive)) == 1 else ">="
-        lines.append(
-            f"rule               {positive} where P({positive}) {sign} {result.threshold:.4g}, else {negative}"
-        )
+        said = two_class_rule(result.classes, result.classes.index(str(positive)), float(result.threshold or 0.5))
+        lines.append(f"rule               {said}")
         lines.append(f"sensitivity        {_number(result.sensitivity)}  (recall of {positive})")
         lines.append(f"specificity        {_number(result.specificity)}  (recall of {negative})")
         lines.append(f"F1 ({positive})".ljust(19) + f"{_number(result.f1)}  (positive class: {positive})")

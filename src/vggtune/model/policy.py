@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vggtune.model.heads import HeadSpec
+from vggtune.tasks import two_class_rule
 
 CLEAN, MIRROR = 0, -1  # view ids of the clean view and its mirror image; 1.. are augmented training views
 TTA_VIEWS = (CLEAN, MIRROR)  # what test-time augmentation averages
@@ -95,14 +96,16 @@ class ScoringPolicy:
 
     def rule_words(self, classes) -> str:
         """The two-class rule in force, in the user's words: "PNEUMONIA where P(PNEUMONIA) > 0.95, else NORMAL"."""
-        named, other = classes[self.positive], classes[1 - self.positive]
-        sign = ">" if self.positive else ">="
-        said = f"{named} where P({named}) {sign} {self.positive_threshold:.4g}, else {other}"
-        return said + (" (P recalibrated by vggtune calibrate)" if self.recalibrated_here else "")
+        return two_class_rule(classes, self.positive, self.positive_threshold) + self.recalibration_note
 
     @property
     def recalibrated_here(self) -> bool:
         return self.scale != 1.0 or bool(self.offsets)
+
+    @property
+    def recalibration_note(self) -> str:
+        """What the rule's words add where `vggtune calibrate` recalibrated the probabilities."""
+        return " (P recalibrated by vggtune calibrate)" if self.recalibrated_here else ""
 
     def labelling_at(self, thresholds: tuple[float, ...]) -> ScoringPolicy:
         """The same scoring with a multi-label model's thresholds, one a label."""

@@ -102,7 +102,7 @@ class ModelSpec:
         probability, the task's rule fields (positive class, thresholds, the rule in words), a recalibration."""
         values: dict = {"temperature": policy.temperature, "tta": policy.tta, "threshold": policy.threshold}
         values.update(self.task.rule_fields(self.classes, policy))
-        if policy.scale != 1.0 or policy.offsets:
+        if policy.recalibrated_here:
             values.update(scale=policy.scale, offsets=dict(zip(self.classes, policy.offsets)))
         return values
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import log_softmax
 from sklearn.model_selection import StratifiedKFold
 
 from vggtune.deploy.predict import Predictor
@@ -126,8 +127,8 @@ def calibrate(folder: RunDir, data: str, name: str | None = None, engine: str = 
         "data": display_path(data),
         "per_class": counts,
         "method": "thresholds a label (best F1)" if spec.task.several else "logistic recalibration (MAP)",
-        "before": _headline(sample.figures),
-        "after_out_of_sample": _headline(after),
+        "before": scored.summary(sample.figures),
+        "after_out_of_sample": scored.summary(after),
         "spread": spread,
     }
     updated = spec.ruled_by(policy, described)
@@ -234,10 +235,7 @@ def fit_recalibration(log_p: np.ndarray, labels: np.ndarray, free_scale: bool = 
 
     def loss(theta):
         theta = theta if free_scale else np.concatenate([[0.0], theta])
-        scale, offsets = np.exp(theta[0]), np.concatenate([[0.0], theta[1:]])
-        z = scale * log_p + offsets
-        z = z - z.max(axis=1, keepdims=True)
-        log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        log_q = recalibrate(log_p, np.exp(theta[0]), np.concatenate([[0.0], theta[1:]]))
         prior = theta[0] ** 2 / (2 * SCALE_PRIOR**2) + (theta[1:] ** 2).sum() / (2 * OFFSET_PRIOR**2)
         return -log_q[np.arange(len(labels)), labels].sum() + prior
 
@@ -247,9 +245,8 @@ def fit_recalibration(log_p: np.ndarray, labels: np.ndarray, free_scale: bool = 
 
 
 def recalibrate(log_p: np.ndarray, scale: float, offsets: np.ndarray) -> np.ndarray:
-    z = scale * log_p + offsets
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    """ScoringPolicy.recalibrated in NumPy, for the fits: log_softmax(scale * log p + offsets)."""
+    return log_softmax(scale * log_p + offsets, axis=1)
 
 
 def _composed(policy: ScoringPolicy, scale: float, offsets: np.ndarray, n_classes: int) -> tuple[float, tuple]:
@@ -321,8 +318,3 @@ def _fit_labels(sample: Evaluated, policy: ScoringPolicy) -> tuple[ScoringPolicy
         f"{c} {t:.3g} ({lo:.3g} to {hi:.3g})" for c, t, lo, hi in zip(sample.classes, thresholds, low, high)
     )
     return policy.labelling_at(thresholds), after, f"each label's threshold (95 % of {DRAWS} resamples): {ranges}"
-
-
-def _headline(figures: scored.Figures) -> dict:
-    values = figures.to_dict()
-    return {key: values[key] for key in figures.summary_keys if key in values}

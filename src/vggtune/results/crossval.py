@@ -12,6 +12,7 @@ cross-validation continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class FoldResult:
     seconds: float | None
 
     def to_dict(self) -> dict:
-        return {"fold": self.fold, **_summary(self.metrics), "seconds": self.seconds}
+        return {"fold": self.fold, **figures.summary(self.metrics), "seconds": self.seconds}
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class CrossValidation:
         return {
             "folds": self.folds,
             "classes": self.classes,
-            "pooled": {**_summary(self.pooled), "intervals_95": bounds},
+            "pooled": {**figures.summary(self.pooled), "intervals_95": bounds},
             "per_fold": [fold.to_dict() for fold in self.per_fold],
             "config": self.config,
         }
@@ -171,7 +172,7 @@ def pool(root: Path, configs: list[TrainConfig], seconds: list[float | None]) ->
         classes, pooled, _intervals(rows, classes, pooled, threshold, positive), tuple(per_fold), base.to_dict()
     )
     pooled_rule = first.scoring.on_second(threshold).labelling_at(pooled_thresholds)
-    write_predictions(root / "cv_predictions.csv", classes, rows, pooled_rule)
+    write_predictions(root / "cv_predictions.csv", rows, dataclasses.replace(first, scoring=pooled_rule))
     atomic_write_json(root / "cv.json", result.to_dict())
     return result
 
@@ -203,11 +204,6 @@ def _intervals(
     labels = [classes.index(row.label) for row in rows]
     probabilities = np.asarray([row.probabilities for row in rows]).reshape(-1, len(classes))
     return intervals(labels, probabilities, classes, threshold=threshold, positive=positive)
-
-
-def _summary(metrics: figures.Figures) -> dict:
-    values = metrics.to_dict()
-    return {key: values[key] for key in metrics.summary_keys if key in values}
 
 
 def out_of_fold(root: Path) -> tuple[list[str], list[PredictionRow]]:

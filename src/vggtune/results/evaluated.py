@@ -112,10 +112,13 @@ class Evaluated:
         return analysis.headline(self.labels, self.probabilities, self.classes, self.threshold, self.positive)
 
 
-def score(predictor: Predictor, folder: RunDir, data_dir: str | None = None) -> Evaluated:
-    """The run's model on its test split, or on a labelled folder."""
+def score(
+    predictor: Predictor, folder: RunDir, data_dir: str | None = None, embeddings: list | None = None
+) -> Evaluated:
+    """The run's model on its test split, or on a labelled folder (`embeddings`, a list: receives each scored
+    image's embedding, as Predictor.predict gives them)."""
     paths, labels, rejected = labelled_files(folder, predictor.classes, data_dir, predictor.spec.task)
-    predictions, unreadable = predictor.predict(paths)
+    predictions, unreadable = predictor.predict(paths, embeddings)
     rejected += unreadable
     if not predictions:
         first = f" (first: {display_path(rejected[0][0])}: {rejected[0][1]})" if rejected else ""

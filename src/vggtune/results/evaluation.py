@@ -67,7 +67,8 @@ def evaluate(
         threshold=threshold,
         positive_class=positive_class,
     )
-    evaluated = score(predictor, folder, data_dir)
+    embedded: list = []  # the images' embeddings, as the prediction computes them: the shift check's
+    evaluated = score(predictor, folder, data_dir, embedded)
     metrics = evaluated.figures
     gap = validation_gap(folder, metrics, evaluated.data)
     result = Evaluation(metrics, list(evaluated.rejected), evaluated.data, gap)
@@ -75,14 +76,16 @@ def evaluate(
         return result
     target = Path(output) if output else folder.evaluation_file()
     with distributed.alone():  # the other ranks wait at the job's last barrier
-        decided = predictor.spec.decide(evaluated.probabilities)
-        given = [predictor.spec.task.answer(predictor.classes, row)[0] for row in decided]
         # the run's own test split is the training source by construction: only another folder is checked
-        found = shift.check(folder, predictor, [row.path for row in evaluated.rows], given) if data_dir else None
-        result = dataclasses.replace(result, shift=found.warning if found else None)
+        if data_dir:
+            given = [
+                predictor.spec.task.answer(predictor.classes, row)[0]
+                for row in predictor.spec.decide(evaluated.probabilities)
+            ]
+            found = shift.check(folder, predictor, [row.path for row in evaluated.rows], given, embedded)
+            result = dataclasses.replace(result, shift=found.warning if found else None)
         atomic_write_json(target, result.to_dict())
-        rule = predictor.spec.scoring.labelling_at(evaluated.thresholds)  # multi-label: 0.5 where none were kept
-        write_predictions(target.with_suffix(".predictions.csv"), predictor.classes, evaluated.rows, rule)
+        write_predictions(target.with_suffix(".predictions.csv"), evaluated.rows, predictor.spec)
         if report:
             write_report(folder, evaluated, predictor, target.with_suffix(".html"))
     return result

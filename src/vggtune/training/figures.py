@@ -67,6 +67,13 @@ def figures(
     return classification_metrics(labels, probabilities, classes, threshold, positive)
 
 
+def summary(figures: Figures) -> dict:
+    """The figures a summary keeps (the record's `summary_keys`), as its JSON holds them: cv.json's rows, and
+    the samples `vggtune calibrate` describes in model.json."""
+    values = figures.to_dict()
+    return {key: values[key] for key in figures.summary_keys if key in values}
+
+
 def truth(task: Task, names: list[str], classes: list[str]) -> np.ndarray:
     """Images' true classes, given by name, as `figures` takes them: class indexes, or a multi-label
     image's labels ("cat;dog") as an (image, label) 0/1 row."""

@@ -16,7 +16,6 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,9 +37,6 @@ from vggtune.model.spec import ModelSpec
 from vggtune.training import figures
 from vggtune.training.config import TrainConfig, load_config, save_config
 
-if TYPE_CHECKING:  # annotations only
-    from vggtune.model.policy import ScoringPolicy
-
 
 @dataclass(frozen=True)
 class PredictionRow:
@@ -52,12 +48,13 @@ class PredictionRow:
     probabilities: list[float]
 
 
-def write_predictions(path: Path, classes: list[str], rows: list[PredictionRow], rule: ScoringPolicy) -> None:
-    """predictions.csv: each image's split, path, true class, the class the `rule` in force gives it (two
+def write_predictions(path: Path, rows: list[PredictionRow], spec: ModelSpec) -> None:
+    """predictions.csv: each image's split, path, true class, the class the model's rule in force gives it (two
     classes: at its threshold, not the larger probability) and every class's probability; for a multi-label
-    model (the rule's `thresholds`, one a label) the true and predicted labels joined by ";"."""
+    model the true and predicted labels (past each label's threshold) joined by ";"."""
+    classes = list(spec.classes)
     probabilities = np.asarray([row.probabilities for row in rows], dtype=np.float64).reshape(-1, len(classes))
-    decided = rule.labels(probabilities) if rule.thresholds else rule.decide(probabilities)
+    decided = spec.decide(probabilities)
     write_csv(
         path,
         ["split", "path", "label", "predicted", *classes],
@@ -357,9 +354,9 @@ class RunDir:
             },
         )
 
-    def write_predictions(self, classes: list[str], rows: list[tuple], rule: ScoringPolicy) -> None:
-        """rows: (split, path, true class, probabilities) of each scored image, decided by `rule` (model.json's)."""
-        write_predictions(self.path / runfiles.PREDICTIONS, classes, [PredictionRow(*row) for row in rows], rule)
+    def write_predictions(self, rows: list[tuple], spec: ModelSpec) -> None:
+        """rows: (split, path, true class, probabilities) of each scored image, decided by `spec`'s rule."""
+        write_predictions(self.path / runfiles.PREDICTIONS, [PredictionRow(*row) for row in rows], spec)
 
     def predictions(self, classes: list[str]) -> list[PredictionRow] | None:
         """predictions.csv: each validation and test image's row; None for a run made before it was written."""

@@ -161,7 +161,7 @@ def save(run: Run, spec, result: TrainResult, predictions: list, rejected: list,
     are the API's next step: vggtune.api.train_with)."""
     run.folder.write_rejected(rejected)
     run.folder.save_model(run.model, spec)
-    run.folder.write_predictions(list(spec.classes), predictions, spec.scoring)
+    run.folder.write_predictions(predictions, spec)
     run.folder.write_metrics(result.to_dict(), log.finished_timing(), environment(run), log.kept_epochs)
     if not run.config.run.keep_state:
         run.folder.remove_state()
