@@ -48,9 +48,11 @@ def run(home, tmp_path_factory):
 def test_calibrate_writes_the_rule_predict_uses_it_and_restore_brings_the_old_one_back(run, tmp_path, capsys):
     sample = shifted_sample(tmp_path / "sample", ("normal", "pneumonia"), 12)
     image = str(sorted((sample / "normal").iterdir())[0])
+    (sample / "pneumonia" / "broken.jpg").write_bytes(b"not an image")           # skipped and said
     before = vggtune.predict(str(run), [image]).predictions[0].probabilities
     assert cli.main(["calibrate", str(run), str(sample), "--name", "camera-2"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "skipped" in err and "broken.jpg" in err
     assert "before (the rule in force)" in out and "after (out of sample" in out
     assert "recall of normal" in out and "the rule now gives pneumonia from P(pneumonia)" in out
     assert 'kept as "trained"' in out and "chosen by cross-validation within the sample" in out

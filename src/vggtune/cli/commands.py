@@ -87,6 +87,8 @@ def cmd_calibrate(args) -> int:
     if not args.data:
         raise UserError("calibrate: no DATA given; allowed: vggtune calibrate RUN DATA, or RUN --restore NAME")
     result = api.calibrate(args.run, args.data, name=args.name, engine=args.engine)
+    for path, reason in result.rejected:
+        print(f"skipped {display_path(path)}: {reason}", file=sys.stderr)
     print("\n".join(text.calibration_lines(result)))
     return 0
 

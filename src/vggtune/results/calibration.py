@@ -60,6 +60,7 @@ class Calibration:
     spread: str
     kept_as: str
     name: str
+    rejected: tuple[tuple[str, str], ...] = ()  # (file, why) of the sample's files that could not be read
 
     def rows(self) -> list[tuple[str, float | None, tuple | None, float | None, tuple | None]]:
         """(figure, before, its 95 % interval, after, its interval): the headline figures, and each class's
@@ -107,6 +108,7 @@ class Calibration:
             "spread": self.spread,
             "kept_as": self.kept_as,
             "name": self.name,
+            "rejected": [{"path": display_path(path), "reason": reason} for path, reason in self.rejected],
         }
 
 
@@ -145,6 +147,7 @@ def calibrate(folder: RunDir, data: str, name: str | None = None, engine: str = 
         spread,
         spec.rule_name,
         name,
+        tuple(sample.rejected),
     )
 
 
