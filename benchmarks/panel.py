@@ -13,6 +13,8 @@ The panel (subsets of ../shared/data, chosen by a seeded draw, so every setting 
 and, where a source can be held out, one split trained on one source and tested on another:
   xray-source   NORMAL's `IM-` series (and half the pneumonia patients) to train and validate on,
                 NORMAL's `NORMAL2-IM-` series (and the other half) to test on: images from elsewhere
+  pets-source   all of cats-vs-dogs-2k (Kaggle's photos) to train and validate on, the 120 cats and 250 dogs
+                of oxford-pets-370 (another collection, 37 breeds) to test on
 
 Each dataset is split into --folds folds stratified by class (and grouped by patient); a tenth of each
 training part validates. A fold is a `vggtune train` of a manifest (path,label,split) with the setting's
@@ -85,6 +87,8 @@ SETTINGS = {
     "new defaults + finetune 1e-5": {**NEW, "finetune_lr": 1e-5},
     "new defaults + dropout 0.5": {**NEW, "dropout": 0.5},
     "new defaults + finetune 1e-5 + dropout 0.5": {**NEW, "finetune_lr": 1e-5, "dropout": 0.5},
+    # a lever the data chooses (issues #54 and #56): WiSE-FT, the share of the fine-tuning kept chosen on validation
+    "new defaults + blend val": {**NEW, "blend": "val"},
     # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
     "tune 8 trials": {"trials": 8, **CANDIDATE},
     "tune 240 s": {"trials": 50, "timeout": 240, **CANDIDATE},
@@ -168,6 +172,20 @@ def source_split() -> list[tuple[Image, str]]:
     trained = sorted({i.group for i, split in rows if split == "train"})
     validating = set(trained[::10])
     return [(i, "val" if split == "train" and i.group in validating else split) for i, split in rows]
+
+
+def pets_source_split() -> list[tuple[Image, str]]:
+    """pets-source: cats-vs-dogs-2k trains (a seeded tenth of each class validates); oxford-pets-370's cats
+    (its capitalised breeds) and dogs test."""
+    rows = []
+    for label in ("cat", "dog"):
+        names = files(DATA / "cats-vs-dogs-2k" / label)
+        validating = set(random.Random(SEED).sample(names, len(names) // 10))
+        rows += [(Image(str(p), label, str(p)), "val" if p in validating else "train") for p in names]
+    for breed in sorted(p for p in (DATA / "oxford-pets-370").iterdir() if p.is_dir()):
+        label = "cat" if breed.name[0].isupper() else "dog"
+        rows += [(Image(str(p), label, str(p)), "test") for p in files(breed)]
+    return rows
 
 
 def folds(images: list[Image], count: int) -> list[list[tuple[Image, str]]]:
@@ -297,6 +315,7 @@ def main():
     work = Path(args.work)
     panel = {name: folds(images, args.folds) for name, images in datasets().items()}
     panel["xray-source"] = [source_split()]
+    panel["pets-source"] = [pets_source_split()]
     chosen = args.datasets or [name for name in panel if name not in ON_REQUEST]
     results = {"machine": machine(), "folds": args.folds, "settings": {}}
     for setting in args.settings:

@@ -11,7 +11,7 @@ from vggtune.cliapi import CHOICES, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD_HELP
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")  # positional, grouped below, or set by `vggtune cv`
 NUMBERS_DEFAULT_NONE = ("crop", "target_recall")  # their default (None) names no type: these take a number
-NUMBER_OR_WORD = ("threshold", "size")  # a number or a word (TrainConfig checks which)
+NUMBER_OR_WORD = ("threshold", "size", "blend")  # a number or a word (TrainConfig checks which)
 HELP = {
     "out": "run directory to create",
     "recipe": "vggtune: the cross-validated defaults; classic: the textbook recipe (flatten head, no TTA, "
@@ -64,6 +64,8 @@ HELP = {
     "threshold": "two classes: the positive class's probability above which an image is given it, or val: the "
     "threshold with the best balanced accuracy on the validation split (stored in model.json); several labels "
     "an image: every label's threshold (default: each label's best F1 on the validation split)",
+    "blend": "WiSE-FT: the share of the fine-tuning kept, blended with the weights it started from (1: all of "
+    "it, 0: the head-only model); val: the share of 0, 0.25, 0.5, 0.75, 1 with the lowest validation loss",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",
     "keep_near_duplicates": "keep training images whose pixels match a --val-data or --test-data image's (left out, "
     "and said by class, by default)",

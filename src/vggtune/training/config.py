@@ -131,6 +131,9 @@ class TrainConfig:
     positive_class: str | None = None
     # two classes: the positive class's recall the threshold is chosen on validation to reach (instead of --threshold)
     target_recall: float | None = None
+    # WiSE-FT: the share of the fine-tuning kept, blended with where it started (training/blend.py); val: the
+    # share with the lowest validation loss
+    blend: float | str = 1.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunSettings = field(default_factory=lambda: RunSettings())  # where, how loud, which process
 
@@ -156,6 +159,7 @@ class TrainConfig:
             raise choice_error("--schedule", self.schedule, SCHEDULES)
         self._check_threshold()
         self._check_target_recall()
+        self._check_blend()
         _check_int("--epochs", self.epochs, 1)
         _check_int("--finetune-epochs", self.finetune_epochs, 0)
         _check_int("--batch-size", self.batch_size, 1)
@@ -235,6 +239,20 @@ class TrainConfig:
                 f"{CHOSEN_ON_VALIDATION} (chosen on the validation split)"
             )
         object.__setattr__(self, "threshold", value)
+
+    def _check_blend(self) -> None:
+        if self.blend == CHOSEN_ON_VALIDATION:
+            return
+        try:
+            value = float(self.blend)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if isinstance(self.blend, bool) or not 0 <= value <= 1:
+            raise UserError(
+                f"--blend: received {self.blend}; allowed: 0 <= x <= 1 (the share of the fine-tuning kept), or "
+                f"{CHOSEN_ON_VALIDATION} (chosen on the validation split)"
+            )
+        object.__setattr__(self, "blend", value)
 
     def _check_target_recall(self) -> None:
         if self.target_recall is None:

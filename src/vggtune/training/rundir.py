@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from vggtune.fsutil import (
 from vggtune.model.spec import ModelSpec
 from vggtune.training import figures
 from vggtune.training.config import TrainConfig, load_config, save_config
+
+if TYPE_CHECKING:  # annotations only
+    from vggtune.training.blend import Blend
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,7 @@ class RunMetrics:
     timing: Timing
     environment: Environment
     kept_epochs: dict[str, int]  # stage -> the epoch whose parameters it kept (lowest validation loss)
+    blend: float | None = None  # --blend: the share of the fine-tuning kept (None: all of it, not blended)
 
 
 def _targets(row: dict) -> tuple[int, ...] | None:
@@ -343,6 +348,7 @@ class RunDir:
         timing: Timing,
         environment: Environment | None = None,
         kept_epochs: dict[str, int] | None = None,
+        blend: Blend | None = None,
     ) -> None:
         atomic_write_json(
             self.path / runfiles.METRICS,
@@ -350,6 +356,7 @@ class RunDir:
                 **results,
                 "timing": timing.to_dict(),
                 "kept_epochs": kept_epochs or {},
+                **({"blend": blend.to_dict()} if blend else {}),
                 **({"environment": environment.to_dict()} if environment else {}),
             },
         )
@@ -430,6 +437,7 @@ class RunDir:
             Timing.from_dict(values.get("timing")),
             Environment.from_dict(values.get("environment")),
             {k: int(v) for k, v in (values.get("kept_epochs") or {}).items()},
+            float(values["blend"]["share"]) if isinstance(values.get("blend"), dict) else None,
         )
 
     def finished_metrics(self) -> RunMetrics:

@@ -4,6 +4,7 @@
     for stage in plan(config):              # head, then finetune
         run.model.set_trainable(stage.trainable)
         run_stage(run, stage, log)          # epochs from cached features, best kept, early stop
+    blend(run, cut, start)                  # --blend: the fine-tuning kept whole, in part or as validation says
     return finish(run, log)                 # calibrated, scored on val and test, saved (then the report)
 
 Every completed epoch is saved (trainable tensors, optimiser moments, progress), so
@@ -31,6 +32,7 @@ import torch
 
 from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
+from vggtune.training.blend import blend, starting_point
 from vggtune.training.callbacks import Callback, Epoch, for_stage
 from vggtune.training.checkpoints import Checkpoints, EpochRow, StageProgress, load_params, resume_state
 from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
@@ -118,7 +120,10 @@ def train_run(config, resume: bool = False, observer: Observer | None = None) ->
         try:
             for stage in stages:
                 run.model.set_trainable(stage.trainable)
+                start = starting_point(run.model) if stage.name == "finetune" and config.blend != 1 else None
                 run_stage(run, stage, log, observer)
+                if start is not None:
+                    log.blend = blend(run, stage.cut, start)
             return Trained(finish(run, stages[-1].cut, log), run.engine)
         finally:
             log.close()  # an interrupted run's event files too, with what they have
@@ -162,7 +167,7 @@ def save(run: Run, spec, result: TrainResult, predictions: list, rejected: list,
     run.folder.write_rejected(rejected)
     run.folder.save_model(run.model, spec)
     run.folder.write_predictions(predictions, spec)
-    run.folder.write_metrics(result.to_dict(), log.finished_timing(), environment(run), log.kept_epochs)
+    run.folder.write_metrics(result.to_dict(), log.finished_timing(), environment(run), log.kept_epochs, log.blend)
     if not run.config.run.keep_state:
         run.folder.remove_state()
 

@@ -23,6 +23,7 @@ from vggtune.training.figures import EpochRow
 from vggtune.training.rundir import Environment, RunDir, Timing
 
 if TYPE_CHECKING:  # annotations only
+    from vggtune.training.blend import Blend
     from vggtune.training.session import Run
 
 FINAL_METRICS = ("accuracy", "log_loss", "f1_macro", "roc_auc")
@@ -39,6 +40,7 @@ class Log:
         self.histories: dict[str, list[EpochRow]] = {}
         self.timing: dict[str, float] = {}
         self.kept_epochs: dict[str, int] = {}
+        self.blend: Blend | None = None  # the share of the fine-tuning kept, where --blend is not 1
         self.started = time.perf_counter() if started is None else started
         self.events = EventLog(folder.path) if distributed.is_main() else None  # rank 0 alone writes
 
