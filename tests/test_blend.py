@@ -10,7 +10,7 @@ import torch
 
 from vggtune import api, cli
 from vggtune.errors import UserError
-from vggtune.training import blend as blending
+from vggtune.training import validation as blending
 from vggtune.training.config import TrainConfig
 
 from conftest import quick_config

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import vggtune
@@ -125,9 +126,38 @@ def test_a_target_recall_chooses_the_threshold_on_validation(data, tmp_path, tin
     assert sum(row["predicted"] == "defect" for row in val) >= 0.9 * len(val)
 
 
+def test_a_cost_ratio_chooses_the_threshold_with_the_least_cost_on_validation(data, tmp_path, tiny_weights_module,
+                                                                              capsys):
+    """A missed defect costing 20 false alarms moves the rule towards defect: no more defects missed on
+    validation than at an even cost, and the validation figures it prints are those of predictions.csv."""
+    missed = {}
+    for cost in (1, 20):
+        out = tmp_path / f"cost{cost}"
+        code, _, err = run_cli(capsys, "train", data, "--out", out, "--positive-class", "defect", "--cost-ratio",
+                               str(cost), *TINY)
+        assert code == 0 and f"for the least cost where a missed defect costs {cost} false alarms" in err
+        with open(out / "predictions.csv", newline="") as handle:
+            val = [row for row in csv.DictReader(handle) if row["split"] == "val"]
+        missed[cost] = sum(row["label"] == "defect" and row["predicted"] != "defect" for row in val)
+        false_alarms = sum(row["label"] != "defect" and row["predicted"] == "defect" for row in val)
+        assert f"there {missed[cost]} of " in err and f"defect missed, {false_alarms} false alarms)" in err
+    assert missed[20] <= missed[1]
+
+
+def test_the_least_cost_threshold_counts_each_error_at_its_price():
+    from vggtune.training.metrics import threshold_for_cost
+    positive = np.array([False, False, False, True, True, True])
+    scores = np.array([0.1, 0.3, 0.6, 0.4, 0.8, 0.9])
+    assert threshold_for_cost(positive, scores, 0.5) == pytest.approx(0.7)       # one miss (0.4), no false alarm
+    assert threshold_for_cost(positive, scores, 5.0) == pytest.approx(0.35)      # no miss, one false alarm (0.6)
+    assert threshold_for_cost(positive, scores, 1.0) == pytest.approx(0.35)      # equal: the one nearer 0.5
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--positive-class", "scratch"], "--positive-class: received 'scratch'; allowed: one of the classes defect, good"),
-    (["--target-recall", "0.9", "--threshold", "0.3"], "both set the rule; allowed: one of them"),
+    (["--target-recall", "0.9", "--threshold", "0.3"], "each sets the rule; allowed: one of them"),
+    (["--cost-ratio", "5", "--target-recall", "0.9"], "--target-recall 0.9 with --cost-ratio 5.0: each sets the rule"),
+    (["--cost-ratio", "0"], "--cost-ratio: received 0.0; allowed: x > 0"),
     (["--target-recall", "1.5"], "--target-recall: received 1.5; allowed: 0 < x < 1"),
 ])
 def test_a_rule_that_cannot_be_is_one_line(data, tmp_path, capsys, flags, words):

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vggtune
 from vggtune import cli
@@ -35,9 +37,9 @@ def run(tmp_path_factory):
         yield root / "run"
 
 
-def client_for(config: ServeConfig):
+def client_for(config: ServeConfig, watch=None):
     from fastapi.testclient import TestClient
-    client = TestClient(create_app(config))
+    client = TestClient(create_app(config, watch=watch))
     client.__enter__()
     for _ in range(200):
         if client.get("/health", headers=_auth(config)).status_code == 200:
@@ -172,6 +174,47 @@ def test_other_addresses_need_a_token_or_no_auth(run):
     assert ServeConfig(str(run), host="::1").host == "::1"                     # loopback: no token needed
 
 
+def test_the_answered_images_are_checked_for_a_shift_in_the_log_and_info(tmp_path, caplog):
+    """Like predict's check: quiet on images like the training images, one warning line naming calibrate once
+    the last images answered come from elsewhere (noise), and /info holds the last check."""
+    import io
+
+    from vggtune.results.watch import CHECK_EVERY, Watch
+
+    run = tmp_path / "run"
+    with tiny_weights_for_module(tmp_path / "home"):                 # a model that tells its two classes apart
+        data = make_dataset(tmp_path / "data", n_per_class=16, classes=("normal", "pneumonia"))
+        training.fit(quick_config(data, run, epochs=12, finetune_epochs=1))
+
+    def png(image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    client = client_for(ServeConfig(str(run)), watch=Watch.of_service)      # as vggtune.serve gives it
+    try:
+        for _ in range(100):
+            if client.get("/info").json()["shift"]["ready"]:
+                break
+            time.sleep(0.1)
+        assert client.get("/info").json()["shift"] == {"images_answered": 0, "checked_every": CHECK_EVERY,
+                                                       "ready": True, "last_check": None}
+        alike = [("files", (f"{i}.png", png(synthetic_image(i % 2, 3000 + i)), "image/png")) for i in range(CHECK_EVERY)]
+        assert client.post("/predict", files=alike).status_code == 200
+        shift = client.get("/info").json()["shift"]
+        assert shift["images_answered"] == CHECK_EVERY and shift["last_check"]["images"] == CHECK_EVERY
+        assert shift["last_check"]["warning"] is None and "shift check" not in caplog.text
+        noise = [np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8) for i in range(2 * CHECK_EVERY)]
+        elsewhere = [("files", (f"n{i}.png", png(Image.fromarray(a)), "image/png")) for i, a in enumerate(noise)]
+        for start in range(0, len(elsewhere), CHECK_EVERY):
+            assert client.post("/predict", files=elsewhere[start : start + CHECK_EVERY]).status_code == 200
+        last = client.get("/info").json()["shift"]["last_check"]
+        assert last["images"] == 3 * CHECK_EVERY and "differ from the training images" in last["warning"]
+        assert f"shift check of the last {3 * CHECK_EVERY} images answered: these" in caplog.text
+        assert "vggtune calibrate" in caplog.text
+    finally:
+        client.__exit__(None, None, None)
+
+
 def test_images_that_arrive_together_share_a_batch():
     sizes = []
 
@@ -251,6 +294,8 @@ def test_a_real_server_process_answers_and_stops(run):
         answer = httpx.post(url + "/predict", content=jpeg_bytes(2, 9), timeout=30,
                             headers={"content-type": "image/jpeg", "Authorization": "Bearer another-s3cret"})
         assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in ("cat", "dog", "fox")
+        info = httpx.get(url + "/info", timeout=5, headers={"Authorization": "Bearer another-s3cret"}).json()
+        assert info["shift"]["images_answered"] == 1                 # the command's service checks for a shift
     finally:
         out, err = stop(process)
     assert "http://127.0.0.1:" in err and "loopback" in err

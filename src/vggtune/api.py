@@ -350,8 +350,9 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, **options) -> Non
     token, no_auth, engine (see `vggtune serve --help`)."""
     from vggtune.deploy.service import ServeConfig
     from vggtune.deploy.webapp import serve as _serve
+    from vggtune.results.watch import Watch
 
-    _serve(ServeConfig(str(run), host, port, **options))
+    _serve(ServeConfig(str(run), host, port, **options), watch=Watch.of_service)
 
 
 @python_words

@@ -10,7 +10,11 @@ from vggtune.api import AugmentConfig, __version__
 from vggtune.cliapi import CHOICES, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD_HELP, RUN_COLUMNS, option_fields
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")  # positional, grouped below, or set by `vggtune cv`
-NUMBERS_DEFAULT_NONE = ("crop", "target_recall")  # their default (None) names no type: these take a number
+NUMBERS_DEFAULT_NONE = (
+    "crop",
+    "target_recall",
+    "cost_ratio",
+)  # their default (None) names no type: these take a number
 NUMBER_OR_WORD = ("threshold", "size", "blend")  # a number or a word (TrainConfig checks which)
 HELP = {
     "out": "run directory to create",
@@ -61,6 +65,8 @@ HELP = {
     "sensitivity (default: the second class)",
     "target_recall": "two classes: the positive class's recall to reach; the threshold is chosen on the validation "
     "split to reach it, with its 95 %% interval (instead of --threshold)",
+    "cost_ratio": "two classes: what a missed image of the positive class costs in false alarms; the threshold "
+    "with the least cost on the validation split (instead of --threshold)",
     "threshold": "two classes: the positive class's probability above which an image is given it, or val: the "
     "threshold with the best balanced accuracy on the validation split (stored in model.json); several labels "
     "an image: every label's threshold (default: each label's best F1 on the validation split)",

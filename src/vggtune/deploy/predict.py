@@ -118,9 +118,9 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a batch of uint8 RGB clean views (N, 3, size, size)."""
-        return self._scored(images)[0]
+        return self.scored(images)[0]
 
-    def _scored(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scored(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class probabilities, the clean view's embedding) of a batch of uint8 RGB clean views."""
         blocks = self.engine.blocks(self.model, self.runtime)
         seen: list[torch.Tensor] = []
@@ -151,7 +151,7 @@ class Predictor:
         return explain(self, inputs, [name_of(source, i) for i, source in enumerate(inputs)], target)
 
     def _classify(self, paths, views, embeddings: list | None = None) -> list[Prediction]:
-        probs, embedded = self._scored(torch.stack(views))
+        probs, embedded = self.scored(torch.stack(views))
         if embeddings is not None:
             embeddings.extend(embedded.numpy())
         answers = [self.spec.task.answer(self.classes, decided) for decided in self.spec.decide(probs.numpy())]

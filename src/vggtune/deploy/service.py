@@ -104,9 +104,11 @@ class Batcher:
 class Model:
     """The predictor, its identity and what a client needs to know about it."""
 
-    def __init__(self, run: str, engine: str = "auto"):
+    def __init__(self, run: str, engine: str = "auto", watch=None):
         self.predictor = Predictor(run, engine=engine)
         self.run = Path(run)
+        # the shift check (results/watch.py's Watch, given by the API), told what the service answers
+        self.watch = watch(run, self.predictor) if watch else None
         digest = file_digest(self.run / runfiles.WEIGHTS)[:12]
         self.id = f"{self.run.resolve().name}@{digest}"
 
@@ -121,7 +123,17 @@ class Model:
             "engine": self.predictor.engine.describe(),
             "vggtune": __version__,
             **spec.task.metadata(spec.classes, spec.scoring),
+            "shift": self.watch.info() if self.watch else None,
         }
+
+    def classify(self, views: torch.Tensor) -> torch.Tensor:
+        """A batch's probabilities; its images and the classes given go to the shift check."""
+        probabilities, embedded = self.predictor.scored(views)
+        spec, classes = self.predictor.spec, self.predictor.classes
+        given = [spec.task.answer(classes, decided)[0] for decided in spec.decide(probabilities.numpy())]
+        if self.watch:
+            self.watch.add(embedded.numpy(), given)
+        return probabilities
 
     def decode(self, name: str, data: bytes) -> tuple[torch.Tensor | None, str | None]:
         """(the clean view, None), or (None, "name: why it cannot be read")."""

@@ -36,8 +36,9 @@ OPEN_PATHS = ("/health", "/")
 DENIED = "missing or wrong token; allowed: the header Authorization: Bearer TOKEN, or ?token=TOKEN in the address"
 
 
-def create_app(config: ServeConfig, load=Model):
-    """The service: the model loads in the background, /health says when it is ready."""
+def create_app(config: ServeConfig, load=Model, watch=None):
+    """The service: the model loads in the background, /health says when it is ready. `watch(run, predictor)`
+    makes the shift check its answers are told to (the API gives results/watch.py's; none without)."""
     state: dict = {"model": None, "batcher": None, "error": None}
     token = token_from(config.token)
     limit = int(config.max_upload_mb * 1024 * 1024)
@@ -46,12 +47,14 @@ def create_app(config: ServeConfig, load=Model):
     async def lifespan(app):
         async def start():
             try:
-                state["model"] = await asyncio.to_thread(load, config.run, config.engine)
+                state["model"] = await asyncio.to_thread(load, config.run, config.engine, watch)
             except Exception as exc:  # noqa: BLE001 - /health reports it
                 state["error"] = f"{type(exc).__name__}: {exc}"
                 log.error("the model did not load: %s", state["error"])
                 return
-            state["batcher"] = Batcher(state["model"].predictor.probabilities, config.max_batch, config.wait_ms / 1000)
+            state["batcher"] = Batcher(state["model"].classify, config.max_batch, config.wait_ms / 1000)
+            if state["model"].watch:  # the training images' embeddings (seconds, once) while requests are answered
+                state["watching"] = asyncio.create_task(asyncio.to_thread(state["model"].watch.load_reference))
             await state["batcher"].run()
 
         task = asyncio.create_task(start())
@@ -211,7 +214,7 @@ async def read_uploads(request, limit: int) -> list[tuple[str, bytes]]:
     return [(request.headers.get("x-filename", "upload"), body)]
 
 
-def serve(config: ServeConfig) -> None:
+def serve(config: ServeConfig, watch=None) -> None:
     """Runs the service until interrupted; logs one line per request (never the token)."""
     import uvicorn
 
@@ -224,4 +227,6 @@ def serve(config: ServeConfig) -> None:
     service_log.setLevel(logging.INFO)
     service_log.propagate = False
     service_log.info(describe(config))
-    uvicorn.run(create_app(config), host=config.host, port=config.port, access_log=False, log_level="warning")
+    uvicorn.run(
+        create_app(config, watch=watch), host=config.host, port=config.port, access_log=False, log_level="warning"
+    )

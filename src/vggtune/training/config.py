@@ -131,6 +131,9 @@ class TrainConfig:
     positive_class: str | None = None
     # two classes: the positive class's recall the threshold is chosen on validation to reach (instead of --threshold)
     target_recall: float | None = None
+    # two classes: what a missed positive image costs in false alarms; the threshold with the least cost on
+    # validation (instead of --threshold)
+    cost_ratio: float | None = None
     # WiSE-FT: the share of the fine-tuning kept, blended with where it started (training/blend.py); val: the
     # share with the lowest validation loss
     blend: float | str = 1.0
@@ -159,6 +162,8 @@ class TrainConfig:
             raise choice_error("--schedule", self.schedule, SCHEDULES)
         self._check_threshold()
         self._check_target_recall()
+        self._check_cost_ratio()
+        self._check_one_rule()
         self._check_blend()
         _check_int("--epochs", self.epochs, 1)
         _check_int("--finetune-epochs", self.finetune_epochs, 0)
@@ -261,17 +266,47 @@ class TrainConfig:
             raise UserError(f"--target-recall: received {self.target_recall!r}; allowed: 0 < x < 1")
         if not 0 < self.target_recall < 1:
             raise UserError(f"--target-recall: received {self.target_recall}; allowed: 0 < x < 1")
-        if self.threshold != 0.5:
+
+    def _check_cost_ratio(self) -> None:
+        if self.cost_ratio is None:
+            return
+        if (
+            isinstance(self.cost_ratio, bool)
+            or not isinstance(self.cost_ratio, (int, float))
+            or not self.cost_ratio > 0
+        ):
             raise UserError(
-                f"--target-recall {self.target_recall} with --threshold {self.threshold}: both set the rule; "
-                "allowed: one of them"
+                f"--cost-ratio: received {self.cost_ratio!r}; allowed: x > 0 (what a missed positive image costs in "
+                "false alarms)"
             )
+
+    def _check_one_rule(self) -> None:
+        given = [
+            f"--{name.replace('_', '-')} {value}"
+            for name, value in (
+                ("threshold", None if self.threshold == 0.5 else self.threshold),
+                ("target_recall", self.target_recall),
+                ("cost_ratio", self.cost_ratio),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise UserError(f"{' with '.join(given)}: each sets the rule; allowed: one of them")
 
     def check_rule(self, classes: list[str], several: bool) -> None:
         """--positive-class and --target-recall name one of two classes; checked once the classes are known."""
-        if self.positive_class is None and self.target_recall is None:
+        named = [
+            flag
+            for flag, value in (
+                ("--positive-class", self.positive_class),
+                ("--target-recall", self.target_recall),
+                ("--cost-ratio", self.cost_ratio),
+            )
+            if value is not None
+        ]
+        if not named:
             return
-        flag = "--positive-class" if self.positive_class is not None else "--target-recall"
+        flag = named[0]
         if several or len(classes) != 2:
             kind = "labels, several an image" if several else "classes"
             raise UserError(f"{flag}: received for data of {len(classes)} {kind}; allowed: two classes only")

@@ -5,7 +5,7 @@ between their text ("cat;dog") and 0/1 rows.
 
 And what one epoch leaves: its validation figures (`Validation`, what epochs are chosen by and what `tune`'s
 pruner is told) and its row in the history (`EpochRow`: metrics.jsonl, the resume state, TensorBoard,
-MLflow and the report's curves read it)."""
+MLflow and the report's curves read it); and what a run's fine-tuning kept (`Blend`, --blend)."""
 
 from __future__ import annotations
 
@@ -155,4 +155,21 @@ class EpochRow:
             values["train_accuracy"],
             values.get("val_loss"),
             values.get("val_accuracy"),
+        )
+
+
+@dataclass(frozen=True)
+class Blend:
+    """The share of the fine-tuning kept, and the validation loss at each share tried (none where given)."""
+
+    share: float
+    losses: tuple[tuple[float, float], ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"share": self.share, "validation_losses": [list(pair) for pair in self.losses]}
+
+    def words(self) -> str:
+        tried = ", ".join(f"{share:g} {loss:.4f}" for share, loss in self.losses)
+        return f"blend: {self.share:g} of the fine-tuning kept" + (
+            f" (validation loss at each share: {tried})" if tried else ""
         )

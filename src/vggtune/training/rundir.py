@@ -16,7 +16,6 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,9 +36,6 @@ from vggtune.fsutil import (
 from vggtune.model.spec import ModelSpec
 from vggtune.training import figures
 from vggtune.training.config import TrainConfig, load_config, save_config
-
-if TYPE_CHECKING:  # annotations only
-    from vggtune.training.blend import Blend
 
 
 @dataclass(frozen=True)
@@ -348,7 +344,7 @@ class RunDir:
         timing: Timing,
         environment: Environment | None = None,
         kept_epochs: dict[str, int] | None = None,
-        blend: Blend | None = None,
+        blend: figures.Blend | None = None,
     ) -> None:
         atomic_write_json(
             self.path / runfiles.METRICS,

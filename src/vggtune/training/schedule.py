@@ -32,16 +32,17 @@ import torch
 
 from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
-from vggtune.training.blend import blend, starting_point
 from vggtune.training.callbacks import Callback, Epoch, for_stage
 from vggtune.training.checkpoints import Checkpoints, EpochRow, StageProgress, load_params, resume_state
 from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
 from vggtune.training.session import Run, open_run
 from vggtune.training.tracking import Log, environment
 from vggtune.training.validation import (
+    blend,
     calibrated,
     chosen_rule,
     scorer,
+    starting_point,
     validate,
     weights_of,
 )

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING
 
 from vggtune import distributed, runfiles
 from vggtune.progress import say
-from vggtune.training.figures import EpochRow
+from vggtune.training.figures import Blend, EpochRow
 from vggtune.training.rundir import Environment, RunDir, Timing
 
 if TYPE_CHECKING:  # annotations only
-    from vggtune.training.blend import Blend
     from vggtune.training.session import Run
 
 FINAL_METRICS = ("accuracy", "log_loss", "f1_macro", "roc_auc")

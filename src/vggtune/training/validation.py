@@ -1,17 +1,24 @@
-"""What a run's validation split decides: the score each epoch is chosen by, the temperature
-(--calibrate) and the two-class decision threshold (--threshold val); and the loss's class weights,
-which that score must respect."""
+"""What a run's validation split decides: the score each epoch is chosen by, the share of the fine-tuning
+kept (--blend val), the temperature (--calibrate) and the two-class decision rule (--threshold val,
+--target-recall, --cost-ratio); and the loss's class weights, which that score must respect."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
 
 from vggtune.progress import say
 from vggtune.training.config import CHOSEN_ON_VALIDATION, IMBALANCED
-from vggtune.training.figures import Validation
-from vggtune.training.metrics import balanced_log_loss, best_threshold, threshold_for_recall, threshold_interval
+from vggtune.training.figures import Blend, Validation
+from vggtune.training.metrics import (
+    balanced_log_loss,
+    best_threshold,
+    threshold_for_cost,
+    threshold_for_recall,
+    threshold_interval,
+)
 from vggtune.training.multilabel import best_thresholds, binary_log_loss
 from vggtune.training.objective import class_weights, positive_weights
 from vggtune.training.scoring import Scorer
@@ -37,6 +44,8 @@ def chosen_rule(run: Run, cut: str, policy):
         policy = policy.with_positive(classes.index(config.positive_class))
     if config.target_recall is not None and len(classes) == 2:
         return recall_rule(run, cut, policy)
+    if config.cost_ratio is not None and len(classes) == 2:
+        return cost_rule(run, cut, policy)
     return policy.on_second(decision_threshold(run, cut, policy))
 
 
@@ -101,29 +110,55 @@ def recall_rule(run: Run, cut: str, policy):
     """--target-recall R: the highest threshold on the positive class's probability that gives at least R of the
     validation split's positive images the positive class; its 95 % interval from a bootstrap of those images."""
     classes, wanted = run.spec.classes, float(run.config.target_recall or 0)
-    named = classes[policy.positive]
-    if not len(run.labels["val"]):
-        say(
-            "--target-recall: no validation images to choose the threshold on; the rule stays "
-            + policy.rule_words(classes)
-        )
+    scored = _validation_of_both(run, cut, policy, "--target-recall")
+    if scored is None:
         return policy
-    _, labels, probabilities = scorer(run, policy).scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
+    labels, probabilities = scored
     scores = probabilities[:, policy.positive][labels == policy.positive]
-    if not len(scores):
-        say(
-            f"--target-recall: the validation split holds no {named} image; the rule stays {policy.rule_words(classes)}"
-        )
-        return policy
     chosen = policy.deciding_at(threshold_for_recall(scores, wanted))
     low, high = threshold_interval(scores, wanted)
     reached = float((decide_positive(chosen, probabilities) & (labels == policy.positive)).sum() / len(scores))
     say(
-        f"rule: {chosen.rule_words(classes)}, chosen on {len(scores)} validation images of {named} to reach a "
-        f"recall of {wanted:g} (there {reached:.3f}; the threshold's 95 % interval {low:.3g} to {high:.3g})"
+        f"rule: {chosen.rule_words(classes)}, chosen on {len(scores)} validation images of {classes[policy.positive]} "
+        f"to reach a recall of {wanted:g} (there {reached:.3f}; the threshold's 95 % interval {low:.3g} to {high:.3g})"
     )
     warn_if_few(classes, labels, needed_for_recall(wanted), "the threshold", chosen, only=policy.positive)
     return chosen
+
+
+def cost_rule(run: Run, cut: str, policy):
+    """--cost-ratio C: the threshold on the positive class's probability with the least cost on the validation
+    split, a missed positive image costing C false alarms."""
+    classes, cost = run.spec.classes, float(run.config.cost_ratio or 1)
+    scored = _validation_of_both(run, cut, policy, "--cost-ratio")
+    if scored is None:
+        return policy
+    labels, probabilities = scored
+    positive = labels == policy.positive
+    chosen = policy.deciding_at(threshold_for_cost(positive, probabilities[:, policy.positive], cost))
+    decided = decide_positive(chosen, probabilities)
+    named = classes[policy.positive]
+    say(
+        f"rule: {chosen.rule_words(classes)}, chosen on {len(labels)} validation images for the least cost where a "
+        f"missed {named} costs {cost:g} false alarms (there {int((~decided & positive).sum())} of "
+        f"{int(positive.sum())} {named} missed, {int((decided & ~positive).sum())} false alarms)"
+    )
+    warn_if_few(classes, labels, RULE_IMAGES, "the threshold", chosen)
+    return chosen
+
+
+def _validation_of_both(run: Run, cut: str, policy, flag: str):
+    """(labels, probabilities) of the validation split under `policy`, where it holds images of both classes;
+    None, and said, where it does not (the rule stays as it is)."""
+    classes = run.spec.classes
+    labels = run.labels["val"]
+    missing = [name for i, name in enumerate(classes) if not (labels == i).any()] if len(labels) else list(classes)
+    if missing:
+        where = "no validation images" if not len(labels) else f"the validation split holds no {missing[0]} image"
+        say(f"{flag}: {where} to choose the threshold on; the rule stays {policy.rule_words(classes)}")
+        return None
+    _, labels, probabilities = scorer(run, policy).scored(run.sources.by_cut[cut]["val"], labels, cut)
+    return labels, probabilities
 
 
 # A rule set on a class's validation images is only as steady as the recall measured on them: near 0.9 that
@@ -180,3 +215,50 @@ def validate(run: Run, cut: str) -> Validation | None:
 def _number(value: float | None) -> float:
     """A figure that Metrics leaves None where it is not a number (a set without a class), as NaN."""
     return float("nan") if value is None else value
+
+
+# --blend (WiSE-FT, Wortsman et al., CVPR 2022): the fine-tuned parameters blended with those the fine-tuning
+# started from (the pretrained block and the head-only stage's head), start + share * (tuned - start). 1 keeps
+# the fine-tuning whole, 0 undoes it. One rate cannot serve every domain (BENCHMARKS.md section 28): on photos
+# like ImageNet's the fine-tuning moves too far, on X-rays not far enough; the blend lets the validation split
+# say how far to go, for a few validation passes. VGG has no batch norm whose statistics a blend would break.
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the shares --blend val tries, each scored on the validation split
+
+
+def starting_point(model) -> dict[str, torch.Tensor]:
+    """A copy of the parameters the stage about to run will train, as they are before it."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def blend(run: Run, cut: str, start: dict[str, torch.Tensor]) -> Blend:
+    """The model's trained parameters moved to the share `run.config.blend` names, or with `val` to the share
+    of SHARES with the lowest validation loss (the larger share among equals; the fine-tuning whole without
+    validation images)."""
+    tuned = {name: p.detach().clone() for name, p in run.model.named_parameters() if name in start}
+    wanted = run.config.blend
+    if wanted != CHOSEN_ON_VALIDATION:
+        _move(run.model, start, tuned, float(wanted))
+        return Blend(float(wanted))
+    losses = []
+    for share in SHARES:
+        _move(run.model, start, tuned, share)
+        scored = validate(run, cut)
+        if scored is None:
+            _move(run.model, start, tuned, 1.0)
+            say("blend: no validation images to choose it on; the fine-tuning kept whole")
+            return Blend(1.0)
+        losses.append((share, float(scored.loss)))
+    ranked = [(share, loss if math.isfinite(loss) else math.inf) for share, loss in losses]
+    best = min(loss for _, loss in ranked)
+    share = max(share for share, loss in ranked if loss <= best)
+    _move(run.model, start, tuned, share)
+    chosen = Blend(share, tuple(losses))
+    say(chosen.words())
+    return chosen
+
+
+def _move(model, start: dict, tuned: dict, share: float) -> None:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in start:
+                parameter.copy_(torch.lerp(start[name].to(parameter.dtype), tuned[name], share))
