@@ -46,7 +46,32 @@ def test_class_warnings_say_imbalance_tiny_classes_and_names_alike():
     assert any("imbalanced, 1 : 779.0" in w and "always answering rose would score 0.749" in w for w in said)
     assert any("fewer than 5 images: Rose (1)" in w for w in said)
     assert any("'rose', 'Rose' differ only in case" in w for w in said)
+    assert not any("hold ';'" in w for w in said)
     assert balance.counts_line({"a": 10, "b": 29}, "training") == "classes in training: a 10, b 29 (1 : 2.9)"
+
+
+def test_a_label_column_with_semicolons_is_said_by_data_check_and_train(tmp_path, tiny_weights, capsys, caplog):
+    """path,label with cells like cat;dog trains one class a set, as written (it can be a real name), and both
+    commands say so in one line naming the labels column."""
+    root = tmp_path / "images"
+    root.mkdir()
+    rows = []
+    for i in range(36):
+        name = ("cat", "dog", "cat;dog")[i % 3]
+        synthetic_image(i % 2, i).save(root / f"{i}.png")
+        rows.append((f"images/{i}.png", name))
+    manifest = tmp_path / "pets.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    line = "1 class name(s) hold ';' ('cat;dog'), each read as one class of its own; for several labels an image, "
+    assert cli.main(["data", "check", str(manifest)]) == 0
+    captured = capsys.readouterr()
+    assert line in captured.out + captured.err and "name the manifest's column labels" in captured.out + captured.err
+    assert cli.main(["train", str(manifest), "--out", str(tmp_path / "run"), *QUICK]) == 0
+    captured = capsys.readouterr()
+    said = captured.out + captured.err + caplog.text
+    assert said.count(line) >= 1 and json.loads((tmp_path / "run" / "model.json").read_text())["classes"] == [
+        "cat", "cat;dog", "dog"]
 
 
 def test_train_says_the_imbalance_and_prints_per_class_figures(tmp_path, tiny_weights, capsys, caplog):

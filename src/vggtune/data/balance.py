@@ -64,7 +64,9 @@ FEW_IMAGES = 5  # a class with fewer images than this can hardly be learned or j
 
 def class_warnings(counts: dict[str, int]) -> list[str]:
     """Every warning the classes' names and sizes call for: an imbalance, classes with very few images,
-    names that differ only in case or spacing (`Rose` beside `rose` made a third class of one image)."""
+    names that differ only in case or spacing (`Rose` beside `rose` made a third class of one image), names
+    holding ";" (a `label` column's `cat;dog` is a class of its own: a user who meant two labels trained a
+    single-label model without a word; not guessed, since it can be a real name)."""
     warnings = [imbalance(counts)]
     few = [f"{name} ({count})" for name, count in counts.items() if count < FEW_IMAGES]
     if few:
@@ -81,4 +83,13 @@ def class_warnings(counts: dict[str, int]) -> list[str]:
                 f"classes {', '.join(repr(n) for n in names)} differ only in case or spacing: one "
                 "class under two names? rename the folders or labels to one"
             )
+    joined = [name for name in counts if ";" in name]
+    if joined:
+        shown = ", ".join(repr(name) for name in joined[:3]) + (
+            f" and {len(joined) - 3} more" if len(joined) > 3 else ""
+        )
+        warnings.append(
+            f"{len(joined)} class name(s) hold ';' ({shown}), each read as one class of its own; for several "
+            "labels an image, name the manifest's column labels (path,labels with cells like cat;dog)"
+        )
     return [warning for warning in warnings if warning]
