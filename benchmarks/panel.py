@@ -89,6 +89,9 @@ SETTINGS = {
     "new defaults + finetune 1e-5 + dropout 0.5": {**NEW, "finetune_lr": 1e-5, "dropout": 0.5},
     # a lever the data chooses (issues #54 and #56): WiSE-FT, the share of the fine-tuning kept chosen on validation
     "new defaults + blend val": {**NEW, "blend": "val"},
+    # epochs that follow the validation loss: the head stage (seconds an epoch on cached features) kept its last
+    # epoch on most folds; a larger budget, early stopping (patience 3) ending it
+    "new defaults + head 30 epochs": {**NEW, "epochs": 30},
     # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
     "tune 8 trials": {"trials": 8, **CANDIDATE},
     "tune 240 s": {"trials": 50, "timeout": 240, **CANDIDATE},

@@ -192,6 +192,24 @@ def test_export_carries_the_sigmoids_and_thresholds(trained, file_format, packag
     assert result.max_difference < 1e-4 and result.label_agreement == 1.0
 
 
+def test_the_places_head_trains_predicts_and_exports_a_label_set(tmp_path):
+    """--head places end to end on the tiny network: trained, its label sets predicted, exported to ONNX with
+    the same outputs."""
+    pytest.importorskip("onnxruntime")
+    with tiny_weights_for_module(tmp_path / "home"):
+        manifest = write_multilabel(tmp_path / "data", per_set=12)
+        out = tmp_path / "run"
+        flags = [flag if flag != "flatten" else "places" for flag in TINY]
+        assert cli.main(["train", manifest, "--out", str(out), *flags]) == 0
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["head"]["kind"] == "places" and spec["head"]["multi_label"]
+    assert RunDir(out).finished_metrics().test.map > 0.5
+    answer = vggtune.load(str(out)).predict([str(Path(manifest).parent / "set4-0.jpg")])[0][0]
+    assert answer.labels is not None and set(answer.probabilities) == {"blue", "green", "red"}
+    result = vggtune.export(str(out), format="onnx")
+    assert result.max_difference < 1e-4 and result.label_agreement == 1.0
+
+
 def test_tflite_export_carries_the_sigmoids_and_thresholds(trained, tmp_path):
     python = tflite_python()
     _, out = trained

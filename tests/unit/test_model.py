@@ -24,10 +24,28 @@ def test_blocks_are_named_and_layout_comes_from_weights():
     assert archs.from_state_dict(VGG16, tiny_state_dict()).widths == TINY_BLOCKS
 
 
-@pytest.mark.parametrize("kind,n_classes,outputs", [("flatten", 2, 1), ("flatten", 5, 5), ("gap", 2, 1), ("gap", 37, 37)])
+@pytest.mark.parametrize("kind,n_classes,outputs", [("flatten", 2, 1), ("flatten", 5, 5), ("gap", 2, 1), ("gap", 37, 37),
+                                                    ("places", 2, 1), ("places", 5, 5)])
 def test_heads_give_one_sigmoid_unit_or_one_unit_per_class(kind, n_classes, outputs):
     model = tiny_classifier(kind, n_classes)
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, outputs)
+
+
+def test_the_places_head_pools_each_class_by_log_sum_exp_between_the_mean_and_the_max():
+    from vggtune.model.heads import SHARPNESS, HeadSpec
+    head = HeadSpec("places", 3, multi_label=True).build(8, 4).eval()
+    with torch.no_grad():
+        head.out.weight.zero_()
+        head.out.weight[:, 0] = 1.0                        # every class scores channel 0 at each place
+        head.out.bias.copy_(torch.tensor([-2.0, 0.0, 1.0]))
+        flat = torch.zeros(1, 8, 4, 4)
+        assert torch.allclose(head(flat), torch.tensor([[-2.0, 0.0, 1.0]]))      # a constant map pools to itself
+        one_place = flat.clone()
+        one_place[0, 0, 1, 2] = 3.0                       # the object in one place of sixteen
+        pooled = head(one_place)[0, 0] + 2.0
+        assert 3.0 / 16 < pooled < 3.0                    # above the mean (the gap head's), below the max
+        assert pooled == pytest.approx((torch.logsumexp(torch.tensor([SHARPNESS * 3.0] + [0.0] * 15), 0)
+                                        - torch.log(torch.tensor(16.0))).item() / SHARPNESS, abs=1e-5)
 
 
 @pytest.mark.parametrize("cut", ["block3", "block4", "block5"])
@@ -85,9 +103,9 @@ def test_each_arch_record_matches_torchvisions_network(arch, builder):
 def test_an_unknown_arch_or_head_is_refused_by_name():
     with pytest.raises(UserError, match="--arch: received 'resnet50'; allowed: vgg16, vgg19, vgg16_bn"):
         archs.get("resnet50")
-    with pytest.raises(ValueError, match="allowed: flatten, gap"):
+    with pytest.raises(ValueError, match="allowed: flatten, gap, places"):
         HeadSpec("mlp", 2).build(8, 1)
-    assert set(HEADS) == {"flatten", "gap"}
+    assert set(HEADS) == {"flatten", "gap", "places"}
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])

@@ -14,7 +14,17 @@ from PIL import Image
 from vggtune import distributed
 from vggtune.data.discovery import discover
 from vggtune.data.images import VANISHED, ImageRejected, open_rgb
-from vggtune.data.items import DUPLICATE, IN_DATA, LABEL_CONFLICT, Found, Item, Rejected, Splits, stratified
+from vggtune.data.items import (
+    DUPLICATE,
+    IN_DATA,
+    LABEL_CONFLICT,
+    Found,
+    Item,
+    Rejected,
+    Splits,
+    label_parts,
+    stratified,
+)
 from vggtune.data.similar import MAX_DISTANCE, copy_groups, without_near_copies
 from vggtune.errors import UserError
 from vggtune.fsutil import display_path
@@ -128,9 +138,18 @@ def with_near_duplicates(split_function):
     return split
 
 
+def _multi_label(items: list[Item]) -> bool:
+    return bool(items) and items[0].targets is not None
+
+
 @with_near_duplicates
 def stratified_split(items: list[Item], fractions: tuple[float, float], seed: int):
-    """(train, val, test) with each class split in the same proportions; content is already unique."""
+    """(train, val, test) with each class split in the same proportions (multi-label: each label, by iterative
+    stratification); content is already unique."""
+    if _multi_label(items):
+        shares = (1 - fractions[0] - fractions[1], *fractions)
+        train, val, test = label_parts(items, shares, seed)
+        return train, val, test
     splits: tuple[list[Item], list[Item], list[Item]] = ([], [], [])
     for members in shuffled_classes(items, seed):
         n_val = int(round(len(members) * fractions[0]))
@@ -148,9 +167,13 @@ def fold_split(items: list[Item], fold: tuple[int, int], val_fraction: float, se
     k, n = fold
     test: list[Item] = []
     rest: list[Item] = []
-    for members in shuffled_classes(items, seed):
-        for rank, item in enumerate(members):
-            (test if rank % n == k - 1 else rest).append(item)
+    if _multi_label(items):
+        folds = label_parts(items, [1 / n] * n, seed)
+        test, rest = folds[k - 1], [item for j, part in enumerate(folds) if j != k - 1 for item in part]
+    else:
+        for members in shuffled_classes(items, seed):
+            for rank, item in enumerate(members):
+                (test if rank % n == k - 1 else rest).append(item)
     train, val, _ = stratified_split.__wrapped__(rest, (val_fraction, 0.0), seed)  # the groups: moved once, above
     return train, val, test
 

@@ -151,3 +151,12 @@ def stratified(items: list[Item], n_labels: int) -> list[Item]:
     """Multi-label items with their stratum as `label` (labelsets.strata): what splits and folds stratify."""
     keys = labelsets.strata([item.targets or () for item in items], n_labels)
     return [dataclasses.replace(item, label=key) for item, key in zip(items, keys)]
+
+
+def label_parts(items: list[Item], shares, seed: int) -> tuple[list[Item], ...]:
+    """Multi-label items dealt into len(shares) parts by iterative stratification (labelsets.iterative_parts)."""
+    parts = labelsets.iterative_parts([item.targets or () for item in items], shares, seed)
+    dealt: tuple[list[Item], ...] = tuple([] for _ in shares)
+    for item, part in zip(items, parts):
+        dealt[part].append(item)
+    return dealt

@@ -1,12 +1,10 @@
 """Multi-label data in words and numbers: the images carrying each label, the label sets and how often
 each occurs, labels seen once, images that carry none; and the stratum each image is split by.
 
-Splits and cross-validation folds stratify one key per image. A multi-label image's key is its rarest
-label (the label fewest images carry), so a rare label is spread over the splits as a class would be;
-the images that carry none share one key. This is the first step of iterative stratification
-(Sechidis et al., 2011), which assigns the rarest label's images first. A label is split exactly in
-proportion where it is its images' rarest; its images filed under a rarer label land wherever that
-label's split puts them.
+Splits and cross-validation folds of multi-label images are dealt by iterative stratification (Sechidis et
+al., 2011; `iterative_parts`): the rarest label's images first, each to the part that still wants most of
+that label, so every label, not only each image's rarest, is spread over the parts in proportion. An image's
+stratum (`strata`: its rarest label) remains the key it is counted and shown by.
 """
 
 from __future__ import annotations
@@ -14,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
+
+import numpy as np
 
 from vggtune.data.balance import counts_line, per_class
 from vggtune.tasks import SEPARATOR
@@ -44,6 +44,40 @@ def strata(targets: Sequence[tuple[int, ...]], n_labels: int) -> list[int]:
     """Each image's stratum: its rarest label (ties to the first), or `n_labels` for an image with none."""
     counts = Counter(label for labels in targets for label in labels)
     return [min(labels, key=lambda label: (counts[label], label)) if labels else n_labels for labels in targets]
+
+
+def iterative_parts(targets: Sequence[tuple[int, ...]], fractions: Sequence[float], seed: int) -> list[int]:
+    """Each image's part (an index of `fractions`) by iterative stratification: while images are left, the label
+    the fewest of them carry is dealt, its images in a seeded order, each to the part that wants most of that
+    label (then most images; then the first); images without a label go to the part that wants most images."""
+    rng = np.random.default_rng(seed)
+    wanted = np.asarray(fractions, dtype=np.float64) * len(targets)
+    labels = sorted({label for labels in targets for label in labels})
+    wanted_label = {label: np.asarray(fractions) * sum(label in t for t in targets) for label in labels}
+    part = [-1] * len(targets)
+    left = set(range(len(targets)))
+
+    closed = np.asarray(fractions) <= 0  # a part of no share takes no image, however the others' wants fall
+
+    def deal(image: int, label: int | None) -> None:
+        wants = np.where(closed, -np.inf, wanted_label[label] if label is not None else wanted)
+        best = np.flatnonzero(wants >= wants.max() - 1e-9)
+        best = best[wanted[best] >= wanted[best].max() - 1e-9]  # then the part that wants most images
+        part[image] = int(best[0])
+        wanted[part[image]] -= 1
+        for each in targets[image]:
+            wanted_label[each][part[image]] -= 1
+        left.discard(image)
+
+    while any(targets[i] for i in left):
+        counts = Counter(label for i in left for label in targets[i])
+        rarest = min(counts, key=lambda label: (counts[label], label))
+        carrying = sorted(i for i in left if rarest in targets[i])
+        for image in rng.permutation(carrying):
+            deal(int(image), rarest)
+    for image in rng.permutation(sorted(left)):
+        deal(int(image), None)
+    return part
 
 
 def label_sets(items: Sequence[Labelled], classes: list[str]) -> dict[str, int]:
