@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 
-from vggtune.data.labelsets import strata
+from vggtune.data.labelsets import iterative_parts, strata
 from vggtune.training.multilabel import (
     MultiLabelMetrics,
     best_thresholds,
@@ -73,3 +73,21 @@ def test_an_image_is_stratified_by_its_rarest_label():
     targets = [(0, 1), (0,), (0,), (1, 2), (), (2,)]
     # label 0: 3 images, 1: 2, 2: 2; ties go to the lower label; none: its own stratum (3)
     assert strata(targets, 3) == [1, 0, 0, 1, 3, 2]
+
+
+def test_iterative_stratification_spreads_every_label_in_proportion_not_only_the_rarest():
+    """Labels that are never an image's rarest (a common one beside a rare one) are still dealt in proportion:
+    the rarest-label key alone put all 40 common+rare images' common label wherever the rare one went."""
+    rng = np.random.default_rng(3)
+    targets = [(0, 1)] * 40 + [(0,)] * 160 + [(2,)] * 90 + [(1, 2)] * 10 + [()] * 20
+    order = rng.permutation(len(targets))
+    targets = [targets[i] for i in order]
+    shares = (0.7, 0.15, 0.15)
+    parts = iterative_parts(targets, shares, seed=0)
+    for label in (0, 1, 2):
+        carrying = [p for t, p in zip(targets, parts) if label in t]
+        for part, share in enumerate(shares):
+            assert abs(carrying.count(part) - share * len(carrying)) <= 1.5, (label, part)
+    assert abs(parts.count(0) - 0.7 * len(targets)) <= 2
+    assert parts == iterative_parts(targets, shares, seed=0)                      # seeded
+    assert set(iterative_parts(targets, (1.0, 0.0, 0.0), seed=0)) == {0}         # a part of no share stays empty

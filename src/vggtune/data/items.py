@@ -65,8 +65,9 @@ class Rejected(tuple):
 @dataclass(frozen=True)
 class Item:
     """A usable image. Single-label: `label` is its class's index and `targets` None. Multi-label: `targets`
-    holds the indexes of its labels (empty: none of them) and `label` is its stratum, what splits and folds
-    are stratified by (labelsets.stratum: its rarest label; images with none share one)."""
+    holds the indexes of its labels (empty: none of them) and `label` is its stratum, the key it is counted by
+    (labelsets.strata: its rarest label; images with none share one); splits and folds deal the labels
+    themselves (label_parts)."""
 
     path: str
     label: int

@@ -106,7 +106,7 @@ def _training_data(folder: RunDir, spec: ModelSpec) -> str:
         "## Training data\n\n"
         f"From `{display_path(folder.config().data)}`: {counts['train']} training, {counts['val']} validation and "
         f"{counts['test']} test images with {len(spec.classes)} {spec.task.noun} "
-        f"(split by {'rarest label' if spec.task.several else 'class'}, no image content in "
+        f"(split by {'iterative stratification of the labels' if spec.task.several else 'class'}, no image content in "
         f"two splits). {len(rejected)} files were left out (`rejected.csv`), {conflicts} of them label "
         f"conflicts (the same image under two classes). {len(pairs)} near-duplicate pairs were found by "
         f"perceptual hash, {across} across splits (`near_duplicates.csv`)."
