@@ -3,7 +3,7 @@ labels (cat, dog, flower), trained on cat|cat, dog|dog, flower|flower, cat|dog a
 every pair, dog|flower among them, which training never shows. Each --heads entry trains vggtune's defaults
 with that head on the same images; micro-F1 overall and on dog|flower, each label's average precision.
 
-    python benchmarks/composites.py --work /tmp/composites [--heads gap places] [--per-pair 120] [--test-per-pair 30]
+    python benchmarks/composites.py --work /tmp/composites [--heads gap places places+asl] [--per-pair 120]
 
 Writes benchmarks/results/<--name>.json. No image is committed: the set is written under --work, from
 ../shared/data (cats-vs-dogs-2k's cats and dogs, flowers-5's flowers), each photo used once.
@@ -103,10 +103,11 @@ def main() -> None:
     train = write(pool, work / "train", TRAINED, args.per_pair, rng)
     test = write(pool, work / "test", TESTED, args.test_per_pair, rng)
     rows = []
-    for head in args.heads:
+    for head in args.heads:  # a head's name, "+asl" for the asymmetric loss
         out = work / f"run-{head}"
         if not (out / "metrics.json").is_file():
-            vggtune.train(str(train), out=str(out), head=head, quiet=True, no_report=True)
+            vggtune.train(str(train), out=str(out), head=head.removesuffix("+asl"), asymmetric_loss=head.endswith("+asl"),
+                          quiet=True, no_report=True)
         evaluated = vggtune.evaluate(str(out), data=str(test), report=False).metrics
         rows.append({"head": head, **scored(out, test), "mAP": evaluated.map,
                      **{f"AP {name}": row.average_precision for name, row in evaluated.per_label.items()}})

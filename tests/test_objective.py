@@ -142,3 +142,29 @@ def test_crop_one_keeps_the_whole_shorter_side_and_the_predictor_follows_model_j
     assert default.test.log_loss != results.test.log_loss
     with pytest.raises(UserError, match=r"^--crop: received 0.3; allowed"):
         quick_config(dataset, out, crop=0.3)
+
+
+def test_the_asymmetric_loss_is_cross_entropy_on_positives_and_fades_easy_negatives(monkeypatch):
+    from vggtune.training import objective
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.2, 1.5]])
+    labels = torch.tensor([[1, 0, 0], [0, 1, 1]])
+    monkeypatch.setattr(objective, "ASL_NEGATIVE_FOCUS", 0.0)
+    monkeypatch.setattr(objective, "ASL_CLIP", 0.0)                # no focus, no clip: binary cross-entropy
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+    assert objective.asymmetric_loss(logits, labels) == pytest.approx(bce.item(), abs=1e-6)
+    monkeypatch.undo()
+    easy, hard = torch.tensor([[-3.0]]), torch.tensor([[1.0]])     # negatives at P 0.047 and 0.73
+    absent = torch.tensor([[0]])
+    assert objective.asymmetric_loss(easy, absent) == 0.0          # below the clip: not counted
+    assert 0 < objective.asymmetric_loss(hard, absent) < torch.nn.functional.binary_cross_entropy_with_logits(
+        hard, absent.float())
+    present = torch.tensor([[1]])
+    assert objective.asymmetric_loss(easy, present) == pytest.approx(
+        torch.nn.functional.binary_cross_entropy_with_logits(easy, present.float()).item(), abs=1e-6)
+
+
+def test_the_asymmetric_loss_is_for_several_labels_an_image(tiny_weights, dataset, tmp_path, capsys):
+    from vggtune import cli
+    code = cli.main(["train", str(dataset), "--out", str(tmp_path / "r"), "--asymmetric-loss", "--size", "32"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--asymmetric-loss: received for data of one class an image" in err

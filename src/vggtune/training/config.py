@@ -134,6 +134,8 @@ class TrainConfig:
     # two classes: what a missed positive image costs in false alarms; the threshold with the least cost on
     # validation (instead of --threshold)
     cost_ratio: float | None = None
+    # several labels an image: the asymmetric loss (Ridnik et al. 2021) instead of binary cross-entropy
+    asymmetric_loss: bool = False
     # WiSE-FT: the share of the fine-tuning kept, blended with where it started (training/blend.py); val: the
     # share with the lowest validation loss
     blend: float | str = 1.0
@@ -294,7 +296,13 @@ class TrainConfig:
             raise UserError(f"{' with '.join(given)}: each sets the rule; allowed: one of them")
 
     def check_rule(self, classes: list[str], several: bool) -> None:
-        """--positive-class and --target-recall name one of two classes; checked once the classes are known."""
+        """--positive-class, --target-recall and --cost-ratio name one of two classes, --asymmetric-loss wants several
+        labels an image; checked once the classes are known."""
+        if self.asymmetric_loss and not several:
+            raise UserError(
+                "--asymmetric-loss: received for data of one class an image; allowed: several labels an image "
+                "(a manifest with a labels column)"
+            )
         named = [
             flag
             for flag, value in (

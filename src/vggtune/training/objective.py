@@ -24,6 +24,7 @@ class Objective:
     smoothing: float = 0.0  # label smoothing: the targets move this far toward uniform (Szegedy et al., 2016)
     mixup: float = 0.0  # alpha of the Beta(alpha, alpha) mixing weight (Zhang et al., 2018); 0: off
     class_weights: torch.Tensor | None = None  # a weight per class (`class_weights`); None: every image weighs 1
+    asymmetric: bool = False  # several labels an image: the asymmetric loss instead of binary cross-entropy
 
     def mix(self, features: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
         """The batch's features, each blended with the next one's (the batch is already shuffled), and the
@@ -37,12 +38,34 @@ class Objective:
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         """The head's loss on smoothed targets; after `mix`, the weighted loss of both images' labels."""
-        loss = self.head.loss(logits, labels, self.smoothing, self.class_weights)
+        loss = self._of(logits, labels)
         if weight < 1:
-            loss = weight * loss + (1 - weight) * self.head.loss(
-                logits, labels.roll(1, 0), self.smoothing, self.class_weights
-            )
+            loss = weight * loss + (1 - weight) * self._of(logits, labels.roll(1, 0))
         return loss
+
+    def _of(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.asymmetric:
+            return asymmetric_loss(logits, labels, self.class_weights)
+        return self.head.loss(logits, labels, self.smoothing, self.class_weights)
+
+
+# The asymmetric loss's settings as Ridnik et al. (ICCV 2021) recommend them: positives as in cross-entropy,
+# easy negatives faded by (p)^4, and a negative below a probability of 0.05 not counted at all.
+ASL_NEGATIVE_FOCUS, ASL_CLIP = 4.0, 0.05
+
+
+def asymmetric_loss(logits: torch.Tensor, labels: torch.Tensor, positive_weights=None) -> torch.Tensor:
+    """The mean over (image, label) of the asymmetric loss: most labels are absent from most images, and their
+    many easy negatives would otherwise outweigh the few positives. `positive_weights` weigh each label's
+    positives, as binary cross-entropy's pos_weight."""
+    targets = labels.float()
+    probability = torch.sigmoid(logits)
+    shifted = (probability - ASL_CLIP).clamp(min=0)
+    positive = torch.nn.functional.logsigmoid(logits)
+    if positive_weights is not None:
+        positive = positive * positive_weights.to(logits.device)
+    negative = torch.log((1 - shifted).clamp(min=1e-8)) * shifted.pow(ASL_NEGATIVE_FOCUS)
+    return -(targets * positive + (1 - targets) * negative).mean()
 
 
 def class_weights(setting: str, labels: torch.Tensor, n_classes: int, imbalanced: float) -> torch.Tensor | None:

@@ -268,7 +268,9 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
     takes its share of every batch, and its loss is weighted so that the averaged gradient is the
     one-process gradient of the whole batch."""
     model, config, runtime = run.model, run.config, run.runtime
-    objective = Objective(model.head_spec, config.label_smoothing, config.mixup, weights_of(run))
+    objective = Objective(
+        model.head_spec, config.label_smoothing, config.mixup, weights_of(run), config.asymmetric_loss
+    )
     ranks = distributed.world().size
     source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]
     order = rng.permutation(len(labels))
