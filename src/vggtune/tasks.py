@@ -39,6 +39,7 @@ class SingleLabel:
     noun: str = "classes"
     weights_name: str = "class weights"
     several: bool = False
+    head: str = "gap"  # --head auto's choice (BENCHMARKS.md section 19)
 
     def n_outputs(self, n_classes: int) -> int:
         return 1 if n_classes == 2 else n_classes
@@ -149,6 +150,9 @@ class MultiLabel:
     noun: str = "labels"
     weights_name: str = "positive weights"
     several: bool = True
+    # --head auto's choice: each label scored at each place and pooled, so what else is in the picture does not
+    # decide it (BENCHMARKS.md section 29)
+    head: str = "places"
 
     def n_outputs(self, n_classes: int) -> int:
         return n_classes

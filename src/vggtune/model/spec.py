@@ -61,12 +61,16 @@ class ModelSpec:
         loaded: LoadedWeights,
         precision: str,
         size: int,
-        task: Task | None = None,
+        task: Task,
     ) -> ModelSpec:
         """What model.json will say of the classifier a TrainConfig trains on these weights and classes (labels,
         several an image, for the multi-label task), at the input side `size` (config.size resolved:
         config.input_size)."""
-        head = HeadSpec(config.head, len(classes), config.hidden, config.dropout, task is not None and task.several)
+        several = task is not None and task.several
+        kind = (
+            task.head if config.head == "auto" and task is not None else "gap" if config.head == "auto" else config.head
+        )
+        head = HeadSpec(kind, len(classes), config.hidden, config.dropout, several)
         return cls(
             tuple(classes),
             head,

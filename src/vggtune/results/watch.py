@@ -30,7 +30,9 @@ class Watch:
         self.folder, self.predictor, self.warn = RunDir(run), predictor, warn
         self.reference: np.ndarray | None = None
         self.classes: list[str] = []
-        self.counts = np.zeros(0)  # the training split's images a class: the mix the answers are held to
+        self.counts: np.ndarray = np.zeros(
+            0, dtype=np.int64
+        )  # the training split's images a class: the mix the answers are held to
         self.window: deque = deque(maxlen=shift.SHIFT_SAMPLE)
         self.seen = 0
         self.last: shift.Shift | None = None

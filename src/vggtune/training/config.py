@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from vggtune import tasks
 from vggtune.errors import UserError, choice_error
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
@@ -28,6 +29,7 @@ CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 # on the panel (BENCHMARKS.md section 22) 128 px flowers gained at 128 and 180 px pet photos at 192. Below the
 # range nothing was measured, and tiny images are known to gain from enlarging: they keep the weights' side.
 SIZE_FROM_IMAGES = "auto"
+HEAD_FROM_TASK = "auto"  # --head auto: the head the task asks for (tasks.py)
 SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
 WRITTEN_BEFORE = {"class_weights": "off"}
@@ -103,7 +105,9 @@ class TrainConfig:
     batch_size: int = 32
     size: int | str = SIZE_FROM_IMAGES  # input side; auto: input_size() picks it from the training images
     crop: float | None = None  # the centre crop's share of the resized shorter side; None: the weights'
-    head: str = "gap"  # BENCHMARKS.md section 19; the classic recipe's is flatten
+    # auto: the task's (tasks.py): gap for one class an image (BENCHMARKS.md section 19), places for several
+    # (section 29); the classic recipe's is flatten
+    head: str = HEAD_FROM_TASK
     hidden: int = 256
     dropout: float = 0.2  # the head's, chosen on the panel (BENCHMARKS.md section 22); 0.5 before
     views: int = 2
@@ -152,8 +156,8 @@ class TrainConfig:
                 object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
         if self.recipe not in RECIPES:
             raise choice_error("--recipe", self.recipe, RECIPES)
-        if self.head not in HEADS:
-            raise choice_error("--head", self.head, HEADS)
+        if self.head not in (HEAD_FROM_TASK, *HEADS):
+            raise choice_error("--head", self.head, (HEAD_FROM_TASK, *HEADS))
         if self.precision not in PRECISIONS:
             raise choice_error("--precision", self.precision, PRECISIONS)
         if self.feature_storage not in STORAGES:
@@ -329,6 +333,11 @@ class TrainConfig:
                 f"--test-data: received {self.test_data} with {self.run.cv_folds} folds; "
                 "allowed: no --test-data, since each fold is a test split in turn"
             )
+
+    def head_for(self, several: bool) -> str:
+        """The head this recipe builds for data of one class an image or several labels (--head auto: the
+        task's, tasks.py)."""
+        return tasks.of(several).head if self.head == HEAD_FROM_TASK else self.head
 
     @property
     def architecture(self) -> archs.Arch:

@@ -150,14 +150,13 @@ def cost_rule(run: Run, cut: str, policy):
 def _validation_of_both(run: Run, cut: str, policy, flag: str):
     """(labels, probabilities) of the validation split under `policy`, where it holds images of both classes;
     None, and said, where it does not (the rule stays as it is)."""
-    classes = run.spec.classes
-    labels = run.labels["val"]
-    missing = [name for i, name in enumerate(classes) if not (labels == i).any()] if len(labels) else list(classes)
+    classes, held = run.spec.classes, run.labels["val"]
+    missing = [name for i, name in enumerate(classes) if not (held == i).any()] if len(held) else list(classes)
     if missing:
-        where = "no validation images" if not len(labels) else f"the validation split holds no {missing[0]} image"
+        where = "no validation images" if not len(held) else f"the validation split holds no {missing[0]} image"
         say(f"{flag}: {where} to choose the threshold on; the rule stays {policy.rule_words(classes)}")
         return None
-    _, labels, probabilities = scorer(run, policy).scored(run.sources.by_cut[cut]["val"], labels, cut)
+    _, labels, probabilities = scorer(run, policy).scored(run.sources.by_cut[cut]["val"], held, cut)
     return labels, probabilities
 
 
