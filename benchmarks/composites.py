@@ -106,7 +106,7 @@ def main() -> None:
     for head in args.heads:  # a head's name, "+asl" for the asymmetric loss
         out = work / f"run-{head}"
         if not (out / "metrics.json").is_file():
-            vggtune.train(str(train), out=str(out), head=head.removesuffix("+asl"), asymmetric_loss=head.endswith("+asl"),
+            vggtune.train(str(train), out=str(out), head=head.removesuffix("+asl"), loss="asymmetric" if head.endswith("+asl") else "cross-entropy",
                           quiet=True, no_report=True)
         evaluated = vggtune.evaluate(str(out), data=str(test), report=False).metrics
         rows.append({"head": head, **scored(out, test), "mAP": evaluated.map,

@@ -71,7 +71,7 @@ def main() -> None:
     rows = []
     run = work / f"run-{args.head}{'-asl' if args.asymmetric_loss else ''}"
     result = vggtune.train(str(train), out=str(run), test_data=str(test), quiet=True, head=args.head,
-                           asymmetric_loss=args.asymmetric_loss)
+                           loss="asymmetric" if args.asymmetric_loss else "cross-entropy")
     model = f"vggtune multi-label, head {args.head}" + (", asymmetric loss" if args.asymmetric_loss else "")
     rows.append({"model": model, "tested on": "seen label sets", **figures(result.test)})
     unseen_result = vggtune.evaluate(str(run), data=str(never), report=False)

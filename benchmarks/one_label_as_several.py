@@ -54,7 +54,7 @@ def main() -> None:
             out = work / name / f"run-{head}"
             if not (out / "metrics.json").is_file():
                 vggtune.train(str(listed), out=str(out), head=head.removesuffix("+asl"),
-                              asymmetric_loss=head.endswith("+asl"), quiet=True, no_report=True)
+                              loss="asymmetric" if head.endswith("+asl") else "cross-entropy", quiet=True, no_report=True)
             test = RunDir(out).finished_metrics().test
             rows.append({"set": name, "head": head, "images": test.n, "mAP": round(test.map, 4),
                          "mAP_95": list(test.intervals_95["map"]), "F1_micro": round(test.f1_micro, 4),

@@ -165,6 +165,6 @@ def test_the_asymmetric_loss_is_cross_entropy_on_positives_and_fades_easy_negati
 
 def test_the_asymmetric_loss_is_for_several_labels_an_image(tiny_weights, dataset, tmp_path, capsys):
     from vggtune import cli
-    code = cli.main(["train", str(dataset), "--out", str(tmp_path / "r"), "--asymmetric-loss", "--size", "32"])
+    code = cli.main(["train", str(dataset), "--out", str(tmp_path / "r"), "--loss", "asymmetric", "--size", "32"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "--asymmetric-loss: received for data of one class an image" in err
+    assert code == 2 and err.count("\n") == 0 and "--loss asymmetric: received for data of one class an image" in err

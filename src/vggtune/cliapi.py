@@ -19,7 +19,16 @@ from vggtune.model.heads import HEADS
 from vggtune.results.runs import SORT_COLUMNS as RUN_COLUMNS
 from vggtune.runfiles import default_run
 from vggtune.tasks import two_class_rule
-from vggtune.training.config import CLASS_WEIGHTS, DEVICES, PRECISIONS, RECIPES, SCHEDULES, option_fields, options_file
+from vggtune.training.config import (
+    CLASS_WEIGHTS,
+    DEVICES,
+    LOSSES,
+    PRECISIONS,
+    RECIPES,
+    SCHEDULES,
+    option_fields,
+    options_file,
+)
 
 if TYPE_CHECKING:  # annotations only: importing this module imports no torch
     from vggtune.training.metrics import Metrics
@@ -35,6 +44,7 @@ CHOICES = {
     "feature_storage": STORAGES,
     "class_weights": CLASS_WEIGHTS,
     "schedule": SCHEDULES,
+    "loss": LOSSES,
 }
 HEAD_HELP = {"auto": "gap for one class an image, places for several (the default)"} | {
     name: kind.help for name, kind in HEADS.items()

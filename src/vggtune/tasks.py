@@ -39,7 +39,8 @@ class SingleLabel:
     noun: str = "classes"
     weights_name: str = "class weights"
     several: bool = False
-    head: str = "gap"  # --head auto's choice (BENCHMARKS.md section 19)
+    default_head: str = "gap"  # --head auto's choice (BENCHMARKS.md section 19)
+    default_loss: str = "cross-entropy"  # --loss auto's
 
     def n_outputs(self, n_classes: int) -> int:
         return 1 if n_classes == 2 else n_classes
@@ -152,7 +153,8 @@ class MultiLabel:
     several: bool = True
     # --head auto's choice: each label scored at each place and pooled, so what else is in the picture does not
     # decide it (BENCHMARKS.md section 29)
-    head: str = "places"
+    default_head: str = "places"
+    default_loss: str = "cross-entropy"  # --loss auto's: binary cross-entropy a label
 
     def n_outputs(self, n_classes: int) -> int:
         return n_classes

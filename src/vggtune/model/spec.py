@@ -66,11 +66,7 @@ class ModelSpec:
         """What model.json will say of the classifier a TrainConfig trains on these weights and classes (labels,
         several an image, for the multi-label task), at the input side `size` (config.size resolved:
         config.input_size)."""
-        several = task is not None and task.several
-        kind = (
-            task.head if config.head == "auto" and task is not None else "gap" if config.head == "auto" else config.head
-        )
-        head = HeadSpec(kind, len(classes), config.hidden, config.dropout, several)
+        head = HeadSpec(config.head_for(task.several), len(classes), config.hidden, config.dropout, task.several)
         return cls(
             tuple(classes),
             head,

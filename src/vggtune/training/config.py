@@ -30,6 +30,8 @@ CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 # range nothing was measured, and tiny images are known to gain from enlarging: they keep the weights' side.
 SIZE_FROM_IMAGES = "auto"
 HEAD_FROM_TASK = "auto"  # --head auto: the head the task asks for (tasks.py)
+LOSS_FROM_TASK = "auto"
+LOSSES = (LOSS_FROM_TASK, "cross-entropy", "asymmetric")
 SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
 WRITTEN_BEFORE = {"class_weights": "off"}
@@ -138,8 +140,9 @@ class TrainConfig:
     # two classes: what a missed positive image costs in false alarms; the threshold with the least cost on
     # validation (instead of --threshold)
     cost_ratio: float | None = None
-    # several labels an image: the asymmetric loss (Ridnik et al. 2021) instead of binary cross-entropy
-    asymmetric_loss: bool = False
+    # LOSSES; auto: the task's (tasks.py): cross-entropy for one class an image, for several labels as
+    # BENCHMARKS.md section 29 chose; asymmetric (Ridnik et al. 2021) is for several labels only
+    loss: str = LOSS_FROM_TASK
     # WiSE-FT: the share of the fine-tuning kept, blended with where it started (training/blend.py); val: the
     # share with the lowest validation loss
     blend: float | str = 1.0
@@ -164,6 +167,8 @@ class TrainConfig:
             raise choice_error("--feature-storage", self.feature_storage, STORAGES)
         if self.class_weights not in CLASS_WEIGHTS:
             raise choice_error("--class-weights", self.class_weights, CLASS_WEIGHTS)
+        if self.loss not in LOSSES:
+            raise choice_error("--loss", self.loss, LOSSES)
         if self.schedule not in SCHEDULES:
             raise choice_error("--schedule", self.schedule, SCHEDULES)
         self._check_threshold()
@@ -300,12 +305,12 @@ class TrainConfig:
             raise UserError(f"{' with '.join(given)}: each sets the rule; allowed: one of them")
 
     def check_rule(self, classes: list[str], several: bool) -> None:
-        """--positive-class, --target-recall and --cost-ratio name one of two classes, --asymmetric-loss wants several
+        """--positive-class, --target-recall and --cost-ratio name one of two classes, --loss asymmetric wants several
         labels an image; checked once the classes are known."""
-        if self.asymmetric_loss and not several:
+        if self.loss == "asymmetric" and not several:
             raise UserError(
-                "--asymmetric-loss: received for data of one class an image; allowed: several labels an image "
-                "(a manifest with a labels column)"
+                "--loss asymmetric: received for data of one class an image; allowed: several labels an image "
+                "(a manifest with a labels column), or --loss cross-entropy"
             )
         named = [
             flag
@@ -337,7 +342,12 @@ class TrainConfig:
     def head_for(self, several: bool) -> str:
         """The head this recipe builds for data of one class an image or several labels (--head auto: the
         task's, tasks.py)."""
-        return tasks.of(several).head if self.head == HEAD_FROM_TASK else self.head
+        return tasks.of(several).default_head if self.head == HEAD_FROM_TASK else self.head
+
+    def asymmetric_for(self, several: bool) -> bool:
+        """Whether this recipe trains data of one class an image or several labels with the asymmetric loss
+        (--loss auto: the task's, tasks.py)."""
+        return (tasks.of(several).default_loss if self.loss == LOSS_FROM_TASK else self.loss) == "asymmetric"
 
     @property
     def architecture(self) -> archs.Arch:

@@ -269,7 +269,11 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
     one-process gradient of the whole batch."""
     model, config, runtime = run.model, run.config, run.runtime
     objective = Objective(
-        model.head_spec, config.label_smoothing, config.mixup, weights_of(run), config.asymmetric_loss
+        model.head_spec,
+        config.label_smoothing,
+        config.mixup,
+        weights_of(run),
+        config.asymmetric_for(run.spec.task.several),
     )
     ranks = distributed.world().size
     source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]
