@@ -89,6 +89,25 @@ def scored(run: Path, manifest: Path) -> dict:
             "dog_flower_one_label_only": one_label, "dog_flower_images": len(unseen)}
 
 
+def maps_apart(run: Path, test: Path) -> dict:
+    """Grad-CAM of "dog" and of "flower" on each dog|flower image: the share of each map on the left half, and
+    how often the two maps fall on different halves (each label's region, not the pair's)."""
+    files = sorted(str(p) for p in test.glob("dog-flower-*.jpg"))
+    predictor = vggtune.load(str(run))
+    left_shares = []
+    for target in ("dog", "flower"):
+        explanations, _ = predictor.explain(files, target=target)
+        shares = []
+        for e in explanations:
+            left, top, right, bottom = e.box
+            mass = e.heatmap[top:bottom, left:right]
+            shares.append(float(mass[:, : (right - left) // 2].sum()) / (float(mass.sum()) or 1.0))
+        left_shares.append(np.array(shares))
+    dog, flower = left_shares
+    return {"maps_on_different_halves": int(((dog > 0.5) != (flower > 0.5)).sum()),
+            "maps_left_share_difference": round(float(np.abs(dog - flower).mean()), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True)
@@ -109,7 +128,7 @@ def main() -> None:
             vggtune.train(str(train), out=str(out), head=head.removesuffix("+asl"), loss="asymmetric" if head.endswith("+asl") else "cross-entropy",
                           quiet=True, no_report=True)
         evaluated = vggtune.evaluate(str(out), data=str(test), report=False).metrics
-        rows.append({"head": head, **scored(out, test), "mAP": evaluated.map,
+        rows.append({"head": head, **scored(out, test), **maps_apart(out, test.parent), "mAP": evaluated.map,
                      **{f"AP {name}": row.average_precision for name, row in evaluated.per_label.items()}})
         print(table(rows, list(rows[0])), flush=True)
     save(args.name, {"train_pairs": [list(p) for p in TRAINED], "per_pair": args.per_pair,
