@@ -39,8 +39,6 @@ class SingleLabel:
     noun: str = "classes"
     weights_name: str = "class weights"
     several: bool = False
-    default_head: str = "gap"  # --head auto's choice (BENCHMARKS.md section 19)
-    default_loss: str = "cross-entropy"  # --loss auto's
 
     def n_outputs(self, n_classes: int) -> int:
         return 1 if n_classes == 2 else n_classes
@@ -151,10 +149,6 @@ class MultiLabel:
     noun: str = "labels"
     weights_name: str = "positive weights"
     several: bool = True
-    # --head auto's choice: each label scored at each place and pooled, so what else is in the picture does not
-    # decide it (BENCHMARKS.md section 29)
-    default_head: str = "places"
-    default_loss: str = "cross-entropy"  # --loss auto's: binary cross-entropy a label
 
     def n_outputs(self, n_classes: int) -> int:
         return n_classes

@@ -70,8 +70,8 @@ HELP = {
     "threshold": "two classes: the positive class's probability above which an image is given it, or val: the "
     "threshold with the best balanced accuracy on the validation split (stored in model.json); several labels "
     "an image: every label's threshold (default: each label's best F1 on the validation split)",
-    "loss": "auto: cross-entropy for one class an image, the one BENCHMARKS section 29 chose for several labels; "
-    "asymmetric (several labels only): easy negatives faded (Ridnik et al. 2021)",
+    "loss": "asymmetric (several labels an image only): easy negatives faded (Ridnik et al. 2021; BENCHMARKS "
+    "section 29)",
     "blend": "WiSE-FT: the share of the fine-tuning kept, blended with the weights it started from (1: all of "
     "it, 0: the head-only model); val: the share of 0, 0.25, 0.5, 0.75, 1 with the lowest validation loss",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",

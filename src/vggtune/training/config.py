@@ -9,7 +9,6 @@ from pathlib import Path
 
 import yaml
 
-from vggtune import tasks
 from vggtune.errors import UserError, choice_error
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
@@ -29,9 +28,7 @@ CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 # on the panel (BENCHMARKS.md section 22) 128 px flowers gained at 128 and 180 px pet photos at 192. Below the
 # range nothing was measured, and tiny images are known to gain from enlarging: they keep the weights' side.
 SIZE_FROM_IMAGES = "auto"
-HEAD_FROM_TASK = "auto"  # --head auto: the head the task asks for (tasks.py)
-LOSS_FROM_TASK = "auto"
-LOSSES = (LOSS_FROM_TASK, "cross-entropy", "asymmetric")
+LOSSES = ("cross-entropy", "asymmetric")
 SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
 WRITTEN_BEFORE = {"class_weights": "off"}
@@ -107,9 +104,7 @@ class TrainConfig:
     batch_size: int = 32
     size: int | str = SIZE_FROM_IMAGES  # input side; auto: input_size() picks it from the training images
     crop: float | None = None  # the centre crop's share of the resized shorter side; None: the weights'
-    # auto: the task's (tasks.py): gap for one class an image (BENCHMARKS.md section 19), places for several
-    # (section 29); the classic recipe's is flatten
-    head: str = HEAD_FROM_TASK
+    head: str = "gap"  # BENCHMARKS.md section 19; the classic recipe's is flatten; places: section 29
     hidden: int = 256
     dropout: float = 0.2  # the head's, chosen on the panel (BENCHMARKS.md section 22); 0.5 before
     views: int = 2
@@ -140,9 +135,8 @@ class TrainConfig:
     # two classes: what a missed positive image costs in false alarms; the threshold with the least cost on
     # validation (instead of --threshold)
     cost_ratio: float | None = None
-    # LOSSES; auto: the task's (tasks.py): cross-entropy for one class an image, for several labels as
-    # BENCHMARKS.md section 29 chose; asymmetric (Ridnik et al. 2021) is for several labels only
-    loss: str = LOSS_FROM_TASK
+    # LOSSES: asymmetric (Ridnik et al. 2021) is for several labels an image (BENCHMARKS.md section 29)
+    loss: str = "cross-entropy"
     # WiSE-FT: the share of the fine-tuning kept, blended with where it started (training/blend.py); val: the
     # share with the lowest validation loss
     blend: float | str = 1.0
@@ -159,8 +153,8 @@ class TrainConfig:
                 object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
         if self.recipe not in RECIPES:
             raise choice_error("--recipe", self.recipe, RECIPES)
-        if self.head not in (HEAD_FROM_TASK, *HEADS):
-            raise choice_error("--head", self.head, (HEAD_FROM_TASK, *HEADS))
+        if self.head not in HEADS:
+            raise choice_error("--head", self.head, HEADS)
         if self.precision not in PRECISIONS:
             raise choice_error("--precision", self.precision, PRECISIONS)
         if self.feature_storage not in STORAGES:
@@ -338,16 +332,6 @@ class TrainConfig:
                 f"--test-data: received {self.test_data} with {self.run.cv_folds} folds; "
                 "allowed: no --test-data, since each fold is a test split in turn"
             )
-
-    def head_for(self, several: bool) -> str:
-        """The head this recipe builds for data of one class an image or several labels (--head auto: the
-        task's, tasks.py)."""
-        return tasks.of(several).default_head if self.head == HEAD_FROM_TASK else self.head
-
-    def asymmetric_for(self, several: bool) -> bool:
-        """Whether this recipe trains data of one class an image or several labels with the asymmetric loss
-        (--loss auto: the task's, tasks.py)."""
-        return (tasks.of(several).default_loss if self.loss == LOSS_FROM_TASK else self.loss) == "asymmetric"
 
     @property
     def architecture(self) -> archs.Arch:
