@@ -237,32 +237,26 @@ class TrainConfig:
         object.__setattr__(self, "size", value)
 
     def _check_threshold(self) -> None:
-        if self.threshold == CHOSEN_ON_VALIDATION:
-            return
-        try:
-            value = float(self.threshold)
-        except (TypeError, ValueError):
-            value = float("nan")
-        if isinstance(self.threshold, bool) or not 0 < value < 1:
-            raise UserError(
-                f"--threshold: received {self.threshold}; allowed: 0 < x < 1, or "
-                f"{CHOSEN_ON_VALIDATION} (chosen on the validation split)"
-            )
-        object.__setattr__(self, "threshold", value)
+        self._number_or_val("threshold", lambda x: 0 < x < 1, "0 < x < 1")
 
     def _check_blend(self) -> None:
-        if self.blend == CHOSEN_ON_VALIDATION:
+        self._number_or_val("blend", lambda x: 0 <= x <= 1, "0 <= x <= 1 (the share of the fine-tuning kept)")
+
+    def _number_or_val(self, name: str, allowed, allowed_words: str) -> None:
+        """An option that is a number in a range, or val (chosen on the validation split); kept as a float."""
+        given = getattr(self, name)
+        if given == CHOSEN_ON_VALIDATION:
             return
         try:
-            value = float(self.blend)
+            value = float(given)
         except (TypeError, ValueError):
             value = float("nan")
-        if isinstance(self.blend, bool) or not 0 <= value <= 1:
+        if isinstance(given, bool) or not allowed(value):
             raise UserError(
-                f"--blend: received {self.blend}; allowed: 0 <= x <= 1 (the share of the fine-tuning kept), or "
-                f"{CHOSEN_ON_VALIDATION} (chosen on the validation split)"
+                f"--{name}: received {given}; allowed: {allowed_words}, or {CHOSEN_ON_VALIDATION} (chosen on the "
+                "validation split)"
             )
-        object.__setattr__(self, "blend", value)
+        object.__setattr__(self, name, value)
 
     def _check_target_recall(self) -> None:
         if self.target_recall is None:
