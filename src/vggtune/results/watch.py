@@ -30,9 +30,8 @@ class Watch:
         self.folder, self.predictor, self.warn = RunDir(run), predictor, warn
         self.reference: np.ndarray | None = None
         self.classes: list[str] = []
-        self.counts: np.ndarray = np.zeros(
-            0, dtype=np.int64
-        )  # the training split's images a class: the mix the answers are held to
+        # the training split's images a class: the mix the answers are held to
+        self.counts: np.ndarray = np.zeros(0, dtype=np.int64)
         self.window: deque = deque(maxlen=shift.SHIFT_SAMPLE)
         self.seen = 0
         self.last: shift.Shift | None = None
@@ -55,6 +54,7 @@ class Watch:
             self.reference = shift.training_embeddings(self.folder, self.predictor)
         except Exception as exc:  # noqa: BLE001 - the service answers without the check
             self.warn(f"shift check off: {type(exc).__name__}: {exc}")
+            return
         if self.reference is None:
             self.warn("shift check off: the training images are not readable here")
 
