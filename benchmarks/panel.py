@@ -92,6 +92,7 @@ SETTINGS = {
     # epochs that follow the validation loss: the head stage (seconds an epoch on cached features) kept its last
     # epoch on most folds; a larger budget, early stopping (patience 3) ending it
     "new defaults + head 30 epochs": {**NEW, "epochs": 30},
+    "new defaults + head lr 3e-3": {**NEW, "lr": 3e-3},
     # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
     "tune 8 trials": {"trials": 8, **CANDIDATE},
     "tune 240 s": {"trials": 50, "timeout": 240, **CANDIDATE},
