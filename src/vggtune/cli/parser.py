@@ -10,11 +10,8 @@ from vggtune.api import AugmentConfig, __version__
 from vggtune.cliapi import CHOICES, EXPORT_FORMATS, EXPORT_PRECISIONS, HEAD_HELP, RUN_COLUMNS, option_fields
 
 NOT_FLAGS = ("data", "augment", "cv_folds", "cv_fold")  # positional, grouped below, or set by `vggtune cv`
-NUMBERS_DEFAULT_NONE = (
-    "crop",
-    "target_recall",
-    "cost_ratio",
-)  # their default (None) names no type: these take a number
+# their default (None) names no type: these take a number
+NUMBERS_DEFAULT_NONE = ("crop", "target_recall", "cost_ratio")
 NUMBER_OR_WORD = ("threshold", "size", "blend")  # a number or a word (TrainConfig checks which)
 HELP = {
     "out": "run directory to create",

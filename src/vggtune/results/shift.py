@@ -75,8 +75,7 @@ def check(
     if int((~np.isnan(batch).any(axis=1)).sum()) < MIN_BATCH:
         return None
     splits = folder.saved_splits()
-    counts = np.bincount([item.label for item in splits.train], minlength=len(splits.classes))
-    return compare(reference, batch, predicted, splits.classes, counts)
+    return compare(reference, batch, predicted, splits.classes, np.asarray(splits.counts("train")))
 
 
 def compare(reference: np.ndarray, batch: np.ndarray, predicted: list[str], classes: list[str], counts) -> Shift:

@@ -50,7 +50,7 @@ class Watch:
         try:
             splits = self.folder.saved_splits()
             self.classes = list(splits.classes)
-            self.counts = np.bincount([item.label for item in splits.train], minlength=len(self.classes))
+            self.counts = np.asarray(splits.counts("train"))
             self.reference = shift.training_embeddings(self.folder, self.predictor)
         except Exception as exc:  # noqa: BLE001 - the service answers without the check
             self.warn(f"shift check off: {type(exc).__name__}: {exc}")

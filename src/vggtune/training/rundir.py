@@ -200,7 +200,6 @@ class RunMetrics:
     timing: Timing
     environment: Environment
     kept_epochs: dict[str, int]  # stage -> the epoch whose parameters it kept (lowest validation loss)
-    blend: float | None = None  # --blend: the share of the fine-tuning kept (None: all of it, not blended)
 
 
 def _targets(row: dict) -> tuple[int, ...] | None:
@@ -433,7 +432,6 @@ class RunDir:
             Timing.from_dict(values.get("timing")),
             Environment.from_dict(values.get("environment")),
             {k: int(v) for k, v in (values.get("kept_epochs") or {}).items()},
-            float(values["blend"]["share"]) if isinstance(values.get("blend"), dict) else None,
         )
 
     def finished_metrics(self) -> RunMetrics:
