@@ -143,3 +143,11 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def head_options(name: str) -> dict:
+    """vggtune.train's options of a multi-label benchmark's head entry: "defaults" gives none (the head and
+    loss the task picks), else a head's name, "+asl" for the asymmetric loss, cross-entropy without it."""
+    if name == "defaults":
+        return {}
+    return {"head": name.removesuffix("+asl"), "loss": "asymmetric" if name.endswith("+asl") else "cross-entropy"}

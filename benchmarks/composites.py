@@ -21,7 +21,7 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, save, table  # noqa: E402
+from common import DATA, head_options, save, table  # noqa: E402
 
 import vggtune  # noqa: E402
 
@@ -122,11 +122,10 @@ def main() -> None:
     train = write(pool, work / "train", TRAINED, args.per_pair, rng)
     test = write(pool, work / "test", TESTED, args.test_per_pair, rng)
     rows = []
-    for head in args.heads:  # a head's name, "+asl" for the asymmetric loss
+    for head in args.heads:  # common.head_options
         out = work / f"run-{head}"
         if not (out / "metrics.json").is_file():
-            vggtune.train(str(train), out=str(out), head=head.removesuffix("+asl"), loss="asymmetric" if head.endswith("+asl") else "cross-entropy",
-                          quiet=True, no_report=True)
+            vggtune.train(str(train), out=str(out), quiet=True, no_report=True, **head_options(head))
         evaluated = vggtune.evaluate(str(out), data=str(test), report=False).metrics
         rows.append({"head": head, **scored(out, test), **maps_apart(out, test.parent), "mAP": evaluated.map,
                      **{f"AP {name}": row.average_precision for name, row in evaluated.per_label.items()}})

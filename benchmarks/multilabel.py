@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save, table  # noqa: E402
+from common import head_options, save, table  # noqa: E402
 from photo_pairs import SOURCES, PhotoPool, label_sets, write_set  # noqa: E402
 
 import vggtune  # noqa: E402
@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--test-per-set", type=int, default=10, help="test images of each seen label set")
     parser.add_argument("--unseen-per-set", type=int, default=40, help="images of each held-out pair")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--head", default="gap", help="the multi-label model's head")
+    parser.add_argument("--head", default="gap", help="the multi-label model's head; defaults: the head and loss "
+                        "vggtune picks for several labels")
     parser.add_argument("--asymmetric-loss", action="store_true")
     parser.add_argument("--no-sets-as-classes", action="store_true", help="leave out the label-sets-as-classes model")
     parser.add_argument("--name", default="multilabel")
@@ -70,8 +71,8 @@ def main() -> None:
     never = write_set(pool, work / "unseen", {labels: args.unseen_per_set for labels in unseen})
     rows = []
     run = work / f"run-{args.head}{'-asl' if args.asymmetric_loss else ''}"
-    result = vggtune.train(str(train), out=str(run), test_data=str(test), quiet=True, head=args.head,
-                           loss="asymmetric" if args.asymmetric_loss else "cross-entropy")
+    chosen = head_options(args.head + ("+asl" if args.asymmetric_loss else ""))
+    result = vggtune.train(str(train), out=str(run), test_data=str(test), quiet=True, **chosen)
     model = f"vggtune multi-label, head {args.head}" + (", asymmetric loss" if args.asymmetric_loss else "")
     rows.append({"model": model, "tested on": "seen label sets", **figures(result.test)})
     unseen_result = vggtune.evaluate(str(run), data=str(never), report=False)

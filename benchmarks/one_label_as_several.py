@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, save, table  # noqa: E402
+from common import DATA, head_options, save, table  # noqa: E402
 
 import vggtune  # noqa: E402
 from vggtune.training.rundir import RunDir  # noqa: E402
@@ -53,8 +53,7 @@ def main() -> None:
         for head in args.heads:
             out = work / name / f"run-{head}"
             if not (out / "metrics.json").is_file():
-                vggtune.train(str(listed), out=str(out), head=head.removesuffix("+asl"),
-                              loss="asymmetric" if head.endswith("+asl") else "cross-entropy", quiet=True, no_report=True)
+                vggtune.train(str(listed), out=str(out), quiet=True, no_report=True, **head_options(head))
             test = RunDir(out).finished_metrics().test
             rows.append({"set": name, "head": head, "images": test.n, "mAP": round(test.map, 4),
                          "mAP_95": list(test.intervals_95["map"]), "F1_micro": round(test.f1_micro, 4),

@@ -93,6 +93,8 @@ SETTINGS = {
     # epoch on most folds; a larger budget, early stopping (patience 3) ending it
     "new defaults + head 30 epochs": {**NEW, "epochs": 30},
     "new defaults + head lr 3e-3": {**NEW, "lr": 3e-3},
+    # a lever the data chooses: each fold trains both rates and keeps the run with the lower validation loss
+    "finetune rate chosen on val": {"choose": ["new defaults", "new defaults + finetune 1e-5"]},
     # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
     "tune 8 trials": {"trials": 8, **CANDIDATE},
     "tune 240 s": {"trials": 50, "timeout": 240, **CANDIDATE},
@@ -235,6 +237,20 @@ def run_fold(manifest: Path, out: Path, options: dict) -> tuple[Path, float]:
     return run, float((out / "seconds.txt").read_text())
 
 
+def chosen_fold(work: Path, setting: str, dataset: str, k: int, manifest: Path) -> tuple[Path, float]:
+    """A setting's fold run; for one that chooses among settings, each of theirs trained (or reused) and the
+    one with the lowest validation log loss kept, the seconds of all of them counted."""
+    candidates = SETTINGS[setting].get("choose", [setting])
+    runs = [run_fold(manifest, work / "runs" / name.replace(" ", "_") / dataset / f"fold{k}",
+                     {**BEFORE, **SETTINGS[name]}) for name in candidates]
+    losses = [RunDir(run).finished_metrics().val.log_loss for run, _ in runs]
+    best = int(np.argmin(losses))
+    if len(runs) > 1:
+        print(f"  {dataset} fold {k}: validation loss " + ", ".join(
+            f"{name} {loss:.4f}" for name, loss in zip(candidates, losses)) + f": {candidates[best]}", flush=True)
+    return runs[best][0], sum(seconds for _, seconds in runs)
+
+
 def scored(out: Path, threshold_from_val: bool) -> tuple[list[str], np.ndarray, np.ndarray, float]:
     """(test paths, labels, probabilities, threshold) of a fold run; the threshold chosen on its
     validation images where asked, else the one model.json holds."""
@@ -327,8 +343,7 @@ def main():
             seconds, parts = 0.0, []
             for k, rows in enumerate(panel[name], 1):
                 manifest = write_manifest(rows, work / "manifests" / name / f"fold{k}.csv")
-                out = work / "runs" / setting.replace(" ", "_") / name / f"fold{k}"
-                run, fold_seconds = run_fold(manifest, out, {**BEFORE, **SETTINGS[setting]})
+                run, fold_seconds = chosen_fold(work, setting, name, k, manifest)
                 seconds += fold_seconds
                 parts.append(run)
             classes = RunDir(parts[0]).splits().classes

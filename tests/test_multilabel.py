@@ -192,14 +192,33 @@ def test_export_carries_the_sigmoids_and_thresholds(trained, file_format, packag
     assert result.max_difference < 1e-4 and result.label_agreement == 1.0
 
 
+@pytest.mark.parametrize("loss", ["cross-entropy", "asymmetric", "auto"])
+def test_the_output_biases_start_at_the_priors_or_at_half_for_the_asymmetric_loss(tmp_path, tiny_weights, monkeypatch,
+                                                                                   loss):
+    manifest = write_multilabel(tmp_path / "data", per_set=8)
+    started = []
+
+    def first_epoch(run, stage, *rest):
+        started.append(run.model.head.get_parameter("out.bias").detach().clone())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_epoch", first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(quick_config(manifest, tmp_path / "run", loss=loss))
+    if loss != "cross-entropy":     # the asymmetric loss's clip would leave a rare label's negatives uncounted
+        assert started[0].abs().max() == 0
+    else:                           # each label's log-odds in the training split (fewer than half carry each)
+        assert (started[0] < -0.1).all()
+
+
 def test_the_places_head_trains_predicts_and_exports_a_label_set(tmp_path):
-    """--head places end to end on the tiny network: trained, its label sets predicted, exported to ONNX with
-    the same outputs."""
+    """The multi-label defaults (--head places, the asymmetric loss) end to end on the tiny network: trained,
+    its label sets predicted, exported to ONNX with the same outputs."""
     pytest.importorskip("onnxruntime")
     with tiny_weights_for_module(tmp_path / "home"):
         manifest = write_multilabel(tmp_path / "data", per_set=12)
         out = tmp_path / "run"
-        flags = [flag if flag != "flatten" else "places" for flag in TINY]
+        flags = [flag for flag in TINY if flag not in ("--head", "flatten")]
         assert cli.main(["train", manifest, "--out", str(out), *flags]) == 0
     spec = json.loads((out / "model.json").read_text())
     assert spec["head"]["kind"] == "places" and spec["head"]["multi_label"]

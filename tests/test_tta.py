@@ -97,7 +97,7 @@ def test_the_classic_recipe_is_one_flag_away_and_given_options_win():
     changed = {name for name in TrainConfig.__dataclass_fields__ if getattr(classic, name) != getattr(default, name)}
     assert changed == {"recipe", "tta", "head", "lr", "class_weights", "finetune_lr", "dropout", "size"}
     assert default.tta is True
-    assert (default.head, default.lr, classic.lr, default.finetune_lr, classic.finetune_lr) == ("gap", 1e-3, 3e-4,
+    assert (default.head, default.lr, classic.lr, default.finetune_lr, classic.finetune_lr) == ("auto", 1e-3, 3e-4,
                                                                                                 3e-5, 1e-5)
     assert set(RECIPES["classic"]) <= {f for f in TrainConfig.__dataclass_fields__}
     with pytest.raises(UserError, match="--recipe: received 'keras'; allowed: vggtune, classic"):

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # annotations only: importing this module imports no torch
 CHOICES = {
     "recipe": tuple(RECIPES),
     "arch": tuple(ARCHS),
-    "head": tuple(HEADS),
+    "head": ("auto", *HEADS),
     "precision": PRECISIONS,
     "device": DEVICES,
     "engine": ENGINES,
@@ -46,7 +46,9 @@ CHOICES = {
     "schedule": SCHEDULES,
     "loss": LOSSES,
 }
-HEAD_HELP = {name: kind.help for name, kind in HEADS.items()}
+HEAD_HELP = {"auto": "gap for one class an image, places for several (the default)"} | {
+    name: kind.help for name, kind in HEADS.items()
+}
 EXPORT_PRECISIONS = ("fp32", "int8")
 EXPORT_FORMATS = ("onnx", "openvino", "tflite")
 

@@ -39,6 +39,8 @@ class SingleLabel:
     noun: str = "classes"
     weights_name: str = "class weights"
     several: bool = False
+    default_head: str = "gap"  # --head auto's choice (BENCHMARKS.md section 19)
+    default_loss: str = "cross-entropy"  # --loss auto's
 
     def n_outputs(self, n_classes: int) -> int:
         return 1 if n_classes == 2 else n_classes
@@ -149,6 +151,11 @@ class MultiLabel:
     noun: str = "labels"
     weights_name: str = "positive weights"
     several: bool = True
+    # --head and --loss auto's choices: each label scored at each place and pooled, so what else is in the
+    # picture does not decide it, and the asymmetric loss, whose easy negatives do not outweigh a label's few
+    # positives (BENCHMARKS.md sections 29 and 31)
+    default_head: str = "places"
+    default_loss: str = "asymmetric"
 
     def n_outputs(self, n_classes: int) -> int:
         return n_classes

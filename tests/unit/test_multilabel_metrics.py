@@ -7,6 +7,7 @@ from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 from vggtune.data.labelsets import iterative_parts, strata
 from vggtune.training.multilabel import (
     MultiLabelMetrics,
+    SHRINK_POSITIVES,
     best_thresholds,
     multilabel_metrics,
     weighted_average_precision,
@@ -53,13 +54,38 @@ def test_intervals_hold_their_estimates():
         assert low <= getattr(result, key) <= high and high - low < 0.2, key
 
 
-def test_thresholds_give_each_label_its_best_f1():
-    targets, probabilities = draw(seed=4)
+def test_a_label_many_images_carry_keeps_nearly_its_own_best_f1():
+    rng = np.random.default_rng(4)
+    targets = (rng.random((2000, 2)) < 0.5).astype(int)
+    probabilities = np.clip(0.3 * targets + rng.random((2000, 2)) * 0.7, 0, 1)
     chosen = best_thresholds(targets, probabilities)
     for i, threshold in enumerate(chosen):
         best = max(f1_score(targets[:, i], probabilities[:, i] > t) for t in np.unique(probabilities[:, i]) - 1e-9)
-        assert f1_score(targets[:, i], probabilities[:, i] > threshold) == pytest.approx(best)
-    assert best_thresholds(np.zeros((3, 1), int), np.full((3, 1), 0.2)) == (0.5,)     # a label nobody carries
+        assert f1_score(targets[:, i], probabilities[:, i] > threshold) == pytest.approx(best, abs=0.005)
+
+
+def test_a_label_one_image_carries_is_drawn_toward_the_shared_threshold():
+    # label 0: 40 images carry it, clearly apart at 0.3; label 1: one image, its probability 0.9
+    targets = np.zeros((80, 2), int)
+    targets[:40, 0] = 1
+    targets[0, 1] = 1
+    probabilities = np.full((80, 2), 0.1)
+    probabilities[:40, 0] = 0.5
+    probabilities[0, 1] = 0.9
+    own_alone = best_thresholds(targets[:, 1:], probabilities[:, 1:])[0]   # its own best: between 0.1 and 0.9
+    shared, one = best_thresholds(targets, probabilities)
+    assert 0.1 < shared < 0.5                                              # label 0's separation point
+    assert abs(one - shared) < abs(own_alone - shared) / 2                  # five parts shared to one its own
+    assert one == pytest.approx((own_alone + SHRINK_POSITIVES * shared) / (1 + SHRINK_POSITIVES), abs=1e-6)
+
+
+def test_a_label_nobody_carries_gets_the_shared_threshold_and_none_at_all_gets_half():
+    targets = np.array([[1, 0], [0, 0], [1, 0]])
+    probabilities = np.array([[0.8, 0.3], [0.2, 0.1], [0.7, 0.2]])
+    (pooled,) = best_thresholds(targets.reshape(-1, 1), probabilities.reshape(-1, 1))   # every decision pooled
+    first, second = best_thresholds(targets, probabilities)
+    assert second == pooled and 0.3 < pooled < 0.7 and first != pooled
+    assert best_thresholds(np.zeros((3, 1), int), np.full((3, 1), 0.2)) == (0.5,)
 
 
 def test_the_record_reads_back_from_its_json_form():

@@ -66,9 +66,10 @@ HELP = {
     "with the least cost on the validation split (instead of --threshold)",
     "threshold": "two classes: the positive class's probability above which an image is given it, or val: the "
     "threshold with the best balanced accuracy on the validation split (stored in model.json); several labels "
-    "an image: every label's threshold (default: each label's best F1 on the validation split)",
-    "loss": "asymmetric (several labels an image only): easy negatives faded (Ridnik et al. 2021; BENCHMARKS "
-    "section 29)",
+    "an image: every label's threshold (default: each label's best F1 on the validation split, drawn toward the "
+    "labels' shared one where few images carry it)",
+    "loss": "auto: cross-entropy for one class an image, asymmetric for several labels (BENCHMARKS section 31); "
+    "asymmetric (several labels only): easy negatives faded (Ridnik et al. 2021)",
     "blend": "WiSE-FT: the share of the fine-tuning kept, blended with the weights it started from (1: all of "
     "it, 0: the head-only model); val: the share of 0, 0.25, 0.5, 0.75, 1 with the lowest validation loss",
     "no_report": "skip report.html and the model card README.md (vggtune report RUN writes them later)",

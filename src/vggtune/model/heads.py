@@ -55,7 +55,7 @@ class Flatten(HeadKind):
 class GlobalAveragePool(HeadKind):
     """Global average pooling -> dropout -> output: few parameters, for many classes."""
 
-    help = "global average pooling -> output (the default, at --lr 1e-3)"
+    help = "global average pooling -> output (one class an image: the default, at --lr 1e-3)"
 
     @staticmethod
     def layers(spec: HeadSpec, channels: int, grid: int) -> OrderedDict:

@@ -66,7 +66,7 @@ class ModelSpec:
         """What model.json will say of the classifier a TrainConfig trains on these weights and classes (labels,
         several an image, for the multi-label task), at the input side `size` (config.size resolved:
         config.input_size)."""
-        head = HeadSpec(config.head, len(classes), config.hidden, config.dropout, task.several)
+        head = HeadSpec(config.head_for(task.several), len(classes), config.hidden, config.dropout, task.several)
         return cls(
             tuple(classes),
             head,

@@ -8,7 +8,8 @@ the offsets alone, or the scale too:
 - one class an image: a logistic recalibration of the averaged log-probabilities, log_softmax(scale * log p
   + offsets) (for two classes, the logit scaled and shifted); the decision threshold stays the user's, now on
   probabilities that are right for that source;
-- several labels an image: each label's threshold (its best F1 on the sample).
+- several labels an image: each label's threshold (its best F1 on the sample, drawn toward the labels' shared
+  one where few images carry it).
 The "after" figures are out of sample (each fold of the sample scored by a choice and fit on the others); a bootstrap
 of the sample says how far the fitted rule could move. The rule goes into model.json; the one it replaced is
 kept by name and `--restore NAME` brings it back.
@@ -293,7 +294,8 @@ def _turning_point(fit: tuple[float, np.ndarray], sample: Evaluated) -> float:
 
 
 def _fit_labels(sample: Evaluated, policy: ScoringPolicy) -> tuple[ScoringPolicy, scored.Figures, str]:
-    """Each label's threshold with its best F1 on the sample; out-of-fold figures, the thresholds' spread."""
+    """Each label's threshold with its best F1 on the sample (multilabel.best_thresholds); out-of-fold figures,
+    the thresholds' spread."""
     targets, probabilities = sample.labels, sample.probabilities
     thresholds = best_thresholds(targets, probabilities)
     folds = np.arange(len(targets)) % FOLDS

@@ -94,7 +94,7 @@ def _send(folder: RunDir, uri: str) -> str:
             run_id,
             metrics=metrics[start : start + 100],
             params=params[start : start + 100],
-            tags=[RunTag("vggtune.head", config.head)] if start == 0 else [],
+            tags=[RunTag("vggtune.head", folder.model_spec().head.kind)] if start == 0 else [],
         )
     for name in DOCUMENTS:
         if (run / name).is_file():

@@ -54,7 +54,7 @@ def row(folder: RunDir, root: Path) -> RunRow:
     return RunRow(
         run=display_path(run.relative_to(root)) if run != root else display_path(run.name),
         data=display_path(Path(config.data).name),
-        head=config.head,
+        head=folder.model_spec().head.kind,  # the head built (--head auto: the task's)
         epochs=epochs,
         precision=metrics.environment.precision or config.precision,
         split=split,

@@ -55,6 +55,12 @@ def _range(low: float, high: float):
     return lambda trial, base, name: trial.suggest_float(name, low, high)
 
 
+def _as_searched(base: TrainConfig, name: str):
+    """The base config's value of a lever, as the search names it: --head auto is one class an image's head
+    (tune takes no multi-label data)."""
+    return base.head_for(several=False) if name == "head" else getattr(base, name)
+
+
 def _among(*values):
     return lambda trial, base, name: trial.suggest_categorical(name, list(values))
 
@@ -144,7 +150,7 @@ def tune(base: TrainConfig, trials: int, timeout: float | None = None) -> TuneRe
     )
     _close_interrupted(study, optuna)
     if not study.trials:  # the defaults first: the search starts from what users get
-        study.enqueue_trial({lever.name: getattr(base, lever.name) for lever in LEVERS})
+        study.enqueue_trial({lever.name: _as_searched(base, lever.name) for lever in LEVERS})
     remaining = trials - len(_ended(study, optuna))
     if remaining > 0:
         say(f"tune: {remaining} trial(s) to run ({trials} in all), each scored on the validation split")

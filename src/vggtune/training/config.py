@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from vggtune import tasks
 from vggtune.errors import UserError, choice_error
 from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
@@ -28,7 +29,9 @@ CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 # on the panel (BENCHMARKS.md section 22) 128 px flowers gained at 128 and 180 px pet photos at 192. Below the
 # range nothing was measured, and tiny images are known to gain from enlarging: they keep the weights' side.
 SIZE_FROM_IMAGES = "auto"
-LOSSES = ("cross-entropy", "asymmetric")
+HEAD_FROM_TASK = "auto"  # --head auto: the head the task asks for (tasks.py)
+LOSS_FROM_TASK = "auto"
+LOSSES = (LOSS_FROM_TASK, "cross-entropy", "asymmetric")
 SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
 WRITTEN_BEFORE = {"class_weights": "off"}
@@ -104,7 +107,9 @@ class TrainConfig:
     batch_size: int = 32
     size: int | str = SIZE_FROM_IMAGES  # input side; auto: input_size() picks it from the training images
     crop: float | None = None  # the centre crop's share of the resized shorter side; None: the weights'
-    head: str = "gap"  # BENCHMARKS.md section 19; the classic recipe's is flatten; places: section 29
+    # auto: the task's (tasks.py): gap for one class an image (BENCHMARKS.md section 19), places for several
+    # (section 29); the classic recipe's is flatten
+    head: str = HEAD_FROM_TASK
     hidden: int = 256
     dropout: float = 0.2  # the head's, chosen on the panel (BENCHMARKS.md section 22); 0.5 before
     views: int = 2
@@ -135,8 +140,9 @@ class TrainConfig:
     # two classes: what a missed positive image costs in false alarms; the threshold with the least cost on
     # validation (instead of --threshold)
     cost_ratio: float | None = None
-    # LOSSES: asymmetric (Ridnik et al. 2021) is for several labels an image (BENCHMARKS.md section 29)
-    loss: str = "cross-entropy"
+    # LOSSES; auto: the task's (tasks.py): cross-entropy for one class an image, asymmetric (Ridnik et al.
+    # 2021) for several labels (BENCHMARKS.md section 31), and only for them
+    loss: str = LOSS_FROM_TASK
     # WiSE-FT: the share of the fine-tuning kept, blended with where it started (training/blend.py); val: the
     # share with the lowest validation loss
     blend: float | str = 1.0
@@ -153,8 +159,8 @@ class TrainConfig:
                 object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
         if self.recipe not in RECIPES:
             raise choice_error("--recipe", self.recipe, RECIPES)
-        if self.head not in HEADS:
-            raise choice_error("--head", self.head, HEADS)
+        if self.head not in (HEAD_FROM_TASK, *HEADS):
+            raise choice_error("--head", self.head, (HEAD_FROM_TASK, *HEADS))
         if self.precision not in PRECISIONS:
             raise choice_error("--precision", self.precision, PRECISIONS)
         if self.feature_storage not in STORAGES:
@@ -326,6 +332,16 @@ class TrainConfig:
                 f"--test-data: received {self.test_data} with {self.run.cv_folds} folds; "
                 "allowed: no --test-data, since each fold is a test split in turn"
             )
+
+    def head_for(self, several: bool) -> str:
+        """The head this recipe builds for data of one class an image or several labels (--head auto: the
+        task's, tasks.py)."""
+        return tasks.of(several).default_head if self.head == HEAD_FROM_TASK else self.head
+
+    def asymmetric_for(self, several: bool) -> bool:
+        """Whether this recipe trains data of one class an image or several labels with the asymmetric loss
+        (--loss auto: the task's, tasks.py)."""
+        return (tasks.of(several).default_loss if self.loss == LOSS_FROM_TASK else self.loss) == "asymmetric"
 
     @property
     def architecture(self) -> archs.Arch:

@@ -68,8 +68,9 @@ def calibrated(run: Run, cut: str):
 
 def label_thresholds(run: Run, cut: str, policy) -> tuple[float, ...]:
     """A multi-label run's threshold a label: --threshold's number for every label where one is given (other
-    than the default 0.5), else each label's with the best F1 on the validation split under the final
-    scoring `policy` (0.5 for every label without validation images)."""
+    than the default 0.5), else each label's with the best F1 on the validation split (drawn toward the labels'
+    shared one where few images carry it: multilabel.best_thresholds) under the final scoring `policy` (0.5 for
+    every label without validation images)."""
     given = run.config.threshold
     n_labels = len(run.spec.classes)
     if given != CHOSEN_ON_VALIDATION and float(given) != 0.5:
@@ -80,7 +81,10 @@ def label_thresholds(run: Run, cut: str, policy) -> tuple[float, ...]:
     _, labels, probabilities = scorer(run, policy).scored(run.sources.by_cut[cut]["val"], run.labels["val"], cut)
     thresholds = best_thresholds(labels, probabilities)
     chosen = ", ".join(f"{name} {value:.3f}" for name, value in zip(run.spec.classes, thresholds))
-    say(f"thresholds: {chosen}; each label's best F1 on {len(labels)} validation images")
+    say(
+        f"thresholds: {chosen}; each label's best F1 on {len(labels)} validation images, drawn toward "
+        "the labels' shared one where few carry it"
+    )
     return thresholds
 
 
