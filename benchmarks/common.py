@@ -151,3 +151,16 @@ def head_options(name: str) -> dict:
     if name == "defaults":
         return {}
     return {"head": name.removesuffix("+asl"), "loss": "asymmetric" if name.endswith("+asl") else "cross-entropy"}
+
+
+def train_options(entries: list[str]) -> dict:
+    """--option KEY=VALUE entries as vggtune.train's keywords, numbers read as numbers."""
+    import ast
+    options = {}
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        try:
+            options[key.replace("-", "_")] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key.replace("-", "_")] = value
+    return options

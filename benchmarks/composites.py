@@ -21,7 +21,7 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, head_options, save, table  # noqa: E402
+from common import DATA, head_options, save, table, train_options  # noqa: E402
 
 import vggtune  # noqa: E402
 
@@ -112,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True)
     parser.add_argument("--heads", nargs="+", default=["gap", "places"])
+    parser.add_argument("--option", nargs="+", default=[], metavar="KEY=VALUE", help="more vggtune.train options")
     parser.add_argument("--per-pair", type=int, default=120)
     parser.add_argument("--test-per-pair", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -123,11 +124,12 @@ def main() -> None:
     test = write(pool, work / "test", TESTED, args.test_per_pair, rng)
     rows = []
     for head in args.heads:  # common.head_options
-        out = work / f"run-{head}"
+        out = work / (f"run-{head}" + "".join(f"-{entry}" for entry in args.option))
         if not (out / "metrics.json").is_file():
-            vggtune.train(str(train), out=str(out), quiet=True, no_report=True, **head_options(head))
+            vggtune.train(str(train), out=str(out), quiet=True, no_report=True, **head_options(head),
+                          **train_options(args.option))
         evaluated = vggtune.evaluate(str(out), data=str(test), report=False).metrics
-        rows.append({"head": head, **scored(out, test), **maps_apart(out, test.parent), "mAP": evaluated.map,
+        rows.append({"head": " ".join([head, *args.option]), **scored(out, test), **maps_apart(out, test.parent), "mAP": evaluated.map,
                      **{f"AP {name}": row.average_precision for name, row in evaluated.per_label.items()}})
         print(table(rows, list(rows[0])), flush=True)
     save(args.name, {"train_pairs": [list(p) for p in TRAINED], "per_pair": args.per_pair,

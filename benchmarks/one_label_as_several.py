@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, head_options, save, table  # noqa: E402
+from common import DATA, head_options, save, table, train_options  # noqa: E402
 
 import vggtune  # noqa: E402
 from vggtune.training.rundir import RunDir  # noqa: E402
@@ -43,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True)
     parser.add_argument("--heads", nargs="+", default=["gap", "places"])
+    parser.add_argument("--option", nargs="+", default=[], metavar="KEY=VALUE", help="more vggtune.train options")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--name", default="one-label-as-several")
     args = parser.parse_args()
@@ -51,11 +52,12 @@ def main() -> None:
         source, per_class = SETS[name]
         listed = manifest(source, per_class, work / name / "labels.csv")
         for head in args.heads:
-            out = work / name / f"run-{head}"
+            out = work / name / (f"run-{head}" + "".join(f"-{entry}" for entry in args.option))
             if not (out / "metrics.json").is_file():
-                vggtune.train(str(listed), out=str(out), quiet=True, no_report=True, **head_options(head))
+                vggtune.train(str(listed), out=str(out), quiet=True, no_report=True, **head_options(head),
+                              **train_options(args.option))
             test = RunDir(out).finished_metrics().test
-            rows.append({"set": name, "head": head, "images": test.n, "mAP": round(test.map, 4),
+            rows.append({"set": name, "head": " ".join([head, *args.option]), "images": test.n, "mAP": round(test.map, 4),
                          "mAP_95": list(test.intervals_95["map"]), "F1_micro": round(test.f1_micro, 4),
                          "F1_micro_95": list(test.intervals_95["f1_micro"]),
                          "subset_accuracy": round(test.subset_accuracy, 4), "subset_accuracy_95": list(test.accuracy_95)})

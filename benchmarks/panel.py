@@ -95,6 +95,8 @@ SETTINGS = {
     "new defaults + head lr 3e-3": {**NEW, "lr": 3e-3},
     # a lever the data chooses: each fold trains both rates and keeps the run with the lower validation loss
     "finetune rate chosen on val": {"choose": ["new defaults", "new defaults + finetune 1e-5"]},
+    # ... or keeps both and averages their probabilities
+    "both finetune rates averaged": {"average": ["new defaults", "new defaults + finetune 1e-5"]},
     # `vggtune tune` on each fold's training and validation images, its best setting tested on the fold
     "tune 8 trials": {"trials": 8, **CANDIDATE},
     "tune 240 s": {"trials": 50, "timeout": 240, **CANDIDATE},
@@ -237,33 +239,41 @@ def run_fold(manifest: Path, out: Path, options: dict) -> tuple[Path, float]:
     return run, float((out / "seconds.txt").read_text())
 
 
-def chosen_fold(work: Path, setting: str, dataset: str, k: int, manifest: Path) -> tuple[Path, float]:
-    """A setting's fold run; for one that chooses among settings, each of theirs trained (or reused) and the
-    one with the lowest validation log loss kept, the seconds of all of them counted."""
-    candidates = SETTINGS[setting].get("choose", [setting])
+def chosen_fold(work: Path, setting: str, dataset: str, k: int, manifest: Path) -> tuple[list[Path], float]:
+    """A setting's fold run(s) and their seconds: its own run; for a setting that chooses among settings, each
+    of theirs trained (or reused) and the one with the lowest validation log loss kept; for one that averages
+    settings, all of their runs (their probabilities averaged)."""
+    options = SETTINGS[setting]
+    candidates = options.get("choose") or options.get("average") or [setting]
     runs = [run_fold(manifest, work / "runs" / name.replace(" ", "_") / dataset / f"fold{k}",
                      {**BEFORE, **SETTINGS[name]}) for name in candidates]
+    seconds = sum(seconds for _, seconds in runs)
+    if "average" in options:
+        return [run for run, _ in runs], seconds
     losses = [RunDir(run).finished_metrics().val.log_loss for run, _ in runs]
     best = int(np.argmin(losses))
     if len(runs) > 1:
         print(f"  {dataset} fold {k}: validation loss " + ", ".join(
             f"{name} {loss:.4f}" for name, loss in zip(candidates, losses)) + f": {candidates[best]}", flush=True)
-    return runs[best][0], sum(seconds for _, seconds in runs)
+    return [runs[best][0]], seconds
 
 
-def scored(out: Path, threshold_from_val: bool) -> tuple[list[str], np.ndarray, np.ndarray, float]:
-    """(test paths, labels, probabilities, threshold) of a fold run; the threshold chosen on its
-    validation images where asked, else the one model.json holds."""
-    classes = RunDir(out).splits().classes
-    rows = read_predictions(out / "predictions.csv", classes)
-    threshold = _model_threshold(out)
+def scored(runs: list[Path], threshold_from_val: bool) -> tuple[list[str], np.ndarray, np.ndarray, float]:
+    """(test paths, labels, probabilities, threshold) of a fold's run, or of its runs' probabilities averaged;
+    the threshold chosen on the validation images where asked, else the one the first run's model.json holds."""
+    classes = RunDir(runs[0]).splits().classes
+    read = [read_predictions(out / "predictions.csv", classes) for out in runs]
+    if any([r.path for r in rows] != [r.path for r in read[0]] for rows in read):
+        raise SystemExit(f"{runs}: their predictions.csv list other images")
+    rows = read[0]
+    probabilities = np.mean([[r.probabilities for r in rows] for rows in read], axis=0).reshape(len(rows), len(classes))
+    threshold = _model_threshold(runs[0])
+    val, test = ([i for i, r in enumerate(rows) if r.split == split] for split in ("val", "test"))
     if threshold_from_val and len(classes) == 2:
-        val = [r for r in rows if r.split == "val"]
-        chosen = best_threshold([classes.index(r.label) for r in val], [r.probabilities[1] for r in val])
+        chosen = best_threshold([classes.index(rows[i].label) for i in val], probabilities[val, 1])
         threshold = chosen if chosen is not None else threshold
-    test = [r for r in rows if r.split == "test"]
-    return ([r.path for r in test], np.array([classes.index(r.label) for r in test]),
-            np.array([r.probabilities for r in test]).reshape(len(test), len(classes)), threshold)
+    return ([rows[i].path for i in test], np.array([classes.index(rows[i].label) for i in test]),
+            probabilities[test], threshold)
 
 
 def _model_threshold(out: Path) -> float:
@@ -343,10 +353,10 @@ def main():
             seconds, parts = 0.0, []
             for k, rows in enumerate(panel[name], 1):
                 manifest = write_manifest(rows, work / "manifests" / name / f"fold{k}.csv")
-                run, fold_seconds = chosen_fold(work, setting, name, k, manifest)
+                runs, fold_seconds = chosen_fold(work, setting, name, k, manifest)
                 seconds += fold_seconds
-                parts.append(run)
-            classes = RunDir(parts[0]).splits().classes
+                parts.append(runs)
+            classes = RunDir(parts[0][0]).splits().classes
             for scoring, from_val in (("", False), (" + val threshold", True)):
                 if from_val and len(classes) != 2:
                     continue
