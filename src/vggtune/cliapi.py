@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from vggtune.api import train_config
 from vggtune.errors import UserError, command_line
-from vggtune.features.settings import ENGINES, STORAGES
+from vggtune.features.settings import ENGINES, FITS, STORAGES
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
@@ -45,6 +45,7 @@ CHOICES = {
     "class_weights": CLASS_WEIGHTS,
     "schedule": SCHEDULES,
     "loss": LOSSES,
+    "fit": ("auto", *FITS),
 }
 HEAD_HELP = {"auto": "gap for one class an image, places for several (the default)"} | {
     name: kind.help for name, kind in HEADS.items()

@@ -143,8 +143,9 @@ def metadata(spec: ModelSpec, precision: str, file_format: str = "onnx") -> dict
             "shape": ["batch", prep.size, prep.size, 3],
             "resize": prep.resize,
             "crop": prep.size,
-            "how": f"resize the shorter side to {prep.resize} px (bilinear, antialiased), "
-            f"centre-crop {prep.size} x {prep.size}; normalisation is inside the graph",
+            "fit": prep.fit,
+            "how": f"{_resize_words(prep)} (bilinear, antialiased), centre-crop {prep.size} x {prep.size}; "
+            "normalisation is inside the graph",
         },
         "normalisation": {"mean": list(prep.mean), "std": list(prep.std), "channel_order": prep.channel_order},
         "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)]},
@@ -280,3 +281,9 @@ def _decided(probabilities: np.ndarray, spec: ModelSpec) -> np.ndarray:
 def _agreeing(first: np.ndarray, second: np.ndarray) -> float:
     """The share of images decided alike (multi-label: every label alike)."""
     return float((first == second).reshape(len(first), -1).all(axis=1).mean()) if len(first) else 1.0
+
+
+def _resize_words(prep) -> str:
+    if prep.fit == "squash":
+        return f"resize the whole image to {prep.resize} x {prep.resize} px (its aspect not kept)"
+    return f"resize the shorter side to {prep.resize} px"

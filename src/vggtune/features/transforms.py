@@ -37,10 +37,12 @@ def eval_view(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
 
 
 def resized(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """The whole image with its shorter side at `prep.resize`, before the crop; uint8 CHW. Pillow resizes it
-    (antialiased bilinear, as torchvision resizes a PIL image), so that a program with Pillow alone (the
-    README's onnxruntime example) gives the same pixels; torchvision's tensor kernel rounds differently."""
-    return F.pil_to_tensor(F.resize(image, [prep.resize], interpolation=v2.InterpolationMode.BILINEAR))
+    """The whole image with its shorter side at `prep.resize` (squashed: both sides), before the crop; uint8
+    CHW. Pillow resizes it (antialiased bilinear, as torchvision resizes a PIL image), so that a program with
+    Pillow alone (the README's onnxruntime example) gives the same pixels; torchvision's tensor kernel rounds
+    differently."""
+    sides = [prep.resize, prep.resize] if prep.fit == "squash" else [prep.resize]
+    return F.pil_to_tensor(F.resize(image, sides, interpolation=v2.InterpolationMode.BILINEAR))
 
 
 def centre_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:

@@ -70,7 +70,7 @@ class ModelSpec:
         return cls(
             tuple(classes),
             head,
-            loaded.record.preprocessing.at_size(size, config.crop),
+            loaded.record.preprocessing.at_size(size, config.crop, config.fit_for(task.several)),
             loaded.id,
             archs.from_state_dict(config.architecture, loaded.state_dict),
             precision,

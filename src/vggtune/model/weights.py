@@ -31,16 +31,18 @@ class Preprocessing:
     """How a decoded RGB image becomes the network's input; mean/std are in 0-255 pixel units."""
 
     size: int
-    resize: int  # shorter side before the centre crop
+    resize: int  # shorter side before the centre crop (both sides where the fit is squash)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: str = "RGB"  # order the network expects; "BGR" for Caffe-style weights
+    fit: str = "crop"  # how an image that is not square comes to the square input (features/settings.py FITS)
 
-    def at_size(self, size: int, crop: float | None = None) -> Preprocessing:
+    def at_size(self, size: int, crop: float | None = None, fit: str | None = None) -> Preprocessing:
         """At another input side; `crop` is the fraction of the resized shorter side the centre crop keeps
-        (timm's crop_pct; 1: all of it), by default these weights' own (224 of 256 for VGG16's)."""
+        (timm's crop_pct; 1: all of it), by default these weights' own (224 of 256 for VGG16's); `fit` one of
+        FITS (these weights' own where None)."""
         resize = round(size / crop) if crop else round(size * self.resize / self.size)
-        return dataclasses.replace(self, size=size, resize=resize)
+        return dataclasses.replace(self, size=size, resize=resize, fit=fit or self.fit)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -53,6 +55,7 @@ class Preprocessing:
             mean=tuple(values["mean"]),
             std=tuple(values["std"]),
             channel_order=values.get("channel_order", "RGB"),
+            fit=values.get("fit", "crop"),  # written before squash existed
         )
 
 

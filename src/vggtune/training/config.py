@@ -11,7 +11,7 @@ import yaml
 
 from vggtune import tasks
 from vggtune.errors import UserError, choice_error
-from vggtune.features.settings import ENGINES, STORAGES, AugmentConfig
+from vggtune.features.settings import ENGINES, FITS, STORAGES, AugmentConfig
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model import arch as archs
 from vggtune.model.heads import HEADS
@@ -30,11 +30,12 @@ CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 # range nothing was measured, and tiny images are known to gain from enlarging: they keep the weights' side.
 SIZE_FROM_IMAGES = "auto"
 HEAD_FROM_TASK = "auto"  # --head auto: the head the task asks for (tasks.py)
+FIT_FROM_TASK = "auto"
 LOSS_FROM_TASK = "auto"
 LOSSES = (LOSS_FROM_TASK, "cross-entropy", "asymmetric")
 SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
-WRITTEN_BEFORE = {"class_weights": "off"}
+WRITTEN_BEFORE = {"class_weights": "off", "loss": "cross-entropy", "fit": "crop"}
 PATHS = ("data", "val_data", "test_data", "weights")
 DEVICES = ("auto", "cpu", "cuda")
 # A recipe names a set of defaults; options given beside it win. "vggtune" is the defaults below, chosen
@@ -107,6 +108,8 @@ class TrainConfig:
     batch_size: int = 32
     size: int | str = SIZE_FROM_IMAGES  # input side; auto: input_size() picks it from the training images
     crop: float | None = None  # the centre crop's share of the resized shorter side; None: the weights'
+    # FITS; auto: the task's (tasks.py): crop for one class an image, squash for several labels
+    fit: str = FIT_FROM_TASK
     # auto: the task's (tasks.py): gap for one class an image (BENCHMARKS.md section 19), places for several
     # (section 29); the classic recipe's is flatten
     head: str = HEAD_FROM_TASK
@@ -167,6 +170,8 @@ class TrainConfig:
             raise choice_error("--feature-storage", self.feature_storage, STORAGES)
         if self.class_weights not in CLASS_WEIGHTS:
             raise choice_error("--class-weights", self.class_weights, CLASS_WEIGHTS)
+        if self.fit not in (FIT_FROM_TASK, *FITS):
+            raise choice_error("--fit", self.fit, (FIT_FROM_TASK, *FITS))
         if self.loss not in LOSSES:
             raise choice_error("--loss", self.loss, LOSSES)
         if self.schedule not in SCHEDULES:
@@ -337,6 +342,11 @@ class TrainConfig:
         """The head this recipe builds for data of one class an image or several labels (--head auto: the
         task's, tasks.py)."""
         return tasks.of(several).default_head if self.head == HEAD_FROM_TASK else self.head
+
+    def fit_for(self, several: bool) -> str:
+        """How this recipe brings an image of one class or of several labels to the square input (--fit auto:
+        the task's, tasks.py)."""
+        return tasks.of(several).default_fit if self.fit == FIT_FROM_TASK else self.fit
 
     def asymmetric_for(self, several: bool) -> bool:
         """Whether this recipe trains data of one class an image or several labels with the asymmetric loss
