@@ -1,0 +1,53 @@
+"""--fit: how an image that is not square comes to the square input. crop (the weights' own: the shorter side
+resized, the centre kept) cuts off the sides of a wide image; squash keeps the whole image, its aspect not
+kept. Every view (clean, mirrored, augmented, ten crops) and Grad-CAM come from `resized`, so they follow it."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from vggtune.features.settings import AugmentConfig
+from vggtune.features.transforms import eval_view, make_view, resized
+from vggtune.model.weights import Preprocessing
+from vggtune.training.config import TrainConfig, load_config
+
+CROP = Preprocessing(size=32, resize=40, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+SQUASH = Preprocessing(size=32, resize=40, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), fit="squash")
+
+
+def wide_image_red_at_its_left_edge() -> Image.Image:
+    """200 x 100, white, its left fifth red: an object at the edge of a wide photo."""
+    pixels = np.full((100, 200, 3), 255, np.uint8)
+    pixels[:, :40, 1:] = 0
+    return Image.fromarray(pixels)
+
+
+def red_share(view) -> float:
+    pixels = view.numpy().astype(int)
+    return float(((pixels[0] > 200) & (pixels[1] < 60)).mean())
+
+
+def test_crop_cuts_off_the_edge_of_a_wide_image_and_squash_keeps_it():
+    image = wide_image_red_at_its_left_edge()
+    assert tuple(resized(image, CROP).shape) == (3, 40, 80) and tuple(resized(image, SQUASH).shape) == (3, 40, 40)
+    assert red_share(eval_view(image, CROP)) == 0
+    assert 0.1 < red_share(eval_view(image, SQUASH)) < 0.2           # the fifth, less the centre crop's margin
+    augmented = make_view(image, SQUASH, AugmentConfig(), "0" * 64, 1)
+    assert tuple(augmented.shape) == (3, 32, 32)
+
+
+def test_model_json_keeps_the_fit_and_one_written_before_it_reads_as_crop():
+    assert Preprocessing.from_dict(SQUASH.to_dict()) == SQUASH
+    written_before = {key: value for key, value in CROP.to_dict().items() if key != "fit"}
+    assert Preprocessing.from_dict(written_before).fit == "crop"
+    assert CROP.at_size(64, fit="squash").fit == "squash" and SQUASH.at_size(64).fit == "squash"
+
+
+def test_auto_is_the_tasks_fit_and_a_config_written_before_it_keeps_the_crop(tmp_path):
+    config = TrainConfig.from_recipe(data="photos")
+    assert config.fit == "auto" and config.fit_for(several=False) == "crop" and config.fit_for(several=True) == "squash"
+    assert TrainConfig.from_recipe(data="photos", fit="crop").fit_for(several=True) == "crop"
+    with pytest.raises(Exception, match="--fit: received 'stretch'"):
+        TrainConfig.from_recipe(data="photos", fit="stretch")
+    (tmp_path / "config.yaml").write_text("data: photos\nout: runs/old\n")
+    old = load_config(tmp_path / "config.yaml")
+    assert (old.fit, old.loss) == ("crop", "cross-entropy")             # a multi-label run resumed trains as it began
