@@ -222,15 +222,15 @@ def test_the_places_head_trains_predicts_and_exports_a_label_set(tmp_path):
         assert cli.main(["train", manifest, "--out", str(out), *flags]) == 0
     spec = json.loads((out / "model.json").read_text())
     assert spec["head"]["kind"] == "places" and spec["head"]["multi_label"]
-    assert spec["preprocessing"]["fit"] == "squash"                   # the whole image: an edge keeps its label
+    assert spec["preprocessing"]["fit"] == "pad"                      # the whole image: an edge keeps its label
     assert RunDir(out).finished_metrics().test.map > 0.5
     answer = vggtune.load(str(out)).predict([str(Path(manifest).parent / "set4-0.jpg")])[0][0]
     assert answer.labels is not None and set(answer.probabilities) == {"blue", "green", "red"}
     result = vggtune.export(str(out), format="onnx")
     assert result.max_difference < 1e-4 and result.label_agreement == 1.0
     metadata = json.loads((out / "model.onnx.json").read_text())
-    assert metadata["input"]["fit"] == "squash" and "whole image" in metadata["input"]["how"]
-    from test_export import check_snippet, snippet     # the docs' onnxruntime example squashes as vggtune does
+    assert metadata["input"]["fit"] == "pad" and "whole image" in metadata["input"]["how"]
+    from test_export import check_snippet, snippet     # the docs' onnxruntime example pads as vggtune does
     check_snippet(snippet("onnxruntime").replace("runs/pets/model.onnx", str(result.path)),
                   vggtune.load(str(out), precision="fp32"), tmp_path)
 

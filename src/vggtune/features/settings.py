@@ -13,10 +13,11 @@ from vggtune.errors import UserError
 STORAGES = ("float16", "uint8")  # cached features: 2 bytes a value, or 1 with each view's own scale
 ENGINES = ("auto", "torch", "openvino", "onnxruntime")  # what runs the frozen blocks (features/engine.py)
 # How an image comes to the square input (model/weights.py Preprocessing.fit): crop, its shorter side resized and
-# the centre kept, as ImageNet's weights were trained (the sides of a wide image are cut off); squash, the whole
-# image resized to a square, its aspect not kept, so that an object at the edge stays in the picture (several
-# labels an image: BENCHMARKS.md section 31). The centre crop's share (--crop) applies to both.
-FITS = ("crop", "squash")
+# the centre kept, as ImageNet's weights were trained (the sides of a wide image are cut off); pad, the whole image
+# with its longer side resized, on a square of the mean colour, so that an object at the edge stays in the picture
+# and keeps its shape (several labels an image: BENCHMARKS.md section 31). The centre crop's share (--crop)
+# applies to both.
+FITS = ("crop", "pad")
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,18 @@ def eval_view(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
 
 
 def resized(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """The whole image with its shorter side at `prep.resize` (squashed: both sides), before the crop; uint8
-    CHW. Pillow resizes it (antialiased bilinear, as torchvision resizes a PIL image), so that a program with
-    Pillow alone (the README's onnxruntime example) gives the same pixels; torchvision's tensor kernel rounds
-    differently."""
-    sides = [prep.resize, prep.resize] if prep.fit == "squash" else [prep.resize]
-    return F.pil_to_tensor(F.resize(image, sides, interpolation=v2.InterpolationMode.BILINEAR))
+    """The whole image with its shorter side at `prep.resize`, before the crop; or, padded, its longer side at
+    `prep.resize`, centred on a square of the mean colour; uint8 CHW. Pillow resizes it (antialiased bilinear,
+    as torchvision resizes a PIL image), so that a program with Pillow alone (the docs' onnxruntime example)
+    gives the same pixels; torchvision's tensor kernel rounds differently."""
+    if prep.fit != "pad":
+        return F.pil_to_tensor(F.resize(image, [prep.resize], interpolation=v2.InterpolationMode.BILINEAR))
+    width, height = (max(1, round(side * prep.resize / max(image.size))) for side in image.size)
+    inner = F.pil_to_tensor(F.resize(image, [height, width], interpolation=v2.InterpolationMode.BILINEAR))
+    square = torch.tensor(prep.fill, dtype=torch.uint8).view(3, 1, 1).repeat(1, prep.resize, prep.resize)
+    top, left = (prep.resize - height) // 2, (prep.resize - width) // 2
+    square[:, top : top + height, left : left + width] = inner
+    return square
 
 
 def centre_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:

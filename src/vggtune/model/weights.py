@@ -31,7 +31,7 @@ class Preprocessing:
     """How a decoded RGB image becomes the network's input; mean/std are in 0-255 pixel units."""
 
     size: int
-    resize: int  # shorter side before the centre crop (both sides where the fit is squash)
+    resize: int  # shorter side before the centre crop (the longer side where the fit is pad)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: str = "RGB"  # order the network expects; "BGR" for Caffe-style weights
@@ -44,6 +44,12 @@ class Preprocessing:
         resize = round(size / crop) if crop else round(size * self.resize / self.size)
         return dataclasses.replace(self, size=size, resize=resize, fit=fit or self.fit)
 
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The RGB colour a padded image's margins take: the mean pixel, so that they normalise to 0."""
+        mean = self.mean[::-1] if self.channel_order == "BGR" else self.mean
+        return (round(mean[0]), round(mean[1]), round(mean[2]))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -55,7 +61,7 @@ class Preprocessing:
             mean=tuple(values["mean"]),
             std=tuple(values["std"]),
             channel_order=values.get("channel_order", "RGB"),
-            fit=values.get("fit", "crop"),  # written before squash existed
+            fit=values.get("fit", "crop"),  # written before pad existed
         )
 
 

@@ -259,6 +259,6 @@ def _how_to_load(path: Path) -> str:
 
 
 def _resized_words(prep) -> str:
-    if prep.fit == "squash":
-        return f"resized whole to {prep.resize} x {prep.resize} px (their aspect not kept)"
+    if prep.fit == "pad":
+        return f"whole, their longer side resized to {prep.resize} px, on a square of the mean colour"
     return f"resized so the shorter side is {prep.resize} px"

@@ -108,7 +108,7 @@ class TrainConfig:
     batch_size: int = 32
     size: int | str = SIZE_FROM_IMAGES  # input side; auto: input_size() picks it from the training images
     crop: float | None = None  # the centre crop's share of the resized shorter side; None: the weights'
-    # FITS; auto: the task's (tasks.py): crop for one class an image, squash for several labels
+    # FITS; auto: the task's (tasks.py): crop for one class an image, pad for several labels
     fit: str = FIT_FROM_TASK
     # auto: the task's (tasks.py): gap for one class an image (BENCHMARKS.md section 19), places for several
     # (section 29); the classic recipe's is flatten
