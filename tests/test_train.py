@@ -134,7 +134,7 @@ def test_three_classes_use_softmax(tmp_path, tiny_weights):
 
 
 def test_config_errors_name_what_is_allowed():
-    with pytest.raises(vggtune.UserError, match=r"--head: received 'dense'; allowed: flatten, gap"):
+    with pytest.raises(vggtune.UserError, match=r"--head: received 'dense'; allowed: auto, flatten, gap, places"):
         TrainConfig(data=".", head="dense")
     with pytest.raises(vggtune.UserError, match="--size: received 100"):
         TrainConfig(data=".", size=100)
