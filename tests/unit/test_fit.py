@@ -55,8 +55,8 @@ def test_model_json_keeps_the_fit_and_one_written_before_it_reads_as_crop():
 
 def test_auto_is_the_tasks_fit_and_a_config_written_before_it_keeps_the_crop(tmp_path):
     config = TrainConfig.from_recipe(data="photos")
-    assert config.fit == "auto" and config.fit_for(several=False) == "crop" and config.fit_for(several=True) == "pad"
-    assert TrainConfig.from_recipe(data="photos", fit="crop").fit_for(several=True) == "crop"
+    assert config.fit == "auto" and config.for_task("fit", False) == "crop" and config.for_task("fit", True) == "pad"
+    assert TrainConfig.from_recipe(data="photos", fit="crop").for_task("fit", several=True) == "crop"
     with pytest.raises(Exception, match="--fit: received 'stretch'"):
         TrainConfig.from_recipe(data="photos", fit="stretch")
     (tmp_path / "config.yaml").write_text("data: photos\nout: runs/old\n")

@@ -145,8 +145,8 @@ def metadata(spec: ModelSpec, precision: str, file_format: str = "onnx") -> dict
             "crop": prep.size,
             "fit": prep.fit,
             "fill": list(prep.fill),
-            "how": f"{_resize_words(prep)} (bilinear, antialiased), centre-crop {prep.size} x {prep.size}; "
-            "normalisation is inside the graph",
+            "how": f"{prep.resizing()} (bilinear, antialiased; `fill` the margins' colour), then the centre "
+            f"{prep.size} x {prep.size} kept; normalisation is inside the graph",
         },
         "normalisation": {"mean": list(prep.mean), "std": list(prep.std), "channel_order": prep.channel_order},
         "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)]},
@@ -282,12 +282,3 @@ def _decided(probabilities: np.ndarray, spec: ModelSpec) -> np.ndarray:
 def _agreeing(first: np.ndarray, second: np.ndarray) -> float:
     """The share of images decided alike (multi-label: every label alike)."""
     return float((first == second).reshape(len(first), -1).all(axis=1).mean()) if len(first) else 1.0
-
-
-def _resize_words(prep) -> str:
-    if prep.fit == "pad":
-        return (
-            f"resize the longer side to {prep.resize} px and centre the whole image on a {prep.resize} x "
-            f"{prep.resize} square of colour `fill`"
-        )
-    return f"resize the shorter side to {prep.resize} px"

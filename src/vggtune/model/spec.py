@@ -66,11 +66,12 @@ class ModelSpec:
         """What model.json will say of the classifier a TrainConfig trains on these weights and classes (labels,
         several an image, for the multi-label task), at the input side `size` (config.size resolved:
         config.input_size)."""
-        head = HeadSpec(config.head_for(task.several), len(classes), config.hidden, config.dropout, task.several)
+        kind = config.for_task("head", task.several)
+        head = HeadSpec(kind, len(classes), config.hidden, config.dropout, task.several)
         return cls(
             tuple(classes),
             head,
-            loaded.record.preprocessing.at_size(size, config.crop, config.fit_for(task.several)),
+            loaded.record.preprocessing.at_size(size, config.crop, config.for_task("fit", task.several)),
             loaded.id,
             archs.from_state_dict(config.architecture, loaded.state_dict),
             precision,

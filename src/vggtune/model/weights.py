@@ -44,6 +44,15 @@ class Preprocessing:
         resize = round(size / crop) if crop else round(size * self.resize / self.size)
         return dataclasses.replace(self, size=size, resize=resize, fit=fit or self.fit)
 
+    def resizing(self) -> str:
+        """How an image is resized before the centre crop, in words (the model card, the export metadata)."""
+        if self.fit == "pad":
+            return (
+                f"the longer side resized to {self.resize} px and the whole image centred on a {self.resize} x "
+                f"{self.resize} square of the mean colour"
+            )
+        return f"the shorter side resized to {self.resize} px"
+
     @property
     def fill(self) -> tuple[int, int, int]:
         """The RGB colour a padded image's margins take: the mean pixel, so that they normalise to 0."""

@@ -76,8 +76,8 @@ def _description(spec: ModelSpec, config: TrainConfig) -> str:
         f"vggtune: {spec.arch.name.upper().replace('_', '-')} pretrained on ImageNet ({spec.weights}) "
         f"with a `{spec.head.kind}` head, the head "
         f"trained on frozen features, then the last {config.finetune_blocks} block(s) fine-tuned. "
-        f"It takes RGB images, {_resized_words(spec.preprocessing)} and centre-cropped "
-        f"to {spec.preprocessing.size} px.\n"
+        f"It takes RGB images, {spec.preprocessing.resizing()}, then the centre "
+        f"{spec.preprocessing.size} px kept.\n"
     )
 
 
@@ -256,9 +256,3 @@ def _how_to_load(path: Path) -> str:
         "The folder holds everything needed: `model.safetensors` (weights), `model.json` (classes, "
         "preprocessing, architecture), `config.yaml` (how it was trained).\n"
     )
-
-
-def _resized_words(prep) -> str:
-    if prep.fit == "pad":
-        return f"whole, their longer side resized to {prep.resize} px, on a square of the mean colour"
-    return f"resized so the shorter side is {prep.resize} px"

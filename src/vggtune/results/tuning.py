@@ -58,7 +58,7 @@ def _range(low: float, high: float):
 def _as_searched(base: TrainConfig, name: str):
     """The base config's value of a lever, as the search names it: --head auto is one class an image's head
     (tune takes no multi-label data)."""
-    return base.head_for(several=False) if name == "head" else getattr(base, name)
+    return base.for_task("head", several=False) if name == "head" else getattr(base, name)
 
 
 def _among(*values):

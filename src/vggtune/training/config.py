@@ -29,10 +29,8 @@ CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 # on the panel (BENCHMARKS.md section 22) 128 px flowers gained at 128 and 180 px pet photos at 192. Below the
 # range nothing was measured, and tiny images are known to gain from enlarging: they keep the weights' side.
 SIZE_FROM_IMAGES = "auto"
-HEAD_FROM_TASK = "auto"  # --head auto: the head the task asks for (tasks.py)
-FIT_FROM_TASK = "auto"
-LOSS_FROM_TASK = "auto"
-LOSSES = (LOSS_FROM_TASK, "cross-entropy", "asymmetric")
+FROM_TASK = "auto"  # --head, --loss, --fit auto: what the task asks for (tasks.py's default_head, ...)
+LOSSES = (FROM_TASK, "cross-entropy", "asymmetric")
 SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
 WRITTEN_BEFORE = {"class_weights": "off", "loss": "cross-entropy", "fit": "crop"}
@@ -109,10 +107,10 @@ class TrainConfig:
     size: int | str = SIZE_FROM_IMAGES  # input side; auto: input_size() picks it from the training images
     crop: float | None = None  # the centre crop's share of the resized shorter side; None: the weights'
     # FITS; auto: the task's (tasks.py): crop for one class an image, pad for several labels
-    fit: str = FIT_FROM_TASK
+    fit: str = FROM_TASK
     # auto: the task's (tasks.py): gap for one class an image (BENCHMARKS.md section 19), places for several
     # (section 29); the classic recipe's is flatten
-    head: str = HEAD_FROM_TASK
+    head: str = FROM_TASK
     hidden: int = 256
     dropout: float = 0.2  # the head's, chosen on the panel (BENCHMARKS.md section 22); 0.5 before
     views: int = 2
@@ -145,7 +143,7 @@ class TrainConfig:
     cost_ratio: float | None = None
     # LOSSES; auto: the task's (tasks.py): cross-entropy for one class an image, asymmetric (Ridnik et al.
     # 2021) for several labels (BENCHMARKS.md section 31), and only for them
-    loss: str = LOSS_FROM_TASK
+    loss: str = FROM_TASK
     # WiSE-FT: the share of the fine-tuning kept, blended with where it started (training/blend.py); val: the
     # share with the lowest validation loss
     blend: float | str = 1.0
@@ -162,16 +160,16 @@ class TrainConfig:
                 object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
         if self.recipe not in RECIPES:
             raise choice_error("--recipe", self.recipe, RECIPES)
-        if self.head not in (HEAD_FROM_TASK, *HEADS):
-            raise choice_error("--head", self.head, (HEAD_FROM_TASK, *HEADS))
+        if self.head not in (FROM_TASK, *HEADS):
+            raise choice_error("--head", self.head, (FROM_TASK, *HEADS))
         if self.precision not in PRECISIONS:
             raise choice_error("--precision", self.precision, PRECISIONS)
         if self.feature_storage not in STORAGES:
             raise choice_error("--feature-storage", self.feature_storage, STORAGES)
         if self.class_weights not in CLASS_WEIGHTS:
             raise choice_error("--class-weights", self.class_weights, CLASS_WEIGHTS)
-        if self.fit not in (FIT_FROM_TASK, *FITS):
-            raise choice_error("--fit", self.fit, (FIT_FROM_TASK, *FITS))
+        if self.fit not in (FROM_TASK, *FITS):
+            raise choice_error("--fit", self.fit, (FROM_TASK, *FITS))
         if self.loss not in LOSSES:
             raise choice_error("--loss", self.loss, LOSSES)
         if self.schedule not in SCHEDULES:
@@ -338,20 +336,11 @@ class TrainConfig:
                 "allowed: no --test-data, since each fold is a test split in turn"
             )
 
-    def head_for(self, several: bool) -> str:
-        """The head this recipe builds for data of one class an image or several labels (--head auto: the
-        task's, tasks.py)."""
-        return tasks.of(several).default_head if self.head == HEAD_FROM_TASK else self.head
-
-    def fit_for(self, several: bool) -> str:
-        """How this recipe brings an image of one class or of several labels to the square input (--fit auto:
-        the task's, tasks.py)."""
-        return tasks.of(several).default_fit if self.fit == FIT_FROM_TASK else self.fit
-
-    def asymmetric_for(self, several: bool) -> bool:
-        """Whether this recipe trains data of one class an image or several labels with the asymmetric loss
-        (--loss auto: the task's, tasks.py)."""
-        return (tasks.of(several).default_loss if self.loss == LOSS_FROM_TASK else self.loss) == "asymmetric"
+    def for_task(self, name: str, several: bool) -> str:
+        """This recipe's `name` ("head", "loss" or "fit") for data of one class an image or of several labels:
+        the value given, or where it is auto the task's (tasks.py's default_head, default_loss, default_fit)."""
+        value = getattr(self, name)
+        return getattr(tasks.of(several), f"default_{name}") if value == FROM_TASK else value
 
     @property
     def architecture(self) -> archs.Arch:

@@ -273,7 +273,7 @@ def train_epoch(run: Run, stage: Stage, net, optimizer, rng) -> tuple[float, flo
         config.label_smoothing,
         config.mixup,
         weights_of(run),
-        config.asymmetric_for(run.spec.task.several),
+        config.for_task("loss", run.spec.task.several) == "asymmetric",
     )
     ranks = distributed.world().size
     source, labels = run.sources.by_cut[stage.cut]["train"], run.labels["train"]

@@ -90,7 +90,7 @@ def open_run(config: TrainConfig, resume: bool, cuts: list[str]) -> Run:
     )
     torch.manual_seed(config.seed)  # the head's initial weights
     model = build_classifier(spec, loaded.state_dict, runtime)
-    _start_biases(model, splits, config.asymmetric_for(splits.task.several))
+    _start_biases(model, splits, config.for_task("loss", splits.task.several) == "asymmetric")
     pipeline = FeaturePipeline(
         model,
         spec.preprocessing,
