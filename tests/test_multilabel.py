@@ -92,6 +92,7 @@ def test_report_and_model_card_show_each_label(trained):
     assert page.count("<h3>blue: ") == 1 and "for blue" in page or "No image wrong about this label" in page
     card = (out / "README.md").read_text()
     assert "multi-label image classifier for 3 labels" in card and "| label | precision | recall |" in card
+    assert "It sees the whole image" in card and "only the centre crop" not in card        # padded, not cropped
 
 
 def test_predict_gives_each_image_its_label_set_and_the_threshold_can_be_overridden(trained, capsys):

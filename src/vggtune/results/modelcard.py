@@ -81,13 +81,22 @@ def _description(spec: ModelSpec, config: TrainConfig) -> str:
     )
 
 
+def _what_it_sees(spec: ModelSpec) -> str:
+    if spec.preprocessing.fit == "pad":
+        return (
+            "It sees the whole image, shrunk until its longer side fits: a small subject in a wide image gets few "
+            "pixels."
+        )
+    return "It sees only the centre crop: subjects at the edge of a wide image are cut off."
+
+
 def _intended_use(spec: ModelSpec) -> str:
     return (
         "## Intended uses and limitations\n\n"
         f"Sorting images of the kind it was trained on into {', '.join(spec.classes[:5])}"
         f"{'...' if len(spec.classes) > 5 else ''}. It always answers with one of these classes, so an "
-        "image of anything else still gets one; check the probabilities, not only the label. It sees only "
-        "the centre crop: subjects at the edge of a wide image are cut off. Its accuracy holds for images like "
+        f"image of anything else still gets one; check the probabilities, not only the label. {_what_it_sees(spec)} "
+        "Its accuracy holds for images like "
         "the training ones; photos from another camera, place or population can score lower: the evaluation "
         "below says where its test images come from; read its figures with their intervals. Not for decisions "
         "about people, or where a mistake is costly, without a human check.\n"
