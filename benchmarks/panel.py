@@ -93,6 +93,12 @@ SETTINGS = {
     # epoch on most folds; a larger budget, early stopping (patience 3) ending it
     "new defaults + head 30 epochs": {**NEW, "epochs": 30},
     "new defaults + head lr 3e-3": {**NEW, "lr": 3e-3},
+    # the rate follows the validation loss: an epoch that does not lower it is undone and the rate divided by 3
+    "new defaults + plateau": {**NEW, "schedule": "plateau"},
+    "new defaults + plateau + finetune 10 epochs": {**NEW, "schedule": "plateau", "finetune_epochs": 10},
+    # L2-SP: block5 pulled toward its pretrained weights, moving only where the data pulls harder
+    "new defaults + l2sp 0.1": {**NEW, "l2sp": 0.1},
+    "new defaults + l2sp 1": {**NEW, "l2sp": 1.0},
     # a lever the data chooses: each fold trains both rates and keeps the run with the lower validation loss
     "finetune rate chosen on val": {"choose": ["new defaults", "new defaults + finetune 1e-5"]},
     # ... or keeps both and averages their probabilities

@@ -89,10 +89,12 @@ def test_report_and_model_card_show_each_label(trained):
     _, out = trained
     page = (out / "report.html").read_text()
     assert "Top losses, a label" in page and "<th>average precision</th>" in page
+    assert "px longer side)</h3>" in page                # a padded image is enlarged by its longer side
     assert page.count("<h3>blue: ") == 1 and "for blue" in page or "No image wrong about this label" in page
     card = (out / "README.md").read_text()
     assert "multi-label image classifier for 3 labels" in card and "| label | precision | recall |" in card
     assert "It sees the whole image" in card and "only the centre crop" not in card        # padded, not cropped
+    assert "yes or no to each label" in card and "always answers with one of these" not in card
 
 
 def test_predict_gives_each_image_its_label_set_and_the_threshold_can_be_overridden(trained, capsys):

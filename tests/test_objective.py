@@ -1,5 +1,6 @@
 """The training levers of training/objective.py: label smoothing, mixup on cached features,
 discriminative rates, weight averaging (SWA); each on its own and through a whole run."""
+import dataclasses
 import json
 
 import numpy as np
@@ -168,3 +169,73 @@ def test_the_asymmetric_loss_is_for_several_labels_an_image(tiny_weights, datase
     code = cli.main(["train", str(dataset), "--out", str(tmp_path / "r"), "--loss", "asymmetric", "--size", "32"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "--loss asymmetric: received for data of one class an image" in err
+
+
+def test_a_plateau_undoes_an_epoch_that_did_not_improve_and_goes_on_at_a_third_of_the_rate(
+        tmp_path, dataset, tiny_weights, monkeypatch):
+    assert [rate_factor("plateau", 3, 5, setbacks) for setbacks in (0, 1, 2)] == pytest.approx([1, 1 / 3, 1 / 9])
+    real_validate, real_epoch = train_module.validate, train_module.train_epoch
+    worse_at = {("finetune", 2), ("finetune", 3)}    # the fine-tuning's 2nd and 3rd epochs score worse than its 1st
+    seen: dict = {"start": [], "rate": [], "stage": None}
+
+    def validated(run, cut):
+        validation = real_validate(run, cut)
+        return dataclasses.replace(validation, loss=9.0) if (seen["stage"], len(seen["start"])) in worse_at else validation
+
+    def recorded(run, stage, net, optimizer, rng):
+        seen["stage"] = stage.name
+        if stage.name == "finetune":
+            seen["start"].append(run.model.backbone.block5.conv1.weight.detach().clone())
+            seen["rate"].append(max(group["lr"] for group in optimizer.param_groups))
+        return real_epoch(run, stage, net, optimizer, rng)
+
+    monkeypatch.setattr(train_module, "validate", validated)
+    monkeypatch.setattr(train_module, "train_epoch", recorded)
+    out = tmp_path / "run"
+    train_module.fit(quick_config(dataset, out, schedule="plateau", finetune_epochs=4, patience=0))
+    assert seen["rate"] == pytest.approx([1e-3, 1e-3, 1e-3 / 3, 1e-3 / 9])
+    after_first = seen["start"][1]
+    assert torch.equal(seen["start"][2], after_first) and torch.equal(seen["start"][3], after_first)  # stepped back
+    assert not torch.equal(seen["start"][0], after_first)
+    assert [row.epoch for row in RunDir(out).history() if row.stage == "finetune"] == [1, 2, 3, 4]
+
+    def interrupted(run, stage, net, optimizer, rng):       # stopped in the epoch after the first step back
+        if stage.name == "finetune" and len(seen["start"]) == 2:
+            raise KeyboardInterrupt
+        return recorded(run, stage, net, optimizer, rng)
+
+    seen.update(start=[], rate=[])
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.fit(quick_config(dataset, tmp_path / "cut", schedule="plateau", finetune_epochs=4, patience=0))
+    monkeypatch.setattr(train_module, "train_epoch", recorded)
+    vggtune.train(str(dataset), out=str(tmp_path / "cut"), resume=True, quiet=True)
+    assert seen["rate"][-2:] == pytest.approx([1e-3 / 3, 1e-3 / 9])      # the setback was saved with the state
+    whole, _ = load_tensors(out / "model.safetensors")
+    resumed, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+    with pytest.raises(UserError, match="^--swa with --schedule plateau"):
+        quick_config(dataset, out, schedule="plateau", swa=True)
+
+
+def test_l2sp_adds_the_pull_toward_the_pretrained_weights_and_keeps_the_blocks_nearer_them(
+        tmp_path, dataset, tiny_weights):
+    from vggtune.training.objective import Anchor
+    block, head = torch.nn.Parameter(torch.tensor([1.0, 2.0])), torch.nn.Parameter(torch.tensor([5.0]))
+    anchor = Anchor({"backbone.block5.w": block, "head.w": head}, 0.5)
+    with torch.no_grad():
+        block.add_(torch.tensor([2.0, -4.0]))
+    block.grad, head.grad = torch.zeros(2), torch.zeros(1)
+    anchor.pull()
+    assert block.grad.tolist() == [1.0, -2.0] and head.grad.tolist() == [0.0]    # 0.5 * (w - w0); the head free
+    start = train_module.fit(quick_config(dataset, tmp_path / "start", finetune_epochs=0))
+    del start
+    pretrained, _ = load_tensors(tmp_path / "start" / "model.safetensors")
+    moved = {}
+    for strength in (0.0, 10.0):
+        train_module.fit(quick_config(dataset, tmp_path / str(strength), l2sp=strength, patience=0))
+        tuned, _ = load_tensors(tmp_path / str(strength) / "model.safetensors")
+        moved[strength] = (tuned["backbone.block5.conv1.weight"] - pretrained["backbone.block5.conv1.weight"]).norm()
+    assert 0 < moved[10.0] < moved[0.0]
+    with pytest.raises(UserError, match=r"^--l2sp: received -1"):
+        quick_config(dataset, tmp_path / "bad", l2sp=-1)

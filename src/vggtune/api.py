@@ -80,7 +80,7 @@ def train(
     Options are the `vggtune train` flags with underscores: recipe ("vggtune", or "classic"
     for the textbook recipe; the options given beside it win), arch, epochs, finetune_epochs,
     finetune_blocks, lr, finetune_lr, batch_size, size, crop, head, hidden, dropout, views, label_smoothing, mixup,
-    block_lr_ratio, swa, tta, calibrate, mlflow (a tracking URI the finished run is sent to),
+    l2sp, block_lr_ratio, swa, tta, calibrate, mlflow (a tracking URI the finished run is sent to),
     val_split, test_split, seed, patience, precision, device, no_cache, quiet, val_data,
     test_data, weights, augment (an AugmentConfig or a dict). With `resume=True` the run in
     `out` continues with the config saved in it (only `quiet` may be given). Under torchrun

@@ -28,6 +28,7 @@ HELP = {
     "views": "cached views per training image (view 0 is unaugmented)",
     "label_smoothing": "training targets moved this far toward uniform over the classes",
     "mixup": "mixup on the cached features: alpha of the Beta mixing weight (0: off)",
+    "l2sp": "L2-SP: pull the fine-tuned blocks toward their pretrained weights with this strength (0: off)",
     "block_lr_ratio": "with --finetune-blocks 2 or more, each earlier block learns at the next one's rate divided "
     "by this (discriminative rates)",
     "swa": "weight averaging: the last stage keeps the average of its epochs' parameters",
@@ -60,7 +61,8 @@ HELP = {
     "metrics, report and model are sent there (needs pip install 'vggtune[mlflow]')",
     "class_weights": "weight each class's images in the loss: off; balanced (every class weighs the same in "
     "total); auto: balanced where the largest class has 1.5 times the smallest's images or more",
-    "schedule": "each stage's rate over its epochs: constant, or cosine (from the stage's rate towards 0)",
+    "schedule": "each stage's rate over its epochs: constant; cosine (from the stage's rate towards 0); plateau (an "
+    "epoch that does not lower the validation loss is undone and the rate divided by 3)",
     "positive_class": "two classes: the class the rule is said and --threshold set in terms of, whose recall is the "
     "sensitivity (default: the second class)",
     "target_recall": "two classes: the positive class's recall to reach; the threshold is chosen on the validation "

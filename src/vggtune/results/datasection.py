@@ -132,25 +132,28 @@ def spec_preprocessing(folder: RunDir):
 
 
 def _small_images(splits, preprocessing, size_from_images: bool) -> str:
-    """The images whose shorter side is below the resize, so that they are enlarged: counted and named. A
-    128 px photo enlarged to 256 px shows the network blur it never saw in ImageNet; `--size` can match it."""
+    """The images whose side that is resized (the shorter one for a crop, the longer one for a pad) is below
+    the resize, so that they are enlarged: counted and named. A 128 px photo enlarged to 256 px shows the
+    network blur it never saw in ImageNet; `--size` can match it."""
     resize = preprocessing.resize
+    padded = preprocessing.fit == "pad"
+    which = "longer" if padded else "shorter"
     from PIL import Image
 
     sizes = []
     for item in (splits.train + splits.val + splits.test) if splits else []:
         try:
             with Image.open(item.path) as image:  # the header only: nothing is decoded
-                sizes.append((item.path, min(image.size)))
+                sizes.append((item.path, max(image.size) if padded else min(image.size)))
         except OSError:
             continue
     small = [(path, side) for path, side in sizes if side < resize]
-    title = f"<h3>Images smaller than the resize ({resize} px shorter side)</h3>"
+    title = f"<h3>Images smaller than the resize ({resize} px {which} side)</h3>"
     if not small:
         return title + f"<p>None of {len(sizes)}: no image is enlarged.</p>"
     sides = sorted(side for _, side in small)
     return (
-        title + f"<p class='warn'>{len(small)} of {len(sizes)} images are enlarged to {resize} px (their shorter "
+        title + f"<p class='warn'>{len(small)} of {len(sizes)} images are enlarged to {resize} px (their {which} "
         f"sides from {sides[0]} to {sides[-1]} px, median {sides[len(sides) // 2]}): enlarged images are blurred "
         f"in a way ImageNet's were not; "
         + (
@@ -160,7 +163,7 @@ def _small_images(splits, preprocessing, size_from_images: bool) -> str:
             else "<code>--size</code> near their own size may serve them better (<code>--size auto</code> picks "
             "it).</p>"
         )
-        + f"<details><summary>the images</summary>{_table(['file', 'shorter side (px)'], small)}</details>"
+        + f"<details><summary>the images</summary>{_table(['file', f'{which} side (px)'], small)}</details>"
     )
 
 

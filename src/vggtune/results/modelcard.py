@@ -90,12 +90,23 @@ def _what_it_sees(spec: ModelSpec) -> str:
     return "It sees only the centre crop: subjects at the edge of a wide image are cut off."
 
 
+def _how_it_answers(spec: ModelSpec) -> str:
+    if spec.task.several:
+        return (
+            "It says yes or no to each label by that label's threshold, so an image of anything else can still "
+            "get labels, and an image of these may get none; check the probabilities, not only the labels."
+        )
+    return (
+        "It always answers with one of these classes, so an image of anything else still gets one; check the "
+        "probabilities, not only the label."
+    )
+
+
 def _intended_use(spec: ModelSpec) -> str:
     return (
         "## Intended uses and limitations\n\n"
         f"Sorting images of the kind it was trained on into {', '.join(spec.classes[:5])}"
-        f"{'...' if len(spec.classes) > 5 else ''}. It always answers with one of these classes, so an "
-        f"image of anything else still gets one; check the probabilities, not only the label. {_what_it_sees(spec)} "
+        f"{'...' if len(spec.classes) > 5 else ''}. {_how_it_answers(spec)} {_what_it_sees(spec)} "
         "Its accuracy holds for images like "
         "the training ones; photos from another camera, place or population can score lower: the evaluation "
         "below says where its test images come from; read its figures with their intervals. Not for decisions "

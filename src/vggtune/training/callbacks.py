@@ -5,6 +5,8 @@ done, then asks `after_epoch`; it stops where a callback set `stop`.
 
     WeightAveraging   --swa: the average of the epochs' parameters is what is validated and kept
     Saving            the best parameters (STAGE-best) and the resume state (STAGE-last), rank 0
+    SteppingBack      --schedule plateau: after an epoch without a better validation loss, back to the best
+                      parameters (the rate falls with the count of such epochs: objective.rate_factor)
     EarlyStopping     --patience: stop after that many epochs without a better validation loss
     Recording         metrics.jsonl, TensorBoard and the epoch's line in the terminal
     Observing         `tune`'s pruner told each epoch's validation figures
@@ -19,6 +21,8 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from vggtune import distributed
 from vggtune.progress import say
@@ -100,6 +104,28 @@ class Saving(Callback):
             checkpoints.save_state(last, epoch.parameters, epoch.optimizer, epoch.state, self.writer, self.average)
 
 
+class SteppingBack(Callback):
+    """An epoch that did not lower the validation loss is undone: the parameters go back to the best ones
+    (kept in memory) and the state counts a setback, which lowers the rate of the epochs after it. A stage
+    begins, and resumes, at its best parameters: "last" is saved after the step back."""
+
+    def __init__(self, parameters: dict):
+        self.best = _copied(parameters)
+
+    def after_validation(self, epoch: Epoch) -> None:
+        if epoch.improved:
+            self.best = _copied(epoch.parameters)
+            return
+        with torch.no_grad():
+            for name, parameter in epoch.parameters.items():
+                parameter.copy_(self.best[name])
+        epoch.state = dataclasses.replace(epoch.state, setbacks=epoch.state.setbacks + 1)
+
+
+def _copied(parameters: dict) -> dict:
+    return {name: p.detach().clone() for name, p in parameters.items()}
+
+
 class EarlyStopping(Callback):
     """Stops the stage after `patience` epochs without a better validation loss (0: never)."""
 
@@ -153,11 +179,15 @@ def for_stage(
     average: Average | None,
     patience: int,
     observer: Callable[[str, int, Validation], None] | None = None,
+    parameters: dict | None = None,
 ) -> list[Callback]:
-    """A stage's callbacks, in the order they act."""
+    """A stage's callbacks, in the order they act; `parameters`: the stage's, to step back to on a
+    plateau (--schedule plateau), None otherwise."""
     chosen: list[Callback] = [Saving(folder, writer, average)]
     if average is not None:
         chosen.append(WeightAveraging(average))
+    if parameters is not None:
+        chosen.append(SteppingBack(parameters))
     chosen.append(Recording(log))
     if observer is not None:
         chosen.append(Observing(observer))

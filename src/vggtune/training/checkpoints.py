@@ -30,6 +30,7 @@ class StageProgress:
     history: tuple[EpochRow, ...] = ()
     done: bool = False
     averaged: int = 0  # epochs in the parameters' running average (SWA); 0 without one
+    setbacks: int = 0  # --schedule plateau: epochs that went back to the best parameters at a lower rate
 
     def to_dict(self) -> dict:
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}

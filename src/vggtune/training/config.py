@@ -21,8 +21,10 @@ PRECISIONS = ("auto", "bf16", "fp32", "int8")
 # "balanced"); auto: balanced where the largest class holds at least IMBALANCED times the smallest's images.
 CLASS_WEIGHTS = ("off", "balanced", "auto")
 IMBALANCED = 1.5
-# The rate over a stage's epochs: constant, or cosine (from the stage's rate down towards 0 at its end)
-SCHEDULES = ("constant", "cosine")
+# The rate over a stage's epochs: constant; cosine (from the stage's rate down towards 0 at its end); or
+# plateau: after an epoch that does not lower the validation loss, the stage goes back to its best parameters
+# and goes on at a third of its rate (objective.PLATEAU_FACTOR)
+SCHEDULES = ("constant", "cosine", "plateau")
 CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 # --size auto: the weights' own input side, or, for training images whose median shorter side lies in
 # SMALL_IMAGES, the multiple of 32 nearest to it. Enlarging a small image blurs it in a way ImageNet's were not;
@@ -117,6 +119,9 @@ class TrainConfig:
     label_smoothing: float = 0.0  # off: it raised the log loss in cross-validation (BENCHMARKS.md section 19)
     mixup: float = 0.0  # alpha of mixup on the cached features; off for the same reason
     block_lr_ratio: float = 1.0  # with --finetune-blocks 2+: each earlier block learns this much slower
+    # L2-SP (Li et al., 2018): the fine-tuned blocks pulled toward their pretrained weights with this strength
+    # (the penalty l2sp/2 * |w - w0|^2 added to the loss); 0: off
+    l2sp: float = 0.0
     swa: bool = False  # the last stage keeps the average of its epochs' parameters
     tta: bool = True  # test-time augmentation: average the image and its mirror image
     calibrate: bool = False  # fit a temperature on the validation split for the log loss
@@ -174,6 +179,9 @@ class TrainConfig:
             raise choice_error("--loss", self.loss, LOSSES)
         if self.schedule not in SCHEDULES:
             raise choice_error("--schedule", self.schedule, SCHEDULES)
+        if self.swa and self.schedule == "plateau":
+            # stepping back to the best parameters would break the epochs' running average
+            raise UserError("--swa with --schedule plateau: received both; allowed: one of them")
         self._check_threshold()
         self._check_target_recall()
         self._check_cost_ratio()
@@ -200,6 +208,8 @@ class TrainConfig:
             raise UserError(f"--crop: received {self.crop}; allowed: 0.5 <= x <= 1 (1: the whole shorter side)")
         if not 0 <= self.label_smoothing < 0.5:
             raise UserError(f"--label-smoothing: received {self.label_smoothing}; allowed: 0 <= x < 0.5")
+        if not 0 <= self.l2sp <= 100:
+            raise UserError(f"--l2sp: received {self.l2sp}; allowed: 0 (off) <= x <= 100")
         if not 0 <= self.mixup <= 10:
             raise UserError(f"--mixup: received {self.mixup}; allowed: 0 (off) <= x <= 10")
         if not self.block_lr_ratio >= 1:

@@ -94,10 +94,17 @@ def positive_weights(setting: str, targets: torch.Tensor) -> torch.Tensor | None
     return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)).float()
 
 
-def rate_factor(schedule: str, epoch: int, epochs: int) -> float:
-    """The share of a stage's rate its epoch `epoch` (from 0) learns at: 1, or cosine annealing over the
-    stage (1 at its first epoch, above 0 at its last)."""
-    return 1.0 if schedule == "constant" else 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+# --schedule plateau: the rate's share after each epoch that did not lower the validation loss
+PLATEAU_FACTOR = 1 / 3
+
+
+def rate_factor(schedule: str, epoch: int, epochs: int, setbacks: int = 0) -> float:
+    """The share of a stage's rate its epoch `epoch` (from 0) learns at: 1; cosine annealing over the
+    stage (1 at its first epoch, above 0 at its last); or, on a plateau, PLATEAU_FACTOR for each of the
+    `setbacks` epochs before it that did not lower the validation loss."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return PLATEAU_FACTOR**setbacks if schedule == "plateau" else 1.0
 
 
 def set_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
@@ -120,6 +127,24 @@ def parameter_groups(
         else:
             groups.append({"params": [parameter], "lr": rate, "initial_lr": rate})
     return groups
+
+
+class Anchor:
+    """L2-SP (Li, Grandvalet and Davoine, 2018): the penalty strength/2 * |w - w0|^2 on the fine-tuned blocks'
+    parameters, w0 their pretrained values, added to the gradient before each step. Where the data pulls
+    little (images like ImageNet's) the blocks stay near their start; where it pulls hard they move."""
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter], strength: float):
+        self.strength = strength
+        self.parameters = {name: p for name, p in parameters.items() if name.startswith("backbone.")}
+        self.start = {name: p.detach().clone() for name, p in self.parameters.items()}
+
+    def pull(self, *_hook_arguments) -> None:
+        """An optimizer step pre-hook: the penalty's gradient joins each parameter's."""
+        with torch.no_grad():
+            for name, parameter in self.parameters.items():
+                if parameter.grad is not None:
+                    parameter.grad.add_(parameter - self.start[name], alpha=self.strength)
 
 
 class Average:

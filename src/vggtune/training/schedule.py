@@ -34,7 +34,7 @@ from vggtune import distributed
 from vggtune.progress import progress, say, verbosity
 from vggtune.training.callbacks import Callback, Epoch, for_stage
 from vggtune.training.checkpoints import Checkpoints, EpochRow, StageProgress, load_params, resume_state
-from vggtune.training.objective import Average, Objective, parameter_groups, rate_factor, set_rates
+from vggtune.training.objective import Anchor, Average, Objective, parameter_groups, rate_factor, set_rates
 from vggtune.training.session import Run, open_run
 from vggtune.training.tracking import Log, environment
 from vggtune.training.validation import (
@@ -191,6 +191,8 @@ def run_stage(run: Run, stage: Stage, log: Log, observer: Observer | None = None
     model, config = run.model, run.config
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(parameter_groups(parameters, stage.trainable, stage.lr, config.block_lr_ratio))
+    if config.l2sp and stage.trainable:  # taken before a resume loads the parameters: the pretrained ones
+        optimizer.register_step_pre_hook(Anchor(parameters, config.l2sp).pull)
     net = distributed.wrap(StageNet(model, stage.cut), run.runtime.device)
     average = Average(parameters) if stage.average else None
     last, best = run.folder.state(stage.name, "last"), run.folder.state(stage.name, "best")
@@ -203,7 +205,8 @@ def run_stage(run: Run, stage: Stage, log: Log, observer: Observer | None = None
         log.kept_epochs[stage.name] = state.best_epoch
         return
     writer = Checkpoints()
-    callbacks = for_stage(run.folder, writer, log, average, config.patience, observer)
+    plateau = parameters if config.schedule == "plateau" else None
+    callbacks = for_stage(run.folder, writer, log, average, config.patience, observer, plateau)
     started = time.perf_counter()
     try:
         state = _epochs(run, stage, net, Epoch(stage, state.epoch, parameters, optimizer, state), callbacks)
@@ -226,7 +229,7 @@ def _epochs(run: Run, stage: Stage, net, epoch_state: Epoch, callbacks: list[Cal
     config = run.config
     for index in range(epoch_state.state.epoch, stage.epochs):
         epoch = dataclasses.replace(epoch_state, index=index, val=None, row=None, improved=False, stop=False)
-        set_rates(epoch.optimizer, rate_factor(config.schedule, index, stage.epochs))
+        set_rates(epoch.optimizer, rate_factor(config.schedule, index, stage.epochs, epoch.state.setbacks))
         seed = epoch_seed(config.seed, stage.name, index)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
