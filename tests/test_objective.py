@@ -228,8 +228,7 @@ def test_l2sp_adds_the_pull_toward_the_pretrained_weights_and_keeps_the_blocks_n
     block.grad, head.grad = torch.zeros(2), torch.zeros(1)
     anchor.pull()
     assert block.grad.tolist() == [1.0, -2.0] and head.grad.tolist() == [0.0]    # 0.5 * (w - w0); the head free
-    start = train_module.fit(quick_config(dataset, tmp_path / "start", finetune_epochs=0))
-    del start
+    train_module.fit(quick_config(dataset, tmp_path / "start", finetune_epochs=0))       # block5 as pretrained
     pretrained, _ = load_tensors(tmp_path / "start" / "model.safetensors")
     moved = {}
     for strength in (0.0, 10.0):
