@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from vggtune.api import train_config
 from vggtune.errors import UserError, command_line
-from vggtune.features.settings import ENGINES, FITS, STORAGES
+from vggtune.features.settings import ENGINES, STORAGES
 from vggtune.fsutil import atomic_write_text, display_path
 from vggtune.model.arch import ARCHS
 from vggtune.model.heads import HEADS
@@ -22,6 +22,8 @@ from vggtune.tasks import two_class_rule
 from vggtune.training.config import (
     CLASS_WEIGHTS,
     DEVICES,
+    FIT_CHOICES,
+    HEAD_CHOICES,
     LOSSES,
     PRECISIONS,
     RECIPES,
@@ -37,7 +39,7 @@ if TYPE_CHECKING:  # annotations only: importing this module imports no torch
 CHOICES = {
     "recipe": tuple(RECIPES),
     "arch": tuple(ARCHS),
-    "head": ("auto", *HEADS),
+    "head": HEAD_CHOICES,
     "precision": PRECISIONS,
     "device": DEVICES,
     "engine": ENGINES,
@@ -45,7 +47,7 @@ CHOICES = {
     "class_weights": CLASS_WEIGHTS,
     "schedule": SCHEDULES,
     "loss": LOSSES,
-    "fit": ("auto", *FITS),
+    "fit": FIT_CHOICES,
 }
 HEAD_HELP = {"auto": "gap for one class an image, places for several (the default)"} | {
     name: kind.help for name, kind in HEADS.items()

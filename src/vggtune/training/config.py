@@ -33,6 +33,8 @@ CHOSEN_ON_VALIDATION = "val"  # --threshold val: chosen on the validation split
 SIZE_FROM_IMAGES = "auto"
 FROM_TASK = "auto"  # --head, --loss, --fit auto: what the task asks for (tasks.py's default_head, ...)
 LOSSES = (FROM_TASK, "cross-entropy", "asymmetric")
+HEAD_CHOICES = (FROM_TASK, *HEADS)
+FIT_CHOICES = (FROM_TASK, *FITS)
 SMALL_IMAGES = (112, 224)
 # What a config saved before an option existed ran with: a run folder resumed today trains as it began.
 WRITTEN_BEFORE = {"class_weights": "off", "loss": "cross-entropy", "fit": "crop"}
@@ -165,16 +167,16 @@ class TrainConfig:
                 object.__setattr__(self, name, os.path.abspath(os.fspath(getattr(self, name))))
         if self.recipe not in RECIPES:
             raise choice_error("--recipe", self.recipe, RECIPES)
-        if self.head not in (FROM_TASK, *HEADS):
-            raise choice_error("--head", self.head, (FROM_TASK, *HEADS))
+        if self.head not in HEAD_CHOICES:
+            raise choice_error("--head", self.head, HEAD_CHOICES)
         if self.precision not in PRECISIONS:
             raise choice_error("--precision", self.precision, PRECISIONS)
         if self.feature_storage not in STORAGES:
             raise choice_error("--feature-storage", self.feature_storage, STORAGES)
         if self.class_weights not in CLASS_WEIGHTS:
             raise choice_error("--class-weights", self.class_weights, CLASS_WEIGHTS)
-        if self.fit not in (FROM_TASK, *FITS):
-            raise choice_error("--fit", self.fit, (FROM_TASK, *FITS))
+        if self.fit not in FIT_CHOICES:
+            raise choice_error("--fit", self.fit, FIT_CHOICES)
         if self.loss not in LOSSES:
             raise choice_error("--loss", self.loss, LOSSES)
         if self.schedule not in SCHEDULES:
